@@ -1,0 +1,1 @@
+"""Baselines the benchmark compares Pixel-Mamba against: MIL aggregators, Vim, LongViT."""

@@ -1,0 +1,55 @@
+"""``python -m bench``: the command line. Each subcommand lives in its own module and registers
+its parser through ``add_parser(subparsers)``; ``main`` owns logging and the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from . import ablate, doctor, extract, ls, run, splits, table
+
+COMMANDS = (ls, doctor, splits, extract, run, table, ablate)
+
+DESCRIPTION = """wsi-bench: end-to-end vs two-stage whole-slide models, under one split manager and one evaluator.
+
+Typical session:
+  python -m bench ls                                   # methods, encoders, datasets, ablations
+  python -m bench run --methods 'abmil.*' --dataset demo
+  python -m bench table --dataset demo                 # LaTeX in results/tables/, markdown here
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for mod in COMMANDS:
+        mod.add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL", "urllib3", "filelock", "h5py", "numba", "timm", "huggingface_hub", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished units are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        # user errors: one clear line, no traceback (use -v for it)
+        if args.verbose:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

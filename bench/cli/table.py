@@ -1,0 +1,68 @@
+"""``bench table``: LaTeX and Markdown tables, and Kaplan–Meier figures, from results only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from .common import Formatter, add_paths
+
+log = logging.getLogger("bench")
+
+EPILOG = """examples:
+  python -m bench table --dataset demo         # results/tables/table2_demo.tex + KM figures
+  python -m bench table                        # every dataset with results, one table (paper's Table 2)
+Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
+per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("table", help="write the LaTeX/Markdown tables and KM figures", epilog=EPILOG,
+                       formatter_class=Formatter)
+    p.add_argument("--dataset", help="comma list of datasets (default: every dataset with results)")
+    add_paths(p)
+    p.add_argument("--out", type=Path, help="LaTeX output file (default results/tables/table2[_<datasets>].tex)")
+    p.add_argument("--no-figures", action="store_true", help="skip the Kaplan–Meier figures")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..io import atomic_write_text
+    from ..plots import km_figure
+    from ..results import ResultsStore
+    from ..tables import build_table, to_latex, to_markdown
+
+    store = ResultsStore(args.results)
+    datasets = args.dataset.split(",") if args.dataset else store.datasets()
+    if not datasets:
+        raise ValueError(f"no results under {args.results}/runs; run `python -m bench run` first")
+    parts = []
+    for d in datasets:
+        s = store.summarize(d)
+        if s.empty:
+            raise ValueError(f"no finished units for dataset {d!r} under {args.results}/runs/{d}")
+        parts.append(s.assign(dataset=d))
+    summary = pd.concat(parts, ignore_index=True)
+    wide, cols = build_table(summary)
+    suffix = "" if not args.dataset else "_" + "_".join(datasets)
+    out = args.out or args.results / "tables" / f"table2{suffix}.tex"
+    atomic_write_text(out, to_latex(wide, cols, label=f"tab:table2{suffix}"))
+    md = to_markdown(wide, cols)
+    atomic_write_text(out.with_suffix(".md"), md)
+    print(md)
+    print(f"LaTeX: {out}")
+    if not args.no_figures:
+        for d in datasets:
+            for method in summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique():
+                pred = store.predictions(d, "survival", method)
+                if pred.empty:
+                    continue
+                fig = args.results / "figures" / d / f"km_{method}.png"
+                p = km_figure(pred, f"{method} — {d} (out-of-fold, {pred['fold'].nunique()} folds)", fig)
+                km_figure(pred, f"{method} — {d}", fig.with_suffix(".pdf"))
+                print(f"KM: {fig}  log-rank p = {'undefined' if p != p else f'{p:.3g}'}")
+    return 0

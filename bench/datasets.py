@@ -1,0 +1,362 @@
+"""Datasets: where a cohort's slides and clinical table are, and how to read them into the
+normalized cohort table every other part uses (one row per slide):
+
+    case_id, slide_id, slide_path, stage (0..3 or NA), time (months or NA), event (1 = death, 0, NA)
+
+Clinical tables come as GDC ``clinical.tsv``, cBioPortal ``data_clinical_patient.txt`` or a
+normalized CSV. TCGA rules (DESIGN §2): case id = first 12 characters of the slide barcode; AJCC
+sub-stages collapse (IIIB → III → 2); unknown markers become NA; time = days_to_death if dead else
+days_to_last_follow_up, in months; several rows per case (GDC repeats a case per treatment) are
+merged. Column names are looked up among known spellings and can be overridden per dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DAYS_PER_MONTH = 365.25 / 12
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".svslide")
+
+NA_MARKERS = {"", "--", "'--", "na", "n/a", "nan", "none", "null", "not reported", "unknown",
+              "[not available]", "[not applicable]", "[unknown]", "[not evaluated]", "[discrepancy]",
+              "[completed]", "not available", "not applicable", "stage x", "x", "stage tx"}
+
+# Known spellings, first match wins. GDC renamed its columns with the 2024 portal ("cases.*").
+COLUMN_CANDIDATES: dict[str, list[str]] = {
+    "case_id": ["case_id", "cases.submitter_id", "case_submitter_id", "submitter_id", "PATIENT_ID",
+                "bcr_patient_barcode", "patient_id", "patient"],
+    "stage": ["stage", "diagnoses.ajcc_pathologic_stage", "ajcc_pathologic_stage", "AJCC_PATHOLOGIC_TUMOR_STAGE",
+              "ajcc_pathologic_tumor_stage", "tumor_stage", "pathologic_stage"],
+    "vital_status": ["vital_status", "demographic.vital_status", "OS_STATUS", "vital"],
+    "days_to_death": ["days_to_death", "demographic.days_to_death", "death_days_to"],
+    "days_to_follow_up": ["days_to_last_follow_up", "diagnoses.days_to_last_follow_up",
+                          "last_contact_days_to", "days_to_last_followup"],
+    "os_months": ["OS_MONTHS", "os_months"],
+    "time": ["time", "survival_months", "time_months"],
+    "event": ["event", "censorship_inverted", "status"],
+    "label": ["label"],
+}
+
+_STAGE_RE = re.compile(r"^(?:STAGE\s*)?(IV|III|II|I)(?:[ABC]\d?)?$")
+_STAGE_INDEX = {"I": 0, "II": 1, "III": 2, "IV": 3}
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used as configured; the message says what to fix."""
+
+
+def parse_stage(value: Any) -> float:
+    """AJCC stage string → 0..3, NA for unknown markers. Integers 0..3 pass through."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return np.nan
+    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()):
+        v = int(value)
+        if 0 <= v <= 3:
+            return float(v)
+        raise DatasetError(f"stage {value!r} is not in 0..3")
+    s = str(value).strip()
+    if s.lower() in NA_MARKERS:
+        return np.nan
+    if s.isdigit():
+        return parse_stage(int(s))
+    m = _STAGE_RE.match(s.upper().replace("_", " "))
+    if m is None:
+        raise DatasetError(f"unknown stage string {value!r}")
+    return float(_STAGE_INDEX[m.group(1)])
+
+
+def _is_na(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip().lower() in NA_MARKERS
+
+
+def _to_float(v: Any) -> float:
+    if _is_na(v):
+        return np.nan
+    try:
+        return float(str(v).strip().strip("'"))
+    except ValueError:
+        return np.nan
+
+
+def _find(df: pd.DataFrame, key: str, overrides: dict[str, str]) -> str | None:
+    if key in overrides:
+        if overrides[key] not in df.columns:
+            raise DatasetError(f"column {overrides[key]!r} (configured for {key}) is not in the table; "
+                               f"columns are: {', '.join(map(str, df.columns[:30]))}")
+        return overrides[key]
+    lower = {str(c).lower(): c for c in df.columns}
+    for cand in COLUMN_CANDIDATES[key]:
+        if cand.lower() in lower:
+            return lower[cand.lower()]
+    return None
+
+
+def _parse_event(v: Any) -> float:
+    if _is_na(v):
+        return np.nan
+    s = str(v).strip().lower()
+    if s in ("dead", "deceased", "1:deceased", "1", "1.0", "true"):
+        return 1.0
+    if s in ("alive", "living", "0:living", "0", "0.0", "false"):
+        return 0.0
+    return np.nan
+
+
+def _read_table(path: Path, fmt: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DatasetError(f"clinical table {path} does not exist")
+    sep = "\t" if fmt in ("gdc", "cbioportal") or path.suffix in (".tsv", ".txt") else ","
+    comment = "#" if fmt == "cbioportal" else None
+    try:
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=comment)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot parse clinical table {path} as {fmt}: {exc}") from exc
+
+
+def load_clinical(path: str | Path, fmt: str, columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read a clinical table into one row per case: ``case_id, stage, time, event`` (+ ``label``).
+
+    ``fmt``: ``gdc`` (GDC clinical.tsv, days), ``cbioportal`` (OS_MONTHS / OS_STATUS) or
+    ``normalized`` (a CSV already in these columns; time in months). ``columns`` overrides the
+    column lookup, e.g. ``{"stage": "my_stage_col"}``.
+    """
+    path = Path(path)
+    if fmt not in ("gdc", "cbioportal", "normalized"):
+        raise DatasetError(f"unknown clinical format {fmt!r} for {path}; use gdc, cbioportal or normalized")
+    raw = _read_table(path, fmt)
+    ov = dict(columns or {})
+    cid = _find(raw, "case_id", ov)
+    if cid is None:
+        raise DatasetError(f"{path}: no case id column (looked for {COLUMN_CANDIDATES['case_id']}); "
+                           "set `columns: {case_id: <name>}` in the dataset config")
+    out = pd.DataFrame({"case_id": raw[cid].astype(str).str.strip()})
+    out = out[out["case_id"].map(lambda v: not _is_na(v))]
+
+    stage_col = _find(raw, "stage", ov)
+    stages = []
+    bad: list[tuple[int, str]] = []
+    for i, v in (raw.loc[out.index, stage_col].items() if stage_col else []):
+        try:
+            stages.append(parse_stage(v))
+        except DatasetError:
+            stages.append(np.nan)
+            bad.append((int(i) + 2, str(v)))  # +2: header line and 1-based rows
+    out["stage"] = stages if stage_col else np.nan
+    if bad:
+        shown = "; ".join(f"row {r}: {v!r}" for r, v in bad[:5])
+        log.warning("%s: %d unknown stage value(s) set to NA (%s%s). Map them in the file or extend "
+                    "the stage column.", path, len(bad), shown, " …" if len(bad) > 5 else "")
+
+    if fmt == "gdc":
+        vs, dd, df_ = (_find(raw, k, ov) for k in ("vital_status", "days_to_death", "days_to_follow_up"))
+        out["_dead"] = raw.loc[out.index, vs].map(_parse_event) if vs else np.nan
+        out["_dd"] = raw.loc[out.index, dd].map(_to_float) if dd else np.nan
+        out["_df"] = raw.loc[out.index, df_].map(_to_float) if df_ else np.nan
+    elif fmt == "cbioportal":
+        st, om = _find(raw, "vital_status", ov), _find(raw, "os_months", ov)
+        out["event"] = raw.loc[out.index, st].map(_parse_event) if st else np.nan
+        out["time"] = raw.loc[out.index, om].map(_to_float) if om else np.nan
+    else:
+        for key in ("time", "event", "label"):
+            col = _find(raw, key, ov)
+            if col is not None:
+                conv = _parse_event if key == "event" else _to_float
+                out[key] = raw.loc[out.index, col].map(conv)
+        for key in ("time", "event"):
+            if key not in out:
+                out[key] = np.nan
+
+    out = _merge_case_rows(out, path)
+    if fmt == "gdc":
+        dead = out.pop("_dead")
+        dd, dfu = out.pop("_dd"), out.pop("_df")
+        out["event"] = dead
+        out["time"] = np.where(dead == 1, dd, dfu) / DAYS_PER_MONTH
+    bad_time = out["time"].notna() & (out["time"] <= 0)
+    if bad_time.any():
+        log.warning("%s: %d case(s) with survival time <= 0 (%s) are left out of survival",
+                    path, int(bad_time.sum()), ", ".join(out.loc[bad_time, "case_id"].head(5)))
+        out.loc[bad_time, ["time", "event"]] = np.nan
+    out.loc[out["time"].isna(), "event"] = np.nan
+    out.loc[out["event"].isna(), "time"] = np.nan
+    cols = ["case_id", "stage", "time", "event"] + (["label"] if "label" in out else [])
+    return out[cols].reset_index(drop=True)
+
+
+def _merge_case_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """GDC repeats a case once per treatment/diagnosis row; merge to one row per case.
+
+    Stage: the single non-NA value (conflicting stages → NA, with a warning). Event: dead if any
+    row says dead. Days: the largest recorded value (follow-up only grows).
+    """
+    if not df["case_id"].duplicated().any():
+        return df.set_index("case_id", drop=False)
+    conflicts: list[str] = []
+
+    def one_stage(s: pd.Series) -> float:
+        vals = s.dropna().unique()
+        if len(vals) > 1:
+            conflicts.append(str(s.name))
+            return np.nan
+        return vals[0] if len(vals) else np.nan
+
+    agg: dict[str, Any] = {}
+    for c in df.columns:
+        if c == "case_id":
+            continue
+        agg[c] = one_stage if c in ("stage", "label") else "max"
+    merged = df.groupby("case_id", sort=False).agg(agg)
+    merged.insert(0, "case_id", merged.index)
+    if conflicts:
+        log.warning("%s: %d case(s) have conflicting stages across rows and are left out of staging: %s",
+                    path, len(conflicts), ", ".join(conflicts[:5]))
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DatasetSpec:
+    name: str
+    description: str = ""
+    slides: str = "slides"
+    slide_glob: list[str] = field(default_factory=lambda: ["**/*"])
+    clinical: str = "clinical.csv"
+    clinical_format: str = "normalized"
+    columns: dict[str, str] = field(default_factory=dict)
+    case_id: str = "tcga"  # "tcga" = first 12 characters; "stem" = the whole file stem
+    tasks: list[str] = field(default_factory=lambda: ["staging", "survival"])
+    allow_random_weights: bool = False
+    generator: str | None = None  # "demo": generated on first use
+    root: str = ""  # relative to $BENCH_DATA
+    download: str = ""
+    mpp_override: float | None = None
+
+    @property
+    def data_root(self) -> Path:
+        base = Path(os.environ.get("BENCH_DATA", "data")).expanduser()
+        return (base / self.root) if self.root else base
+
+    def path(self, rel: str) -> Path:
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else self.data_root / p
+
+
+def list_datasets() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "datasets").glob("*.yaml"))
+
+
+def load_spec(name: str) -> DatasetSpec:
+    path = CONFIG_DIR / "datasets" / f"{name}.yaml"
+    if not path.is_file():
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())} "
+                           f"(add configs/datasets/{name}.yaml to define it)")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    data.setdefault("name", name)
+    if isinstance(data.get("slide_glob"), str):
+        data["slide_glob"] = [data["slide_glob"]]
+    known = set(DatasetSpec.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        raise DatasetError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    return DatasetSpec(**data)
+
+
+def _case_of(slide_id: str, rule: str) -> str:
+    return slide_id[:12] if rule == "tcga" else slide_id
+
+
+def find_slides(spec: DatasetSpec) -> pd.DataFrame:
+    """Slide files of a dataset → ``slide_id, slide_path``; duplicate ids across folders are an error."""
+    root = spec.path(spec.slides)
+    if not root.is_dir():
+        raise DatasetError(_missing_message(spec, f"slide directory {root} does not exist"))
+    rows: dict[str, Path] = {}
+    for pattern in spec.slide_glob:
+        for p in sorted(root.glob(pattern)):
+            if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES:
+                continue
+            sid = p.stem
+            if sid in rows and rows[sid] != p:
+                raise DatasetError(f"slide id {sid!r} appears twice: {rows[sid]} and {p}. Slide ids must be "
+                                   "unique (file stems); remove or rename one copy.")
+            rows[sid] = p
+    if not rows:
+        raise DatasetError(_missing_message(spec, f"no slide files matching {spec.slide_glob} under {root}"))
+    return pd.DataFrame({"slide_id": list(rows), "slide_path": [str(p) for p in rows.values()]})
+
+
+def _missing_message(spec: DatasetSpec, what: str) -> str:
+    msg = f"dataset {spec.name!r}: {what} (BENCH_DATA={os.environ.get('BENCH_DATA', '<unset>, using ./data')})."
+    if spec.download:
+        msg += "\n" + spec.download.strip()
+    return msg
+
+
+@dataclass
+class Cohort:
+    """The normalized cohort table plus what was left out and why (never silently)."""
+
+    spec: DatasetSpec
+    table: pd.DataFrame  # one row per slide
+    dropped: dict[str, list[str]]
+
+    def cases(self, task: str) -> pd.DataFrame:
+        """One row per case with the task's labels (cases lacking them are left out)."""
+        from .tasks import labelled
+
+        per_case = self.table.drop_duplicates("case_id").drop(columns=["slide_id", "slide_path"])
+        return labelled(per_case, task).reset_index(drop=True)
+
+    def slides_of(self) -> dict[str, list[str]]:
+        return self.table.groupby("case_id")["slide_id"].apply(list).to_dict()
+
+    def report(self, task: str | None = None) -> list[str]:
+        lines = [f"{self.spec.name}: {self.table['case_id'].nunique()} cases, {len(self.table)} slides"]
+        for why, ids in self.dropped.items():
+            if ids:
+                lines.append(f"  left out: {len(ids)} {why} (e.g. {', '.join(ids[:3])})")
+        for t in ([task] if task else self.spec.tasks):
+            n_all = self.table["case_id"].nunique()
+            n = len(self.cases(t))
+            if n < n_all:
+                lines.append(f"  {t}: {n} of {n_all} cases have its labels; {n_all - n} left out of {t}")
+        return lines
+
+
+def load_cohort(name_or_spec: str | DatasetSpec) -> Cohort:
+    spec = load_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    if spec.generator == "demo":
+        from .demo import generate_demo
+
+        generate_demo(spec.data_root)
+    clinical_path = spec.path(spec.clinical)
+    if not clinical_path.is_file():
+        raise DatasetError(_missing_message(spec, f"clinical table {clinical_path} does not exist"))
+    slides = find_slides(spec)
+    slides["case_id"] = slides["slide_id"].map(lambda s: _case_of(s, spec.case_id))
+    clin = load_clinical(clinical_path, spec.clinical_format, spec.columns)
+    merged = slides.merge(clin, on="case_id", how="inner")
+    dropped = {
+        "slides without a clinical row": sorted(set(slides["slide_id"]) - set(merged["slide_id"])),
+        "cases in the clinical table without a slide": sorted(set(clin["case_id"]) - set(slides["case_id"])),
+    }
+    for why, ids in dropped.items():
+        if ids:
+            log.warning("%s: %d %s (e.g. %s)", spec.name, len(ids), why, ", ".join(ids[:3]))
+    cols = ["case_id", "slide_id", "slide_path", "stage", "time", "event"] + (["label"] if "label" in merged else [])
+    table = merged[cols].sort_values(["case_id", "slide_id"]).reset_index(drop=True)
+    return Cohort(spec, table, dropped)

@@ -1,0 +1,247 @@
+"""``bench run``: the (task, method, fold) grid of one dataset under one split manager and one
+evaluator, resumable unit by unit."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import resource
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from . import tasks as T
+from .datasets import CONFIG_DIR, Cohort, load_cohort
+from .registry import MethodSpec, build_model, count_parameters
+from .results import ResultsStore, Unit, config_hash
+from .splits import SplitManager, Splits
+from .train import Sample, TrainConfig, TrainingError, train_and_predict
+
+log = logging.getLogger(__name__)
+
+
+def method_train_config(spec: MethodSpec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Training options: CLI overrides > configs/methods/<config>.yaml > TrainConfig defaults."""
+    cfg: dict[str, Any] = {}
+    if spec.config:
+        path = CONFIG_DIR / "methods" / f"{spec.config}.yaml"
+        if path.is_file():
+            with open(path) as f:
+                cfg.update((yaml.safe_load(f) or {}).get("train", {}))
+    cfg.update(overrides or {})
+    return TrainConfig.from_dict(cfg).to_dict()
+
+
+def unit_seed(seed: int, *parts: Any) -> int:
+    h = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).hexdigest()
+    return int(h[:8], 16)
+
+
+class BagCache:
+    """Patch-feature bags per case, loaded lazily from the feature cache and kept in memory up to a
+    byte budget (LRU), so a 5-fold run reads each HDF5 file about once."""
+
+    def __init__(self, loader: Callable[[str], np.ndarray], budget_bytes: int = 4 << 30) -> None:
+        self.loader = loader
+        self.budget = budget_bytes
+        self._d: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, case_id: str) -> torch.Tensor:
+        if case_id in self._d:
+            self._d.move_to_end(case_id)
+            return self._d[case_id]
+        t = torch.from_numpy(np.ascontiguousarray(self.loader(case_id), dtype=np.float32))
+        self._d[case_id] = t
+        self._bytes += t.numel() * 4
+        while self._bytes > self.budget and len(self._d) > 1:
+            _, old = self._d.popitem(last=False)
+            self._bytes -= old.numel() * 4
+        return t
+
+
+@dataclass
+class RunReport:
+    done_before: list[Unit] = field(default_factory=list)
+    ran: list[Unit] = field(default_factory=list)
+    failed: dict[Unit, str] = field(default_factory=dict)
+    busy: list[Unit] = field(default_factory=list)  # claimed by another live worker
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        parts = [f"{len(self.ran)} unit(s) run", f"{len(self.done_before)} already done"]
+        if self.busy:
+            parts.append(f"{len(self.busy)} running in another process")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        return ", ".join(parts) + f" ({self.seconds:.1f} s)"
+
+
+class FeatureInputs:
+    """Two-stage inputs: one bag per case = the cached features of all its slides, concatenated
+    (a case's slides are all used, not only the first)."""
+
+    def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
+                 progress: bool) -> None:
+        from feature_cache import FeatureCache, get_encoder
+
+        self.cohort = cohort
+        self.encoder = get_encoder(encoder_name, allow_random=allow_random)
+        self.cache = FeatureCache(cache_root)
+        self.progress = progress
+        self.slides_of = cohort.slides_of()
+        self.bags = BagCache(self._load_case)
+        self.missing: set[str] = set()
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"encoder": self.encoder.name, "features": str(self.cache.dir_for(self.encoder).name),
+                "random_weights": bool(self.encoder.random_weights)}
+
+    def ensure(self) -> None:
+        paths = dict(zip(self.cohort.table["slide_id"], self.cohort.table["slide_path"]))
+        report = self.cache.extract(paths, self.encoder, progress=self.progress, skip_errors=True)
+        failed = dict(getattr(report, "failed", {}) or {})
+        for sid, msg in failed.items():
+            log.warning("features of slide %s unavailable: %s", sid, msg)
+        self.missing = set(failed)
+
+    def _load_case(self, case_id: str) -> np.ndarray:
+        feats = []
+        for sid in self.slides_of[case_id]:
+            if sid in self.missing:
+                continue
+            f, _ = self.cache.load(sid, self.encoder)
+            if len(f):
+                feats.append(f)
+        if not feats:
+            raise KeyError(case_id)
+        return np.concatenate(feats, axis=0)
+
+    def has(self, case_id: str) -> bool:
+        try:
+            self.bags.get(case_id)
+            return True
+        except KeyError:
+            return False
+
+    def sample(self, case_id: str, labels: dict[str, float]) -> Sample:
+        return Sample(case_id, lambda c=case_id: self.bags.get(c), labels)
+
+
+def _labels(row: pd.Series, task: str) -> dict[str, float]:
+    return {c: float(row[c]) for c in T.get_task(task).label_columns}
+
+
+def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = None,
+        folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
+        n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
+        model_overrides: dict[str, Any] | None = None, progress: bool = True) -> RunReport:
+    t0 = time.perf_counter()
+    store = ResultsStore(results)
+    cohort = load_cohort(dataset)
+    for line in cohort.report():
+        log.info(line)
+    tasks = [t for t in (tasks or cohort.spec.tasks)]
+    for t in tasks:
+        if t not in cohort.spec.tasks:
+            raise ValueError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
+    manager = SplitManager(Path(results) / "splits")
+    splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed) for t in tasks}
+
+    report = RunReport()
+    inputs: dict[str, FeatureInputs] = {}
+
+    def get_inputs(spec: MethodSpec) -> FeatureInputs:
+        if spec.input != "features":
+            raise NotImplementedError(f"{spec.name}: slide inputs are not wired into the runner yet")
+        if spec.encoder not in inputs:
+            fi = FeatureInputs(cohort, spec.encoder, Path(cache), cohort.spec.allow_random_weights, progress)
+            inputs[spec.encoder] = fi
+        return inputs[spec.encoder]
+
+    grid = [(t, spec, k) for t in tasks for spec in methods for k in range(splits[t].n_folds)
+            if folds is None or k in folds]
+    extracted: set[str] = set()
+    for task, spec, k in grid:
+        unit = Unit(dataset, task, spec.name, k)
+        fi = get_inputs(spec)
+        train_cfg = method_train_config(spec, train_overrides)
+        train_cfg["seed"] = unit_seed(seed, spec.name, task, k)
+        config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
+                  "split_hash": splits[task].hash, "n_folds": splits[task].n_folds, "train": train_cfg,
+                  "model": dict(model_overrides or {}), **fi.identity}
+        chash = config_hash(config)
+        if store.done_metrics(unit, chash) is not None:
+            report.done_before.append(unit)
+            continue
+        lock = store.try_claim(unit)
+        if lock is None:
+            log.info("%s: claimed by another process, skipping", unit)
+            report.busy.append(unit)
+            continue
+        try:
+            if store.done_metrics(unit, chash) is not None:  # finished by another worker meanwhile
+                report.done_before.append(unit)
+                continue
+            if spec.encoder not in extracted:
+                fi.ensure()
+                extracted.add(spec.encoder)
+            store.prepare(unit, config, chash)
+            metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash,
+                                model_overrides or {}, progress)
+            store.finish(unit, *metrics)
+            m = metrics[2]
+            log.info("%-48s %s = %s  (%.1f s)", str(unit), m["primary_metric"],
+                     _fmt(m["metrics"].get(m["primary_metric"])), m["train_seconds"])
+            report.ran.append(unit)
+        except (TrainingError, ValueError, RuntimeError) as exc:
+            msg = f"{type(exc).__name__}: {exc}"
+            log.error("%s failed: %s", unit, msg)
+            store.fail(unit, msg)
+            report.failed[unit] = msg
+        finally:
+            lock.release()
+    if report.ran:
+        store.summarize(dataset)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _fmt(v: Any) -> str:
+    return "undefined" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: FeatureInputs,
+              train_cfg: dict[str, Any], config: dict[str, Any], chash: str, model_overrides: dict[str, Any],
+              progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    cases = cohort.cases(unit.task).set_index("case_id")
+    without = [c for c in cases.index if not fi.has(c)]
+    if without:
+        log.warning("%s: %d case(s) have no features and are left out (e.g. %s)", unit, len(without),
+                    ", ".join(without[:3]))
+    train = [fi.sample(c, _labels(cases.loc[c], unit.task)) for c in splits.train_cases(unit.fold) if c not in without]
+    test = [fi.sample(c, _labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold) if c not in without]
+    torch.manual_seed(train_cfg["seed"])
+    n_out = T.get_task(unit.task).n_out()
+    model = build_model(spec.name, n_out, **model_overrides)
+    cfg = TrainConfig.from_dict(train_cfg)
+    pred, train_log, info = train_and_predict(model, unit.task, train, test, cfg, progress=progress,
+                                              desc=f"{spec.name} {unit.task} fold {unit.fold}")
+    scores = T.score(unit.task, pred)
+    metrics = {
+        "dataset": unit.dataset, "task": unit.task, "method": unit.method, "variant": unit.variant,
+        "fold": unit.fold, "family": spec.family, "encoder": spec.encoder, "label": spec.label,
+        "group": spec.group, "params": count_parameters(model), "primary_metric": T.get_task(unit.task).metric,
+        "metrics": scores, "config_hash": chash, "split_hash": config["split_hash"],
+        "random_weights": config.get("random_weights", False), "cases_without_input": without,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **info,
+    }
+    return pred, train_log, metrics

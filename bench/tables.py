@@ -1,0 +1,187 @@
+"""Tables from results only: LaTeX in the style of the Pixel-Mamba paper's Table 2 (booktabs, rows
+grouped by family and encoder, mean ± std over folds, best bold, second underlined) and the same
+table as Markdown for the terminal."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import pandas as pd
+
+from .registry import ENCODERS
+
+TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
+               "survival": "Survival Analysis (5 Fold - C-index)",
+               "classification": "Classification (AUC)"}
+GROUP_ORDER = [ENCODERS["resnet50"]["group"], ENCODERS["gigapath"]["group"], ENCODERS["conch"]["group"],
+               "Two-stage hierarchical representation", "End-to-end"]
+RANDOM_MARK = "\u2020"  # dagger
+
+
+def human_count(n: float | int | None) -> str:
+    """4100 → 4.1K, 921221 → 0.9M, 1134953984 → 1.1G (the paper's Params column)."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "–"
+    n = float(n)
+    for unit, div, floor in (("G", 1e9, 1e9), ("M", 1e6, 1e5), ("K", 1e3, 1e3)):
+        if n >= floor:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+
+    def text(self) -> str:
+        if math.isnan(self.mean):
+            return "–"
+        return f"{self.mean:.4f} ± {self.std:.4f}"
+
+
+def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survival")) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Rows (method, variant) × columns (task, dataset) of primary-metric cells.
+
+    ``summary`` is the concatenation of ``results/<dataset>/summary.csv`` with a ``dataset`` column.
+    Returns the wide frame (object cells) and the column keys in order.
+    """
+    prim = summary[summary["primary"].astype(bool)].copy()
+    tasks = [t for t in tasks if t in set(prim["task"])]
+    datasets = list(dict.fromkeys(prim["dataset"]))
+    cols = [(t, d) for t in tasks for d in datasets if ((prim["task"] == t) & (prim["dataset"] == d)).any()]
+    prim["variant"] = prim["variant"].fillna("")
+    rows = []
+    for (method, variant), g in prim.groupby(["method", "variant"], sort=False):
+        first = g.iloc[0]
+        row = {"method": method, "variant": variant, "label": first["label"], "family": first["family"],
+               "encoder": first.get("encoder") or "", "group": _group(first), "params": first["params"],
+               "random_weights": bool(g["random_weights"].astype(bool).any())}
+        for t, d in cols:
+            hit = g[(g["task"] == t) & (g["dataset"] == d)]
+            row[(t, d)] = Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), int(hit["n_folds"].iloc[0])) if len(hit) else None
+        rows.append(row)
+    wide = pd.DataFrame(rows)
+    if not wide.empty:
+        wide["_g"] = wide["group"].map(lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
+        wide = wide.sort_values("_g", kind="stable").drop(columns="_g").reset_index(drop=True)
+    return wide, cols
+
+
+def _group(row: pd.Series) -> str:
+    enc = row.get("encoder") or ""
+    if row["family"] == "two-stage" and enc in ENCODERS:
+        return ENCODERS[enc]["group"]
+    return str(row.get("group") or ("End-to-end" if row["family"] == "end-to-end" else "Two-stage"))
+
+
+def _ranks(wide: pd.DataFrame, col: tuple[str, str]) -> dict[int, int]:
+    """Row index → 1 (best) or 2 (second), on means rounded as printed; ties share a rank."""
+    vals = sorted({round(c.mean, 4) for c in wide[col] if c is not None and not math.isnan(c.mean)}, reverse=True)
+    out = {}
+    for i, c in wide[col].items():
+        if c is None or math.isnan(c.mean):
+            continue
+        r = vals.index(round(c.mean, 4)) + 1
+        if r <= 2:
+            out[i] = r
+    return out
+
+
+def _params_text(row: pd.Series) -> str:
+    if row["family"] == "two-stage" and row["encoder"] in ENCODERS:
+        return f"{ENCODERS[row['encoder']]['params']} + {human_count(row['params'])}"
+    return human_count(row["params"])
+
+
+def _backbone(row: pd.Series) -> str:
+    if row["encoder"] in ENCODERS:
+        return ENCODERS[row["encoder"]]["backbone"]
+    return ""
+
+
+def _latex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        s = s.replace(a, b)
+    return s
+
+
+def _name(row: pd.Series) -> str:
+    return str(row["label"]) + (f" ({row['variant']})" if row["variant"] else "")
+
+
+def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "", label: str = "tab:main") -> str:
+    tasks = list(dict.fromkeys(t for t, _ in cols))
+    ncol = 3 + len(cols)
+    ranks = {c: _ranks(wide, c) for c in cols}
+    lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
+             r"\begin{tabular}{ll r" + " c" * len(cols) + "}", r"\toprule"]
+    head = [r"\multicolumn{3}{l}{Tasks}"]
+    cmid = []
+    start = 4
+    for t in tasks:
+        n = sum(1 for tt, _ in cols if tt == t)
+        head.append(rf"\multicolumn{{{n}}}{{c}}{{{TASK_TITLES.get(t, t)}}}")
+        cmid.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" & ".join(head) + r" \\")
+    lines.append(" ".join(cmid))
+    lines.append(" & ".join(["Methods", "Backbone", "Params."] + [_latex_escape(d.upper()) for _, d in cols]) + r" \\")
+    lines.append(r"\midrule")
+    last_group = None
+    for i, row in wide.iterrows():
+        if row["group"] != last_group:
+            if last_group is not None:
+                lines.append(r"\midrule")
+            lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{_latex_escape(row['group'])}}}}} \\")
+            last_group = row["group"]
+        name = _latex_escape(_name(row)) + (r"$^\dagger$" if row["random_weights"] else "")
+        cells = []
+        for c in cols:
+            cell = row[c]
+            txt = cell.text().replace("±", r"$\pm$") if cell is not None else "–"
+            r = ranks[c].get(i)
+            if r == 1:
+                txt = rf"\textbf{{{txt}}}"
+            elif r == 2:
+                txt = rf"\underline{{{txt}}}"
+            cells.append(txt)
+        lines.append(" & ".join([name, _latex_escape(_backbone(row)), _latex_escape(_params_text(row))] + cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    cap = caption or default_caption(wide)
+    lines += [rf"\caption{{{cap}}}", rf"\label{{{label}}}", r"\end{table*}"]
+    return "\n".join(lines) + "\n"
+
+
+def default_caption(wide: pd.DataFrame) -> str:
+    cap = (r"Tumor staging (macro-F1) and survival analysis (C-index): mean $\pm$ standard deviation "
+           r"(population, ddof=0) over the 5 patient-level test folds. Best in \textbf{bold}, second "
+           r"\underline{underlined}.")
+    if not wide.empty and wide["random_weights"].any():
+        cap += (r" $^\dagger$Patch encoder with random weights (pretrained weights unavailable): not "
+                r"comparable to published numbers.")
+    return cap
+
+
+def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
+    ranks = {c: _ranks(wide, c) for c in cols}
+    header = ["Method", "Backbone", "Params"] + [f"{t} {d}" for t, d in cols]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    last_group = None
+    for i, row in wide.iterrows():
+        if row["group"] != last_group:
+            out.append(f"| *{row['group']}* |" + " |" * (len(header) - 1))
+            last_group = row["group"]
+        cells = []
+        for c in cols:
+            txt = row[c].text() if row[c] is not None else "–"
+            r = ranks[c].get(i)
+            cells.append(f"**{txt}**" if r == 1 else f"_{txt}_" if r == 2 else txt)
+        name = _name(row) + (f" {RANDOM_MARK}" if row["random_weights"] else "")
+        out.append("| " + " | ".join([name, _backbone(row), _params_text(row)] + cells) + " |")
+    if not wide.empty and wide["random_weights"].any():
+        out.append(f"\n{RANDOM_MARK} random encoder weights: not comparable to published numbers.")
+    return "\n".join(out) + "\n"
