@@ -1,0 +1,180 @@
+"""The three parts of a Pixel-Mamba layer (paper Sec. 3.3, Fig. 2c and Fig. 3).
+
+Qiu, Chao, Lin et al., "From Pixels to Gigapixels: Bridging Local Inductive Bias and Long-Range
+Dependencies with Pixel-Mamba". A layer is: bidirectional Mamba block over the whole serialized
+image (Eq. 1) → Region Fusion → optional Token Expansion.
+
+Tensors between the parts are region grids (see ``serialize``): ``tokens (B, n, h, w, C)``,
+``cls (B, n, C)`` and ``valid (B, n, h, w)`` (False on padding). Padded tokens are kept at zero
+outside the Mamba block, and every average below ignores them.
+
+Choices the paper leaves open, and what this implementation does:
+
+* Shift-merge pads the first row/column with **zeros** (the paper says "padding the first row").
+* Token Expansion joins the pairs (0, 1), (2, 3), …; a ``cat`` puts the top/left token's channels
+  first. An ``avg`` of a real token and a padded one is the real token (mask-aware mean).
+* **CLS through a channel change**: the CLS token is joined with itself, as if both members of
+  the pair were the CLS — ``cat`` duplicates it ([cls, cls], 2C), ``avg`` leaves it unchanged.
+  This adds no parameters (the paper's counts leave no room for a projection) and keeps the CLS
+  cosine similarities that Region Fusion ranks on unchanged across the expansion.
+* **Gallery/probe assignment**: by alternation in scan order — even positions are the gallery,
+  odd positions the probe (as ToMe's bipartite matching), so both sets cover the whole slide and
+  for odd ``n`` the gallery has one more region. Each probe region picks its most similar gallery
+  region; the ``k`` probes with the highest similarity are merged into their picks. When several
+  probes pick the same gallery region, the whole group is averaged (plain mean, as the paper
+  averages a pair). The merged region keeps the gallery region's place in the scan order, and the
+  survivors keep their relative order.
+* ``k = ceil(alpha * n0 / depth)`` with ``n0`` the *initial* region count, capped so that at most
+  one merge per probe happens and at least one region remains (``merge_count``).
+* Padding in Region Fusion: a region with no real token is a *padding region*. A padding region
+  is never paired with a real one while any other pair is available (pairs of two padding regions
+  rank first, being free, then real pairs by similarity); and since every average is weighted by
+  the validity mask, even a forced padding-with-real merge leaves the real region's values
+  exactly unchanged. Such regions only arise when the caller passes a ``mask`` (e.g. slides of
+  different sizes on one canvas): padding to a multiple of the window only pads *inside* edge
+  regions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .configs import TokenExpansionSpec
+from .mixer import BiMambaMixer
+from .serialize import deserialize, serialize
+
+
+def shift_merge(tokens: Tensor, axis: str) -> Tensor:
+    """Average every token with its predecessor along ``axis`` ("h": left neighbour, "v": upper
+    neighbour); the first column/row is averaged with a zero pad. ``(B, n, h, w, C)`` in and out.
+
+    This is what makes the later pairwise join overlap: after it, the pair (2j, 2j+1) has seen
+    pixels 2j-1 .. 2j+1, like a stride-2 convolution of width 3.
+    """
+    dim = 3 if axis == "h" else 2
+    shifted = F.pad(tokens.narrow(dim, 0, tokens.shape[dim] - 1), _pad_before(dim, tokens.dim()))
+    return (tokens + shifted) / 2
+
+
+def _pad_before(dim: int, ndim: int) -> tuple[int, ...]:
+    """``F.pad`` spec that adds one zero slice before index 0 of ``dim``."""
+    spec = [0, 0] * (ndim - dim)  # F.pad lists (before, after) pairs from the last dim backwards
+    spec[-2] = 1
+    return tuple(spec)
+
+
+def token_expansion(
+    tokens: Tensor, cls: Tensor, valid: Tensor, spec: TokenExpansionSpec
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Shift-merge, then join neighbouring pairs along ``spec.axis`` by ``spec.join``.
+
+    ``(B, n, h, w, C)`` → ``(B, n, h, w/2, C')`` for "h", ``(B, n, h/2, w, C')`` for "v", with
+    ``C' = 2C`` for "cat" and ``C`` for "avg". Returns masked tokens, CLS and the new validity
+    (a joined token is real if either member is).
+    """
+    B, n, h, w, C = tokens.shape
+    if spec.axis == "h":
+        if w % 2:
+            raise ValueError(f"horizontal expansion needs an even token width, got {w}")
+        pairs = shift_merge(tokens, "h").view(B, n, h, w // 2, 2, C)  # (B, n, h, w/2, 2, C)
+        pair_valid = valid.view(B, n, h, w // 2, 2)
+    else:
+        if h % 2:
+            raise ValueError(f"vertical expansion needs an even token height, got {h}")
+        pairs = shift_merge(tokens, "v").view(B, n, h // 2, 2, w, C).transpose(3, 4)
+        pair_valid = valid.view(B, n, h // 2, 2, w).transpose(3, 4)  # (B, n, h/2, w, 2)
+    weight = pair_valid.unsqueeze(-1).to(pairs.dtype)
+    pairs = pairs * weight  # pads become zero again (shift-merge may have moved values into them)
+    if spec.join == "cat":
+        out = pairs.flatten(-2)  # (B, n, h', w', 2C): [first member, second member]
+        cls = torch.cat([cls, cls], dim=-1)
+    else:
+        out = pairs.sum(-2) / weight.sum(-2).clamp(min=1)  # (B, n, h', w', C) mask-aware mean
+    return out, cls, pair_valid.any(-1)
+
+
+def merge_count(n_initial: int, alpha: float, depth: int, n_current: int) -> int:
+    """Regions Region Fusion removes at a layer: ``ceil(alpha * n_initial / depth)``, at most one
+    per probe region (``n_current // 2``), hence never the last region."""
+    return min(math.ceil(alpha * n_initial / depth), n_current // 2)
+
+
+# Region Fusion ranks candidate pairs on these scores; real pairs score their cosine in [-1, 1].
+_PAD_PAIR_SCORE = 2.0  # two padding regions: merging them costs nothing, do it first
+_MIXED_PAIR_SCORE = -2.0  # padding with real: only when nothing else is left (and then harmless)
+
+
+def region_fusion(
+    tokens: Tensor, cls: Tensor, valid: Tensor, k: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge the ``k`` most similar (probe → gallery) region pairs by averaging their tokens.
+
+    Similarity is the cosine of the CLS tokens, computed without gradient (the choice of pairs
+    is discrete, as in ToMe); gradients flow through the averages. ``n`` regions in, ``n - k``
+    out, per sample of the batch.
+    """
+    B, n, h, w, C = tokens.shape
+    if k == 0:
+        return tokens, cls, valid
+    if not 0 < k <= n // 2:
+        raise ValueError(f"cannot merge {k} of {n} regions (at most one per probe, n // 2)")
+    device = tokens.device
+    gallery, probe = torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)
+    region_valid = valid.flatten(2).any(-1)  # (B, n)
+    with torch.no_grad():
+        unit = F.normalize(cls.float(), dim=-1)
+        score = unit[:, probe] @ unit[:, gallery].transpose(1, 2)  # (B, P, G) cosine
+        pv, gv = region_valid[:, probe, None], region_valid[:, gallery, None].transpose(1, 2)
+        score = torch.where(pv & gv, score, torch.full_like(score, _MIXED_PAIR_SCORE))
+        score = torch.where(~pv & ~gv, torch.full_like(score, _PAD_PAIR_SCORE), score)
+        best_score, best_gallery = score.max(dim=-1)  # (B, P)
+        chosen = best_score.topk(k, dim=-1).indices  # (B, k) probe slots to merge away
+        # Where every region goes: itself, or (merged probes) their gallery partner.
+        target = torch.arange(n, device=device).expand(B, n).clone()  # (B, n)
+        target.scatter_(1, probe[chosen], gallery[best_gallery.gather(1, chosen)])
+        keep = torch.ones(B, n, dtype=torch.bool, device=device)
+        keep.scatter_(1, probe[chosen], False)
+        slot = (keep.cumsum(1) - 1).gather(1, target)  # (B, n) output slot of every region
+    tokens_flat = tokens.view(B, n, h * w, C)
+    out_tokens = _group_mean(tokens_flat, valid.view(B, n, h * w, 1), slot, n - k)
+    out_cls = _group_mean(cls, region_valid[..., None], slot, n - k)  # (B, n-k, C)
+    out_valid = torch.zeros(B, n - k, h * w, dtype=torch.bool, device=device)
+    out_valid.scatter_reduce_(1, slot[..., None].expand(B, n, h * w), valid.view(B, n, h * w), "amax")
+    return out_tokens.view(B, n - k, h, w, C), out_cls, out_valid.view(B, n - k, h, w)
+
+
+def _group_mean(x: Tensor, valid: Tensor, slot: Tensor, n_out: int) -> Tensor:
+    """Mean of ``x (B, n, ..., C)`` over the regions that share an output ``slot (B, n)``,
+    counting only members whose ``valid (B, n, ..., 1)`` is set; where no member of a group is
+    valid the plain mean is taken instead (the value is padding then, but stays finite)."""
+    B, n = slot.shape
+    index = slot.view(B, n, *([1] * (x.dim() - 2)))
+    weight = valid.to(x.dtype)
+
+    def group_sum(v: Tensor) -> Tensor:
+        return v.new_zeros(B, n_out, *v.shape[2:]).scatter_add(1, index.expand_as(v), v)
+
+    has_valid = group_sum(weight).gather(1, index.expand_as(weight)) > 0  # per member
+    weight = torch.where(has_valid, weight, torch.ones_like(weight))
+    return group_sum(x * weight) / group_sum(weight)
+
+
+class PixelMambaBlock(nn.Module):
+    """Eq. 1: ``T' = T + Mixer(norm(T))`` with the bidirectional (Vim "v2") Mamba mixer.
+
+    RMSNorm as in Vim; residual kept in the input dtype (float32 unless the caller chose
+    otherwise). ``chunk_size`` streams the sequence through the mixer with carried state.
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.mixer = BiMambaMixer(dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend)
+
+    def forward(self, seq: Tensor, chunk_size: int | None = None) -> Tensor:  # (B, L, C)
+        return seq + self.mixer(self.norm(seq), chunk_size=chunk_size)

@@ -1,0 +1,196 @@
+"""Pixel-Mamba: an end-to-end whole-slide network from pixel tokens to a slide-level prediction.
+
+Implements Qiu, Chao, Lin et al., "From Pixels to Gigapixels: Bridging Local Inductive Bias and
+Long-Range Dependencies with Pixel-Mamba" (Sec. 3; layer tables 7–8 of the appendix, 1–2 of the
+supplement). No public code of the paper exists; where it is silent, the choices made here are
+stated in the docstrings of ``serialize``, ``layers`` and this module.
+
+Data flow for an image ``x (B, 3, H, W)`` (normalized with the ImageNet mean/std):
+
+1. ``image_to_regions``: pad to multiples of the scan window, cut into ``n`` regions in zigzag
+   order → ``tokens (B, n, s, s, 3)``; one learned CLS token (3 channels) per region.
+2. 24 layers, each: serialize (zigzag inside regions, CLS in the middle) → Mamba block (Eq. 1) on
+   the whole ``(B, n*(h*w+1), C)`` sequence → deserialize → Region Fusion (``n`` shrinks by ``k``)
+   → Token Expansion on some layers (the region grid halves along one axis).
+3. The remaining regions' CLS tokens are normalized (RMSNorm, as Vim's final norm) and averaged
+   over the regions that hold real pixels → ``(B, C)``; a linear head gives the logits.
+
+Memory, for gigapixel inputs: each layer runs under activation checkpointing (only its input is
+kept for backward), the Mamba block can stream its sequence in chunks with carried state
+(``chunk_size``; the mixer then also checkpoints every chunk), and the activations passed between
+layers can be stored in bfloat16 (``act_dtype``) while every layer computes in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .configs import CONFIGS, LayerRow, PixelMambaConfig
+from .layers import PixelMambaBlock, merge_count, region_fusion, token_expansion
+from .serialize import deserialize, image_to_regions, region_grid, serialize
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """What one layer will cost, from ``PixelMamba.plan``.
+
+    ``token_h × token_w`` is the token grid of one region as the layer's Mamba block sees it,
+    ``channels`` its width, ``seq_len`` the length of the sequence it scans
+    (``n_regions_in * (token_h * token_w + 1)``), and ``n_regions`` the regions left after the
+    layer's Region Fusion.
+    """
+
+    layer: int
+    token_h: int
+    token_w: int
+    channels: int
+    n_regions: int
+    seq_len: int
+
+
+class PixelMambaLayer(nn.Module):
+    """Mamba block → Region Fusion → optional Token Expansion, on region grids."""
+
+    def __init__(self, row: LayerRow, cfg: PixelMambaConfig, backend: str = "auto") -> None:
+        super().__init__()
+        self.row = row
+        self.block = PixelMambaBlock(row.channels, cfg.d_state, cfg.d_conv, cfg.expand, backend)
+
+    def forward(
+        self, tokens: Tensor, cls: Tensor, valid: Tensor, k: int, chunk_size: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``tokens (B, n, h, w, C)`` (any float dtype; computed in float32), ``cls (B, n, C)``,
+        ``valid (B, n, h, w)`` → the same three after fusion and expansion; tokens come back in
+        the dtype they came in, so bf16 storage between layers is the caller's choice."""
+        store_dtype = tokens.dtype
+        B, n, h, w, C = tokens.shape
+        seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
+        seq = self.block(seq, chunk_size=chunk_size)
+        tokens, cls = deserialize(seq, n, h, w)  # (B, n, h, w, C), (B, n, C)
+        tokens = tokens * valid.unsqueeze(-1)  # padding stays zero outside the block
+        tokens, cls, valid = region_fusion(tokens, cls, valid, k)
+        if self.row.expansion is not None:
+            tokens, cls, valid = token_expansion(tokens, cls, valid, self.row.expansion)
+        return tokens.to(store_dtype), cls, valid
+
+
+class PixelMamba(nn.Module):
+    """The Pixel-Mamba network with the timm-style face used across wsi-bench.
+
+    ``chunk_size``: stream every Mamba block's sequence in pieces of this many tokens (None: one
+    piece). ``checkpointing``: recompute each layer in backward instead of keeping its internals.
+    ``act_dtype``: dtype of the activations kept between layers (``torch.bfloat16`` halves the
+    memory that checkpointing keeps; each layer still computes and accumulates its residual in
+    float32, so the only loss is rounding of the stored layer inputs).
+    """
+
+    def __init__(
+        self,
+        cfg: PixelMambaConfig,
+        num_classes: int = 1000,
+        chunk_size: int | None = None,
+        checkpointing: bool = True,
+        act_dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.chunk_size = chunk_size
+        self.checkpointing = checkpointing
+        self.act_dtype = act_dtype
+        self.num_features = cfg.num_features
+        # One learned CLS token for every region (the paper inserts "a CLS token" per region).
+        self.cls_token = nn.Parameter(torch.zeros(cfg.in_chans))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.layers = nn.ModuleList(PixelMambaLayer(row, cfg, backend) for row in cfg.rows)
+        self.norm = nn.RMSNorm(self.num_features, eps=1e-5)
+        self.head: nn.Module = nn.Identity()
+        self.reset_classifier(num_classes)
+
+    # -- the common face -----------------------------------------------------------------------
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head (``0`` gives an identity head: ``forward`` returns features)."""
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.checkpointing = enable
+
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x (B, 3, H, W)`` → pooled CLS ``(B, num_features)``.
+
+        ``mask (B, H, W)``, optional, marks pixels to treat as padding (e.g. several slides of
+        different sizes padded onto one canvas); padding to a multiple of the scan window is
+        handled without it.
+        """
+        B, _, H, W = x.shape
+        tokens, valid = image_to_regions(x, self.cfg.scan_window, mask)  # (B, n, s, s, 3)
+        n0 = tokens.shape[1]
+        tokens = tokens.to(self.act_dtype)
+        cls = self.cls_token.expand(B, n0, -1)  # (B, n, 3)
+        for layer in self.layers:
+            k = merge_count(n0, self.cfg.alpha, self.cfg.depth, tokens.shape[1])
+            if self.checkpointing and torch.is_grad_enabled():
+                tokens, cls, valid = checkpoint(
+                    layer, tokens, cls, valid, k, self.chunk_size, use_reentrant=False
+                )
+            else:
+                tokens, cls, valid = layer(tokens, cls, valid, k, self.chunk_size)
+        cls = self.norm(cls)  # (B, n_final, C)
+        real = valid.flatten(2).any(-1).unsqueeze(-1).to(cls.dtype)  # (B, n_final, 1)
+        return (cls * real).sum(1) / real.sum(1).clamp(min=1)  # (B, C)
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        return self.head(feats)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.forward_head(self.forward_features(x, mask))
+
+    # -- cost before running ----------------------------------------------------------------------
+
+    def plan(self, height: int, width: int) -> list[PlanRow]:
+        """One row per layer for an ``height × width`` input, without running the network."""
+        s = self.cfg.scan_window
+        n_rows, n_cols = region_grid(height, width, s)
+        n0 = n = n_rows * n_cols
+        h = w = s
+        rows = []
+        for row in self.cfg.rows:
+            seq_len = n * (h * w + 1)
+            n -= merge_count(n0, self.cfg.alpha, self.cfg.depth, n)
+            rows.append(PlanRow(row.layer, h, w, row.channels, n, seq_len))
+            if row.expansion is not None:
+                h, w = (h, w // 2) if row.expansion.axis == "h" else (h // 2, w)
+        return rows
+
+
+def list_models() -> list[str]:
+    """Names ``create_model`` accepts."""
+    return sorted(CONFIGS)
+
+
+_CONFIG_FIELDS = ("alpha", "scan_window", "d_state", "d_conv", "expand")
+
+
+def create_model(name: str, num_classes: int = 1000, **overrides: object) -> PixelMamba:
+    """Build ``pixelmamba-6m`` or ``pixelmamba-21m``.
+
+    Overrides: architecture fields of ``PixelMambaConfig`` (``alpha``, ``scan_window``,
+    ``d_state``, ``d_conv``, ``expand``) and the runtime options of ``PixelMamba``
+    (``chunk_size``, ``checkpointing``, ``act_dtype``, ``backend``).
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown Pixel-Mamba model {name!r}; choose one of {list_models()}")
+    cfg_over = {k: overrides.pop(k) for k in _CONFIG_FIELDS if k in overrides}
+    cfg = replace(CONFIGS[name], **cfg_over)  # re-validates (e.g. scan_window % 32)
+    model = PixelMamba(cfg, num_classes, **overrides)  # type: ignore[arg-type]
+    logger.debug("built %s (%s), %d parameters", name, cfg_over or "defaults",
+                 sum(p.numel() for p in model.parameters()))
+    return model
