@@ -1,0 +1,230 @@
+"""One face for whole-slide readers: OpenSlide by default, tiffslide as the fallback.
+
+Why a wrapper: callers need the *physical* resolution (mpp) and must never infer magnification
+from a pyramid level (CLAM's defect, REFERENCE.md); readers differ in property names and in how
+they fail (OpenSlide may open a truncated file and fail only on the first read). Every failure
+here becomes a :class:`SlideError` that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["SlideError", "Slide", "open_slide", "mag_to_mpp", "mpp_to_mag"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("openslide", "tiffslide")
+
+
+class SlideError(Exception):
+    """A slide could not be opened or read; the message names the file and the fix."""
+
+
+def mag_to_mpp(magnification: float) -> float:
+    """Convention used throughout: 20x == 0.5 um/px, so magnification m == mpp 10/m."""
+    return 10.0 / float(magnification)
+
+
+def mpp_to_mag(mpp: float) -> float:
+    return 10.0 / float(mpp)
+
+
+def _open_backend(path: Path, backend: str) -> Any:
+    if backend == "openslide":
+        import openslide
+
+        return openslide.OpenSlide(str(path))
+    import tiffslide
+
+    return tiffslide.TiffSlide(str(path))
+
+
+class Slide:
+    """An open whole-slide image. Use :func:`open_slide` to get one; close it (or use ``with``).
+
+    ``mpp`` is the level-0 resolution in um/px: from the reader's ``mpp-x`` property, else from the
+    objective power (mpp = 10 / power), else ``None`` -- callers that need it call
+    :meth:`require_mpp`, which fails with the override to use.
+    """
+
+    def __init__(self, path: Path, handle: Any, backend: str, mpp: float | None = None):
+        self.path = Path(path)
+        self.backend = backend
+        self._h = handle
+        try:
+            self.dimensions: tuple[int, int] = tuple(int(v) for v in handle.dimensions)
+            self.level_count: int = int(handle.level_count)
+            self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
+                (int(w), int(h)) for w, h in handle.level_dimensions
+            )
+            self.level_downsamples: tuple[float, ...] = tuple(
+                float(d) for d in handle.level_downsamples
+            )
+            self.properties: dict[str, str] = dict(handle.properties)
+        except Exception as err:  # readers raise their own types; all mean "unreadable"
+            raise self._error("cannot read the slide's header", err) from err
+        self.mpp: float | None = float(mpp) if mpp is not None else self._mpp_from_properties()
+        if self.dimensions[0] <= 0 or self.dimensions[1] <= 0:
+            raise self._error(f"slide has empty dimensions {self.dimensions}")
+
+    # ---------------------------------------------------------------- metadata
+
+    def _mpp_from_properties(self) -> float | None:
+        props = self.properties
+        for prefix in (self.backend, "openslide", "tiffslide"):
+            vals = [props.get(f"{prefix}.mpp-x"), props.get(f"{prefix}.mpp-y")]
+            try:
+                nums = [float(v) for v in vals if v not in (None, "")]
+            except ValueError:
+                continue
+            nums = [v for v in nums if math.isfinite(v) and v > 0]
+            if nums:
+                return float(np.mean(nums))
+        for key in (f"{self.backend}.objective-power", "openslide.objective-power",
+                    "tiffslide.objective-power", "aperio.AppMag"):
+            try:
+                power = float(props.get(key, ""))
+            except ValueError:
+                continue
+            if math.isfinite(power) and power > 0:
+                log.warning("%s: no mpp property, using objective power %gx -> %.3f um/px",
+                            self.path, power, mag_to_mpp(power))
+                return mag_to_mpp(power)
+        return None
+
+    def require_mpp(self) -> float:
+        """The level-0 mpp, or a SlideError saying how to supply it."""
+        if self.mpp is None:
+            raise SlideError(
+                f"{self.path}: the slide has no resolution metadata (no mpp-x property, no "
+                f"objective power), so magnification cannot be computed. Fix: pass the level-0 "
+                f"resolution explicitly, e.g. open_slide(path, mpp=0.25) or `--mpp 0.25` "
+                f"(0.25 um/px = 40x, 0.5 um/px = 20x)."
+            )
+        return self.mpp
+
+    @property
+    def magnification(self) -> float | None:
+        """Level-0 magnification implied by mpp (20x == 0.5 um/px)."""
+        return None if self.mpp is None else mpp_to_mag(self.mpp)
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample is <= ``downsample`` (reading it and shrinking never
+        upsamples). A small tolerance absorbs rounding in stored level sizes."""
+        fits = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * 1.01]
+        return max(fits, key=lambda i: self.level_downsamples[i]) if fits else 0
+
+    # ---------------------------------------------------------------- pixels
+
+    def _error(self, what: str, err: BaseException | None = None) -> SlideError:
+        detail = f" ({type(err).__name__}: {err})" if err is not None else ""
+        return SlideError(
+            f"{self.path}: {what}{detail}. Fix: the file is probably truncated or corrupt -- "
+            f"re-download or re-copy it (compare its size/checksum with the source), or exclude "
+            f"it (e.g. `bench extract --skip-errors`)."
+        )
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        """RGB region of ``size`` at ``level``; ``location`` is level-0 x, y (OpenSlide's convention).
+        Transparent (outside-slide) pixels come back white."""
+        try:
+            im = self._h.read_region((int(location[0]), int(location[1])), int(level),
+                                     (int(size[0]), int(size[1])))
+        except Exception as err:
+            raise self._error(f"cannot read region {tuple(location)} level {level} size "
+                              f"{tuple(size)}", err) from err
+        return _to_rgb(im)
+
+    def get_thumbnail(self, size: tuple[int, int]) -> Image.Image:
+        """RGB thumbnail fitting in ``size``, aspect ratio kept."""
+        try:
+            im = self._h.get_thumbnail((int(size[0]), int(size[1])))
+        except Exception as err:
+            raise self._error("cannot read a thumbnail", err) from err
+        return _to_rgb(im)
+
+    def read_level(self, level: int) -> np.ndarray:
+        """A whole pyramid level as (H, W, 3) uint8."""
+        w, h = self.level_dimensions[level]
+        return np.asarray(self.read_region((0, 0), level, (w, h)))
+
+    def read_at_mpp(self, target_mpp: float) -> np.ndarray:
+        """The whole slide resampled to ``target_mpp`` um/px, aspect ratio kept: reads the pyramid
+        level nearest above that resolution and resizes (area filter), so nothing is upsampled
+        unless the slide itself is coarser than the target."""
+        mpp0 = self.require_mpp()
+        ds = float(target_mpp) / mpp0
+        level = self.best_level_for_downsample(ds)
+        arr = self.read_level(level)
+        w0, h0 = self.dimensions
+        out_w, out_h = max(1, round(w0 / ds)), max(1, round(h0 / ds))
+        if (out_w, out_h) == (arr.shape[1], arr.shape[0]):
+            return arr
+        return np.asarray(Image.fromarray(arr).resize((out_w, out_h), Image.BOX
+                                                      if out_w <= arr.shape[1] else Image.BICUBIC))
+
+    def close(self) -> None:
+        h, self._h = self._h, None
+        if h is not None:
+            h.close()
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Slide({str(self.path)!r}, backend={self.backend!r}, dimensions={self.dimensions},"
+                f" levels={self.level_count}, mpp={self.mpp})")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Flatten RGBA onto white: OpenSlide marks pixels outside the scanned area transparent."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "RGBA":
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.getchannel("A"))
+        return bg
+    return im.convert("RGB")
+
+
+def open_slide(path: str | Path, backend: str = "auto", mpp: float | None = None) -> Slide:
+    """Open a whole-slide image.
+
+    ``backend="auto"`` tries OpenSlide, then tiffslide (pure Python; reads TIFF/SVS variants that
+    OpenSlide rejects). ``mpp`` overrides the file's resolution metadata (for slides without it).
+    Raises :class:`SlideError` naming the file and the fix when no reader can open it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: no such file. Fix: check the dataset's slide directory "
+                         f"(paths resolve against $BENCH_DATA) and the slide id.")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown slide backend {backend!r}; choose one of {BACKENDS} or 'auto'")
+    order = BACKENDS if backend == "auto" else (backend,)
+    errors = []
+    for name in order:
+        try:
+            handle = _open_backend(path, name)
+        except Exception as err:  # each reader has its own exception zoo
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+            continue
+        try:
+            return Slide(path, handle, name, mpp=mpp)
+        except SlideError as err:
+            handle.close()
+            errors.append(f"{name}: {err}")
+    raise SlideError(
+        f"{path}: no reader could open this file ({'; '.join(errors)}). Fix: check it is a "
+        f"complete whole-slide image (SVS, tiled TIFF, NDPI, MRXS, DICOM...) -- re-download or "
+        f"re-copy it if it is truncated, or exclude it (`bench extract --skip-errors`)."
+    )
