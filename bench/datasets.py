@@ -240,6 +240,7 @@ class DatasetSpec:
     tasks: list[str] = field(default_factory=lambda: ["staging", "survival"])
     allow_random_weights: bool = False
     generator: str | None = None  # "demo": generated on first use
+    generator_args: dict[str, Any] = field(default_factory=dict)  # e.g. {n_cases: 12, seed: 0}
     root: str = ""  # relative to $BENCH_DATA
     download: str = ""
     mpp_override: float | None = None
@@ -259,7 +260,12 @@ def list_datasets() -> list[str]:
 
 
 def load_spec(name: str) -> DatasetSpec:
-    path = CONFIG_DIR / "datasets" / f"{name}.yaml"
+    """A dataset by name (configs/datasets/<name>.yaml) or by the path of its YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        name = path.stem
+    else:
+        path = CONFIG_DIR / "datasets" / f"{name}.yaml"
     if not path.is_file():
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())} "
                            f"(add configs/datasets/{name}.yaml to define it)")
@@ -342,7 +348,7 @@ def load_cohort(name_or_spec: str | DatasetSpec) -> Cohort:
     if spec.generator == "demo":
         from .demo import generate_demo
 
-        generate_demo(spec.data_root)
+        generate_demo(spec.data_root, **spec.generator_args)
     clinical_path = spec.path(spec.clinical)
     if not clinical_path.is_file():
         raise DatasetError(_missing_message(spec, f"clinical table {clinical_path} does not exist"))

@@ -1,0 +1,5 @@
+import os
+
+# never wait on a hub that cannot be reached (REFERENCE.md: 23–47 s of retries otherwise)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
