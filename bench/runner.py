@@ -136,6 +136,60 @@ class FeatureInputs:
         return Sample(case_id, lambda c=case_id: self.bags.get(c), labels)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SlideInputs:
+    """End-to-end inputs: the whole slide at one magnification, ``(1, 3, H, W)`` normalised with
+    ImageNet statistics (the end-to-end models start from ImageNet pre-training). A case with several
+    slides trains on one of them per step (drawn at random) and is predicted by averaging the
+    logits of all of them."""
+
+    def __init__(self, cohort: Cohort, magnification: float, cache_root: Path, progress: bool) -> None:
+        from feature_cache.slide_cache import SlideImageCache
+
+        self.cohort = cohort
+        self.magnification = float(magnification)
+        self.cache = SlideImageCache(cache_root)
+        self.progress = progress
+        self.slides_of = cohort.slides_of()
+        self.paths = dict(zip(cohort.table["slide_id"], cohort.table["slide_path"]))
+        self.missing: set[str] = set()
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"input": f"slide@{self.magnification:g}x", "random_weights": False}
+
+    def ensure(self) -> None:
+        self.missing = set(self.cache.ensure(self.paths, self.magnification, progress=self.progress,
+                                             mpp_override=self.cohort.spec.mpp_override))
+
+    def _slides(self, case_id: str) -> list[str]:
+        return [s for s in self.slides_of[case_id] if s not in self.missing]
+
+    def has(self, case_id: str) -> bool:
+        return bool(self._slides(case_id))
+
+    def _tensor(self, slide_id: str) -> torch.Tensor:
+        arr = self.cache.get(slide_id, self.paths[slide_id], self.magnification)
+        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return ((x - mean) / std).unsqueeze(0)  # (1, 3, H, W)
+
+    def sample(self, case_id: str, labels: dict[str, float]) -> Sample:
+        slides = self._slides(case_id)
+
+        def one() -> torch.Tensor:
+            return self._tensor(slides[int(torch.randint(len(slides), (1,)))])
+
+        return Sample(case_id, one, labels, views=lambda: [self._tensor(s) for s in slides])
+
+
+Inputs = FeatureInputs | SlideInputs
+
+
 def _labels(row: pd.Series, task: str) -> dict[str, float]:
     return {c: float(row[c]) for c in T.get_task(task).label_columns}
 
@@ -157,22 +211,28 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
     splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed) for t in tasks}
 
     report = RunReport()
-    inputs: dict[str, FeatureInputs] = {}
+    inputs: dict[str, Inputs] = {}
 
-    def get_inputs(spec: MethodSpec) -> FeatureInputs:
-        if spec.input != "features":
-            raise NotImplementedError(f"{spec.name}: slide inputs are not wired into the runner yet")
-        if spec.encoder not in inputs:
-            fi = FeatureInputs(cohort, spec.encoder, Path(cache), cohort.spec.allow_random_weights, progress)
-            inputs[spec.encoder] = fi
-        return inputs[spec.encoder]
+    def get_inputs(spec: MethodSpec) -> tuple[str, Inputs]:
+        """Inputs are shared between methods that consume the same thing."""
+        if spec.input == "features":
+            key = f"features:{spec.encoder}"
+            if key not in inputs:
+                inputs[key] = FeatureInputs(cohort, spec.encoder, Path(cache), cohort.spec.allow_random_weights,
+                                            progress)
+        else:
+            mag = float((model_overrides or {}).get("magnification", spec.magnification or 2.5))
+            key = f"slide:{mag:g}"
+            if key not in inputs:
+                inputs[key] = SlideInputs(cohort, mag, Path(cache), progress)
+        return key, inputs[key]
 
     grid = [(t, spec, k) for t in tasks for spec in methods for k in range(splits[t].n_folds)
             if folds is None or k in folds]
     extracted: set[str] = set()
     for task, spec, k in grid:
         unit = Unit(dataset, task, spec.name, k)
-        fi = get_inputs(spec)
+        key, fi = get_inputs(spec)
         train_cfg = method_train_config(spec, train_overrides)
         train_cfg["seed"] = unit_seed(seed, spec.name, task, k)
         config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
@@ -191,9 +251,9 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
             if store.done_metrics(unit, chash) is not None:  # finished by another worker meanwhile
                 report.done_before.append(unit)
                 continue
-            if spec.encoder not in extracted:
+            if key not in extracted:
                 fi.ensure()
-                extracted.add(spec.encoder)
+                extracted.add(key)
             store.prepare(unit, config, chash)
             metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash,
                                 model_overrides or {}, progress)
@@ -219,7 +279,7 @@ def _fmt(v: Any) -> str:
     return "undefined" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
 
 
-def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: FeatureInputs,
+def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: Inputs,
               train_cfg: dict[str, Any], config: dict[str, Any], chash: str, model_overrides: dict[str, Any],
               progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     cases = cohort.cases(unit.task).set_index("case_id")
@@ -231,7 +291,7 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
     test = [fi.sample(c, _labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold) if c not in without]
     torch.manual_seed(train_cfg["seed"])
     n_out = T.get_task(unit.task).n_out()
-    model = build_model(spec.name, n_out, **model_overrides)
+    model = build_model(spec.name, n_out, **{k: v for k, v in model_overrides.items() if k != "magnification"})
     cfg = TrainConfig.from_dict(train_cfg)
     pred, train_log, info = train_and_predict(model, unit.task, train, test, cfg, progress=progress,
                                               desc=f"{spec.name} {unit.task} fold {unit.fold}")

@@ -58,8 +58,9 @@ class Sample:
     """One case: how to get its input tensor, and its labels."""
 
     case_id: str
-    load: Callable[[], torch.Tensor]
+    load: Callable[[], torch.Tensor]  # the input of one training step
     labels: dict[str, float]
+    views: Callable[[], list[torch.Tensor]] | None = None  # inputs whose logits are averaged at test time
 
 
 def seed_everything(seed: int) -> None:
@@ -163,7 +164,8 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
     model.eval()
     rows = []
     for s in samples:
-        logits = model(s.load()).float()
+        xs = s.views() if s.views is not None else [s.load()]
+        logits = torch.stack([model(x).float() for x in xs]).mean(dim=0)
         row: dict[str, Any] = {"case_id": s.case_id, **s.labels}
         if task == "survival":
             row["risk"] = float(T.survival_risk(logits)[0])

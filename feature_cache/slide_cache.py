@@ -1,0 +1,73 @@
+"""Whole slides at a fixed magnification, cached once, for the end-to-end models.
+
+End-to-end networks (Pixel-Mamba, Vim, LongViT) read the entire slide at 0.625×–5×. Resampling a
+gigapixel pyramid each epoch would dominate training time, so each slide is read once per
+magnification (``Slide.read_at_mpp``: nearest pyramid level above, area resize, aspect kept) and
+stored as an uncompressed ``.npy`` (memory-mappable) under a directory named by magnification and
+code version. Writes are atomic (temp file + rename) and serialised per slide with a file lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from filelock import FileLock
+
+from feature_cache.slide import SlideError, mag_to_mpp, open_slide
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class SlideImageCache:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root) / "slides"
+
+    def dir_for(self, magnification: float) -> Path:
+        return self.root / f"mag{magnification:g}-v{FORMAT_VERSION}"
+
+    def path(self, slide_id: str, magnification: float) -> Path:
+        if "/" in slide_id or slide_id.startswith("."):
+            raise ValueError(f"slide id {slide_id!r} cannot be a file name")
+        return self.dir_for(magnification) / f"{slide_id}.npy"
+
+    def get(self, slide_id: str, slide_path: str | Path, magnification: float,
+            mpp_override: float | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 of the slide at ``magnification`` (20× ≡ 0.5 µm/px), memory-mapped."""
+        p = self.path(slide_id, magnification)
+        if not p.is_file():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(p) + ".lock"):
+                if not p.is_file():
+                    with open_slide(slide_path, mpp=mpp_override) as s:
+                        arr = s.read_at_mpp(mag_to_mpp(magnification))
+                    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+                    try:
+                        with os.fdopen(fd, "wb") as f:
+                            np.save(f, np.ascontiguousarray(arr, dtype=np.uint8))
+                        os.replace(tmp, p)
+                    except BaseException:
+                        Path(tmp).unlink(missing_ok=True)
+                        raise
+        return np.load(p, mmap_mode="r")
+
+    def ensure(self, slides: Mapping[str, str | Path], magnification: float, progress: bool = True,
+               mpp_override: float | None = None) -> dict[str, str]:
+        """Cache every slide; returns {slide_id: error message} for those that failed."""
+        from tqdm.auto import tqdm
+
+        failed: dict[str, str] = {}
+        todo = [(sid, path) for sid, path in slides.items() if not self.path(sid, magnification).is_file()]
+        for sid, path in tqdm(todo, desc=f"slides @ {magnification:g}x", unit="slide", disable=not progress or not todo):
+            try:
+                self.get(sid, path, magnification, mpp_override)
+            except SlideError as exc:
+                log.warning("slide %s skipped: %s", sid, exc)
+                failed[sid] = str(exc)
+        return failed
