@@ -244,6 +244,9 @@ class DatasetSpec:
     root: str = ""  # relative to $BENCH_DATA
     download: str = ""
     mpp_override: float | None = None
+    # training options per method family ("two-stage", "end-to-end") that this dataset needs,
+    # e.g. fewer epochs on the demo; precedence: CLI --set > these > configs/methods/*.yaml
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def data_root(self) -> Path:

@@ -27,14 +27,17 @@ from .train import Sample, TrainConfig, TrainingError, train_and_predict
 log = logging.getLogger(__name__)
 
 
-def method_train_config(spec: MethodSpec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Training options: CLI overrides > configs/methods/<config>.yaml > TrainConfig defaults."""
+def method_train_config(spec: MethodSpec, overrides: dict[str, Any] | None = None,
+                        dataset_train: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Training options: CLI overrides > the dataset's per-family options > configs/methods/<config>.yaml
+    > TrainConfig defaults."""
     cfg: dict[str, Any] = {}
     if spec.config:
         path = CONFIG_DIR / "methods" / f"{spec.config}.yaml"
         if path.is_file():
             with open(path) as f:
                 cfg.update((yaml.safe_load(f) or {}).get("train", {}))
+    cfg.update((dataset_train or {}).get(spec.family, {}))
     cfg.update(overrides or {})
     return TrainConfig.from_dict(cfg).to_dict()
 
@@ -233,7 +236,7 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
     for task, spec, k in grid:
         unit = Unit(dataset, task, spec.name, k)
         key, fi = get_inputs(spec)
-        train_cfg = method_train_config(spec, train_overrides)
+        train_cfg = method_train_config(spec, train_overrides, cohort.spec.train)
         train_cfg["seed"] = unit_seed(seed, spec.name, task, k)
         config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
                   "split_hash": splits[task].hash, "n_folds": splits[task].n_folds, "train": train_cfg,

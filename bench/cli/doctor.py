@@ -72,8 +72,31 @@ def main(args: argparse.Namespace) -> int:
             cohort = load_cohort(args.dataset)
             for line in cohort.report():
                 print(line)
+            ok &= _check_slides(cohort)
         except DatasetError as exc:
             print(f"dataset {args.dataset}: NOT READY\n{exc}")
             ok = False
     print("ready" if ok else "something required is missing (see above)")
     return 0 if ok else 1
+
+
+def _check_slides(cohort) -> bool:
+    """Open every slide (cheap: header and pyramid only) before any compute is spent on it."""
+    from feature_cache import SlideError, open_slide
+
+    bad = []
+    no_mpp = []
+    for sid, path in zip(cohort.table["slide_id"], cohort.table["slide_path"]):
+        try:
+            with open_slide(path, mpp=cohort.spec.mpp_override) as s:
+                if s.mpp is None:
+                    no_mpp.append(sid)
+        except SlideError as exc:
+            bad.append((sid, str(exc)))
+    n = len(cohort.table)
+    print(f"  slides: {n - len(bad)} of {n} open" + (f"; {len(no_mpp)} without mpp" if no_mpp else ""))
+    for sid, msg in bad:
+        print(f"  cannot open {sid}: {msg}")
+    if no_mpp:
+        print(f"  no mpp (e.g. {', '.join(no_mpp[:3])}): set `mpp_override: <um/px>` in the dataset config")
+    return not bad
