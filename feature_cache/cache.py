@@ -1,0 +1,351 @@
+"""The HDF5 feature cache: one CLAM-compatible file per slide, under a fingerprinted directory.
+
+Layout::
+
+    <root>/<encoder>/ps<patch>_mag<mag>_<key-hash>/
+        key.json              everything the hash covers, for humans and audits
+        <slide_id>.h5         datasets `features` (N, D) float32, `coords` (N, 2) int64
+        <slide_id>.h5.lock    per-slide lock (fcntl; released by the OS if a worker dies)
+
+Why each piece:
+
+* The directory hash covers everything that changes the numbers (encoder name, a fingerprint of
+  its weight *values*, preprocessing version, patch size, magnification, tissue threshold, format
+  version), so a changed parameter can never reuse stale features.
+* "Done" means the final ``.h5`` exists and opens with its datasets. It is written as
+  ``<slide_id>.h5.tmp`` and renamed with ``os.replace`` (atomic on POSIX), so a killed writer leaves
+  only a ``.tmp`` that is never taken for a result and is overwritten by the next attempt.
+* A per-slide ``filelock`` lets several processes share one cache: a worker that finds a slide
+  locked moves on and comes back to it at the end, then skips it if the other worker finished it.
+* A slide with no tissue gets **no file** (nothing counts as done for it); it is listed in
+  ``ExtractReport.no_tissue`` on every run -- segmentation is cheap -- and :meth:`FeatureCache.load`
+  raises :class:`CacheMissError` for it, so a caller can never mistake it for an empty bag.
+* Coordinates are level-0 pixels of each patch's top-left corner, as in CLAM and TRIDENT; the
+  ``coords`` dataset carries CLAM's ``patch_level``/``patch_size`` and TRIDENT's
+  ``patch_size_level0``/``level0_magnification``/``target_magnification`` attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+from filelock import FileLock, Timeout
+from PIL import Image
+
+from feature_cache.encoders import Encoder
+from feature_cache.slide import Slide, SlideError, mag_to_mpp, mpp_to_mag, open_slide
+from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue
+
+__all__ = ["FeatureCache", "ExtractReport", "CacheMissError", "CACHE_FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1  # bump when the file layout or the tissue/grid algorithm changes
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class CacheMissError(FileNotFoundError):
+    """No finished features for a slide under this cache key; the message says how to make them."""
+
+
+@dataclass
+class ExtractReport:
+    """What one :meth:`FeatureCache.extract` call did, per slide id."""
+
+    cache_dir: Path
+    done: list[str] = field(default_factory=list)  # extracted now
+    skipped: list[str] = field(default_factory=list)  # already in the cache
+    failed: dict[str, str] = field(default_factory=dict)  # id -> error message
+    no_tissue: list[str] = field(default_factory=list)  # segmented, nothing to extract
+    n_patches: dict[str, int] = field(default_factory=dict)  # for `done` slides
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        parts = [f"{len(self.done)} extracted", f"{len(self.skipped)} already cached"]
+        if self.no_tissue:
+            parts.append(f"{len(self.no_tissue)} without tissue ({', '.join(self.no_tissue)})")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed ({', '.join(self.failed)})")
+        return f"{'; '.join(parts)} in {self.seconds:.1f}s -> {self.cache_dir}"
+
+
+def _check_id(slide_id: str) -> str:
+    """Ids become file names: refuse anything that could escape the directory (DESIGN §6)."""
+    if not isinstance(slide_id, str) or not _SAFE_ID.match(slide_id):
+        raise ValueError(f"slide id {slide_id!r} is not a safe file name (letters, digits, '.', '_',"
+                         f" '-'; not starting with '.'). Fix: rename it in the cohort table.")
+    return slide_id
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    """Per-slide patch features for any registered encoder, shared safely between processes."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------ keys and paths
+
+    def key(self, encoder: Encoder, patch_size: int | None = None,
+            magnification: float | None = None, min_tissue: float = 0.5) -> dict[str, Any]:
+        """Everything that changes the cached numbers."""
+        from feature_cache import encoders
+
+        return {
+            "cache_format": CACHE_FORMAT_VERSION,
+            "encoder": encoder.name,
+            "encoder_fingerprint": encoder.fingerprint,
+            "encoder_code_version": encoders.ENCODER_CODE_VERSION,
+            "random_weights": bool(encoder.random_weights),
+            "patch_size": int(patch_size if patch_size is not None else encoder.patch_size),
+            "magnification": float(magnification if magnification is not None
+                                   else encoder.magnification),
+            "min_tissue": float(min_tissue),
+        }
+
+    def dir_for(self, encoder: Encoder, patch_size: int | None = None,
+                magnification: float | None = None, min_tissue: float = 0.5) -> Path:
+        """The directory holding this configuration's files (not created)."""
+        key = self.key(encoder, patch_size, magnification, min_tissue)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        return (self.root / encoder.name
+                / f"ps{key['patch_size']}_mag{key['magnification']:g}_{digest}")
+
+    def path_for(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
+                 magnification: float | None = None, min_tissue: float = 0.5) -> Path:
+        return self.dir_for(encoder, patch_size, magnification, min_tissue) / f"{_check_id(slide_id)}.h5"
+
+    @staticmethod
+    def _is_done(path: Path) -> bool:
+        """A finished file exists and opens with both datasets of matching length."""
+        if not path.is_file():
+            return False
+        try:
+            with h5py.File(path, "r") as f:
+                return ("features" in f and "coords" in f
+                        and f["features"].shape[0] == f["coords"].shape[0])
+        except (OSError, KeyError):
+            log.warning("%s is unreadable; it will be extracted again", path)
+            return False
+
+    def has(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
+            magnification: float | None = None, min_tissue: float = 0.5) -> bool:
+        return self._is_done(self.path_for(slide_id, encoder, patch_size, magnification, min_tissue))
+
+    def load(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
+             magnification: float | None = None, min_tissue: float = 0.5
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """(features float32 (N, D), coords int64 (N, 2) level-0 top-left x, y) of one slide."""
+        path = self.path_for(slide_id, encoder, patch_size, magnification, min_tissue)
+        if not path.is_file():
+            raise CacheMissError(
+                f"no cached features for slide {slide_id!r} with encoder {encoder.name!r} "
+                f"({path} does not exist; a slide without tissue never gets a file). Fix: run "
+                f"`python -m bench extract --encoders {encoder.name}` for its dataset, or "
+                f"FeatureCache.extract().")
+        with h5py.File(path, "r") as f:
+            return (np.asarray(f["features"], dtype=np.float32),
+                    np.asarray(f["coords"], dtype=np.int64))
+
+    def load_attrs(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
+                   magnification: float | None = None, min_tissue: float = 0.5) -> dict[str, Any]:
+        """The file's attributes (encoder, weights fingerprint, random_weights, mpp, ...)."""
+        path = self.path_for(slide_id, encoder, patch_size, magnification, min_tissue)
+        with h5py.File(path, "r") as f:
+            return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+
+    # ------------------------------------------------------------------ extraction
+
+    def extract(self, slides: Mapping[str, str | os.PathLike], encoder: Encoder, *,
+                patch_size: int | None = None, magnification: float | None = None,
+                min_tissue: float = 0.5, batch_size: int = 32, progress: bool = True,
+                skip_errors: bool = False) -> ExtractReport:
+        """Extract features for every slide not yet cached; resumable and multi-process safe.
+
+        A failing slide raises :class:`SlideError` unless ``skip_errors``, in which case it is
+        recorded in ``report.failed`` and the others go on. Either way, slides finished before the
+        failure stay cached.
+        """
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        ps = int(patch_size if patch_size is not None else encoder.patch_size)
+        mag = float(magnification if magnification is not None else encoder.magnification)
+        out_dir = self.dir_for(encoder, ps, mag, min_tissue)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        key_file = out_dir / "key.json"
+        if not key_file.exists():
+            _atomic_json(key_file, {**self.key(encoder, ps, mag, min_tissue),
+                                    "weights_source": encoder.weights_source})
+        report = ExtractReport(cache_dir=out_dir)
+        items = [(_check_id(sid), Path(p)) for sid, p in slides.items()]
+        if encoder.random_weights:
+            log.warning("extracting with RANDOM %s weights into %s", encoder.name, out_dir)
+
+        bar = tqdm(total=len(items), unit="slide", disable=not progress,
+                   desc=f"extract {encoder.name}")
+        try:
+            deferred = []
+            for sid, path in items:
+                if not self._try_slide(sid, path, encoder, ps, mag, min_tissue, batch_size,
+                                       skip_errors, report, out_dir, blocking=False):
+                    deferred.append((sid, path))  # another worker holds it; come back later
+                    continue
+                bar.update(1)
+                bar.set_postfix_str(f"{sid}")
+            for sid, path in deferred:
+                self._try_slide(sid, path, encoder, ps, mag, min_tissue, batch_size,
+                                skip_errors, report, out_dir, blocking=True)
+                bar.update(1)
+        finally:
+            bar.close()
+            report.seconds = time.perf_counter() - t0
+        log.info("feature extraction: %s", report.summary())
+        return report
+
+    def _try_slide(self, sid: str, path: Path, encoder: Encoder, ps: int, mag: float,
+                   min_tissue: float, batch_size: int, skip_errors: bool,
+                   report: ExtractReport, out_dir: Path, *, blocking: bool) -> bool:
+        """Process one slide under its lock; False if the lock is held and ``blocking`` is off."""
+        out = out_dir / f"{sid}.h5"
+        if self._is_done(out):
+            report.skipped.append(sid)
+            return True
+        lock = FileLock(str(out) + ".lock")
+        try:
+            lock.acquire(timeout=-1 if blocking else 0)
+        except Timeout:
+            return False
+        try:
+            if self._is_done(out):  # finished by another worker while we waited
+                report.skipped.append(sid)
+                return True
+            try:
+                n = self._extract_slide(sid, path, encoder, ps, mag, min_tissue, batch_size, out)
+            except SlideError as err:
+                if not skip_errors:
+                    raise
+                log.error("skipping %s: %s", sid, err)
+                report.failed[sid] = str(err)
+                return True
+            if n == 0:
+                report.no_tissue.append(sid)
+            else:
+                report.done.append(sid)
+                report.n_patches[sid] = n
+            return True
+        finally:
+            lock.release()
+
+    def _extract_slide(self, sid: str, path: Path, encoder: Encoder, ps: int, mag: float,
+                       min_tissue: float, batch_size: int, out: Path) -> int:
+        """Segment, grid, encode and write one slide; returns the patch count (0: no tissue)."""
+        with open_slide(path) as slide:
+            mask, ds = segment_tissue(slide)
+            coords = patch_grid(slide, mask, ds, ps, mag, min_tissue)
+            if len(coords) == 0:
+                log.warning("%s (%s): no tissue patches at %gx; no features written",
+                            sid, path, mag)
+                return 0
+            side0 = patch_size_level0(slide, ps, mag)
+            level = slide.best_level_for_downsample(side0 / ps)
+            read = max(1, int(round(side0 / slide.level_downsamples[level])))
+            feats = np.empty((len(coords), encoder.dim), np.float32)
+            for i, batch in _prefetched(_batches(slide, coords, level, read, ps, batch_size)):
+                feats[i : i + len(batch)] = encoder(batch).numpy()  # (B, D)
+            attrs = {
+                "slide_id": sid,
+                "slide_path": str(Path(path).resolve()),
+                "encoder": encoder.name,
+                "encoder_fingerprint": encoder.fingerprint,
+                "weights_source": encoder.weights_source,
+                "random_weights": bool(encoder.random_weights),
+                "patch_size": ps,
+                "magnification": mag,
+                "mpp": float(slide.require_mpp()),
+                "target_mpp": mag_to_mpp(mag),
+                "patch_size_level0": side0,
+                "patch_level": level,
+                "min_tissue": min_tissue,
+                "tissue_downsample": ds,
+                "code_version": _code_version(),
+                "cache_format": CACHE_FORMAT_VERSION,
+                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            coord_attrs = {
+                "patch_level": level,  # CLAM: read at this level ...
+                "patch_size": read,  # ... with this size
+                "patch_size_level0": side0,  # TRIDENT
+                "level0_magnification": mpp_to_mag(slide.require_mpp()),
+                "target_magnification": mag,
+                "overlap": 0,
+            }
+        _write_h5(out, feats, coords, attrs, coord_attrs)
+        return len(coords)
+
+
+def _code_version() -> str:
+    import feature_cache
+
+    return feature_cache.__version__
+
+
+def _batches(slide: Slide, coords: np.ndarray, level: int, read: int, ps: int,
+             batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start index, uint8 (B, ps, ps, 3)) batches: each patch read at ``level`` and resized to
+    ``ps`` px, so the encoder sees the target magnification whatever the pyramid offers."""
+    for i in range(0, len(coords), batch_size):
+        out = np.empty((min(batch_size, len(coords) - i), ps, ps, 3), np.uint8)
+        for j, (x, y) in enumerate(coords[i : i + batch_size]):
+            im = slide.read_region((int(x), int(y)), level, (read, read))
+            if read != ps:
+                im = im.resize((ps, ps), Image.BILINEAR if read < ps else Image.BOX)
+            out[j] = np.asarray(im)
+        yield i, out
+
+
+def _prefetched(it: Iterator[Any]) -> Iterator[Any]:
+    """Yield from ``it`` while a background thread already reads the next item, so slide
+    decoding (which releases the GIL) overlaps the encoder's compute."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fut = pool.submit(next, it, None)
+        while True:
+            item = fut.result()
+            if item is None:
+                return
+            fut = pool.submit(next, it, None)
+            yield item
+
+
+def _write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any],
+              coord_attrs: Mapping[str, Any]) -> None:
+    """Write to ``<out>.tmp`` and rename: the final name only ever holds a complete file."""
+    tmp = out.with_name(out.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=feats)
+        d = f.create_dataset("coords", data=coords.astype(np.int64))
+        for k, v in coord_attrs.items():
+            d.attrs[k] = v
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    os.replace(tmp, out)
