@@ -66,8 +66,12 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
         rows.append(row)
     wide = pd.DataFrame(rows)
     if not wide.empty:
+        from .registry import list_methods
+
+        order = {s.name: i for i, s in enumerate(list_methods())}  # registration order = Table 2's
         wide["_g"] = wide["group"].map(lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
-        wide = wide.sort_values("_g", kind="stable").drop(columns="_g").reset_index(drop=True)
+        wide["_m"] = wide["method"].map(lambda m: order.get(m, len(order)))
+        wide = wide.sort_values(["_g", "_m", "variant"], kind="stable").drop(columns=["_g", "_m"]).reset_index(drop=True)
     return wide, cols
 
 

@@ -39,6 +39,10 @@ class TrainConfig:
     max_patches: int | None = None  # random subset of a bag per training step (None: whole bag)
     class_balance: bool = True  # inverse-frequency class weights for staging/classification
     grad_clip: float | None = None
+    # "zscore": standardise patch features with the training fold's per-dimension mean/std (never
+    # the test fold's). Off by default — published pipelines feed raw features — but needed for
+    # randomly initialised encoders, whose features have a tiny dynamic range (the demo turns it on).
+    feature_norm: str = "none"
     seed: int = 0
 
     @classmethod
@@ -47,7 +51,10 @@ class TrainConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}; allowed: {sorted(names)}")
-        return cls(**d)
+        cfg = cls(**d)
+        if cfg.feature_norm not in ("none", "zscore"):
+            raise ValueError(f"feature_norm must be 'none' or 'zscore', got {cfg.feature_norm!r}")
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +68,26 @@ class Sample:
     load: Callable[[], torch.Tensor]  # the input of one training step
     labels: dict[str, float]
     views: Callable[[], list[torch.Tensor]] | None = None  # inputs whose logits are averaged at test time
+
+
+def zscore_samples(train: Sequence[Sample], test: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """Standardise every input with per-dimension statistics of the *training* patches only."""
+    n, s1, s2 = 0, None, None
+    for s in train:
+        x = s.load().double()
+        x = x.reshape(-1, x.shape[-1])
+        s1 = x.sum(0) if s1 is None else s1 + x.sum(0)
+        s2 = (x * x).sum(0) if s2 is None else s2 + (x * x).sum(0)
+        n += x.shape[0]
+    mean = (s1 / n).float()
+    std = (s2 / n - (s1 / n) ** 2).clamp(min=0).sqrt().float().clamp(min=1e-6)
+
+    def wrap(s: Sample) -> Sample:
+        load = s.load
+        return Sample(s.case_id, lambda: (load() - mean) / std, s.labels,
+                      None if s.views is None else (lambda v=s.views: [(x - mean) / std for x in v()]))
+
+    return [wrap(s) for s in train], [wrap(s) for s in test]
 
 
 def seed_everything(seed: int) -> None:
@@ -100,6 +127,8 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
                       cfg: TrainConfig, *, progress: bool = True, desc: str = "") -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Train on ``train``, predict ``test``. Returns (predictions, train log, info)."""
     seed_everything(cfg.seed)
+    if cfg.feature_norm == "zscore":
+        train, test = zscore_samples(train, test)
     n_out = model.head.out_features if hasattr(model, "head") else None
     edges = None
     if task == "survival":
@@ -114,7 +143,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = []
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * len(train), desc=desc or "train", unit="case", disable=not progress,
+    bar = tqdm(total=cfg.epochs * len(train), desc=desc or "train", unit="case", disable=None if progress else True,
                leave=False, dynamic_ncols=True)
     try:
         for epoch in range(cfg.epochs):
