@@ -22,7 +22,7 @@ from .datasets import CONFIG_DIR, Cohort, load_cohort
 from .registry import MethodSpec, build_model, count_parameters
 from .results import ResultsStore, Unit, config_hash
 from .splits import SplitManager, Splits
-from .train import Sample, TrainConfig, TrainingError, train_and_predict
+from .train import Sample, TrainConfig, train_and_predict
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +233,18 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
     grid = [(t, spec, k) for t in tasks for spec in methods for k in range(splits[t].n_folds)
             if folds is None or k in folds]
     extracted: set[str] = set()
+    input_errors: set[str] = set()
     for task, spec, k in grid:
         unit = Unit(dataset, task, spec.name, k)
-        key, fi = get_inputs(spec)
+        try:
+            key, fi = get_inputs(spec)
+        except Exception as exc:  # noqa: BLE001 — an unavailable encoder fails its units, not the run
+            msg = f"inputs of {spec.name} unavailable: {type(exc).__name__}: {exc}"
+            if spec.name not in input_errors:
+                log.error("%s", msg)
+            input_errors.add(spec.name)
+            report.failed[unit] = msg
+            continue
         train_cfg = method_train_config(spec, train_overrides, cohort.spec.train)
         train_cfg["seed"] = unit_seed(seed, spec.name, task, k)
         config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
@@ -265,7 +274,9 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
             log.info("%-48s %s = %s  (%.1f s)", str(unit), m["primary_metric"],
                      _fmt(m["metrics"].get(m["primary_metric"])), m["train_seconds"])
             report.ran.append(unit)
-        except (TrainingError, ValueError, RuntimeError) as exc:
+        except OSError:
+            raise  # disk full, unreadable cache...: stop; finished units stay done
+        except Exception as exc:  # noqa: BLE001 — one unit's failure must not lose the others
             msg = f"{type(exc).__name__}: {exc}"
             log.error("%s failed: %s", unit, msg)
             store.fail(unit, msg)

@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in COMMANDS:
         mod.add_parser(sub)
+    for sp in sub.choices.values():  # -v/-q also after the subcommand (SUPPRESS: absent = keep global)
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and errors only; no progress bars")
     return p
 
 
