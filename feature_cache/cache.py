@@ -17,9 +17,10 @@ Why each piece:
   only a ``.tmp`` that is never taken for a result and is overwritten by the next attempt.
 * A per-slide ``filelock`` lets several processes share one cache: a worker that finds a slide
   locked moves on and comes back to it at the end, then skips it if the other worker finished it.
-* A slide with no tissue gets **no file** (nothing counts as done for it); it is listed in
-  ``ExtractReport.no_tissue`` on every run -- segmentation is cheap -- and :meth:`FeatureCache.load`
-  raises :class:`CacheMissError` for it, so a caller can never mistake it for an empty bag.
+* A slide with no tissue gets an empty-but-valid file: ``features`` (0, D), ``coords`` (0, 2) and
+  the attribute ``no_tissue=True``. It counts as done (a rerun does not segment it again), it is
+  listed in ``ExtractReport.no_tissue`` on every run, and :meth:`FeatureCache.load` returns the
+  empty arrays -- callers must treat N = 0 as "no bag" (a warning is logged at extraction).
 * Coordinates are level-0 pixels of each patch's top-left corner, as in CLAM and TRIDENT; the
   ``coords`` dataset carries CLAM's ``patch_level``/``patch_size`` and TRIDENT's
   ``patch_size_level0``/``level0_magnification``/``target_magnification`` attributes.
@@ -67,7 +68,7 @@ class ExtractReport:
     done: list[str] = field(default_factory=list)  # extracted now
     skipped: list[str] = field(default_factory=list)  # already in the cache
     failed: dict[str, str] = field(default_factory=dict)  # id -> error message
-    no_tissue: list[str] = field(default_factory=list)  # segmented, nothing to extract
+    no_tissue: list[str] = field(default_factory=list)  # no tissue: empty file (N = 0)
     n_patches: dict[str, int] = field(default_factory=dict)  # for `done` slides
     seconds: float = 0.0
 
@@ -136,17 +137,22 @@ class FeatureCache:
         return self.dir_for(encoder, patch_size, magnification, min_tissue) / f"{_check_id(slide_id)}.h5"
 
     @staticmethod
-    def _is_done(path: Path) -> bool:
-        """A finished file exists and opens with both datasets of matching length."""
+    def _done_count(path: Path) -> int | None:
+        """Patch count of a finished file (0 for a no-tissue slide), None if not finished: a
+        finished file exists and opens with both datasets of matching length."""
         if not path.is_file():
-            return False
+            return None
         try:
             with h5py.File(path, "r") as f:
-                return ("features" in f and "coords" in f
-                        and f["features"].shape[0] == f["coords"].shape[0])
+                n = f["features"].shape[0]
+                return n if f["coords"].shape[0] == n else None
         except (OSError, KeyError):
             log.warning("%s is unreadable; it will be extracted again", path)
-            return False
+            return None
+
+    @classmethod
+    def _is_done(cls, path: Path) -> bool:
+        return cls._done_count(path) is not None
 
     def has(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
             magnification: float | None = None, min_tissue: float = 0.5) -> bool:
@@ -155,12 +161,13 @@ class FeatureCache:
     def load(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
              magnification: float | None = None, min_tissue: float = 0.5
              ) -> tuple[np.ndarray, np.ndarray]:
-        """(features float32 (N, D), coords int64 (N, 2) level-0 top-left x, y) of one slide."""
+        """(features float32 (N, D), coords int64 (N, 2) level-0 top-left x, y) of one slide;
+        N = 0 for a slide without tissue."""
         path = self.path_for(slide_id, encoder, patch_size, magnification, min_tissue)
         if not path.is_file():
             raise CacheMissError(
                 f"no cached features for slide {slide_id!r} with encoder {encoder.name!r} "
-                f"({path} does not exist; a slide without tissue never gets a file). Fix: run "
+                f"({path} does not exist). Fix: run "
                 f"`python -m bench extract --encoders {encoder.name}` for its dataset, or "
                 f"FeatureCache.extract().")
         with h5py.File(path, "r") as f:
@@ -228,8 +235,7 @@ class FeatureCache:
                    report: ExtractReport, out_dir: Path, *, blocking: bool) -> bool:
         """Process one slide under its lock; False if the lock is held and ``blocking`` is off."""
         out = out_dir / f"{sid}.h5"
-        if self._is_done(out):
-            report.skipped.append(sid)
+        if self._skip_if_done(sid, out, report):
             return True
         lock = FileLock(str(out) + ".lock")
         try:
@@ -237,8 +243,7 @@ class FeatureCache:
         except Timeout:
             return False
         try:
-            if self._is_done(out):  # finished by another worker while we waited
-                report.skipped.append(sid)
+            if self._skip_if_done(sid, out, report):  # another worker finished it meanwhile
                 return True
             try:
                 n = self._extract_slide(sid, path, encoder, ps, mag, min_tissue, batch_size, out)
@@ -257,22 +262,29 @@ class FeatureCache:
         finally:
             lock.release()
 
+    def _skip_if_done(self, sid: str, out: Path, report: ExtractReport) -> bool:
+        n = self._done_count(out)
+        if n is None:
+            return False
+        (report.no_tissue if n == 0 else report.skipped).append(sid)
+        return True
+
     def _extract_slide(self, sid: str, path: Path, encoder: Encoder, ps: int, mag: float,
                        min_tissue: float, batch_size: int, out: Path) -> int:
         """Segment, grid, encode and write one slide; returns the patch count (0: no tissue)."""
         with open_slide(path) as slide:
             mask, ds = segment_tissue(slide)
             coords = patch_grid(slide, mask, ds, ps, mag, min_tissue)
-            if len(coords) == 0:
-                log.warning("%s (%s): no tissue patches at %gx; no features written",
-                            sid, path, mag)
-                return 0
             side0 = patch_size_level0(slide, ps, mag)
             level = slide.best_level_for_downsample(side0 / ps)
             read = max(1, int(round(side0 / slide.level_downsamples[level])))
             feats = np.empty((len(coords), encoder.dim), np.float32)
-            for i, batch in _prefetched(_batches(slide, coords, level, read, ps, batch_size)):
-                feats[i : i + len(batch)] = encoder(batch).numpy()  # (B, D)
+            if len(coords) == 0:
+                log.warning("%s (%s): no tissue patches at %gx; writing an empty feature file",
+                            sid, path, mag)
+            else:
+                for i, batch in _prefetched(_batches(slide, coords, level, read, ps, batch_size)):
+                    feats[i : i + len(batch)] = encoder(batch).numpy()  # (B, D)
             attrs = {
                 "slide_id": sid,
                 "slide_path": str(Path(path).resolve()),
@@ -290,6 +302,7 @@ class FeatureCache:
                 "tissue_downsample": ds,
                 "code_version": _code_version(),
                 "cache_format": CACHE_FORMAT_VERSION,
+                "no_tissue": len(coords) == 0,
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             coord_attrs = {
