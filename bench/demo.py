@@ -341,17 +341,19 @@ def _pyramid(rgb: np.ndarray) -> list[np.ndarray]:
     return levels
 
 
-def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float = MPP) -> None:
-    """Write a pyramidal tiled JPEG TIFF that OpenSlide 4.0.1 reads with ``openslide.mpp-x``.
+def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float | None = MPP) -> None:
+    """Write a pyramidal tiled JPEG TIFF that OpenSlide 4.0.1 reads with ``openslide.mpp-x``
+    (``mpp=None`` writes no resolution tags: a slide without mpp, for tests).
 
     Levels are successive pages (OpenSlide ignores SubIFDs), resolution in pixels per centimetre.
     Written to ``path.tmp`` and renamed, so a killed writer never leaves a file that looks done.
     """
     tmp = path.with_name(path.name + ".tmp")
-    px_per_cm = 1e4 / mpp
     with tifffile.TiffWriter(tmp, bigtiff=False) as tw:
         for i, level in enumerate(_pyramid(rgb)):
             ds = 4**i
+            res = {} if mpp is None else {"resolution": (1e4 / mpp / ds, 1e4 / mpp / ds),
+                                          "resolutionunit": "CENTIMETER"}
             tw.write(
                 level,
                 tile=(TILE, TILE),
@@ -359,8 +361,7 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float = MPP) -> None:
                 planarconfig="contig",
                 compression="jpeg",
                 compressionargs={"level": JPEG_QUALITY},
-                resolution=(px_per_cm / ds, px_per_cm / ds),
-                resolutionunit="CENTIMETER",
+                **res,
                 subfiletype=0 if i == 0 else 1,
                 software="wsi-bench demo",
                 metadata=None,

@@ -161,7 +161,11 @@ class Encoder:
         import torch
         import torch.nn.functional as F
 
-        x = torch.as_tensor(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch
+        if isinstance(batch, torch.Tensor):
+            x = batch
+        else:
+            arr = np.asarray(batch)
+            x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
         if x.dtype == torch.uint8:
             if x.ndim == 3:
                 x = x.unsqueeze(0)
