@@ -72,6 +72,7 @@ class BagCache:
 
 @dataclass
 class RunReport:
+    dataset: str = ""
     done_before: list[Unit] = field(default_factory=list)
     ran: list[Unit] = field(default_factory=list)
     failed: dict[Unit, str] = field(default_factory=dict)
@@ -201,9 +202,11 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
         folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
         n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
         model_overrides: dict[str, Any] | None = None, progress: bool = True) -> RunReport:
+    """Run every (task, method, fold) unit of ``dataset`` (a name or a YAML path) not yet done."""
     t0 = time.perf_counter()
     store = ResultsStore(results)
     cohort = load_cohort(dataset)
+    dataset = cohort.spec.name  # a dataset given as a YAML path is named by its file stem
     for line in cohort.report():
         log.info(line)
     tasks = [t for t in (tasks or cohort.spec.tasks)]
@@ -213,7 +216,7 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
     manager = SplitManager(Path(results) / "splits")
     splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed) for t in tasks}
 
-    report = RunReport()
+    report = RunReport(dataset=dataset)
     inputs: dict[str, Inputs] = {}
 
     def get_inputs(spec: MethodSpec) -> tuple[str, Inputs]:

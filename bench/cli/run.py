@@ -47,12 +47,12 @@ def main(args: argparse.Namespace) -> int:
                  n_folds=args.n_folds, seed=args.seed, train_overrides=parse_sets(args.set),
                  model_overrides=parse_sets(args.model), progress=not args.quiet)
     if not report.ran and not report.failed and not report.busy:
-        print(f"nothing to do: all {len(report.done_before)} unit(s) already done in {args.results}/runs/{dataset}"
-              f" — `python -m bench table --dataset {dataset}` shows them")
+        print(f"nothing to do: all {len(report.done_before)} unit(s) already done in "
+              f"{args.results}/runs/{report.dataset} — `python -m bench table --dataset {report.dataset}` shows them")
     else:
         print(report.line())
     for unit, msg in report.failed.items():
         print(f"FAILED {unit}: {msg}")
     if report.ran:
-        print(f"summary: {args.results / dataset / 'summary.csv'}")
+        print(f"summary: {args.results / report.dataset / 'summary.csv'}")
     return 1 if report.failed else 0

@@ -33,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
 
     dataset = resolve_dataset(args.dataset)
     cohort = load_cohort(dataset)
+    dataset = cohort.spec.name
     for line in cohort.report():
         print(line)
     manager = SplitManager(args.results / "splits")
