@@ -1,0 +1,85 @@
+"""Feature-extraction throughput on the demo cohort: wall time of ``FeatureCache.extract`` divided
+by the encoder's pure compute time on the same patches, pre-loaded in memory.
+
+A ratio near 1 means slide I/O is hidden behind compute (issue 3's goal: <= 1.15).
+
+    python benchmarks/extract.py                       # full demo (48 cases), resnet50
+    python benchmarks/extract.py --n-cases 8 --batch-size 16
+
+Uses random weights when none are available (the numbers are timing, not features).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--demo-root", type=Path, default=None, help="existing/target demo directory")
+    ap.add_argument("--n-cases", type=int, default=48)
+    ap.add_argument("--encoder", default="resnet50")
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import torch
+
+    import feature_cache as fc
+    from bench.demo import generate_demo
+    from feature_cache.cache import _batches
+    from feature_cache.tissue import patch_size_level0
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    root = args.demo_root or tmp / "demo"
+    t0 = time.perf_counter()
+    generate_demo(root, seed=0, n_cases=args.n_cases)
+    t_gen = time.perf_counter() - t0
+    manifest = json.loads((root / "MANIFEST.json").read_text())
+    slides = {sid: root / "slides" / f"{sid}.tiff" for sid in manifest["slides"]}
+    enc = fc.get_encoder(args.encoder, allow_random=True)
+
+    cache = fc.FeatureCache(tmp / "cache")
+    t0 = time.perf_counter()
+    rep = cache.extract(slides, enc, batch_size=args.batch_size, progress=False)
+    t_wall = time.perf_counter() - t0
+    n = sum(rep.n_patches.values())
+
+    # the same patches, read once into memory, then encoded alone
+    batches = []
+    for sid, path in slides.items():
+        _, coords = cache.load(sid, enc)
+        with fc.open_slide(path) as s:
+            side0 = patch_size_level0(s, enc.patch_size, enc.magnification)
+            level = s.best_level_for_downsample(side0 / enc.patch_size)
+            read = round(side0 / s.level_downsamples[level])
+            batches += [b for _, b in _batches(s, coords, level, read, enc.patch_size,
+                                               args.batch_size)]
+    t0 = time.perf_counter()
+    for b in batches:
+        enc(b)
+    t_compute = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in rep.cache_dir.glob("*.h5"))
+    counts = np.array(list(rep.n_patches.values()))
+    print(f"demo generation      {t_gen:8.1f} s ({len(slides)} slides)")
+    print(f"patches              {n} total, per slide mean {counts.mean():.1f} "
+          f"min {counts.min()} max {counts.max()}")
+    print(f"extract wall time    {t_wall:8.1f} s ({n / t_wall:.1f} patches/s, "
+          f"torch threads {torch.get_num_threads()})")
+    print(f"pure encoder compute {t_compute:8.1f} s ({n / t_compute:.1f} patches/s)")
+    print(f"wall / compute       {t_wall / t_compute:8.2f}   (goal <= 1.15)")
+    print(f"cache size           {size / 1e6:8.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
