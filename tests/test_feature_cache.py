@@ -234,7 +234,8 @@ def _mt(**kw):
 
 def test_extract_load_resume(tmp_path: Path, slides: dict[str, Path], encoder: fc.Encoder) -> None:
     cache = fc.FeatureCache(tmp_path / "cache")
-    some = dict(list(slides.items())[:3])
+    slides = dict(list(slides.items())[:4])  # enough to show resume; keeps the test short
+    some = dict(list(slides.items())[:2])
     rep = _five_x(cache, some, encoder)
     assert sorted(rep.done) == sorted(some) and rep.ok and not rep.skipped
     sid = rep.done[0]
@@ -257,7 +258,7 @@ def test_extract_load_resume(tmp_path: Path, slides: dict[str, Path], encoder: f
         patch = np.asarray(s.read_region((int(x), int(y)), 1, (256, 256)))
     np.testing.assert_allclose(encoder(patch[None]).numpy()[0], feats[0], rtol=1e-3, atol=1e-4)
 
-    rep2 = _five_x(cache, slides, encoder)  # resume: the 3 done are skipped, the rest done
+    rep2 = _five_x(cache, slides, encoder)  # resume: the 2 done are skipped, the rest done
     assert sorted(rep2.skipped) == sorted(some)
     assert sorted(rep2.done) == sorted(set(slides) - set(some))
     assert all(cache.has(s, encoder, **_mt()) for s in slides)
