@@ -72,7 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"  # bump whenever generated pixels or labels change: old demos then regenerate
 MPP = 0.5  # um/px at level 0 (20x)
 TILE = 256
 PATCH_AREA = 256 * 256
