@@ -49,15 +49,18 @@ def _span_scan(
     b = (dt6 * u.reshape(Bsz, G, H, nb, block, 1)) * Bt  # (B, G, H, nb, T, N)
     k = 1
     while k < block:  # inclusive scan inside each block: (a, b)_t ∘= (a, b)_{t-k}
-        b = torch.cat([b[..., :k, :], torch.addcmul(b[..., k:, :], a[..., k:, :], b[..., :-k, :])], -2)
-        a = torch.cat([a[..., :k, :], a[..., k:, :] * a[..., :-k, :]], -2)
+        # shifting by k along T is one constant pad (negative on the far end): its backward is
+        # the opposite pad, where slicing + cat would materialise zero-filled full-size grads
+        b = torch.addcmul(b, a, F.pad(b, (0, 0, k, -k)))
+        a = a * F.pad(a, (0, 0, k, -k), value=1.0)
         k *= 2
     # a[..., t, :] is now the decay from block start to t, b the state from a zero block start.
+    a_end, b_end = a[..., -1, :], b[..., -1, :]  # (B, G, H, nb, N): slice once, not per block
     starts = []
     h = h0
     for j in range(nb):
         starts.append(h)
-        h = torch.addcmul(b[..., j, -1, :], a[..., j, -1, :], h)
+        h = torch.addcmul(b_end[..., j, :], a_end[..., j, :], h)
     hs = torch.addcmul(b, a, torch.stack(starts, dim=3)[..., None, :])  # (B, G, H, nb, T, N)
     y = (hs * Ct).sum(-1).reshape(Bsz, G, H, nb * block)[..., :L]
     return y, h
