@@ -17,6 +17,9 @@ Why each piece:
   only a ``.tmp`` that is never taken for a result and is overwritten by the next attempt.
 * A per-slide ``filelock`` lets several processes share one cache: a worker that finds a slide
   locked moves on and comes back to it at the end, then skips it if the other worker finished it.
+* Each file records the slide's size, mtime and a hash of its first and last MiB; a cached file
+  made from a different file under the same id (a regenerated demo, a re-scanned slide) is
+  extracted again instead of being trusted.
 * A slide with no tissue gets an empty-but-valid file: ``features`` (0, D), ``coords`` (0, 2) and
   the attribute ``no_tissue=True``. It counts as done (a rerun does not segment it again), it is
   listed in ``ExtractReport.no_tissue`` on every run, and :meth:`FeatureCache.load` returns the
@@ -235,7 +238,7 @@ class FeatureCache:
                    report: ExtractReport, out_dir: Path, *, blocking: bool) -> bool:
         """Process one slide under its lock; False if the lock is held and ``blocking`` is off."""
         out = out_dir / f"{sid}.h5"
-        if self._skip_if_done(sid, out, report):
+        if self._skip_if_done(sid, out, report, path):
             return True
         lock = FileLock(str(out) + ".lock")
         try:
@@ -243,7 +246,7 @@ class FeatureCache:
         except Timeout:
             return False
         try:
-            if self._skip_if_done(sid, out, report):  # another worker finished it meanwhile
+            if self._skip_if_done(sid, out, report, path):  # another worker finished it
                 return True
             try:
                 n = self._extract_slide(sid, path, encoder, ps, mag, min_tissue, batch_size, out)
@@ -262,9 +265,13 @@ class FeatureCache:
         finally:
             lock.release()
 
-    def _skip_if_done(self, sid: str, out: Path, report: ExtractReport) -> bool:
+    def _skip_if_done(self, sid: str, out: Path, report: ExtractReport, slide_path: Path) -> bool:
         n = self._done_count(out)
         if n is None:
+            return False
+        if not _same_slide(out, slide_path):
+            log.warning("%s: cached features were made from a different file than %s (the slide "
+                        "changed); extracting again", out, slide_path)
             return False
         (report.no_tissue if n == 0 else report.skipped).append(sid)
         return True
@@ -288,6 +295,7 @@ class FeatureCache:
             attrs = {
                 "slide_id": sid,
                 "slide_path": str(Path(path).resolve()),
+                **_slide_identity(Path(path)),
                 "encoder": encoder.name,
                 "encoder_fingerprint": encoder.fingerprint,
                 "weights_source": encoder.weights_source,
@@ -315,6 +323,45 @@ class FeatureCache:
             }
         _write_h5(out, feats, coords, attrs, coord_attrs)
         return len(coords)
+
+
+def _partial_hash(path: Path, block: int = 1 << 20) -> str:
+    """SHA-256 of a file's size, first and last MiB: cheap on huge slides, survives copying
+    (unlike mtime), and changes when a slide is replaced by different content."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(block))
+        if size > block:
+            f.seek(max(block, size - block))
+            h.update(f.read(block))
+    return h.hexdigest()[:16]
+
+
+def _slide_identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"slide_size": int(st.st_size), "slide_mtime_ns": int(st.st_mtime_ns),
+            "slide_hash": _partial_hash(path)}
+
+
+def _same_slide(out: Path, slide_path: Path) -> bool:
+    """Was ``out`` extracted from this very file? Size, then mtime (fast path), then the partial
+    hash. Files without the attributes (imported from elsewhere) are trusted."""
+    try:
+        with h5py.File(out, "r") as f:
+            size, mtime, digest = (f.attrs.get(k) for k in
+                                   ("slide_size", "slide_mtime_ns", "slide_hash"))
+        st = slide_path.stat()
+    except OSError:
+        return True  # slide unreachable now: the extraction step reports that, not the cache
+    if size is None or digest is None:
+        return True
+    if int(size) != st.st_size:
+        return False
+    if mtime is not None and int(mtime) == st.st_mtime_ns:
+        return True
+    return str(digest) == _partial_hash(slide_path)
 
 
 def _code_version() -> str:

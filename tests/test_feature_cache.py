@@ -289,6 +289,20 @@ def test_killed_write_never_counts_as_done(tmp_path: Path, slides: dict[str, Pat
     assert _five_x(cache, {sid: path}, encoder).done == [sid]
 
 
+def test_changed_slide_is_extracted_again(tmp_path: Path, slides: dict[str, Path],
+                                          encoder: fc.Encoder) -> None:
+    """Same id, different file (e.g. a regenerated cohort): stale features are not reused."""
+    cache = fc.FeatureCache(tmp_path / "cache")
+    (a_id, a), (_, b) = list(slides.items())[:2]
+    copy = tmp_path / "slide.tiff"
+    copy.write_bytes(a.read_bytes())
+    assert _five_x(cache, {a_id: copy}, encoder).done == [a_id]
+    os.utime(copy, ns=(0, 0))  # copied elsewhere: mtime differs, content the same
+    assert _five_x(cache, {a_id: copy}, encoder).skipped == [a_id]
+    copy.write_bytes(b.read_bytes())  # replaced by another slide under the same id
+    assert _five_x(cache, {a_id: copy}, encoder).done == [a_id]
+
+
 def test_no_tissue_and_bad_slides_are_reported(tmp_path: Path, slides: dict[str, Path],
                                                encoder: fc.Encoder, white_slide: Path) -> None:
     cache = fc.FeatureCache(tmp_path / "cache")
