@@ -14,17 +14,18 @@ branch gets nothing from it. The branches are then combined per query and head w
 which is exactly softmax attention over the (multi)set union of the keys the branches showed it.
 
 How the log-sum-exp comes out of a fused kernel: the public ``scaled_dot_product_attention``
-returns only the normalised output. Every segment gets one extra *sink* key with score 0 and
-two extra value columns, one that is 1 on the real keys and one that is 1 on the sink. The kernel
-then returns ``o' = Z/(Z+1) · o``, ``w_real = Z/(Z+1)`` and ``w_sink = 1/(Z+1)`` with ``Z`` the
-softmax denominator of the real keys, so ``exp(lse) = Z = w_real / w_sink`` and
-``exp(lse) · o = o' / w_sink``: the combination ``Σ_b Z_b o_b / Σ_b Z_b`` needs no logarithm and
-no attention matrix, runs on CPU and GPU (flash / memory-efficient kernels when present: no
-``attn_mask`` is passed), and differentiates exactly. (torchscale takes the lse from flash-attn
-and detaches the branch weights; here the gradient flows through them too.) Padded keys are
-removed with one more query/key column that gives them a score of −10⁴. Exponent range:
-``Z`` must stay inside float32's range, i.e. |lse| < ~85 — attention logits far beyond a trained
-ViT's, and bf16 has the same range.
+returns only the normalised output. Every segment gets one extra *sink* key and two extra value
+columns, one that is 1 on the real keys and one that is 1 on the sink. With ``c`` the sink's
+score and ``Z`` the softmax denominator of the real keys, the kernel returns
+``o' = Z/(Z+e^c) · o``, ``w_real = Z/(Z+e^c)`` and ``w_sink = e^c/(Z+e^c)``, so
+``Z·e^-c = w_real / w_sink`` and ``Z·o·e^-c = o' / w_sink``: the combination
+``Σ_b Z_b o_b / Σ_b Z_b`` needs no logarithm and no attention matrix, runs on CPU and GPU
+(flash / memory-efficient kernels when present: no ``attn_mask`` is passed), and differentiates
+exactly (torchscale takes the lse from flash-attn and detaches the branch weights; here the
+gradient flows through them too). The sink key is the segment's mean key, so ``c`` is the
+query's mean score and ``Z·e^-c`` stays within float32's range unless a query's best key beats
+its mean score by ~80 nats. Padded keys are removed with one more query/key column that gives
+them a score of −10⁴.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def _branch(
 ) -> tuple[Tensor, Tensor]:
     """One branch. ``q, k, v (B, L, H, D)``, ``pad (B, L)`` True on padded keys.
 
-    Returns ``num (B, L, H, D) = Z·o`` and ``den (B, L, H) = Z`` on the queries the branch covers,
-    zeros elsewhere (``Z``: the query's softmax denominator over the branch's keys).
+    Returns ``num (B, L, H, D) = Z·o·e^-c``, ``den (B, L, H) = Z·e^-c`` and the sink logit
+    ``c (B, L, H)`` on the queries the branch covers, zeros elsewhere (``Z``: the query's softmax
+    denominator over the branch's keys, ``o`` its attention output).
     """
     B, L, H, D = q.shape
     s = min(segment, L)
@@ -93,24 +95,29 @@ def _branch(
 
     qs, ks, vs = sparse(q, 0.0), sparse(k, 0.0), sparse(v, 0.0)  # (B·n, H, m, D)
     ps = sparse(pad.unsqueeze(-1).expand(B, L, H), True)  # (B·n, H, m) True on padding
+    real = (~ps).unsqueeze(-1).to(ks.dtype)  # (B·n, H, m, 1)
+    # The sink key is the mean real key of the segment (no gradient: the result does not depend
+    # on it), so its score is each query's mean score: within log(m) + (max − mean score) of the
+    # log-sum-exp, which keeps Z / e^sink inside float32's range.
+    k_sink = ((ks * real).sum(2, keepdim=True) / real.sum(2, keepdim=True).clamp(min=1)).detach()
+    sink_score = (qs * k_sink).sum(-1) * scale  # (B·n, H, m), the kernel's own sink logit
     dp = D + 2
     if q.is_cuda:
         dp = -(-dp // 8) * 8  # fused GPU kernels want head dims in multiples of 8
-    ones = torch.ones_like(qs[..., :1])
-    # queries: [q, 1/scale]; keys: [k, pad score or 0]; values: [v, 1 (real key), 0 (sink)]
-    qa = F.pad(torch.cat([qs, ones / scale], -1), (0, dp - D - 1))
-    real = (~ps).unsqueeze(-1).to(ks.dtype)  # (B·n, H, m, 1)
+    # queries: [q, 1/scale]; keys: [k, 0] / padding [0, -1e4] / sink [k̄, 0];
+    # values: [v, 1, 0] / padding 0 / sink [0, 0, 1]
+    qa = F.pad(torch.cat([qs, torch.ones_like(qs[..., :1]) / scale], -1), (0, dp - D - 1))
     ka = F.pad(torch.cat([ks * real, (1 - real) * _PAD_SCORE], -1), (0, dp - D - 1))
     va = F.pad(torch.cat([vs * real, real], -1), (0, dp - D - 1))
-    sink_k = torch.zeros_like(ka[..., :1, :])  # (B·n, H, 1, dp): score 0 against every query
+    sink_k = F.pad(k_sink, (0, dp - D))  # (B·n, H, 1, dp)
     sink_v = torch.zeros_like(va[..., :1, :])
     sink_v[..., D + 1] = 1.0
     out = F.scaled_dot_product_attention(
         qa, torch.cat([sink_k, ka], 2), torch.cat([sink_v, va], 2), scale=scale
     )  # (B·n, H, m, dp)
-    w_sink = out[..., D + 1]  # 1/(Z+1), > 0
-    num = out[..., :D] / w_sink.unsqueeze(-1)  # Z·o
-    den = out[..., D] / w_sink  # Z
+    w_sink = out[..., D + 1]  # e^sink / (Z + e^sink) > 0
+    num = out[..., :D] / w_sink.unsqueeze(-1)  # Z·o / e^sink
+    den = out[..., D] / w_sink  # Z / e^sink
 
     def dense(x: Tensor) -> Tensor:
         """Inverse of ``sparse`` for outputs, zeros where the head keeps no position."""
@@ -120,7 +127,7 @@ def _branch(
         full = full.reshape(B, n, span, H, *x.shape[4:])[:, :, :s]  # (B, n, s, H, …)
         return full.reshape(B, n * s, H, *x.shape[4:])[:, :L]  # (B, L, H, …)
 
-    return dense(num), dense(den)
+    return dense(num), dense(den), dense(sink_score)
 
 
 def dilated_attention(
@@ -145,13 +152,19 @@ def dilated_attention(
     scale = D**-0.5 if scale is None else scale
     pad = (torch.zeros(B, L, dtype=torch.bool, device=q.device)
            if key_padding_mask is None else key_padding_mask.to(torch.bool))
-    num = q.new_zeros(B, L, H, D)
-    den = q.new_zeros(B, L, H)
+    branches = []
     for s, r in zip(segment_lengths, ratios):
         if s < 1 or r < 1:
             raise ValueError(f"segment length and ratio must be positive, got {s}, {r}")
-        n_b, d_b = _branch(q, k, v, pad, int(s), int(r), scale)
-        num, den = num + n_b, den + d_b
+        branches.append(_branch(q, k, v, pad, int(s), int(r), scale))
+    # Σ_b Z_b o_b / Σ_b Z_b, every term rescaled by e^(c_b − c_max); the common factor cancels,
+    # so c_max needs no gradient.
+    logits = [torch.where(d_b > 0, c, float("-inf")) for _, d_b, c in branches]  # -inf: not covered
+    c_max = torch.stack(logits).amax(0).detach().clamp(min=torch.finfo(q.dtype).min)  # (B, L, H)
+    num, den = q.new_zeros(B, L, H, D), q.new_zeros(B, L, H)
+    for (n_b, d_b, _), c in zip(branches, logits):
+        f = torch.exp(c - c_max)  # (B, L, H), 0 where the branch does not cover the query
+        num, den = num + n_b * f.unsqueeze(-1), den + d_b * f
     return num / den.clamp(min=torch.finfo(den.dtype).tiny).unsqueeze(-1)
 
 
