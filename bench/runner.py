@@ -217,6 +217,10 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
     splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed) for t in tasks}
 
     report = RunReport(dataset=dataset)
+
+    def model_options(spec: MethodSpec) -> dict[str, Any]:
+        """CLI --model > the dataset's per-family model options (e.g. the demo's smaller inputs)."""
+        return {**cohort.spec.model.get(spec.family, {}), **(model_overrides or {})}
     inputs: dict[str, Inputs] = {}
 
     def get_inputs(spec: MethodSpec) -> tuple[str, Inputs]:
@@ -227,7 +231,7 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
                 inputs[key] = FeatureInputs(cohort, spec.encoder, Path(cache), cohort.spec.allow_random_weights,
                                             progress)
         else:
-            mag = float((model_overrides or {}).get("magnification", spec.magnification or 2.5))
+            mag = float(model_options(spec).get("magnification", spec.magnification or 2.5))
             key = f"slide:{mag:g}"
             if key not in inputs:
                 inputs[key] = SlideInputs(cohort, mag, Path(cache), progress)
@@ -252,7 +256,7 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
         train_cfg["seed"] = unit_seed(seed, spec.name, task, k)
         config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
                   "split_hash": splits[task].hash, "n_folds": splits[task].n_folds, "train": train_cfg,
-                  "model": dict(model_overrides or {}), **fi.identity}
+                  "model": model_options(spec), **fi.identity}
         chash = config_hash(config)
         if store.done_metrics(unit, chash) is not None:
             report.done_before.append(unit)
@@ -271,7 +275,7 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
                 extracted.add(key)
             store.prepare(unit, config, chash)
             metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash,
-                                model_overrides or {}, progress)
+                                model_options(spec), progress)
             store.finish(unit, *metrics)
             m = metrics[2]
             log.info("%-48s %s = %s  (%.1f s)", str(unit), m["primary_metric"],
