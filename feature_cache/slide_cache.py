@@ -9,6 +9,7 @@ code version. Writes are atomic (temp file + rename) and serialised per slide wi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -32,15 +33,19 @@ class SlideImageCache:
     def dir_for(self, magnification: float) -> Path:
         return self.root / f"mag{magnification:g}-v{FORMAT_VERSION}"
 
-    def path(self, slide_id: str, magnification: float) -> Path:
+    def path(self, slide_id: str, magnification: float, slide_path: str | Path) -> Path:
+        """The cache file names the slide file's identity (size, mtime), so a slide replaced under
+        the same id is read again instead of served stale."""
         if "/" in slide_id or slide_id.startswith("."):
             raise ValueError(f"slide id {slide_id!r} cannot be a file name")
-        return self.dir_for(magnification) / f"{slide_id}.npy"
+        st = Path(slide_path).stat()
+        ident = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
+        return self.dir_for(magnification) / f"{slide_id}.{ident}.npy"
 
     def get(self, slide_id: str, slide_path: str | Path, magnification: float,
             mpp_override: float | None = None) -> np.ndarray:
         """(H, W, 3) uint8 of the slide at ``magnification`` (20× ≡ 0.5 µm/px), memory-mapped."""
-        p = self.path(slide_id, magnification)
+        p = self.path(slide_id, magnification, slide_path)
         if not p.is_file():
             p.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(p) + ".lock"):
@@ -63,8 +68,14 @@ class SlideImageCache:
         from tqdm.auto import tqdm
 
         failed: dict[str, str] = {}
-        todo = [(sid, path) for sid, path in slides.items() if not self.path(sid, magnification).is_file()]
-        for sid, path in tqdm(todo, desc=f"slides @ {magnification:g}x", unit="slide", disable=not progress or not todo):
+        todo = []
+        for sid, path in slides.items():
+            try:
+                if not self.path(sid, magnification, path).is_file():
+                    todo.append((sid, path))
+            except OSError as exc:
+                failed[sid] = f"{path}: {exc}"
+        for sid, path in tqdm(todo, desc=f"slides @ {magnification:g}x", unit="slide", disable=None if progress and todo else True):
             try:
                 self.get(sid, path, magnification, mpp_override)
             except SlideError as exc:
