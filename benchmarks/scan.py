@@ -120,13 +120,13 @@ def run_mixer_case(d_model: int, L: int) -> dict:
     with torch.no_grad():
         m(torch.randn(1, 64, d_model))
         x = torch.randn(1, L, d_model)
-        t0 = time.perf_counter()
-        m(x)
-        dt = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        m(x, chunk_size=4096)
-        dt_s = time.perf_counter() - t0
-    return {"tok_s": L / dt, "tok_s_stream": L / dt_s}
+        times = {None: [], 4096: []}
+        for _ in range(2):  # best of two
+            for cs in times:
+                t0 = time.perf_counter()
+                m(x, chunk_size=cs)
+                times[cs].append(time.perf_counter() - t0)
+    return {"tok_s": L / min(times[None]), "tok_s_stream": L / min(times[4096])}
 
 
 def _child(kind: str, spec: dict, timeout: float) -> dict:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mixer-dims", type=int, nargs="+", default=[3, 48, 192])
     p.add_argument("--mixer-len", type=int, default=16384)
     p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
