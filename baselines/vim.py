@@ -166,7 +166,8 @@ class VisionMamba(nn.Module):
         n = self.pos_grid**2
         cls = (self.cls_token + self.pos_embed[:, n // 2: n // 2 + 1]).expand(B, -1, -1)  # (B, 1, C)
         mid = M // 2
-        x = torch.cat([tok[:, :mid], cls, tok[:, mid:]], 1).float()  # (B, M+1, C)
+        x = torch.cat([tok[:, :mid], cls.to(tok.dtype), tok[:, mid:]], 1)  # (B, M+1, C)
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # residual stream in >= float32
         for layer in self.layers:
             if self.checkpointing and torch.is_grad_enabled():
                 x = checkpoint(layer, x, self.chunk_size, use_reentrant=False)
