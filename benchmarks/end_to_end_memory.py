@@ -1,0 +1,84 @@
+"""Time and peak memory of one forward+backward of the end-to-end baselines (Vim-Ti, LongViT-S).
+
+Each (model, size) runs in a fresh subprocess so that its peak resident set size (``ru_maxrss``)
+is its own; the model is warmed up on a small input first (the numba scan compiles then), and
+the RSS before the measured step is reported as the base. Bytes per pixel are given both for the
+whole peak and for what lies above the base, the part that grows with the slide:
+
+    python benchmarks/end_to_end_memory.py                                # vim-ti, longvit-s; 512², 1024²
+    python benchmarks/end_to_end_memory.py --models vim-ti-32 --sizes 2048
+    python benchmarks/end_to_end_memory.py --models vim-ti --chunk-size 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+BUILDERS = {
+    "vim-ti": ("baselines.vim", "vim_ti", {}),
+    "vim-ti-32": ("baselines.vim", "vim_ti", {"patch_size": 32}),
+    "vim-ti-16+32": ("baselines.vim", "vim_ti_multiscale", {}),
+    "longvit-s": ("baselines.longvit", "longvit_s", {}),
+}
+
+
+def measure(model: str, size: int, chunk_size: int | None, threads: int) -> dict[str, float]:
+    """Runs in the child: one forward+backward of a (1, 3, size, size) image."""
+    import importlib
+
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    module, attr, kwargs = BUILDERS[model]
+    if chunk_size is not None and model.startswith("vim"):
+        kwargs = {**kwargs, "chunk_size": chunk_size}
+    net = getattr(importlib.import_module(module), attr)(n_out=4, **kwargs)
+    net(torch.randn(1, 3, 64, 64)).sum().backward()  # warm-up: kernels compiled, grads allocated
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    x = torch.randn(1, 3, size, size)
+    start = time.perf_counter()
+    net(x).logsumexp(-1).sum().backward()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"model": model, "size": size, "pixels": size * size, "base_bytes": base,
+            "peak_bytes": peak, "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vim-ti", "longvit-s"], choices=list(BUILDERS))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--chunk-size", type=int, default=0, help="Vim mixer chunk (0: the model's default)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    chunk = args.chunk_size or None
+    if args.child is not None:
+        print(json.dumps(measure(args.child[0], int(args.child[1]), chunk, args.threads)))
+        return
+    print(f"threads={args.threads}  chunk_size={chunk or 'default'}")
+    print(f"{'model':>13} {'size':>6} {'pixels':>9} {'peak MB':>9} {'above base MB':>14} "
+          f"{'B/px (peak)':>12} {'B/px (above base)':>18} {'s':>7}")
+    for model in args.models:
+        for size in args.sizes:
+            cmd = [sys.executable, __file__, "--child", model, str(size),
+                   "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            above = r["peak_bytes"] - r["base_bytes"]
+            print(f"{model:>13} {size:>6} {r['pixels']:>9} {r['peak_bytes'] / 2**20:>9.1f} "
+                  f"{above / 2**20:>14.1f} {r['peak_bytes'] / r['pixels']:>12.1f} "
+                  f"{above / r['pixels']:>18.1f} {r['seconds']:>7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
