@@ -85,7 +85,8 @@ class PixelMamba(nn.Module):
     """The Pixel-Mamba network with the timm-style face used across wsi-bench.
 
     ``chunk_size``: stream every Mamba block's sequence in pieces of this many tokens (None: one
-    piece). ``checkpointing``: recompute each layer in backward instead of keeping its internals.
+    piece). The default, 65536, leaves a 224² image (50,177 tokens) in one piece and bounds the
+    mixer's working memory on slides; the result does not depend on it. ``checkpointing``: recompute each layer in backward instead of keeping its internals.
     ``act_dtype``: dtype of the activations kept between layers (``torch.bfloat16`` halves the
     memory that checkpointing keeps; each layer still computes and accumulates its residual in
     float32, so the only loss is rounding of the stored layer inputs).
@@ -95,7 +96,7 @@ class PixelMamba(nn.Module):
         self,
         cfg: PixelMambaConfig,
         num_classes: int = 1000,
-        chunk_size: int | None = None,
+        chunk_size: int | None = 65536,
         checkpointing: bool = True,
         act_dtype: torch.dtype = torch.float32,
         backend: str = "auto",

@@ -179,12 +179,14 @@ def test_checkpointing_changes_nothing(tiny: PixelMamba, image: torch.Tensor) ->
 
 
 def test_chunked_equals_one_shot(tiny: PixelMamba, image: torch.Tensor) -> None:
-    out_one, g_one = _run(tiny, image)
-    tiny.chunk_size = 500  # layer 1's sequence is 6 * 1025 tokens: 13 pieces
+    default = tiny.chunk_size
+    tiny.chunk_size = None
     try:
+        out_one, g_one = _run(tiny, image)
+        tiny.chunk_size = 500  # layer 1's sequence is 6 * 1025 tokens: 13 pieces
         out_chunk, g_chunk = _run(tiny, image)
     finally:
-        tiny.chunk_size = None
+        tiny.chunk_size = default
     print("max |chunked - one-shot|:", (out_chunk - out_one).abs().max().item())
     torch.testing.assert_close(out_chunk, out_one, rtol=1e-4, atol=1e-5)
     for name in g_one:
