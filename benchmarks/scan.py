@@ -37,6 +37,11 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _mem_available_mb() -> float:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -97,16 +102,19 @@ def run_scan_case(backend: str, L: int, D: int, repeat: int) -> dict:
     for _ in range(repeat):
         for t in ins:
             t.grad = None
+        c0 = _cpu_s()
         t0 = time.perf_counter()
         y = fn(*ins)
         t1 = time.perf_counter()
         y.backward(torch.ones_like(y))
         t2 = time.perf_counter()
+        cpu = _cpu_s() - c0
         del y
         if best is None or t2 - t0 < best[0] + best[1]:
-            best = (t1 - t0, t2 - t1)
+            best = (t1 - t0, t2 - t1, cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"fwd": best[0], "bwd": best[1], "peak_mb": peak, "delta_mb": peak - base}
+    return {"fwd": best[0], "bwd": best[1], "cpu": best[2], "peak_mb": peak,
+            "delta_mb": peak - base}
 
 
 def run_mixer_case(d_model: int, L: int) -> dict:
@@ -150,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mixer-dims", type=int, nargs="+", default=[3, 48, 192])
     p.add_argument("--mixer-len", type=int, default=16384)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--ref-len", type=int, default=2048,
+                   help="length for the sequential reference (too slow at the table's sizes)")
+    p.add_argument("--torch-max-len", type=int, default=16384,
+                   help="longest L for the torch backend (slow on CPU; skipped above)")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -162,37 +174,47 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(res))
         return
 
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
     print(f"selective scan fwd+bwd, batch 1, N={N_STATE}, float32, {THREADS} torch threads; "
-          "each case in its own process\n")
-    print("| L | D | backend | fwd s | bwd s | fwd+bwd s | peak RSS MB | growth MB | mambapy / this |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    smallest = (min(a.lengths), min(a.dims))
-    for L in a.lengths:
-        for D in a.dims:
-            rows = {}
-            for be in a.backends:
-                if be == "ref" and (L, D) != smallest:
+          f"each case in its own process; load average at start {load} "
+          f"on {os.cpu_count()} cores\n")
+    print("| L | D | backend | fwd s | bwd s | fwd+bwd s | CPU s | peak RSS MB | growth MB "
+          "| mambapy / this (wall) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    sizes = [(L, D) for L in a.lengths for D in a.dims]
+    ref_size = (a.ref_len, min(a.dims))
+    if "ref" in a.backends and ref_size not in sizes:
+        sizes.insert(0, ref_size)
+    for L, D in sizes:
+        rows = {}
+        for be in a.backends:
+            if be == "ref" and (L, D) != ref_size:
+                continue
+            if be == "torch" and L > a.torch_max_len:
+                rows[be] = {"error": f"skipped: L > --torch-max-len {a.torch_max_len}"}
+                continue
+            if be == "mambapy":
+                if L & (L - 1):
+                    rows[be] = {"error": "needs a power-of-two length"}
                     continue
-                if be == "mambapy":
-                    if L & (L - 1):
-                        rows[be] = {"error": "needs a power-of-two length"}
-                        continue
-                    est = 12 * L * D * N_STATE * 4 / 2**20  # ~a dozen (B, L, D, N) fp32 tensors
-                    if est > 0.8 * _mem_available_mb():
-                        rows[be] = {"error": f"skipped: needs ~{est / 1024:.0f} GB"}
-                        continue
-                rows[be] = _child("scan", {"backend": be, "L": L, "D": D, "repeat": a.repeat},
-                                  a.timeout)
-            ref_t = rows.get("mambapy", {})
-            ref_total = ref_t["fwd"] + ref_t["bwd"] if "fwd" in ref_t else None
-            for be, r in rows.items():
-                if "error" in r:
-                    print(f"| {L} | {D} | {be} | – | – | – | – | – | {r['error']} |")
+                est = 12 * L * D * N_STATE * 4 / 2**20  # ~a dozen (B, L, D, N) fp32 tensors
+                if est > 0.8 * _mem_available_mb():
+                    rows[be] = {"error": f"skipped: needs ~{est / 1024:.0f} GB"}
                     continue
-                tot = r["fwd"] + r["bwd"]
-                ratio = f"{ref_total / tot:.1f}×" if ref_total else "–"
-                print(f"| {L} | {D} | {be} | {r['fwd']:.2f} | {r['bwd']:.2f} | {tot:.2f} | "
-                      f"{r['peak_mb']:.0f} | {r['delta_mb']:.0f} | {ratio} |", flush=True)
+            rows[be] = _child("scan", {"backend": be, "L": L, "D": D, "repeat": a.repeat},
+                              a.timeout)
+        ref_t = rows.get("mambapy", {})
+        ref_total = ref_t["fwd"] + ref_t["bwd"] if "fwd" in ref_t else None
+        for be, r in rows.items():
+            if "error" in r:
+                print(f"| {L} | {D} | {be} | – | – | – | – | – | – | {r['error']} |")
+                continue
+            tot = r["fwd"] + r["bwd"]
+            ratio = f"{ref_total / tot:.1f}×" if ref_total else "–"
+            print(f"| {L} | {D} | {be} | {r['fwd']:.2f} | {r['bwd']:.2f} | {tot:.2f} | "
+                  f"{r['cpu']:.2f} | {r['peak_mb']:.0f} | {r['delta_mb']:.0f} | {ratio} |",
+                  flush=True)
 
     print(f"\nBiMambaMixer forward (no grad, backend auto), batch 1, L={a.mixer_len}\n")
     print("| d_model | tokens/s one-shot | tokens/s streaming (chunk 4096) |")
