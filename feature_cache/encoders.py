@@ -1,18 +1,24 @@
-"""Patch encoders: a registry of specs, each carrying its own transform, output dim and weights
-resolution, so the cache key and the numbers always come from the same place.
+"""Patch encoders: a registry of specs, each carrying its own transform, output dim, precision and
+weights resolution, so the cache key and the numbers always come from the same place.
 
-Weights resolve in one documented order (no silent downloads, no silent random weights):
+Weights resolve in one documented order (no silent random weights):
 
 1. ``weights=`` passed explicitly (a ``.safetensors``/``.pth``/``.bin`` state dict);
-2. the environment variable named by the spec (``BENCH_WEIGHTS_RESNET50`` for ``resnet50``);
-3. a local Hugging Face hub cache entry (``timm/resnet50.tv_in1k``) or the torch hub cache
-   (``resnet50-0676ba61.pth``, torchvision's ImageNet weights) -- read offline, never fetched;
-4. if ``allow_random``: a *seeded* random initialisation (identical in every process, so several
+2. the environment variable named by the spec (``BENCH_WEIGHTS_RESNET50``, ``BENCH_WEIGHTS_CONCH``,
+   ``BENCH_WEIGHTS_GIGAPATH``);
+3. the local Hugging Face hub cache (``MahmoodLab/conch``, ``prov-gigapath/prov-gigapath``,
+   ``timm/resnet50.tv_in1k``) or the torch hub cache -- read offline;
+4. a download from the hub, only when ``HF_HUB_OFFLINE`` is not set (CONCH and GigaPath are gated:
+   the account behind ``HF_TOKEN`` must have accepted their terms);
+5. if ``allow_random``: a *seeded* random initialisation (identical in every process, so several
    workers can share one cache), a logged warning and ``encoder.random_weights = True``;
-5. otherwise :class:`EncoderWeightsError` naming the fix.
+6. otherwise :class:`EncoderWeightsError` naming the fixes.
 
-``encoder.fingerprint`` hashes the loaded parameter values, so two different weight files never
-share a cache directory, whatever their names.
+``encoder.fingerprint`` identifies the numbers an encoder produces. Small networks hash their
+parameter *values* (exact, ~0.1 s for ResNet-50). Large ones (GigaPath: 1.1B parameters, 4.5 GB)
+hash the weight *file's* SHA-256 instead -- taken from the hub blob's name when the file lives in
+the HF cache, otherwise computed once and remembered by (path, size, mtime) -- so building an
+encoder never re-reads gigabytes just to name a directory.
 
 Importing this module does not import torch; building an encoder does.
 """
@@ -21,8 +27,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -39,12 +47,17 @@ __all__ = [
     "register_encoder",
     "list_encoders",
     "get_encoder",
+    "build_module",
 ]
 
 log = logging.getLogger(__name__)
 
 ENCODER_CODE_VERSION = "1"  # bump when preprocessing or pooling changes the numbers
 RANDOM_INIT_SEED = 0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CONCH's eval transform (open_clip)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class EncoderWeightsError(RuntimeError):
@@ -53,19 +66,29 @@ class EncoderWeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What defines an encoder: how to build it, what it eats and emits, where weights live."""
+    """What defines an encoder: how to build it, what it eats and emits, where weights live.
+
+    Preprocessing follows the authors' eval transform: resize the patch to ``resize_size``
+    (``interpolation``), centre-crop ``input_size``, normalise with ``mean``/``std``.
+    """
 
     name: str
     dim: int
     patch_size: int  # px at `magnification`, as the encoder's authors extracted patches
     magnification: float
-    input_size: int  # px fed to the network after resizing the patch
+    input_size: int  # px fed to the network (after resize + centre crop)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    build: Callable[[], "torch.nn.Module"]  # architecture, random init, no weights
+    build: Callable[[], "torch.nn.Module"]  # architecture -> (B, dim), random init, no weights
     weights_env: str
     hub_files: tuple[tuple[str, str], ...] = ()  # (repo_id, filename) in the local HF cache
     torch_hub_files: tuple[str, ...] = ()  # file names in torch.hub's checkpoints dir
+    download: tuple[str, str] | None = None  # (repo_id, filename) fetched when online
+    resize_size: int | None = None  # None: resize straight to input_size
+    interpolation: str = "bilinear"
+    precision_cuda: str = "fp32"  # autocast dtype on CUDA ("fp16", "bf16", "fp32"); CPU is fp32
+    fingerprint_by: str = "values"  # "values" (hash parameters) or "file" (hash the weight file)
+    key_prefixes: tuple[str, ...] = ("", "module.", "model.", "backbone.", "trunk.")
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +119,16 @@ def _spec(name: str) -> EncoderSpec:
         raise KeyError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}.{hint}") from None
 
 
+def build_module(name: str, device: str = "meta") -> "torch.nn.Module":
+    """The bare architecture of encoder ``name``, built on ``device``. On ``"meta"`` no memory is
+    allocated and nothing is initialised, so even GigaPath's 1.1B parameters build in well under a
+    second -- what tests use to check parameter counts and output shapes."""
+    import torch
+
+    with torch.device(device):
+        return _spec(name).build()
+
+
 # ------------------------------------------------------------------------ the encoder
 
 
@@ -116,16 +149,21 @@ def _pooled(model: "torch.nn.Module") -> "torch.nn.Module":
     return PooledFeatures(model)
 
 
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
 class Encoder:
     """A ready patch encoder: ``enc(batch)`` maps uint8 patches (B, H, W, 3) -- numpy or torch --
     or an already-transformed float tensor (B, 3, S, S) to float32 features (B, dim) on the CPU.
 
     ``transform`` maps one uint8 (H, W, 3) array or PIL image to the normalized (3, S, S) tensor,
-    for DataLoader workers; ``__call__`` applies the same preprocessing batched.
+    for DataLoader workers; ``__call__`` applies the same preprocessing batched. On CUDA the
+    forward pass runs under autocast at the spec's precision (as the authors ran it); on CPU in
+    fp32.
     """
 
     def __init__(self, spec: EncoderSpec, model: "torch.nn.Module", *, random_weights: bool,
-                 weights_source: str, device: str = "cpu"):
+                 weights_source: str, device: str = "cpu", weights_file: Path | None = None):
         import torch
 
         self.spec = spec
@@ -137,24 +175,45 @@ class Encoder:
         self.random_weights = random_weights
         self.weights_source = weights_source
         self.device = torch.device(device)
+        self.precision = spec.precision_cuda if self.device.type == "cuda" else "fp32"
         self.model = model.eval().to(self.device)
-        if self.device.type == "cpu":
-            # measured 2x faster for ResNet-50 on this 2-core CPU
+        if self.device.type == "cpu" or self.device.type == "cuda":
+            # channels-last: measured 2x faster for ResNet-50 on this 2-core CPU; a no-op for ViTs
             self.model = self.model.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.fingerprint = self._fingerprint()
+        self.fingerprint = self._fingerprint(weights_file)
 
-    def _fingerprint(self) -> str:
+    def _preproc_id(self) -> str:
+        base = f"{self.name}|{ENCODER_CODE_VERSION}|{self.input_size}|{self.spec.mean}|{self.spec.std}"
+        # only non-default choices are appended, so existing resnet50 caches keep their key
+        if self.spec.resize_size not in (None, self.input_size):
+            base += f"|resize{self.spec.resize_size}"
+        if self.spec.interpolation != "bilinear":
+            base += f"|{self.spec.interpolation}"
+        if self.precision != "fp32":
+            base += f"|{self.precision}"
+        return base
+
+    def _fingerprint(self, weights_file: Path | None) -> str:
         import torch
 
         h = hashlib.sha256()
-        h.update(f"{self.name}|{ENCODER_CODE_VERSION}|{self.input_size}|{self.spec.mean}|"
-                 f"{self.spec.std}".encode())
-        for key, tensor in sorted(self.model.state_dict().items()):
-            t = tensor.detach().cpu().contiguous()
-            h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, raw bytes
+        h.update(self._preproc_id().encode())
+        if self.spec.fingerprint_by == "values":
+            for key, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, raw bytes
+        elif weights_file is not None:
+            h.update(f"|file-sha256:{file_sha256(weights_file)}".encode())
+        else:  # seeded random init: seed + library versions + shapes determine the values
+            import timm
+
+            h.update(f"|random:{RANDOM_INIT_SEED}|torch {torch.__version__}|timm "
+                     f"{timm.__version__}".encode())
+            for key, tensor in sorted(self.model.state_dict().items()):
+                h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         return h.hexdigest()[:16]
 
     def _preprocess(self, batch: Any) -> "torch.Tensor":
@@ -172,9 +231,15 @@ class Encoder:
             if x.ndim != 4 or x.shape[-1] != 3:
                 raise ValueError(f"expected uint8 patches (B, H, W, 3); got {tuple(x.shape)}")
             x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
-            if x.shape[-2:] != (self.input_size, self.input_size):
-                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+            side = self.spec.resize_size or self.input_size
+            if x.shape[-2:] != (side, side):
+                x = F.interpolate(x, size=(side, side), mode=self.spec.interpolation,
                                   align_corners=False, antialias=True)
+                if self.spec.interpolation == "bicubic":
+                    x = x.clamp_(0.0, 1.0)  # bicubic overshoots; PIL's output is clipped too
+            if side != self.input_size:  # centre crop, as torchvision's CenterCrop
+                top = int(round((side - self.input_size) / 2.0))
+                x = x[..., top : top + self.input_size, top : top + self.input_size]
             x = (x - self._mean) / self._std
         elif not x.is_floating_point() or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError("expected uint8 (B, H, W, 3) patches or transformed float "
@@ -189,10 +254,13 @@ class Encoder:
         import torch
 
         x = self._preprocess(batch).to(self.device)
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            out = self.model(x)  # (B, dim)
+            if self.precision != "fp32":
+                with torch.autocast(self.device.type, dtype=getattr(torch, _DTYPES[self.precision])):
+                    out = self.model(x)  # (B, dim)
+            else:
+                out = self.model(x)  # (B, dim)
         return out.float().cpu()
 
     def __repr__(self) -> str:
@@ -203,6 +271,48 @@ class Encoder:
 # ------------------------------------------------------------------------ weights
 
 
+def _sha_store() -> Path:
+    root = os.environ.get("BENCH_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wsi-bench")
+    return Path(root) / "weights-sha256.json"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a weights file's content, without re-reading gigabytes on every call.
+
+    A file in the Hugging Face cache is a symlink to ``blobs/<sha256>`` (LFS files are named by
+    their content hash), so the name is the answer. Any other file is hashed once and the digest
+    remembered under its real path, size and mtime; a replaced file changes size or mtime and is
+    hashed again.
+    """
+    real = Path(os.path.realpath(path))
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name
+    st = real.stat()
+    ident = f"{real}|{st.st_size}|{st.st_mtime_ns}"
+    store = _sha_store()
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if ident in known:
+        return str(known[ident])
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        known[ident] = digest
+        tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=0), encoding="utf-8")
+        os.replace(tmp, store)
+    except OSError as err:  # a read-only home only costs a re-hash next time
+        log.debug("cannot remember the hash of %s: %s", real, err)
+    return digest
+
+
 def _load_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
@@ -211,7 +321,10 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
 
         sd = load_file(str(path))
     else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:  # mmap: a 4.5 GB checkpoint is not copied into memory twice
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) checkpoints cannot be memory-mapped
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "module"):  # common checkpoint wrappers
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -220,9 +333,10 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
     return sd
 
 
-def _apply_weights(spec: EncoderSpec, model: "torch.nn.Module", path: Path) -> None:
-    """Load a (possibly full-network) state dict into the truncated model: every parameter the
-    model has must be present with the right shape; extra keys (layer4, fc) are ignored."""
+def _match_weights(spec: EncoderSpec, model: "torch.nn.Module", path: Path) -> dict[str, Any]:
+    """The checkpoint's tensors under the model's own names: every entry of the model's state
+    dict must be present with the right shape (checked before anything is loaded); extra keys
+    (ResNet's layer4/fc, CONCH's text tower and caption pooler) are ignored."""
     try:
         sd = _load_state_dict(path)
     except EncoderWeightsError:
@@ -231,23 +345,22 @@ def _apply_weights(spec: EncoderSpec, model: "torch.nn.Module", path: Path) -> N
         raise EncoderWeightsError(f"cannot read weights for {spec.name!r} from {path}: {err}. "
                                   f"Fix: point to a readable .safetensors/.pth state dict.") from err
     own = model.state_dict()
-    prefixes = ("", "module.", "model.", "backbone.", "trunk.")
     missing, mismatched, found = [], [], {}
     for key, value in own.items():
         bare = key.split("body.", 1)[-1]
-        cand = next((sd[p + bare] for p in prefixes if p + bare in sd), None)
+        cand = next((sd[p + bare] for p in spec.key_prefixes if p + bare in sd), None)
         if cand is None:
             missing.append(key)
         elif tuple(cand.shape) != tuple(value.shape):
             mismatched.append(f"{key} {tuple(cand.shape)} vs {tuple(value.shape)}")
         else:
-            found[key] = cand
+            found[key] = cand.to(value.dtype) if cand.is_floating_point() else cand
     if missing or mismatched:
         raise EncoderWeightsError(
             f"{path} does not fit encoder {spec.name!r}: {len(missing)} missing keys "
             f"(e.g. {missing[:3]}), {len(mismatched)} shape mismatches ({mismatched[:3]}). "
             f"Fix: use the weights of {spec.description or spec.name}.")
-    model.load_state_dict(found, strict=True)
+    return found
 
 
 def _cached_weight_files(spec: EncoderSpec) -> list[Path]:
@@ -269,47 +382,101 @@ def _cached_weight_files(spec: EncoderSpec) -> list[Path]:
     return found
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _download(spec: EncoderSpec) -> tuple[Path | None, str]:
+    """(path, "") after a hub download, or (None, why not). Never raises: a failed download falls
+    through to random weights (when allowed) or to the error listing every fix."""
+    if spec.download is None:
+        return None, "no download source"
+    if _offline():
+        return None, "HF_HUB_OFFLINE is set"
+    repo_id, filename = spec.download
+    try:
+        from huggingface_hub import hf_hub_download
+
+        log.info("encoder %s: downloading %s/%s", spec.name, repo_id, filename)
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename)), ""
+    except Exception as err:  # gated (401/403), no network, ... -- reported, not raised
+        return None, f"download of {repo_id} failed ({type(err).__name__}: {err})"
+
+
+def _resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None
+                     ) -> tuple[Path | None, str, str]:
+    """(weights file or None, how it was found, why downloading did not help)."""
+    if weights is not None:
+        source = Path(weights)
+        if not source.is_file():
+            raise EncoderWeightsError(f"weights file {source} for encoder {spec.name!r} does not "
+                                      f"exist")
+        return source, "explicit path", ""
+    env = os.environ.get(spec.weights_env)
+    if env:
+        source = Path(env)
+        if not source.is_file():
+            raise EncoderWeightsError(f"${spec.weights_env}={source} for encoder {spec.name!r} is "
+                                      f"not a file. Fix: point it at the weights, or unset it.")
+        return source, f"${spec.weights_env}", ""
+    cached = _cached_weight_files(spec)
+    if cached:
+        return cached[0], "local hub cache", ""
+    path, why = _download(spec)
+    if path is not None:
+        return path, "hub download", ""
+    return None, "", why
+
+
+def _build_loaded(spec: EncoderSpec, path: Path) -> "torch.nn.Module":
+    """Architecture + weights without a random init: built on the meta device and filled with the
+    checkpoint's tensors (``assign=True``). For GigaPath this skips ~25 s of initialising 1.1B
+    parameters that would be overwritten anyway."""
+    import torch
+
+    with torch.device("meta"):
+        model = spec.build()
+    found = _match_weights(spec, model, path)
+    model.load_state_dict(found, strict=True, assign=True)
+    leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                 if t.is_meta]
+    if leftovers:  # non-persistent buffers are not in any checkpoint: build for real instead
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = spec.build()
+        model.load_state_dict(found, strict=True)
+    return model
+
+
 def get_encoder(name: str, weights: str | os.PathLike | None = None, allow_random: bool = False,
                 device: str = "cpu") -> Encoder:
     """Build encoder ``name`` with weights resolved in the order of the module docstring."""
     import torch
 
     spec = _spec(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)  # random init is reproducible across processes
-        model = _pooled(spec.build())
-
-    source: Path | None = None
-    how = ""
-    if weights is not None:
-        source, how = Path(weights), "explicit path"
-        if not source.is_file():
-            raise EncoderWeightsError(f"weights file {source} for encoder {name!r} does not exist")
-    elif os.environ.get(spec.weights_env):
-        source, how = Path(os.environ[spec.weights_env]), f"${spec.weights_env}"
-        if not source.is_file():
-            raise EncoderWeightsError(f"${spec.weights_env}={source} for encoder {name!r} is not a "
-                                      f"file. Fix: point it at the weights, or unset it.")
-    else:
-        cached = _cached_weight_files(spec)
-        if cached:
-            source, how = cached[0], "local hub cache"
-
+    source, how, why_no_download = _resolve_weights(spec, weights)
     if source is not None:
-        _apply_weights(spec, model, source)
+        model = _build_loaded(spec, source)
         log.info("encoder %s: weights from %s (%s)", name, source, how)
         return Encoder(spec, model, random_weights=False, weights_source=f"{how}: {source}",
-                       device=device)
+                       device=device, weights_file=source)
     if allow_random:
-        log.warning("encoder %s: no weights found (%s, local hub cache); using RANDOM weights "
-                    "(seed %d) -- results will say so", name, spec.weights_env, RANDOM_INIT_SEED)
+        log.warning("encoder %s: no weights found (%s, local hub cache; %s); using RANDOM weights "
+                    "(seed %d) -- results will say so", name, spec.weights_env, why_no_download,
+                    RANDOM_INIT_SEED)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)  # random init is reproducible across processes
+            model = spec.build()
         return Encoder(spec, model, random_weights=True, weights_source="random", device=device)
-    hubs = " ".join(dict.fromkeys(r for r, _ in spec.hub_files)) or "its hub repository"
+    repos = " ".join(dict.fromkeys(r for r, _ in spec.hub_files)) or "its hub repository"
+    gated = (" (gated: accept its terms on the hub and set HF_TOKEN first)"
+             if spec.extra.get("gated") else "")
     raise EncoderWeightsError(
-        f"no weights for encoder {name!r}. Fix one of: pass weights=/path/to/weights "
-        f"(.safetensors/.pth); set {spec.weights_env}=/path/to/weights; download them while "
-        f"online (`huggingface-cli download {hubs}`) so the local hub cache has them; or allow "
-        f"random weights (the demo dataset does; results are then marked 'random weights')."
+        f"no weights for encoder {name!r} ({why_no_download}). Fix one of: pass "
+        f"weights=/path/to/weights (.safetensors/.pth/.bin); set {spec.weights_env}=/path/to/"
+        f"weights; download them while online (`huggingface-cli download {repos}`{gated}) so the "
+        f"local hub cache has them; or allow random weights (the demo dataset does; results are "
+        f"then marked 'random weights')."
     )
 
 
@@ -320,7 +487,51 @@ def _build_resnet50_trunc() -> "torch.nn.Module":
     import timm
 
     # features_only + out_indices=(3,) keeps the network up to layer3: 1024 channels, stride 16
-    return timm.create_model("resnet50", pretrained=False, features_only=True, out_indices=(3,))
+    return _pooled(timm.create_model("resnet50", pretrained=False, features_only=True,
+                                     out_indices=(3,)))
+
+
+def _build_conch_visual(**trunk_overrides: Any) -> "torch.nn.Module":
+    """CONCH v1's image tower (mahmoodlab/CONCH ``conch_ViT-B-16.json``): a timm ViT-B/16 trunk at
+    448 px (no classifier) -> attentional pooler (1 query, 512-d, 8 heads, keys/values 768-d) ->
+    LayerNorm. This is ``encode_image(x, proj_contrast=False, normalize=False)``, the 512-d
+    embedding TRIDENT and the CONCH authors use for slide tasks. Module names mirror the
+    checkpoint's ``visual.*`` keys, so the released ``pytorch_model.bin`` loads as is."""
+    import torch
+    from open_clip.transformer import AttentionalPooler
+    from timm.models.vision_transformer import VisionTransformer
+
+    trunk_cfg = dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, img_size=448,
+                     patch_size=16, num_classes=0, dynamic_img_size=True)
+    trunk_cfg.update(trunk_overrides)
+
+    class ConchVisual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = VisionTransformer(**trunk_cfg)
+            self.attn_pool_contrast = AttentionalPooler(d_model=512, context_dim=trunk_cfg["embed_dim"],
+                                                        n_head=8, n_queries=1)
+            self.ln_contrast = torch.nn.LayerNorm(512)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.trunk.forward_features(x)  # (B, 1 + h*w, 768)
+            pooled = self.attn_pool_contrast(tokens)[:, 0]  # (B, 512): the single query
+            return self.ln_contrast(pooled)
+
+    return ConchVisual()
+
+
+GIGAPATH_TIMM = dict(img_size=224, in_chans=3, patch_size=16, embed_dim=1536, depth=40,
+                     num_heads=24, init_values=1e-5, mlp_ratio=5.33334, num_classes=0)
+
+
+def _build_gigapath(**overrides: Any) -> "torch.nn.Module":
+    """Prov-GigaPath tile encoder: timm ``vit_giant_patch14_dinov2`` with the hub config's
+    arguments (patch 16, 1536-d, 40 blocks, 24 heads, LayerScale 1e-5), CLS token out."""
+    import timm
+
+    return timm.create_model("vit_giant_patch14_dinov2", pretrained=False,
+                             **{**GIGAPATH_TIMM, **overrides})
 
 
 register_encoder(EncoderSpec(
@@ -329,12 +540,55 @@ register_encoder(EncoderSpec(
     patch_size=256,
     magnification=20.0,
     input_size=224,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     build=_build_resnet50_trunc,
     weights_env="BENCH_WEIGHTS_RESNET50",
     hub_files=(("timm/resnet50.tv_in1k", "model.safetensors"),
                ("timm/resnet50.tv_in1k", "pytorch_model.bin")),
     torch_hub_files=("resnet50-0676ba61.pth", "resnet50-19c8e357.pth"),
+    download=("timm/resnet50.tv_in1k", "model.safetensors"),
     description="ImageNet ResNet-50 (torchvision IMAGENET1K_V1, as CLAM) truncated after layer3",
+))
+
+register_encoder(EncoderSpec(
+    name="conch",
+    dim=512,
+    patch_size=256,
+    magnification=20.0,
+    input_size=448,  # CONCH's eval transform: Resize(448, bicubic) + CenterCrop(448)
+    resize_size=448,
+    interpolation="bicubic",
+    mean=OPENAI_CLIP_MEAN,
+    std=OPENAI_CLIP_STD,
+    build=_build_conch_visual,
+    weights_env="BENCH_WEIGHTS_CONCH",
+    hub_files=(("MahmoodLab/conch", "pytorch_model.bin"),),
+    download=("MahmoodLab/conch", "pytorch_model.bin"),
+    precision_cuda="fp32",  # as TRIDENT runs conch_v1
+    fingerprint_by="values",  # 90M parameters: hashing values costs ~0.3 s
+    key_prefixes=("visual.", "", "module.visual.", "model.visual."),
+    description="CONCH v1 image tower (MahmoodLab/conch pytorch_model.bin)",
+    extra={"gated": True},
+))
+
+register_encoder(EncoderSpec(
+    name="gigapath",
+    dim=1536,
+    patch_size=256,
+    magnification=20.0,
+    input_size=224,  # Resize(256, bicubic) + CenterCrop(224), as the GigaPath README
+    resize_size=256,
+    interpolation="bicubic",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    build=_build_gigapath,
+    weights_env="BENCH_WEIGHTS_GIGAPATH",
+    hub_files=(("prov-gigapath/prov-gigapath", "pytorch_model.bin"),),
+    download=("prov-gigapath/prov-gigapath", "pytorch_model.bin"),
+    precision_cuda="fp16",  # as TRIDENT runs it
+    fingerprint_by="file",  # 1.1B parameters: never hash 4.5 GB of values per call
+    key_prefixes=("", "module.", "model."),
+    description="Prov-GigaPath tile encoder (prov-gigapath/prov-gigapath pytorch_model.bin)",
+    extra={"gated": True},
 ))

@@ -1,0 +1,199 @@
+"""Encoders: registry facts, full-size shapes on the meta device, weight resolution order,
+loading real-format checkpoints into tiny stand-ins, preprocessing against torchvision, and
+fingerprints that never re-hash a large weight file."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+pytest.importorskip("open_clip")
+
+import feature_cache.encoders as E  # noqa: E402
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch):
+    """Register stand-ins with the real specs' preprocessing, key names and fingerprint rules but
+    a 1-block, 64-wide trunk, so loading code runs on real checkpoint layouts in milliseconds."""
+    made = {}
+    small_vit = dict(embed_dim=48, depth=1, num_heads=2)
+    for name, build in (("gigapath", partial(E._build_gigapath, **small_vit)),
+                        ("conch", partial(E._build_conch_visual, **small_vit))):
+        spec = dataclasses.replace(E._REGISTRY[name], name=f"tiny-{name}", build=build,
+                                   weights_env=f"BENCH_WEIGHTS_TINY_{name.upper()}",
+                                   dim=48 if name == "gigapath" else 512)
+        monkeypatch.setitem(E._REGISTRY, spec.name, spec)
+        made[name] = spec
+    monkeypatch.setenv("BENCH_STATE_DIR", str(Path(__file__).parent / ".never-used"))
+    return made
+
+
+def test_registry_facts() -> None:
+    assert {"resnet50", "conch", "gigapath"} <= set(E.list_encoders())
+    facts = {n: (E._spec(n).dim, E._spec(n).patch_size, E._spec(n).magnification,
+                 E._spec(n).input_size) for n in ("resnet50", "conch", "gigapath")}
+    assert facts == {"resnet50": (1024, 256, 20.0, 224), "conch": (512, 256, 20.0, 448),
+                     "gigapath": (1536, 256, 20.0, 224)}
+    assert E._spec("gigapath").precision_cuda == "fp16"
+    assert E._spec("gigapath").fingerprint_by == "file"
+
+
+def test_full_size_shapes_on_meta() -> None:
+    giga = E.build_module("gigapath", device="meta")
+    # REFERENCE.md: ViT-g/14 as GigaPath configures it has 1,134,953,984 parameters
+    assert sum(p.numel() for p in giga.parameters()) == 1_134_953_984
+    assert tuple(giga(torch.empty(2, 3, 224, 224, device="meta")).shape) == (2, 1536)
+    conch = E.build_module("conch", device="meta")
+    assert tuple(conch(torch.empty(2, 3, 448, 448, device="meta")).shape) == (2, 512)
+    # the trunk is a plain ViT-B/16: 12 blocks of 768
+    assert len(conch.trunk.blocks) == 12 and conch.trunk.embed_dim == 768
+    res = E.build_module("resnet50", device="meta")
+    assert tuple(res(torch.empty(2, 3, 224, 224, device="meta")).shape) == (2, 1024)
+
+
+def _save(sd: dict, path: Path) -> Path:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", [".bin", ".safetensors"])
+def test_checkpoint_layouts_load_and_reproduce(tiny, tmp_path: Path, fmt: str) -> None:
+    x = torch.randint(0, 256, (3, 256, 256, 3), dtype=torch.uint8)
+    for name, prefix, extra in (("gigapath", "", {}),
+                                ("conch", "visual.", {"text.token_embedding.weight": torch.ones(4, 8),
+                                                      "visual.proj_contrast": torch.ones(512, 512)})):
+        spec = tiny[name]
+        torch.manual_seed(123)
+        src = spec.build().eval()  # "released" weights: a different init than the seeded one
+        sd = {prefix + k: v for k, v in src.state_dict().items()} | extra
+        path = _save(sd, tmp_path / f"{name}{fmt}")
+        enc = E.get_encoder(spec.name, weights=path)
+        assert not enc.random_weights and "explicit path" in enc.weights_source
+        with torch.no_grad():
+            want = src(enc._preprocess(x))
+        got = enc(x)
+        assert got.shape == (3, spec.dim) and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_checkpoint_names_the_problem(tiny, tmp_path: Path) -> None:
+    path = _save({"blocks.0.norm1.weight": torch.ones(3)}, tmp_path / "bad.bin")
+    with pytest.raises(E.EncoderWeightsError, match="does not fit encoder 'tiny-gigapath'.*missing"):
+        E.get_encoder("tiny-gigapath", weights=path)
+
+
+def test_file_fingerprint_hashes_identity_once(tiny, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_STATE_DIR", str(tmp_path / "state"))
+    spec = tiny["gigapath"]
+    path = _save(spec.build().state_dict(), tmp_path / "w.bin")
+    truth = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert E.file_sha256(path) == truth
+    calls = []
+    real_open = open
+    with monkeypatch.context() as m:
+        m.setattr("builtins.open", lambda p, *a, **k: (calls.append(str(p)), real_open(p, *a, **k))[1])
+        assert E.file_sha256(path) == truth  # remembered: the weights are not read again
+    assert str(path.resolve()) not in calls
+    # an HF cache blob is named by its SHA-256: no read at all
+    blob = tmp_path / "hub" / "blobs" / ("ab" * 32)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"x")
+    link = tmp_path / "hub" / "snap.bin"
+    link.symlink_to(blob)
+    assert E.file_sha256(link) == "ab" * 32
+    # two different weight files never share a fingerprint; the same file always does
+    a = E.get_encoder(spec.name, weights=path).fingerprint
+    assert E.get_encoder(spec.name, weights=path).fingerprint == a
+    torch.manual_seed(7)
+    other = _save(spec.build().state_dict(), tmp_path / "w2.bin")
+    assert E.get_encoder(spec.name, weights=other).fingerprint != a
+
+
+def test_resolution_order_env_cache_download(tiny, tmp_path: Path, monkeypatch) -> None:
+    spec = tiny["gigapath"]
+    monkeypatch.setitem(E._REGISTRY, spec.name, dataclasses.replace(
+        spec, hub_files=(("tiny/repo", "pytorch_model.bin"),), download=("tiny/repo", "pytorch_model.bin")))
+    w_env = _save(spec.build().state_dict(), tmp_path / "env.bin")
+    w_hub = _save(spec.build().state_dict(), tmp_path / "hub.bin")
+    w_dl = _save(spec.build().state_dict(), tmp_path / "dl.bin")
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo_id, filename: str(w_hub))
+    downloads = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename: (downloads.append(repo_id), str(w_dl))[1])
+    monkeypatch.setenv(spec.weights_env, str(w_env))
+    assert E.get_encoder(spec.name).weights_source.startswith(f"${spec.weights_env}")
+    monkeypatch.delenv(spec.weights_env)
+    assert E.get_encoder(spec.name).weights_source.startswith("local hub cache")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(E.EncoderWeightsError) as err:
+        E.get_encoder(spec.name)
+    assert downloads == []  # offline: never tried
+    msg = str(err.value)
+    assert "HF_HUB_OFFLINE" in msg and spec.weights_env in msg and "huggingface-cli download tiny/repo" in msg
+    assert "HF_TOKEN" in msg  # gated repositories need an accepted licence
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    enc = E.get_encoder(spec.name)
+    assert downloads == ["tiny/repo"] and enc.weights_source.startswith("hub download")
+
+
+def test_random_weights_are_marked_seeded_and_cheap_to_fingerprint(tiny) -> None:
+    a = E.get_encoder("tiny-gigapath", allow_random=True)
+    b = E.get_encoder("tiny-gigapath", allow_random=True)
+    assert a.random_weights and a.weights_source == "random"
+    assert a.fingerprint == b.fingerprint
+    x = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)
+    torch.testing.assert_close(a(x), b(x))  # seeded: every worker computes the same numbers
+
+
+def test_real_names_fail_clearly_offline(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("BENCH_WEIGHTS_GIGAPATH", raising=False)
+    monkeypatch.setattr(E, "_cached_weight_files", lambda spec: [])
+    with pytest.raises(E.EncoderWeightsError, match="BENCH_WEIGHTS_GIGAPATH.*prov-gigapath/prov-gigapath"):
+        E.get_encoder("gigapath")  # fails before building anything
+
+
+def test_preprocessing_matches_the_authors_transforms(tiny) -> None:
+    tv = pytest.importorskip("torchvision.transforms")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    patch = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    enc = E.get_encoder("tiny-gigapath", allow_random=True)
+    want = tv.Compose([tv.Resize(256, interpolation=tv.InterpolationMode.BICUBIC),
+                       tv.CenterCrop(224), tv.ToTensor(),
+                       tv.Normalize(E.IMAGENET_MEAN, E.IMAGENET_STD)])(Image.fromarray(patch))
+    torch.testing.assert_close(enc.transform(patch), want, rtol=0, atol=1e-5)
+    conch = E.get_encoder("tiny-conch", allow_random=True)
+    want = tv.Compose([tv.Resize(448, interpolation=tv.InterpolationMode.BICUBIC),
+                       tv.CenterCrop(448), tv.ToTensor(),
+                       tv.Normalize(E.OPENAI_CLIP_MEAN, E.OPENAI_CLIP_STD)])(Image.fromarray(patch))
+    # upsampling 256 -> 448: PIL's and torch's bicubic kernels differ (a = -0.5 vs -0.75), so
+    # compare on a smooth, tissue-like patch where the kernels agree closely
+    yy, xx = np.mgrid[0:256, 0:256] / 256.0
+    smooth = np.stack([128 + 100 * np.sin(6 * xx + c) * np.cos(4 * yy) for c in (0, 1, 2)], -1)
+    patch = smooth.astype(np.uint8)
+    want = tv.Compose([tv.Resize(448, interpolation=tv.InterpolationMode.BICUBIC),
+                       tv.CenterCrop(448), tv.ToTensor(),
+                       tv.Normalize(E.OPENAI_CLIP_MEAN, E.OPENAI_CLIP_STD)])(Image.fromarray(patch))
+    got = conch.transform(patch)
+    assert got.shape == want.shape == (3, 448, 448)
+    # PIL also rounds to uint8: agreement within ~2/255 of the [0, 1] range
+    assert float((got - want).abs().max()) < 0.03
