@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,16 +88,11 @@ class Slide:
             nums = [v for v in nums if math.isfinite(v) and v > 0]
             if nums:
                 return float(np.mean(nums))
-        for key in (f"{self.backend}.objective-power", "openslide.objective-power",
-                    "tiffslide.objective-power", "aperio.AppMag"):
-            try:
-                power = float(props.get(key, ""))
-            except ValueError:
-                continue
-            if math.isfinite(power) and power > 0:
-                log.warning("%s: no mpp property, using objective power %gx -> %.3f um/px",
-                            self.path, power, mag_to_mpp(power))
-                return mag_to_mpp(power)
+        power = self.objective_power
+        if power is not None:
+            log.warning("%s: no mpp property, using objective power %gx -> %.3f um/px",
+                        self.path, power, mag_to_mpp(power))
+            return mag_to_mpp(power)
         return None
 
     def require_mpp(self) -> float:
@@ -109,6 +105,24 @@ class Slide:
                 f"(0.25 um/px = 40x, 0.5 um/px = 20x)."
             )
         return self.mpp
+
+    @property
+    def vendor(self) -> str:
+        """The format the reader recognised (``aperio``, ``generic-tiff``, ``dicom``, ...)."""
+        return str(self.properties.get("openslide.vendor")
+                   or self.properties.get("tiffslide.vendor") or "unknown")
+
+    @property
+    def objective_power(self) -> float | None:
+        """The scanner's objective power, when the file records one (Aperio ``AppMag``, ...)."""
+        for key in ("openslide.objective-power", "tiffslide.objective-power", "aperio.AppMag"):
+            try:
+                power = float(self.properties.get(key, ""))
+            except ValueError:
+                continue
+            if math.isfinite(power) and power > 0:
+                return power
+        return None
 
     @property
     def magnification(self) -> float | None:
@@ -200,11 +214,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def open_slide(path: str | Path, backend: str = "auto", mpp: float | None = None) -> Slide:
     """Open a whole-slide image.
 
-    ``backend="auto"`` tries OpenSlide, then tiffslide (pure Python; reads TIFF/SVS variants that
-    OpenSlide rejects). ``mpp`` overrides the file's resolution metadata (for slides without it).
+    ``backend="auto"`` picks a reader per file: OpenSlide when it recognises the format (SVS,
+    generic tiled TIFF, NDPI, MRXS, DICOM, ...), else tiffslide (pure Python; reads TIFF/SVS
+    variants OpenSlide rejects). ``backend=`` or ``$BENCH_SLIDE_BACKEND`` forces one reader.
+    ``mpp`` overrides the file's resolution metadata (for slides without it).
     Raises :class:`SlideError` naming the file and the fix when no reader can open it.
     """
     path = Path(path)
+    if backend == "auto":
+        backend = os.environ.get("BENCH_SLIDE_BACKEND", "").strip() or "auto"
     if not path.is_file():
         raise SlideError(f"{path}: no such file. Fix: check the dataset's slide directory "
                          f"(paths resolve against $BENCH_DATA) and the slide id.")
