@@ -45,12 +45,20 @@ def measure(model: str, size: int, chunk_size: int | None, threads: int) -> dict
     net(torch.randn(1, 3, 64, 64)).sum().backward()  # warm-up: kernels compiled, grads allocated
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     x = torch.randn(1, 3, size, size)
+    cpu0 = _cpu_seconds()
     start = time.perf_counter()
     net(x).logsumexp(-1).sum().backward()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"model": model, "size": size, "pixels": size * size, "base_bytes": base,
-            "peak_bytes": peak, "seconds": seconds}
+            "peak_bytes": peak, "seconds": seconds, "cpu_seconds": _cpu_seconds() - cpu0}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process: on a shared machine wall time mostly measures the
+    neighbours, CPU time measures the model."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
@@ -67,7 +75,7 @@ def main() -> None:
         return
     print(f"threads={args.threads}  chunk_size={chunk or 'default'}")
     print(f"{'model':>13} {'size':>6} {'pixels':>9} {'peak MB':>9} {'above base MB':>14} "
-          f"{'B/px (peak)':>12} {'B/px (above base)':>18} {'s':>7}")
+          f"{'B/px (peak)':>12} {'B/px (above base)':>18} {'wall s':>7} {'CPU s':>7}")
     for model in args.models:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--child", model, str(size),
@@ -77,7 +85,8 @@ def main() -> None:
             above = r["peak_bytes"] - r["base_bytes"]
             print(f"{model:>13} {size:>6} {r['pixels']:>9} {r['peak_bytes'] / 2**20:>9.1f} "
                   f"{above / 2**20:>14.1f} {r['peak_bytes'] / r['pixels']:>12.1f} "
-                  f"{above / r['pixels']:>18.1f} {r['seconds']:>7.1f}", flush=True)
+                  f"{above / r['pixels']:>18.1f} {r['seconds']:>7.1f} {r['cpu_seconds']:>7.1f}",
+                  flush=True)
 
 
 if __name__ == "__main__":
