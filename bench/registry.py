@@ -124,3 +124,6 @@ def count_parameters(model: "torch.nn.Module") -> int:
 register_aggregator("meanmil", "MeanMIL", "baselines.mil.pooling:MeanMIL")
 register_aggregator("maxmil", "MaxMIL", "baselines.mil.pooling:MaxMIL")
 register_aggregator("abmil", "ABMIL", "baselines.mil.abmil:ABMIL")
+register_aggregator("transmil", "TransMIL", "baselines.mil.transmil:TransMIL")
+register_aggregator("ilra", "ILRA-MIL", "baselines.mil.ilra:ILRA")
+register_aggregator("mambamil", "MambaMIL", "baselines.mil.mambamil:MambaMIL")

@@ -2,6 +2,9 @@
 
 from .abmil import ABMIL
 from .base import MILModel
+from .ilra import ILRA
+from .mambamil import MambaMIL
 from .pooling import MaxMIL, MeanMIL
+from .transmil import TransMIL
 
-__all__ = ["ABMIL", "MILModel", "MaxMIL", "MeanMIL"]
+__all__ = ["ABMIL", "ILRA", "MILModel", "MambaMIL", "MaxMIL", "MeanMIL", "TransMIL"]
