@@ -45,7 +45,6 @@ from torch import Tensor, nn
 
 from .configs import TokenExpansionSpec
 from .mixer import BiMambaMixer
-from .serialize import deserialize, serialize
 
 
 def shift_merge(tokens: Tensor, axis: str) -> Tensor:

@@ -10,9 +10,9 @@ import torch
 
 import pixelmamba
 from pixelmamba import CONFIGS, PixelMamba, create_model, list_models
-from pixelmamba.configs import LayerRow, PixelMambaConfig
+from pixelmamba.configs import PixelMambaConfig
 
-TINY = dict(scan_window=32)  # a 64x96 image is then 2x3 regions, 7x... down to 1x1 tokens
+TINY = dict(scan_window=32)  # a 64x96 image is then 2x3 regions of 32x32 → 1x1 tokens at the end
 
 
 def test_public_api() -> None:
