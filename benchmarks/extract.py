@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--n-cases", type=int, default=48)
     ap.add_argument("--encoder", default="resnet50")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--num-workers", type=int, default=None, help="tile-decoding threads")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -39,7 +40,7 @@ def main() -> None:
 
     import feature_cache as fc
     from bench.demo import generate_demo
-    from feature_cache.cache import _batches
+    from feature_cache.cache import _read_batches
     from feature_cache.tissue import patch_size_level0
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
@@ -69,11 +70,12 @@ def main() -> None:
     timed = Timed(enc)
     cache = fc.FeatureCache(tmp / "cache")
     t0 = time.perf_counter()
-    rep = cache.extract(slides, timed, batch_size=args.batch_size, progress=False)
+    rep = cache.extract(slides, timed, batch_size=args.batch_size, progress=False,
+                        num_workers=args.num_workers)
     t_wall = time.perf_counter() - t0
     n = sum(rep.n_patches.values())
 
-    # the same patches, read once into memory, then encoded alone
+    # the same patches, read and transformed once into memory, then encoded alone
     batches = []
     for sid, path in slides.items():
         _, coords = cache.load(sid, enc)
@@ -81,8 +83,8 @@ def main() -> None:
             side0 = patch_size_level0(s, enc.patch_size, enc.magnification)
             level = s.best_level_for_downsample(side0 / enc.patch_size)
             read = round(side0 / s.level_downsamples[level])
-            batches += [b for _, b in _batches(s, coords, level, read, enc.patch_size,
-                                               args.batch_size)]
+        batches += [b for _, b in _read_batches(path, {}, coords, level, read, enc.patch_size,
+                                                args.batch_size, enc, 2)]
     t0 = time.perf_counter()
     for b in batches:
         enc(b)

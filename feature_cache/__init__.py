@@ -27,6 +27,9 @@ __all__ = [
     "FeatureCache",
     "ExtractReport",
     "CacheMissError",
+    "import_features",
+    "ImportReport",
+    "write_overview",
 ]
 
 _LAZY = {
@@ -39,6 +42,9 @@ _LAZY = {
     "FeatureCache": "feature_cache.cache",
     "ExtractReport": "feature_cache.cache",
     "CacheMissError": "feature_cache.cache",
+    "import_features": "feature_cache.importer",
+    "ImportReport": "feature_cache.importer",
+    "write_overview": "feature_cache.visualize",
 }
 
 

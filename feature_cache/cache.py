@@ -55,7 +55,7 @@ __all__ = ["FeatureCache", "ExtractReport", "CacheMissError", "CACHE_FORMAT_VERS
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1  # bump when the file layout or the tissue/grid algorithm changes
+CACHE_FORMAT_VERSION = 2  # 2: ink/artefact-aware tissue mask. Bump when the file layout or the tissue/grid algorithm changes
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -189,12 +189,19 @@ class FeatureCache:
     def extract(self, slides: Mapping[str, str | os.PathLike], encoder: Encoder, *,
                 patch_size: int | None = None, magnification: float | None = None,
                 min_tissue: float = 0.5, batch_size: int = 32, progress: bool = True,
-                skip_errors: bool = False) -> ExtractReport:
+                skip_errors: bool = False, mpp: float | None = None, reader: str = "auto",
+                visualize: str | os.PathLike | None = None,
+                num_workers: int | None = None) -> ExtractReport:
         """Extract features for every slide not yet cached; resumable and multi-process safe.
 
         A failing slide raises :class:`SlideError` unless ``skip_errors``, in which case it is
         recorded in ``report.failed`` and the others go on. Either way, slides finished before the
         failure stay cached.
+
+        ``mpp`` overrides every slide's level-0 resolution (for scans without metadata); ``reader``
+        forces a slide reader (``openslide``/``tiffslide``); ``visualize`` is a directory that
+        receives ``<slide_id>.png`` overviews of the tissue mask and the patch grid;
+        ``num_workers`` threads decode tiles (default ``min(4, cpu_count)``).
         """
         from tqdm.auto import tqdm
 
@@ -212,7 +219,10 @@ class FeatureCache:
         if encoder.random_weights:
             log.warning("extracting with RANDOM %s weights into %s", encoder.name, out_dir)
 
-        bar = tqdm(total=len(items), unit="slide", disable=not progress,
+        self._open = {"mpp": mpp, "backend": reader}
+        self._visualize = Path(visualize) if visualize is not None else None
+        self._workers = max(1, int(num_workers) if num_workers else min(4, os.cpu_count() or 1))
+        bar = tqdm(total=len(items), unit="slide", disable=None if progress else True,
                    desc=f"extract {encoder.name}")
         try:
             deferred = []
@@ -239,6 +249,7 @@ class FeatureCache:
         """Process one slide under its lock; False if the lock is held and ``blocking`` is off."""
         out = out_dir / f"{sid}.h5"
         if self._skip_if_done(sid, out, report, path):
+            self._overview(sid, path, ps, mag, min_tissue, report)
             return True
         lock = FileLock(str(out) + ".lock")
         try:
@@ -256,6 +267,7 @@ class FeatureCache:
                 log.error("skipping %s: %s", sid, err)
                 report.failed[sid] = str(err)
                 return True
+            self._overview(sid, path, ps, mag, min_tissue, report)
             if n == 0:
                 report.no_tissue.append(sid)
             else:
@@ -264,6 +276,21 @@ class FeatureCache:
             return True
         finally:
             lock.release()
+
+    def _overview(self, sid: str, path: Path, ps: int, mag: float, min_tissue: float,
+                  report: ExtractReport) -> None:
+        """Write the mask/grid thumbnail when asked and missing (also for cached slides, so a
+        user can look at an existing cache). A failure here never fails the slide."""
+        vis = getattr(self, "_visualize", None)
+        if vis is None or (vis / f"{sid}.png").is_file():
+            return
+        from feature_cache.visualize import write_overview
+
+        try:
+            write_overview(path, vis / f"{sid}.png", ps, mag, min_tissue,
+                           mpp=getattr(self, "_open", {}).get("mpp"))
+        except SlideError as err:
+            log.warning("%s: no overview (%s)", sid, err)
 
     def _skip_if_done(self, sid: str, out: Path, report: ExtractReport, slide_path: Path) -> bool:
         n = self._done_count(out)
@@ -279,7 +306,7 @@ class FeatureCache:
     def _extract_slide(self, sid: str, path: Path, encoder: Encoder, ps: int, mag: float,
                        min_tissue: float, batch_size: int, out: Path) -> int:
         """Segment, grid, encode and write one slide; returns the patch count (0: no tissue)."""
-        with open_slide(path) as slide:
+        with open_slide(path, **getattr(self, "_open", {})) as slide:
             mask, ds = segment_tissue(slide)
             coords = patch_grid(slide, mask, ds, ps, mag, min_tissue)
             side0 = patch_size_level0(slide, ps, mag)
@@ -290,7 +317,9 @@ class FeatureCache:
                 log.warning("%s (%s): no tissue patches at %gx; writing an empty feature file",
                             sid, path, mag)
             else:
-                for i, batch in _prefetched(_batches(slide, coords, level, read, ps, batch_size)):
+                for i, batch in _read_batches(path, getattr(self, "_open", {}), coords, level,
+                                              read, ps, batch_size, encoder,
+                                              getattr(self, "_workers", 2)):
                     feats[i : i + len(batch)] = encoder(batch).numpy()  # (B, D)
             attrs = {
                 "slide_id": sid,
@@ -370,31 +399,58 @@ def _code_version() -> str:
     return feature_cache.__version__
 
 
-def _batches(slide: Slide, coords: np.ndarray, level: int, read: int, ps: int,
-             batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(start index, uint8 (B, ps, ps, 3)) batches: each patch read at ``level`` and resized to
-    ``ps`` px, so the encoder sees the target magnification whatever the pyramid offers."""
-    for i in range(0, len(coords), batch_size):
-        out = np.empty((min(batch_size, len(coords) - i), ps, ps, 3), np.uint8)
-        for j, (x, y) in enumerate(coords[i : i + batch_size]):
+def _read_batches(path: Path, open_kwargs: Mapping[str, Any], coords: np.ndarray, level: int,
+                  read: int, ps: int, batch_size: int, encoder: Encoder, num_workers: int
+                  ) -> Iterator[tuple[int, Any]]:
+    """(start index, transformed float batch (B, 3, S, S)) in order, decoded by ``num_workers``
+    threads while the caller runs the encoder on the previous batch.
+
+    Threads, not DataLoader processes: OpenSlide's and libjpeg's decoding, PIL's resize and the
+    torch transform all release the GIL, so threads overlap with the encoder without pickling
+    slide handles or copying batches between processes. Each thread opens its own handle (not
+    every reader is safe to share), and at most ``num_workers + 1`` batches are in flight, so
+    memory stays bounded on slides with 100k patches.
+    """
+    import threading
+    from collections import deque
+
+    local = threading.local()
+    handles: list[Slide] = []
+    lock = threading.Lock()
+
+    def handle() -> Slide:
+        s = getattr(local, "slide", None)
+        if s is None:
+            s = open_slide(path, **open_kwargs)
+            local.slide = s
+            with lock:
+                handles.append(s)
+        return s
+
+    def read_batch(i: int) -> tuple[int, Any]:
+        slide = handle()
+        part = coords[i : i + batch_size]
+        out = np.empty((len(part), ps, ps, 3), np.uint8)  # (B, ps, ps, 3)
+        for j, (x, y) in enumerate(part):
             im = slide.read_region((int(x), int(y)), level, (read, read))
             if read != ps:
                 im = im.resize((ps, ps), Image.BILINEAR if read < ps else Image.BOX)
             out[j] = np.asarray(im)
-        yield i, out
+        return i, encoder._preprocess(out)  # (B, 3, S, S): the resize/normalise also off-thread
 
-
-def _prefetched(it: Iterator[Any]) -> Iterator[Any]:
-    """Yield from ``it`` while a background thread already reads the next item, so slide
-    decoding (which releases the GIL) overlaps the encoder's compute."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(next, it, None)
-        while True:
-            item = fut.result()
-            if item is None:
-                return
-            fut = pool.submit(next, it, None)
-            yield item
+    starts = iter(range(0, len(coords), batch_size))
+    try:
+        with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="fc-read") as pool:
+            pending = deque(pool.submit(read_batch, i) for _, i in zip(range(num_workers + 1), starts))
+            while pending:
+                fut = pending.popleft()
+                nxt = next(starts, None)
+                if nxt is not None:
+                    pending.append(pool.submit(read_batch, nxt))
+                yield fut.result()
+    finally:
+        for s in handles:
+            s.close()
 
 
 def _write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any],

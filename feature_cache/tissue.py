@@ -1,7 +1,8 @@
 """Tissue segmentation at thumbnail scale and the patch grid at a physical resolution.
 
 Tissue: Otsu on HSV saturation (stained tissue is saturated, glass and background are not; CLAM
-and TRIDENT's classical path do the same), floored at an absolute saturation so an empty slide
+and TRIDENT's classical path do the same) after removing marker ink and near-black artefacts,
+floored at an absolute saturation so an empty slide
 gives an empty mask instead of Otsu splitting scanner noise; then closing/opening, tiny fragments
 dropped and small holes filled, with sizes in um^2 so they mean the same at any thumbnail scale.
 
@@ -40,6 +41,33 @@ def _saturation(rgb: np.ndarray) -> np.ndarray:
     return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6) * 255.0, 0.0).astype(np.float32)
 
 
+def _hue_deg(rgb: np.ndarray) -> np.ndarray:
+    """HSV hue in degrees (0..360), float32."""
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    mx = np.maximum(np.maximum(r, g), b)
+    d = mx - np.minimum(np.minimum(r, g), b)
+    safe = np.maximum(d, 1e-6)
+    h = np.where(mx == r, ((g - b) / safe) % 6.0,
+                 np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return np.where(d > 0, h * 60.0, 0.0).astype(np.float32)
+
+
+def _artefacts(rgb: np.ndarray, *, max_dark: float = 60.0) -> np.ndarray:
+    """Pixels that are ink or scanner artefacts rather than H&E tissue.
+
+    H&E stains sit on the red side of the hue circle: eosin pink (~330-360 deg and 0-20 deg) and
+    haematoxylin purple (~260-300 deg); even dense nuclei keep red above green. Blue and green
+    marker ink is hue 75-245 deg with red well below blue (blue ink) or green above red (green
+    ink). Black ink, out-of-focus debris and the dark border some scanners leave are near black
+    (max channel below ``max_dark``), where saturation is pure noise.
+    """
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    hue = _hue_deg(rgb)
+    inked = (hue >= 75.0) & (hue <= 245.0) & ((r < 0.75 * b) | (g > r + 10.0))
+    dark = np.maximum(np.maximum(r, g), b) < max_dark
+    return inked | dark
+
+
 def _otsu(values: np.ndarray) -> float:
     from skimage.filters import threshold_otsu
 
@@ -76,6 +104,7 @@ def segment_tissue(
     min_downsample: float = 8.0,
     max_side: int = 2048,
     min_saturation: float = 20.0,
+    max_dark: float = 60.0,
     smooth_um: float = 8.0,
     min_fragment_um2: float = 10_000.0,
     max_hole_um2: float = 10_000.0,
@@ -85,6 +114,11 @@ def segment_tissue(
     The thumbnail is at least ``min_downsample`` and at most ``max_side`` px on its long side:
     fine enough that a 256-px patch at 20x spans many mask pixels, small enough to stay cheap on
     a 100k-px slide. A slide without tissue yields an all-False mask (and a logged warning).
+
+    Pen marks and scanner artefacts are removed before thresholding (see :func:`_artefacts`), so
+    they neither count as tissue nor drag Otsu's threshold: blue and green ink is as saturated as
+    eosin and would otherwise be kept. Background shades (grey glass, vignetting) have low
+    saturation whatever their brightness and fall below the threshold.
     """
     w0, h0 = slide.dimensions
     ds = max(float(min_downsample), max(w0, h0) / float(max_side))
@@ -94,8 +128,10 @@ def segment_tissue(
     ds = float(np.mean([w0 / tw, h0 / th]))
 
     sat = ndi.median_filter(_saturation(thumb), size=5)
-    thr = max(_otsu(sat), float(min_saturation))
-    mask = sat > thr
+    artefact = ndi.median_filter(_artefacts(thumb, max_dark=max_dark), size=3)
+    candidates = sat[~artefact]
+    thr = max(_otsu(candidates), float(min_saturation))
+    mask = (sat > thr) & ~artefact
 
     um_per_px = (slide.mpp or ASSUMED_MPP) * ds
     r = int(round(smooth_um / um_per_px))

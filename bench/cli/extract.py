@@ -1,9 +1,11 @@
-"""``bench extract``: patch features into the HDF5 cache (resumable; shareable between workers)."""
+"""``bench extract``: patch features into the HDF5 cache (resumable; shareable between workers),
+or import existing CLAM/TRIDENT feature directories instead of recomputing them."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from .common import Formatter, add_dataset, add_paths, resolve_dataset
 
@@ -12,8 +14,11 @@ log = logging.getLogger("bench")
 EPILOG = """examples:
   python -m bench extract --dataset demo --encoders resnet50
   python -m bench extract --dataset luad --encoders resnet50,conch --skip-errors
+  python -m bench extract --dataset demo --visualize          # + mask/grid thumbnails
+  python -m bench extract --dataset blca --mpp 0.25           # scans without resolution metadata
+  python -m bench extract --dataset blca --encoders conch --import /data/CLAM/features_conch
 Finished slides are skipped, so a killed extraction resumes where it stopped; several processes may
-extract into one cache at the same time (per-slide locks).
+extract into one cache at the same time (per-slide locks). Weights: docs/feature_cache.md.
 """
 
 
@@ -25,11 +30,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoders", default="resnet50", help="comma list of encoders (see `bench ls encoders`)")
     p.add_argument("--skip-errors", action="store_true", help="report failing slides and go on")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--mpp", type=float, default=None,
+                   help="level-0 um/px for every slide (overrides missing or wrong metadata)")
+    p.add_argument("--reader", choices=("auto", "openslide", "tiffslide"), default="auto",
+                   help="slide reader (auto: OpenSlide if it knows the format, else tiffslide)")
+    p.add_argument("--visualize", nargs="?", const="", default=None, metavar="DIR",
+                   help="write <slide>.png thumbnails of the tissue mask and patch grid "
+                        "(default DIR: <cache dir>/overview)")
+    p.add_argument("--import", dest="import_dir", type=Path, default=None, metavar="DIR",
+                   help="import a CLAM (h5_files/, pt_files/) or TRIDENT features directory "
+                        "made with --encoders instead of extracting")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="tile-decoding worker threads (default: up to 4)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from feature_cache import FeatureCache, get_encoder
+    from feature_cache import FeatureCache, get_encoder, import_features
 
     from ..datasets import load_cohort
 
@@ -39,10 +56,26 @@ def main(args: argparse.Namespace) -> int:
     cache = FeatureCache(args.cache)
     status = 0
     for name in [e.strip() for e in args.encoders.split(",") if e.strip()]:
+        if args.import_dir is not None:
+            enc = get_encoder(name, allow_random=False)  # imported features need the real weights' key
+            rep = import_features(cache, args.import_dir, enc, slides=paths, mpp=args.mpp)
+            print(f"{name}: {rep.summary()}")
+            for sid, err in rep.failed.items():
+                print(f"  {sid}: {err}")
+            status |= int(bool(rep.failed))
+            continue
         enc = get_encoder(name, allow_random=cohort.spec.allow_random_weights)
+        vis = None
+        if args.visualize is not None:
+            vis = Path(args.visualize) if args.visualize else cache.dir_for(enc) / "overview"
         rep = cache.extract(paths, enc, progress=not args.quiet, skip_errors=args.skip_errors,
-                            batch_size=args.batch_size)
-        print(f"{name}: {rep}")
-        if getattr(rep, "failed", None):
+                            batch_size=args.batch_size, mpp=args.mpp, reader=args.reader,
+                            visualize=vis, num_workers=args.num_workers)
+        print(f"{name}{' (random weights)' if enc.random_weights else ''}: {rep.summary()}")
+        for sid, err in rep.failed.items():
+            print(f"  {sid}: {err}")
+        if vis is not None:
+            print(f"  overviews: {vis}")
+        if rep.failed:
             status = 1
     return status

@@ -1,0 +1,235 @@
+"""Import feature directories made by CLAM or TRIDENT into the cache instead of recomputing them.
+
+Accepted layouts (``src`` is the directory given to ``bench extract --import``):
+
+* CLAM: ``src/h5_files/<slide>.h5`` (datasets ``features`` (N, D), ``coords`` (N, 2)) and/or
+  ``src/pt_files/<slide>.pt`` (a (N, D) tensor; coordinates then come from the matching
+  ``h5_files/<slide>.h5``, or from the patch-coordinate h5 CLAM wrote in ``patches/``);
+* TRIDENT: ``src/<slide>.h5`` (e.g. ``.../20x_256px_0px_overlap/features_conch_v1/``), same
+  datasets, ``features`` possibly with a leading batch axis of 1.
+
+Why validation is strict: imported files are trusted as if this cache had made them (same
+directory key as the encoder's own extraction), so a wrong encoder, a wrong patch size or
+magnification, or coordinates from another slide would silently poison every result. Each file
+must have the encoder's dim, finite values, integer non-negative (N, 2) coordinates matching the
+feature count, coordinates inside the slide when the slide is known, and -- when the file's
+``coords`` attributes say so -- the cache's patch size and magnification.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+__all__ = ["ImportReport", "ImportError_", "import_features", "find_feature_files"]
+
+log = logging.getLogger(__name__)
+
+
+class ImportError_(ValueError):
+    """An imported feature file is invalid; the message names the file, the problem and the fix."""
+
+
+@dataclass
+class ImportReport:
+    cache_dir: Path
+    imported: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already in the cache
+    failed: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)  # files whose id is not in `slides`
+    missing: list[str] = field(default_factory=list)  # slides with no file in `src`
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = [f"{len(self.imported)} imported", f"{len(self.skipped)} already cached"]
+        if self.failed:
+            parts.append(f"{len(self.failed)} invalid ({', '.join(self.failed)})")
+        if self.missing:
+            parts.append(f"{len(self.missing)} slides without a file")
+        if self.unknown:
+            parts.append(f"{len(self.unknown)} files for unknown slides")
+        return f"{'; '.join(parts)} in {self.seconds:.1f}s -> {self.cache_dir}"
+
+
+def find_feature_files(src: Path) -> dict[str, dict[str, Path]]:
+    """{slide_id: {"h5": path, "pt": path}} for every feature file under ``src`` (see module)."""
+    src = Path(src)
+    if not src.is_dir():
+        raise ImportError_(f"{src}: not a directory. Fix: pass a CLAM features directory (with "
+                           f"h5_files/ or pt_files/) or a TRIDENT features_<encoder>/ directory.")
+    found: dict[str, dict[str, Path]] = {}
+    for kind, folders in (("h5", (src / "h5_files", src)), ("pt", (src / "pt_files", src))):
+        for folder in folders:
+            for p in sorted(folder.glob(f"*.{kind}")) if folder.is_dir() else ():
+                found.setdefault(p.stem, {}).setdefault(kind, p)
+    if not found:
+        raise ImportError_(f"{src}: no .h5 or .pt feature files (looked in {src}, "
+                           f"{src / 'h5_files'}, {src / 'pt_files'}).")
+    return found
+
+
+def _coords_from_patches(src: Path, sid: str) -> Path | None:
+    for cand in (src / "patches" / f"{sid}.h5", src.parent / "patches" / f"{sid}.h5"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _read(sid: str, files: dict[str, Path], src: Path) -> tuple[np.ndarray, np.ndarray,
+                                                                  dict[str, Any], Path]:
+    """(features (N, D) float32, coords (N, 2) int64, coords attrs, file used for features)."""
+    feats = coords = None
+    attrs: dict[str, Any] = {}
+    h5 = files.get("h5")
+    origin = files.get("pt") or h5
+    if "pt" in files:
+        import torch
+
+        try:
+            obj = torch.load(str(files["pt"]), map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ImportError_(f"{files['pt']}: cannot read ({type(err).__name__}: {err})") from err
+        if isinstance(obj, dict) and "features" in obj:
+            obj = obj["features"]
+        feats = np.asarray(obj.float().numpy() if hasattr(obj, "numpy") else obj)
+        if h5 is None:
+            h5 = _coords_from_patches(src, sid)
+    if h5 is not None:
+        try:
+            with h5py.File(h5, "r") as f:
+                if feats is None:
+                    if "features" not in f:
+                        raise ImportError_(f"{h5}: no 'features' dataset (has {list(f)})")
+                    feats = np.asarray(f["features"])
+                if "coords" in f:
+                    coords = np.asarray(f["coords"])
+                    attrs = {k: (v.item() if hasattr(v, "item") else v)
+                             for k, v in f["coords"].attrs.items()}
+        except OSError as err:
+            raise ImportError_(f"{h5}: not a readable HDF5 file ({err}); it may be truncated. "
+                               f"Fix: re-copy it, or remove it and extract that slide.") from err
+    if coords is None:
+        raise ImportError_(f"{origin}: no patch coordinates for slide {sid!r}. Fix: put the "
+                           f"matching h5 (with 'coords') in h5_files/ or patches/ next to it.")
+    assert feats is not None and origin is not None
+    while feats.ndim == 3 and feats.shape[0] == 1:  # TRIDENT/CLAM batch axis
+        feats = feats[0]
+    return feats, coords, attrs, origin
+
+
+def _validate(sid: str, origin: Path, feats: np.ndarray, coords: np.ndarray,
+              attrs: Mapping[str, Any], dim: int, encoder: str, patch_size: int, mag: float,
+              slide_size: tuple[int, int] | None, side0: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def bad(why: str, fix: str) -> ImportError_:
+        return ImportError_(f"{origin} (slide {sid!r}): {why}. Fix: {fix}.")
+
+    if feats.ndim != 2:
+        raise bad(f"features have shape {feats.shape}, expected (N, D)", "export per-slide 2-D features")
+    if feats.shape[1] != dim:
+        raise bad(f"features are {feats.shape[1]}-d but encoder {encoder!r} is {dim}-d",
+                  "import them with the encoder that made them (--encoders)")
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(feats):
+        raise bad(f"coords have shape {coords.shape} for {len(feats)} feature rows",
+                  "use the coords written with these features")
+    if not np.isfinite(feats).all():
+        raise bad("features contain NaN or inf", "re-extract this slide")
+    if not np.all(np.asarray(coords) == np.round(coords)) or (coords < 0).any():
+        raise bad("coords are not non-negative integers (level-0 pixels)", "re-extract this slide")
+    if "patch_size_level0" in attrs and side0 is not None and int(attrs["patch_size_level0"]) != side0:
+        raise bad(f"patches are {int(attrs['patch_size_level0'])} level-0 px but {patch_size} px "
+                  f"at {mag:g}x is {side0} on this slide", "import into the matching patch size "
+                  "and magnification (--patch-size/--magnification), or re-extract")
+    if "target_magnification" in attrs and float(attrs["target_magnification"]) != float(mag):
+        raise bad(f"features were extracted at {float(attrs['target_magnification']):g}x, this "
+                  f"cache is {mag:g}x", "import with the matching magnification")
+    if slide_size is not None and len(coords):
+        w, h = slide_size
+        if coords[:, 0].max() >= w or coords[:, 1].max() >= h:
+            raise bad(f"coords reach ({coords[:, 0].max()}, {coords[:, 1].max()}) outside the "
+                      f"{w}x{h} slide", "check the slide id matches the file (another slide's "
+                      "features?)")
+    return feats.astype(np.float32), coords.astype(np.int64)
+
+
+def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
+                    slides: Mapping[str, str | os.PathLike] | None = None,
+                    patch_size: int | None = None, magnification: float | None = None,
+                    min_tissue: float = 0.5, skip_errors: bool = True,
+                    mpp: float | None = None) -> ImportReport:
+    """Copy valid CLAM/TRIDENT feature files into ``cache`` under ``encoder``'s key.
+
+    ``slides`` ({id: slide path}) restricts the import to a cohort and enables the checks that
+    need the slide (coordinates inside it, patch size in level-0 px) and the slide identity that
+    re-extracts when a slide file changes. Files already cached are left alone.
+    """
+    from feature_cache.cache import (CACHE_FORMAT_VERSION, _check_id, _code_version,
+                                     _slide_identity, _write_h5)
+    from feature_cache.slide import SlideError, mag_to_mpp, open_slide
+    from feature_cache.tissue import patch_size_level0
+
+    t0 = time.perf_counter()
+    if getattr(encoder, "random_weights", False):
+        raise ImportError_(f"encoder {encoder.name!r} has random weights here: imported features "
+                           f"would be filed as random-weights features. Fix: make the real weights "
+                           f"available (see the weights order in docs/feature_cache.md).")
+    ps = int(patch_size if patch_size is not None else encoder.patch_size)
+    mag = float(magnification if magnification is not None else encoder.magnification)
+    out_dir = cache.dir_for(encoder, ps, mag, min_tissue)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = ImportReport(cache_dir=out_dir)
+    src = Path(src)
+    found = find_feature_files(src)
+    if slides is not None:
+        report.unknown = sorted(set(found) - set(slides))
+        report.missing = sorted(set(slides) - set(found))
+        todo = [sid for sid in found if sid in slides]
+    else:
+        todo = sorted(found)
+    for sid in todo:
+        out = out_dir / f"{_check_id(sid)}.h5"
+        if cache._is_done(out):
+            report.skipped.append(sid)
+            continue
+        try:
+            feats, coords, attrs, origin = _read(sid, found[sid], src)
+            slide_size = side0 = None
+            extra: dict[str, Any] = {}
+            if slides is not None:
+                spath = Path(slides[sid])
+                with open_slide(spath, mpp=mpp) as s:
+                    slide_size = s.dimensions
+                    side0 = patch_size_level0(s, ps, mag)
+                    extra = {"slide_path": str(spath.resolve()), **_slide_identity(spath),
+                             "mpp": float(s.require_mpp()), "patch_size_level0": side0}
+            feats, coords = _validate(sid, origin, feats, coords, attrs, encoder.dim, encoder.name,
+                                      ps, mag, slide_size, side0)
+        except (ImportError_, SlideError) as err:
+            if not skip_errors:
+                raise
+            log.error("not imported: %s", err)
+            report.failed[sid] = str(err)
+            continue
+        file_attrs = {
+            "slide_id": sid, **extra,
+            "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint,
+            "weights_source": encoder.weights_source, "random_weights": False,
+            "patch_size": ps, "magnification": mag, "target_mpp": mag_to_mpp(mag),
+            "min_tissue": min_tissue, "code_version": _code_version(),
+            "cache_format": CACHE_FORMAT_VERSION,
+            "no_tissue": len(coords) == 0, "imported_from": str(origin.resolve()),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        coord_attrs = {k: v for k, v in attrs.items() if isinstance(v, (int, float, str, np.number))}
+        coord_attrs.setdefault("target_magnification", mag)
+        _write_h5(out, feats, coords, file_attrs, coord_attrs)
+        report.imported.append(sid)
+    report.seconds = time.perf_counter() - t0
+    log.info("feature import: %s", report.summary())
+    return report
