@@ -213,3 +213,16 @@ def test_torch_backend_on_cuda():
     check("out", y.cpu(), y_ref, torch.float32)
     for k in grads_ref:
         check(f"d{k}", grads[k].cpu(), grads_ref[k], torch.float32)
+
+
+def test_numba_several_threads_and_partial_blocks():
+    """Two worker threads (per-thread B/C gradient buffers summed), 20 channels in groups of
+    10: backward work units of 8 + 2 channels per group."""
+    torch.set_num_threads(2)  # the autouse fixture restores the setting afterwards
+    x = make_inputs({"groups": 2}, 300, torch.float64, dim=20)
+    y, last, grads = run(clone(x), True, "numba")
+    y_ref, last_ref, grads_ref = run(clone(x), True, "ref")
+    check("out", y, y_ref, torch.float64)
+    check("last_state", last, last_ref, torch.float64)
+    for k in grads_ref:
+        check(f"d{k}", grads[k], grads_ref[k], torch.float64)
