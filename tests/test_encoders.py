@@ -197,3 +197,24 @@ def test_preprocessing_matches_the_authors_transforms(tiny) -> None:
     assert got.shape == want.shape == (3, 448, 448)
     # PIL also rounds to uint8: agreement within ~2/255 of the [0, 1] range
     assert float((got - want).abs().max()) < 0.03
+
+
+def test_extract_with_a_vit_encoder_end_to_end(tiny, tmp_path: Path) -> None:
+    """The cache drives a ViT spec (resize 256 -> crop 224, bicubic) like ResNet: features of the
+    encoder's dim for every tissue patch, equal to encoding the same patches directly."""
+    import feature_cache as fc
+    from bench.demo import write_pyramid_tiff
+
+    rgb = np.full((1024, 1280, 3), 235, np.uint8)
+    rgb[200:800, 300:1000] = (200, 120, 170)  # one block of "tissue"
+    slide = tmp_path / "V.tiff"
+    write_pyramid_tiff(slide, rgb, mpp=0.5)
+    enc = E.get_encoder("tiny-gigapath", allow_random=True)
+    cache = fc.FeatureCache(tmp_path / "cache")
+    rep = cache.extract({"V": slide}, enc, progress=False, batch_size=4, num_workers=2)
+    feats, coords = cache.load("V", enc)
+    assert rep.done == ["V"] and feats.shape == (len(coords), 48) and len(coords) >= 4
+    with fc.open_slide(slide) as s:
+        patches = np.stack([np.asarray(s.read_region((int(x), int(y)), 0, (256, 256)))
+                            for x, y in coords])
+    torch.testing.assert_close(torch.from_numpy(feats), enc(patches), rtol=1e-4, atol=1e-4)
