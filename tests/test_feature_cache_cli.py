@@ -1,0 +1,72 @@
+"""`bench extract` end to end in a subprocess: --visualize writes one overview per slide, and
+--import files a CLAM directory under the encoder's key (invalid files reported, exit status 1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import feature_cache as fc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bench(*args, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_extract_visualize_then_import(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    spec = tmp_path / "mini.yaml"
+    spec.write_text(f"""description: mini demo for tests
+generator: demo
+generator_args: {{n_cases: 4, seed: 2}}
+root: {tmp_path / 'data'}
+slides: slides
+slide_glob: "*.tiff"
+clinical: clinical.csv
+clinical_format: normalized
+tasks: [staging]
+allow_random_weights: true
+""")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE": str(tmp_path / "cache"),
+           "BENCH_STATE_DIR": str(tmp_path / "state")}
+    p = bench("extract", "--dataset", spec, "--encoders", "resnet50", "--visualize", "-q", env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "(random weights)" in p.stdout
+    enc = fc.get_encoder("resnet50", allow_random=True)
+    cache = fc.FeatureCache(tmp_path / "cache")
+    h5s = sorted(cache.dir_for(enc).glob("*.h5"))
+    pngs = sorted((cache.dir_for(enc) / "overview").glob("*.png"))
+    assert len(h5s) >= 3 and [p.stem for p in pngs] == [p.stem for p in h5s]
+
+    # a "CLAM" directory made elsewhere with real weights (here: the seeded init, saved to a file)
+    weights = tmp_path / "r50.pth"
+    torch.save({k.split("body.", 1)[-1]: v for k, v in enc.model.state_dict().items()}, weights)
+    clam = tmp_path / "clam" / "h5_files"
+    clam.mkdir(parents=True)
+    for h in h5s:
+        shutil.copy(h, clam / h.name)
+    bad = clam / h5s[0].name
+    bad.write_bytes(bad.read_bytes()[:200])  # one truncated file
+    env["BENCH_WEIGHTS_RESNET50"] = str(weights)
+    p = bench("extract", "--dataset", spec, "--encoders", "resnet50", "--import",
+              tmp_path / "clam", "-q", env=env)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"{len(h5s) - 1} imported" in p.stdout and h5s[0].stem in p.stdout and "truncated" in p.stdout
+    real = fc.get_encoder("resnet50", weights=weights)
+    assert not real.random_weights and cache.dir_for(real) != cache.dir_for(enc)
+    for h in h5s[1:]:
+        got, coords = cache.load(h.stem, real)
+        want, want_c = cache.load(h.stem, enc)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(coords, want_c)
+    assert not cache.has(h5s[0].stem, real)
