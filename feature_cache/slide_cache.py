@@ -5,6 +5,9 @@ gigapixel pyramid each epoch would dominate training time, so each slide is read
 magnification (``Slide.read_at_mpp``: nearest pyramid level above, area resize, aspect kept) and
 stored as an uncompressed ``.npy`` (memory-mappable) under a directory named by magnification and
 code version. Writes are atomic (temp file + rename) and serialised per slide with a file lock.
+The ``.npy`` is read lazily (``mmap_mode="r"``), so a model can take tiles of a large slide without
+loading it whole. :meth:`SlideImageCache.mask` gives the tissue mask at the same magnification
+(same algorithm as the patch grid's, pixel-aligned with the image), cached beside it.
 """
 
 from __future__ import annotations
@@ -61,6 +64,29 @@ class SlideImageCache:
                         Path(tmp).unlink(missing_ok=True)
                         raise
         return np.load(p, mmap_mode="r")
+
+    def mask(self, slide_id: str, slide_path: str | Path, magnification: float,
+             mpp_override: float | None = None) -> np.ndarray:
+        """(H, W) bool tissue mask aligned with :meth:`get`'s image, computed once and cached."""
+        from feature_cache.tissue import tissue_mask_from_rgb
+
+        img_path = self.path(slide_id, magnification, slide_path)
+        p = img_path.with_name(img_path.name[: -len(".npy")] + ".mask.npy")
+        if not p.is_file():
+            img = self.get(slide_id, slide_path, magnification, mpp_override)
+            with FileLock(str(p) + ".lock"):
+                if not p.is_file():
+                    m = tissue_mask_from_rgb(np.asarray(img), mag_to_mpp(magnification),
+                                             name=f"{slide_id} at {magnification:g}x")
+                    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+                    try:
+                        with os.fdopen(fd, "wb") as f:
+                            np.save(f, m)
+                        os.replace(tmp, p)
+                    except BaseException:
+                        Path(tmp).unlink(missing_ok=True)
+                        raise
+        return np.load(p)
 
     def ensure(self, slides: Mapping[str, str | Path], magnification: float, progress: bool = True,
                mpp_override: float | None = None) -> dict[str, str]:

@@ -20,7 +20,8 @@ from scipy import ndimage as ndi
 
 from feature_cache.slide import Slide, mag_to_mpp
 
-__all__ = ["segment_tissue", "patch_grid", "patch_size_level0", "tissue_fractions"]
+__all__ = ["segment_tissue", "tissue_mask_from_rgb", "patch_grid", "patch_size_level0",
+           "tissue_fractions"]
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,30 @@ def segment_tissue(
     th, tw = thumb.shape[:2]
     ds = float(np.mean([w0 / tw, h0 / th]))
 
-    sat = ndi.median_filter(_saturation(thumb), size=5)
-    artefact = ndi.median_filter(_artefacts(thumb, max_dark=max_dark), size=3)
-    candidates = sat[~artefact]
-    thr = max(_otsu(candidates), float(min_saturation))
-    mask = (sat > thr) & ~artefact
+    mask = tissue_mask_from_rgb(thumb, (slide.mpp or ASSUMED_MPP) * ds, name=str(slide.path),
+                                min_saturation=min_saturation, max_dark=max_dark,
+                                smooth_um=smooth_um, min_fragment_um2=min_fragment_um2,
+                                max_hole_um2=max_hole_um2)
+    return mask, ds
 
-    um_per_px = (slide.mpp or ASSUMED_MPP) * ds
+
+def tissue_mask_from_rgb(
+    rgb: np.ndarray,
+    um_per_px: float,
+    *,
+    name: str = "image",
+    min_saturation: float = 20.0,
+    max_dark: float = 60.0,
+    smooth_um: float = 8.0,
+    min_fragment_um2: float = 10_000.0,
+    max_hole_um2: float = 10_000.0,
+) -> np.ndarray:
+    """The tissue mask of an RGB image whose pixels are ``um_per_px`` wide (the algorithm of
+    :func:`segment_tissue`; also used on cached whole-slide images at a magnification)."""
+    sat = ndi.median_filter(_saturation(rgb), size=5)
+    artefact = ndi.median_filter(_artefacts(rgb, max_dark=max_dark), size=3)
+    thr = max(_otsu(sat[~artefact]), float(min_saturation))
+    mask = (sat > thr) & ~artefact
     r = int(round(smooth_um / um_per_px))
     if r >= 1 and mask.any():
         fp = _disk(r)
@@ -143,8 +161,8 @@ def segment_tissue(
     mask = _drop_small(mask, min_fragment_um2 / px_area)
     mask = _fill_small_holes(mask, max_hole_um2 / px_area)
     if not mask.any():
-        log.warning("%s: no tissue found (saturation threshold %.1f)", slide.path, thr)
-    return mask.astype(bool), ds
+        log.warning("%s: no tissue found (saturation threshold %.1f)", name, thr)
+    return mask.astype(bool)
 
 
 def patch_size_level0(slide: Slide, patch_size: int, magnification: float) -> int:

@@ -42,3 +42,18 @@ def test_unreadable_slide_is_reported_not_raised(tmp_path):
     bad.write_bytes(b"II*\x00garbage")
     failed = SlideImageCache(tmp_path / "cache").ensure({"bad": bad}, 2.5, progress=False)
     assert "bad" in failed and "bad.tiff" in failed["bad"]
+
+
+def test_tissue_mask_aligned_with_the_cached_image(tmp_path):
+    """The mask at a magnification has the image's shape and marks the drawn tissue block."""
+    rgb = np.full((1536, 2048, 3), 236, np.uint8)
+    rgb[384:1152, 512:1536] = (205, 120, 170)  # tissue: rows 384-1152, cols 512-1536 at 20x
+    p = tmp_path / "t.tiff"
+    write_pyramid_tiff(p, rgb, mpp=0.5)
+    c = SlideImageCache(tmp_path / "cache")
+    img, mask = c.get("t", p, 2.5), c.mask("t", p, 2.5)  # /8: block at rows 48-144, cols 64-192
+    assert mask.shape == img.shape[:2] == (192, 256) and mask.dtype == bool
+    truth = np.zeros_like(mask)
+    truth[48:144, 64:192] = True
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.95
+    assert c.mask("t", p, 2.5) is not None and any(c.dir_for(2.5).glob("t.*.mask.npy"))
