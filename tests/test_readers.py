@@ -198,3 +198,16 @@ def test_dicom_wsi_from_wsidicomizer(files: dict[str, Path], img: np.ndarray,
         assert s.mpp == pytest.approx(0.5, rel=1e-2)
         region = np.asarray(s.read_region((280, 180), 0, (460, 240)))
         assert _mad(region, img[180:420, 280:740]) < 6.0
+
+
+@pytest.mark.parametrize("writer,backend", CASES)
+def test_truncated_files_raise_slide_error_naming_the_file(files: dict[str, Path], tmp_path: Path,
+                                                          writer: str, backend: str) -> None:
+    """A copy cut at 40 % either fails to open or fails on reading level 0 -- always as a
+    SlideError that names the file, never a reader's own exception or silent garbage."""
+    cut = tmp_path / f"cut-{files[writer].name}"
+    data = files[writer].read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    with pytest.raises(fc.SlideError, match=cut.name):
+        with fc.open_slide(cut, backend=backend) as s:
+            s.read_level(0)
