@@ -56,7 +56,7 @@ def test_block_is_residual_plus_bimamba_mixer_on_rmsnorm():
 @pytest.mark.parametrize("chunk", [13, 50])
 def test_streaming_equals_one_shot(chunk):
     """Chunked scan with carried state (under per-block checkpointing) = one pass, values and grads."""
-    model = _tiny()
+    model = _tiny(depth=1)
     x = torch.randn(1, 3, 56, 72)  # 7×9 tokens + CLS = 64
     results = []
     for c in (None, chunk):
