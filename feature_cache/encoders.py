@@ -349,7 +349,10 @@ def _match_weights(spec: EncoderSpec, model: "torch.nn.Module", path: Path) -> d
     for key, value in own.items():
         bare = key.split("body.", 1)[-1]
         cand = next((sd[p + bare] for p in spec.key_prefixes if p + bare in sd), None)
-        if cand is None:
+        if cand is None and key.endswith("num_batches_tracked"):
+            import torch  # BatchNorm's step counter: absent from older torchvision checkpoints,
+            found[key] = torch.zeros((), dtype=torch.long)  # and unused in eval mode
+        elif cand is None:
             missing.append(key)
         elif tuple(cand.shape) != tuple(value.shape):
             mismatched.append(f"{key} {tuple(cand.shape)} vs {tuple(value.shape)}")

@@ -218,3 +218,17 @@ def test_extract_with_a_vit_encoder_end_to_end(tiny, tmp_path: Path) -> None:
         patches = np.stack([np.asarray(s.read_region((int(x), int(y)), 0, (256, 256)))
                             for x, y in coords])
     torch.testing.assert_close(torch.from_numpy(feats), enc(patches), rtol=1e-4, atol=1e-4)
+
+
+def test_torchvision_style_resnet_checkpoint_without_bn_counters(tmp_path: Path) -> None:
+    """torchvision's ResNet-50 files (what CLAM loads) carry no ``num_batches_tracked`` and do
+    carry layer4/fc: both must be accepted, and the numbers must be the file's."""
+    src = E.get_encoder("resnet50", allow_random=True)
+    sd = {k.split("body.", 1)[-1]: v.clone() for k, v in src.model.state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+    sd["conv1.weight"] = sd["conv1.weight"] * 0.5  # different numbers than the seeded init
+    sd["fc.weight"] = torch.zeros(1000, 2048)
+    path = _save(sd, tmp_path / "resnet50-0676ba61.pth")
+    enc = E.get_encoder("resnet50", weights=path)
+    torch.testing.assert_close(enc.model.state_dict()["body.conv1.weight"], sd["conv1.weight"])
+    assert enc.fingerprint != src.fingerprint
