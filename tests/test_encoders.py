@@ -20,7 +20,7 @@ import feature_cache.encoders as E  # noqa: E402
 
 
 @pytest.fixture
-def tiny(monkeypatch: pytest.MonkeyPatch):
+def tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Register stand-ins with the real specs' preprocessing, key names and fingerprint rules but
     a 1-block, 64-wide trunk, so loading code runs on real checkpoint layouts in milliseconds."""
     made = {}
@@ -32,7 +32,7 @@ def tiny(monkeypatch: pytest.MonkeyPatch):
                                    dim=48 if name == "gigapath" else 512)
         monkeypatch.setitem(E._REGISTRY, spec.name, spec)
         made[name] = spec
-    monkeypatch.setenv("BENCH_STATE_DIR", str(Path(__file__).parent / ".never-used"))
+    monkeypatch.setenv("BENCH_STATE_DIR", str(tmp_path / "state"))  # remembered weight hashes
     return made
 
 
