@@ -247,7 +247,8 @@ class DatasetSpec:
     # training options per method family ("two-stage", "end-to-end") that this dataset needs,
     # e.g. fewer epochs on the demo; precedence: CLI --set > these > configs/methods/*.yaml
     train: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # model options per family, e.g. {end-to-end: {magnification: 1.25, scan_window: 64}}; CLI --model wins
+    # model options per family or method glob, e.g. {end-to-end: {magnification: 1.25},
+    # pixelmamba-*: {scan_window: 64}}; CLI --model wins
     model: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property

@@ -127,3 +127,17 @@ register_aggregator("abmil", "ABMIL", "baselines.mil.abmil:ABMIL")
 register_aggregator("transmil", "TransMIL", "baselines.mil.transmil:TransMIL")
 register_aggregator("ilra", "ILRA-MIL", "baselines.mil.ilra:ILRA")
 register_aggregator("mambamil", "MambaMIL", "baselines.mil.mambamil:MambaMIL")
+
+
+def register_end_to_end(name: str, label: str, builder: str, magnification: float = 2.5, **kwargs: Any) -> None:
+    register(MethodSpec(name=name, family="end-to-end", builder=builder, label=label, input="slide",
+                        magnification=magnification, config="end_to_end", kwargs=kwargs, group="End-to-end"))
+
+
+# End-to-end rows: the whole slide at 2.5x (the paper's setting), ImageNet-style initialisation.
+register_end_to_end("longvit-s", "LongViT", "baselines.longvit:longvit_s")
+register_end_to_end("vim-ti", "Vision Mamba (16)", "baselines.vim:vim_ti", patch_size=16)
+register_end_to_end("vim-ti-32", "Vision Mamba (32)", "baselines.vim:vim_ti", patch_size=32)
+register_end_to_end("vim-ti-16+32", "Vision Mamba (16+32)", "baselines.vim:vim_ti_multiscale")
+register_end_to_end("pixelmamba-6m", "Pixel-Mamba-6M", "bench.models:pixelmamba", variant="pixelmamba-6m")
+register_end_to_end("pixelmamba-21m", "Pixel-Mamba-21M", "bench.models:pixelmamba", variant="pixelmamba-21m")

@@ -3,6 +3,7 @@ evaluator, resumable unit by unit."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import resource
@@ -220,7 +221,11 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
 
     def model_options(spec: MethodSpec) -> dict[str, Any]:
         """CLI --model > the dataset's per-family model options (e.g. the demo's smaller inputs)."""
-        return {**cohort.spec.model.get(spec.family, {}), **(model_overrides or {})}
+        opts = dict(cohort.spec.model.get(spec.family, {}))
+        for key, val in cohort.spec.model.items():  # then method names / globs, e.g. "pixelmamba-*"
+            if key != spec.family and fnmatch.fnmatchcase(spec.name, key):
+                opts.update(val)
+        return {**opts, **(model_overrides or {})}
     inputs: dict[str, Inputs] = {}
 
     def get_inputs(spec: MethodSpec) -> tuple[str, Inputs]:

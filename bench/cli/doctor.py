@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         ("h5py", True, "pip install h5py"),
         ("sksurv", True, "pip install scikit-survival"),
         ("numba", True, "pip install numba (fast CPU selective scan)"),
-        ("open_clip", False, "pip install 'wsi-bench[encoders]' (CONCH encoder)"),
+        ("open_clip", True, "pip install open-clip-torch (CONCH encoder)"),
         ("submitit", False, "pip install 'wsi-bench[cluster]' (SLURM launcher)"),
         ("optuna", False, "pip install 'wsi-bench[cluster]' (tuning)"),
     ]
