@@ -5,13 +5,15 @@ so users get a compiled kernel without a compiler or a build step at install tim
 kernel compiles once on first use and is cached on disk (`cache=True`).
 
 Work split: one (batch, channel) pair is an independent recurrence over L with an N-vector state,
-so pairs are spread over threads and the N-loop is the inner (SIMD) loop.
+so pairs are spread over Python threads (the kernels release the GIL) and the N-loop is the
+inner (SIMD) loop.
 
 Memory: the forward keeps only the state every `CKPT` steps (B, D, L/CKPT, N). The backward
-walks the checkpoint segments from the end: it recomputes a segment's states from its checkpoint
-into a per-thread (CKPT+1, N) buffer and runs the adjoint recurrence through it. Gradients for
-B and C, which are shared by all channels of a group, are summed into one buffer per thread
-(no races) and added up at the end, so nothing of size L·D·N is ever allocated.
+walks the checkpoint segments from the end, `BWD_BLOCK` channels at a time: it recomputes a
+segment's states from its checkpoint into a per-thread (CKPT+1, BWD_BLOCK, N) buffer and runs
+the adjoint recurrence through it. Gradients for B and C, which are shared by all channels of a
+group, are summed over the block, then into one buffer per thread (no races), added up at the
+end, so nothing of size L·D·N is ever allocated.
 """
 
 from __future__ import annotations
