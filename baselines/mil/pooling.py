@@ -11,23 +11,25 @@ from torch import nn
 from .base import MILModel
 
 
-class MeanMIL(MILModel):
+class _PoolingMIL(MILModel):
     def __init__(self, in_dim: int, n_out: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_features = in_dim
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(in_dim, n_out)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.as_bag(x).mean(dim=0, keepdim=True))  # (1, D)
-
-
-class MaxMIL(MILModel):
-    def __init__(self, in_dim: int, n_out: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.num_features = in_dim
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(in_dim, n_out)
+    def pool(self, bag: torch.Tensor) -> torch.Tensor:  # (N, D) -> (1, D)
+        raise NotImplementedError
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.as_bag(x).max(dim=0, keepdim=True).values)  # (1, D)
+        return self.drop(self.pool(self.as_bag(x)))
+
+
+class MeanMIL(_PoolingMIL):
+    def pool(self, bag: torch.Tensor) -> torch.Tensor:
+        return bag.mean(dim=0, keepdim=True)
+
+
+class MaxMIL(_PoolingMIL):
+    def pool(self, bag: torch.Tensor) -> torch.Tensor:
+        return bag.max(dim=0, keepdim=True).values
