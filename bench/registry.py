@@ -43,6 +43,7 @@ class MethodSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     needs_cuda: bool = False
     group: str = ""  # row group in tables
+    backbone: str = ""  # end-to-end: the network family shown in the tables' Backbone column
 
     @property
     def feature_dim(self) -> int | None:
@@ -129,15 +130,19 @@ register_aggregator("ilra", "ILRA-MIL", "baselines.mil.ilra:ILRA")
 register_aggregator("mambamil", "MambaMIL", "baselines.mil.mambamil:MambaMIL")
 
 
-def register_end_to_end(name: str, label: str, builder: str, magnification: float = 2.5, **kwargs: Any) -> None:
+def register_end_to_end(name: str, label: str, builder: str, backbone: str, magnification: float = 2.5,
+                        **kwargs: Any) -> None:
     register(MethodSpec(name=name, family="end-to-end", builder=builder, label=label, input="slide",
-                        magnification=magnification, config="end_to_end", kwargs=kwargs, group="End-to-end"))
+                        magnification=magnification, config="end_to_end", kwargs=kwargs, group="End-to-end",
+                        backbone=backbone))
 
 
 # End-to-end rows: the whole slide at 2.5x (the paper's setting), ImageNet-style initialisation.
-register_end_to_end("longvit-s", "LongViT", "baselines.longvit:longvit_s")
-register_end_to_end("vim-ti", "Vision Mamba (16)", "baselines.vim:vim_ti", patch_size=16)
-register_end_to_end("vim-ti-32", "Vision Mamba (32)", "baselines.vim:vim_ti", patch_size=32)
-register_end_to_end("vim-ti-16+32", "Vision Mamba (16+32)", "baselines.vim:vim_ti_multiscale")
-register_end_to_end("pixelmamba-6m", "Pixel-Mamba-6M", "bench.models:pixelmamba", variant="pixelmamba-6m")
-register_end_to_end("pixelmamba-21m", "Pixel-Mamba-21M", "bench.models:pixelmamba", variant="pixelmamba-21m")
+register_end_to_end("longvit-s", "LongViT", "baselines.longvit:longvit_s", "ViT-S")
+register_end_to_end("vim-ti", "Vision Mamba (16)", "baselines.vim:vim_ti", "Vim-Ti", patch_size=16)
+register_end_to_end("vim-ti-32", "Vision Mamba (32)", "baselines.vim:vim_ti", "Vim-Ti", patch_size=32)
+register_end_to_end("vim-ti-16+32", "Vision Mamba (16+32)", "baselines.vim:vim_ti_multiscale", "Vim-Ti")
+register_end_to_end("pixelmamba-6m", "Pixel-Mamba-6M", "bench.models:pixelmamba", "Pixel-Mamba",
+                    variant="pixelmamba-6m")
+register_end_to_end("pixelmamba-21m", "Pixel-Mamba-21M", "bench.models:pixelmamba", "Pixel-Mamba",
+                    variant="pixelmamba-21m")

@@ -37,10 +37,13 @@ class Cell:
     std: float
     n: int
 
+    expected: int = 5
+
     def text(self) -> str:
         if math.isnan(self.mean):
             return "–"
-        return f"{self.mean:.4f} ± {self.std:.4f}"
+        partial = f" ({self.n}/{self.expected} folds)" if self.n < self.expected else ""
+        return f"{self.mean:.4f} ± {self.std:.4f}{partial}"
 
 
 def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survival")) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -104,7 +107,10 @@ def _params_text(row: pd.Series) -> str:
 def _backbone(row: pd.Series) -> str:
     if row["encoder"] in ENCODERS:
         return ENCODERS[row["encoder"]]["backbone"]
-    return ""
+    from .registry import _METHODS
+
+    spec = _METHODS.get(row["method"])
+    return spec.backbone if spec else ""
 
 
 def _latex_escape(s: str) -> str:
