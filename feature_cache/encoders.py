@@ -26,11 +26,13 @@ Importing this module does not import torch; building an encoder does.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -389,6 +391,20 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+@functools.lru_cache(maxsize=None)
+def _hub_unreachable() -> str:
+    """Why the hub cannot be reached ("" if it can): one quick TCP probe per process, because
+    huggingface_hub retries for 23–47 s on a machine without network before giving up."""
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as err:
+        return f"{host} unreachable ({err}); set HF_HUB_OFFLINE=1 to skip this check"
+    return ""
+
+
 def _download(spec: EncoderSpec) -> tuple[Path | None, str]:
     """(path, "") after a hub download, or (None, why not). Never raises: a failed download falls
     through to random weights (when allowed) or to the error listing every fix."""
@@ -396,6 +412,9 @@ def _download(spec: EncoderSpec) -> tuple[Path | None, str]:
         return None, "no download source"
     if _offline():
         return None, "HF_HUB_OFFLINE is set"
+    unreachable = _hub_unreachable()
+    if unreachable:
+        return None, unreachable
     repo_id, filename = spec.download
     try:
         from huggingface_hub import hf_hub_download
