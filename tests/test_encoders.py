@@ -149,6 +149,7 @@ def test_resolution_order_env_cache_download(tiny, tmp_path: Path, monkeypatch) 
     assert "HF_HUB_OFFLINE" in msg and spec.weights_env in msg and "huggingface-cli download tiny/repo" in msg
     assert "HF_TOKEN" in msg  # gated repositories need an accepted licence
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(E, "_hub_unreachable", lambda: "")  # pretend the hub answers the probe
     enc = E.get_encoder(spec.name)
     assert downloads == ["tiny/repo"] and enc.weights_source.startswith("hub download")
 
@@ -232,3 +233,14 @@ def test_torchvision_style_resnet_checkpoint_without_bn_counters(tmp_path: Path)
     enc = E.get_encoder("resnet50", weights=path)
     torch.testing.assert_close(enc.model.state_dict()["body.conv1.weight"], sd["conv1.weight"])
     assert enc.fingerprint != src.fingerprint
+
+
+def test_unreachable_hub_is_reported_without_downloading(monkeypatch) -> None:
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(E, "_hub_unreachable", lambda: "huggingface.co unreachable (test)")
+    tried = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: tried.append(kw))
+    path, why = E._download(E._spec("resnet50"))
+    assert path is None and "unreachable" in why and tried == []
