@@ -202,7 +202,7 @@ class ResultsStore:
                     # sample std over folds? The paper's ± is not specified; numpy's population std
                     # (ddof=0) is what CLAM-style scripts print, so we keep it and say so in captions.
                     "std": float(np.std(defined)) if defined else float("nan"),
-                    "n_folds": len(ms), "n_defined": len(defined),
+                    "n_folds": len(ms), "n_defined": len(defined), "expected_folds": first.get("n_folds", 5),
                     "folds": ";".join("nan" if v is None or np.isnan(v) else f"{v:.4f}" for v in vals),
                     "random_weights": any(m.get("random_weights") for m in ms),
                     "train_seconds": float(np.mean([m.get("train_seconds", np.nan) for m in ms])),

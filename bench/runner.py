@@ -326,7 +326,7 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
         "dataset": unit.dataset, "task": unit.task, "method": unit.method, "variant": unit.variant,
         "fold": unit.fold, "family": spec.family, "encoder": spec.encoder, "label": spec.label,
         "group": spec.group, "params": count_parameters(model), "primary_metric": T.get_task(unit.task).metric,
-        "metrics": scores, "config_hash": chash, "split_hash": config["split_hash"],
+        "metrics": scores, "config_hash": chash, "split_hash": config["split_hash"], "n_folds": splits.n_folds,
         "random_weights": config.get("random_weights", False), "cases_without_input": without,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **info,
     }

@@ -65,7 +65,9 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
                "random_weights": bool(g["random_weights"].astype(bool).any())}
         for t, d in cols:
             hit = g[(g["task"] == t) & (g["dataset"] == d)]
-            row[(t, d)] = Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), int(hit["n_folds"].iloc[0])) if len(hit) else None
+            expected = int(hit["expected_folds"].iloc[0]) if len(hit) and "expected_folds" in hit else 5
+            row[(t, d)] = Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), int(hit["n_folds"].iloc[0]),
+                               expected) if len(hit) else None
         rows.append(row)
     wide = pd.DataFrame(rows)
     if not wide.empty:

@@ -64,3 +64,12 @@ def test_markdown_marks():
 def test_human_counts_as_in_table2():
     assert [human_count(n) for n in (4100, 2052, 6148, 921221, 659077, 1_183_365, 6_200_000)] == \
         ["4.1K", "2.1K", "6.1K", "0.9M", "0.7M", "1.2M", "6.2M"]
+
+
+def test_partial_folds_are_marked():
+    s = summary()
+    s.loc[s["method"] == "abmil.conch", "n_folds"] = 2
+    s["expected_folds"] = 5
+    wide, cols = build_table(s)
+    md = to_markdown(wide, cols)
+    assert "0.5260 ± 0.0753 (2/5 folds)" in md and "_0.4100 ± 0.0498_" in md
