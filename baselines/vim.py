@@ -72,6 +72,16 @@ class VimBlock(nn.Module):
         return x + self.mixer(self.norm(x), chunk_size=chunk_size).to(x.dtype)
 
 
+def _head(num_features: int, num_classes: int) -> nn.Module:
+    """Vim's classifier: truncated-normal weights, zero bias; ``0`` classes gives the identity."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(num_features, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 def _lecun_normal(w: Tensor) -> None:
     """timm's ``lecun_normal_`` (Vim's patch-embedding init): truncated normal, var 1/fan_in."""
     fan_in = w[0].numel()
@@ -129,12 +139,7 @@ class VisionMamba(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head (``0``: identity, ``forward`` returns the CLS features)."""
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes)
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-        else:
-            self.head = nn.Identity()
+        self.head = _head(self.num_features, num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.checkpointing = enable
@@ -213,12 +218,7 @@ class VimMultiScale(nn.Module):
         self.reset_classifier(num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:
-        if num_classes > 0:
-            self.head = nn.Linear(self.num_features, num_classes)
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-        else:
-            self.head = nn.Identity()
+        self.head = _head(self.num_features, num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.streams:
