@@ -20,6 +20,7 @@ import yaml
 
 from . import tasks as T
 from .datasets import CONFIG_DIR, Cohort, load_cohort
+from .memory import bound_heap_growth
 from .registry import MethodSpec, build_model, count_parameters
 from .results import ResultsStore, Unit, config_hash
 from .splits import SplitManager, Splits
@@ -205,6 +206,8 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
         model_overrides: dict[str, Any] | None = None, progress: bool = True) -> RunReport:
     """Run every (task, method, fold) unit of ``dataset`` (a name or a YAML path) not yet done."""
     t0 = time.perf_counter()
+    if any(m.family == "end-to-end" for m in methods):
+        bound_heap_growth()  # resident memory stays at one layer's working set (bench/memory.py)
     store = ResultsStore(results)
     cohort = load_cohort(dataset)
     dataset = cohort.spec.name  # a dataset given as a YAML path is named by its file stem

@@ -8,6 +8,11 @@ whole peak and for what lies above the base, the part that grows with the slide:
     python benchmarks/end_to_end_memory.py                                # vim-ti, longvit-s; 512², 1024²
     python benchmarks/end_to_end_memory.py --models vim-ti-32 --sizes 2048
     python benchmarks/end_to_end_memory.py --models vim-ti --chunk-size 1024
+    python benchmarks/end_to_end_memory.py --malloc dynamic    # glibc's default (see bench/memory.py)
+
+Like `bench run`, the child pins glibc's mmap threshold (bench.memory.bound_heap_growth) unless
+`--malloc dynamic` is given; with glibc's dynamic threshold the peak grows with depth through heap
+fragmentation, not through anything the model keeps.
 """
 
 from __future__ import annotations
@@ -30,11 +35,16 @@ BUILDERS = {
 }
 
 
-def measure(model: str, size: int, chunk_size: int | None, threads: int) -> dict[str, float]:
+def measure(model: str, size: int, chunk_size: int | None, threads: int, malloc: str) -> dict[str, float]:
     """Runs in the child: one forward+backward of a (1, 3, size, size) image."""
     import importlib
 
     import torch
+
+    from bench.memory import bound_heap_growth
+
+    if malloc == "pinned":
+        bound_heap_growth()
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -67,19 +77,22 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--chunk-size", type=int, default=0, help="Vim mixer chunk (0: the model's default)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--malloc", choices=["pinned", "dynamic"], default="pinned",
+                        help="glibc mmap threshold: pinned as bench run does (default) or glibc's dynamic one")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     chunk = args.chunk_size or None
     if args.child is not None:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), chunk, args.threads)))
+        print(json.dumps(measure(args.child[0], int(args.child[1]), chunk, args.threads, args.malloc)))
         return
-    print(f"threads={args.threads}  chunk_size={chunk or 'default'}")
+    print(f"threads={args.threads}  chunk_size={chunk or 'default'}  malloc={args.malloc}")
     print(f"{'model':>13} {'size':>6} {'pixels':>9} {'peak MB':>9} {'above base MB':>14} "
           f"{'B/px (peak)':>12} {'B/px (above base)':>18} {'wall s':>7} {'CPU s':>7}")
     for model in args.models:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--child", model, str(size),
-                   "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
+                   "--chunk-size", str(args.chunk_size), "--threads", str(args.threads),
+                   "--malloc", args.malloc]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             above = r["peak_bytes"] - r["base_bytes"]

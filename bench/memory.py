@@ -1,0 +1,75 @@
+"""Process memory settings for training whole-slide models on the CPU.
+
+Why this exists (measured, docs/end_to_end_baselines.md): glibc's malloc serves an allocation
+above its *mmap threshold* with a fresh ``mmap`` and returns it to the system on ``free``. But the
+threshold is dynamic: each time a large block is freed, glibc raises the threshold to that block's
+size (up to 32 MB), so from then on tensors of that size come from the heap arenas, which
+fragment and never shrink. A chunked, checkpointed model allocates and frees many
+megabyte-sized activations of slightly different shapes per layer, and the resident set then
+grows with the number of layers instead of staying at one layer's working set: Vim-Ti (depth 8,
+4,097 tokens, mixer chunk 1,024) peaked 525 MB above its base with the default allocator and
+100 MB with the threshold pinned at 1 MB, for about a third more CPU time (page faults on fresh
+mappings). For a model whose point is to fit a slide in memory that is the right trade, so the
+harness pins the threshold when it trains end-to-end models on the CPU.
+
+No library does this for PyTorch's CPU tensors (PyTorch has no CPU caching allocator to
+configure), hence the few lines of ``ctypes`` here. Elsewhere than glibc this does nothing.
+
+Override with the environment variable ``BENCH_MMAP_THRESHOLD`` (bytes; ``0`` keeps glibc's
+dynamic default), e.g. ``BENCH_MMAP_THRESHOLD=0 python -m bench run ...``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MMAP_THRESHOLD = 1 << 20  # 1 MiB: below one chunk of a mixer's (d_inner, 1024) activations
+_M_MMAP_THRESHOLD = -3  # <malloc.h>
+_applied: int | None = None
+
+
+def bound_heap_growth(threshold: int | None = None) -> int | None:
+    """Pin glibc's mmap threshold so large freed tensors go back to the system.
+
+    ``threshold`` in bytes (default: ``$BENCH_MMAP_THRESHOLD`` or 1 MiB; 0 leaves malloc alone).
+    Returns the threshold now in force, or None when nothing was changed (not glibc, or 0).
+    Idempotent; safe to call from any thread before training starts.
+    """
+    global _applied
+    if threshold is None:
+        env = os.environ.get("BENCH_MMAP_THRESHOLD", "").strip()
+        try:
+            threshold = int(env) if env else DEFAULT_MMAP_THRESHOLD
+        except ValueError:
+            raise ValueError(f"BENCH_MMAP_THRESHOLD must be a number of bytes (or 0 to disable), "
+                             f"got {env!r}") from None
+    if threshold <= 0 or not sys.platform.startswith("linux"):
+        return None
+    if _applied == threshold:
+        return threshold
+    libc = _glibc()
+    if libc is None:
+        return None
+    if libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) != 1:
+        log.debug("mallopt(M_MMAP_THRESHOLD, %d) refused", threshold)
+        return None
+    _applied = threshold
+    log.debug("malloc mmap threshold pinned at %d bytes", threshold)
+    return threshold
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 — raises AttributeError on musl and others
+    except (OSError, AttributeError):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    return libc
