@@ -205,6 +205,7 @@ class ResultsStore:
                     "n_folds": len(ms), "n_defined": len(defined), "expected_folds": first.get("n_folds", 5),
                     "folds": ";".join("nan" if v is None or np.isnan(v) else f"{v:.4f}" for v in vals),
                     "random_weights": any(m.get("random_weights") for m in ms),
+                    "tuned": any(m.get("tuned") for m in ms),
                     "train_seconds": float(np.mean([m.get("train_seconds", np.nan) for m in ms])),
                 })
         df = pd.DataFrame(out)

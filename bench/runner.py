@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -79,6 +79,7 @@ class RunReport:
     ran: list[Unit] = field(default_factory=list)
     failed: dict[Unit, str] = field(default_factory=dict)
     busy: list[Unit] = field(default_factory=list)  # claimed by another live worker
+    todo: list["UnitPlan"] = field(default_factory=list)  # dry run: units that would run
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -88,6 +89,13 @@ class RunReport:
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         return ", ".join(parts) + f" ({self.seconds:.1f} s)"
+
+
+def _slide_paths(cohort: Cohort, cases: Iterable[str] | None = None) -> dict[str, str]:
+    t = cohort.table
+    if cases is not None:
+        t = t[t["case_id"].isin(set(cases))]
+    return dict(zip(t["slide_id"], t["slide_path"]))
 
 
 class FeatureInputs:
@@ -111,8 +119,9 @@ class FeatureInputs:
         return {"encoder": self.encoder.name, "features": str(self.cache.dir_for(self.encoder).name),
                 "random_weights": bool(self.encoder.random_weights)}
 
-    def ensure(self) -> None:
-        paths = dict(zip(self.cohort.table["slide_id"], self.cohort.table["slide_path"]))
+    def ensure(self, cases: Iterable[str] | None = None) -> None:
+        """Features of every slide (of ``cases`` only, when given) are cached."""
+        paths = _slide_paths(self.cohort, cases)
         report = self.cache.extract(paths, self.encoder, progress=self.progress, skip_errors=True)
         failed = dict(getattr(report, "failed", {}) or {})
         for sid, msg in failed.items():
@@ -167,9 +176,10 @@ class SlideInputs:
     def identity(self) -> dict[str, Any]:
         return {"input": f"slide@{self.magnification:g}x", "random_weights": False}
 
-    def ensure(self) -> None:
-        self.missing = set(self.cache.ensure(self.paths, self.magnification, progress=self.progress,
-                                             mpp_override=self.cohort.spec.mpp_override))
+    def ensure(self, cases: Iterable[str] | None = None) -> None:
+        """Every slide (of ``cases`` only, when given) is cached at the magnification."""
+        self.missing = set(self.cache.ensure(_slide_paths(self.cohort, cases), self.magnification,
+                                             progress=self.progress, mpp_override=self.cohort.spec.mpp_override))
 
     def _slides(self, case_id: str) -> list[str]:
         return [s for s in self.slides_of[case_id] if s not in self.missing]
@@ -200,11 +210,57 @@ def _labels(row: pd.Series, task: str) -> dict[str, float]:
     return {c: float(row[c]) for c in T.get_task(task).label_columns}
 
 
+def model_options(spec: MethodSpec, cohort: Cohort, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Model options: ``overrides`` (CLI --model, tuned values) > the dataset's per-method-glob options
+    > its per-family options (e.g. the demo's smaller inputs)."""
+    opts = dict(cohort.spec.model.get(spec.family, {}))
+    for key, val in cohort.spec.model.items():  # then method names / globs, e.g. "pixelmamba-*"
+        if key != spec.family and fnmatch.fnmatchcase(spec.name, key):
+            opts.update(val)
+    return {**opts, **(overrides or {})}
+
+
+# options that choose a method's inputs, not its network: never passed to the model's builder
+INPUT_OPTIONS = ("magnification",)
+
+
+def inputs_key(spec: MethodSpec, model_opts: dict[str, Any]) -> str:
+    """Methods with the same key consume the same inputs (and share them within a run)."""
+    if spec.input == "features":
+        return f"features:{spec.encoder}"
+    return f"slide:{float(model_opts.get('magnification', spec.magnification or 2.5)):g}"
+
+
+def make_inputs(spec: MethodSpec, cohort: Cohort, cache: Path | str, model_opts: dict[str, Any],
+                progress: bool) -> Inputs:
+    """The inputs a method consumes: cached patch features of its encoder, or whole slides."""
+    if spec.input == "features":
+        return FeatureInputs(cohort, spec.encoder, Path(cache), cohort.spec.allow_random_weights, progress)
+    mag = float(model_opts.get("magnification", spec.magnification or 2.5))
+    return SlideInputs(cohort, mag, Path(cache), progress)
+
+
+@dataclass
+class UnitPlan:
+    """One unit of work, fully resolved (what a launcher hands to a worker)."""
+
+    unit: Unit
+    spec: MethodSpec
+    config: dict[str, Any]
+    chash: str
+
+
 def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = None,
         folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
         n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
-        model_overrides: dict[str, Any] | None = None, progress: bool = True) -> RunReport:
-    """Run every (task, method, fold) unit of ``dataset`` (a name or a YAML path) not yet done."""
+        model_overrides: dict[str, Any] | None = None, progress: bool = True, tuned: bool = False,
+        dry_run: bool = False) -> RunReport:
+    """Run every (task, method, fold) unit of ``dataset`` (a name or a YAML path) not yet done.
+
+    ``tuned``: each unit uses the best hyper-parameters that ``bench tune`` found for its outer fold
+    (variant ``tuned``; a unit without them fails, naming the command to run). ``dry_run``: resolve
+    and classify units (done / to do, in ``report.todo``) without training anything.
+    """
     t0 = time.perf_counter()
     if any(m.family == "end-to-end" for m in methods):
         bound_heap_growth()  # resident memory stays at one layer's working set (bench/memory.py)
@@ -221,28 +277,13 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
     splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed) for t in tasks}
 
     report = RunReport(dataset=dataset)
-
-    def model_options(spec: MethodSpec) -> dict[str, Any]:
-        """CLI --model > the dataset's per-family model options (e.g. the demo's smaller inputs)."""
-        opts = dict(cohort.spec.model.get(spec.family, {}))
-        for key, val in cohort.spec.model.items():  # then method names / globs, e.g. "pixelmamba-*"
-            if key != spec.family and fnmatch.fnmatchcase(spec.name, key):
-                opts.update(val)
-        return {**opts, **(model_overrides or {})}
     inputs: dict[str, Inputs] = {}
 
-    def get_inputs(spec: MethodSpec) -> tuple[str, Inputs]:
+    def get_inputs(spec: MethodSpec, opts: dict[str, Any]) -> tuple[str, Inputs]:
         """Inputs are shared between methods that consume the same thing."""
-        if spec.input == "features":
-            key = f"features:{spec.encoder}"
-            if key not in inputs:
-                inputs[key] = FeatureInputs(cohort, spec.encoder, Path(cache), cohort.spec.allow_random_weights,
-                                            progress)
-        else:
-            mag = float(model_options(spec).get("magnification", spec.magnification or 2.5))
-            key = f"slide:{mag:g}"
-            if key not in inputs:
-                inputs[key] = SlideInputs(cohort, mag, Path(cache), progress)
+        key = inputs_key(spec, opts)
+        if key not in inputs:
+            inputs[key] = make_inputs(spec, cohort, cache, opts, progress)
         return key, inputs[key]
 
     grid = [(t, spec, k) for t in tasks for spec in methods for k in range(splits[t].n_folds)
@@ -250,9 +291,21 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
     extracted: set[str] = set()
     input_errors: set[str] = set()
     for task, spec, k in grid:
-        unit = Unit(dataset, task, spec.name, k)
+        unit = Unit(dataset, task, spec.name, k, "tuned" if tuned else None)
+        tuned_train, tuned_model, tuned_info = {}, {}, None
+        if tuned:
+            from .tuning import TuningError, load_best, split_params
+
+            try:
+                tuned_info = load_best(results, dataset, task, spec.name, k)
+            except TuningError as exc:
+                report.failed[unit] = str(exc)
+                continue
+            tuned_train, tuned_model = split_params(tuned_info["params"])
         try:
-            key, fi = get_inputs(spec)
+            opts = model_options(spec, cohort, {**tuned_model, **(model_overrides or {})})
+            key, fi = get_inputs(spec, opts)
+            train_cfg = method_train_config(spec, {**tuned_train, **(train_overrides or {})}, cohort.spec.train)
         except Exception as exc:  # noqa: BLE001 — an unavailable encoder fails its units, not the run
             msg = f"inputs of {spec.name} unavailable: {type(exc).__name__}: {exc}"
             if spec.name not in input_errors:
@@ -260,14 +313,19 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
             input_errors.add(spec.name)
             report.failed[unit] = msg
             continue
-        train_cfg = method_train_config(spec, train_overrides, cohort.spec.train)
         train_cfg["seed"] = unit_seed(seed, spec.name, task, k)
         config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
                   "split_hash": splits[task].hash, "n_folds": splits[task].n_folds, "train": train_cfg,
-                  "model": model_options(spec), **fi.identity}
+                  "model": opts, **fi.identity}
+        if tuned_info is not None:
+            config["tuned"] = {k2: tuned_info.get(k2) for k2 in ("params", "value", "metric", "study_name",
+                                                                 "n_trials", "inner_folds")}
         chash = config_hash(config)
         if store.done_metrics(unit, chash) is not None:
             report.done_before.append(unit)
+            continue
+        if dry_run:
+            report.todo.append(UnitPlan(unit, spec, config, chash))
             continue
         lock = store.try_claim(unit)
         if lock is None:
@@ -282,8 +340,7 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
                 fi.ensure()
                 extracted.add(key)
             store.prepare(unit, config, chash)
-            metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash,
-                                model_options(spec), progress)
+            metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash, opts, progress)
             store.finish(unit, *metrics)
             m = metrics[2]
             log.info("%-48s %s = %s  (%.1f s)", str(unit), m["primary_metric"],
@@ -320,7 +377,7 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
     test = [fi.sample(c, _labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold) if c not in without]
     torch.manual_seed(train_cfg["seed"])
     n_out = T.get_task(unit.task).n_out()
-    model = build_model(spec.name, n_out, **{k: v for k, v in model_overrides.items() if k != "magnification"})
+    model = build_model(spec.name, n_out, **{k: v for k, v in model_overrides.items() if k not in INPUT_OPTIONS})
     cfg = TrainConfig.from_dict(train_cfg)
     pred, train_log, info = train_and_predict(model, unit.task, train, test, cfg, progress=progress,
                                               desc=f"{spec.name} {unit.task} fold {unit.fold}")
@@ -331,6 +388,7 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
         "group": spec.group, "params": count_parameters(model), "primary_metric": T.get_task(unit.task).metric,
         "metrics": scores, "config_hash": chash, "split_hash": config["split_hash"], "n_folds": splits.n_folds,
         "random_weights": config.get("random_weights", False), "cases_without_input": without,
+        "tuned": "tuned" in config,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **info,
     }
     return pred, train_log, metrics

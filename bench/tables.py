@@ -18,6 +18,8 @@ TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
 GROUP_ORDER = [ENCODERS["resnet50"]["group"], ENCODERS["gigapath"]["group"], ENCODERS["conch"]["group"],
                "Two-stage hierarchical representation", "End-to-end"]
 RANDOM_MARK = "\u2020"  # dagger
+TUNED_NOTE = (" (tuned): hyper-parameters chosen for each outer fold by nested cross-validation (Optuna, "
+              "inner folds made from that fold's training cases only).")
 
 
 def human_count(n: float | int | None) -> str:
@@ -62,7 +64,8 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
         first = g.iloc[0]
         row = {"method": method, "variant": variant, "label": first["label"], "family": first["family"],
                "encoder": first.get("encoder") or "", "group": _group(first), "params": first["params"],
-               "random_weights": bool(g["random_weights"].astype(bool).any())}
+               "random_weights": bool(g["random_weights"].astype(bool).any()),
+               "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False}
         for t, d in cols:
             hit = g[(g["task"] == t) & (g["dataset"] == d)]
             expected = int(hit["expected_folds"].iloc[0]) if len(hit) and "expected_folds" in hit else 5
@@ -172,6 +175,8 @@ def default_caption(wide: pd.DataFrame) -> str:
     cap = (r"Tumor staging (macro-F1) and survival analysis (C-index): mean $\pm$ standard deviation "
            r"(population, ddof=0) over the 5 patient-level test folds. Best in \textbf{bold}, second "
            r"\underline{underlined}.")
+    if not wide.empty and "tuned" in wide and wide["tuned"].any():
+        cap += TUNED_NOTE
     if not wide.empty and wide["random_weights"].any():
         cap += (r" $^\dagger$Patch encoder with random weights (pretrained weights unavailable): not "
                 r"comparable to published numbers.")
@@ -194,6 +199,8 @@ def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
             cells.append(f"**{txt}**" if r == 1 else f"_{txt}_" if r == 2 else txt)
         name = _name(row) + (f" {RANDOM_MARK}" if row["random_weights"] else "")
         out.append("| " + " | ".join([name, _backbone(row), _params_text(row)] + cells) + " |")
+    if not wide.empty and "tuned" in wide and wide["tuned"].any():
+        out.append("\n" + TUNED_NOTE.strip())
     if not wide.empty and wide["random_weights"].any():
         out.append(f"\n{RANDOM_MARK} random encoder weights: not comparable to published numbers.")
     return "\n".join(out) + "\n"

@@ -9,9 +9,9 @@ import os
 import sys
 from typing import Sequence
 
-from . import ablate, doctor, extract, ls, run, splits, table
+from . import ablate, doctor, extract, ls, run, splits, table, tune
 
-COMMANDS = (ls, doctor, splits, extract, run, table, ablate)
+COMMANDS = (ls, doctor, splits, extract, run, tune, table, ablate)
 
 DESCRIPTION = """wsi-bench: end-to-end vs two-stage whole-slide models, under one split manager and one evaluator.
 
@@ -19,6 +19,7 @@ Typical session:
   python -m bench ls                                   # methods, encoders, datasets, ablations
   python -m bench run --methods 'abmil.*' --dataset demo
   python -m bench table --dataset demo                 # LaTeX in results/tables/, markdown here
+  python -m bench tune --method abmil.resnet50 --dataset demo --trials 20   # nested tuning
 """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from .common import Formatter, add_dataset, add_paths, parse_int_list, parse_sets, resolve_dataset
 
@@ -13,6 +14,8 @@ EPILOG = """examples:
   python -m bench run --methods 'meanmil.resnet50,maxmil.resnet50,abmil.resnet50' --dataset demo
   python -m bench run --methods 'abmil.*' --dataset luad --tasks survival
   python -m bench run --methods all --dataset blca --folds 0,1 --set epochs=5
+  python -m bench run --methods abmil.conch --dataset luad --tuned    # after `bench tune`
+  python -m bench run --methods 'abmil.*' --dataset luad --launcher submitit --partition gpu --gpus 1 --time 240
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its metrics.json exists with the same config; rerunning
 the same command skips done units and redoes only unfinished ones (also after a crash or kill).
@@ -32,6 +35,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="training option override (epochs, lr, weight_decay, grad_accum, max_patches, ...)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE", help="model constructor override")
+    p.add_argument("--tuned", action="store_true",
+                   help="use the best parameters `bench tune` found for each outer fold (rows marked 'tuned')")
+    g = p.add_argument_group("launching (see docs/cluster.md)")
+    g.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                   help="local: run the units here (default); submitit: one job per unit not yet done, "
+                        "as a SLURM job array (or local processes when SLURM is absent)")
+    g.add_argument("--partition", help="SLURM partition")
+    g.add_argument("--gpus", type=int, default=0, help="GPUs per job (default 0)")
+    g.add_argument("--time", type=int, default=24 * 60, metavar="MIN", help="time limit per job in minutes (default 1440)")
+    g.add_argument("--cpus", type=int, default=4, help="CPUs per job (default 4)")
+    g.add_argument("--mem", type=float, metavar="GB", help="memory per job in GB (default: the partition's)")
+    g.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once (default 64)")
+    g.add_argument("--cluster", choices=("auto", "slurm", "local", "debug"), default="auto",
+                   help="submitit executor: auto = SLURM if sbatch is found, else local processes; "
+                        "debug = in this process")
+    g.add_argument("--submitit-folder", type=Path, help="job logs and pickles (default <results>/submitit/<time>)")
+    g.add_argument("--no-wait", action="store_true", help="submit and return (default: wait and report each unit)")
     p.set_defaults(func=main)
 
 
@@ -42,10 +62,13 @@ def main(args: argparse.Namespace) -> int:
     methods = resolve_methods(args.methods)
     dataset = resolve_dataset(args.dataset)
     log.info("dataset %s; %d method(s): %s", dataset, len(methods), ", ".join(m.name for m in methods))
-    report = run(methods, dataset, tasks=args.tasks.split(",") if args.tasks else None,
-                 folds=parse_int_list(args.folds), results=args.results, cache=args.cache,
-                 n_folds=args.n_folds, seed=args.seed, train_overrides=parse_sets(args.set),
-                 model_overrides=parse_sets(args.model), progress=not args.quiet)
+    common = dict(tasks=args.tasks.split(",") if args.tasks else None, folds=parse_int_list(args.folds),
+                  results=args.results, cache=args.cache, n_folds=args.n_folds, seed=args.seed,
+                  train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
+                  progress=not args.quiet, tuned=args.tuned)
+    if args.launcher == "submitit":
+        return _submit(args, methods, dataset, common)
+    report = run(methods, dataset, **common)
     if not report.ran and not report.failed and not report.busy:
         print(f"nothing to do: all {len(report.done_before)} unit(s) already done in "
               f"{args.results}/runs/{report.dataset} — `python -m bench table --dataset {report.dataset}` shows them")
@@ -56,3 +79,31 @@ def main(args: argparse.Namespace) -> int:
     if report.ran:
         print(f"summary: {args.results / report.dataset / 'summary.csv'}")
     return 1 if report.failed else 0
+
+
+def _submit(args: argparse.Namespace, methods: list, dataset: str, common: dict) -> int:
+    from ..launch import ClusterOptions, submit
+    from ..results import ResultsStore
+
+    opts = ClusterOptions(cluster=args.cluster, partition=args.partition, gpus=args.gpus, time_min=args.time,
+                          cpus=args.cpus, mem_gb=args.mem, array_parallelism=args.array_parallelism,
+                          folder=args.submitit_folder, wait=not args.no_wait)
+    rep = submit(methods, dataset, opts, **common)
+    if not rep.submitted:
+        print(f"nothing to submit: {len(rep.done_before)} unit(s) already done"
+              + (f", {len(rep.failed)} cannot run" if rep.failed else ""))
+    else:
+        print(f"submitted {len(rep.submitted)} job(s) ({len(rep.done_before)} unit(s) already done); "
+              f"logs: {rep.folder}")
+        if args.no_wait:
+            print("job ids: " + ", ".join(rep.job_ids))
+            print("rerun the same command later: finished units are skipped, unfinished ones resubmitted")
+        else:
+            ran = sum(1 for o in rep.outcomes.values() if o["status"] == "ran")
+            print(f"{ran} unit(s) run by the jobs, {len(rep.failed)} failed ({rep.seconds:.1f} s)")
+            if ran:
+                ResultsStore(args.results).summarize(rep.dataset)
+                print(f"summary: {args.results / rep.dataset / 'summary.csv'}")
+    for unit, msg in rep.failed.items():
+        print(f"FAILED {unit}: {msg}")
+    return 1 if rep.failed else 0

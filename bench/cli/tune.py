@@ -1,0 +1,69 @@
+"""``bench tune``: nested hyper-parameter search (Optuna) per outer fold; ``bench run --tuned`` uses it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .common import Formatter, add_dataset, add_paths, parse_int_list, parse_sets, resolve_dataset
+
+log = logging.getLogger("bench")
+
+EPILOG = """examples:
+  python -m bench tune --method abmil.conch --dataset luad --trials 50
+  python -m bench tune --method abmil.resnet50 --dataset demo --task staging --trials 3 --set epochs=2
+  python -m bench tune --method abmil.conch --dataset luad --trials 50 \\
+      --storage postgresql://user@db-host/optuna          # many workers: start this on each node
+  python -m bench run --methods abmil.conch --dataset luad --tuned   # then train with the best parameters
+
+Nested: for each outer fold, a trial's value is the mean validation metric over --inner-folds folds
+made from that outer fold's training cases only; the outer test fold is never read. One study per
+(dataset, task, method, outer fold), SQLite under results/tuning/ by default; rerunning the same
+command tops each study up to --trials finished trials (0 new trials when it already has them).
+Search spaces: configs/tuning/*.yaml. `--set key=value` fixes an option (it is then not searched).
+Best parameters: results/tuning/<dataset>/<task>/<method>/fold<k>/best.json.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="nested hyper-parameter search per outer fold (Optuna)", epilog=EPILOG,
+                       formatter_class=Formatter)
+    p.add_argument("--method", required=True, help="one method name (e.g. abmil.conch)")
+    add_dataset(p)
+    add_paths(p)
+    p.add_argument("--trials", type=int, required=True, help="finished trials wanted per study (outer fold)")
+    p.add_argument("--task", "--tasks", dest="tasks", help="comma list (default: every task of the dataset)")
+    p.add_argument("--folds", help="outer folds to tune, comma list (default: all)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the Optuna storage (default: SQLite under --results)")
+    p.add_argument("--inner-folds", type=int, help="inner CV folds (default: the search space file's, 3)")
+    p.add_argument("--prune", action="store_true",
+                   help="median pruning: stop a trial whose running inner-fold mean trails the others'")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (per study)")
+    p.add_argument("--n-folds", type=int, default=5, help="outer folds when splits are first written (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="split, inner-split and training seed (default 0)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a training option (not searched)")
+    p.add_argument("--model", action="append", metavar="KEY=VALUE", help="fix a model option (not searched)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..registry import get_method
+    from ..tuning import tune
+
+    if args.trials < 1:
+        raise ValueError("--trials must be >= 1")
+    spec = get_method(args.method)
+    dataset = resolve_dataset(args.dataset)
+    report = tune(spec, dataset, n_trials=args.trials, tasks=args.tasks.split(",") if args.tasks else None,
+                  folds=parse_int_list(args.folds), results=args.results, cache=args.cache, storage=args.storage,
+                  n_folds=args.n_folds, seed=args.seed, inner=args.inner_folds, prune=args.prune,
+                  train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
+                  progress=not args.quiet, timeout=args.timeout)
+    for f in report.folds:
+        added = f.n_after - f.n_before
+        val = "–" if f.best_value is None else f"{f.best_value:.4f}"
+        print(f"{f.task} outer fold {f.fold}: {f.n_after} trial(s) ({added} new), best inner-CV {val} "
+              f"{f.best_params}  -> {f.path / 'best.json'}")
+    print(f"tuned {spec.name} on {report.dataset} in {report.seconds:.1f} s; "
+          f"`python -m bench run --methods {spec.name} --dataset {report.dataset} --tuned` trains with these")
+    return 0

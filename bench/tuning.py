@@ -1,0 +1,393 @@
+"""``bench tune``: nested hyper-parameter search with Optuna, one study per outer fold.
+
+For outer fold *k* the objective of a trial is the mean validation metric (the task's primary one:
+macro-F1, C-index, AUC) over inner folds made **only** from fold *k*'s training cases, with the
+same split logic as the outer folds (patient-level, stratified, seeded). The outer test fold is
+never loaded, never standardised against, never scored: it is not even handed to the code that
+builds the inputs. ``bench run --tuned`` then trains each outer fold once with that fold's best
+parameters and scores it on its test fold — the usual nested cross-validation.
+
+Search spaces are data: ``configs/tuning/<method config>.yaml`` (``mil.yaml`` for the two-stage
+aggregators, ``end_to_end.yaml`` for the whole-slide models), with per-method-glob sections.
+
+Storage: one SQLite file per (dataset, task, method) under
+``results/tuning/<dataset>/<task>/<method>/optuna.db`` by default, or any SQLAlchemy URL
+(``--storage postgresql://...``) for many workers. Study names are deterministic —
+``<dataset>.<task>.<method>.outer<k>.<hash>``, where the hash covers everything that makes trials
+comparable (splits, inner folds, search space, fixed options, inputs) — so a rerun (or another worker)
+joins the same study and tops it up to the requested number of finished trials; a changed setting
+starts a new study instead of mixing incomparable trials.
+
+Results: ``results/tuning/<dataset>/<task>/<method>/fold<k>/best.json`` (best parameters, value,
+study), ``trials.csv`` and ``inner_folds.csv`` (the inner split, for audit). ``run --tuned`` reads
+``best.json``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import tasks as T
+from .datasets import CONFIG_DIR, Cohort, load_cohort
+from .io import atomic_write_json, atomic_write_text, safe_name
+from .registry import MethodSpec, build_model
+from .results import config_hash
+from .splits import SplitManager, make_folds
+
+log = logging.getLogger(__name__)
+
+TUNING_DIR = CONFIG_DIR / "tuning"
+MODEL_PREFIX = "model."
+COUNTED = ("COMPLETE", "PRUNED")  # trial states that count towards --trials
+
+
+class TuningError(ValueError):
+    """Tuning cannot proceed (or its results are missing); the message says what to do."""
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise TuningError("`bench tune` needs optuna: pip install 'wsi-bench[cluster]' (or pip install optuna)") from None
+    return optuna
+
+
+# ------------------------------------------------------------------------------ search spaces
+def load_space(spec: MethodSpec) -> dict[str, Any]:
+    """The search space of a method: ``{"inner_folds": int, "space": {name: distribution}, "source": path}``."""
+    path = TUNING_DIR / f"{spec.config}.yaml"
+    if not spec.config or not path.is_file():
+        raise TuningError(f"no search space for {spec.name}: add configs/tuning/{spec.config or '<config>'}.yaml "
+                          "(see configs/tuning/mil.yaml for the format)")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    space = dict(data.get("space") or {})
+    inner = data.get("inner_folds", 3)
+    for pattern, section in (data.get("methods") or {}).items():
+        if fnmatch.fnmatchcase(spec.name, pattern):
+            section = section or {}
+            space.update(section.get("space") or {})
+            inner = section.get("inner_folds", inner)
+    space = {k: v for k, v in space.items() if v is not None}
+    for name, dist in space.items():
+        _check_dist(path, name, dist)
+    if not space:
+        raise TuningError(f"{path}: the search space of {spec.name} is empty")
+    return {"inner_folds": int(inner), "space": space, "source": str(path)}
+
+
+def _check_dist(path: Path, name: str, d: Any) -> None:
+    where = f"{path}: `{name}`"
+    if not isinstance(d, dict) or d.get("type") not in ("float", "int", "categorical"):
+        raise TuningError(f"{where} must be a mapping with type float, int or categorical, got {d!r}")
+    if d["type"] == "categorical":
+        if not d.get("choices"):
+            raise TuningError(f"{where}: categorical needs a non-empty `choices` list")
+    else:
+        if "low" not in d or "high" not in d or float(d["low"]) > float(d["high"]):
+            raise TuningError(f"{where}: needs low <= high, got {d!r}")
+        if d.get("log") and float(d["low"]) <= 0:
+            raise TuningError(f"{where}: a log scale needs low > 0")
+
+
+def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, d in space.items():
+        if d["type"] == "float":
+            params[name] = trial.suggest_float(name, float(d["low"]), float(d["high"]), log=bool(d.get("log", False)),
+                                               step=d.get("step"))
+        elif d["type"] == "int":
+            params[name] = trial.suggest_int(name, int(d["low"]), int(d["high"]), step=int(d.get("step", 1)),
+                                             log=bool(d.get("log", False)))
+        else:
+            params[name] = trial.suggest_categorical(name, list(d["choices"]))
+    return params
+
+
+def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``{"lr": .., "model.dropout": ..}`` → (training options, model options)."""
+    train = {k: v for k, v in params.items() if not k.startswith(MODEL_PREFIX)}
+    model = {k[len(MODEL_PREFIX):]: v for k, v in params.items() if k.startswith(MODEL_PREFIX)}
+    return train, model
+
+
+# ------------------------------------------------------------------------------ locations
+def method_dir(results: Path | str, dataset: str, task: str, method: str) -> Path:
+    return Path(results) / "tuning" / safe_name(dataset) / safe_name(task) / safe_name(method)
+
+
+def fold_dir(results: Path | str, dataset: str, task: str, method: str, fold: int) -> Path:
+    return method_dir(results, dataset, task, method) / f"fold{int(fold)}"
+
+
+def default_storage(results: Path | str, dataset: str, task: str, method: str) -> str:
+    d = method_dir(results, dataset, task, method)
+    d.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(d / 'optuna.db').resolve()}"
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before it is written anywhere."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def load_best(results: Path | str, dataset: str, task: str, method: str, fold: int) -> dict[str, Any]:
+    """The best parameters ``bench tune`` recorded for one outer fold."""
+    import json
+
+    p = fold_dir(results, dataset, task, method, fold) / "best.json"
+    if not p.is_file():
+        raise TuningError(f"no tuning result for {dataset}/{task}/{method} outer fold {fold} ({p} is missing): run "
+                          f"`python -m bench tune --method {method} --dataset {dataset} --task {task}` first")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise TuningError(f"{p} is unreadable ({exc}); rerun `bench tune` for it") from exc
+
+
+# ------------------------------------------------------------------------------ the objective
+def inner_folds(outer_train: pd.DataFrame, task: str, n_inner: int, seed: int) -> pd.DataFrame:
+    """Inner folds (``case_id, fold``) over an outer fold's training cases only, by the outer split logic
+    (patient-level, stratified, seeded)."""
+    return make_folds(outer_train, task, n_folds=n_inner, seed=seed)
+
+
+@dataclass
+class FoldTuning:
+    task: str
+    fold: int
+    study_name: str
+    n_before: int
+    n_after: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    path: Path
+
+
+@dataclass
+class TuneReport:
+    dataset: str
+    method: str
+    folds: list[FoldTuning] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Objective:
+    """Mean inner-CV validation metric of one parameter set, on one outer fold's training cases."""
+
+    def __init__(self, spec: MethodSpec, task: str, cases: pd.DataFrame, inner: pd.DataFrame, inputs: Any,
+                 space: dict[str, Any], base_train: dict[str, Any], base_model: dict[str, Any], cohort: Cohort,
+                 seed: int, outer_fold: int, prune: bool) -> None:
+        self.spec, self.task, self.inputs, self.space = spec, task, inputs, space
+        self.cases = cases.set_index("case_id")
+        self.inner = inner
+        self.base_train, self.base_model = base_train, base_model
+        self.cohort, self.seed, self.outer_fold, self.prune = cohort, seed, outer_fold, prune
+        self.metric = T.get_task(task).metric
+
+    def samples(self, case_ids: list[str]) -> list[Any]:
+        from .runner import _labels
+
+        return [self.inputs.sample(c, _labels(self.cases.loc[c], self.task)) for c in case_ids]
+
+    def __call__(self, trial: Any) -> float:
+        import torch
+
+        from .runner import INPUT_OPTIONS, method_train_config, unit_seed
+        from .train import TrainConfig, train_and_predict
+
+        optuna = _optuna()
+        params = suggest(trial, self.space)
+        tr, mo = split_params(params)
+        train_cfg = method_train_config(self.spec, {**tr, **self.base_train}, self.cohort.spec.train)
+        model_opts = {**self.base_model, **mo}
+        scores = []
+        n_inner = int(self.inner["fold"].max()) + 1
+        for j in range(n_inner):
+            val_ids = sorted(self.inner.loc[self.inner["fold"] == j, "case_id"])
+            tr_ids = sorted(self.inner.loc[self.inner["fold"] != j, "case_id"])
+            # the seed depends on the fold, not the trial: trials differ by their parameters only
+            cfg = TrainConfig.from_dict({**train_cfg, "seed": unit_seed(self.seed, self.spec.name, self.task,
+                                                                       self.outer_fold, "inner", j)})
+            torch.manual_seed(cfg.seed)
+            model = build_model(self.spec.name, T.get_task(self.task).n_out(),
+                                **{k: v for k, v in model_opts.items() if k not in INPUT_OPTIONS})
+            pred, _, _ = train_and_predict(model, self.task, self.samples(tr_ids), self.samples(val_ids), cfg,
+                                           progress=False)
+            v = T.score(self.task, pred).get(self.metric, float("nan"))
+            scores.append(float(v) if v is not None else float("nan"))
+            trial.set_user_attr(f"inner{j}", scores[-1])
+            running = float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
+            if self.prune and j < n_inner - 1 and not np.isnan(running):
+                trial.report(running, j)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        if np.all(np.isnan(scores)):
+            raise T.metrics.UndefinedMetric(f"{self.metric} undefined on every inner fold")
+        return float(np.nanmean(scores))
+
+
+def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | None = None,
+         folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
+         storage: str | None = None, n_folds: int = 5, seed: int = 0, inner: int | None = None,
+         prune: bool = False, train_overrides: dict[str, Any] | None = None,
+         model_overrides: dict[str, Any] | None = None, progress: bool = True,
+         timeout: float | None = None) -> TuneReport:
+    """Tune ``spec`` on every (task, outer fold) of ``dataset`` up to ``n_trials`` finished trials each."""
+    from .runner import inputs_key, make_inputs, model_options
+
+    optuna = _optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t0 = time.perf_counter()
+    cohort = load_cohort(dataset)
+    dataset = cohort.spec.name
+    tasks = list(tasks or cohort.spec.tasks)
+    for t in tasks:
+        if t not in cohort.spec.tasks:
+            raise TuningError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
+    sp = load_space(spec)
+    fixed_train = dict(train_overrides or {})
+    fixed_model = dict(model_overrides or {})
+    space = {k: v for k, v in sp["space"].items()
+             if k not in fixed_train and not (k.startswith(MODEL_PREFIX) and k[len(MODEL_PREFIX):] in fixed_model)}
+    for k in set(sp["space"]) - set(space):
+        log.info("%s is fixed by --set/--model: not searched", k)
+    if not space:
+        raise TuningError("every parameter of the search space is fixed by --set/--model: nothing to tune")
+    n_inner = int(inner or sp["inner_folds"])
+    if n_inner < 2:
+        raise TuningError(f"inner folds must be >= 2, got {n_inner}")
+    manager = SplitManager(Path(results) / "splits")
+    report = TuneReport(dataset=dataset, method=spec.name)
+    base_model = model_options(spec, cohort, fixed_model)
+    inputs = make_inputs(spec, cohort, cache, base_model, progress)
+    for task in tasks:
+        all_cases = cohort.cases(task)
+        splits = manager.get(dataset, task, all_cases, n_folds=n_folds, seed=seed)
+        for k in range(splits.n_folds):
+            if folds is not None and k not in folds:
+                continue
+            outer_train_ids = splits.train_cases(k)
+            # only the outer fold's training slides are ever prepared or read
+            inputs.ensure(outer_train_ids)
+            usable = [c for c in outer_train_ids if inputs.has(c)]
+            if len(usable) < len(outer_train_ids):
+                log.warning("%s fold %d: %d training case(s) have no input and are left out of tuning", task, k,
+                            len(outer_train_ids) - len(usable))
+            train_cases = all_cases[all_cases["case_id"].isin(set(usable))]
+            inner_split = inner_folds(train_cases, task, n_inner, unit_seed_inner(seed, k))
+            key = {"split_hash": splits.hash, "outer_fold": k, "inner": inner_split.sort_values("case_id").to_dict("list"),
+                   "space": space, "fixed_train": fixed_train, "model": base_model, "inputs": inputs.identity,
+                   "input_key": inputs_key(spec, base_model), "seed": seed}
+            study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{config_hash(key)[:8]}"
+            fd = fold_dir(results, dataset, task, spec.name, k)
+            fd.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(fd / "inner_folds.csv", inner_split.to_csv(index=False))
+            url = storage or default_storage(results, dataset, task, spec.name)
+            study = _study(optuna, url, study_name)
+            n_before = _n_counted(study)
+            todo = n_trials - n_before
+            log.info("%s %s outer fold %d: study %s has %d finished trial(s); %s", dataset, task, k, study_name,
+                     n_before, f"running {todo} more" if todo > 0 else "nothing to do")
+            if todo > 0:
+                objective = Objective(spec, task, train_cases, inner_split, inputs, space, fixed_train,
+                                      base_model, cohort, seed, k, prune)
+                study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(seed, study_name, study, storage))
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+                    study.optimize(objective, n_trials=todo, timeout=timeout, gc_after_trial=True,
+                                   catch=(T.metrics.UndefinedMetric, _training_error()),
+                                   callbacks=[optuna.study.MaxTrialsCallback(
+                                       n_trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)),
+                                       _log_trial(task, k)],
+                                   show_progress_bar=progress)
+            best = _write_best(study, fd, url, study_name, task, k, n_inner, space, splits.hash,
+                               T.get_task(task).metric)
+            report.folds.append(FoldTuning(task, k, study_name, n_before, _n_counted(study),
+                                           best.get("value"), best.get("params", {}), fd))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def unit_seed_inner(seed: int, outer_fold: int) -> int:
+    from .runner import unit_seed
+
+    return unit_seed(seed, "inner-folds", outer_fold) % (2**31)
+
+
+def _training_error() -> type[Exception]:
+    from .train import TrainingError
+
+    return TrainingError
+
+
+def _sampler_seed(seed: int, study_name: str, study: Any, storage: str | None) -> int:
+    """Deterministic for one worker on the default storage; workers sharing an explicit storage add
+    their pid, so simultaneous workers do not propose the same parameters."""
+    from .runner import unit_seed
+
+    return unit_seed(seed, study_name, len(study.trials), os.getpid() if storage else 0) % (2**31)
+
+
+def _study(optuna: Any, url: str, name: str) -> Any:
+    kwargs: dict[str, Any] = {"heartbeat_interval": 60, "grace_period": 180}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        try:
+            storage = optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:  # noqa: BLE001 — SQLAlchemy raises many kinds
+            raise TuningError(f"cannot open the Optuna storage {_redact(url)}: {type(exc).__name__}: {exc}") from exc
+        # a worker killed mid-trial leaves it RUNNING; its missing heartbeat marks it FAIL
+        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+
+
+def _n_counted(study: Any) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in COUNTED)
+
+
+def _log_trial(task: str, k: int):
+    def cb(study: Any, trial: Any) -> None:
+        v = "pruned" if trial.state.name == "PRUNED" else (
+            "failed" if trial.value is None else f"{trial.value:.4f}")
+        log.info("%s outer fold %d trial %d: %s %s", task, k, trial.number, v, trial.params)
+
+    return cb
+
+
+def _write_best(study: Any, fd: Path, url: str, study_name: str, task: str, k: int, n_inner: int,
+                space: dict[str, Any], split_hash: str, metric: str) -> dict[str, Any]:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if done:
+        df = study.trials_dataframe()
+        atomic_write_text(fd / "trials.csv", df.to_csv(index=False))
+    if not done:
+        raise TuningError(f"{study_name}: no trial finished (all failed or were pruned); see the log above, "
+                          "narrow the search space or fix the failing option")
+    best = max(done, key=lambda t: t.value)
+    out = {"params": best.params, "value": best.value, "trial": best.number, "metric": metric, "task": task,
+           "outer_fold": k, "inner_folds": n_inner, "n_trials": _n_counted(study), "study_name": study_name,
+           "storage": _redact(url), "space": space, "split_hash": split_hash,
+           "inner_values": {k2: v for k2, v in best.user_attrs.items() if k2.startswith("inner")},
+           "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(fd / "best.json", out)
+    return out

@@ -1,0 +1,151 @@
+"""``bench run --launcher submitit``: the unit grid as submitit jobs sharing one results store.
+
+The cohort's features are written straight into the feature cache (random-weight ResNet-50 key), so
+the jobs train real MeanMIL units without extracting anything."""
+
+import json
+import sys
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+submitit = pytest.importorskip("submitit")
+
+from bench.cli import main as cli  # noqa: E402
+from bench.launch import ClusterOptions, LaunchError, submit  # noqa: E402
+from bench.registry import get_method  # noqa: E402
+
+N_CASES = 20
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from feature_cache import FeatureCache, get_encoder
+
+    root = tmp_path_factory.mktemp("launch")
+    data = root / "data"
+    (data / "slides").mkdir(parents=True)
+    enc = get_encoder("resnet50", allow_random=True)
+    cache = FeatureCache(root / "cache")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(N_CASES):
+        cid = f"CASE-{i:03d}"
+        (data / "slides" / f"{cid}.tiff").write_bytes(b"")
+        p = cache.path_for(cid, enc)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(p, "w") as f:
+            x = rng.normal(size=(6, enc.dim)).astype(np.float32)
+            x[:, :8] += i % 4
+            f["features"] = x
+            f["coords"] = np.stack([np.arange(6) * 256, np.zeros(6)], 1).astype(np.int64)
+        rows.append({"case_id": cid, "stage": i % 4, "time": 10.0 + i, "event": i % 2})
+    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
+    spec = root / "toy.yaml"
+    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
+                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
+                    "allow_random_weights: true\n")
+    return spec, root
+
+
+def _metrics(results, fold):
+    return results / "runs" / "toy" / "staging" / "meanmil.resnet50" / f"fold{fold}" / "metrics.json"
+
+
+def _submit(spec, root, results, cluster):
+    return submit([get_method("meanmil.resnet50")], str(spec), ClusterOptions(cluster=cluster, time_min=10),
+                  results=results, cache=root / "cache", tasks=["staging"], folds=[0, 1],
+                  train_overrides={"epochs": 1}, progress=False)
+
+
+@pytest.mark.slow  # real worker processes each import torch and build ResNet-50: ~1 min quiet, 6 min at load 16
+def test_local_executor_completes_a_two_unit_grid_and_resumes(cohort):
+    spec, root = cohort
+    results = root / "results-local"
+    rep = _submit(spec, root, results, "local")
+    assert [u.fold for u in rep.submitted] == [0, 1] and not rep.failed, rep.failed
+    assert {o["status"] for o in rep.outcomes.values()} == {"ran"}
+    assert len(set(rep.job_ids)) == 2 and all(j.isdigit() for j in rep.job_ids)  # local executor: pids
+    m0 = json.loads(_metrics(results, 0).read_text())
+    assert m0["fold"] == 0 and m0["params"] > 0 and _metrics(results, 1).is_file()
+
+    # resume: fold 1 "was killed" (no metrics.json) -> only it is resubmitted; fold 0 untouched
+    stamp = _metrics(results, 0).stat().st_mtime_ns
+    _metrics(results, 1).unlink()
+    rep = _submit(spec, root, results, "local")
+    assert [u.fold for u in rep.submitted] == [1] and [u.fold for u in rep.done_before] == [0]
+    assert _metrics(results, 1).is_file() and _metrics(results, 0).stat().st_mtime_ns == stamp
+
+    # everything done: nothing is submitted
+    rep = _submit(spec, root, results, "local")
+    assert not rep.submitted and len(rep.done_before) == 2 and rep.folder is None
+
+
+class FakeInputs:
+    """In-process stand-in for FeatureInputs (the debug executor runs jobs in this process)."""
+
+    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress):
+        self.stage = dict(zip(cohort.table["case_id"], cohort.table["stage"]))
+
+    identity = {"encoder": "fake", "features": "fake", "random_weights": True}
+
+    def ensure(self, cases=None):
+        pass
+
+    def has(self, case_id):
+        return True
+
+    def sample(self, case_id, labels):
+        import torch
+
+        from bench.train import Sample
+
+        x = torch.randn(4, 1024, generator=torch.Generator().manual_seed(len(case_id)))
+        return Sample(case_id, lambda: x + float(self.stage[case_id]), labels)
+
+
+@pytest.fixture()
+def fake_cohort(tmp_path, monkeypatch):
+    from bench import runner
+
+    data = tmp_path / "data"
+    (data / "slides").mkdir(parents=True)
+    rows = []
+    for i in range(N_CASES):
+        (data / "slides" / f"CASE-{i:03d}.tiff").write_bytes(b"")
+        rows.append({"case_id": f"CASE-{i:03d}", "stage": i % 4, "time": 10.0 + i, "event": i % 2})
+    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
+                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
+                    "allow_random_weights: true\n")
+    monkeypatch.setattr(runner, "FeatureInputs", FakeInputs)
+    return spec, tmp_path
+
+
+def test_debug_executor_through_the_cli(fake_cohort, capsys):
+    spec, root = fake_cohort
+    results = root / "results"
+    args = ["run", "--methods", "meanmil.resnet50", "--dataset", str(spec), "--results", str(results),
+            "--tasks", "staging", "--folds", "0,1", "--set", "epochs=1",
+            "--launcher", "submitit", "--cluster", "debug", "-q"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "submitted 2 job(s)" in out and "2 unit(s) run by the jobs" in out
+    assert _metrics(results, 0).is_file() and _metrics(results, 1).is_file()
+    assert (results / "toy" / "summary.csv").is_file()
+    stamp = _metrics(results, 0).stat().st_mtime_ns
+    _metrics(results, 1).unlink()  # fold 1 unfinished: only it is submitted again
+    assert cli(args) == 0
+    assert "submitted 1 job(s) (1 unit(s) already done)" in capsys.readouterr().out
+    assert _metrics(results, 1).is_file() and _metrics(results, 0).stat().st_mtime_ns == stamp
+    assert cli(args) == 0
+    assert "nothing to submit: 2 unit(s) already done" in capsys.readouterr().out
+
+
+def test_missing_submitit_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
+    with pytest.raises(LaunchError, match=r"pip install 'wsi-bench\[cluster\]'"):
+        submit([get_method("meanmil.resnet50")], "demo", ClusterOptions(cluster="local"), results=tmp_path)

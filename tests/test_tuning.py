@@ -1,0 +1,183 @@
+"""``bench tune``: nested Optuna search. Fast: a fake feature source stands in for the HDF5 cache and
+records every case whose input is touched, which is how the tests prove the outer test fold never is."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+optuna = pytest.importorskip("optuna")
+
+from bench import runner  # noqa: E402
+from bench.cli import main as cli  # noqa: E402
+from bench.registry import get_method  # noqa: E402
+from bench.train import Sample  # noqa: E402
+from bench.tuning import TuningError, load_best, load_space, split_params, tune  # noqa: E402
+
+N_CASES = 24
+
+
+class RecordingInputs:
+    """Stands in for FeatureInputs: synthetic 1024-d bags whose mean carries the stage; records every
+    case id that is prepared (ensure), probed (has) or loaded (sample load/views)."""
+
+    log: dict[str, set] = {"ensured": set(), "probed": set(), "loaded": set()}
+
+    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress):
+        self.cohort = cohort
+        self.stage = dict(zip(cohort.table["case_id"], cohort.table["stage"]))
+
+    @property
+    def identity(self):
+        return {"encoder": "fake", "features": "fake", "random_weights": True}
+
+    def ensure(self, cases=None):
+        RecordingInputs.log["ensured"] |= set(cases if cases is not None else self.cohort.table["case_id"])
+
+    def has(self, case_id):
+        RecordingInputs.log["probed"].add(case_id)
+        return True
+
+    def _bag(self, case_id):
+        RecordingInputs.log["loaded"].add(case_id)
+        g = torch.Generator().manual_seed(abs(hash(case_id)) % 2**31)
+        x = torch.randn(8, 1024, generator=g)
+        x[:, :4] += 2.0 * float(self.stage[case_id])
+        return x
+
+    def sample(self, case_id, labels):
+        return Sample(case_id, lambda: self._bag(case_id), labels)
+
+
+@pytest.fixture()
+def cohort(tmp_path, monkeypatch):
+    """A 24-case dataset (empty slide files are enough: the fake inputs never open them)."""
+    data = tmp_path / "data"
+    (data / "slides").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(N_CASES):
+        cid = f"CASE-{i:03d}"
+        (data / "slides" / f"{cid}.tiff").write_bytes(b"")
+        rows.append({"case_id": cid, "stage": i % 4, "time": float(rng.uniform(1, 60)), "event": int(i % 3 != 0)})
+    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
+                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
+                    "allow_random_weights: true\n")
+    monkeypatch.setattr(runner, "FeatureInputs", RecordingInputs)
+    for v in RecordingInputs.log.values():
+        v.clear()
+    return spec, tmp_path / "results"
+
+
+def _n_complete(results, fold=0, task="staging", method="meanmil.resnet50"):
+    best = json.loads((results / "tuning" / "toy" / task / method / f"fold{fold}" / "best.json").read_text())
+    study = optuna.load_study(study_name=best["study_name"],
+                              storage=f"sqlite:///{results / 'tuning' / 'toy' / task / method / 'optuna.db'}")
+    return len([t for t in study.trials if t.state.name == "COMPLETE"]), best
+
+
+def test_three_trials_never_touch_the_outer_test_fold(cohort):
+    spec, results = cohort
+    report = tune(get_method("meanmil.resnet50"), str(spec), n_trials=3, tasks=["staging"], folds=[0],
+                  results=results, train_overrides={"epochs": 2}, progress=False)
+    assert len(report.folds) == 1 and report.folds[0].n_after == 3
+    n, best = _n_complete(results)
+    assert n == 3 and set(best["params"]) == {"lr", "weight_decay", "model.dropout"}  # epochs fixed by --set
+    assert 0.0 <= best["value"] <= 1.0
+
+    folds = pd.read_csv(results / "splits/toy/staging.csv")
+    test, train = set(folds.loc[folds.fold == 0, "case_id"]), set(folds.loc[folds.fold != 0, "case_id"])
+    log = RecordingInputs.log
+    # the instrument saw the whole outer training fold (every case is validated once) ...
+    assert log["loaded"] == train
+    # ... and not one outer test case was prepared, probed or loaded
+    assert not (log["ensured"] | log["probed"] | log["loaded"]) & test
+    inner = pd.read_csv(results / "tuning/toy/staging/meanmil.resnet50/fold0/inner_folds.csv")
+    assert set(inner["case_id"]) == train and inner["fold"].nunique() == 3
+
+    # negative control: the same instrument does see the test cases when the outer fold is scored
+    rep = runner.run([get_method("meanmil.resnet50")], str(spec), tasks=["staging"], folds=[0], results=results,
+                     train_overrides={"epochs": 1}, progress=False)
+    assert rep.ran and log["loaded"] & test
+
+
+def test_resume_tops_up_to_the_requested_count(cohort):
+    spec, results = cohort
+    args = ["tune", "--method", "meanmil.resnet50", "--dataset", str(spec), "--results", str(results),
+            "--task", "staging", "--folds", "1", "--set", "epochs=1", "-q"]
+    assert cli([*args, "--trials", "2"]) == 0
+    assert _n_complete(results, fold=1)[0] == 2
+    assert cli([*args, "--trials", "2"]) == 0  # nothing added
+    assert _n_complete(results, fold=1)[0] == 2
+    assert cli([*args, "--trials", "4"]) == 0  # continues the same study
+    n, best = _n_complete(results, fold=1)
+    assert n == 4 and best["n_trials"] == 4
+
+
+def test_run_tuned_uses_best_parameters_per_fold(cohort):
+    spec, results = cohort
+    m = get_method("meanmil.resnet50")
+    tune(m, str(spec), n_trials=2, tasks=["staging"], folds=[0], results=results,
+         train_overrides={"epochs": 1}, progress=False)
+    best = load_best(results, "toy", "staging", "meanmil.resnet50", 0)
+    rep = runner.run([m], str(spec), tasks=["staging"], folds=[0, 1], results=results, tuned=True,
+                     train_overrides={"epochs": 1}, progress=False)
+    # fold 0 ran with its tuned values; fold 1 was never tuned: it fails and says what to run
+    assert [u.fold for u in rep.ran] == [0] and rep.ran[0].variant == "tuned"
+    (unit1, msg), = rep.failed.items()
+    assert unit1.fold == 1 and "bench tune --method meanmil.resnet50" in msg
+    d = results / "runs/toy/staging/meanmil.resnet50/tuned/fold0"
+    cfg = json.loads((d / "config.json").read_text())
+    tr, mo = split_params(best["params"])
+    assert cfg["tuned"]["params"] == best["params"] and cfg["train"]["lr"] == tr["lr"]
+    assert cfg["model"]["dropout"] == mo["dropout"]
+    assert json.loads((d / "metrics.json").read_text())["tuned"] is True
+    # the untuned run of the same fold is another unit with another config hash
+    runner.run([m], str(spec), tasks=["staging"], folds=[0], results=results, train_overrides={"epochs": 1},
+               progress=False)
+    plain = json.loads((results / "runs/toy/staging/meanmil.resnet50/fold0/config.json").read_text())
+    assert plain["config_hash"] != cfg["config_hash"] and "tuned" not in plain
+
+
+def test_search_spaces(tmp_path, monkeypatch):
+    s = load_space(get_method("abmil.conch"))
+    assert {"lr", "weight_decay", "epochs", "model.dropout", "model.hidden"} <= set(s["space"])
+    s = load_space(get_method("ilra.resnet50"))
+    assert "model.dropout" not in s["space"] and "model.num_layers" in s["space"]  # null removes a key
+    import bench.tuning as tu
+
+    monkeypatch.setattr(tu, "TUNING_DIR", tmp_path)
+    (tmp_path / "mil.yaml").write_text("space:\n  lr: {type: float, low: 0, high: 1, log: true}\n")
+    with pytest.raises(TuningError, match="mil.yaml: `lr`: a log scale needs low > 0"):
+        load_space(get_method("abmil.conch"))
+    (tmp_path / "mil.yaml").write_text("space:\n  lr: {type: normal}\n")
+    with pytest.raises(TuningError, match="type float, int or categorical"):
+        load_space(get_method("abmil.conch"))
+
+
+def test_missing_tuning_result_names_the_command(tmp_path):
+    with pytest.raises(TuningError, match="bench tune --method abmil.conch --dataset luad --task staging"):
+        load_best(tmp_path, "luad", "staging", "abmil.conch", 2)
+
+
+def test_table_marks_tuned_rows(cohort):
+    from bench.results import ResultsStore
+    from bench.tables import build_table, to_latex, to_markdown
+
+    spec, results = cohort
+    m = get_method("meanmil.resnet50")
+    tune(m, str(spec), n_trials=1, tasks=["staging"], folds=[0], results=results, inner=2,
+         train_overrides={"epochs": 1}, progress=False)
+    for tuned in (False, True):
+        runner.run([m], str(spec), tasks=["staging"], folds=[0], results=results, tuned=tuned,
+                   train_overrides={"epochs": 1}, progress=False)
+    summary = ResultsStore(results).summarize("toy").assign(dataset="toy")
+    wide, cols = build_table(summary, tasks=["staging"])
+    assert list(wide["tuned"]) == [False, True]
+    md, tex = to_markdown(wide, cols), to_latex(wide, cols)
+    assert "| MeanMIL (tuned) \u2020 |" in md and "| MeanMIL \u2020 |" in md and "nested cross-validation" in md
+    assert "MeanMIL (tuned)" in tex and "nested cross-validation" in tex
