@@ -1,4 +1,4 @@
-"""Compiled CPU selective scan (numba): forward and backward kernels, O(L·D) memory.
+"""Compiled CPU selective scan (numba): fused forward and backward kernels, O(L·D) memory.
 
 Why numba rather than a C++ extension: it is a pip dependency with wheels for every platform,
 so users get a compiled kernel without a compiler or a build step at install time, and the
@@ -7,6 +7,14 @@ kernel compiles once on first use and is cached on disk (`cache=True`).
 Work split: one (batch, channel) pair is an independent recurrence over L with an N-vector state,
 so pairs are spread over Python threads (the kernels release the GIL) and the N-loop is the
 inner (SIMD) loop.
+
+Fusion: the D skip and the SiLU(z) gate are applied inside the kernels (forward and backward),
+so a call allocates only its output, the Δ it needs, the checkpoints and, in backward, one
+gradient per (B, D, L) input. Done in PyTorch instead, they cost about a dozen further (B, D, L)
+temporaries per call, each freshly page-faulted at long lengths (the allocator hands tensors
+over 32 MB straight back to the OS), which took more time than the scan itself at 65K tokens.
+Δ = softplus(delta + delta_bias) is computed once with PyTorch's vectorised ops and kept for
+backward, where sigmoid(delta + delta_bias) = −expm1(−Δ) gives the softplus derivative.
 
 Memory: the forward keeps only the state every `CKPT` steps (B, D, L/CKPT, N). The backward
 walks the checkpoint segments from the end, `BWD_BLOCK` channels at a time: it recomputes a
@@ -23,8 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba.extending import overload
 import torch
+import torch.nn.functional as F
+from numba.extending import overload
 from torch import Tensor
 
 CKPT = 256  # steps between saved states; the backward's recompute buffer is (CKPT+1, W, N)
@@ -38,19 +47,23 @@ def _exp(x):
     return math.exp(x)
 
 
-@overload(_exp, inline="always", fastmath=_FM)
+# Compiled as its own function (LLVM inlines it) *without* "reassoc": with it, LLVM folds the
+# Cody–Waite split k·ln2_hi + k·ln2_lo back into k·ln2 and the float32 result loses ~4 digits.
+@overload(_exp, jit_options={"fastmath": {"nsz", "contract"}})
 def _exp_impl(x):
     """Cody–Waite reduction x = k·ln2 + r, |r| <= ln2/2, a Taylor polynomial for exp(r), and
     2^k assembled in the exponent bits. float64: degree 13 (max relative error vs numpy 2.4e-14
     over [-708, 0]); float32: degree 7 in float32 (8 SIMD lanes instead of 4). Inputs are clamped
     to the normal range (a decay below 1e-38 is 0 for every purpose here, and no denormals slow
-    the loop down)."""
+    the loop down). k is rounded by truncating a shifted, positive value to int32: AVX2 converts
+    float<->int32 in SIMD but float<->int64 only one lane at a time."""
     if x == numba.types.float32:
         f = np.float32
 
         def impl32(x):
             x = min(max(x, f(-87.0)), f(88.0))
-            k = f(math.floor(x * f(_INV_LN2) + f(0.5)))  # math.floor gives an int64
+            kb = np.int32(x * f(_INV_LN2) + f(128.5))  # round(x / ln2) + 128, always > 0
+            k = f(kb) - f(128.0)
             r = x - k * f(0.693359375) - k * f(-2.12194440e-4)
             p = f(1.0 / 5040.0)
             p = p * r + f(1.0 / 720.0)
@@ -60,14 +73,14 @@ def _exp_impl(x):
             p = p * r + f(0.5)
             p = p * r + f(1.0)
             p = p * r + f(1.0)
-            scale = np.int32((np.int32(k) + np.int32(127)) << np.int32(23))
-            return p * np.int32(scale).view(np.float32)
+            return p * np.int32((kb - 1) << 23).view(np.float32)  # 2^k: exponent bits k + 127
 
         return impl32
 
     def impl64(x):
         x = min(max(x, -708.0), 709.0)
-        k = math.floor(x * _INV_LN2 + 0.5)
+        kb = np.int32(x * _INV_LN2 + 1024.5)  # round(x / ln2) + 1024, always > 0
+        k = np.float64(kb) - 1024.0
         r = x - k * _LN2_HI - k * _LN2_LO
         p = 1.0 / 6227020800.0
         p = p * r + 1.0 / 479001600.0
@@ -83,45 +96,83 @@ def _exp_impl(x):
         p = p * r + 0.5
         p = p * r + 1.0
         p = p * r + 1.0
-        scale = np.int64((np.int64(k) + 1023) << 52)
-        return p * np.int64(scale).view(np.float64)
+        return p * np.int64((np.int64(kb) - 1) << 52).view(np.float64)  # exponent bits k + 1023
 
     return impl64
 
 
+def _zero(x):
+    """A zero of x's float type (a bare 0.0 literal would make accumulators float64)."""
+    return 0.0
+
+
+def _one(x):
+    """A one of x's float type."""
+    return 1.0
+
+
+@overload(_zero, inline="always")
+def _zero_impl(x):
+    if x == numba.types.float32:
+        return lambda x: np.float32(0.0)
+    return lambda x: 0.0
+
+
+@overload(_one, inline="always")
+def _one_impl(x):
+    if x == numba.types.float32:
+        return lambda x: np.float32(1.0)
+    return lambda x: 1.0
+
+
 @numba.njit(nogil=True, fastmath=_FM, cache=True)
-def _fwd_kernel(u, dt, A, Bt, Ct, h0, K, y, last, ckpt, lo, hi):  # pragma: no cover - compiled
-    """Scan the (batch, channel) pairs with flat index in [lo, hi)."""
+def _fwd_kernel(
+    u, dt, A, Bt, Ct, Dv, z, h0, has_D, has_z, K, out, last, ckpt, lo, hi
+):  # pragma: no cover - compiled
+    """Scan the (batch, channel) pairs with flat index in [lo, hi); out = (y + D·u)·SiLU(z)."""
     Dm, L = u.shape[1], u.shape[2]
     G, N = Bt.shape[1], A.shape[1]
     H = Dm // G
+    h = np.empty(N, dtype=u.dtype)
+    one = _one(u[0, 0, 0])
     for idx in range(lo, hi):
         b, d = idx // Dm, idx % Dm
         g = d // H
-        h = h0[b, d].copy()
+        h[:] = h0[b, d]
         a = A[d]
+        Dd = Dv[d] if has_D else _zero(one)
         for t in range(L):
             if t % K == 0:
                 ckpt[b, d, t // K] = h
             dtt = dt[b, d, t]
-            du = dtt * u[b, d, t]
-            acc = 0.0
+            ut = u[b, d, t]
+            du = dtt * ut
+            acc = _zero(dtt)
+            Bv = Bt[b, g, t]
+            Cv = Ct[b, g, t]
             for n in range(N):
-                hn = _exp(dtt * a[n]) * h[n] + du * Bt[b, g, t, n]
+                hn = _exp(dtt * a[n]) * h[n] + du * Bv[n]
                 h[n] = hn
-                acc += hn * Ct[b, g, t, n]
-            y[b, d, t] = acc
+                acc += hn * Cv[n]
+            out[b, d, t] = acc + Dd * ut
         last[b, d] = h
+        if has_z:  # the gate in a pass of its own: vectorised over t
+            for t in range(L):
+                zt = z[b, d, t]
+                out[b, d, t] = out[b, d, t] * zt / (one + _exp(-zt))
 
 
 @numba.njit(nogil=True, fastmath=_FM, cache=True)
 def _bwd_kernel(
-    u, dt, A, Bt, Ct, ckpt, gy, glast, K, W, gu, gdt, gA_bd, gB_part, gC_part, gh0, lo, hi, p
+    u, dt, A, Bt, Ct, Dv, z, has_D, has_z, softplus, ckpt, gout, glast, K, W,
+    gu, gdelta, gz, gA_bd, gD_bd, gbias_bd, gB_part, gC_part, gh0, lo, hi, p,
 ):  # pragma: no cover - compiled
     """Adjoint scan of work units [lo, hi); a unit is up to W channels of one (batch, group).
 
     Channels of a unit share B_t and C_t, so their B/C gradients are summed in registers and
     written to this worker's buffer p once per step (instead of once per channel and step).
+    The gate needs y_t = ⟨h_t, C_t⟩ + D·u_t, which the recompute pass rebuilds alongside h_t.
+    With softplus, dΔ/d(delta) = sigmoid(delta + bias) = −expm1(−Δ) (no second input needed).
     """
     Dm, L = u.shape[1], u.shape[2]
     G, N = Bt.shape[1], A.shape[1]
@@ -130,10 +181,15 @@ def _bwd_kernel(
     nck = (L + K - 1) // K
     hseg = np.empty((K + 1, W, N), dtype=u.dtype)
     dAseg = np.empty((K, W, N), dtype=u.dtype)
+    yseg = np.empty((W, K), dtype=u.dtype)
+    gyseg = np.empty((W, K), dtype=u.dtype)
     gh = np.empty((W, N), dtype=u.dtype)
     gAacc = np.empty((W, N), dtype=u.dtype)
+    gDacc = np.empty(W, dtype=u.dtype)
+    gbacc = np.empty(W, dtype=u.dtype)
     gBacc = np.empty(N, dtype=u.dtype)
     gCacc = np.empty(N, dtype=u.dtype)
+    one = _one(u[0, 0, 0])
     for unit in range(lo, hi):
         b = unit // (G * nblk)
         g = (unit // nblk) % G
@@ -142,33 +198,52 @@ def _bwd_kernel(
         for w in range(nw):
             gh[w] = glast[b, d0 + w]
             gAacc[w] = 0.0
+            gDacc[w] = 0.0
+            gbacc[w] = 0.0
         for j in range(nck - 1, -1, -1):
             t0 = j * K
             t1 = min(L, t0 + K)
             for w in range(nw):
                 hseg[0, w] = ckpt[b, d0 + w, j]
-            for t in range(t0, t1):  # recompute this segment's states
+            for t in range(t0, t1):  # recompute this segment's states (and y_t for the gate)
                 k = t - t0
                 for w in range(nw):
                     d = d0 + w
                     dtt = dt[b, d, t]
                     du = dtt * u[b, d, t]
+                    acc = _zero(dtt)
                     for n in range(N):
                         e = _exp(dtt * A[d, n])
                         dAseg[k, w, n] = e
-                        hseg[k + 1, w, n] = e * hseg[k, w, n] + du * Bt[b, g, t, n]
+                        hn = e * hseg[k, w, n] + du * Bt[b, g, t, n]
+                        hseg[k + 1, w, n] = hn
+                        acc += hn * Ct[b, g, t, n]
+                    yseg[w, k] = acc
+            for w in range(nw):  # gate backward, vectorised over t: gradient reaching y_t
+                d = d0 + w
+                if has_z:
+                    for t in range(t0, t1):
+                        zt = z[b, d, t]
+                        s = one / (one + _exp(-zt))
+                        gyt = gout[b, d, t]
+                        yt = yseg[w, t - t0] + Dv[d] * u[b, d, t] if has_D else yseg[w, t - t0]
+                        gz[b, d, t] = gyt * yt * s * (one + zt * (one - s))
+                        gyseg[w, t - t0] = gyt * zt * s
+                else:
+                    for t in range(t0, t1):
+                        gyseg[w, t - t0] = gout[b, d, t]
             for t in range(t1 - 1, t0 - 1, -1):  # adjoint recurrence through it
                 k = t - t0
                 gBacc[:] = 0.0
                 gCacc[:] = 0.0
                 for w in range(nw):
                     d = d0 + w
-                    gyt = gy[b, d, t]
-                    dtt = dt[b, d, t]
                     ut = u[b, d, t]
+                    gyt = gyseg[w, k]
+                    dtt = dt[b, d, t]
                     dtu = dtt * ut
-                    gdu = 0.0
-                    gdA = 0.0
+                    gdu = _zero(dtt)
+                    gdA = _zero(dtt)
                     for n in range(N):
                         ghn = gh[w, n] + gyt * Ct[b, g, t, n]  # adjoint of h_t
                         gCacc[n] += gyt * hseg[k + 1, w, n]
@@ -178,14 +253,24 @@ def _bwd_kernel(
                         gdA += x * A[d, n]
                         gAacc[w, n] += x * dtt
                         gh[w, n] = ghn * dAseg[k, w, n]  # adjoint passed on to h_{t-1}
-                    gu[b, d, t] = gdu * dtt
-                    gdt[b, d, t] = gdA + gdu * ut
+                    if has_D:
+                        gu[b, d, t] = gdu * dtt + gyt * Dv[d]
+                        gDacc[w] += gyt * ut
+                    else:
+                        gu[b, d, t] = gdu * dtt
+                    gd = gdA + gdu * ut
+                    if softplus:
+                        gd = -gd * math.expm1(-dtt)
+                    gdelta[b, d, t] = gd
+                    gbacc[w] += gd
                 for n in range(N):
                     gB_part[p, b, g, t, n] += gBacc[n]
                     gC_part[p, b, g, t, n] += gCacc[n]
         for w in range(nw):
             gh0[b, d0 + w] = gh[w]
             gA_bd[b, d0 + w] = gAacc[w]
+            gD_bd[b, d0 + w] = gDacc[w]
+            gbias_bd[b, d0 + w] = gbacc[w]
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -221,54 +306,72 @@ def _parts(total: int) -> int:
 
 class _NumbaScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, dt, A, Bm, Cm, h0):  # noqa: D102 - see scan_numba
+    def forward(ctx, u, delta, A, Bm, Cm, D, z, delta_bias, h0, softplus):  # noqa: D102
         Bsz, Dm, L = u.shape
         N = A.shape[1]
+        dt = delta if delta_bias is None else delta + delta_bias[:, None]
+        if softplus:
+            dt = F.softplus(dt)
+        dt = dt.contiguous()
         Bt = Bm.detach().transpose(-1, -2).contiguous()  # (B, G, L, N)
         Ct = Cm.detach().transpose(-1, -2).contiguous()
-        K = CKPT
-        y = u.new_empty(Bsz, Dm, L)
+        has_z = z is not None
+        u, z = u.contiguous(), (z.contiguous() if has_z else u.new_zeros(1, 1, 1))
+        Dv = D.contiguous() if D is not None else u.new_zeros(1)
+        out = u.new_empty(Bsz, Dm, L)
         last = u.new_empty(Bsz, Dm, N)
-        ckpt = u.new_empty(Bsz, Dm, max(1, -(-L // K)), N)
-        args = (_np(u), _np(dt), _np(A), Bt.numpy(), Ct.numpy(), _np(h0), K,
-                y.numpy(), last.numpy(), ckpt.numpy())
+        ckpt = u.new_empty(Bsz, Dm, max(1, -(-L // CKPT)), N)
+        args = (_np(u), dt.numpy(), _np(A), Bt.numpy(), Ct.numpy(), Dv.numpy(), z.numpy(),
+                _np(h0), D is not None, has_z, CKPT,
+                out.numpy(), last.numpy(), ckpt.numpy())
         _parallel(_fwd_kernel, args, Bsz * Dm, _parts(Bsz * Dm))
-        ctx.save_for_backward(u, dt, A, Bt, Ct, ckpt)
-        return y, last
+        ctx.flags = (D is not None, has_z, softplus, delta_bias is not None)
+        ctx.save_for_backward(u, dt, A, Bt, Ct, Dv, z, ckpt)
+        return out, last
 
     @staticmethod
-    def backward(ctx, gy, glast):  # noqa: D102
-        u, dt, A, Bt, Ct, ckpt = ctx.saved_tensors
+    def backward(ctx, gout, glast):  # noqa: D102
+        u, dt, A, Bt, Ct, Dv, z, ckpt = ctx.saved_tensors
+        has_D, has_z, softplus, has_bias = ctx.flags
         Bsz, Dm, L = u.shape
         G, N = Bt.shape[1], A.shape[1]
-        gy = torch.zeros_like(u) if gy is None else gy.to(u.dtype)
-        glast = u.new_zeros(Bsz, Dm, N) if glast is None else glast.to(u.dtype)
+        gout = torch.zeros_like(u) if gout is None else gout.to(u.dtype).contiguous()
+        glast = u.new_zeros(Bsz, Dm, N) if glast is None else glast.to(u.dtype).contiguous()
         W = BWD_BLOCK
         units = Bsz * G * -(-(Dm // G) // W)
         P = _parts(units)
-        gu, gdt = torch.empty_like(u), torch.empty_like(u)
+        gu, gdelta = torch.empty_like(u), torch.empty_like(u)
+        gz = torch.empty_like(u) if has_z else u.new_zeros(1, 1, 1)
         gA_bd = u.new_empty(Bsz, Dm, N)
+        gD_bd = u.new_empty(Bsz, Dm)
+        gbias_bd = u.new_empty(Bsz, Dm)
         gB_part = u.new_zeros(P, Bsz, G, L, N)
         gC_part = u.new_zeros(P, Bsz, G, L, N)
         gh0 = u.new_empty(Bsz, Dm, N)
-        args = (_np(u), _np(dt), _np(A), Bt.numpy(), Ct.numpy(), ckpt.numpy(), _np(gy),
-                _np(glast), CKPT, W, gu.numpy(), gdt.numpy(), gA_bd.numpy(), gB_part.numpy(),
-                gC_part.numpy(), gh0.numpy())
+        args = (u.numpy(), dt.numpy(), A.numpy(), Bt.numpy(), Ct.numpy(), Dv.numpy(), z.numpy(),
+                has_D, has_z, softplus, ckpt.numpy(), gout.numpy(), glast.numpy(), CKPT, W,
+                gu.numpy(), gdelta.numpy(), gz.numpy(), gA_bd.numpy(), gD_bd.numpy(),
+                gbias_bd.numpy(), gB_part.numpy(), gC_part.numpy(), gh0.numpy())
         _parallel(_bwd_kernel, args, units, P)
         gB = gB_part.sum(0).transpose(-1, -2)  # (B, G, N, L)
         gC = gC_part.sum(0).transpose(-1, -2)
-        return gu, gdt, gA_bd.sum(0), gB, gC, gh0
+        return (gu, gdelta, gA_bd.sum(0), gB, gC, gD_bd.sum(0) if has_D else None,
+                gz if has_z else None, gbias_bd.sum(0) if has_bias else None, gh0, None)
 
 
 def scan_numba(
     u: Tensor,  # (B, D, L) compute dtype, CPU
-    dt: Tensor,  # (B, D, L)
+    delta: Tensor,  # (B, D, L) compute dtype, before bias and softplus
     A: Tensor,  # (D, N)
     Bm: Tensor,  # (B, G, N, L)
     Cm: Tensor,  # (B, G, N, L)
+    D: Tensor | None,  # (D,)
+    z: Tensor | None,  # (B, D, L)
+    delta_bias: Tensor | None,  # (D,)
     h0: Tensor,  # (B, D, N)
+    softplus: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Return (y without D-skip and gate (B, D, L), last state (B, D, N))."""
+    """Return (out = (⟨h_t, C_t⟩ + D·u_t)·SiLU(z_t) (B, D, L), last state (B, D, N))."""
     if u.shape[-1] == 0:
         return u.new_zeros(u.shape), h0
-    return _NumbaScan.apply(u, dt, A, Bm, Cm, h0)
+    return _NumbaScan.apply(u, delta, A, Bm, Cm, D, z, delta_bias, h0, softplus)

@@ -148,11 +148,6 @@ def selective_scan(
     N = A.shape[1]
     groups = max(M.shape[1] if M.dim() == 4 else 1 for M in (B, C))
     uc = u.to(cdtype)
-    dt = delta.to(cdtype)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cdtype)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     Ac = A.to(cdtype)
     Bg, Cg = _grouped(B.to(cdtype), groups), _grouped(C.to(cdtype), groups)
     h0 = (
@@ -160,6 +155,24 @@ def selective_scan(
         if initial_state is not None
         else uc.new_zeros(Bsz, Dm, N)
     )
+    if name == "numba":
+        if u.device.type != "cpu":
+            raise ValueError("the numba backend runs on CPU tensors only; use backend='torch'")
+        from ._numba import scan_numba
+
+        # D skip, gate, bias and softplus are fused into the kernels (and their backward)
+        out, last = scan_numba(
+            uc, delta.to(cdtype), Ac, Bg, Cg, None if D is None else D.to(cdtype),
+            None if z is None else z.to(cdtype),
+            None if delta_bias is None else delta_bias.to(cdtype), h0, delta_softplus,
+        )
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
+    dt = delta.to(cdtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cdtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
     if name == "ref":
         H = Dm // groups
         y, last = scan_ref(
@@ -167,12 +180,6 @@ def selective_scan(
         )
     elif name == "torch":
         y, last = scan_torch(uc, dt, Ac, Bg, Cg, h0)
-    elif name == "numba":
-        if u.device.type != "cpu":
-            raise ValueError("the numba backend runs on CPU tensors only; use backend='torch'")
-        from ._numba import scan_numba
-
-        y, last = scan_numba(uc, dt, Ac, Bg, Cg, h0)
     else:  # pragma: no cover - resolve_backend only returns known names
         raise AssertionError(name)
     if D is not None:
