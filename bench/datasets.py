@@ -37,7 +37,7 @@ NA_MARKERS = {"", "--", "'--", "na", "n/a", "nan", "none", "null", "not reported
 # Known spellings, first match wins. GDC renamed its columns with the 2024 portal ("cases.*").
 COLUMN_CANDIDATES: dict[str, list[str]] = {
     "case_id": ["case_id", "cases.submitter_id", "case_submitter_id", "submitter_id", "PATIENT_ID",
-                "bcr_patient_barcode", "patient_id", "patient"],
+                "bcr_patient_barcode", "patient_id", "patient", "slide_id"],
     "stage": ["stage", "diagnoses.ajcc_pathologic_stage", "ajcc_pathologic_stage", "AJCC_PATHOLOGIC_TUMOR_STAGE",
               "ajcc_pathologic_tumor_stage", "tumor_stage", "pathologic_stage"],
     "vital_status": ["vital_status", "demographic.vital_status", "OS_STATUS", "vital"],
@@ -47,7 +47,7 @@ COLUMN_CANDIDATES: dict[str, list[str]] = {
     "os_months": ["OS_MONTHS", "os_months"],
     "time": ["time", "survival_months", "time_months"],
     "event": ["event", "censorship_inverted", "status"],
-    "label": ["label"],
+    "label": ["label", "class"],
 }
 
 _STAGE_RE = re.compile(r"^(?:STAGE\s*)?(IV|III|II|I)(?:[ABC]\d?)?$")
@@ -126,7 +126,29 @@ def _read_table(path: Path, fmt: str) -> pd.DataFrame:
         raise DatasetError(f"cannot parse clinical table {path} as {fmt}: {exc}") from exc
 
 
-def load_clinical(path: str | Path, fmt: str, columns: dict[str, str] | None = None) -> pd.DataFrame:
+def parse_label(value: Any, label_map: dict[str, int] | None, where: str) -> float:
+    """A binary label: 0/1, or a string of ``label_map`` (case-insensitive, e.g. ``{normal: 0, tumor: 1}``);
+    NA markers → NA; anything else is a :class:`DatasetError` naming ``where`` (file and row)."""
+    if _is_na(value):
+        return np.nan
+    s = str(value).strip()
+    if label_map:
+        low = {str(k).strip().lower(): int(v) for k, v in label_map.items()}
+        if s.lower() in low:
+            return float(low[s.lower()])
+    try:
+        f = float(s)
+    except ValueError:
+        f = np.nan
+    if f in (0.0, 1.0):
+        return f
+    known = ", ".join(sorted(map(str, label_map or {}))) or "none"
+    raise DatasetError(f"{where}: unknown label {value!r}. Labels must be 0/1 or one of the dataset's "
+                       f"`labels:` strings ({known}); add it to `labels:` in the dataset config or fix the row.")
+
+
+def load_clinical(path: str | Path, fmt: str, columns: dict[str, str] | None = None,
+                  label_map: dict[str, int] | None = None) -> pd.DataFrame:
     """Read a clinical table into one row per case: ``case_id, stage, time, event`` (+ ``label``).
 
     ``fmt``: ``gdc`` (GDC clinical.tsv, days), ``cbioportal`` (OS_MONTHS / OS_STATUS) or
@@ -170,11 +192,15 @@ def load_clinical(path: str | Path, fmt: str, columns: dict[str, str] | None = N
         out["event"] = raw.loc[out.index, st].map(_parse_event) if st else np.nan
         out["time"] = raw.loc[out.index, om].map(_to_float) if om else np.nan
     else:
-        for key in ("time", "event", "label"):
+        for key in ("time", "event"):
             col = _find(raw, key, ov)
             if col is not None:
                 conv = _parse_event if key == "event" else _to_float
                 out[key] = raw.loc[out.index, col].map(conv)
+        col = _find(raw, "label", ov)
+        if col is not None:  # binary classification (e.g. CAMELYON16: normal / tumor)
+            out["label"] = [parse_label(v, label_map, f"{path}, row {int(i) + 2} ({col})")
+                            for i, v in raw.loc[out.index, col].items()]
         for key in ("time", "event"):
             if key not in out:
                 out[key] = np.nan
@@ -250,6 +276,8 @@ class DatasetSpec:
     # model options per family or method glob, e.g. {end-to-end: {magnification: 1.25},
     # pixelmamba-*: {scan_window: 64}}; CLI --model wins
     model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # binary labels of the classification task: strings of the `label` column -> 0/1, e.g. {normal: 0, tumor: 1}
+    labels: dict[str, int] = field(default_factory=dict)
 
     @property
     def data_root(self) -> Path:
@@ -360,7 +388,7 @@ def load_cohort(name_or_spec: str | DatasetSpec) -> Cohort:
         raise DatasetError(_missing_message(spec, f"clinical table {clinical_path} does not exist"))
     slides = find_slides(spec)
     slides["case_id"] = slides["slide_id"].map(lambda s: _case_of(s, spec.case_id))
-    clin = load_clinical(clinical_path, spec.clinical_format, spec.columns)
+    clin = load_clinical(clinical_path, spec.clinical_format, spec.columns, spec.labels or None)
     merged = slides.merge(clin, on="case_id", how="inner")
     dropped = {
         "slides without a clinical row": sorted(set(slides["slide_id"]) - set(merged["slide_id"])),

@@ -68,6 +68,7 @@ __all__ = [
     "demo_specs",
     "render_slide",
     "is_demo_complete",
+    "demo_label",
 ]
 
 log = logging.getLogger(__name__)
@@ -383,11 +384,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _manifest_key(seed: int, n_cases: int) -> dict:
-    return {"generator": "wsi-bench demo", "version": DEMO_VERSION, "seed": seed, "n_cases": n_cases}
+def _manifest_key(seed: int, n_cases: int, binary_label: bool = False) -> dict:
+    key = {"generator": "wsi-bench demo", "version": DEMO_VERSION, "seed": seed, "n_cases": n_cases}
+    if binary_label:  # only when set, so manifests of the default demo stay valid
+        key["binary_label"] = True
+    return key
 
 
-def is_demo_complete(root: Path, seed: int = 0, n_cases: int = 48) -> bool:
+def is_demo_complete(root: Path, seed: int = 0, n_cases: int = 48, binary_label: bool = False) -> bool:
     """True when ``root`` holds a finished demo made with these parameters (manifest matches and
     every listed file exists)."""
     root = Path(root)
@@ -395,22 +399,28 @@ def is_demo_complete(root: Path, seed: int = 0, n_cases: int = 48) -> bool:
         manifest = json.loads((root / "MANIFEST.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    key = _manifest_key(seed, n_cases)
-    if any(manifest.get(k) != v for k, v in key.items()):
+    key = _manifest_key(seed, n_cases, binary_label)
+    if any(manifest.get(k) != v for k, v in key.items()) or bool(manifest.get("binary_label")) != binary_label:
         return False
     return all((root / rel).is_file() for rel in manifest.get("files", {}))
 
 
-def _clinical_csv(cases: list[CaseSpec]) -> str:
+def demo_label(case: CaseSpec) -> str:
+    """The demo's binary label (``binary_label=True``): ``Tumor`` for stages III–IV, whose planted
+    nuclei are denser, larger and darker, else ``Normal`` — strings, as in CAMELYON16 label files."""
+    return "Tumor" if case.stage >= 2 else "Normal"
+
+
+def _clinical_csv(cases: list[CaseSpec], with_label: bool = False) -> str:
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["case_id", "stage", "time", "event"])
+    wr.writerow(["case_id", "stage", "time", "event"] + (["label"] if with_label else []))
     for c in cases:
-        wr.writerow([c.case_id, c.stage, f"{c.time:.1f}", c.event])
+        wr.writerow([c.case_id, c.stage, f"{c.time:.1f}", c.event] + ([demo_label(c)] if with_label else []))
     return buf.getvalue()
 
 
-def generate_demo(root: Path, seed: int = 0, n_cases: int = 48) -> Path:
+def generate_demo(root: Path, seed: int = 0, n_cases: int = 48, binary_label: bool = False) -> Path:
     """Generate (or confirm) the demo cohort under ``root`` and return ``root``.
 
     Idempotent: when ``MANIFEST.json`` matches ``(version, seed, n_cases)`` and its files exist,
@@ -420,11 +430,11 @@ def generate_demo(root: Path, seed: int = 0, n_cases: int = 48) -> Path:
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    if is_demo_complete(root, seed, n_cases):
+    if is_demo_complete(root, seed, n_cases, binary_label):
         log.info("demo cohort at %s is up to date (seed %d, %d cases)", root, seed, n_cases)
         return root
     with FileLock(str(root / ".demo.lock")):
-        if is_demo_complete(root, seed, n_cases):  # another process finished it meanwhile
+        if is_demo_complete(root, seed, n_cases, binary_label):  # another process finished it meanwhile
             return root
         manifest_path = root / "MANIFEST.json"
         old_files: set[str] = set()
@@ -454,14 +464,14 @@ def generate_demo(root: Path, seed: int = 0, n_cases: int = 48) -> Path:
                 "tissue_fraction": round(float(rendered.tissue.mean()), 4),
             }
         clinical = root / "clinical.csv"
-        _atomic_write_text(clinical, _clinical_csv(cases))
+        _atomic_write_text(clinical, _clinical_csv(cases, binary_label))
         files["clinical.csv"] = _sha256(clinical)
         for rel in old_files - set(files):
             stale = root / rel
             if stale.parent == slides_dir and stale.suffix == ".tiff":
                 stale.unlink(missing_ok=True)
         manifest = {
-            **_manifest_key(seed, n_cases),
+            **_manifest_key(seed, n_cases, binary_label),
             "mpp": MPP,
             "magnification": 20.0,
             "format": "pyramidal tiled JPEG TIFF (tifffile), levels downsampled by 4",

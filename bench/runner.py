@@ -203,7 +203,77 @@ class SlideInputs:
         return Sample(case_id, one, labels, views=lambda: [self._tensor(s) for s in slides])
 
 
-Inputs = FeatureInputs | SlideInputs
+REGION_DEFAULTS = {"n": 100, "size": 2048, "magnification": 20.0, "voting": "majority", "seed": 0,
+                   "min_tissue": 0.5, "cache_pixels": True}
+
+
+class RegionInputs(SlideInputs):
+    """End-to-end inputs as random tissue regions (the CAMELYON16 protocol of the Pixel-Mamba
+    supplement: 100 regions of 2048² px at 20× per slide). Each training step sees one region of one
+    of the case's slides, drawn at random and labelled with the case's label; at test time every
+    region of every slide of the case is predicted and a voting ensemble gives the case's prediction
+    (``bench.train.vote``). Regions are sampled once per slide (seeded, in tissue) and cached by
+    ``feature_cache.regions.RegionCache``."""
+
+    def __init__(self, cohort: Cohort, regions: dict[str, Any], cache_root: Path, progress: bool) -> None:
+        from feature_cache.regions import RegionCache
+
+        from .train import VOTING
+
+        unknown = set(regions) - set(REGION_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown region options {sorted(unknown)}; allowed: {sorted(REGION_DEFAULTS)}")
+        self.opts = {**REGION_DEFAULTS, **regions}
+        if self.opts["voting"] not in VOTING:
+            raise ValueError(f"regions.voting must be one of {VOTING}, got {self.opts['voting']!r}")
+        self.cohort = cohort
+        self.progress = progress
+        self.slides_of = cohort.slides_of()
+        self.paths = dict(zip(cohort.table["slide_id"], cohort.table["slide_path"]))
+        self.missing: set[str] = set()
+        self.regions = RegionCache(cache_root, self.opts["n"], self.opts["size"], self.opts["magnification"],
+                                   seed=self.opts["seed"], min_tissue=self.opts["min_tissue"],
+                                   cache_pixels=self.opts["cache_pixels"])
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        o = self.opts
+        return {"input": f"{o['n']} regions {o['size']}px@{o['magnification']:g}x", "voting": o["voting"],
+                "region_seed": o["seed"], "random_weights": False}
+
+    def ensure(self, cases: Iterable[str] | None = None) -> None:
+        self.missing = set(self.regions.ensure(_slide_paths(self.cohort, cases), progress=self.progress,
+                                               mpp_override=self.cohort.spec.mpp_override))
+
+    def _region(self, slide_id: str, i: int | None) -> torch.Tensor | list[torch.Tensor]:
+        arr = self.regions.regions(slide_id, self.paths[slide_id], self.cohort.spec.mpp_override)
+        return _normalise(arr[i]) if i is not None else [_normalise(a) for a in arr]
+
+    def sample(self, case_id: str, labels: dict[str, float]) -> Sample:
+        slides = self._slides(case_id)
+        n = int(self.opts["n"])
+
+        def one() -> torch.Tensor:
+            sid = slides[int(torch.randint(len(slides), (1,)))]
+            return self._region(sid, int(torch.randint(n, (1,))))
+
+        def views() -> Iterable[torch.Tensor]:
+            for sid in slides:
+                for i in range(n):
+                    yield self._region(sid, i)
+
+        return Sample(case_id, one, labels, views=views, vote=self.opts["voting"])
+
+
+def _normalise(arr: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 → (1, 3, H, W) float normalised with ImageNet statistics."""
+    x = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((x - mean) / std).unsqueeze(0)
+
+
+Inputs = FeatureInputs | SlideInputs | RegionInputs
 
 
 def _labels(row: pd.Series, task: str) -> dict[str, float]:
@@ -221,13 +291,15 @@ def model_options(spec: MethodSpec, cohort: Cohort, overrides: dict[str, Any] | 
 
 
 # options that choose a method's inputs, not its network: never passed to the model's builder
-INPUT_OPTIONS = ("magnification",)
+INPUT_OPTIONS = ("magnification", "regions")
 
 
 def inputs_key(spec: MethodSpec, model_opts: dict[str, Any]) -> str:
     """Methods with the same key consume the same inputs (and share them within a run)."""
     if spec.input == "features":
         return f"features:{spec.encoder}"
+    if model_opts.get("regions"):
+        return "regions:" + config_hash(dict(model_opts["regions"]))
     return f"slide:{float(model_opts.get('magnification', spec.magnification or 2.5)):g}"
 
 
@@ -236,6 +308,8 @@ def make_inputs(spec: MethodSpec, cohort: Cohort, cache: Path | str, model_opts:
     """The inputs a method consumes: cached patch features of its encoder, or whole slides."""
     if spec.input == "features":
         return FeatureInputs(cohort, spec.encoder, Path(cache), cohort.spec.allow_random_weights, progress)
+    if model_opts.get("regions"):
+        return RegionInputs(cohort, dict(model_opts["regions"]), Path(cache), progress)
     mag = float(model_opts.get("magnification", spec.magnification or 2.5))
     return SlideInputs(cohort, mag, Path(cache), progress)
 

@@ -12,7 +12,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -67,7 +67,33 @@ class Sample:
     case_id: str
     load: Callable[[], torch.Tensor]  # the input of one training step
     labels: dict[str, float]
-    views: Callable[[], list[torch.Tensor]] | None = None  # inputs whose logits are averaged at test time
+    views: Callable[[], Iterable[torch.Tensor]] | None = None  # the inputs predicted at test time
+    # how the views' outputs become one prediction: None = mean of logits; "majority" / "mean_prob" =
+    # a voting ensemble over the views (see `vote`; classification and staging only)
+    vote: str | None = None
+
+
+VOTING = ("majority", "mean_prob")
+
+
+def vote(probs: torch.Tensor, how: str) -> torch.Tensor:
+    """One case's class scores from its views' class probabilities ``probs`` (V, C).
+
+    ``majority``: each view votes for its arg-max class; the score of a class is its share of the
+    votes (for a binary task, the fraction of regions called positive — the AUC is computed on it).
+    The predicted class is the arg-max of the scores; a tie between classes is broken by the mean
+    probability, nudged into the scores by at most 1e-6 so ranking by score is unchanged otherwise.
+    ``mean_prob``: the mean of the views' probabilities (soft voting).
+    """
+    if probs.dim() != 2 or probs.shape[0] == 0:
+        raise ValueError(f"vote expects (V >= 1, C) probabilities, got {tuple(probs.shape)}")
+    if how == "mean_prob":
+        return probs.mean(0)
+    if how == "majority":
+        n_views, n_cls = probs.shape
+        share = torch.bincount(probs.argmax(1), minlength=n_cls).double() / n_views
+        return (share + 1e-6 * probs.double().mean(0) / n_views).float()
+    raise ValueError(f"unknown voting {how!r}; use one of {VOTING}")
 
 
 def zscore_samples(train: Sequence[Sample], test: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
@@ -85,7 +111,7 @@ def zscore_samples(train: Sequence[Sample], test: Sequence[Sample]) -> tuple[lis
     def wrap(s: Sample) -> Sample:
         load = s.load
         return Sample(s.case_id, lambda: (load() - mean) / std, s.labels,
-                      None if s.views is None else (lambda v=s.views: [(x - mean) / std for x in v()]))
+                      None if s.views is None else (lambda v=s.views: ((x - mean) / std for x in v())), s.vote)
 
     return [wrap(s) for s in train], [wrap(s) for s in test]
 
@@ -194,8 +220,20 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
     rows = []
     for s in samples:
         xs = s.views() if s.views is not None else [s.load()]
-        logits = torch.stack([model(x).float() for x in xs]).mean(dim=0)
         row: dict[str, Any] = {"case_id": s.case_id, **s.labels}
+        if s.vote is not None:
+            if task == "survival":
+                raise TrainingError("voting over views is defined for classification and staging, not survival")
+            probs = torch.cat([torch.softmax(model(x).float(), dim=1) for x in xs])  # (V, C), views one by one
+            if not torch.isfinite(probs).all():
+                raise TrainingError(f"the model predicted NaN/inf for case {s.case_id}")
+            score = vote(probs, s.vote)
+            row["pred"] = int(score.argmax())
+            row.update({f"prob{k}": float(v) for k, v in enumerate(score)})
+            row["n_views"] = int(probs.shape[0])
+            rows.append(row)
+            continue
+        logits = torch.stack([model(x).float() for x in xs]).mean(dim=0)
         if task == "survival":
             row["risk"] = float(T.survival_risk(logits)[0])
             surv = torch.cumprod(1 - torch.sigmoid(logits), dim=1)[0]
