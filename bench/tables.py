@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -48,7 +48,8 @@ class Cell:
         return f"{self.mean:.4f} ± {self.std:.4f}{partial}"
 
 
-def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survival")) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survival", "classification")
+                ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Rows (method, variant) × columns (task, dataset) of primary-metric cells.
 
     ``summary`` is the concatenation of ``results/<dataset>/summary.csv`` with a ``dataset`` column.
@@ -204,3 +205,58 @@ def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
     if not wide.empty and wide["random_weights"].any():
         out.append(f"\n{RANDOM_MARK} random encoder weights: not comparable to published numbers.")
     return "\n".join(out) + "\n"
+
+
+# --- the supplement's Table 4 layout: one classification dataset, AUC and accuracy -------------------
+CLASSIFICATION_METRICS = (("auc", "AUC"), ("accuracy", "ACC"))
+
+
+def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]:
+    """(LaTeX, Markdown) of the classification results of ``dataset`` in the layout of the Pixel-Mamba
+    supplement's Table 4: Method | AUC | ACC, mean ± std over folds, best of each column in bold."""
+    sub = summary[(summary["task"] == "classification") & (summary["dataset"] == dataset)].copy()
+    sub["variant"] = sub["variant"].fillna("")
+    rows = []
+    for (method, variant), g in sub.groupby(["method", "variant"], sort=False):
+        first = g.iloc[0]
+        name = str(first["label"]) + (f" ({variant})" if variant else "")
+        if first["family"] == "two-stage" and (first.get("encoder") or "") in ENCODERS:
+            name = f"{ENCODERS[first['encoder']]['label']}+{first['label']}" + (f" ({variant})" if variant else "")
+        row = {"name": name, "random": bool(g["random_weights"].astype(bool).any()),
+               "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False}
+        for metric, _ in CLASSIFICATION_METRICS:
+            hit = g[g["metric"] == metric]
+            row[metric] = (Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), int(hit["n_folds"].iloc[0]),
+                                int(hit["expected_folds"].iloc[0]) if "expected_folds" in hit else 5)
+                           if len(hit) else None)
+        rows.append(row)
+    best = {m: max((r[m].mean for r in rows if r[m] is not None and not math.isnan(r[m].mean)), default=None)
+            for m, _ in CLASSIFICATION_METRICS}
+
+    def cell(r: dict, m: str, bold: Callable[[str], str]) -> str:
+        c = r[m]
+        if c is None:
+            return "–"
+        txt = c.text()
+        return bold(txt) if best[m] is not None and round(c.mean, 4) == round(best[m], 4) else txt
+
+    heads = [h for _, h in CLASSIFICATION_METRICS]
+    tex = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * len(heads) + "}", r"\toprule",
+           " & ".join(["Method"] + heads) + r" \\", r"\midrule"]
+    md = ["| " + " | ".join(["Method"] + heads) + " |", "|" + "---|" * (len(heads) + 1)]
+    for r in rows:
+        mark = r"$^\dagger$" if r["random"] else ""
+        tex.append(" & ".join([_latex_escape(r["name"]) + mark]
+                              + [cell(r, m, lambda t: rf"\textbf{{{t}}}").replace("±", r"$\pm$")
+                                 for m, _ in CLASSIFICATION_METRICS]) + r" \\")
+        md.append("| " + " | ".join([r["name"] + (f" {RANDOM_MARK}" if r["random"] else "")]
+                                   + [cell(r, m, lambda t: f"**{t}**") for m, _ in CLASSIFICATION_METRICS]) + " |")
+    cap = (rf"Classification on {_latex_escape(dataset.upper())}: AUC and accuracy, mean $\pm$ standard deviation "
+           r"(population) over the patient-level test folds. Best in \textbf{bold}.")
+    if any(r["tuned"] for r in rows):
+        cap += TUNED_NOTE
+    if any(r["random"] for r in rows):
+        cap += r" $^\dagger$Random encoder weights: not comparable to published numbers."
+    tex += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{cap}}}", rf"\label{{tab:classification_{dataset}}}",
+            r"\end{table}"]
+    return "\n".join(tex) + "\n", "\n".join(md) + "\n"

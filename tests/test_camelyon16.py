@@ -145,7 +145,7 @@ model:
 def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkeypatch):
     from bench import registry, runner
     from bench.results import ResultsStore
-    from bench.tables import build_table, to_markdown
+    from bench.tables import build_table, classification_table, to_markdown
 
     spec, root = binary_cohort
     monkeypatch.setitem(registry._METHODS, "tinycnn", registry.MethodSpec(
@@ -183,3 +183,10 @@ def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkey
     wide, cols = build_table(summary, tasks=["classification"])
     assert cols == [("classification", "camtoy")]
     assert "TinyCNN" in to_markdown(wide, cols) and "(2/5 folds)" in to_markdown(wide, cols)
+    tex, md = classification_table(summary, "camtoy")
+    auc = summary[(summary.metric == "auc")].iloc[0]
+    acc = summary[(summary.metric == "accuracy")].iloc[0]
+    assert md.splitlines()[0] == "| Method | AUC | ACC |"
+    assert f"{acc['mean']:.4f} ± {acc['std']:.4f}" in md.splitlines()[2]
+    assert r"\begin{tabular}{lcc}" in tex and "AUC and accuracy" in tex
+    assert auc["n_folds"] == 2

@@ -15,6 +15,7 @@ log = logging.getLogger("bench")
 EPILOG = """examples:
   python -m bench table --dataset demo         # results/tables/table2_demo.tex + KM figures
   python -m bench table                        # every dataset with results, one table (paper's Table 2)
+  python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
 """
@@ -34,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text
     from ..plots import km_figure
     from ..results import ResultsStore
-    from ..tables import build_table, to_latex, to_markdown
+    from ..tables import build_table, classification_table, to_latex, to_markdown
 
     store = ResultsStore(args.results)
     datasets = args.dataset.split(",") if args.dataset else store.datasets()
@@ -55,6 +56,14 @@ def main(args: argparse.Namespace) -> int:
     atomic_write_text(out.with_suffix(".md"), md)
     print(md)
     print(f"LaTeX: {out}")
+    for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
+        if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
+            tex, cmd = classification_table(summary, d)
+            cout = args.results / "tables" / f"classification_{d}.tex"
+            atomic_write_text(cout, tex)
+            atomic_write_text(cout.with_suffix(".md"), cmd)
+            print(cmd)
+            print(f"LaTeX: {cout}")
     if not args.no_figures:
         for d in datasets:
             for method in summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique():
