@@ -311,6 +311,9 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
                 objective = Objective(spec, task, train_cases, inner_split, inputs, space, fixed_train,
                                       base_model, cohort, seed, k, prune)
                 study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(seed, study_name, study, storage))
+                # samplers and pruners are not stored with a study: every worker sets its own
+                study.pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if prune
+                                else optuna.pruners.NopPruner())
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
                     study.optimize(objective, n_trials=todo, timeout=timeout, gc_after_trial=True,
