@@ -7,6 +7,7 @@ float64 on the same values, so float32 backends are judged against the exact ans
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,8 +110,19 @@ def test_backend_matches_ref(backend, config, L, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_long_sequence_crosses_spans(backend, dtype):
-    """1100 tokens: several numba checkpoint segments and two torch spans (checkpointed)."""
+    """1100 tokens: several numba checkpoint segments (256) and torch spans (256)."""
     compare(backend, {}, 1100, dtype)
+
+
+@pytest.mark.parametrize("config", ["all", "groups2"])
+@pytest.mark.parametrize("strategy", ["loop", "blocked"])
+def test_torch_scan_strategies(strategy, config, monkeypatch):
+    """The torch backend's two in-span scans (token loop, blocked associative scan) both match
+    ref, across span and block boundaries (600 tokens: spans of 256, blocks of 64)."""
+    from pixelmamba.ops import _torch
+
+    monkeypatch.setattr(_torch, "SEQUENTIAL_MIN_STEP", 0 if strategy == "loop" else 10**9)
+    compare("torch", CONFIGS[config], 600, torch.float64)
 
 
 @pytest.mark.parametrize("backend", ["ref", *CPU_BACKENDS])
@@ -226,3 +238,51 @@ def test_numba_several_threads_and_partial_blocks():
     check("last_state", last, last_ref, torch.float64)
     for k in grads_ref:
         check(f"d{k}", grads[k], grads_ref[k], torch.float64)
+
+
+def test_auto_picks_per_device(monkeypatch):
+    """CPU: numba, or torch without numba. CUDA: mamba-ssm's kernel for stateless calls up to
+    CUDA_MAX_LEN tokens (open reports of wrong results beyond ~61K), otherwise torch."""
+    import importlib
+    from types import SimpleNamespace
+
+    ss = importlib.import_module("pixelmamba.ops.selective_scan")  # the module, not the function
+
+    cpu = torch.zeros(1, 4, 10)
+    assert resolve_backend("auto", cpu, None, False) == "numba"
+    monkeypatch.setattr(ss, "numba_available", lambda: False)
+    assert resolve_backend("auto", cpu, None, False) == "torch"
+
+    def cuda(L):
+        return SimpleNamespace(is_cuda=True, device=torch.device("cuda"), shape=(1, 4, L))
+
+    monkeypatch.setattr(ss, "mamba_ssm_available", lambda: True)
+    assert resolve_backend("auto", cuda(ss.CUDA_MAX_LEN), None, False) == "cuda"
+    assert resolve_backend("auto", cuda(ss.CUDA_MAX_LEN + 1), None, False) == "torch"
+    assert resolve_backend("auto", cuda(100), torch.zeros(1), False) == "torch"
+    assert resolve_backend("auto", cuda(100), None, True) == "torch"
+    monkeypatch.setattr(ss, "mamba_ssm_available", lambda: False)
+    assert resolve_backend("auto", cuda(100), None, False) == "torch"
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 3e-7)])
+def test_numba_exp_matches_numpy(dtype, rtol):
+    """The kernels' own vectorisable exp against numpy's, over the whole range a decay or a
+    gate can take (values below exp(-87) / exp(-708) are flushed: they are 0 for any use)."""
+    import numba
+
+    from pixelmamba.ops._numba import _exp
+
+    @numba.njit(fastmath={"reassoc", "nsz", "contract"})
+    def vexp(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _exp(x[i])
+
+    lo = -87.0 if dtype == np.float32 else -708.0
+    x = np.concatenate([np.linspace(lo, 80.0, 200_001), np.linspace(-1, 1, 20_001)]).astype(dtype)
+    out = np.empty_like(x)
+    vexp(x, out)
+    want = np.exp(x.astype(np.float64))
+    err = np.abs(out.astype(np.float64) - want) / want
+    print(f"{dtype.__name__}: max relative error {err.max():.3e}")
+    assert err.max() <= rtol
