@@ -36,8 +36,11 @@ class MethodSpec:
     family: str  # "two-stage" | "end-to-end"
     builder: str  # "module:attr", imported only when the model is built
     label: str  # display name in tables, e.g. "ABMIL"
-    encoder: str | None = None  # two-stage: which cached features it consumes
-    input: str = "features"  # "features" | "slide"
+    encoder: str | None = None  # two-stage: which cached features it consumes (and its table group)
+    # "features": a bag (N, D); "tiles": Bag(features, grid coords); "region_features": HIPT's regions;
+    # "slide": the whole slide image
+    input: str = "features"
+    source: str | None = None  # hierarchical rows: the feature_cache encoder whose outputs they read
     magnification: float | None = None  # end-to-end: slide magnification it reads
     config: str | None = None  # configs/methods/<config>.yaml holds its training defaults
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -48,6 +51,11 @@ class MethodSpec:
     @property
     def feature_dim(self) -> int | None:
         return ENCODERS[self.encoder]["dim"] if self.encoder else None
+
+    @property
+    def cache_encoder(self) -> str | None:
+        """The patch encoder whose cached outputs this method reads."""
+        return self.source or self.encoder
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -128,6 +136,18 @@ register_aggregator("abmil", "ABMIL", "baselines.mil.abmil:ABMIL")
 register_aggregator("transmil", "TransMIL", "baselines.mil.transmil:TransMIL")
 register_aggregator("ilra", "ILRA-MIL", "baselines.mil.ilra:ILRA")
 register_aggregator("mambamil", "MambaMIL", "baselines.mil.mambamil:MambaMIL")
+
+# Hierarchical rows (Table 2, "Two-stage hierarchical representation"): a frozen first stage whose
+# outputs are cached, then a pretrained second stage (ViT-4K / LongNet slide encoder) and a head.
+HIERARCHICAL = "Two-stage hierarchical representation"
+register(MethodSpec(name="hipt", family="two-stage", builder="baselines.hipt:HIPT", label="HIPT",
+                    input="region_features", source="hipt-vit256", config="hierarchical", group=HIERARCHICAL,
+                    backbone="HIPT-ViT-6"))
+for _variant, _label in (("cls", "Prov-GigaPath (CLS token)"), ("feat", "Prov-GigaPath (feature)")):
+    register(MethodSpec(name=f"prov-gigapath-{_variant}", family="two-stage",
+                        builder="baselines.prov_gigapath:ProvGigaPath", label=_label, input="tiles",
+                        source="gigapath", config="hierarchical", kwargs={"variant": _variant}, group=HIERARCHICAL,
+                        backbone="ViT-LongNet"))
 
 
 def register_end_to_end(name: str, label: str, builder: str, backbone: str, magnification: float = 2.5,

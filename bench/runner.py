@@ -24,7 +24,7 @@ from .memory import bound_heap_growth
 from .registry import MethodSpec, build_model, count_parameters
 from .results import ResultsStore, Unit, config_hash
 from .splits import SplitManager, Splits
-from .train import Sample, TrainConfig, train_and_predict
+from .train import Bag, Sample, TrainConfig, train_and_predict
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +51,32 @@ def unit_seed(seed: int, *parts: Any) -> int:
 
 class BagCache:
     """Patch-feature bags per case, loaded lazily from the feature cache and kept in memory up to a
-    byte budget (LRU), so a 5-fold run reads each HDF5 file about once."""
+    byte budget (LRU), so a 5-fold run reads each HDF5 file about once. A loader returns an array
+    (a plain bag) or a :class:`Bag` (features with positions or a region mask)."""
 
-    def __init__(self, loader: Callable[[str], np.ndarray], budget_bytes: int = 4 << 30) -> None:
+    def __init__(self, loader: Callable[[str], "np.ndarray | Bag"], budget_bytes: int = 4 << 30) -> None:
         self.loader = loader
         self.budget = budget_bytes
-        self._d: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._d: OrderedDict[str, "torch.Tensor | Bag"] = OrderedDict()
         self._bytes = 0
 
-    def get(self, case_id: str) -> torch.Tensor:
+    @staticmethod
+    def _size(x: "torch.Tensor | Bag") -> int:
+        if isinstance(x, Bag):
+            return sum(t.numel() * t.element_size() for t in (x.features, x.coords, x.mask) if t is not None)
+        return x.numel() * x.element_size()
+
+    def get(self, case_id: str) -> "torch.Tensor | Bag":
         if case_id in self._d:
             self._d.move_to_end(case_id)
             return self._d[case_id]
-        t = torch.from_numpy(np.ascontiguousarray(self.loader(case_id), dtype=np.float32))
+        loaded = self.loader(case_id)
+        t = loaded if isinstance(loaded, Bag) else torch.from_numpy(np.ascontiguousarray(loaded, dtype=np.float32))
         self._d[case_id] = t
-        self._bytes += t.numel() * 4
+        self._bytes += self._size(t)
         while self._bytes > self.budget and len(self._d) > 1:
             _, old = self._d.popitem(last=False)
-            self._bytes -= old.numel() * 4
+            self._bytes -= self._size(old)
         return t
 
 
@@ -102,17 +110,24 @@ class FeatureInputs:
     """Two-stage inputs: one bag per case = the cached features of all its slides, concatenated
     (a case's slides are all used, not only the first)."""
 
+    model_kwargs: dict[str, Any] = {}  # builder arguments the inputs decide (second-stage weights)
+
     def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
                  progress: bool) -> None:
-        from feature_cache import FeatureCache, get_encoder
+        from feature_cache import get_encoder
 
         self.cohort = cohort
         self.encoder = get_encoder(encoder_name, allow_random=allow_random)
-        self.cache = FeatureCache(cache_root)
+        self.cache = self._make_cache(cache_root)
         self.progress = progress
         self.slides_of = cohort.slides_of()
         self.bags = BagCache(self._load_case)
         self.missing: set[str] = set()
+
+    def _make_cache(self, cache_root: Path) -> Any:
+        from feature_cache import FeatureCache
+
+        return FeatureCache(cache_root)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -149,6 +164,102 @@ class FeatureInputs:
 
     def sample(self, case_id: str, labels: dict[str, float]) -> Sample:
         return Sample(case_id, lambda c=case_id: self.bags.get(c), labels)
+
+
+def _second_stage_weights(name: str, finder: Callable[[], tuple[Path | None, str]], env: str,
+                          allow_random: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(identity entries, builder kwargs) of a hierarchical row's pretrained second stage. No
+    weights: random ones where the dataset allows them (marked in every table), else an error."""
+    from feature_cache.encoders import file_sha256
+
+    path, how = finder()
+    if path is None:
+        if not allow_random:
+            raise FileNotFoundError(
+                f"no weights for the {name}: set {env}=/path/to/the/released/file (see docs/hierarchical.md), "
+                f"or use a dataset that allows random weights (results are then marked 'random weights')")
+        log.warning("%s: no weights found (%s unset); using RANDOM weights -- results will say so", name, env)
+        return {f"{name}_weights": "random"}, {}
+    log.info("%s: weights from %s (%s)", name, path, how)
+    return {f"{name}_weights": file_sha256(path)[:16]}, {"path": str(path)}
+
+
+class TileInputs(FeatureInputs):
+    """Prov-GigaPath inputs: a case's tile features with their (x, y) positions on the patch grid
+    (level-0 top-left corner // tile side). A case's slides are laid side by side on one canvas
+    (each next slide starts two tiles right of the previous one's last column), so their
+    positions never collide."""
+
+    def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
+                 progress: bool) -> None:
+        super().__init__(cohort, encoder_name, cache_root, allow_random, progress)
+        from baselines.prov_gigapath import SLIDE_WEIGHTS_ENV, find_slide_encoder_weights
+
+        self._stage2, kw = _second_stage_weights("slide_encoder", find_slide_encoder_weights, SLIDE_WEIGHTS_ENV,
+                                                 allow_random)
+        self.model_kwargs = {"weights": kw["path"]} if kw else {}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        ident = {**super().identity, **self._stage2, "input": "tiles"}
+        ident["random_weights"] = bool(self.encoder.random_weights) or self._stage2["slide_encoder_weights"] == "random"
+        return ident
+
+    def _load_case(self, case_id: str) -> Bag:
+        feats, grids, x0 = [], [], 0
+        for sid in self.slides_of[case_id]:
+            if sid in self.missing:
+                continue
+            f, c = self.cache.load(sid, self.encoder)
+            if not len(f):
+                continue
+            side = int(self.cache.load_attrs(sid, self.encoder)["patch_size_level0"])
+            g = c // side  # (N, 2) tile column, row
+            g[:, 0] += x0 - g[:, 0].min()
+            x0 = int(g[:, 0].max()) + 2
+            feats.append(f)
+            grids.append(g)
+        if not feats:
+            raise KeyError(case_id)
+        return Bag(torch.from_numpy(np.concatenate(feats).astype(np.float32)),
+                   coords=torch.from_numpy(np.concatenate(grids).astype(np.int64)))
+
+
+class RegionFeatureInputs(FeatureInputs):
+    """HIPT inputs: every 4096² region of a case's slides as 256 ViT-256 patch embeddings and a mask
+    (``feature_cache.region_features``); the slide-level model attends across all of them."""
+
+    def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
+                 progress: bool) -> None:
+        super().__init__(cohort, encoder_name, cache_root, allow_random, progress)
+        from baselines.hipt import VIT4K_WEIGHTS_ENV, find_vit4k_weights
+
+        self._stage2, kw = _second_stage_weights("vit4k", find_vit4k_weights, VIT4K_WEIGHTS_ENV, allow_random)
+        self.model_kwargs = {"weights_4k": kw["path"]} if kw else {}
+
+    def _make_cache(self, cache_root: Path) -> Any:
+        from feature_cache import RegionFeatureCache
+
+        return RegionFeatureCache(cache_root)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        ident = {**super().identity, **self._stage2, "input": "region_features"}
+        ident["random_weights"] = bool(self.encoder.random_weights) or self._stage2["vit4k_weights"] == "random"
+        return ident
+
+    def _load_case(self, case_id: str) -> Bag:
+        feats, masks = [], []
+        for sid in self.slides_of[case_id]:
+            if sid in self.missing:
+                continue
+            f, m, _ = self.cache.load_regions(sid, self.encoder)
+            if len(f):
+                feats.append(f)
+                masks.append(m)
+        if not feats:
+            raise KeyError(case_id)
+        return Bag(torch.from_numpy(np.concatenate(feats)), mask=torch.from_numpy(np.concatenate(masks)))
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -274,6 +385,8 @@ def _normalise(arr: np.ndarray) -> torch.Tensor:
 
 
 Inputs = FeatureInputs | SlideInputs | RegionInputs
+_FEATURE_INPUTS: dict[str, type[FeatureInputs]] = {"features": FeatureInputs, "tiles": TileInputs,
+                                                   "region_features": RegionFeatureInputs}
 
 
 def _labels(row: pd.Series, task: str) -> dict[str, float]:
@@ -296,8 +409,8 @@ INPUT_OPTIONS = ("magnification", "regions")
 
 def inputs_key(spec: MethodSpec, model_opts: dict[str, Any]) -> str:
     """Methods with the same key consume the same inputs (and share them within a run)."""
-    if spec.input == "features":
-        return f"features:{spec.encoder}"
+    if spec.input in _FEATURE_INPUTS:
+        return f"{spec.input}:{spec.cache_encoder}"
     if model_opts.get("regions"):
         return "regions:" + config_hash(dict(model_opts["regions"]))
     return f"slide:{float(model_opts.get('magnification', spec.magnification or 2.5)):g}"
@@ -305,9 +418,11 @@ def inputs_key(spec: MethodSpec, model_opts: dict[str, Any]) -> str:
 
 def make_inputs(spec: MethodSpec, cohort: Cohort, cache: Path | str, model_opts: dict[str, Any],
                 progress: bool) -> Inputs:
-    """The inputs a method consumes: cached patch features of its encoder, or whole slides."""
-    if spec.input == "features":
-        return FeatureInputs(cohort, spec.encoder, Path(cache), cohort.spec.allow_random_weights, progress)
+    """The inputs a method consumes: cached patch features of its encoder (a bag, tiles with
+    positions, or HIPT's regions), or whole slides."""
+    if spec.input in _FEATURE_INPUTS:
+        return _FEATURE_INPUTS[spec.input](cohort, spec.cache_encoder, Path(cache),
+                                           cohort.spec.allow_random_weights, progress)
     if model_opts.get("regions"):
         return RegionInputs(cohort, dict(model_opts["regions"]), Path(cache), progress)
     mag = float(model_opts.get("magnification", spec.magnification or 2.5))
@@ -451,7 +566,8 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
     test = [fi.sample(c, _labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold) if c not in without]
     torch.manual_seed(train_cfg["seed"])
     n_out = T.get_task(unit.task).n_out()
-    model = build_model(spec.name, n_out, **{k: v for k, v in model_overrides.items() if k not in INPUT_OPTIONS})
+    model = build_model(spec.name, n_out, **{k: v for k, v in model_overrides.items() if k not in INPUT_OPTIONS},
+                        **getattr(fi, "model_kwargs", {}))
     cfg = TrainConfig.from_dict(train_cfg)
     pred, train_log, info = train_and_predict(model, unit.task, train, test, cfg, progress=progress,
                                               desc=f"{spec.name} {unit.task} fold {unit.fold}")

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from baselines.bag import Bag
+
 from . import tasks as T
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class Sample:
     """One case: how to get its input tensor, and its labels."""
 
     case_id: str
-    load: Callable[[], torch.Tensor]  # the input of one training step
+    load: Callable[[], "torch.Tensor | Bag"]  # the input of one training step
     labels: dict[str, float]
     views: Callable[[], Iterable[torch.Tensor]] | None = None  # the inputs predicted at test time
     # how the views' outputs become one prediction: None = mean of logits; "majority" / "mean_prob" =
@@ -100,20 +102,32 @@ def zscore_samples(train: Sequence[Sample], test: Sequence[Sample]) -> tuple[lis
     """Standardise every input with per-dimension statistics of the *training* patches only."""
     n, s1, s2 = 0, None, None
     for s in train:
-        x = s.load().double()
-        x = x.reshape(-1, x.shape[-1])
+        x = s.load()
+        x = (x.valid_features() if isinstance(x, Bag) else x.reshape(-1, x.shape[-1])).double()
         s1 = x.sum(0) if s1 is None else s1 + x.sum(0)
         s2 = (x * x).sum(0) if s2 is None else s2 + (x * x).sum(0)
         n += x.shape[0]
     mean = (s1 / n).float()
     std = (s2 / n - (s1 / n) ** 2).clamp(min=0).sqrt().float().clamp(min=1e-6)
 
+    def norm(x: "torch.Tensor | Bag") -> "torch.Tensor | Bag":
+        return x.map_features(lambda f: (f - mean) / std) if isinstance(x, Bag) else (x - mean) / std
+
     def wrap(s: Sample) -> Sample:
         load = s.load
-        return Sample(s.case_id, lambda: (load() - mean) / std, s.labels,
-                      None if s.views is None else (lambda v=s.views: ((x - mean) / std for x in v())), s.vote)
+        return Sample(s.case_id, lambda: norm(load()), s.labels,
+                      None if s.views is None else (lambda v=s.views: (norm(x) for x in v())), s.vote)
 
     return [wrap(s) for s in train], [wrap(s) for s in test]
+
+
+def _at_most(x: "torch.Tensor | Bag", n: int, gen: torch.Generator) -> "torch.Tensor | Bag":
+    """A random subset of ``n`` patches of a flat bag (a bag of regions is left whole)."""
+    feats = x.features if isinstance(x, Bag) else x
+    if feats.dim() != 2 or feats.shape[0] <= n:
+        return x
+    idx = torch.randperm(feats.shape[0], generator=gen)[:n]
+    return x.subsample(idx) if isinstance(x, Bag) else x[idx]
 
 
 def seed_everything(seed: int) -> None:
@@ -180,8 +194,8 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
             for i, idx in enumerate(order):
                 s = train[idx]
                 x = s.load()
-                if cfg.max_patches and x.dim() == 2 and x.shape[0] > cfg.max_patches:
-                    x = x[torch.randperm(x.shape[0], generator=gen)[: cfg.max_patches]]
+                if cfg.max_patches:
+                    x = _at_most(x, cfg.max_patches, gen)
                 logits = model(x)
                 tgt = _targets(task, s, edges)
                 if task == "survival":

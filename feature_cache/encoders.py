@@ -327,7 +327,7 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # legacy (non-zip) checkpoints cannot be memory-mapped
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):  # common checkpoint wrappers
+    for key in ("state_dict", "model", "module", "teacher"):  # common wrappers (teacher: DINO)
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict):
@@ -613,4 +613,33 @@ register_encoder(EncoderSpec(
     key_prefixes=("", "module.", "model."),
     description="Prov-GigaPath tile encoder (prov-gigapath/prov-gigapath pytorch_model.bin)",
     extra={"gated": True},
+))
+
+
+def _build_hipt_vit256() -> "torch.nn.Module":
+    """HIPT's ViT-256-16 (mahmoodlab/HIPT ``vit_small``, DINO): ViT-S/16, 384-d, 12 blocks, 6 heads,
+    qkv bias, LayerNorm eps 1e-6, CLS token out. Its position table is for 224 px (14 × 14 + CLS,
+    as the checkpoint's); timm resizes it bicubically for the 256-px patches HIPT feeds it."""
+    from functools import partial
+
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+                             mlp_ratio=4, qkv_bias=True, num_classes=0, dynamic_img_size=True,
+                             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+
+
+register_encoder(EncoderSpec(
+    name="hipt-vit256",
+    dim=384,
+    patch_size=256,
+    magnification=20.0,
+    input_size=256,  # HIPT feeds whole 256-px patches: ToTensor + Normalize(0.5, 0.5), no resize
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    build=_build_hipt_vit256,
+    weights_env="BENCH_WEIGHTS_HIPT_VIT256",
+    key_prefixes=("", "backbone.", "module.backbone.", "module."),
+    description="HIPT ViT-256 (mahmoodlab/HIPT HIPT_4K/Checkpoints/vit256_small_dino.pth)",
 ))

@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..bag import Bag
+
+__all__ = ["Bag", "MILModel"]
+
 
 class MILModel(nn.Module):
     num_features: int

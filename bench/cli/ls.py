@@ -32,7 +32,8 @@ def main(args: argparse.Namespace) -> int:
     if what in ("all", "methods"):
         print("methods:")
         for s in list_methods(args.pattern):
-            consumes = f"features:{s.encoder}" if s.input == "features" else f"slide@{s.magnification}x"
+            consumes = (f"slide@{s.magnification}x" if s.input == "slide"
+                        else f"{s.input}:{s.cache_encoder}")
             print(f"  {s.name:28s} {s.family:11s} {consumes}")
     if what in ("all", "encoders"):
         print("encoders:")
