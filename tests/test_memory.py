@@ -44,3 +44,13 @@ def test_bad_environment_value_names_the_variable(monkeypatch):
     monkeypatch.setenv("BENCH_MMAP_THRESHOLD", "1MB")
     with pytest.raises(ValueError, match="BENCH_MMAP_THRESHOLD"):
         bound_heap_growth()
+
+
+def test_importing_bench_makes_openmp_threads_wait_passively_unless_the_user_chose():
+    code = "import bench, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
