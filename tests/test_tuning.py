@@ -181,3 +181,23 @@ def test_table_marks_tuned_rows(cohort):
     md, tex = to_markdown(wide, cols), to_latex(wide, cols)
     assert "| MeanMIL (tuned) \u2020 |" in md and "| MeanMIL \u2020 |" in md and "nested cross-validation" in md
     assert "MeanMIL (tuned)" in tex and "nested cross-validation" in tex
+
+
+def test_prune_stops_a_trial_after_its_first_inner_fold(cohort, monkeypatch):
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def __init__(self, **kwargs):
+            pass
+
+        def prune(self, study, trial):
+            return True
+
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", AlwaysPrune)
+    spec, results = cohort
+    with pytest.raises(TuningError, match="no trial finished"):
+        tune(get_method("meanmil.resnet50"), str(spec), n_trials=2, tasks=["staging"], folds=[0], results=results,
+             train_overrides={"epochs": 1}, prune=True, progress=False)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(
+        f"sqlite:///{results / 'tuning/toy/staging/meanmil.resnet50/optuna.db'}")[0],
+        storage=f"sqlite:///{results / 'tuning/toy/staging/meanmil.resnet50/optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    assert all(set(t.user_attrs) == {"inner0"} for t in study.trials)  # one inner fold trained, not three
