@@ -121,7 +121,7 @@ def fake_cohort(tmp_path, monkeypatch):
     spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
                     "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
                     "allow_random_weights: true\n")
-    monkeypatch.setattr(runner, "FeatureInputs", FakeInputs)
+    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", FakeInputs)  # what make_inputs builds
     return spec, tmp_path
 
 

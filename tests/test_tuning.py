@@ -67,7 +67,7 @@ def cohort(tmp_path, monkeypatch):
     spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
                     "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
                     "allow_random_weights: true\n")
-    monkeypatch.setattr(runner, "FeatureInputs", RecordingInputs)
+    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", RecordingInputs)  # what make_inputs builds
     for v in RecordingInputs.log.values():
         v.clear()
     return spec, tmp_path / "results"
