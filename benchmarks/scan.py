@@ -156,6 +156,10 @@ def _child(kind: str, spec: dict, timeout: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _ratio(ref: float, this: float) -> str:
+    return f"{ref / this:.{1 if ref >= this else 3}f}×"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[16384, 65536])
@@ -187,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
           f"each case in its own process, one untimed warm-up call (JIT/cache load) then best "
           f"of {a.repeat}; load average at start {load} on {os.cpu_count()} cores\n")
     print("| L | D | backend | fwd s | bwd s | fwd+bwd s | CPU s | peak RSS MB | growth MB "
-          "| mambapy / this (wall) |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| mambapy / this (wall) | mambapy / this (CPU) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     sizes = [(L, D) for L in a.lengths for D in a.dims]
     ref_size = (a.ref_len, min(a.dims))
     if "ref" in a.backends and ref_size not in sizes:
@@ -212,16 +216,16 @@ def main(argv: list[str] | None = None) -> None:
                     continue
             rows[be] = _child("scan", spec, a.timeout)
         ref_t = rows.get("mambapy", {})
-        ref_total = ref_t["fwd"] + ref_t["bwd"] if "fwd" in ref_t else None
         for be, r in rows.items():
             if "error" in r:
-                print(f"| {L} | {D} | {be} | – | – | – | – | – | – | {r['error']} |")
+                print(f"| {L} | {D} | {be} | – | – | – | – | – | – | {r['error']} | |")
                 continue
             tot = r["fwd"] + r["bwd"]
-            ratio = f"{ref_total / tot:.{1 if ref_total >= tot else 3}f}×" if ref_total else "–"
+            ratios = [_ratio(ref_t["fwd"] + ref_t["bwd"], tot) if "fwd" in ref_t else "–",
+                      _ratio(ref_t["cpu"], r["cpu"]) if "cpu" in ref_t else "–"]
             print(f"| {L} | {D} | {be} | {r['fwd']:.2f} | {r['bwd']:.2f} | {tot:.2f} | "
-                  f"{r['cpu']:.2f} | {r['peak_mb']:.0f} | {r['delta_mb']:.0f} | {ratio} |",
-                  flush=True)
+                  f"{r['cpu']:.2f} | {r['peak_mb']:.0f} | {r['delta_mb']:.0f} | "
+                  f"{ratios[0]} | {ratios[1]} |", flush=True)
 
     print(f"\nBiMambaMixer forward (no grad, backend auto), batch 1, L={a.mixer_len}\n")
     print("| d_model | torch threads | tokens/s one-shot | tokens/s streaming (chunk 4096) |")

@@ -316,7 +316,9 @@ class _NumbaScan(torch.autograd.Function):
         Bt = Bm.detach().transpose(-1, -2).contiguous()  # (B, G, L, N)
         Ct = Cm.detach().transpose(-1, -2).contiguous()
         has_z = z is not None
-        u, z = u.contiguous(), (z.contiguous() if has_z else u.new_zeros(1, 1, 1))
+        # C-contiguous everywhere: a strided array would compile a second kernel signature
+        u, A = u.contiguous(), A.contiguous()
+        z = z.contiguous() if has_z else u.new_zeros(1, 1, 1)
         Dv = D.contiguous() if D is not None else u.new_zeros(1)
         out = u.new_empty(Bsz, Dm, L)
         last = u.new_empty(Bsz, Dm, N)

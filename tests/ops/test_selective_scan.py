@@ -7,11 +7,13 @@ float64 on the same values, so float32 backends are judged against the exact ans
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import torch
 
 from pixelmamba.ops import resolve_backend, selective_scan
+from pixelmamba.ops._numba import _exp
 from pixelmamba.ops.selective_scan import mamba_ssm_available
 
 # (rtol, atol), applied as max|got − want| <= atol + rtol · max|want| per tensor
@@ -265,23 +267,20 @@ def test_auto_picks_per_device(monkeypatch):
     assert resolve_backend("auto", cuda(100), None, False) == "torch"
 
 
+@numba.njit(fastmath={"reassoc", "nsz", "contract"}, cache=True)  # the kernels' flags
+def _vexp(x, out):  # pragma: no cover - compiled
+    for i in range(x.shape[0]):
+        out[i] = _exp(x[i])
+
+
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-13), (np.float32, 3e-7)])
 def test_numba_exp_matches_numpy(dtype, rtol):
     """The kernels' own vectorisable exp against numpy's, over the whole range a decay or a
     gate can take (values below exp(-87) / exp(-708) are flushed: they are 0 for any use)."""
-    import numba
-
-    from pixelmamba.ops._numba import _exp
-
-    @numba.njit(fastmath={"reassoc", "nsz", "contract"})
-    def vexp(x, out):
-        for i in range(x.shape[0]):
-            out[i] = _exp(x[i])
-
     lo = -87.0 if dtype == np.float32 else -708.0
     x = np.concatenate([np.linspace(lo, 80.0, 200_001), np.linspace(-1, 1, 20_001)]).astype(dtype)
     out = np.empty_like(x)
-    vexp(x, out)
+    _vexp(x, out)
     want = np.exp(x.astype(np.float64))
     err = np.abs(out.astype(np.float64) - want) / want
     print(f"{dtype.__name__}: max relative error {err.max():.3e}")
