@@ -70,12 +70,11 @@ class LaunchReport:
 
 def run_unit_job(job: dict[str, Any]) -> dict[str, Any]:
     """Body of one job: ``bench run`` on exactly one unit. Runs in the worker process."""
-    from .registry import get_method
     from .runner import run
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    rep = run([get_method(job["method"])], job["dataset"], tasks=[job["task"]], folds=[job["fold"]],
+    rep = run([job["entry"]], job["dataset"], tasks=[job["task"]], folds=[job["fold"]],
               results=job["results"], cache=job["cache"], n_folds=job["n_folds"], seed=job["seed"],
               train_overrides=job["train_overrides"], model_overrides=job["model_overrides"],
               progress=False, tuned=job["tuned"])
@@ -136,7 +135,8 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
             "results": str(Path(results).resolve()), "cache": str(Path(cache).resolve()), "n_folds": n_folds,
             "seed": seed, "train_overrides": dict(train_overrides or {}),
             "model_overrides": dict(model_overrides or {}), "tuned": tuned}
-    jobs_args = [{**base, "task": p.unit.task, "method": p.unit.method, "fold": p.unit.fold} for p in plan.todo]
+    jobs_args = [{**base, "task": p.unit.task, "method": p.unit.method, "fold": p.unit.fold,
+                  "entry": _entry_of(p.unit, methods, tuned)} for p in plan.todo]
     executor = make_executor(opts, folder, len(jobs_args))
     jobs = []
     with executor.batch():  # one SLURM job array
@@ -150,6 +150,25 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
         _wait(jobs, units, report, progress)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _entry_key(m: Any) -> tuple[str, str | None]:
+    """(method name, variant name) of an element of ``methods``: a MethodSpec, or a variant of one
+    (an object with ``.spec`` and ``.name``, e.g. an ablation value)."""
+    spec = getattr(m, "spec", None)
+    return (spec.name, getattr(m, "name", None)) if spec is not None else (m.name, None)
+
+
+def _entry_of(unit: Unit, methods: list[Any], tuned: bool) -> Any:
+    """The element of ``methods`` a planned unit comes from; the job runs exactly that one (pickled,
+    so a variant's own settings travel with it)."""
+    variant = unit.variant
+    if tuned and variant is not None:
+        variant = None if variant == "tuned" else variant.removesuffix("+tuned")
+    for m in methods:
+        if _entry_key(m) == (unit.method, variant):
+            return m
+    raise LaunchError(f"internal: no method entry for unit {unit}")
 
 
 def _wait(jobs: list[Any], units: list[Unit], report: LaunchReport, progress: bool) -> None:

@@ -149,3 +149,21 @@ def test_missing_submitit_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
     with pytest.raises(LaunchError, match=r"pip install 'wsi-bench\[cluster\]'"):
         submit([get_method("meanmil.resnet50")], "demo", ClusterOptions(cluster="local"), results=tmp_path)
+
+
+def test_each_job_runs_the_entry_its_unit_came_from():
+    """Jobs carry the method entry itself, so a variant's settings (an ablation value) reach the worker."""
+    from types import SimpleNamespace
+
+    from bench.launch import _entry_of
+    from bench.results import Unit
+
+    plain = get_method("abmil.conch")
+    var = SimpleNamespace(spec=plain, name="alpha=0.4", model={"alpha": 0.4})
+    methods = [plain, var]
+    assert _entry_of(Unit("d", "survival", "abmil.conch", 0), methods, False) is plain
+    assert _entry_of(Unit("d", "survival", "abmil.conch", 0, "alpha=0.4"), methods, False) is var
+    assert _entry_of(Unit("d", "survival", "abmil.conch", 0, "tuned"), methods, True) is plain
+    assert _entry_of(Unit("d", "survival", "abmil.conch", 0, "alpha=0.4+tuned"), methods, True) is var
+    with pytest.raises(LaunchError, match="no method entry"):
+        _entry_of(Unit("d", "survival", "maxmil.conch", 0), methods, False)
