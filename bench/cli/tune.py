@@ -65,5 +65,5 @@ def main(args: argparse.Namespace) -> int:
         print(f"{f.task} outer fold {f.fold}: {f.n_after} trial(s) ({added} new), best inner-CV {val} "
               f"{f.best_params}  -> {f.path / 'best.json'}")
     print(f"tuned {spec.name} on {report.dataset} in {report.seconds:.1f} s; "
-          f"`python -m bench run --methods {spec.name} --dataset {report.dataset} --tuned` trains with these")
+          f"`python -m bench run --methods {spec.name} --dataset {dataset} --tuned` trains with these")
     return 0
