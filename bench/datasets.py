@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DAYS_PER_MONTH = 365.25 / 12
+# images a user may drop into a slide folder that no whole-slide reader here opens
+OTHER_IMAGE_SUFFIXES = (".czi", ".lif", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".isyntax", ".zvi", ".qptiff.gz")
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".svslide")
 
 NA_MARKERS = {"", "--", "'--", "na", "n/a", "nan", "none", "null", "not reported", "unknown",
@@ -178,9 +180,10 @@ def load_clinical(path: str | Path, fmt: str, columns: dict[str, str] | None = N
             bad.append((int(i) + 2, str(v)))  # +2: header line and 1-based rows
     out["stage"] = stages if stage_col else np.nan
     if bad:
-        shown = "; ".join(f"row {r}: {v!r}" for r, v in bad[:5])
-        log.warning("%s: %d unknown stage value(s) set to NA (%s%s). Map them in the file or extend "
-                    "the stage column.", path, len(bad), shown, " …" if len(bad) > 5 else "")
+        shown = "; ".join(f"row {r} ({out.loc[r - 2, 'case_id']}): {v!r}" for r, v in bad[:10])
+        log.warning("%s: %d unknown stage value(s) (%s%s); those cases are left out of staging. Fix: "
+                    "write AJCC stages (Stage I..IV, IA, IIIB, ...) or an NA marker ('--, Not Reported) "
+                    "in that column.", path, len(bad), shown, " …" if len(bad) > 10 else "")
 
     if fmt == "gdc":
         vs, dd, df_ = (_find(raw, k, ov) for k in ("vital_status", "days_to_death", "days_to_follow_up"))
@@ -211,10 +214,13 @@ def load_clinical(path: str | Path, fmt: str, columns: dict[str, str] | None = N
         dd, dfu = out.pop("_dd"), out.pop("_df")
         out["event"] = dead
         out["time"] = np.where(dead == 1, dd, dfu) / DAYS_PER_MONTH
-    bad_time = out["time"].notna() & (out["time"] <= 0)
+    bad_time = out["time"].notna() & ~(out["time"] > 0)
     if bad_time.any():
-        log.warning("%s: %d case(s) with survival time <= 0 (%s) are left out of survival",
-                    path, int(bad_time.sum()), ", ".join(out.loc[bad_time, "case_id"].head(5)))
+        shown = ", ".join(f"{c} ({t:g})" for c, t in zip(out.loc[bad_time, "case_id"].head(10),
+                                                          out.loc[bad_time, "time"].head(10)))
+        log.warning("%s: %d case(s) with a survival time <= 0 are left out of survival: %s%s. Fix: "
+                    "correct their times (months from diagnosis to death or last follow-up, > 0).",
+                    path, int(bad_time.sum()), shown, " …" if bad_time.sum() > 10 else "")
         out.loc[bad_time, ["time", "event"]] = np.nan
     out.loc[out["time"].isna(), "event"] = np.nan
     out.loc[out["event"].isna(), "time"] = np.nan
@@ -320,23 +326,44 @@ def _case_of(slide_id: str, rule: str) -> str:
 
 
 def find_slides(spec: DatasetSpec) -> pd.DataFrame:
-    """Slide files of a dataset → ``slide_id, slide_path``; duplicate ids across folders are an error."""
+    """Slide files of a dataset → ``slide_id, slide_path``; duplicate ids across folders are an error.
+
+    Files the glob matches but that are not slides are left out with a warning that names them
+    (``df.attrs["ignored"]``: [(path, why)]): hidden files (macOS copies leave ``._<name>.svs``
+    metadata files beside every slide) and formats no slide reader opens (``.czi``, ``.png``, …).
+    """
     root = spec.path(spec.slides)
     if not root.is_dir():
         raise DatasetError(_missing_message(spec, f"slide directory {root} does not exist"))
     rows: dict[str, Path] = {}
+    ignored: list[tuple[str, str]] = []
     for pattern in spec.slide_glob:
         for p in sorted(root.glob(pattern)):
-            if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES:
+            if not p.is_file():
+                continue
+            if p.name.startswith("."):
+                ignored.append((str(p), "hidden file (e.g. macOS '._' metadata), not a slide"))
+                continue
+            if p.suffix.lower() not in SLIDE_SUFFIXES:
+                if p.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+                    ignored.append((str(p), f"unsupported format {p.suffix!r}; convert it to a pyramidal "
+                                            "tiled TIFF (e.g. `vips tiffsave in out.tiff --tile --pyramid "
+                                            "--compression jpeg`, or bfconvert for .czi/.lif)"))
                 continue
             sid = p.stem
             if sid in rows and rows[sid] != p:
-                raise DatasetError(f"slide id {sid!r} appears twice: {rows[sid]} and {p}. Slide ids must be "
-                                   "unique (file stems); remove or rename one copy.")
+                raise DatasetError(f"slide id {sid!r} appears twice: {rows[sid]} and {p}. Slide ids are file "
+                                   "stems and must be unique: remove or rename one copy, or narrow "
+                                   f"`slide_glob` (now {spec.slide_glob}) in the dataset config.")
             rows[sid] = p
+    if ignored:
+        log.warning("%s: %d file(s) under %s are not used: %s", spec.name, len(ignored), root,
+                    "; ".join(f"{p}: {why}" for p, why in ignored[:10]) + (" …" if len(ignored) > 10 else ""))
     if not rows:
         raise DatasetError(_missing_message(spec, f"no slide files matching {spec.slide_glob} under {root}"))
-    return pd.DataFrame({"slide_id": list(rows), "slide_path": [str(p) for p in rows.values()]})
+    df = pd.DataFrame({"slide_id": list(rows), "slide_path": [str(p) for p in rows.values()]})
+    df.attrs["ignored"] = ignored
+    return df
 
 
 def _missing_message(spec: DatasetSpec, what: str) -> str:
@@ -353,6 +380,7 @@ class Cohort:
     spec: DatasetSpec
     table: pd.DataFrame  # one row per slide
     dropped: dict[str, list[str]]
+    ignored_files: list[tuple[str, str]] = field(default_factory=list)  # (path, why) not slides
 
     def cases(self, task: str) -> pd.DataFrame:
         """One row per case with the task's labels (cases lacking them are left out)."""
@@ -368,13 +396,22 @@ class Cohort:
         lines = [f"{self.spec.name}: {self.table['case_id'].nunique()} cases, {len(self.table)} slides"]
         for why, ids in self.dropped.items():
             if ids:
-                lines.append(f"  left out: {len(ids)} {why} (e.g. {', '.join(ids[:3])})")
+                lines.append(f"  left out: {len(ids)} {why} ({_some(ids)})")
         for t in ([task] if task else self.spec.tasks):
-            n_all = self.table["case_id"].nunique()
-            n = len(self.cases(t))
-            if n < n_all:
-                lines.append(f"  {t}: {n} of {n_all} cases have its labels; {n_all - n} left out of {t}")
+            missing = self.unlabelled(t)
+            if missing:
+                n_all = self.table["case_id"].nunique()
+                lines.append(f"  {t}: {n_all - len(missing)} of {n_all} cases have its labels; {len(missing)} "
+                             f"left out of {t} ({_some(missing)})")
         return lines
+
+    def unlabelled(self, task: str) -> list[str]:
+        """Cases with slides but without the task's labels (NA, unknown or invalid values)."""
+        return sorted(set(self.table["case_id"]) - set(self.cases(task)["case_id"]))
+
+
+def _some(ids: list[str], n: int = 10) -> str:
+    return ", ".join(ids[:n]) + (f", … ({len(ids) - n} more)" if len(ids) > n else "")
 
 
 def load_cohort(name_or_spec: str | DatasetSpec) -> Cohort:
@@ -387,6 +424,7 @@ def load_cohort(name_or_spec: str | DatasetSpec) -> Cohort:
     if not clinical_path.is_file():
         raise DatasetError(_missing_message(spec, f"clinical table {clinical_path} does not exist"))
     slides = find_slides(spec)
+    ignored = list(slides.attrs.get("ignored", []))
     slides["case_id"] = slides["slide_id"].map(lambda s: _case_of(s, spec.case_id))
     clin = load_clinical(clinical_path, spec.clinical_format, spec.columns, spec.labels or None)
     merged = slides.merge(clin, on="case_id", how="inner")
@@ -394,9 +432,17 @@ def load_cohort(name_or_spec: str | DatasetSpec) -> Cohort:
         "slides without a clinical row": sorted(set(slides["slide_id"]) - set(merged["slide_id"])),
         "cases in the clinical table without a slide": sorted(set(clin["case_id"]) - set(slides["case_id"])),
     }
+    fixes = {
+        "slides without a clinical row": f"Fix: add their cases to {clinical_path} (case id = "
+        + ("the first 12 characters of the file name" if spec.case_id == "tcga" else "the file stem")
+        + "), or move the slides out of the slide folder",
+        "cases in the clinical table without a slide": f"Fix: put their slides under {spec.path(spec.slides)} "
+        f"(matching {spec.slide_glob}), or ignore this if they were never scanned",
+    }
     for why, ids in dropped.items():
         if ids:
-            log.warning("%s: %d %s (e.g. %s)", spec.name, len(ids), why, ", ".join(ids[:3]))
+            log.warning("%s: %d %s are left out: %s%s. %s.", spec.name, len(ids), why, ", ".join(ids[:10]),
+                        " …" if len(ids) > 10 else "", fixes[why])
     cols = ["case_id", "slide_id", "slide_path", "stage", "time", "event"] + (["label"] if "label" in merged else [])
     table = merged[cols].sort_values(["case_id", "slide_id"]).reset_index(drop=True)
-    return Cohort(spec, table, dropped)
+    return Cohort(spec, table, dropped, ignored)

@@ -7,6 +7,7 @@ stray ``*.tmp`` that nothing reads as done.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,6 +16,25 @@ from pathlib import Path
 from typing import Any
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+\-]")
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space (or a file-size limit); ``filename`` is the target."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Is ``exc`` (or what caused it) a full disk? h5py and numpy sometimes lose the errno in
+    their own exception types, so the message is checked too."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if "No space left on device" in str(exc) or "File too large" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -27,11 +47,15 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if disk_full(exc):
+            raise DiskFullError(getattr(exc, "errno", errno.ENOSPC) or errno.ENOSPC,
+                                "No space left on device" if getattr(exc, "errno", None) != errno.EFBIG
+                                else "File too large", str(path)) from exc
         raise
 
 

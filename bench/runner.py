@@ -137,11 +137,18 @@ class FeatureInputs:
     def ensure(self, cases: Iterable[str] | None = None) -> None:
         """Features of every slide (of ``cases`` only, when given) are cached."""
         paths = _slide_paths(self.cohort, cases)
-        report = self.cache.extract(paths, self.encoder, progress=self.progress, skip_errors=True)
+        report = self.cache.extract(paths, self.encoder, progress=self.progress, skip_errors=True,
+                                    mpp=self.cohort.spec.mpp_override)
         failed = dict(getattr(report, "failed", {}) or {})
         for sid, msg in failed.items():
-            log.warning("features of slide %s unavailable: %s", sid, msg)
-        self.missing = set(failed)
+            log.warning("features of slide %s unavailable (its case is left out unless another of its "
+                        "slides works): %s", sid, msg)
+        for sid in getattr(report, "no_tissue", []):
+            log.warning("slide %s (%s): no tissue found at %gx, so no features; its case is left out unless "
+                        "another of its slides has tissue. Fix: look at it (`bench extract --visualize`); "
+                        "if it holds tissue, the scan may be blank or out of focus -- rescan it",
+                        sid, paths[sid], self.encoder.magnification)
+        self.missing |= set(failed)
 
     def _load_case(self, case_id: str) -> np.ndarray:
         feats = []
@@ -149,6 +156,12 @@ class FeatureInputs:
             if sid in self.missing:
                 continue
             f, _ = self.cache.load(sid, self.encoder)
+            if len(f) and not np.isfinite(f).all():
+                path = self.cache.path_for(sid, self.encoder)
+                log.warning("features of slide %s contain NaN/inf (%s is corrupt); the slide is left out. "
+                            "Fix: delete that file and rerun to extract it again", sid, path)
+                self.missing.add(sid)
+                continue
             if len(f):
                 feats.append(f)
         if not feats:
@@ -532,8 +545,9 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
             metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash, opts, progress)
             store.finish(unit, *metrics)
             m = metrics[2]
-            log.info("%-48s %s = %s  (%.1f s)", str(unit), m["primary_metric"],
-                     _fmt(m["metrics"].get(m["primary_metric"])), m["train_seconds"])
+            why = f" -- {m['metrics']['undefined']}" if "undefined" in m["metrics"] else ""
+            log.info("%-48s %s = %s  (%.1f s)%s", str(unit), m["primary_metric"],
+                     _fmt(m["metrics"].get(m["primary_metric"])), m["train_seconds"], why)
             report.ran.append(unit)
         except OSError:
             raise  # disk full, unreadable cache...: stop; finished units stay done

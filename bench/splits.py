@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from .io import atomic_write_text
+from .io import atomic_write_text, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,19 @@ def make_folds(cohort: pd.DataFrame, task: str, n_folds: int = 5, seed: int = 0)
     if len(cases) < n_folds:
         raise SplitError(f"{len(cases)} cases cannot fill {n_folds} folds")
     y = strata(cases, task, n_folds)
-    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.empty(len(cases), dtype=int)
+    if np.bincount(y).max() < n_folds:
+        # scikit-learn refuses when every class is rarer than the folds (a small cohort: 3 cases
+        # per stage, 5 folds); deal each class out round-robin from a seeded shuffle instead, so
+        # every class is still spread over as many folds as it has cases
+        log.warning("%s: every %s class has fewer cases than the %d folds (largest: %d); classes "
+                    "are spread one case per fold, and some test folds lack some classes",
+                    task, "stage" if task == "staging" else "stratum", n_folds, np.bincount(y).max())
+        rng = np.random.default_rng(seed)
+        order = np.lexsort((rng.permutation(len(cases)), y))
+        fold[order] = (np.arange(len(cases)) + int(rng.integers(n_folds))) % n_folds
+        return pd.DataFrame({"case_id": cases["case_id"].to_numpy(), "fold": fold})
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # a stage rarer than n_folds (BLCA stage I: 2 cases) is spread as far as it goes
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
@@ -132,7 +143,7 @@ class SplitManager:
         self.root = Path(root)
 
     def path(self, dataset: str, task: str) -> Path:
-        return self.root / dataset / f"{task}.csv"
+        return self.root / safe_name(dataset) / f"{safe_name(task)}.csv"
 
     def get(self, dataset: str, task: str, cases: pd.DataFrame, n_folds: int = 5, seed: int = 0,
             create: bool = True) -> Splits:
@@ -144,6 +155,7 @@ class SplitManager:
         if not create:
             raise SplitError(f"no splits at {path}; run `python -m bench splits --dataset {dataset}`")
         folds = make_folds(cases, task, n_folds=n_folds, seed=seed)
+        _warn_absent_classes(path, folds, cases, task)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, folds.to_csv(index=False))
         meta = {"dataset": dataset, "task": task, "n_folds": n_folds, "seed": seed,
@@ -167,3 +179,23 @@ class SplitManager:
         raise SplitError(f"the cohort changed since {path} was written: {'; '.join(parts)}. Folds are never "
                          "reshuffled silently: restore the cohort, or move that file away (results made on "
                          "the old folds stay valid only for them) and rerun to write new folds.")
+
+
+def _warn_absent_classes(path: Path, folds: pd.DataFrame, cases: pd.DataFrame, task: str) -> None:
+    """Say once, when folds are written, which test folds lack a class: their macro-F1 averages
+    over the classes present (scikit-learn's rule), and a C-index without any event is undefined."""
+    lab = folds.merge(cases.drop_duplicates("case_id"), on="case_id")
+    notes = []
+    for k in sorted(lab["fold"].unique()):
+        sub = lab[lab["fold"] == k]
+        if task == "staging":
+            absent = [["I", "II", "III", "IV"][s] for s in range(4)
+                      if s in set(lab["stage"].astype(int)) and s not in set(sub["stage"].astype(int))]
+            if absent:
+                notes.append(f"fold {k} has no stage {', '.join(absent)}")
+        elif task == "survival" and not (sub["event"] == 1).any():
+            notes.append(f"fold {k} has no observed event (its C-index will be undefined)")
+    if notes:
+        what = "macro-F1 of those folds averages over the stages present" if task == "staging" else \
+            "those folds are reported as undefined and left out of the mean"
+        log.warning("%s: %s in its test set; %s", path, "; ".join(notes), what)

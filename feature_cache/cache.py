@@ -89,11 +89,24 @@ class ExtractReport:
 
 
 def _check_id(slide_id: str) -> str:
-    """Ids become file names: refuse anything that could escape the directory (DESIGN §6)."""
-    if not isinstance(slide_id, str) or not _SAFE_ID.match(slide_id):
-        raise ValueError(f"slide id {slide_id!r} is not a safe file name (letters, digits, '.', '_',"
-                         f" '-'; not starting with '.'). Fix: rename it in the cohort table.")
-    return slide_id
+    """The file stem of a slide id (DESIGN §6: ids never become paths unsanitized).
+
+    A plain id (letters, digits, '.', '_', '-', not starting with '.') is its own stem, as CLAM and
+    TRIDENT name their files. Any other id that can come from a file name (spaces, accents, a
+    leading dot) gets a readable ASCII stem plus a hash of the id, so two ids never share a file.
+    An id that is a path ('../x', '/abs', 'a/b') or '.'/'..' cannot be a file name at all and is
+    refused.
+    """
+    if not isinstance(slide_id, str) or not slide_id:
+        raise ValueError(f"slide id {slide_id!r} is not a safe file name. Fix: give every slide a "
+                         f"non-empty id.")
+    if _SAFE_ID.match(slide_id):
+        return slide_id
+    if any(c in slide_id for c in "/\\\0") or slide_id.strip(".") == "":
+        raise ValueError(f"slide id {slide_id!r} is not a safe file name (it is a path, or '.'/'..'). "
+                         f"Fix: ids are file names without directories -- rename it in the cohort table.")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", slide_id).strip("._-")[:150] or "slide"
+    return f"{readable}-{hashlib.sha256(slide_id.encode('utf-8')).hexdigest()[:8]}"
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -215,7 +228,17 @@ class FeatureCache:
             _atomic_json(key_file, {**self.key(encoder, ps, mag, min_tissue),
                                     "weights_source": encoder.weights_source})
         report = ExtractReport(cache_dir=out_dir)
-        items = [(_check_id(sid), Path(p)) for sid, p in slides.items()]
+        items = []
+        for sid, p in slides.items():
+            try:
+                _check_id(sid)
+            except ValueError as err:
+                if not skip_errors:
+                    raise
+                log.error("skipping %s: %s", sid, err)
+                report.failed[sid] = str(err)
+                continue
+            items.append((sid, Path(p)))
         if encoder.random_weights:
             log.warning("extracting with RANDOM %s weights into %s", encoder.name, out_dir)
 
@@ -247,7 +270,7 @@ class FeatureCache:
                    min_tissue: float, batch_size: int, skip_errors: bool,
                    report: ExtractReport, out_dir: Path, *, blocking: bool) -> bool:
         """Process one slide under its lock; False if the lock is held and ``blocking`` is off."""
-        out = out_dir / f"{sid}.h5"
+        out = out_dir / f"{_check_id(sid)}.h5"
         if self._skip_if_done(sid, out, report, path):
             self._overview(sid, path, ps, mag, min_tissue, report)
             return True
@@ -457,11 +480,15 @@ def _write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[s
               coord_attrs: Mapping[str, Any]) -> None:
     """Write to ``<out>.tmp`` and rename: the final name only ever holds a complete file."""
     tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=feats)
-        d = f.create_dataset("coords", data=coords.astype(np.int64))
-        for k, v in coord_attrs.items():
-            d.attrs[k] = v
-        for k, v in attrs.items():
-            f.attrs[k] = v
-    os.replace(tmp, out)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=feats)
+            d = f.create_dataset("coords", data=coords.astype(np.int64))
+            for k, v in coord_attrs.items():
+                d.attrs[k] = v
+            for k, v in attrs.items():
+                f.attrs[k] = v
+        os.replace(tmp, out)
+    except OSError as err:  # disk full, quota...: no half file stays behind; the error names the file
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write {out}: {err}", str(out)) from err

@@ -323,10 +323,25 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
 
         sd = load_file(str(path))
     else:
-        try:  # mmap: a 4.5 GB checkpoint is not copied into memory twice
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) checkpoints cannot be memory-mapped
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            try:  # mmap: a 4.5 GB checkpoint is not copied into memory twice
+                sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) checkpoints cannot be memory-mapped
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            # weights_only=True refuses anything but tensors and plain containers: a checkpoint
+            # that needs full unpickling can run arbitrary code when loaded, so it is never loaded
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln),
+                       lines[0] if lines else type(err).__name__)
+            raise EncoderWeightsError(
+                f"{path}: refused: this checkpoint holds more than tensors, and unpickling it could "
+                f"run arbitrary code (torch.load(weights_only=True) rejected it: "
+                f"{why}). Fix: use weights from a trusted "
+                f"source as .safetensors, or re-save a trusted copy as a plain state dict "
+                f"(torch.save(model.state_dict(), path)).") from err
     for key in ("state_dict", "model", "module", "teacher"):  # common wrappers (teacher: DINO)
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

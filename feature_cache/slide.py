@@ -100,9 +100,9 @@ class Slide:
         if self.mpp is None:
             raise SlideError(
                 f"{self.path}: the slide has no resolution metadata (no mpp-x property, no "
-                f"objective power), so magnification cannot be computed. Fix: pass the level-0 "
-                f"resolution explicitly, e.g. open_slide(path, mpp=0.25) or `--mpp 0.25` "
-                f"(0.25 um/px = 40x, 0.5 um/px = 20x)."
+                f"objective power), so magnification cannot be computed. Fix: give the level-0 "
+                f"resolution explicitly: `mpp_override: 0.25` in the dataset's YAML, `bench extract "
+                f"--mpp 0.25`, or open_slide(path, mpp=0.25) (0.25 um/px = 40x, 0.5 um/px = 20x)."
             )
         return self.mpp
 
@@ -211,6 +211,42 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"ZISRAWFILE", "a Zeiss CZI file"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"%PDF", "a PDF document"),
+    (b"<!DOCTYPE html", "an HTML page (a failed download?)"),
+    (b"<html", "an HTML page (a failed download?)"),
+    (b"<?xml", "an XML document"),
+)
+
+
+def _sniff(path: Path) -> str | None:
+    """What a file that no slide reader opened is, from its first bytes (None: looks like a TIFF
+    or is unknown, i.e. probably a damaged slide rather than another format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head:
+        return None  # empty: a failed copy, reported as damaged
+    for magic, kind in _MAGIC:
+        if head.lstrip()[: len(magic)].lower() == magic.lower():
+            return kind
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return None
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return "a text file"
+    return None
+
+
 def open_slide(path: str | Path, backend: str = "auto", mpp: float | None = None) -> Slide:
     """Open a whole-slide image.
 
@@ -241,6 +277,14 @@ def open_slide(path: str | Path, backend: str = "auto", mpp: float | None = None
         except SlideError as err:
             handle.close()
             errors.append(f"{name}: {err}")
+    kind = _sniff(path)
+    if kind is not None:
+        raise SlideError(
+            f"{path}: unsupported format: the file is {kind}, not a whole-slide image a reader here "
+            f"opens ({'; '.join(errors)}). Fix: convert it to a pyramidal tiled TIFF (e.g. `vips "
+            f"tiffsave in out.tiff --tile --pyramid --compression jpeg`; bfconvert for CZI/LIF), "
+            f"re-download it if it should be a slide, or remove it from the slide folder."
+        )
     raise SlideError(
         f"{path}: no reader could open this file ({'; '.join(errors)}). Fix: check it is a "
         f"complete whole-slide image (SVS, tiled TIFF, NDPI, MRXS, DICOM...) -- re-download or "

@@ -39,11 +39,12 @@ class SlideImageCache:
     def path(self, slide_id: str, magnification: float, slide_path: str | Path) -> Path:
         """The cache file names the slide file's identity (size, mtime), so a slide replaced under
         the same id is read again instead of served stale."""
-        if "/" in slide_id or slide_id.startswith("."):
-            raise ValueError(f"slide id {slide_id!r} cannot be a file name")
+        from feature_cache.cache import _check_id  # the feature cache's id -> file-stem rule
+
+        stem = _check_id(slide_id)
         st = Path(slide_path).stat()
         ident = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
-        return self.dir_for(magnification) / f"{slide_id}.{ident}.npy"
+        return self.dir_for(magnification) / f"{stem}.{ident}.npy"
 
     def get(self, slide_id: str, slide_path: str | Path, magnification: float,
             mpp_override: float | None = None) -> np.ndarray:
@@ -60,8 +61,10 @@ class SlideImageCache:
                         with os.fdopen(fd, "wb") as f:
                             np.save(f, np.ascontiguousarray(arr, dtype=np.uint8))
                         os.replace(tmp, p)
-                    except BaseException:
+                    except BaseException as err:
                         Path(tmp).unlink(missing_ok=True)
+                        if isinstance(err, OSError):  # disk full...: name the file
+                            raise OSError(err.errno, f"cannot write {p}: {err}", str(p)) from err
                         raise
         return np.load(p, mmap_mode="r")
 
@@ -99,7 +102,7 @@ class SlideImageCache:
             try:
                 if not self.path(sid, magnification, path).is_file():
                     todo.append((sid, path))
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # unreadable file, or an id that is a path
                 failed[sid] = f"{path}: {exc}"
         for sid, path in tqdm(todo, desc=f"slides @ {magnification:g}x", unit="slide", disable=None if progress and todo else True):
             try:

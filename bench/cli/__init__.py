@@ -51,10 +51,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished units are kept, rerun the same command to resume", file=sys.stderr)
         return 130
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        # user errors: one clear line, no traceback (use -v for it)
+    except Exception as exc:  # noqa: BLE001 — sorted below: user errors get one line, bugs a traceback
+        from feature_cache import SlideError
+        from feature_cache.encoders import EncoderWeightsError
+
+        from ..io import disk_full
+
         if args.verbose:
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        if disk_full(exc):
+            where = getattr(exc, "filename", None) or "a results/cache file"
+            print(f"error: disk full while writing {where} ({exc}). Nothing finished is lost: free space on "
+                  "that file system, or point --results/--cache (BENCH_RESULTS/BENCH_CACHE) at a bigger one, "
+                  "and rerun the same command to resume.", file=sys.stderr)
+            return 3
+        if isinstance(exc, (KeyError, ValueError, FileNotFoundError, SlideError, EncoderWeightsError)):
+            # user errors: one clear line, no traceback (use -v for it)
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        raise
