@@ -53,6 +53,11 @@ class TrainConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}; allowed: {sorted(names)}")
+        for f in fields(cls):  # a value of the wrong type fails here, naming the option, not mid-training
+            if f.name in d and f.type in ("float", "int", "float | None", "int | None") and d[f.name] is not None:
+                v = d[f.name]
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValueError(f"training option {f.name}={v!r} must be a number")
         cfg = cls(**d)
         if cfg.feature_norm not in ("none", "zscore"):
             raise ValueError(f"feature_norm must be 'none' or 'zscore', got {cfg.feature_norm!r}")

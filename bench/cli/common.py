@@ -56,7 +56,13 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        val = yaml.safe_load(v)
+        if isinstance(val, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; users mean a number
+            try:
+                val = int(val) if val.lstrip("+-").isdigit() else float(val)
+            except ValueError:
+                pass
+        out[k.strip()] = val
     return out
 
 

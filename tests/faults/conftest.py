@@ -164,6 +164,8 @@ class FaultCohort:
 
     # ---- running the harness -------------------------------------------------------------
     def args(self, *extra: str, command: str = "run", methods: str = METHOD) -> list[str]:
+        if command == "table":
+            return ["table", "--dataset", "faults", "--results", str(self.results), "--no-figures", *extra]
         a = [command, "--dataset", str(self.yaml)]
         if command in ("run", "extract", "splits"):
             a += ["--results", str(self.results), "--cache", str(self.cache)] if command != "extract" \
