@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if disk_full(exc):
             where = getattr(exc, "filename", None) or "a results/cache file"
-            print(f"error: disk full while writing {where} ({exc}). Nothing finished is lost: free space on "
+            why = getattr(exc, "strerror", None) or str(exc)
+            print(f"error: disk full while writing {where} ({why}). Nothing finished is lost: free space on "
                   "that file system, or point --results/--cache (BENCH_RESULTS/BENCH_CACHE) at a bigger one, "
                   "and rerun the same command to resume.", file=sys.stderr)
             return 3

@@ -199,11 +199,16 @@ class FaultCohort:
         return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
                 "PYTHONUNBUFFERED": "1"}
 
-    def spawn(self, *extra: str, command: str = "run", methods: str = METHOD, **kw) -> subprocess.Popen:
+    def argv(self, *extra: str, command: str = "run", methods: str = METHOD, quiet: bool = True) -> list[str]:
+        return [sys.executable, "-m", "bench", *self.args(*extra, command=command, methods=methods),
+                *(["-q"] if quiet else [])]
+
+    def spawn(self, *extra: str, command: str = "run", methods: str = METHOD, quiet: bool = True,
+              **kw) -> subprocess.Popen:
         """``python -m bench <command> ...`` as a real subprocess (stdout+stderr to a pipe)."""
-        return subprocess.Popen([sys.executable, "-m", "bench", *self.args(*extra, command=command,
-                                 methods=methods), "-q"], cwd=REPO, env=kw.pop("env", self.env()),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+        return subprocess.Popen(self.argv(*extra, command=command, methods=methods, quiet=quiet), cwd=REPO,
+                                env=kw.pop("env", self.env()), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **kw)
 
     # ---- results -------------------------------------------------------------------------
     def unit_dir(self, task: str, fold: int, method: str = METHOD) -> Path:
