@@ -71,8 +71,10 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
             hit = g[(g["task"] == t) & (g["dataset"] == d)]
             expected = int(hit["expected_folds"].iloc[0]) if len(hit) and "expected_folds" in hit else 5
             # folds counted: those with a defined metric (a fold without events has no C-index)
-            n = hit["n_defined"] if "n_defined" in hit else hit["n_folds"]
-            row[(t, d)] = Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), int(n.iloc[0]),
+            n = int(hit["n_folds"].iloc[0]) if len(hit) else 0
+            if len(hit) and "n_defined" in hit and pd.notna(hit["n_defined"].iloc[0]):
+                n = min(n, int(hit["n_defined"].iloc[0]))
+            row[(t, d)] = Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), n,
                                expected) if len(hit) else None
         rows.append(row)
     wide = pd.DataFrame(rows)

@@ -74,8 +74,7 @@ def main(args: argparse.Namespace) -> int:
               f"{args.results}/runs/{report.dataset} — `python -m bench table --dataset {report.dataset}` shows them")
     else:
         print(report.line())
-    for unit, msg in report.failed.items():
-        print(f"FAILED {unit}: {msg}")
+    _print_failed(report.failed)
     if report.ran:
         print(f"summary: {args.results / report.dataset / 'summary.csv'}")
     return 1 if report.failed else 0
@@ -104,6 +103,18 @@ def _submit(args: argparse.Namespace, methods: list, dataset: str, common: dict)
             if ran:
                 ResultsStore(args.results).summarize(rep.dataset)
                 print(f"summary: {args.results / rep.dataset / 'summary.csv'}")
-    for unit, msg in rep.failed.items():
-        print(f"FAILED {unit}: {msg}")
+    _print_failed(rep.failed)
     return 1 if rep.failed else 0
+
+
+def _print_failed(failed: dict) -> None:
+    """One line per failure; units failing with the same message (an unusable encoder fails every
+    unit of its methods) share one line."""
+    by_msg: dict[str, list[str]] = {}
+    for unit, msg in failed.items():
+        by_msg.setdefault(msg, []).append(str(unit))
+    for msg, units in by_msg.items():
+        if len(units) == 1:
+            print(f"FAILED {units[0]}: {msg}")
+        else:
+            print(f"FAILED {len(units)} units ({', '.join(units)}): {msg}")

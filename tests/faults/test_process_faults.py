@@ -55,7 +55,7 @@ def test_f14_sigkill_during_feature_extraction(cohort):
 
 
 def test_f15_sigkill_during_training(cohort):
-    args = ("--set", "epochs=25")
+    args = ("--set", "epochs=15")
     proc = cohort.spawn(*args)
     assert _wait_for(lambda: len(cohort.done()) >= 2, proc)
     proc.send_signal(signal.SIGKILL)
@@ -74,7 +74,8 @@ def test_f15_sigkill_during_training(cohort):
 
 
 def test_f16_two_workers_share_results_and_cache(cohort):
-    shutil.rmtree(cohort.cache)
+    for i in range(6):  # half the slides still need features: the two workers share that work too
+        cohort.feature_file(slide_id(i)).unlink()
     args = ("--set", "epochs=6")
     a = cohort.spawn(*args, quiet=False)
     b = cohort.spawn(*args, quiet=False)
@@ -85,7 +86,7 @@ def test_f16_two_workers_share_results_and_cache(cohort):
     assert sum(ran) == N_UNITS  # every unit trained exactly once across the two workers
     assert ran[0] and ran[1] or "running in another process" in out_a + out_b
     extracted = [sum(int(n) for n in re.findall(r"feature extraction: (\d+) extracted", o)) for o in (out_a, out_b)]
-    assert sum(extracted) == 12  # every slide encoded exactly once
+    assert sum(extracted) == 6  # every missing slide encoded exactly once
     cohort.assert_complete()
     r = cohort.run(*args)
     assert "nothing to do" in r.out
