@@ -129,11 +129,12 @@ class RegionCache:
                             f"-v{FORMAT_VERSION}")
 
     def _stem(self, slide_id: str, slide_path: str | Path) -> Path:
-        if "/" in slide_id or slide_id.startswith("."):
-            raise ValueError(f"slide id {slide_id!r} cannot be a file name")
+        from feature_cache.cache import _check_id  # the feature cache's id -> file-stem rule
+
+        name = _check_id(slide_id)
         st = Path(slide_path).stat()
         ident = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
-        return self.dir() / f"{slide_id}.{ident}"
+        return self.dir() / f"{name}.{ident}"
 
     def coords(self, slide_id: str, slide_path: str | Path, mpp_override: float | None = None) -> np.ndarray:
         """The slide's region corners (level-0 x, y), sampled once."""
