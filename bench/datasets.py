@@ -271,6 +271,8 @@ class DatasetSpec:
     case_id: str = "tcga"  # "tcga" = first 12 characters; "stem" = the whole file stem
     tasks: list[str] = field(default_factory=lambda: ["staging", "survival"])
     allow_random_weights: bool = False
+    # with random weights, conch/gigapath become small stand-ins of their family (marked ‡ in tables)
+    random_encoder_standin: bool = False
     generator: str | None = None  # "demo": generated on first use
     generator_args: dict[str, Any] = field(default_factory=dict)  # e.g. {n_cases: 12, seed: 0}
     root: str = ""  # relative to $BENCH_DATA

@@ -206,6 +206,7 @@ class ResultsStore:
                     "folds": ";".join("nan" if v is None or np.isnan(v) else f"{v:.4f}" for v in vals),
                     "random_weights": any(m.get("random_weights") for m in ms),
                     "tuned": any(m.get("tuned") for m in ms),
+                    "encoder_standin": next((m["encoder_standin"] for m in ms if m.get("encoder_standin")), ""),
                     "train_seconds": float(np.mean([m.get("train_seconds", np.nan) for m in ms])),
                 })
         df = pd.DataFrame(out)

@@ -113,11 +113,12 @@ class FeatureInputs:
     model_kwargs: dict[str, Any] = {}  # builder arguments the inputs decide (second-stage weights)
 
     def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
-                 progress: bool) -> None:
+                 progress: bool, standin: bool = False) -> None:
         from feature_cache import get_encoder
 
         self.cohort = cohort
-        self.encoder = get_encoder(encoder_name, allow_random=allow_random)
+        self.encoder = get_encoder(encoder_name, allow_random=allow_random, standin=standin)
+        log.info("%s features: %s weights", encoder_name, self.encoder.weights_label)
         self.cache = self._make_cache(cache_root)
         self.progress = progress
         self.slides_of = cohort.slides_of()
@@ -131,8 +132,15 @@ class FeatureInputs:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"encoder": self.encoder.name, "features": str(self.cache.dir_for(self.encoder).name),
-                "random_weights": bool(self.encoder.random_weights)}
+        ident = {"encoder": self.encoder.name, "features": str(self.cache.dir_for(self.encoder).name),
+                 "random_weights": bool(self.encoder.random_weights)}
+        if self.encoder.standin:  # only then, so configs (and hashes) of other runs are unchanged
+            ident.update(weights=self.encoder.weights_label, encoder_standin=self.encoder.standin)
+        return ident
+
+    @property
+    def weights_label(self) -> str:
+        return self.encoder.weights_label
 
     def ensure(self, cases: Iterable[str] | None = None) -> None:
         """Features of every slide (of ``cases`` only, when given) are cached."""
@@ -204,8 +212,8 @@ class TileInputs(FeatureInputs):
     positions never collide."""
 
     def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
-                 progress: bool) -> None:
-        super().__init__(cohort, encoder_name, cache_root, allow_random, progress)
+                 progress: bool, standin: bool = False) -> None:
+        super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin=standin)
         from baselines.prov_gigapath import SLIDE_WEIGHTS_ENV, find_slide_encoder_weights
 
         self._stage2, kw = _second_stage_weights("slide_encoder", find_slide_encoder_weights, SLIDE_WEIGHTS_ENV,
@@ -243,8 +251,8 @@ class RegionFeatureInputs(FeatureInputs):
     (``feature_cache.region_features``); the slide-level model attends across all of them."""
 
     def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
-                 progress: bool) -> None:
-        super().__init__(cohort, encoder_name, cache_root, allow_random, progress)
+                 progress: bool, standin: bool = False) -> None:
+        super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin=standin)
         from baselines.hipt import VIT4K_WEIGHTS_ENV, find_vit4k_weights
 
         self._stage2, kw = _second_stage_weights("vit4k", find_vit4k_weights, VIT4K_WEIGHTS_ENV, allow_random)
@@ -435,7 +443,8 @@ def make_inputs(spec: MethodSpec, cohort: Cohort, cache: Path | str, model_opts:
     positions, or HIPT's regions), or whole slides."""
     if spec.input in _FEATURE_INPUTS:
         return _FEATURE_INPUTS[spec.input](cohort, spec.cache_encoder, Path(cache),
-                                           cohort.spec.allow_random_weights, progress)
+                                           cohort.spec.allow_random_weights, progress,
+                                           standin=cohort.spec.random_encoder_standin)
     if model_opts.get("regions"):
         return RegionInputs(cohort, dict(model_opts["regions"]), Path(cache), progress)
     mag = float(model_opts.get("magnification", spec.magnification or 2.5))
@@ -593,6 +602,7 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
         "metrics": scores, "config_hash": chash, "split_hash": config["split_hash"], "n_folds": splits.n_folds,
         "random_weights": config.get("random_weights", False), "cases_without_input": without,
         "tuned": "tuned" in config,
+        "weights": getattr(fi, "weights_label", ""), "encoder_standin": config.get("encoder_standin", ""),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **info,
     }
     return pred, train_log, metrics

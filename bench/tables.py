@@ -20,6 +20,7 @@ GROUP_ORDER = [ENCODERS["resnet50"]["group"], ENCODERS["gigapath"]["group"], ENC
 RANDOM_MARK = "\u2020"  # dagger
 TUNED_NOTE = (" (tuned): hyper-parameters chosen for each outer fold by nested cross-validation (Optuna, "
               "inner folds made from that fold's training cases only).")
+STANDIN_MARK = "\u2021"  # double dagger: a small stand-in architecture replaced the encoder
 
 
 def human_count(n: float | int | None) -> str:
@@ -66,7 +67,9 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
         row = {"method": method, "variant": variant, "label": first["label"], "family": first["family"],
                "encoder": first.get("encoder") or "", "group": _group(first), "params": first["params"],
                "random_weights": bool(g["random_weights"].astype(bool).any()),
-               "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False}
+               "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False,
+
+               "standin": _standin(g)}
         for t, d in cols:
             hit = g[(g["task"] == t) & (g["dataset"] == d)]
             expected = int(hit["expected_folds"].iloc[0]) if len(hit) and "expected_folds" in hit else 5
@@ -86,6 +89,18 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
         wide["_m"] = wide["method"].map(lambda m: order.get(m, len(order)))
         wide = wide.sort_values(["_g", "_m", "variant"], kind="stable").drop(columns=["_g", "_m"]).reset_index(drop=True)
     return wide, cols
+
+
+def _standin(g: pd.DataFrame) -> str:
+    """The stand-in architecture behind a row's features ("" for the real encoder)."""
+    if "encoder_standin" not in g:
+        return ""
+    vals = [str(v) for v in g["encoder_standin"] if isinstance(v, str) and v]
+    return vals[0] if vals else ""
+
+
+def _marks(row: pd.Series, dagger: str, ddagger: str) -> str:
+    return (dagger if row["random_weights"] else "") + (ddagger if row.get("standin") else "")
 
 
 def _group(row: pd.Series) -> str:
@@ -110,7 +125,8 @@ def _ranks(wide: pd.DataFrame, col: tuple[str, str]) -> dict[int, int]:
 
 def _params_text(row: pd.Series) -> str:
     if row["family"] == "two-stage" and row["encoder"] in ENCODERS:
-        return f"{ENCODERS[row['encoder']]['params']} + {human_count(row['params'])}"
+        enc = "stand-in" if row.get("standin") else ENCODERS[row["encoder"]]["params"]
+        return f"{enc} + {human_count(row['params'])}"
     return human_count(row["params"])
 
 
@@ -158,7 +174,7 @@ def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "",
                 lines.append(r"\midrule")
             lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{_latex_escape(row['group'])}}}}} \\")
             last_group = row["group"]
-        name = _latex_escape(_name(row)) + (r"$^\dagger$" if row["random_weights"] else "")
+        name = _latex_escape(_name(row)) + _marks(row, r"$^\dagger$", r"$^\ddagger$")
         cells = []
         for c in cols:
             cell = row[c]
@@ -185,6 +201,9 @@ def default_caption(wide: pd.DataFrame) -> str:
     if not wide.empty and wide["random_weights"].any():
         cap += (r" $^\dagger$Patch encoder with random weights (pretrained weights unavailable): not "
                 r"comparable to published numbers.")
+    if not wide.empty and "standin" in wide and wide["standin"].astype(bool).any():
+        cap += (r" $^\ddagger$Small stand-in architecture of the encoder's family (same input and "
+                r"output dimension), not the published network.")
     return cap
 
 
@@ -202,12 +221,17 @@ def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
             txt = row[c].text() if row[c] is not None else "–"
             r = ranks[c].get(i)
             cells.append(f"**{txt}**" if r == 1 else f"_{txt}_" if r == 2 else txt)
-        name = _name(row) + (f" {RANDOM_MARK}" if row["random_weights"] else "")
+        marks = _marks(row, RANDOM_MARK, STANDIN_MARK)
+        name = _name(row) + (f" {marks}" if marks else "")
         out.append("| " + " | ".join([name, _backbone(row), _params_text(row)] + cells) + " |")
     if not wide.empty and "tuned" in wide and wide["tuned"].any():
         out.append("\n" + TUNED_NOTE.strip())
     if not wide.empty and wide["random_weights"].any():
         out.append(f"\n{RANDOM_MARK} random encoder weights: not comparable to published numbers.")
+    if not wide.empty and "standin" in wide and wide["standin"].astype(bool).any():
+        archs = "; ".join(sorted({f"{r['encoder']}: {r['standin']}" for _, r in wide.iterrows() if r["standin"]}))
+        out.append(f"{STANDIN_MARK} small stand-in architecture of the encoder's family, not the "
+                   f"published network ({archs}).")
     return "\n".join(out) + "\n"
 
 

@@ -93,6 +93,10 @@ class EncoderSpec:
     key_prefixes: tuple[str, ...] = ("", "module.", "model.", "backbone.", "trunk.")
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # a small network of the same family (same patch size, input transform and output dim) that a
+    # dataset may opt into *instead of* a random-weight copy of the full network (see get_encoder)
+    standin_build: Callable[[], "torch.nn.Module"] | None = None
+    standin_arch: str = ""
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
@@ -162,10 +166,16 @@ class Encoder:
     for DataLoader workers; ``__call__`` applies the same preprocessing batched. On CUDA the
     forward pass runs under autocast at the spec's precision (as the authors ran it); on CPU in
     fp32.
+
+    The network is built on first use (``encoder.model``). When ``fingerprint`` is known in
+    advance (remembered from an earlier build, see :func:`get_encoder`), naming the cache
+    directory costs nothing; the first build then checks the remembered value.
     """
 
-    def __init__(self, spec: EncoderSpec, model: "torch.nn.Module", *, random_weights: bool,
-                 weights_source: str, device: str = "cpu", weights_file: Path | None = None):
+    def __init__(self, spec: EncoderSpec, model: "torch.nn.Module | Callable[[], torch.nn.Module]",
+                 *, random_weights: bool, weights_source: str, device: str = "cpu",
+                 weights_file: Path | None = None, standin: str = "",
+                 fingerprint: str | None = None, on_fingerprint: Callable[[str], None] | None = None):
         import torch
 
         self.spec = spec
@@ -176,15 +186,55 @@ class Encoder:
         self.input_size = spec.input_size
         self.random_weights = random_weights
         self.weights_source = weights_source
+        self.standin = standin  # "" or the stand-in architecture's description
         self.device = torch.device(device)
         self.precision = spec.precision_cuda if self.device.type == "cuda" else "fp32"
-        self.model = model.eval().to(self.device)
-        if self.device.type == "cpu" or self.device.type == "cuda":
-            # channels-last: measured 2x faster for ResNet-50 on this 2-core CPU; a no-op for ViTs
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self._weights_file = weights_file
+        self._model: torch.nn.Module | None = None
+        self._builder = model if not isinstance(model, torch.nn.Module) else None
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.fingerprint = self._fingerprint(weights_file)
+        self._remembered = fingerprint
+        self._on_fingerprint = on_fingerprint
+        if isinstance(model, torch.nn.Module):
+            self._install(model)
+        if fingerprint is None:
+            self.fingerprint = self._fingerprint(weights_file, self.model)
+            if on_fingerprint is not None:
+                on_fingerprint(self.fingerprint)
+        else:
+            self.fingerprint = fingerprint
+
+    @property
+    def weights_label(self) -> str:
+        """What every result row says about the weights: ``pretrained (<source>)``, ``random`` or
+        ``random (stand-in <arch>)``."""
+        if self.standin:
+            return f"random (stand-in {self.standin})"
+        return "random" if self.random_weights else f"pretrained ({self.weights_source})"
+
+    def _install(self, model: "torch.nn.Module") -> None:
+        import torch
+
+        model = model.eval().to(self.device)
+        # channels-last: measured 2x faster for ResNet-50 on this 2-core CPU; a no-op for ViTs
+        self._model = model.to(memory_format=torch.channels_last)
+
+    @property
+    def model(self) -> "torch.nn.Module":
+        if self._model is None:
+            assert self._builder is not None
+            self._install(self._builder())
+            if self._remembered is not None:
+                actual = self._fingerprint(self._weights_file, self._model)
+                if actual != self._remembered:  # the remembered value went stale: never mislabel
+                    if self._on_fingerprint is not None:
+                        self._on_fingerprint(actual)
+                    raise RuntimeError(
+                        f"encoder {self.name!r}: the remembered fingerprint {self._remembered} does "
+                        f"not match the built network's {actual} (stale entry in "
+                        f"{_fingerprint_store()}); it has been corrected. Fix: run the command again.")
+        return self._model
 
     def _preproc_id(self) -> str:
         base = f"{self.name}|{ENCODER_CODE_VERSION}|{self.input_size}|{self.spec.mean}|{self.spec.std}"
@@ -195,15 +245,17 @@ class Encoder:
             base += f"|{self.spec.interpolation}"
         if self.precision != "fp32":
             base += f"|{self.precision}"
+        if self.standin:
+            base += f"|standin:{self.standin}"
         return base
 
-    def _fingerprint(self, weights_file: Path | None) -> str:
+    def _fingerprint(self, weights_file: Path | None, model: "torch.nn.Module") -> str:
         import torch
 
         h = hashlib.sha256()
         h.update(self._preproc_id().encode())
-        if self.spec.fingerprint_by == "values":
-            for key, tensor in sorted(self.model.state_dict().items()):
+        if self.spec.fingerprint_by == "values" or self.standin:
+            for key, tensor in sorted(model.state_dict().items()):
                 t = tensor.detach().cpu().contiguous()
                 h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
                 h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, raw bytes
@@ -214,7 +266,7 @@ class Encoder:
 
             h.update(f"|random:{RANDOM_INIT_SEED}|torch {torch.__version__}|timm "
                      f"{timm.__version__}".encode())
-            for key, tensor in sorted(self.model.state_dict().items()):
+            for key, tensor in sorted(model.state_dict().items()):
                 h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         return h.hexdigest()[:16]
 
@@ -266,8 +318,8 @@ class Encoder:
         return out.float().cpu()
 
     def __repr__(self) -> str:
-        w = "random weights" if self.random_weights else self.weights_source
-        return f"Encoder({self.name!r}, dim={self.dim}, fingerprint={self.fingerprint}, {w})"
+        return (f"Encoder({self.name!r}, dim={self.dim}, fingerprint={self.fingerprint}, "
+                f"{self.weights_label})")
 
 
 # ------------------------------------------------------------------------ weights
@@ -485,36 +537,145 @@ def _build_loaded(spec: EncoderSpec, path: Path) -> "torch.nn.Module":
     return model
 
 
-def get_encoder(name: str, weights: str | os.PathLike | None = None, allow_random: bool = False,
-                device: str = "cpu") -> Encoder:
-    """Build encoder ``name`` with weights resolved in the order of the module docstring."""
-    import torch
+def _fingerprint_store() -> Path:
+    return _sha_store().with_name("encoder-fingerprints.json")
 
+
+def _callable_id(fn: Any) -> str:
+    """A process-independent name for a builder (``repr`` would include a memory address)."""
+    if isinstance(fn, functools.partial):
+        kw = ",".join(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))
+        return f"partial({_callable_id(fn.func)},{fn.args!r},{kw})"
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+@functools.lru_cache(maxsize=1)
+def _environment_id() -> str:
+    """This module's source and the versions of the libraries that build and initialise the
+    networks: any change means a remembered fingerprint is recomputed, never trusted."""
+    from importlib import metadata
+
+    versions = []
+    for dist in ("torch", "timm", "open_clip_torch"):
+        try:
+            versions.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist}=none")
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return f"{code}|{'|'.join(versions)}"
+
+
+def _fingerprint_ident(spec: EncoderSpec, mode: str, source: Path | None, device: str) -> str:
+    """What determines an encoder's fingerprint without building it: the spec, how the weights
+    were chosen (file identity by real path, size and mtime; or the seeded random init), the
+    device type (precision) and :func:`_environment_id`."""
+    parts = [spec.name, mode, str(device).split(":")[0], _environment_id(),
+             _callable_id(spec.standin_build if mode == "standin" else spec.build),
+             f"{spec.dim}|{spec.input_size}|{spec.resize_size}|{spec.interpolation}|{spec.mean}|"
+             f"{spec.std}|{spec.precision_cuda}|{spec.fingerprint_by}|{spec.key_prefixes}|"
+             f"{spec.standin_arch}"]
+    if source is not None:
+        real = Path(os.path.realpath(source))
+        st = real.stat()
+        parts.append(f"{real}|{st.st_size}|{st.st_mtime_ns}")
+    else:
+        parts.append(f"seed{RANDOM_INIT_SEED}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _remembered_fingerprint(ident: str) -> str | None:
+    try:
+        value = json.loads(_fingerprint_store().read_text(encoding="utf-8")).get(ident)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if isinstance(value, str) else None
+
+
+def _remember_fingerprint(ident: str, fingerprint: str) -> None:
+    """Add one entry to the store, read-modify-replace under a lock (several workers may start
+    at once). A read-only home only costs a rebuild next time."""
+    from filelock import FileLock
+
+    store = _fingerprint_store()
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(store) + ".lock", timeout=30):
+            try:
+                known = json.loads(store.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                known = {}
+            known[ident] = fingerprint
+            tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=0), encoding="utf-8")
+            os.replace(tmp, store)
+    except Exception as err:  # noqa: BLE001 -- remembering is an optimisation only
+        log.debug("cannot remember the fingerprint in %s: %s", store, err)
+
+
+def _seeded(build: Callable[[], "torch.nn.Module"]) -> Callable[[], "torch.nn.Module"]:
+    def make() -> "torch.nn.Module":
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)  # random init is reproducible across processes
+            return build()
+
+    return make
+
+
+def get_encoder(name: str, weights: str | os.PathLike | None = None, allow_random: bool = False,
+                device: str = "cpu", standin: bool = False) -> Encoder:
+    """Build encoder ``name`` with weights resolved in the order of the module docstring.
+
+    ``standin=True`` (only together with ``allow_random``, and only when no weights were found):
+    for a spec that has one, a small network of the same family replaces the random-weight
+    full-size network -- same patch size, input transform and output dim, a distinct fingerprint,
+    and ``encoder.standin`` naming the architecture. Random weights carry no pretrained meaning,
+    so on a CPU the stand-in keeps the pipeline runnable (GigaPath's 1.1B parameters take ~40 s
+    per patch here); results say ``random (stand-in <arch>)``.
+
+    The network itself is built on first use: the fingerprint is remembered per (spec, weights
+    file identity or random init, library versions, this module's source) in
+    ``$BENCH_STATE_DIR/encoder-fingerprints.json``, so naming an already-filled cache directory
+    does not build the network.
+    """
     spec = _spec(name)
     source, how, why_no_download = _resolve_weights(spec, weights)
     if source is not None:
-        model = _build_loaded(spec, source)
-        log.info("encoder %s: weights from %s (%s)", name, source, how)
-        return Encoder(spec, model, random_weights=False, weights_source=f"{how}: {source}",
-                       device=device, weights_file=source)
-    if allow_random:
+        mode = "weights"
+        build: Callable[[], torch.nn.Module] = functools.partial(_build_loaded, spec, source)
+        log.info("encoder %s: pretrained weights from %s (%s)", name, source, how)
+        kwargs: dict[str, Any] = dict(random_weights=False, weights_source=f"{how}: {source}",
+                                      weights_file=source)
+    elif allow_random:
+        use_standin = standin and spec.standin_build is not None
+        mode = "standin" if use_standin else "random"
+        if standin and not use_standin:
+            log.info("encoder %s has no stand-in architecture; using the full network", name)
+        what = (f"a small STAND-IN architecture ({spec.standin_arch}) instead of "
+                f"{spec.description or name}" if use_standin else "the full architecture")
         log.warning("encoder %s: no weights found (%s, local hub cache; %s); using RANDOM weights "
-                    "(seed %d) -- results will say so", name, spec.weights_env, why_no_download,
-                    RANDOM_INIT_SEED)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)  # random init is reproducible across processes
-            model = spec.build()
-        return Encoder(spec, model, random_weights=True, weights_source="random", device=device)
-    repos = " ".join(dict.fromkeys(r for r, _ in spec.hub_files)) or "its hub repository"
-    gated = (" (gated: accept its terms on the hub and set HF_TOKEN first)"
-             if spec.extra.get("gated") else "")
-    raise EncoderWeightsError(
-        f"no weights for encoder {name!r} ({why_no_download}). Fix one of: pass "
-        f"weights=/path/to/weights (.safetensors/.pth/.bin); set {spec.weights_env}=/path/to/"
-        f"weights; download them while online (`huggingface-cli download {repos}`{gated}) so the "
-        f"local hub cache has them; or allow random weights (the demo dataset does; results are "
-        f"then marked 'random weights')."
-    )
+                    "(seed %d) with %s -- results will say so", name, spec.weights_env,
+                    why_no_download, RANDOM_INIT_SEED, what)
+        build = _seeded(spec.standin_build if use_standin else spec.build)  # type: ignore[arg-type]
+        kwargs = dict(random_weights=True, weights_source="random",
+                      standin=spec.standin_arch if use_standin else "")
+    else:
+        repos = " ".join(dict.fromkeys(r for r, _ in spec.hub_files)) or "its hub repository"
+        gated = (" (gated: accept its terms on the hub and set HF_TOKEN first)"
+                 if spec.extra.get("gated") else "")
+        raise EncoderWeightsError(
+            f"no weights for encoder {name!r} ({why_no_download}). Fix one of: pass "
+            f"weights=/path/to/weights (.safetensors/.pth/.bin); set {spec.weights_env}=/path/to/"
+            f"weights; download them while online (`huggingface-cli download {repos}`{gated}) so "
+            f"the local hub cache has them; or allow random weights (the demo dataset does; "
+            f"results are then marked 'random weights')."
+        )
+    ident = _fingerprint_ident(spec, mode, source, device)
+    enc = Encoder(spec, build, device=device, fingerprint=_remembered_fingerprint(ident),
+                  on_fingerprint=functools.partial(_remember_fingerprint, ident), **kwargs)
+    log.info("encoder %s: %s, fingerprint %s", name, enc.weights_label, enc.fingerprint)
+    return enc
 
 
 # ------------------------------------------------------------------------ registry entries
@@ -571,6 +732,30 @@ def _build_gigapath(**overrides: Any) -> "torch.nn.Module":
                              **{**GIGAPATH_TIMM, **overrides})
 
 
+# Stand-ins (opt-in per dataset, random weights only): same patch size, input transform and output
+# dim as the real network, 2 narrow blocks. Measured on this 2-core CPU (load ~3): CONCH ViT-B/16 at
+# 448 px 0.17 patch/s and GigaPath ViT-g 38 s/patch with random weights, i.e. hours for the demo's
+# 1,176 patches -- for numbers that carry no pretrained meaning either way.
+STANDIN_VIT = dict(embed_dim=192, depth=2, num_heads=3)
+
+
+def _build_conch_standin() -> "torch.nn.Module":
+    """CONCH's image tower with a 2-block, 192-wide ViT/16 trunk at 448 px (same attentional
+    pooler to 512 and LayerNorm)."""
+    return _build_conch_visual(**STANDIN_VIT)
+
+
+def _build_gigapath_standin() -> "torch.nn.Module":
+    """GigaPath's timm DINOv2-style ViT (patch 16, SwiGLU MLP) with 2 blocks of 192, average-pooled
+    patch tokens and a linear head to 1536 (the real network's output dim).
+
+    Two departures, both because the weights are random: the CLS token of a randomly initialised
+    timm ViT hardly depends on the image (measured: between-patch std / mean |x| = 1e-5 on demo
+    patches, i.e. constant features), so the tokens are averaged instead; and LayerScale (1e-5 in
+    GigaPath) is off so the random blocks contribute at all."""
+    return _build_gigapath(**STANDIN_VIT, init_values=None, num_classes=1536, global_pool="avg")
+
+
 register_encoder(EncoderSpec(
     name="resnet50",
     dim=1024,
@@ -607,6 +792,8 @@ register_encoder(EncoderSpec(
     key_prefixes=("visual.", "", "module.visual.", "model.visual."),
     description="CONCH v1 image tower (MahmoodLab/conch pytorch_model.bin)",
     extra={"gated": True},
+    standin_build=_build_conch_standin,
+    standin_arch="ViT/16 2x192 + attn-pool 512",
 ))
 
 register_encoder(EncoderSpec(
@@ -628,6 +815,8 @@ register_encoder(EncoderSpec(
     key_prefixes=("", "module.", "model."),
     description="Prov-GigaPath tile encoder (prov-gigapath/prov-gigapath pytorch_model.bin)",
     extra={"gated": True},
+    standin_build=_build_gigapath_standin,
+    standin_arch="ViT/16 2x192, avg-pool + linear 1536",
 ))
 
 

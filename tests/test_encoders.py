@@ -244,3 +244,121 @@ def test_unreachable_hub_is_reported_without_downloading(monkeypatch) -> None:
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: tried.append(kw))
     path, why = E._download(E._spec("resnet50"))
     assert path is None and "unreachable" in why and tried == []
+
+
+# ------------------------------------------------------------------ stand-ins (random weights only)
+
+
+@pytest.fixture
+def with_standin(tiny, monkeypatch: pytest.MonkeyPatch):
+    """tiny-gigapath whose "full" network is 2 blocks of 48 and whose stand-in is 1 block of 32,
+    with a fake hub repository to find weights in; counts builds of each."""
+    builds = {"full": 0, "standin": 0}
+
+    def full():
+        builds["full"] += 1
+        return E._build_gigapath(embed_dim=48, depth=2, num_heads=2)
+
+    def standin():
+        builds["standin"] += 1
+        return E._build_gigapath(embed_dim=32, depth=1, num_heads=2, num_classes=48, global_pool="avg",
+                                 init_values=None)
+
+    spec = dataclasses.replace(tiny["gigapath"], build=full, standin_build=standin,
+                               standin_arch="ViT/16 1x32", hub_files=(("tiny/giga", "pytorch_model.bin"),),
+                               download=("tiny/giga", "pytorch_model.bin"))
+    monkeypatch.setitem(E._REGISTRY, spec.name, spec)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(spec.weights_env, raising=False)
+    return spec, builds
+
+
+def _fake_hub(root: Path, repo: str, filename: str, sd: dict) -> Path:
+    """The Hugging Face cache layout: blobs/<sha256>, snapshots/<rev>/<file> -> blob, refs/main."""
+    base = root / f"models--{repo.replace('/', '--')}"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = _save(sd, root / "tmp.bin")
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    (base / "blobs").mkdir(parents=True)
+    tmp.rename(base / "blobs" / digest)
+    snap = base / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap / filename).symlink_to(base / "blobs" / digest)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text("0" * 40)
+    return snap / filename
+
+
+def test_standin_only_with_random_weights_and_opt_in(with_standin) -> None:
+    spec, builds = with_standin
+    x = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)
+    full = E.get_encoder(spec.name, allow_random=True)  # no opt-in: the real architecture
+    assert builds == {"full": 1, "standin": 0} and not full.standin
+    assert full.weights_label == "random"
+    sub = E.get_encoder(spec.name, allow_random=True, standin=True)
+    assert builds["standin"] == 1 and sub.standin == "ViT/16 1x32"
+    assert sub.weights_label == "random (stand-in ViT/16 1x32)" and sub.random_weights
+    assert sub(x).shape == (2, spec.dim) == full(x).shape  # same output dim and transform
+    assert sum(p.numel() for p in sub.model.parameters()) < sum(p.numel() for p in full.model.parameters())
+    assert sub.fingerprint != full.fingerprint
+    with pytest.raises(E.EncoderWeightsError):  # opting in never allows random weights by itself
+        E.get_encoder(spec.name, standin=True)
+
+
+def test_weights_in_the_hub_cache_beat_the_standin(with_standin, tmp_path: Path, monkeypatch) -> None:
+    spec, builds = with_standin
+    torch.manual_seed(5)
+    released = spec.build().eval()
+    _fake_hub(tmp_path / "hub", "tiny/giga", "pytorch_model.bin", released.state_dict())
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    enc = E.get_encoder(spec.name, allow_random=True, standin=True)
+    assert not enc.random_weights and not enc.standin and builds["standin"] == 0
+    assert enc.weights_source.startswith("local hub cache") and enc.weights_label.startswith("pretrained")
+    x = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), released(enc._preprocess(x)))
+
+
+def test_real_standins_keep_the_encoders_interface() -> None:
+    """The registered stand-ins: same output dims as CONCH (512) and GigaPath (1536) at their
+    own input sizes, a few million parameters instead of 90M / 1.1B."""
+    for name, side, dim in (("conch", 448, 512), ("gigapath", 224, 1536)):
+        spec = E._spec(name)
+        with torch.device("meta"):
+            m = spec.standin_build()
+        assert tuple(m(torch.empty(2, 3, side, side, device="meta")).shape) == (2, dim)
+        assert sum(p.numel() for p in m.parameters()) < 3_000_000
+        assert spec.standin_arch
+
+
+def test_remembered_fingerprint_skips_the_build(with_standin, tmp_path: Path) -> None:
+    spec, builds = with_standin
+    first = E.get_encoder(spec.name, allow_random=True)
+    assert builds["full"] == 1
+    again = E.get_encoder(spec.name, allow_random=True)  # a rerun: named without building
+    assert builds["full"] == 1 and again.fingerprint == first.fingerprint
+    x = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)
+    torch.testing.assert_close(again(x), first(x))  # built on first use, checked, same numbers
+    assert builds["full"] == 2
+    # a weights file is remembered by identity: a replaced file is fingerprinted afresh
+    w = _save(spec.build().state_dict(), tmp_path / "w.bin")
+    a = E.get_encoder(spec.name, weights=w).fingerprint
+    n = builds["full"]
+    assert E.get_encoder(spec.name, weights=w).fingerprint == a and builds["full"] == n
+    torch.manual_seed(9)
+    _save(spec.build().state_dict(), w)
+    assert E.get_encoder(spec.name, weights=w).fingerprint != a
+
+
+def test_stale_remembered_fingerprint_is_caught(with_standin) -> None:
+    spec, _ = with_standin
+    good = E.get_encoder(spec.name, allow_random=True).fingerprint
+    store = E._fingerprint_store()
+    store.write_text(store.read_text().replace(good, "0" * 16))
+    stale = E.get_encoder(spec.name, allow_random=True)
+    assert stale.fingerprint == "0" * 16
+    with pytest.raises(RuntimeError, match="remembered fingerprint 0000000000000000 does not match"):
+        stale(torch.zeros(1, 256, 256, 3, dtype=torch.uint8))
+    assert E.get_encoder(spec.name, allow_random=True).fingerprint == good  # corrected

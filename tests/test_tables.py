@@ -73,3 +73,17 @@ def test_partial_folds_are_marked():
     wide, cols = build_table(s)
     md = to_markdown(wide, cols)
     assert "0.5260 ± 0.0753 (2/5 folds)" in md and "_0.4100 ± 0.0498_" in md
+
+
+def test_standin_rows_are_double_marked():
+    s = summary()
+    s["encoder_standin"] = ""
+    s.loc[s["method"] == "abmil.conch", "encoder_standin"] = "ViT/16 2x192 + attn-pool 512"
+    wide, cols = build_table(s)
+    md = to_markdown(wide, cols)
+    assert "| ABMIL †‡ | ViT-B | stand-in + 0.7M |" in md and "| ABMIL † | ResNet-50 | 25M + 0.9M |" in md
+    assert "‡ small stand-in architecture" in md and "conch: ViT/16 2x192 + attn-pool 512" in md
+    tex = to_latex(wide, cols)
+    assert r"ABMIL$^\dagger$$^\ddagger$" in tex and r"$^\ddagger$Small stand-in" in tex
+    # summaries written before stand-ins existed (no column) still build, unmarked
+    assert "‡" not in to_markdown(*build_table(summary()))
