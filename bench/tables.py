@@ -250,7 +250,7 @@ def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]
         name = str(first["label"]) + (f" ({variant})" if variant else "")
         if first["family"] == "two-stage" and (first.get("encoder") or "") in ENCODERS:
             name = f"{ENCODERS[first['encoder']]['label']}+{first['label']}" + (f" ({variant})" if variant else "")
-        row = {"name": name, "random": bool(g["random_weights"].astype(bool).any()),
+        row = {"name": name, "random": bool(g["random_weights"].astype(bool).any()), "standin": _standin(g),
                "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False}
         for metric, _ in CLASSIFICATION_METRICS:
             hit = g[g["metric"] == metric]
@@ -273,11 +273,12 @@ def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]
            " & ".join(["Method"] + heads) + r" \\", r"\midrule"]
     md = ["| " + " | ".join(["Method"] + heads) + " |", "|" + "---|" * (len(heads) + 1)]
     for r in rows:
-        mark = r"$^\dagger$" if r["random"] else ""
+        mark = (r"$^\dagger$" if r["random"] else "") + (r"$^\ddagger$" if r["standin"] else "")
         tex.append(" & ".join([_latex_escape(r["name"]) + mark]
                               + [cell(r, m, lambda t: rf"\textbf{{{t}}}").replace("±", r"$\pm$")
                                  for m, _ in CLASSIFICATION_METRICS]) + r" \\")
-        md.append("| " + " | ".join([r["name"] + (f" {RANDOM_MARK}" if r["random"] else "")]
+        md_mark = (RANDOM_MARK if r["random"] else "") + (STANDIN_MARK if r["standin"] else "")
+        md.append("| " + " | ".join([r["name"] + (f" {md_mark}" if md_mark else "")]
                                    + [cell(r, m, lambda t: f"**{t}**") for m, _ in CLASSIFICATION_METRICS]) + " |")
     cap = (rf"Classification on {_latex_escape(dataset.upper())}: AUC and accuracy, mean $\pm$ standard deviation "
            r"(population) over the patient-level test folds. Best in \textbf{bold}.")
@@ -285,6 +286,8 @@ def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]
         cap += TUNED_NOTE
     if any(r["random"] for r in rows):
         cap += r" $^\dagger$Random encoder weights: not comparable to published numbers."
+    if any(r["standin"] for r in rows):
+        cap += r" $^\ddagger$Small stand-in architecture of the encoder's family, not the published network."
     tex += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{cap}}}", rf"\label{{tab:classification_{dataset}}}",
             r"\end{table}"]
     return "\n".join(tex) + "\n", "\n".join(md) + "\n"
