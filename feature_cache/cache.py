@@ -55,7 +55,7 @@ __all__ = ["FeatureCache", "ExtractReport", "CacheMissError", "CACHE_FORMAT_VERS
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 2  # 2: ink/artefact-aware tissue mask. Bump when the file layout or the tissue/grid algorithm changes
+CACHE_FORMAT_VERSION = 3  # 2: ink/artefact-aware tissue mask; 3: red/purple ink too. Bump when the file layout or the tissue/grid algorithm changes
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 

@@ -26,7 +26,7 @@ from feature_cache.slide import SlideError, mag_to_mpp, open_slide
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: red/purple ink left out of the stored tissue mask
 
 
 class SlideImageCache:

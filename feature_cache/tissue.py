@@ -53,6 +53,42 @@ def _hue_deg(rgb: np.ndarray) -> np.ndarray:
     return np.where(d > 0, h * 60.0, 0.0).astype(np.float32)
 
 
+# Red pen: the RGB boxes of python-wsi-preprocessing's ``filter_red_pen`` (also histolab's
+# ``RedPenFilter``): a pixel is red ink when R > r, G < g and B < b for any (r, g, b) below.
+# Eosin keeps G and B far higher (pink ~ (225, 140, 185)); haemorrhage (dense red cells) can fall in
+# the deepest boxes and is then dropped with the ink -- little diagnostic tissue is lost that way.
+RED_PEN_RGB = ((150, 80, 90), (110, 20, 30), (185, 65, 105), (195, 85, 125), (220, 115, 145),
+               (125, 40, 70), (200, 120, 150), (100, 50, 65), (85, 25, 45))
+
+
+def _local_std(x: np.ndarray, size: int = 3) -> np.ndarray:
+    mean = ndi.uniform_filter(x, size=size)
+    return np.sqrt(np.maximum(ndi.uniform_filter(x * x, size=size) - mean * mean, 0.0))
+
+
+def _stain_hued_ink(rgb: np.ndarray, *, purple_min_sat: float = 150.0,
+                    purple_max_std: float = 6.0) -> np.ndarray:
+    """Red and purple marker ink: the colours of the stains, so colour alone is not enough.
+
+    * red ink: the published red-pen RGB boxes (:data:`RED_PEN_RGB`): red far above green and
+      blue, which eosin never is;
+    * purple/violet ink: hue 250-320 deg like haematoxylin, but far more saturated (HSV
+      saturation >= ``purple_min_sat``/255, where stained tissue at thumbnail scale, nuclei mixed
+      with pink stroma, stays below ~0.55) *and* flat: the 3x3 local standard deviation of the
+      brightest channel is below ``purple_max_std`` (marker ink is a uniform film, tissue is
+      textured). Both must hold, so densely nuclear tissue is kept.
+    """
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    red = np.zeros(r.shape, bool)
+    for tr, tg, tb in RED_PEN_RGB:
+        red |= (r > tr) & (g < tg) & (b < tb)
+    hue = _hue_deg(rgb)
+    mx = np.maximum(np.maximum(r, g), b)
+    purple = ((hue >= 250.0) & (hue <= 320.0) & (_saturation(rgb) >= purple_min_sat)
+              & (_local_std(mx) < purple_max_std))
+    return red | purple
+
+
 def _artefacts(rgb: np.ndarray, *, max_dark: float = 60.0) -> np.ndarray:
     """Pixels that are ink or scanner artefacts rather than H&E tissue.
 
@@ -60,13 +96,14 @@ def _artefacts(rgb: np.ndarray, *, max_dark: float = 60.0) -> np.ndarray:
     haematoxylin purple (~260-300 deg); even dense nuclei keep red above green. Blue and green
     marker ink is hue 75-245 deg with red well below blue (blue ink) or green above red (green
     ink). Black ink, out-of-focus debris and the dark border some scanners leave are near black
-    (max channel below ``max_dark``), where saturation is pure noise.
+    (max channel below ``max_dark``), where saturation is pure noise. Red and purple ink: see
+    :func:`_stain_hued_ink`.
     """
     r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
     hue = _hue_deg(rgb)
     inked = (hue >= 75.0) & (hue <= 245.0) & ((r < 0.75 * b) | (g > r + 10.0))
     dark = np.maximum(np.maximum(r, g), b) < max_dark
-    return inked | dark
+    return inked | dark | _stain_hued_ink(rgb)
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -145,11 +182,18 @@ def tissue_mask_from_rgb(
     smooth_um: float = 8.0,
     min_fragment_um2: float = 10_000.0,
     max_hole_um2: float = 10_000.0,
+    ink_margin_um: float = 8.0,
 ) -> np.ndarray:
     """The tissue mask of an RGB image whose pixels are ``um_per_px`` wide (the algorithm of
     :func:`segment_tissue`; also used on cached whole-slide images at a magnification)."""
     sat = ndi.median_filter(_saturation(rgb), size=5)
     artefact = ndi.median_filter(_artefacts(rgb, max_dark=max_dark), size=3)
+    # a stroke's blurred rim is a paler mix of ink and glass/tissue that no colour rule catches,
+    # and red/purple rims are tissue-coloured: grow those detections by ink_margin_um
+    grow = max(1, int(round(ink_margin_um / um_per_px)))
+    stain_hued = ndi.median_filter(_stain_hued_ink(rgb), size=3)
+    if stain_hued.any():
+        artefact |= ndi.binary_dilation(stain_hued, structure=_disk(grow))
     thr = max(_otsu(sat[~artefact]), float(min_saturation))
     mask = (sat > thr) & ~artefact
     r = int(round(smooth_um / um_per_px))

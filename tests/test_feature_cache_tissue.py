@@ -124,3 +124,57 @@ def test_overview_thumbnail(marked, tmp_path: Path) -> None:
     x0, y0 = coords.min(0) / ds
     x1, y1 = (coords.max(0) + 256) / ds
     assert xs.min() >= x0 - 1 and xs.max() <= x1 + 1 and ys.min() >= y0 - 1 and ys.max() <= y1 + 1
+
+
+RED_INK, PURPLE_INK = (195, 45, 60), (95, 50, 140)  # marker ink as scanned over glass
+NUCLEI, EOSIN = np.array([120, 70, 165]), np.array([225, 140, 185])
+
+
+def render_red_purple(seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb, tissue truth, ink mask, densely nuclear region): H&E tissue with a region of 85 %
+    nuclei (as purple as H&E gets), a red and a purple marker stroke across glass and tissue."""
+    rng = np.random.default_rng(seed)
+    shade = np.linspace(236, 205, W, dtype=np.float32)[None, :, None]
+    rgb = np.broadcast_to(shade, (H, W, 3)).copy() + rng.normal(0, 2, (H, W, 3))
+    truth = _ellipse(900, 1000, 520, 700) | _ellipse(2150, 900, 450, 380)
+    dense = _ellipse(2150, 950, 250, 200)
+    p_nuc = np.where(dense, 0.85, 0.25)[..., None]
+    stain = np.where(rng.random((H, W, 1)) < p_nuc, NUCLEI, EOSIN)
+    rgb[truth] = stain[truth] + rng.normal(0, 8, (int(truth.sum()), 3))
+    red = _stroke((200, 300), (2900, 1700), 55)  # crosses glass and both pieces
+    purple = _stroke((400, 1900), (1600, 150), 55) | (_ellipse(900, 1000, 600, 780)
+                                                     & ~_ellipse(900, 1000, 570, 750))  # circled
+    for m, colour in ((red, RED_INK), (purple, PURPLE_INK)):
+        rgb[m] = np.array(colour) + rng.normal(0, 6, (int(m.sum()), 3))
+    ink = red | purple
+    return np.clip(rgb, 0, 255).astype(np.uint8), truth & ~ink, ink, dense & ~ink
+
+
+def test_red_and_purple_ink_are_not_tissue_but_purple_tissue_is(tmp_path: Path) -> None:
+    rgb, truth, ink, dense = render_red_purple()
+    p = tmp_path / "RED-00-0000-01Z-00-DX1.tiff"
+    write_pyramid_tiff(p, rgb, mpp=0.5)
+    with fc.open_slide(p) as s:
+        mask, ds = fc.segment_tissue(s)
+    gt, pen, nuc = _at(truth, mask.shape), _at(ink, mask.shape), _at(dense, mask.shape)
+    iou = (mask & gt).sum() / (mask | gt).sum()
+    print(f"IoU {iou:.3f}; ink called tissue: {(mask & pen).sum()} of {pen.sum()}; dense-nuclei "
+          f"region kept: {(mask & nuc).sum()} of {nuc.sum()}")
+    assert iou > 0.9
+    assert (mask & pen).sum() <= 0.02 * pen.sum()  # ink of the stains' hues is not tissue
+    assert (mask & nuc).sum() >= 0.97 * nuc.sum()  # densely nuclear (purple) tissue is kept
+
+
+def test_stain_colours_are_never_ink() -> None:
+    """Every H&E mixture of nuclei, eosin and glass -- flat or textured -- passes the ink rules;
+    the markers' colours do not."""
+    from feature_cache.tissue import _artefacts
+
+    glass = np.array([235, 235, 235])
+    colours = [a * NUCLEI + b * EOSIN + (1 - a - b) * glass
+               for a in np.linspace(0, 1, 11) for b in np.linspace(0, 1, 11) if a + b <= 1 + 1e-9]
+    flat = np.repeat(np.array(colours, np.float32)[:, None, None], 9, 1).repeat(9, 2)  # (N, 9, 9, 3)
+    flat = np.clip(flat, 0, 255).astype(np.uint8).reshape(-1, 9, 3)
+    assert not _artefacts(flat).any()
+    for ink in (RED_INK, PURPLE_INK, (160, 30, 40), (120, 40, 170)):
+        assert _artefacts(np.full((9, 9, 3), ink, np.uint8)).all(), ink
