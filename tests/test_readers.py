@@ -1,6 +1,7 @@
 """Readers on files from several writers: tifffile generic tiled TIFF, an Aperio-SVS-layout file
-(tifffile, the layout OpenSlide recognises as ``aperio``), libvips (pyvips) tiled pyramids and a
-DICOM WSI (wsidicomizer), each through every reader that supports it. Truth is the source array
+(tifffile, the layout OpenSlide recognises as ``aperio``), a Hamamatsu-NDPI-layout file (tifffile,
+recognised as ``hamamatsu``), libvips (pyvips) tiled pyramids and a DICOM WSI (wsidicomizer), each
+through every reader that supports it. Truth is the source array
 the file was written from and the resolution written into it."""
 
 from __future__ import annotations
@@ -72,6 +73,25 @@ def write_aperio_svs(path: Path, img: np.ndarray, app_mag: float, mpp: float | N
     return path
 
 
+def write_ndpi(path: Path, img: np.ndarray, lens: float, mpp: float) -> Path:
+    """The NDPI layout as OpenSlide's Hamamatsu reader requires it (openslide.org/formats/hamamatsu
+    and its source): TIFF tag 65420 (format flag) in the first directory; every directory one
+    strip (RowsPerStrip = ImageLength) holding a complete JPEG stream, tag 65421 (SourceLens,
+    float, scaled per level) and, for pyramid levels, 65424 (focal plane, 0), levels from the
+    largest down; resolution in pixels per centimetre. No restart markers, so OpenSlide decodes
+    each level as one non-tiled JPEG (as it does for small real NDPI levels)."""
+    with tifffile.TiffWriter(path) as tw:
+        for i, lvl in enumerate(_levels(img)):
+            tags = [(65421, "f", 1, lens / 2**i, True), (65422, "i", 1, 0, True),
+                    (65423, "i", 1, 0, True), (65424, "i", 1, 0, True), (271, "s", 0, "Hamamatsu", True)]
+            if i == 0:
+                tags.insert(0, (65420, "I", 1, 1, True))
+            tw.write(lvl, photometric="rgb", compression="jpeg", compressionargs={"level": 92},
+                     rowsperstrip=lvl.shape[0], resolution=(1e4 / (mpp * 2**i),) * 2,
+                     resolutionunit="CENTIMETER", software="NDP.scan", extratags=tags, metadata=None)
+    return path
+
+
 def write_vips_tiff(path: Path, img: np.ndarray, mpp: float) -> Path:
     pyvips = pytest.importorskip("pyvips")
     im = pyvips.Image.new_from_array(img, interpretation="srgb")
@@ -108,6 +128,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, img: np.ndarray) -> dict[str
         "tifffile-aperio": write_aperio_svs(d / "aperio.svs", img, app_mag=40, mpp=0.25),
         "tifffile-aperio-no-mpp": write_aperio_svs(d / "aperio_nompp.svs", img, app_mag=20, mpp=None),
         "libvips": write_vips_tiff(d / "vips.tif", img, mpp=0.25),
+        "tifffile-ndpi": write_ndpi(d / "hamamatsu.ndpi", img, lens=20, mpp=0.5),
     }
 
 
@@ -117,6 +138,9 @@ EXPECT = {
     "tifffile-aperio": (0.25, 40.0, "aperio", ("openslide", "tiffslide")),
     "tifffile-aperio-no-mpp": (0.5, 20.0, "aperio", ("openslide", "tiffslide")),
     "libvips": (0.25, None, "generic-tiff", ("openslide", "tiffslide")),
+    # tiffslide (tifffile) refuses this file: for a file with tag 65420 tifffile reads NDPI's 8-byte
+    # next-directory offsets, which tifffile's own writer does not produce
+    "tifffile-ndpi": (0.5, 20.0, "hamamatsu", ("openslide",)),
 }
 CASES = [(w, b) for w, (_, _, _, backends) in EXPECT.items() for b in backends]
 
