@@ -86,13 +86,16 @@ def token_expansion(
             raise ValueError(f"vertical expansion needs an even token height, got {h}")
         pairs = shift_merge(tokens, "v").view(B, n, h // 2, 2, w, C).transpose(3, 4)
         pair_valid = valid.view(B, n, h // 2, 2, w).transpose(3, 4)  # (B, n, h/2, w, 2)
-    weight = pair_valid.unsqueeze(-1).to(pairs.dtype)
-    pairs = pairs * weight  # pads become zero again (shift-merge may have moved values into them)
+    member = pair_valid.unsqueeze(-1)
+    # pads become zero again (shift-merge may have moved values into them); `where` keeps only
+    # the boolean mask for backward, a multiplication would keep a float copy of it
+    pairs = torch.where(member, pairs, 0)
     if spec.join == "cat":
         out = pairs.flatten(-2)  # (B, n, h', w', 2C): [first member, second member]
         cls = torch.cat([cls, cls], dim=-1)
     else:
-        out = pairs.sum(-2) / weight.sum(-2).clamp(min=1)  # (B, n, h', w', C) mask-aware mean
+        count = member.sum(-2, dtype=torch.uint8).clamp(min=1)  # 1 byte per token kept, not 4
+        out = pairs.sum(-2) / count  # (B, n, h', w', C) mask-aware mean
     return out, cls, pair_valid.any(-1)
 
 
@@ -149,17 +152,44 @@ def region_fusion(
 def _group_mean(x: Tensor, valid: Tensor, slot: Tensor, n_out: int) -> Tensor:
     """Mean of ``x (B, n, ..., C)`` over the regions that share an output ``slot (B, n)``,
     counting only members whose ``valid (B, n, ..., 1)`` is set; where no member of a group is
-    valid the plain mean is taken instead (the value is padding then, but stays finite)."""
+    valid the plain mean is taken instead (the value is padding then, but stays finite).
+
+    A hand-written backward (``_GroupMean``) keeps only the boolean mask and the slots: autograd
+    would keep a float weight and a float count per token, 8 bytes per token on every layer."""
+    return _GroupMean.apply(x, valid, slot, n_out)
+
+
+def _group_weights(valid: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Member mask (valid, or every member of an all-padding group), group sizes, gather index."""
     B, n = slot.shape
-    index = slot.view(B, n, *([1] * (x.dim() - 2)))
-    weight = valid.to(x.dtype)
+    index = slot.view(B, n, *([1] * (valid.dim() - 2)))
 
     def group_sum(v: Tensor) -> Tensor:
         return v.new_zeros(B, n_out, *v.shape[2:]).scatter_add(1, index.expand_as(v), v)
 
+    weight = valid.to(dtype)
     has_valid = group_sum(weight).gather(1, index.expand_as(weight)) > 0  # per member
-    weight = torch.where(has_valid, weight, torch.ones_like(weight))
-    return group_sum(x * weight) / group_sum(weight)
+    member = valid | ~has_valid
+    return member, group_sum(member.to(dtype)), index
+
+
+class _GroupMean(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, valid, slot, n_out):  # noqa: D102
+        member, count, index = _group_weights(valid, slot, n_out, x.dtype)
+        summed = x.new_zeros(x.shape[0], n_out, *x.shape[2:])
+        summed.scatter_add_(1, index.expand_as(x), torch.where(member, x, 0))
+        ctx.save_for_backward(valid, slot)
+        ctx.n_out = n_out
+        return summed / count
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        valid, slot = ctx.saved_tensors
+        member, count, index = _group_weights(valid, slot, ctx.n_out, g.dtype)
+        shape = (*slot.shape, *g.shape[2:])
+        g_x = (g / count).gather(1, index.expand(shape))
+        return torch.where(member, g_x, 0), None, None, None
 
 
 class PixelMambaBlock(nn.Module):

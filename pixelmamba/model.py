@@ -33,8 +33,21 @@ from torch.utils.checkpoint import checkpoint
 from .configs import CONFIGS, LayerRow, PixelMambaConfig
 from .layers import PixelMambaBlock, merge_count, region_fusion, token_expansion
 from .serialize import deserialize, image_to_regions, region_grid, serialize
+from .streaming import streamed_block
 
 logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 8 << 20  # chunk_size="auto": working set of one piece in backward, about
+
+
+def auto_chunk(channels: int, d_state: int = 16, expand: int = 2) -> int:
+    """Tokens per piece for ``chunk_size="auto"``: a piece's backward holds about 50 floats per
+    inner channel (``expand * channels``) and 16 per state dimension (B and C of both branches
+    and their gradients) for each token; pieces are sized so that this stays near
+    ``CHUNK_BYTES``, with at least 128 tokens so that wide layers do not pay per-piece overhead
+    on tiny pieces. 3 channels: ~3.7K tokens; 192: 128."""
+    per_token = 4 * (50 * expand * channels + 16 * d_state)
+    return max(128, CHUNK_BYTES // per_token)
 
 
 @dataclass(frozen=True)
@@ -64,17 +77,25 @@ class PixelMambaLayer(nn.Module):
         self.block = PixelMambaBlock(row.channels, cfg.d_state, cfg.d_conv, cfg.expand, backend)
 
     def forward(
-        self, tokens: Tensor, cls: Tensor, valid: Tensor, k: int, chunk_size: int | None = None
+        self, tokens: Tensor, cls: Tensor, valid: Tensor, k: int, chunk_size: int | None = None,
+        streaming: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``tokens (B, n, h, w, C)`` (any float dtype; computed in float32), ``cls (B, n, C)``,
         ``valid (B, n, h, w)`` → the same three after fusion and expansion; tokens come back in
-        the dtype they came in, so bf16 storage between layers is the caller's choice."""
+        the dtype they came in, so bf16 storage between layers is the caller's choice.
+
+        ``streaming``: run the Mamba block piece by piece straight from the region grid, keeping
+        only its input for backward (``streaming.streamed_block``); otherwise serialize the
+        whole sequence and let autograd keep everything (the plain reference path)."""
         store_dtype = tokens.dtype
         B, n, h, w, C = tokens.shape
-        seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
-        seq = self.block(seq, chunk_size=chunk_size)
-        tokens, cls = deserialize(seq, n, h, w)  # (B, n, h, w, C), (B, n, C)
-        tokens = tokens * valid.unsqueeze(-1)  # padding stays zero outside the block
+        if streaming:
+            tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size)
+        else:
+            seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
+            seq = self.block(seq, chunk_size=chunk_size)
+            tokens, cls = deserialize(seq, n, h, w)  # (B, n, h, w, C), (B, n, C)
+            tokens = tokens * valid.unsqueeze(-1)  # padding stays zero outside the block
         tokens, cls, valid = region_fusion(tokens, cls, valid, k)
         if self.row.expansion is not None:
             tokens, cls, valid = token_expansion(tokens, cls, valid, self.row.expansion)
@@ -84,28 +105,43 @@ class PixelMambaLayer(nn.Module):
 class PixelMamba(nn.Module):
     """The Pixel-Mamba network with the timm-style face used across wsi-bench.
 
-    ``chunk_size``: stream every Mamba block's sequence in pieces of this many tokens (None: one
-    piece). The default, 65536, leaves a 224² image (50,177 tokens) in one piece and bounds the
-    mixer's working memory on slides; the result does not depend on it. ``checkpointing``: recompute each layer in backward instead of keeping its internals.
-    ``act_dtype``: dtype of the activations kept between layers (``torch.bfloat16`` halves the
-    memory that checkpointing keeps; each layer still computes and accumulates its residual in
-    float32, so the only loss is rounding of the stored layer inputs).
+    Memory options (none of them changes the result beyond float rounding; tests compare):
+
+    ``checkpointing`` (default True): every Mamba block streams its sequence in pieces straight
+    from the region grid and keeps only its input for backward, recomputing each piece there
+    (``streaming.streamed_block``); False runs the plain autograd path, which keeps everything.
+    ``chunk_size``: tokens per piece; ``"auto"`` (default, ``auto_chunk``) sizes pieces so that a
+    piece's working set is about ``CHUNK_BYTES`` at every layer; None: one piece.
+    ``act_dtype``: dtype of the activations kept between layers (``torch.bfloat16`` halves what
+    is kept for backward; each layer still computes in float32, so the only loss is the rounding
+    of the stored layer inputs and of the gradients passed between layers).
+    ``segment``: layers per recomputed segment. 1 (default) keeps every layer's input; ``s > 1``
+    keeps only every ``s``-th layer's input and recomputes the layers between in backward, at the
+    price of one more forward pass.
     """
 
     def __init__(
         self,
         cfg: PixelMambaConfig,
         num_classes: int = 1000,
-        chunk_size: int | None = 65536,
+        chunk_size: int | str | None = "auto",
         checkpointing: bool = True,
-        act_dtype: torch.dtype = torch.float32,
+        act_dtype: torch.dtype | str = torch.float32,
         backend: str = "auto",
+        segment: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(act_dtype, str):  # from YAML / the command line: "bfloat16", "float32"
+            act_dtype = getattr(torch, act_dtype.removeprefix("torch."))
+        if not (chunk_size is None or chunk_size == "auto" or (isinstance(chunk_size, int) and chunk_size > 0)):
+            raise ValueError(f"chunk_size must be a positive int, 'auto' or None, got {chunk_size!r}")
+        if not isinstance(segment, int) or segment < 1:
+            raise ValueError(f"segment must be a positive int, got {segment!r}")
         self.cfg = cfg
         self.chunk_size = chunk_size
         self.checkpointing = checkpointing
         self.act_dtype = act_dtype
+        self.segment = segment
         self.num_features = cfg.num_features
         # One learned CLS token for every region (the paper inserts "a CLS token" per region).
         self.cls_token = nn.Parameter(torch.zeros(cfg.in_chans))
@@ -124,6 +160,11 @@ class PixelMamba(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.checkpointing = enable
 
+    def _chunk(self, layer: PixelMambaLayer) -> int | None:
+        if self.chunk_size == "auto":
+            return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand)
+        return self.chunk_size  # type: ignore[return-value]
+
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, 3, H, W)`` → pooled CLS ``(B, num_features)``.
 
@@ -136,14 +177,20 @@ class PixelMamba(nn.Module):
         n0 = tokens.shape[1]
         tokens = tokens.to(self.act_dtype)
         cls = self.cls_token.expand(B, n0, -1)  # (B, n, 3)
-        for layer in self.layers:
-            k = merge_count(n0, self.cfg.alpha, self.cfg.depth, tokens.shape[1])
-            if self.checkpointing and torch.is_grad_enabled():
-                tokens, cls, valid = checkpoint(
-                    layer, tokens, cls, valid, k, self.chunk_size, use_reentrant=False
-                )
+        streaming = self.checkpointing
+        segment = self.segment if streaming and torch.is_grad_enabled() else 1
+
+        def run(first: int, tokens: Tensor, cls: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            for layer in self.layers[first: first + segment]:
+                k = merge_count(n0, self.cfg.alpha, self.cfg.depth, tokens.shape[1])
+                tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer), streaming)
+            return tokens, cls, valid
+
+        for first in range(0, self.cfg.depth, segment):
+            if segment > 1:  # keep only this segment's input; recompute its layers in backward
+                tokens, cls, valid = checkpoint(run, first, tokens, cls, valid, use_reentrant=False)
             else:
-                tokens, cls, valid = layer(tokens, cls, valid, k, self.chunk_size)
+                tokens, cls, valid = run(first, tokens, cls, valid)
         cls = self.norm(cls)  # (B, n_final, C)
         real = valid.flatten(2).any(-1).unsqueeze(-1).to(cls.dtype)  # (B, n_final, 1)
         return (cls * real).sum(1) / real.sum(1).clamp(min=1)  # (B, C)
@@ -185,7 +232,7 @@ def create_model(name: str, num_classes: int = 1000, **overrides: object) -> Pix
 
     Overrides: architecture fields of ``PixelMambaConfig`` (``alpha``, ``scan_window``,
     ``d_state``, ``d_conv``, ``expand``) and the runtime options of ``PixelMamba``
-    (``chunk_size``, ``checkpointing``, ``act_dtype``, ``backend``).
+    (``chunk_size``, ``checkpointing``, ``act_dtype``, ``backend``, ``segment``).
     """
     if name not in CONFIGS:
         raise ValueError(f"unknown Pixel-Mamba model {name!r}; choose one of {list_models()}")

@@ -133,11 +133,13 @@ def test_odd_image_with_padding(tiny: PixelMamba) -> None:
 
 
 def test_plan_matches_forward(tiny: PixelMamba, image: torch.Tensor) -> None:
-    seen: list[tuple[int, ...]] = []
-    hooks = [
-        layer.block.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
-        for layer in tiny.layers
-    ]
+    seen: list[tuple[int, ...]] = []  # (batch, sequence length, channels) each block scans
+
+    def record(module, args) -> None:
+        B, n, h, w, C = args[0].shape
+        seen.append((B, n * (h * w + 1), C))
+
+    hooks = [layer.register_forward_pre_hook(record) for layer in tiny.layers]
     outs: list[int] = []
     hooks += [
         layer.register_forward_hook(lambda m, args, out: outs.append(out[0].shape[1]))
@@ -165,32 +167,45 @@ def _run(model: PixelMamba, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, to
     return out.detach(), _grads(model)
 
 
-def test_checkpointing_changes_nothing(tiny: PixelMamba, image: torch.Tensor) -> None:
-    tiny.set_grad_checkpointing(True)
-    out_ckpt, g_ckpt = _run(tiny, image)
-    tiny.set_grad_checkpointing(False)
+def test_streaming_and_segments_change_nothing(tiny: PixelMamba, image: torch.Tensor) -> None:
+    """The streamed blocks (hand-written backward) and segment recomputation against the plain
+    autograd path, which keeps every intermediate: same logits and gradients, also with the
+    sequence cut into pieces (layer 1's 6 * 1025 tokens in 13 pieces)."""
+    default = (tiny.checkpointing, tiny.chunk_size, tiny.segment)
     try:
+        tiny.set_grad_checkpointing(False)
+        tiny.chunk_size = None
         out_plain, g_plain = _run(tiny, image)
+        for chunk, segment in [(None, 1), (500, 1), (500, 5)]:
+            tiny.set_grad_checkpointing(True)
+            tiny.chunk_size, tiny.segment = chunk, segment
+            out, g = _run(tiny, image)
+            torch.testing.assert_close(out, out_plain, rtol=1e-4, atol=1e-5)
+            for name in g_plain:
+                torch.testing.assert_close(g[name], g_plain[name], rtol=1e-3, atol=1e-5,
+                                           msg=f"{name} (chunk {chunk}, segment {segment})")
     finally:
-        tiny.set_grad_checkpointing(True)
-    torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
-    for name in g_plain:
-        torch.testing.assert_close(g_ckpt[name], g_plain[name], rtol=1e-5, atol=1e-6, msg=name)
+        tiny.checkpointing, tiny.chunk_size, tiny.segment = default
 
 
-def test_chunked_equals_one_shot(tiny: PixelMamba, image: torch.Tensor) -> None:
-    default = tiny.chunk_size
-    tiny.chunk_size = None
-    try:
-        out_one, g_one = _run(tiny, image)
-        tiny.chunk_size = 500  # layer 1's sequence is 6 * 1025 tokens: 13 pieces
-        out_chunk, g_chunk = _run(tiny, image)
-    finally:
-        tiny.chunk_size = default
-    print("max |chunked - one-shot|:", (out_chunk - out_one).abs().max().item())
-    torch.testing.assert_close(out_chunk, out_one, rtol=1e-4, atol=1e-5)
-    for name in g_one:
-        torch.testing.assert_close(g_chunk[name], g_one[name], rtol=1e-3, atol=1e-5, msg=name)
+def test_streamed_block_keeps_only_its_input() -> None:
+    """What one streamed layer keeps for backward, seen by autograd's saved-tensor hooks: its
+    input and the validity mask (shared, not copied), nothing of the size of the sequence."""
+    from pixelmamba.streaming import streamed_block
+
+    torch.manual_seed(0)
+    model = create_model("pixelmamba-6m", num_classes=3, **TINY)
+    block = model.layers[4].block  # 48 channels
+    tokens = torch.randn(1, 6, 8, 8, 48, requires_grad=True)
+    cls = torch.randn(1, 6, 48)
+    valid = torch.ones(1, 6, 8, 8, dtype=torch.bool)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out, out_cls = streamed_block(block, tokens, cls, valid, chunk=100)
+    big = [t for t in saved if t.numel() >= tokens.numel() // 2]
+    assert all(t.untyped_storage().data_ptr() == tokens.untyped_storage().data_ptr() for t in big)
+    (out.sum() + out_cls.sum()).backward()
+    assert torch.isfinite(tokens.grad).all()
 
 
 def test_bf16_storage_is_close(tiny: PixelMamba, image: torch.Tensor) -> None:

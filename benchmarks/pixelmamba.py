@@ -1,0 +1,161 @@
+"""Pixel-Mamba's numbers, side by side (issue 5): memory per pixel, linearity, cost vs Vim-Ti.
+
+1. Peak memory of one forward+backward of Pixel-Mamba-6M per input pixel at 512², 1024², 2048²
+   (goal <= 80 B/px). Each size runs in a fresh subprocess; its peak resident set size
+   (``ru_maxrss``) minus the resident size after building the model and warming the kernels up on
+   a tiny image is what training that image costs. The input image (float32, 12 B/px) is
+   allocated after the baseline and counted.
+2. Time ratio 2048² / 1024² of the same runs (goal <= 4.4: 4x the pixels, linear time).
+3. Forward+backward time of Pixel-Mamba-6M vs Vim-Ti on the same batch of 224² images (goal
+   ratio <= 1.5; the paper's FLOPs ratio is 1.27), both with their default options, median of
+   ``--reps`` runs after a warm-up.
+
+    python benchmarks/pixelmamba.py                               # everything, defaults
+    python benchmarks/pixelmamba.py --sizes 512 1024 --skip-vim   # memory only
+    python benchmarks/pixelmamba.py --act-dtype float32 --segment 1 --skip-memory
+
+Record ``uptime``'s load average with the numbers: on a shared machine times are upper bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    import torch
+
+    chunk = args.chunk_size if args.chunk_size in ("auto", "none") else int(args.chunk_size)
+    return {"chunk_size": None if chunk == "none" else chunk, "act_dtype": getattr(torch, args.act_dtype),
+            "segment": args.segment, "checkpointing": not args.no_checkpointing}
+
+
+def child_memory(size: int, args: argparse.Namespace) -> dict:
+    """One forward+backward of a (1, 3, size, size) image, in this (fresh) process."""
+    import torch
+
+    import pixelmamba
+    from bench.memory import bound_heap_growth
+
+    bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/memory.py)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    # Warm-up on a tiny twin (scan window 32) so that compiled kernels and thread pools exist
+    # before the baseline, without a 224² peak that would hide the measured one.
+    warm = pixelmamba.create_model(args.model, num_classes=4, scan_window=32, **_model_kwargs(args))
+    warm(torch.randn(1, 3, 32, 32)).sum().backward()
+    del warm
+    net = pixelmamba.create_model(args.model, num_classes=4, **_model_kwargs(args))
+    base = _rss_bytes()
+    x = torch.randn(1, 3, size, size)
+    start = time.perf_counter()
+    net(x).logsumexp(-1).sum().backward()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"size": size, "pixels": size * size, "base_bytes": base, "peak_bytes": peak, "seconds": seconds}
+
+
+def child_vim(args: argparse.Namespace) -> dict:
+    import torch
+
+    import pixelmamba
+    from baselines.vim import vim_ti
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, 224, 224)
+    models = {"pixelmamba-6m": pixelmamba.create_model(args.model, num_classes=1000, **_model_kwargs(args)),
+              "vim-ti": vim_ti(1000)}
+    out = {}
+    for name, net in models.items():
+        net(x[:1]).sum().backward()  # warm-up (kernels, allocator)
+        times = []
+        for _ in range(args.reps):
+            net.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            net(x).logsumexp(-1).sum().backward()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times)
+    return out
+
+
+def _child(args: argparse.Namespace, *extra: str) -> dict:
+    cmd = [sys.executable, __file__, *extra, "--model", args.model, "--chunk-size", str(args.chunk_size),
+           "--act-dtype", args.act_dtype, "--segment", str(args.segment), "--threads", str(args.threads),
+           "--batch", str(args.batch), "--reps", str(args.reps)]
+    cmd += ["--no-checkpointing"] if args.no_checkpointing else []
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"child {' '.join(extra)} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--model", default="pixelmamba-6m")
+    parser.add_argument("--chunk-size", default="auto", help="tokens per piece, 'auto' or 'none'")
+    parser.add_argument("--act-dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--segment", type=int, default=1, help="layers per recomputed segment")
+    parser.add_argument("--no-checkpointing", action="store_true", help="plain autograd path")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--batch", type=int, default=4, help="224² images per batch for the Vim comparison")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-vim", action="store_true")
+    parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-vim", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_memory is not None:
+        print(json.dumps(child_memory(args.child_memory, args)))
+        return
+    if args.child_vim:
+        print(json.dumps(child_vim(args)))
+        return
+
+    print(f"{args.model}: chunk_size={args.chunk_size} act_dtype={args.act_dtype} segment={args.segment} "
+          f"checkpointing={not args.no_checkpointing} threads={args.threads}; load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+    rows = []
+    if not args.skip_memory:
+        print(f"{'size':>6} {'pixels':>10} {'base MB':>8} {'peak MB':>8} {'above base MB':>14} "
+              f"{'B/px':>7} {'goal':>6} {'fwd+bwd s':>10}", flush=True)
+        for size in args.sizes:
+            r = _child(args, "--child-memory", str(size))
+            rows.append(r)
+            above = r["peak_bytes"] - r["base_bytes"]
+            bpx = above / r["pixels"]
+            print(f"{size:>6} {r['pixels']:>10} {r['base_bytes'] / 2**20:>8.0f} {r['peak_bytes'] / 2**20:>8.0f} "
+                  f"{above / 2**20:>14.1f} {bpx:>7.1f} {'ok' if bpx <= 80 else 'over':>6} {r['seconds']:>10.1f}",
+                  flush=True)
+        for a, b in zip(rows, rows[1:]):
+            slope = ((b["peak_bytes"] - b["base_bytes"]) - (a["peak_bytes"] - a["base_bytes"])) / (b["pixels"] - a["pixels"])
+            ratio = b["seconds"] / a["seconds"]
+            goal = "  (goal <= 4.4: " + ("ok)" if ratio <= 4.4 else "over)") if b["pixels"] == 4 * a["pixels"] else ""
+            print(f"{a['size']}² -> {b['size']}²: marginal {slope:.1f} B/px, time ratio {ratio:.2f} for "
+                  f"{b['pixels'] / a['pixels']:.0f}x pixels{goal}", flush=True)
+    if not args.skip_vim:
+        t = _child(args, "--child-vim")
+        ratio = t["pixelmamba-6m"] / t["vim-ti"]
+        print(f"fwd+bwd of {args.batch}x224²: {args.model} {t['pixelmamba-6m']:.2f} s, vim-ti {t['vim-ti']:.2f} s, "
+              f"ratio {ratio:.2f} (goal <= 1.5; paper FLOPs ratio 1.27)", flush=True)
+    print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""A Pixel-Mamba block that streams its sequence in pieces and keeps only its input for backward.
+
+Why by hand: ``torch.utils.checkpoint`` around a layer keeps the layer input, but when the layer
+is recomputed in backward every full-length intermediate comes back at once (the serialized
+sequence, the RMSNorm output that the mixer's pieces read, the pieces' outputs, their
+concatenation, the deserialized grid and their gradients): several copies of the layer's
+activations, which is most of the peak memory on a slide. This autograd ``Function`` never builds
+a full-length intermediate. It reads the tokens of each piece straight from the region grid (zigzag
+order and the middle CLS are index arithmetic, ``SeqIndex``), runs RMSNorm → bidirectional mixer →
+residual on the piece, and writes the result straight into the output grid. What it keeps for
+backward is its input (a reference, in whatever dtype the caller stores it) and the SSM states at
+the piece boundaries: ``2 · (L / c) · d_inner · d_state`` floats.
+
+The bidirectional scan makes every output depend on every input, so the pieces are linked by two
+state chains: the forward branch's state ``h_f[i]`` entering piece ``i`` from the left and the
+backward branch's state ``h_b[i+1]`` entering it from the right. Forward: one pass left to right
+computes ``h_f`` (forward branch only), one pass right to left computes the outputs and ``h_b``.
+Backward: one pass left to right recomputes each piece with autograd and pulls the output
+gradient back into the piece's input, the parameters, ``h_f[i]`` (kept for later) and
+``h_b[i+1]`` (handed to the next piece, whose ``h_b`` output it is); one pass right to left
+recomputes the forward-branch state updates and carries the gradient of ``h_f`` back to the
+start. Every piece is thus recomputed twice at most, as with per-piece checkpointing, and the
+result equals the unstreamed block up to float rounding (tests compare gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .serialize import cls_position
+
+
+@dataclass(frozen=True)
+class SeqIndex:
+    """Where each position of the serialized sequence lives in the region grid.
+
+    ``n`` regions of ``h × w`` tokens; position ``p`` is in region ``p // (h*w+1)``; inside it,
+    the middle slot is the CLS token and the others follow the zigzag (``serialize``'s order).
+    """
+
+    n: int
+    h: int
+    w: int
+
+    @property
+    def length(self) -> int:
+        return self.n * (self.h * self.w + 1)
+
+    def locate(self, lo: int, hi: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """For positions ``lo..hi-1``: flat token index into ``(B, n*h*w, C)`` (0 at CLS slots),
+        region index (for CLS slots), and the CLS mask."""
+        hw = self.h * self.w
+        p = torch.arange(lo, hi, device=device)
+        region, j = p // (hw + 1), p % (hw + 1)
+        mid = cls_position(self.h, self.w)
+        is_cls = j == mid
+        t = j - (j > mid).long()  # position in the region's zigzag order
+        row, col = t // self.w, t % self.w
+        col = torch.where(row % 2 == 1, self.w - 1 - col, col)
+        tok = torch.where(is_cls, torch.zeros_like(p), region * hw + row * self.w + col)
+        return tok, region, is_cls
+
+
+def _gather(flat: Tensor, cls: Tensor, where: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """Sequence positions ``where`` of (tokens ``(B, N, C)``, cls ``(B, n, C)``) → ``(B, l, C)`` fp32."""
+    tok, region, is_cls = where
+    x = flat.index_select(1, tok).float()
+    c = cls.index_select(1, region).float()
+    return torch.where(is_cls[None, :, None], c, x)
+
+
+def _scatter_add(g_flat: Tensor, g_cls: Tensor, g: Tensor, where: tuple[Tensor, Tensor, Tensor]) -> None:
+    tok, region, is_cls = where
+    g_flat.index_add_(1, tok[~is_cls], g[:, ~is_cls])
+    g_cls.index_add_(1, region[is_cls], g[:, is_cls])
+
+
+def _pieces(length: int, chunk: int | None) -> list[tuple[int, int]]:
+    c = length if chunk is None else max(1, int(chunk))
+    return [(s, min(s + c, length)) for s in range(0, length, c)]
+
+
+def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states: bool):
+    """The streamed block without autograd: output grid ``(B, n*h*w, C)`` and CLS ``(B, n, C)``
+    in float32, padded tokens zeroed; with ``keep_states`` also the boundary states."""
+    mixer, norm = block.mixer, block.norm
+    k = mixer.d_conv - 1
+    L, dev = idx.length, flat.device
+    bounds = _pieces(L, chunk)
+    h_f: list[Tensor | None] = [None]
+    for s, e in bounds[:-1]:
+        lo = max(0, s - k)
+        x = _gather(flat, cls, idx.locate(lo, e, dev))
+        h_f.append(mixer._forward_state(norm(x), k - (s - lo), h_f[-1]))
+    out = torch.empty(flat.shape, dtype=torch.float32, device=dev)
+    out_cls = torch.empty(cls.shape, dtype=torch.float32, device=dev)
+    h_b: list[Tensor | None] = [None] * (len(bounds) + 1)
+    for i in range(len(bounds) - 1, -1, -1):
+        s, e = bounds[i]
+        lo, hi = max(0, s - k), min(L, e + k)
+        x = _gather(flat, cls, idx.locate(lo, hi, dev))
+        y, h_b[i] = mixer._piece(norm(x), k - (s - lo), k - (hi - e), h_f[i], h_b[i + 1])
+        y = x[:, s - lo: e - lo] + y  # residual (Eq. 1)
+        tok, region, is_cls = idx.locate(s, e, dev)
+        keep = ~is_cls
+        y_tok = y[:, keep] * valid_flat.index_select(1, tok[keep]).unsqueeze(-1)
+        out.index_copy_(1, tok[keep], y_tok)
+        out_cls.index_copy_(1, region[is_cls], y[:, is_cls])
+    return out, out_cls, (h_f, h_b if keep_states else None)
+
+
+class _StreamedBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, flat, cls, valid_flat, block, idx, chunk, *params):  # noqa: D102
+        out, out_cls, (h_f, h_b) = _run_forward(block, flat, cls, valid_flat, idx, chunk, True)
+        ctx.save_for_backward(flat, cls, valid_flat)
+        ctx.block, ctx.idx, ctx.chunk, ctx.h_f, ctx.h_b = block, idx, chunk, h_f, h_b
+        return out, out_cls
+
+    @staticmethod
+    def backward(ctx, g_out, g_out_cls):  # noqa: D102
+        flat, cls, valid_flat = ctx.saved_tensors
+        block, idx, h_f, h_b = ctx.block, ctx.idx, ctx.h_f, ctx.h_b
+        mixer, norm = block.mixer, block.norm
+        params = [p for p in block.parameters()]
+        trainable = [p for p in params if p.requires_grad]
+        k, L, dev = mixer.d_conv - 1, idx.length, flat.device
+        bounds = _pieces(L, ctx.chunk)
+        g_flat = torch.zeros(flat.shape, dtype=torch.float32, device=dev)
+        g_cls = torch.zeros(cls.shape, dtype=torch.float32, device=dev)
+        g_params = [torch.zeros_like(p) for p in trainable]
+        if g_out is None:
+            g_out = torch.zeros(flat.shape, dtype=torch.float32, device=dev)
+        if g_out_cls is None:
+            g_out_cls = torch.zeros(cls.shape, dtype=torch.float32, device=dev)
+
+        def leaf(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().requires_grad_(True)
+
+        def accumulate(grads, where) -> None:
+            _scatter_add(g_flat, g_cls, grads[0], where)
+            for acc, g in zip(g_params, grads[-len(trainable):] if trainable else []):
+                if g is not None:
+                    acc += g
+
+        g_hf_from_y: list[Tensor | None] = [None] * len(bounds)
+        g_hb = None  # gradient of the backward-branch state that the current piece returns
+        with torch.enable_grad():
+            # Left to right: outputs (both branches) of every piece.
+            for i, (s, e) in enumerate(bounds):
+                lo, hi = max(0, s - k), min(L, e + k)
+                where = idx.locate(lo, hi, dev)
+                x = leaf(_gather(flat, cls, where))
+                hf, hb = leaf(h_f[i]), leaf(h_b[i + 1])
+                y, hb_out = mixer._piece(norm(x), k - (s - lo), k - (hi - e), hf, hb)
+                y = x[:, s - lo: e - lo] + y
+                tok, region, is_cls = idx.locate(s, e, dev)
+                g_y = torch.where(
+                    is_cls[None, :, None], g_out_cls.index_select(1, region),
+                    g_out.index_select(1, tok) * valid_flat.index_select(1, tok).unsqueeze(-1),
+                )
+                outs, gouts = [y], [g_y]
+                if g_hb is not None:
+                    outs.append(hb_out)
+                    gouts.append(g_hb)
+                ins = [x] + [t for t in (hf, hb) if t is not None] + trainable
+                grads = torch.autograd.grad(outs, ins, gouts, allow_unused=True)
+                accumulate([grads[0], *grads[1 + (hf is not None) + (hb is not None):]], where)
+                if hf is not None:
+                    g_hf_from_y[i] = grads[1]
+                g_hb = grads[1 + (hf is not None)] if hb is not None else None
+            # Right to left: the forward branch's state chain h_f[i] = F(piece i-1, h_f[i-1]).
+            g_hf = None
+            for i in range(len(bounds) - 1, 0, -1):
+                parts = [g for g in (g_hf_from_y[i], g_hf) if g is not None]
+                if not parts:
+                    continue
+                g_state = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+                s, e = bounds[i - 1]
+                lo = max(0, s - k)
+                where = idx.locate(lo, e, dev)
+                x, h0 = leaf(_gather(flat, cls, where)), leaf(h_f[i - 1])
+                state = mixer._forward_state(norm(x), k - (s - lo), h0)
+                ins = [x] + ([h0] if h0 is not None else []) + trainable
+                grads = torch.autograd.grad([state], ins, [g_state], allow_unused=True)
+                accumulate([grads[0], *grads[1 + (h0 is not None):]], where)
+                g_hf = grads[1] if h0 is not None else None
+        g_param_out = iter(g_params)
+        return (
+            g_flat.to(flat.dtype) if ctx.needs_input_grad[0] else None,
+            g_cls.to(cls.dtype) if ctx.needs_input_grad[1] else None,
+            None, None, None, None,
+            *[next(g_param_out) if p.requires_grad else None for p in params],
+        )
+
+
+def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int | None
+                   ) -> tuple[Tensor, Tensor]:
+    """``x + mixer(norm(x))`` over the serialized sequence of region grids, streamed.
+
+    ``tokens (B, n, h, w, C)`` in any float dtype (kept as is for backward), ``cls (B, n, C)``,
+    ``valid (B, n, h, w)``; returns float32 ``tokens`` (padding zeroed) and ``cls``. ``chunk``:
+    tokens per piece (None: the whole sequence in one piece).
+    """
+    B, n, h, w, C = tokens.shape
+    idx = SeqIndex(n, h, w)
+    flat = tokens.reshape(B, n * h * w, C)
+    valid_flat = valid.reshape(B, n * h * w)
+    params = list(block.parameters())
+    needs_grad = torch.is_grad_enabled() and (
+        tokens.requires_grad or cls.requires_grad or any(p.requires_grad for p in params)
+    )
+    if needs_grad:
+        out, out_cls = _StreamedBlock.apply(flat, cls, valid_flat, block, idx, chunk, *params)
+    else:
+        out, out_cls, _ = _run_forward(block, flat, cls, valid_flat, idx, chunk, False)
+    return out.view(B, n, h, w, C), out_cls
