@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import yaml
 
+from . import distributed as D
 from . import tasks as T
 from .datasets import CONFIG_DIR, Cohort, load_cohort
 from .memory import bound_heap_growth
@@ -485,7 +486,9 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
         if t not in cohort.spec.tasks:
             raise ValueError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
     manager = SplitManager(Path(results) / "splits")
-    splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed) for t in tasks}
+    with D.main_first():  # under torchrun, rank 0 writes the split files, the others read them
+        splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed)
+                                     for t in tasks}
 
     report = RunReport(dataset=dataset)
     inputs: dict[str, Inputs] = {}
@@ -532,27 +535,40 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
             config["tuned"] = {k2: tuned_info.get(k2) for k2 in ("params", "value", "metric", "study_name",
                                                                  "n_trials", "inner_folds")}
         chash = config_hash(config)
-        if store.done_metrics(unit, chash) is not None:
+        # Rank 0 decides (done / claimed elsewhere / run) and every rank follows: under torchrun
+        # the ranks train each unit together, so they must agree on the unit list.
+        lock = None
+        if D.is_main():
+            status = "done" if store.done_metrics(unit, chash) is not None else "run"
+            if status == "run" and not dry_run:
+                lock = store.try_claim(unit)
+                if lock is None:
+                    status = "busy"
+                elif store.done_metrics(unit, chash) is not None:  # finished by another worker meanwhile
+                    status = "done"
+        status = D.broadcast(status if D.is_main() else None)
+        if status == "done":
             report.done_before.append(unit)
+            if lock is not None:
+                lock.release()
             continue
         if dry_run:
             report.todo.append(UnitPlan(unit, spec, config, chash))
             continue
-        lock = store.try_claim(unit)
-        if lock is None:
+        if status == "busy":
             log.info("%s: claimed by another process, skipping", unit)
             report.busy.append(unit)
             continue
         try:
-            if store.done_metrics(unit, chash) is not None:  # finished by another worker meanwhile
-                report.done_before.append(unit)
-                continue
             if key not in extracted:
-                fi.ensure()
+                with D.main_first():  # rank 0 fills the cache, the others then find it
+                    fi.ensure()
                 extracted.add(key)
-            store.prepare(unit, config, chash)
+            if D.is_main():
+                store.prepare(unit, config, chash)
             metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash, opts, progress)
-            store.finish(unit, *metrics)
+            if D.is_main():
+                store.finish(unit, *metrics)
             m = metrics[2]
             why = f" -- {m['metrics']['undefined']}" if "undefined" in m["metrics"] else ""
             log.info("%-48s %s = %s  (%.1f s)%s", str(unit), m["primary_metric"],
@@ -563,11 +579,13 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
         except Exception as exc:  # noqa: BLE001 — one unit's failure must not lose the others
             msg = f"{type(exc).__name__}: {exc}"
             log.error("%s failed: %s", unit, msg)
-            store.fail(unit, msg)
+            if D.is_main():
+                store.fail(unit, msg)
             report.failed[unit] = msg
         finally:
-            lock.release()
-    if report.ran:
+            if lock is not None:
+                lock.release()
+    if report.ran and D.is_main():
         store.summarize(dataset)
     report.seconds = time.perf_counter() - t0
     return report

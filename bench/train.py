@@ -7,6 +7,7 @@ reported fold, a defect of several public pipelines).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from baselines.bag import Bag
 
+from . import distributed as D
 from . import tasks as T
 
 log = logging.getLogger(__name__)
@@ -135,18 +137,25 @@ def _at_most(x: "torch.Tensor | Bag", n: int, gen: torch.Generator) -> "torch.Te
     return x.subsample(idx) if isinstance(x, Bag) else x[idx]
 
 
+def _to(x: Any, device: torch.device) -> Any:
+    """Move a tensor input to the model's device (other inputs, e.g. ``Bag``, stay as they are)."""
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _targets(task: str, s: Sample, edges: np.ndarray | None) -> dict[str, torch.Tensor]:
+def _targets(task: str, s: Sample, edges: np.ndarray | None, device: torch.device | None = None
+             ) -> dict[str, torch.Tensor]:
     if task == "survival":
         y_bin = T.survival_bins(np.array([s.labels["time"]]), edges)[0]
-        return {"y_bin": torch.tensor([y_bin]), "event": torch.tensor([s.labels["event"]], dtype=torch.float32)}
+        return {"y_bin": torch.tensor([y_bin], device=device),
+                "event": torch.tensor([s.labels["event"]], dtype=torch.float32, device=device)}
     key = "stage" if task == "staging" else "label"
-    return {key: torch.tensor([int(s.labels[key])])}
+    return {key: torch.tensor([int(s.labels[key])], device=device)}
 
 
 def _class_weights(task: str, train: Sequence[Sample], n_out: int) -> torch.Tensor | None:
@@ -169,8 +178,17 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample], test: Sequence[Sample],
-                      cfg: TrainConfig, *, progress: bool = True, desc: str = "") -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Train on ``train``, predict ``test``. Returns (predictions, train log, info)."""
+                      cfg: TrainConfig, *, progress: bool = True, desc: str = "",
+                      before_step: Callable[[torch.nn.Module], None] | None = None,
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Train on ``train``, predict ``test``. Returns (predictions, train log, info).
+
+    Under torchrun (``bench.distributed``) the model is wrapped in ``DistributedDataParallel``:
+    each rank takes every ``world_size``-th case of the epoch's order (one case per forward
+    pass), gradients are averaged across ranks once per optimizer step (``no_sync`` in between),
+    and the predictions of the ranks' shares of ``test`` are gathered on every rank.
+    ``before_step(model)`` is called before every optimizer step (gradients complete).
+    """
     seed_everything(cfg.seed)
     if cfg.feature_norm == "zscore":
         train, test = zscore_samples(train, test)
@@ -181,55 +199,80 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
                                      np.array([s.labels["event"] for s in train]))
     weights = _class_weights(task, train, n_out or 4) if cfg.class_balance else None
 
+    world = D.world_size()
+    dev = D.device() if world > 1 else next(model.parameters()).device
+    model.to(dev)
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+    if weights is not None:
+        weights = weights.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.grad_accum)
+    per_rank = len(D.shard(list(range(len(train)))))
+    steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch)))
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = []
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * len(train), desc=desc or "train", unit="case", disable=None if progress else True,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(total=cfg.epochs * per_rank, desc=desc or "train", unit="case",
+               disable=None if progress and D.is_main() else True, leave=False, dynamic_ncols=True)
     try:
         for epoch in range(cfg.epochs):
             model.train()
-            order = torch.randperm(len(train), generator=gen).tolist()
+            order = D.shard(torch.randperm(len(train), generator=gen).tolist())  # same on every rank
             losses = []
             opt.zero_grad(set_to_none=True)
             for i, idx in enumerate(order):
                 s = train[idx]
-                x = s.load()
-                if cfg.max_patches:
-                    x = _at_most(x, cfg.max_patches, gen)
-                logits = model(x)
-                tgt = _targets(task, s, edges)
-                if task == "survival":
-                    loss = T.nll_survival_loss(logits, tgt["y_bin"], tgt["event"])
-                else:
-                    key = "stage" if task == "staging" else "label"
-                    loss = F.cross_entropy(logits, tgt[key], weight=weights)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, case {s.case_id}: "
-                                        "lower the learning rate (--set lr=...) or check this case's input")
-                (loss / cfg.grad_accum).backward()
-                losses.append(loss.item())
                 last = i == len(order) - 1
-                if (i + 1) % cfg.grad_accum == 0 or last:
+                sync = (i + 1) % cfg.grad_accum == 0 or last
+                with net.no_sync() if world > 1 and not sync else contextlib.nullcontext():
+                    x = s.load()
+                    if cfg.max_patches:
+                        x = _at_most(x, cfg.max_patches, gen)
+                    logits = net(_to(x, dev))
+                    tgt = _targets(task, s, edges, dev)
+                    if task == "survival":
+                        loss = T.nll_survival_loss(logits, tgt["y_bin"], tgt["event"])
+                    else:
+                        key = "stage" if task == "staging" else "label"
+                        loss = F.cross_entropy(logits, tgt[key], weight=weights)
+                    if D.any_rank(not bool(torch.isfinite(loss))):
+                        where = f"case {s.case_id}" if not torch.isfinite(loss) else f"another rank's case"
+                        raise TrainingError(f"loss became non-finite at epoch {epoch + 1}, {where}: "
+                                            "lower the learning rate (--set lr=...) or check this case's input")
+                    (loss / cfg.grad_accum).backward()
+                losses.append(loss.item())
+                if sync:
+                    if before_step is not None:
+                        before_step(model)
                     if cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                 bar.update(1)
-            rows.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+            epoch_loss = float(np.mean([v for r in D.all_gather(losses) for v in r]))
+            rows.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": sched.get_last_lr()[0],
                          "seconds": time.perf_counter() - t0})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
     finally:
         bar.close()
     train_seconds = time.perf_counter() - t0
-    pred = predict(model, task, test, edges)
+    mine = list(range(len(test)))[D.rank()::world]
+    part = predict(model, task, [test[i] for i in mine], edges)
+    if world > 1:
+        parts = D.all_gather((mine, part))
+        concat = [i for idx, _ in parts for i in idx]  # test index of each gathered row
+        pred = pd.concat([p for _, p in parts], ignore_index=True)
+        pred = pred.iloc[np.argsort(concat, kind="stable")].reset_index(drop=True)
+    else:
+        pred = part
     info = {"train_seconds": train_seconds, "train_cases": len(train), "test_cases": len(test),
-            "bin_edges": None if edges is None else [float(e) for e in edges]}
+            "world_size": world, "bin_edges": None if edges is None else [float(e) for e in edges]}
     return pred, pd.DataFrame(rows), info
 
 
@@ -239,11 +282,12 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
     rows = []
     for s in samples:
         xs = s.views() if s.views is not None else [s.load()]
+        dev = next(model.parameters()).device
         row: dict[str, Any] = {"case_id": s.case_id, **s.labels}
         if s.vote is not None:
             if task == "survival":
                 raise TrainingError("voting over views is defined for classification and staging, not survival")
-            probs = torch.cat([torch.softmax(model(x).float(), dim=1) for x in xs])  # (V, C), views one by one
+            probs = torch.cat([torch.softmax(model(_to(x, dev)).float().cpu(), dim=1) for x in xs])  # (V, C), views one by one
             if not torch.isfinite(probs).all():
                 raise TrainingError(f"the model predicted NaN/inf for case {s.case_id}")
             score = vote(probs, s.vote)
@@ -252,7 +296,7 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
             row["n_views"] = int(probs.shape[0])
             rows.append(row)
             continue
-        logits = torch.stack([model(x).float() for x in xs]).mean(dim=0)
+        logits = torch.stack([model(_to(x, dev)).float().cpu() for x in xs]).mean(dim=0)
         if task == "survival":
             row["risk"] = float(T.survival_risk(logits)[0])
             surv = torch.cumprod(1 - torch.sigmoid(logits), dim=1)[0]
