@@ -22,6 +22,7 @@ from . import distributed as D
 from . import tasks as T
 from .datasets import CONFIG_DIR, Cohort, load_cohort
 from .memory import bound_heap_growth
+from .pretrain import init_identity, load_init
 from .registry import MethodSpec, build_model, count_parameters
 from .results import ResultsStore, Unit, config_hash
 from .splits import SplitManager, Splits
@@ -466,9 +467,11 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
         folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
         n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
         model_overrides: dict[str, Any] | None = None, progress: bool = True, tuned: bool = False,
-        dry_run: bool = False) -> RunReport:
+        dry_run: bool = False, init: Path | str | None = None) -> RunReport:
     """Run every (task, method, fold) unit of ``dataset`` (a name or a YAML path) not yet done.
 
+    ``init``: a checkpoint every unit's model starts from (``bench.pretrain.load_init``; its path
+    and content hash enter the unit's config).
     ``tuned``: each unit uses the best hyper-parameters that ``bench tune`` found for its outer fold
     (variant ``tuned``; a unit without them fails, naming the command to run). ``dry_run``: resolve
     and classify units (done / to do, in ``report.todo``) without training anything.
@@ -531,6 +534,8 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
         config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
                   "split_hash": splits[task].hash, "n_folds": splits[task].n_folds, "train": train_cfg,
                   "model": opts, **fi.identity}
+        if init is not None:
+            config["init"] = init_identity(init)
         if tuned_info is not None:
             config["tuned"] = {k2: tuned_info.get(k2) for k2 in ("params", "value", "metric", "study_name",
                                                                  "n_trials", "inner_folds")}
@@ -566,7 +571,7 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
                 extracted.add(key)
             if D.is_main():
                 store.prepare(unit, config, chash)
-            metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash, opts, progress)
+            metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash, opts, progress, init)
             if D.is_main():
                 store.finish(unit, *metrics)
             m = metrics[2]
@@ -597,7 +602,7 @@ def _fmt(v: Any) -> str:
 
 def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: Inputs,
               train_cfg: dict[str, Any], config: dict[str, Any], chash: str, model_overrides: dict[str, Any],
-              progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+              progress: bool, init: Path | str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     cases = cohort.cases(unit.task).set_index("case_id")
     without = [c for c in cases.index if not fi.has(c)]
     if without:
@@ -609,6 +614,8 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
     n_out = T.get_task(unit.task).n_out()
     model = build_model(spec.name, n_out, **{k: v for k, v in model_overrides.items() if k not in INPUT_OPTIONS},
                         **getattr(fi, "model_kwargs", {}))
+    if init is not None:
+        log.info("%s: %s", unit, load_init(model, init).summary())
     cfg = TrainConfig.from_dict(train_cfg)
     pred, train_log, info = train_and_predict(model, unit.task, train, test, cfg, progress=progress,
                                               desc=f"{spec.name} {unit.task} fold {unit.fold}")

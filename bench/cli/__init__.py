@@ -9,9 +9,9 @@ import os
 import sys
 from typing import Sequence
 
-from . import ablate, doctor, extract, ls, run, splits, table, tune
+from . import ablate, doctor, extract, ls, pretrain, run, splits, table, tune
 
-COMMANDS = (ls, doctor, splits, extract, run, tune, table, ablate)
+COMMANDS = (ls, doctor, splits, extract, run, tune, pretrain, table, ablate)
 
 DESCRIPTION = """wsi-bench: end-to-end vs two-stage whole-slide models, under one split manager and one evaluator.
 
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed (`run --nproc` re-launches it under torchrun)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

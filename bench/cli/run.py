@@ -16,6 +16,9 @@ EPILOG = """examples:
   python -m bench run --methods all --dataset blca --folds 0,1 --set epochs=5
   python -m bench run --methods abmil.conch --dataset luad --tuned    # after `bench tune`
   python -m bench run --methods 'abmil.*' --dataset luad --launcher submitit --partition gpu --gpus 1 --time 240
+  python -m bench run --methods pixelmamba-6m --dataset luad --nproc 8      # DDP, one slide per rank
+  torchrun --nproc_per_node 8 -m bench run --methods pixelmamba-6m --dataset luad   # the same
+  python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its metrics.json exists with the same config; rerunning
 the same command skips done units and redoes only unfinished ones (also after a crash or kill).
@@ -37,7 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", metavar="KEY=VALUE", help="model constructor override")
     p.add_argument("--tuned", action="store_true",
                    help="use the best parameters `bench tune` found for each outer fold (rows marked 'tuned')")
+    p.add_argument("--init", type=Path, metavar="CHECKPOINT",
+                   help="start every unit's model from these weights (e.g. `bench pretrain`'s last.pt; "
+                        "loaded with weights_only=True, heads of another shape dropped, a report of "
+                        "what loaded is logged)")
     g = p.add_argument_group("launching (see docs/cluster.md)")
+    g.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train each unit on N processes with DDP (one slide per rank, gradient accumulation), "
+                        "launched with torch.distributed.run: gloo on CPU, nccl on CUDA (default 1)")
     g.add_argument("--launcher", choices=("local", "submitit"), default="local",
                    help="local: run the units here (default); submitit: one job per unit not yet done, "
                         "as a SLURM job array (or local processes when SLURM is absent)")
@@ -56,8 +66,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from .. import distributed as D
     from ..registry import resolve_methods
     from ..runner import run
+
+    if args.nproc > 1 and not D.launched():
+        return _torchrun(args)
+    D.init_from_env()
+    if not D.is_main():  # one voice: rank 0 logs and prints
+        logging.getLogger().setLevel(logging.WARNING)
+        args.quiet = True
 
     methods = resolve_methods(args.methods)
     dataset = resolve_dataset(args.dataset)
@@ -65,10 +83,14 @@ def main(args: argparse.Namespace) -> int:
     common = dict(tasks=args.tasks.split(",") if args.tasks else None, folds=parse_int_list(args.folds),
                   results=args.results, cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                  progress=not args.quiet, tuned=args.tuned)
+                  progress=not args.quiet, tuned=args.tuned, init=args.init)
     if args.launcher == "submitit":
+        if args.init is not None:
+            raise ValueError("--init is not passed to submitit jobs yet; run with --launcher local")
         return _submit(args, methods, dataset, common)
     report = run(methods, dataset, **common)
+    if not D.is_main():
+        return 1 if report.failed else 0
     if not report.ran and not report.failed and not report.busy:
         print(f"nothing to do: all {len(report.done_before)} unit(s) already done in "
               f"{args.results}/runs/{report.dataset} — `python -m bench table --dataset {report.dataset}` shows them")
@@ -78,6 +100,25 @@ def main(args: argparse.Namespace) -> int:
     if report.ran:
         print(f"summary: {args.results / report.dataset / 'summary.csv'}")
     return 1 if report.failed else 0
+
+
+def _torchrun(args: argparse.Namespace) -> int:
+    """Re-run this very command under ``torch.distributed.run`` with ``--nproc`` processes."""
+    import subprocess
+    import sys
+
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+           "-m", "bench", *argv]
+    log.info("launching %d processes: %s", args.nproc, " ".join(cmd))
+    return subprocess.run(cmd).returncode
 
 
 def _submit(args: argparse.Namespace, methods: list, dataset: str, common: dict) -> int:
