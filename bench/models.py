@@ -9,6 +9,8 @@ import torch
 
 
 def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> torch.nn.Module:
+    """Pixel-Mamba for slides: activations kept for backward in bfloat16 unless overridden
+    (``--model act_dtype=float32``); every layer still computes in float32 (docs/pixelmamba.md)."""
     from pixelmamba import create_model
 
-    return create_model(variant, num_classes=n_out, **overrides)
+    return create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", **overrides})

@@ -41,12 +41,14 @@ CHUNK_BYTES = 8 << 20  # chunk_size="auto": working set of one piece in backward
 
 
 def auto_chunk(channels: int, d_state: int = 16, expand: int = 2) -> int:
-    """Tokens per piece for ``chunk_size="auto"``: a piece's backward holds about 50 floats per
-    inner channel (``expand * channels``) and 16 per state dimension (B and C of both branches
-    and their gradients) for each token; pieces are sized so that this stays near
-    ``CHUNK_BYTES``, with at least 128 tokens so that wide layers do not pay per-piece overhead
-    on tiny pieces. 3 channels: ~3.7K tokens; 192: 128."""
-    per_token = 4 * (50 * expand * channels + 16 * d_state)
+    """Tokens per piece for ``chunk_size="auto"``. Measured (one block, 192 channels, pieces of
+    128 vs 512 tokens): a piece's backward holds about 42 bytes per inner channel
+    (``expand * channels``) per token; the state-sized vectors (B and C of both branches and
+    their gradients) add about 64 bytes per state dimension. Pieces are sized so that this stays
+    near ``CHUNK_BYTES``, with at least 128 tokens: every piece boundary also keeps two SSM
+    states (``2 * expand * channels * d_state`` floats) for backward, so pieces must not be tiny
+    on the wide layers. 3 channels: ~6.4K tokens; 192: ~430; 384: ~220."""
+    per_token = 4 * (12 * expand * channels + 16 * d_state)
     return max(128, CHUNK_BYTES // per_token)
 
 
