@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import bench` sets it, before torch loads OpenMP
 
 
 def _rss_bytes() -> int:
