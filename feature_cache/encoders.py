@@ -834,6 +834,16 @@ def _build_hipt_vit256() -> "torch.nn.Module":
                              norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
 
 
+def _build_hipt_vit256_standin() -> "torch.nn.Module":
+    """HIPT ViT-256's family at 2 blocks of 192 (ViT/16 at 256 px, as ``STANDIN_VIT``), average-pooled
+    patch tokens and a linear map to 384 (the real output dim): the same departures as GigaPath's
+    stand-in, for the same reason (a random ViT's CLS token hardly depends on the image)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=256, patch_size=16, qkv_bias=True, num_classes=384, global_pool="avg",
+                             dynamic_img_size=True, **STANDIN_VIT)
+
+
 register_encoder(EncoderSpec(
     name="hipt-vit256",
     dim=384,
@@ -846,4 +856,6 @@ register_encoder(EncoderSpec(
     weights_env="BENCH_WEIGHTS_HIPT_VIT256",
     key_prefixes=("", "backbone.", "module.backbone.", "module."),
     description="HIPT ViT-256 (mahmoodlab/HIPT HIPT_4K/Checkpoints/vit256_small_dino.pth)",
+    standin_build=_build_hipt_vit256_standin,
+    standin_arch="ViT/16 2x192, avg-pool + linear 384",
 ))
