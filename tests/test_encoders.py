@@ -324,7 +324,7 @@ def test_weights_in_the_hub_cache_beat_the_standin(with_standin, tmp_path: Path,
 def test_real_standins_keep_the_encoders_interface() -> None:
     """The registered stand-ins: same output dims as CONCH (512) and GigaPath (1536) at their
     own input sizes, a few million parameters instead of 90M / 1.1B."""
-    for name, side, dim in (("conch", 448, 512), ("gigapath", 224, 1536)):
+    for name, side, dim in (("conch", 448, 512), ("gigapath", 224, 1536), ("hipt-vit256", 256, 384)):
         spec = E._spec(name)
         with torch.device("meta"):
             m = spec.standin_build()
