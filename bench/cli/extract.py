@@ -64,14 +64,15 @@ def main(args: argparse.Namespace) -> int:
                 print(f"  {sid}: {err}")
             status |= int(bool(rep.failed))
             continue
-        enc = get_encoder(name, allow_random=cohort.spec.allow_random_weights)
+        enc = get_encoder(name, allow_random=cohort.spec.allow_random_weights,
+                          standin=cohort.spec.random_encoder_standin)  # the same features `bench run` uses
         vis = None
         if args.visualize is not None:
             vis = Path(args.visualize) if args.visualize else cache.dir_for(enc) / "overview"
         rep = cache.extract(paths, enc, progress=not args.quiet, skip_errors=args.skip_errors,
                             batch_size=args.batch_size, mpp=args.mpp, reader=args.reader,
                             visualize=vis, num_workers=args.num_workers)
-        print(f"{name}{' (random weights)' if enc.random_weights else ''}: {rep.summary()}")
+        print(f"{name} ({enc.weights_label} weights): {rep.summary()}")
         for sid, err in rep.failed.items():
             print(f"  {sid}: {err}")
         if vis is not None:
