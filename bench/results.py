@@ -177,6 +177,18 @@ class ResultsStore:
                 parts.append(df)
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
+    def _input(self, m: dict[str, Any]) -> str:
+        """What the unit consumed (``slide@2.5x``, ``features:conch``); results written before
+        metrics.json carried it are read from their config.json."""
+        if m.get("input"):
+            return str(m["input"])
+        try:
+            u = Unit(m["dataset"], m["task"], m["method"], m["fold"], m.get("variant"))
+            cfg = json.loads((self.unit_dir(u) / "config.json").read_text())
+        except (OSError, KeyError, json.JSONDecodeError):
+            return ""
+        return str(cfg.get("input") or (f"features:{cfg['encoder']}" if cfg.get("encoder") else ""))
+
     def summarize(self, dataset: str) -> pd.DataFrame:
         """Aggregate finished folds → one row per (method, variant, task, metric); writes summary.csv."""
         rows = list(self.iter_metrics(dataset))
@@ -208,6 +220,7 @@ class ResultsStore:
                     "tuned": any(m.get("tuned") for m in ms),
                     "encoder_standin": next((m["encoder_standin"] for m in ms if m.get("encoder_standin")), ""),
                     "train_seconds": float(np.mean([m.get("train_seconds", np.nan) for m in ms])),
+                    **_compute(ms), "input": self._input(first),
                 })
         df = pd.DataFrame(out)
         if not df.empty:
@@ -215,3 +228,14 @@ class ResultsStore:
             p.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(p, df.to_csv(index=False))
         return df
+
+
+def _compute(ms: list[dict[str, Any]]) -> dict[str, float]:
+    """Compute accounting over a row's folds: the largest peak memory, the mean time per training slide
+    (NaN for results written before the runner recorded them)."""
+    def vals(key: str) -> list[float]:
+        return [float(m[key]) for m in ms if m.get(key) is not None]
+
+    rss, cuda, per = vals("peak_rss_mb"), vals("peak_cuda_mb"), vals("train_seconds_per_slide")
+    return {"peak_rss_mb": max(rss) if rss else float("nan"), "peak_cuda_mb": max(cuda) if cuda else float("nan"),
+            "train_seconds_per_slide": float(np.mean(per)) if per else float("nan")}

@@ -412,6 +412,49 @@ _FEATURE_INPUTS: dict[str, type[FeatureInputs]] = {"features": FeatureInputs, "t
                                                    "region_features": RegionFeatureInputs}
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A method with settings of its own, stored as ``<method>/<name>/`` beside the method's plain runs
+    (an ablation value, e.g. ``pixelmamba-6m`` with ``alpha=0.4``). ``name=None`` is the method itself."""
+
+    spec: MethodSpec
+    name: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)  # model options (incl. magnification) it sets
+    train: dict[str, Any] = field(default_factory=dict)  # training options it sets
+
+    def __hash__(self) -> int:
+        return hash((self.spec.name, self.name))
+
+
+def _reset_peak_memory() -> None:
+    """Start a unit's peak-memory window: Linux resets the process's peak RSS (VmHWM) on writing 5 to
+    /proc/self/clear_refs; CUDA's allocator resets its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux (or not permitted): ru_maxrss below is then the process's lifetime peak
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory() -> dict[str, float | None]:
+    """Peak RSS (MB) since :func:`_reset_peak_memory` where the OS can tell, else since process start,
+    and CUDA's max allocated memory (MB) when a GPU is used."""
+    rss = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) / 1024  # kB -> MB
+    except OSError:
+        pass
+    if rss is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": rss, "peak_cuda_mb": cuda}
+
+
 def _labels(row: pd.Series, task: str) -> dict[str, float]:
     return {c: float(row[c]) for c in T.get_task(task).label_columns}
 
@@ -463,12 +506,14 @@ class UnitPlan:
     chash: str
 
 
-def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = None,
+def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] | None = None,
         folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
         n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
         model_overrides: dict[str, Any] | None = None, progress: bool = True, tuned: bool = False,
         dry_run: bool = False, init: Path | str | None = None) -> RunReport:
-    """Run every (task, method, fold) unit of ``dataset`` (a name or a YAML path) not yet done.
+    """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet done.
+
+    ``methods`` may hold :class:`Variant` s (an ablation's values), each stored under its name.
 
     ``init``: a checkpoint every unit's model starts from (``bench.pretrain.load_init``; its path
     and content hash enter the unit's config).
@@ -477,7 +522,8 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
     and classify units (done / to do, in ``report.todo``) without training anything.
     """
     t0 = time.perf_counter()
-    if any(m.family == "end-to-end" for m in methods):
+    variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
+    if any(v.spec.family == "end-to-end" for v in variants):
         bound_heap_growth()  # resident memory stays at one layer's working set (bench/memory.py)
     store = ResultsStore(results)
     cohort = load_cohort(dataset)
@@ -503,12 +549,14 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
             inputs[key] = make_inputs(spec, cohort, cache, opts, progress)
         return key, inputs[key]
 
-    grid = [(t, spec, k) for t in tasks for spec in methods for k in range(splits[t].n_folds)
+    grid = [(t, v, k) for t in tasks for v in variants for k in range(splits[t].n_folds)
             if folds is None or k in folds]
     extracted: set[str] = set()
     input_errors: set[str] = set()
-    for task, spec, k in grid:
-        unit = Unit(dataset, task, spec.name, k, "tuned" if tuned else None)
+    for task, v, k in grid:
+        spec = v.spec
+        name = v.name if not tuned else ("tuned" if v.name is None else f"{v.name}+tuned")
+        unit = Unit(dataset, task, spec.name, k, name)
         tuned_train, tuned_model, tuned_info = {}, {}, None
         if tuned:
             from .tuning import TuningError, load_best, split_params
@@ -520,9 +568,11 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
                 continue
             tuned_train, tuned_model = split_params(tuned_info["params"])
         try:
-            opts = model_options(spec, cohort, {**tuned_model, **(model_overrides or {})})
+            # CLI > the variant's setting (what an ablation varies) > tuned values > dataset > defaults
+            opts = model_options(spec, cohort, {**tuned_model, **v.model, **(model_overrides or {})})
             key, fi = get_inputs(spec, opts)
-            train_cfg = method_train_config(spec, {**tuned_train, **(train_overrides or {})}, cohort.spec.train)
+            train_cfg = method_train_config(spec, {**tuned_train, **v.train, **(train_overrides or {})},
+                                            cohort.spec.train)
         except Exception as exc:  # noqa: BLE001 — an unavailable encoder fails its units, not the run
             msg = f"inputs of {spec.name} unavailable: {type(exc).__name__}: {exc}"
             if spec.name not in input_errors:
@@ -530,12 +580,15 @@ def run(methods: list[MethodSpec], dataset: str, *, tasks: list[str] | None = No
             input_errors.add(spec.name)
             report.failed[unit] = msg
             continue
+        # same seed for every variant of a method: an ablation compares settings, not initialisations
         train_cfg["seed"] = unit_seed(seed, spec.name, task, k)
         config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
                   "split_hash": splits[task].hash, "n_folds": splits[task].n_folds, "train": train_cfg,
                   "model": opts, **fi.identity}
         if init is not None:
             config["init"] = init_identity(init)
+        if v.name:  # only variants carry the key, so the hashes of plain runs stay as they were
+            config["variant"] = v.name
         if tuned_info is not None:
             config["tuned"] = {k2: tuned_info.get(k2) for k2 in ("params", "value", "metric", "study_name",
                                                                  "n_trials", "inner_folds")}
@@ -617,8 +670,11 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
     if init is not None:
         log.info("%s: %s", unit, load_init(model, init).summary())
     cfg = TrainConfig.from_dict(train_cfg)
+    _reset_peak_memory()
+    name = spec.name + (f"[{unit.variant}]" if unit.variant else "")
     pred, train_log, info = train_and_predict(model, unit.task, train, test, cfg, progress=progress,
-                                              desc=f"{spec.name} {unit.task} fold {unit.fold}")
+                                              desc=f"{name} {unit.task} fold {unit.fold}")
+    steps = cfg.epochs * info["train_cases"]  # one slide (or one case's bag) per forward pass
     scores = T.score(unit.task, pred)
     metrics = {
         "dataset": unit.dataset, "task": unit.task, "method": unit.method, "variant": unit.variant,
@@ -626,8 +682,11 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
         "group": spec.group, "params": count_parameters(model), "primary_metric": T.get_task(unit.task).metric,
         "metrics": scores, "config_hash": chash, "split_hash": config["split_hash"], "n_folds": splits.n_folds,
         "random_weights": config.get("random_weights", False), "cases_without_input": without,
-        "tuned": "tuned" in config,
+        "tuned": "tuned" in config, "input": config.get("input") or f"features:{config.get('encoder')}",
         "weights": getattr(fi, "weights_label", ""), "encoder_standin": config.get("encoder_standin", ""),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **info,
+        # compute accounting (tables' --compute): the unit's peak memory (training + test prediction)
+        # and the wall time of one training step on one slide (forward + backward + its optimizer share)
+        **_peak_memory(), "train_seconds_per_slide": info["train_seconds"] / steps if steps else None,
+        **info,
     }
     return pred, train_log, metrics
