@@ -286,6 +286,9 @@ class DatasetSpec:
     model: dict[str, dict[str, Any]] = field(default_factory=dict)
     # binary labels of the classification task: strings of the `label` column -> 0/1, e.g. {normal: 0, tumor: 1}
     labels: dict[str, int] = field(default_factory=dict)
+    # per ablation, the grid this dataset runs: {<ablation>: {values: [...]}} replaces the grid,
+    # {<ablation>: {values: {paper value: value here}}} maps it (the demo scales inputs to a CPU)
+    ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def data_root(self) -> Path:

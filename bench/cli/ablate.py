@@ -1,41 +1,136 @@
-"""``bench ablate``: the paper's ablations (Tables 3–6, 9) as grids of method variants."""
+"""``bench ablate``: the paper's ablations (Tables 3–6, 9) as grids of method variants, run through
+the same runner, splits and results store as ``bench run``, then written as tables in the paper's
+layout."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from .common import Formatter, add_dataset
+from .common import Formatter, add_dataset, add_paths, parse_int_list, parse_sets, resolve_dataset
+
+log = logging.getLogger("bench")
 
 EPILOG = """examples:
-  python -m bench ablate                 # list the ablations and their grids
-  python -m bench ablate alpha           # show one grid (running it needs Pixel-Mamba in the registry)
+  python -m bench ablate                                  # list the ablations and their grids
+  python -m bench ablate alpha                            # Table 9 on blca if present, else the demo
+  python -m bench ablate scan-window --dataset demo --folds 0
+  python -m bench ablate magnification --dataset blca --values 0.625,1.25
+  python -m bench ablate token-scale --task staging --stats
+  python -m bench ablate end-to-end --compute             # + peak memory and time per slide
+An ablation value is a variant of a method (pixelmamba-6m with alpha=0.4 is stored under
+runs/<ds>/<task>/pixelmamba-6m/alpha=0.4/); reruns skip finished units, a changed config redoes them.
+Grids: configs/ablations/<name>.yaml. A dataset may map a grid to sizes it can afford (the demo does:
+configs/datasets/demo.yaml `ablations:`); the mapping is printed and stated in the caption.
+Tables: results/<ds>/tables/<name>_<task>.tex (and .md; with --stats also <name>_<task>_stats.csv).
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ablate", help="list or run an ablation grid", epilog=EPILOG, formatter_class=Formatter)
-    p.add_argument("name", nargs="?", help="ablation name (configs/ablations/<name>.yaml)")
+    p = sub.add_parser("ablate", help="run an ablation grid and write its table", epilog=EPILOG,
+                       formatter_class=Formatter)
+    p.add_argument("name", nargs="?", help="ablation name (configs/ablations/<name>.yaml); none: list them")
     add_dataset(p)
+    add_paths(p)
+    p.add_argument("--task", help="survival or staging (default: the ablation's, survival as in the paper)")
+    p.add_argument("--values", help="comma list replacing the grid (setting values, or method names "
+                                    "for end-to-end / token-scale)")
+    p.add_argument("--folds", help="comma list of fold indices (default: all)")
+    p.add_argument("--n-folds", type=int, default=5, help="folds when splits are first written (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="training option override (epochs, lr, ...)")
+    p.add_argument("--model", action="append", metavar="KEY=VALUE",
+                   help="model constructor override for every row (e.g. d_state=4 for a quick try)")
+    p.add_argument("--table-only", action="store_true", help="do not train: write the table from finished units")
+    g = p.add_argument_group("table options")
+    g.add_argument("--stats", action="store_true",
+                   help="mark rows not significantly different from the best (paired patient-level bootstrap)")
+    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
+    g.add_argument("--alpha-level", type=float, default=0.05, help="significance level (default %(default)s)")
+    g.add_argument("--compute", action="store_true", help="add peak memory and training time per slide columns")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..ablations import get_ablation, list_ablations
-    from ..registry import list_methods
+    from ..ablations import get_ablation, list_ablations, parse_values
 
     if not args.name:
         for a in list_ablations():
-            grid = a.get("values") or a.get("methods")
-            print(f"{a['name']:14s} Table {a.get('paper_table', '?'):<3} {a.get('description', '')}: {grid}")
+            what = f"{a.method}: {a.override} ∈ {a.values}" if a.method else f"methods {a.methods}"
+            print(f"{a.name:14s} Table {a.paper_table or '?':<3} {a.task:9s} {what}")
+        print("run one: python -m bench ablate <name> [--dataset X] (see --help)")
         return 0
-    a = get_ablation(args.name)
-    needed = [a["method"]] if "method" in a else list(a.get("methods", []))
-    known = {s.name for s in list_methods()}
-    missing = [m for m in needed if m not in known]
-    print(f"{a['name']}: {a.get('description', '')}")
-    print(f"  grid: {a.get('override', 'method')} ∈ {a.get('values') or a.get('methods')}  task: {a.get('task')}")
-    if missing:
-        print(f"  not runnable yet: method(s) {', '.join(missing)} are not registered in this version")
-        return 1
-    print("  running ablations arrives with the ablation issue; the grid above is what it will run")
-    return 1
+    ablation = get_ablation(args.name)
+    dataset = resolve_dataset(args.dataset, preferred=ablation.dataset)
+    values = parse_values(args.values)
+    folds = parse_int_list(args.folds)
+    if args.table_only:
+        from ..datasets import load_spec
+
+        spec = load_spec(dataset)
+        items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
+        result_dataset, task = spec.name, args.task or ablation.task
+        report = None
+    else:
+        from ..ablations import run_ablation
+
+        res = run_ablation(ablation, dataset, task=args.task, values=values, folds=folds, results=args.results,
+                           cache=args.cache, n_folds=args.n_folds, seed=args.seed,
+                           train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
+                           progress=not args.quiet)
+        items, notes, result_dataset, task, report = res.items, res.notes, res.dataset, res.task, res.report
+    for note in notes:
+        print(f"{result_dataset}: {note}")
+    if report is not None:
+        if not report.ran and not report.failed and not report.busy:
+            print(f"nothing to do: all {len(report.done_before)} unit(s) already done")
+        else:
+            print(report.line())
+        for unit, msg in report.failed.items():
+            print(f"FAILED {unit}: {msg}")
+    paths, md = write_table(ablation, items, notes, result_dataset, task, args)
+    print(md)
+    for p in paths:
+        print(f"wrote {p}")
+    return 1 if report is not None and report.failed else 0
+
+
+def write_table(ablation, items, notes, dataset: str, task: str, args: argparse.Namespace):
+    """Table (LaTeX + Markdown, and the stats CSV with --stats) from the results store only."""
+    import json
+
+    from ..ablations import build_rows, to_latex, to_markdown
+    from ..io import atomic_write_text
+    from ..results import ResultsStore, Unit
+    from ..stats import caption_note, comparisons_frame, compare_to_best
+
+    store = ResultsStore(args.results)
+    summary = store.summarize(dataset)
+    configs = {}
+    for it in items:  # one config.json per row, for columns read from the resolved model options
+        for m in store.iter_metrics(dataset):
+            if m["task"] == task and m["method"] == it.method and m.get("variant") == it.variant:
+                p = store.unit_dir(Unit(dataset, task, it.method, m["fold"], it.variant)) / "config.json"
+                configs[it.key] = json.loads(p.read_text()) if p.is_file() else {}
+                break
+    rows = build_rows(ablation, items, summary, task, configs)
+    if all(r.n == 0 for r in rows):
+        raise ValueError(f"no finished unit of ablation {ablation.name!r} ({task}) under {args.results}/runs/{dataset}")
+    similar: set[int] = set()
+    note = ""
+    out = args.results / dataset / "tables" / f"{ablation.name}_{task}.tex"
+    paths = [out, out.with_suffix(".md")]
+    if args.stats:
+        preds = {r.item.key: store.predictions(dataset, task, r.item.method, r.item.variant) for r in rows}
+        comps = compare_to_best(preds, task, n_boot=args.n_boot, alpha=args.alpha_level)
+        keys = [r.item.key for r in rows]
+        similar = {keys.index(k) for k, c in comps.items() if not c.different}
+        note = caption_note(args.n_boot, args.alpha_level)
+        csv = out.with_name(out.stem + "_stats.csv")
+        name = lambda k: k[0] + (f"/{k[1]}" if k[1] else "")  # noqa: E731
+        atomic_write_text(csv, comparisons_frame(comps, name).to_csv(index=False))
+        paths.append(csv)
+    atomic_write_text(out, to_latex(ablation, rows, dataset, task, notes, similar, note, args.compute))
+    md = to_markdown(ablation, rows, task, notes, similar, args.compute)
+    atomic_write_text(out.with_suffix(".md"), md)
+    return paths, md

@@ -51,5 +51,5 @@ def main(args: argparse.Namespace) -> int:
     if what in ("all", "ablations"):
         print("ablations:")
         for a in list_ablations():
-            print(f"  {a['name']:28s} {a.get('description', '')}")
+            print(f"  {a.name:28s} {a.description}")
     return 0
