@@ -68,8 +68,10 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
                "encoder": first.get("encoder") or "", "group": _group(first), "params": first["params"],
                "random_weights": bool(g["random_weights"].astype(bool).any()),
                "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False,
-
-               "standin": _standin(g)}
+               "standin": _standin(g),
+               "input": str(first["input"]) if "input" in g and isinstance(first["input"], str) else "",
+               # compute accounting over every task/dataset of the row: the largest peak, the mean time
+               **_compute_cells(g)}
         for t, d in cols:
             hit = g[(g["task"] == t) & (g["dataset"] == d)]
             expected = int(hit["expected_folds"].iloc[0]) if len(hit) and "expected_folds" in hit else 5
@@ -89,6 +91,15 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
         wide["_m"] = wide["method"].map(lambda m: order.get(m, len(order)))
         wide = wide.sort_values(["_g", "_m", "variant"], kind="stable").drop(columns=["_g", "_m"]).reset_index(drop=True)
     return wide, cols
+
+
+def _compute_cells(g: pd.DataFrame) -> dict[str, float]:
+    def col(name: str) -> pd.Series:
+        return pd.to_numeric(g[name], errors="coerce") if name in g else pd.Series([float("nan")])
+
+    cuda, rss = col("peak_cuda_mb").max(), col("peak_rss_mb").max()
+    return {"peak_mb": cuda if not math.isnan(cuda) else rss,
+            "seconds_per_slide": col("train_seconds_per_slide").mean()}
 
 
 def _standin(g: pd.DataFrame) -> str:
@@ -145,19 +156,51 @@ def _latex_escape(s: str) -> str:
     return s
 
 
+def _magnification_note(row: pd.Series) -> str:
+    """``0.625x`` when an end-to-end row read the slide at another magnification than the paper's
+    (the registry's default, 2.5x) — e.g. the demo's — else empty: rows at the paper's setting
+    read as in the paper."""
+    inp = str(row.get("input") or "")
+    if row.get("family") != "end-to-end" or not inp.startswith("slide@"):
+        return ""
+    from .registry import _METHODS
+
+    try:
+        mag = float(inp[len("slide@"):].rstrip("x"))
+    except ValueError:
+        return ""
+    spec = _METHODS.get(row["method"])
+    default = spec.magnification if spec else None
+    return "" if default is not None and math.isclose(mag, default) else (f"{mag:.1f}x" if mag.is_integer() else f"{mag:g}x")
+
+
 def _name(row: pd.Series) -> str:
-    return str(row["label"]) + (f" ({row['variant']})" if row["variant"] else "")
+    extra = [x for x in (row["variant"], _magnification_note(row)) if x]
+    return str(row["label"]) + (f" ({', '.join(extra)})" if extra else "")
 
 
-def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "", label: str = "tab:main") -> str:
+def _compute_text(row: pd.Series) -> list[str]:
+    mb, sps = row.get("peak_mb"), row.get("seconds_per_slide")
+    return ["–" if mb is None or math.isnan(mb) else f"{mb / 1024:.2f}",
+            "–" if sps is None or math.isnan(sps) else f"{sps:.2g}"]
+
+
+def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "", label: str = "tab:main",
+             similar: dict[tuple[str, str], set[int]] | None = None, stats_note: str = "",
+             compute: bool = False) -> str:
+    """``similar``: per column, the row indices not significantly different from the best (marked
+    ``≈``; ``stats_note`` states the test in the caption). ``compute``: peak memory and training time
+    per slide columns after Params."""
     tasks = list(dict.fromkeys(t for t, _ in cols))
-    ncol = 3 + len(cols)
+    nfix = 5 if compute else 3
+    ncol = nfix + len(cols)
     ranks = {c: _ranks(wide, c) for c in cols}
+    similar = similar or {}
     lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
-             r"\begin{tabular}{ll r" + " c" * len(cols) + "}", r"\toprule"]
-    head = [r"\multicolumn{3}{l}{Tasks}"]
+             r"\begin{tabular}{ll r" + (" r r" if compute else "") + " c" * len(cols) + "}", r"\toprule"]
+    head = [rf"\multicolumn{{{nfix}}}{{l}}{{Tasks}}"]
     cmid = []
-    start = 4
+    start = nfix + 1
     for t in tasks:
         n = sum(1 for tt, _ in cols if tt == t)
         head.append(rf"\multicolumn{{{n}}}{{c}}{{{TASK_TITLES.get(t, t)}}}")
@@ -165,7 +208,8 @@ def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "",
         start += n
     lines.append(" & ".join(head) + r" \\")
     lines.append(" ".join(cmid))
-    lines.append(" & ".join(["Methods", "Backbone", "Params."] + [_latex_escape(d.upper()) for _, d in cols]) + r" \\")
+    fixed = ["Methods", "Backbone", "Params."] + (["Peak mem. (GB)", "Train s/slide"] if compute else [])
+    lines.append(" & ".join(fixed + [_latex_escape(d.upper()) for _, d in cols]) + r" \\")
     lines.append(r"\midrule")
     last_group = None
     for i, row in wide.iterrows():
@@ -184,10 +228,18 @@ def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "",
                 txt = rf"\textbf{{{txt}}}"
             elif r == 2:
                 txt = rf"\underline{{{txt}}}"
+            if i in similar.get(c, ()):
+                txt += r"$^{\approx}$"
             cells.append(txt)
-        lines.append(" & ".join([name, _latex_escape(_backbone(row)), _latex_escape(_params_text(row))] + cells) + r" \\")
+        fixed = [name, _latex_escape(_backbone(row)), _latex_escape(_params_text(row))]
+        lines.append(" & ".join(fixed + (_compute_text(row) if compute else []) + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     cap = caption or default_caption(wide)
+    if compute:
+        cap += (" Peak mem.: largest peak resident memory of the row's units (CUDA: max allocated); "
+                "Train s/slide: mean training wall time per slide per epoch.")
+    if stats_note:
+        cap += " " + stats_note
     lines += [rf"\caption{{{cap}}}", rf"\label{{{label}}}", r"\end{table*}"]
     return "\n".join(lines) + "\n"
 
@@ -207,9 +259,12 @@ def default_caption(wide: pd.DataFrame) -> str:
     return cap
 
 
-def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
+def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]],
+                similar: dict[tuple[str, str], set[int]] | None = None, compute: bool = False) -> str:
     ranks = {c: _ranks(wide, c) for c in cols}
-    header = ["Method", "Backbone", "Params"] + [f"{t} {d}" for t, d in cols]
+    similar = similar or {}
+    header = (["Method", "Backbone", "Params"] + (["Peak mem. (GB)", "Train s/slide"] if compute else [])
+              + [f"{t} {d}" for t, d in cols])
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     last_group = None
     for i, row in wide.iterrows():
@@ -220,12 +275,16 @@ def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
         for c in cols:
             txt = row[c].text() if row[c] is not None else "–"
             r = ranks[c].get(i)
-            cells.append(f"**{txt}**" if r == 1 else f"_{txt}_" if r == 2 else txt)
+            txt = f"**{txt}**" if r == 1 else f"_{txt}_" if r == 2 else txt
+            cells.append(txt + (" ≈" if i in similar.get(c, ()) else ""))
         marks = _marks(row, RANDOM_MARK, STANDIN_MARK)
         name = _name(row) + (f" {marks}" if marks else "")
-        out.append("| " + " | ".join([name, _backbone(row), _params_text(row)] + cells) + " |")
+        fixed = [name, _backbone(row), _params_text(row)] + (_compute_text(row) if compute else [])
+        out.append("| " + " | ".join(fixed + cells) + " |")
     if not wide.empty and "tuned" in wide and wide["tuned"].any():
         out.append("\n" + TUNED_NOTE.strip())
+    if any(similar.values()):
+        out.append("\n≈ not significantly different from the best of its column (paired patient-level bootstrap)")
     if not wide.empty and wide["random_weights"].any():
         out.append(f"\n{RANDOM_MARK} random encoder weights: not comparable to published numbers.")
     if not wide.empty and "standin" in wide and wide["standin"].astype(bool).any():

@@ -87,3 +87,30 @@ def test_standin_rows_are_double_marked():
     assert r"ABMIL$^\dagger$$^\ddagger$" in tex and r"$^\ddagger$Small stand-in" in tex
     # summaries written before stand-ins existed (no column) still build, unmarked
     assert "‡" not in to_markdown(*build_table(summary()))
+
+
+def test_stats_marks_compute_columns_and_magnification_labels():
+    s = summary()
+    e2e = {"family": "end-to-end", "encoder": "", "task": "survival", "metric": "c_index", "primary": True,
+           "std": 0.01, "n_folds": 5, "n_defined": 5, "folds": "", "random_weights": False, "train_seconds": 9.0,
+           "dataset": "demo", "variant": "", "params": 6_265_750}
+    s = pd.concat([s, pd.DataFrame([
+        {**e2e, "method": "pixelmamba-6m", "label": "Pixel-Mamba-6M", "mean": 0.7, "input": "slide@0.625x",
+         "peak_rss_mb": 2048.0, "train_seconds_per_slide": 1.5},
+        {**e2e, "method": "vim-ti", "label": "Vision Mamba (16)", "mean": 0.5, "input": "slide@2.5x",
+         "peak_rss_mb": 1024.0, "train_seconds_per_slide": 0.25}])], ignore_index=True)
+    wide, cols = build_table(s)
+    i_pm = int(wide.index[wide["method"] == "pixelmamba-6m"][0])
+    i_ab = int(wide.index[wide["method"] == "abmil.conch"][0])
+    similar = {("survival", "demo"): {i_ab}}
+    tex = to_latex(wide, cols, similar=similar, stats_note="NOTE", compute=True)
+    assert r"\multicolumn{5}{l}{Tasks}" in tex and "Params. & Peak mem. (GB) & Train s/slide & DEMO" in tex
+    assert r"0.6057 $\pm$ 0.0344}$^{\approx}$" in tex and tex.count(r"$^{\approx}$") == 1 and "NOTE}" in tex
+    # an end-to-end row read at another magnification than the paper's 2.5x says so; at 2.5x it does not
+    assert "Pixel-Mamba-6M (0.625x) & Pixel-Mamba & 6.3M & 2.00 & 1.5 &" in tex
+    assert "Vision Mamba (16) & Vim-Ti & 6.3M & 1.00 & 0.25 &" in tex
+    md = to_markdown(wide, cols, similar, compute=True)
+    assert "_0.6057 ± 0.0344_ ≈" in md and "| Pixel-Mamba-6M (0.625x) | Pixel-Mamba | 6.3M | 2.00 | 1.5 |" in md
+    assert wide.loc[i_pm, "peak_mb"] == 2048.0
+    plain = to_latex(wide, cols)
+    assert "Peak mem." not in plain and r"\approx" not in plain

@@ -15,6 +15,8 @@ log = logging.getLogger("bench")
 EPILOG = """examples:
   python -m bench table --dataset demo         # results/tables/table2_demo.tex + KM figures
   python -m bench table                        # every dataset with results, one table (paper's Table 2)
+  python -m bench table --dataset luad --stats  # mark rows not significantly worse than the best
+  python -m bench table --compute              # + peak memory and training time per slide
   python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
@@ -27,6 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="comma list of datasets (default: every dataset with results)")
     add_paths(p)
     p.add_argument("--out", type=Path, help="LaTeX output file (default results/tables/table2[_<datasets>].tex)")
+    g = p.add_argument_group("statistics and compute accounting")
+    g.add_argument("--stats", action="store_true",
+                   help="per column, mark rows not significantly different from the best (paired "
+                        "patient-level bootstrap on the shared folds; per-fold paired t-tests in "
+                        "<table>_stats.csv); the caption states the test")
+    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
+    g.add_argument("--alpha-level", type=float, default=0.05, help="significance level (default %(default)s)")
+    g.add_argument("--compute", action="store_true",
+                   help="add columns: peak memory (GB) and training time per slide (s), from metrics.json")
     p.add_argument("--no-figures", action="store_true", help="skip the Kaplan–Meier figures")
     p.set_defaults(func=main)
 
@@ -51,8 +62,14 @@ def main(args: argparse.Namespace) -> int:
     wide, cols = build_table(summary)
     suffix = "" if not args.dataset else "_" + "_".join(datasets)
     out = args.out or args.results / "tables" / f"table2{suffix}.tex"
-    atomic_write_text(out, to_latex(wide, cols, label=f"tab:table2{suffix}"))
-    md = to_markdown(wide, cols)
+    similar: dict = {}
+    note = ""
+    if args.stats:
+        similar, note, csv = _significance(store, wide, cols, args, out)
+        print(f"stats: {csv}")
+    atomic_write_text(out, to_latex(wide, cols, label=f"tab:table2{suffix}", similar=similar, stats_note=note,
+                                    compute=args.compute))
+    md = to_markdown(wide, cols, similar, args.compute)
     atomic_write_text(out.with_suffix(".md"), md)
     print(md)
     print(f"LaTeX: {out}")
@@ -75,3 +92,29 @@ def main(args: argparse.Namespace) -> int:
                 km_figure(pred, f"{method} — {d}", fig.with_suffix(".pdf"))
                 print(f"KM: {fig}  log-rank p = {'undefined' if p != p else f'{p:.3g}'}")
     return 0
+
+
+def _significance(store, wide, cols, args, out: Path):
+    """Per (task, dataset) column: compare every row with the column's best on shared folds."""
+    from ..io import atomic_write_text
+    from ..stats import caption_note, compare_to_best, comparisons_frame
+
+    similar: dict = {}
+    frames = []
+    for task, dataset in cols:
+        preds = {}
+        for i, row in wide.iterrows():
+            if row[(task, dataset)] is None:
+                continue
+            preds[i] = store.predictions(dataset, task, row["method"], row["variant"] or None)
+        comps = compare_to_best(preds, task, n_boot=args.n_boot, alpha=args.alpha_level)
+        similar[(task, dataset)] = {i for i, c in comps.items() if not c.different}
+
+        def name(i, w=wide):
+            return w.loc[i, "method"] + (f"/{w.loc[i, 'variant']}" if w.loc[i, "variant"] else "")
+
+        if comps:
+            frames.append(comparisons_frame(comps, name).assign(task=task, dataset=dataset))
+    csv = out.with_name(out.stem + "_stats.csv")
+    atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "")
+    return similar, caption_note(args.n_boot, args.alpha_level), csv
