@@ -152,73 +152,74 @@ def compare_to_best(preds: dict[Hashable, pd.DataFrame], task: str, *, n_boot: i
 
     ``preds`` maps a row key to its predictions (``case_id``, ``fold``, the task's labels and
     ``risk`` / ``pred`` / ``prob1``; :meth:`bench.results.ResultsStore.predictions` gives them).
-    Rows are paired on the (fold, case) pairs all of them share; the best row is the one with the
-    highest mean per-fold metric on those. Returns a :class:`Comparison` for every row but the best.
+    The best row is the table's: the highest mean of its own per-fold metrics. Each other row is
+    paired with it on the (fold, case) pairs both have (a row with fewer finished folds is compared
+    on those). Returns a :class:`Comparison` for every row but the best.
     """
-    from scipy import stats as sps
-
     if statistic not in ("folds", "pooled"):
         raise ValueError(f"statistic must be 'folds' or 'pooled', got {statistic!r}")
     preds = {k: v for k, v in preds.items() if v is not None and not v.empty}
     if len(preds) < 2:
         return {}
     fn = _metric_fn(task)
-    common = None
-    for df in preds.values():
-        keys = set(zip(df["fold"].astype(int), df["case_id"].astype(str)))
-        common = keys if common is None else common & keys
-    if not common:
-        raise ValueError("the rows share no (fold, case) pair: were they run on the same splits?")
-    index = pd.MultiIndex.from_tuples(sorted(common), names=["fold", "case_id"])
-    aligned = {}
+    clean = {}
     for key, df in preds.items():
         d = df.assign(fold=df["fold"].astype(int), case_id=df["case_id"].astype(str))
-        aligned[key] = d.drop_duplicates(["fold", "case_id"]).set_index(["fold", "case_id"]).loc[index].reset_index()
-    folds = sorted({f for f, _ in common})
-    fold_scores = {k: _fold_scores(d, fn, folds) for k, d in aligned.items()}
-    means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else -math.inf for k, v in fold_scores.items()}
+        clean[key] = d.drop_duplicates(["fold", "case_id"]).set_index(["fold", "case_id"]).sort_index()
+    # the best row is the table's best: highest mean of its own per-fold metrics
+    means = {}
+    for key, d in clean.items():
+        folds = sorted(set(d.index.get_level_values(0)))
+        v = _fold_scores(d.reset_index(), fn, folds)
+        means[key] = float(np.nanmean(v)) if np.isfinite(v).any() else -math.inf
     best = max(means, key=lambda k: means[k])
+    out: dict[Hashable, Comparison] = {}
+    for key in clean:
+        if key != best:
+            out[key] = _compare_pair(task, fn, clean[best], clean[key], best, key, n_boot, alpha, seed, statistic)
+    return out
 
-    # resample case positions within each fold; the same draws score every row (paired)
+
+def _compare_pair(task: str, fn: Callable[[pd.DataFrame], float], best_df: pd.DataFrame, row_df: pd.DataFrame,
+                  best: Hashable, key: Hashable, n_boot: int, alpha: float, seed: int, statistic: str) -> Comparison:
+    """Best vs one row on the (fold, case) pairs both have."""
+    from scipy import stats as sps
+
+    index = best_df.index.intersection(row_df.index)
+    if len(index) == 0:
+        raise ValueError(f"rows {best!r} and {key!r} share no (fold, case) pair: were they run on the same splits?")
+    a, b = best_df.loc[index].reset_index(), row_df.loc[index].reset_index()
+    folds = sorted(set(index.get_level_values(0)))
+    fa, fb = _fold_scores(a, fn, folds), _fold_scores(b, fn, folds)
+
+    # resample case positions within each fold; the same draws score both rows (paired)
     rng = np.random.default_rng(seed)
-    fold_of = aligned[best]["fold"].to_numpy()
+    fold_of = a["fold"].to_numpy()
     fold_idx = []
     for k in folds:
         pos = np.flatnonzero(fold_of == k)
         fold_idx.append(pos[rng.integers(0, len(pos), size=(n_boot, len(pos)))])
-    cols = {k: _columns(task, d) for k, d in aligned.items()}
-    best_boot = _boot_stat(task, cols[best], fold_idx, statistic)
-
-    def point(key: Hashable) -> float:
-        if statistic == "pooled":
-            return fn(aligned[key])
-        return float(np.mean(fold_scores[key]))
-
-    out: dict[Hashable, Comparison] = {}
-    for key in aligned:
-        if key == best:
-            continue
-        d = best_boot - _boot_stat(task, cols[key], fold_idx, statistic)
-        ok = np.isfinite(d)
-        d = d[ok]
-        if len(d) == 0:
-            p, lo, hi = float("nan"), float("nan"), float("nan")
-        else:
-            le, ge = int((d <= 0).sum()), int((d >= 0).sum())
-            p = min(1.0, 2 * (min(le, ge) + 1) / (len(d) + 1))
-            lo, hi = (float(x) for x in np.quantile(d, [alpha / 2, 1 - alpha / 2]))
-        fd = fold_scores[best] - fold_scores[key]
-        fin = np.isfinite(fd)
-        p_t = p_w = float("nan")
-        if fin.sum() >= 2 and np.any(fd[fin] != 0):
-            p_t = float(sps.ttest_rel(fold_scores[best][fin], fold_scores[key][fin]).pvalue)
-            p_w = float(sps.wilcoxon(fd[fin]).pvalue)
-        elif fin.sum() >= 2:
-            p_t = p_w = 1.0  # identical per-fold metrics
-        out[key] = Comparison(row=key, best=best, n_cases=len(index), folds=folds, diff=point(best) - point(key),
-                              ci_low=lo, ci_high=hi, p_bootstrap=p, fold_diffs=[float(x) for x in fd], p_ttest=p_t,
-                              p_wilcoxon=p_w, n_boot=n_boot, n_undefined=int((~ok).sum()), alpha=alpha)
-    return out
+    d = _boot_stat(task, _columns(task, a), fold_idx, statistic) - _boot_stat(task, _columns(task, b), fold_idx, statistic)
+    ok = np.isfinite(d)
+    d = d[ok]
+    if len(d) == 0:
+        p, lo, hi = float("nan"), float("nan"), float("nan")
+    else:
+        le, ge = int((d <= 0).sum()), int((d >= 0).sum())
+        p = min(1.0, 2 * (min(le, ge) + 1) / (len(d) + 1))
+        lo, hi = (float(x) for x in np.quantile(d, [alpha / 2, 1 - alpha / 2]))
+    fd = fa - fb
+    fin = np.isfinite(fd)
+    p_t = p_w = float("nan")
+    if fin.sum() >= 2 and np.any(fd[fin] != 0):
+        p_t = float(sps.ttest_rel(fa[fin], fb[fin]).pvalue)
+        p_w = float(sps.wilcoxon(fd[fin]).pvalue)
+    elif fin.sum() >= 2:
+        p_t = p_w = 1.0  # identical per-fold metrics
+    diff = fn(a) - fn(b) if statistic == "pooled" else float(np.mean(fa) - np.mean(fb))
+    return Comparison(row=key, best=best, n_cases=len(index), folds=folds, diff=diff, ci_low=lo, ci_high=hi,
+                      p_bootstrap=p, fold_diffs=[float(x) for x in fd], p_ttest=p_t, p_wilcoxon=p_w, n_boot=n_boot,
+                      n_undefined=int((~ok).sum()), alpha=alpha)
 
 
 def comparisons_frame(comps: dict[Hashable, Comparison], name: Callable[[Hashable], str] = str) -> pd.DataFrame:
