@@ -166,3 +166,22 @@ table: {columns: [method, backbone, depth, metric]}
     assert main(args[:1] + [args[1], "--values", "1,5"] + args[2:]) == 0  # only the new value runs
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/fold0/metrics.json") if p in done} == done
     assert (runs / "depth_5" / "fold0" / "metrics.json").is_file()
+
+
+def test_identical_variants_are_called_out(tmp_path):
+    """Two alpha values that built the same network (few regions) give the same predictions: said."""
+    from bench.ablations import GridItem, Row
+    from bench.cli.ablate import _identical_rows
+    from bench.results import ResultsStore, Unit
+
+    store = ResultsStore(tmp_path)
+    pred = pd.DataFrame({"case_id": ["A", "B"], "time": [3.0, 5.0], "event": [1.0, 0.0], "risk": [0.2, 0.1]})
+    rows = []
+    for v, risk in (("alpha=0.4", [0.2, 0.1]), ("alpha=0.8", [0.2, 0.1]), ("alpha=1.0", [0.1, 0.2])):
+        u = Unit("demo", "survival", "pixelmamba-6m", 0, v)
+        store.prepare(u, {}, "h")
+        store.finish(u, pred.assign(risk=risk), pd.DataFrame(), {"task": "survival", "method": u.method, "variant": v,
+                                                                 "fold": 0, "config_hash": "h"})
+        rows.append(Row(GridItem("pixelmamba-6m", v), {}, 0.5, 0.0, 1, 5))
+    assert _identical_rows(store, "demo", "survival", rows) == [
+        "alpha=0.4, alpha=0.8 gave identical predictions: the setting changes nothing at this input size"]

@@ -116,6 +116,7 @@ def write_table(ablation, items, notes, dataset: str, task: str, args: argparse.
     rows = build_rows(ablation, items, summary, task, configs)
     if all(r.n == 0 for r in rows):
         raise ValueError(f"no finished unit of ablation {ablation.name!r} ({task}) under {args.results}/runs/{dataset}")
+    notes = notes + _identical_rows(store, dataset, task, rows)
     similar: set[int] = set()
     note = ""
     out = args.results / dataset / "tables" / f"{ablation.name}_{task}.tex"
@@ -134,3 +135,21 @@ def write_table(ablation, items, notes, dataset: str, task: str, args: argparse.
     md = to_markdown(ablation, rows, task, notes, similar, args.compute)
     atomic_write_text(out.with_suffix(".md"), md)
     return paths, md
+
+
+def _identical_rows(store, dataset: str, task: str, rows) -> list[str]:
+    """A note when several values of a setting gave exactly the same predictions — the setting then
+    changed nothing at this input size (e.g. Region Fusion's alpha on slides of few regions, where
+    ceil(alpha * n0 / 24) is 1 for every alpha). Said, so nobody reads a flat row as a finding."""
+    seen: dict[str, list[str]] = {}
+    for r in rows:
+        if not r.item.variant or not r.n:
+            continue
+        pred = store.predictions(dataset, task, r.item.method, r.item.variant)
+        if pred.empty:
+            continue
+        cols = [c for c in ("risk", "pred", "prob1") if c in pred]
+        key = pred.sort_values(["fold", "case_id"])[["fold", "case_id", *cols]].to_csv(index=False)
+        seen.setdefault(key, []).append(r.item.variant)
+    return [f"{', '.join(v)} gave identical predictions: the setting changes nothing at this input size"
+            for v in seen.values() if len(v) > 1]
