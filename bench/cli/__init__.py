@@ -19,6 +19,8 @@ Typical session:
   python -m bench ls                                   # methods, encoders, datasets, ablations
   python -m bench run --methods 'abmil.*' --dataset demo
   python -m bench table --dataset demo                 # LaTeX in results/tables/, markdown here
+  python -m bench table --dataset demo --stats --compute   # + significance marks, memory/time columns
+  python -m bench ablate alpha --dataset demo --folds 0    # the paper's Table 9 grid, as variants
   python -m bench tune --method abmil.resnet50 --dataset demo --trials 20   # nested tuning
 """
 
