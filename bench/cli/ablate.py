@@ -19,7 +19,7 @@ EPILOG = """examples:
   python -m bench ablate token-scale --task staging --stats
   python -m bench ablate end-to-end --compute             # + peak memory and time per slide
 An ablation value is a variant of a method (pixelmamba-6m with alpha=0.4 is stored under
-runs/<ds>/<task>/pixelmamba-6m/alpha=0.4/); reruns skip finished units, a changed config redoes them.
+runs/<ds>/<task>/pixelmamba-6m/alpha_0.4/); reruns skip finished units, a changed config redoes them.
 Grids: configs/ablations/<name>.yaml. A dataset may map a grid to sizes it can afford (the demo does:
 configs/datasets/demo.yaml `ablations:`); the mapping is printed and stated in the caption.
 Tables: results/<ds>/tables/<name>_<task>.tex (and .md; with --stats also <name>_<task>_stats.csv).
