@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="comma list of datasets (default: every dataset with results)")
     add_paths(p)
     p.add_argument("--out", type=Path, help="LaTeX output file (default results/tables/table2[_<datasets>].tex)")
+    p.add_argument("--ablation-rows", action="store_true",
+                   help="also list ablation variants (e.g. pixelmamba-6m alpha=0.4) as rows; by default "
+                        "they appear only in `bench ablate`'s tables")
     g = p.add_argument_group("statistics and compute accounting")
     g.add_argument("--stats", action="store_true",
                    help="per column, mark rows not significantly different from the best (paired "
@@ -59,6 +62,11 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"no finished units for dataset {d!r} under {args.results}/runs/{d}")
         parts.append(s.assign(dataset=d))
     summary = pd.concat(parts, ignore_index=True)
+    if not args.ablation_rows:  # ablation values (variants "<setting>=<value>") have their own tables
+        summary = summary[~summary["variant"].fillna("").astype(str).str.contains("=")]
+        if summary.empty:
+            raise ValueError("these results hold only ablation variants: `python -m bench ablate <name> "
+                             "--table-only` writes their tables, or add --ablation-rows")
     wide, cols = build_table(summary)
     suffix = "" if not args.dataset else "_" + "_".join(datasets)
     out = args.out or args.results / "tables" / f"table2{suffix}.tex"
