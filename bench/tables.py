@@ -118,7 +118,13 @@ def _group(row: pd.Series) -> str:
     enc = row.get("encoder") or ""
     if row["family"] == "two-stage" and enc in ENCODERS:
         return ENCODERS[enc]["group"]
-    return str(row.get("group") or ("End-to-end" if row["family"] == "end-to-end" else "Two-stage"))
+    group = row.get("group")
+    if not isinstance(group, str) or not group:  # summaries do not carry it: the registry does
+        from .registry import _METHODS
+
+        spec = _METHODS.get(row["method"])
+        group = spec.group if spec else ""
+    return str(group or ("End-to-end" if row["family"] == "end-to-end" else "Two-stage"))
 
 
 def _ranks(wide: pd.DataFrame, col: tuple[str, str]) -> dict[int, int]:
