@@ -97,9 +97,10 @@ def _real_get_encoder(*a, **k):
 def _shared_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     import feature_cache
 
-    def get(name, weights=None, allow_random=False, device="cpu"):
-        if weights is not None or os.environ.get(f"BENCH_WEIGHTS_{name.upper()}"):
-            return _real_get_encoder(name, weights=weights, allow_random=allow_random, device=device)
+    def get(name, weights=None, allow_random=False, device="cpu", standin=False):
+        if weights is not None or standin or os.environ.get(f"BENCH_WEIGHTS_{name.upper()}"):
+            return _real_get_encoder(name, weights=weights, allow_random=allow_random, device=device,
+                                     standin=standin)
         return _encoder(name, allow_random)
 
     monkeypatch.setattr(feature_cache, "get_encoder", get)
