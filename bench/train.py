@@ -167,6 +167,16 @@ def _class_weights(task: str, train: Sequence[Sample], n_out: int) -> torch.Tens
     return torch.tensor(w, dtype=torch.float32)
 
 
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of each case times its class weight, averaged over the batch.
+
+    Not ``F.cross_entropy(weight=...)``: its mean divides by the summed weights of the batch, so
+    with one slide per step (the protocol here) the weight cancels and class balancing does
+    nothing. The weights average 1 over the training cases, so the loss keeps its scale."""
+    loss = F.cross_entropy(logits, target, reduction="none")
+    return (loss * weights[target]).mean() if weights is not None else loss.mean()
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -239,7 +249,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
                         loss = T.nll_survival_loss(logits, tgt["y_bin"], tgt["event"])
                     else:
                         key = "stage" if task == "staging" else "label"
-                        loss = F.cross_entropy(logits, tgt[key], weight=weights)
+                        loss = weighted_cross_entropy(logits, tgt[key], weights)
                     if D.any_rank(not bool(torch.isfinite(loss))):
                         where = f"case {s.case_id}" if not torch.isfinite(loss) else f"another rank's case"
                         raise TrainingError(f"loss became non-finite at epoch {epoch + 1}, {where}: "

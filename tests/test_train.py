@@ -59,3 +59,23 @@ def test_survival_bins_cut_on_training_fold():
     odd = [float(i + 1) for i in range(16) if i % 2]
     np.testing.assert_allclose(info["bin_edges"][1:-1], np.quantile(odd, [0.25, 0.5, 0.75]))
     assert pred.loc[0, "y_bin"] == 3 and np.isfinite(pred.loc[0, "risk"])
+
+
+def test_class_weights_act_on_single_case_steps():
+    """One slide per step: F.cross_entropy(weight=w) would cancel w; ours must not (hand case)."""
+    import math
+
+    import torch
+
+    from bench.train import weighted_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0]])
+    w = torch.tensor([0.5, 3.0, 1.0, 1.0])
+    ce = math.log(math.exp(2.0) + 3.0) - 0.0  # true class 1: -log softmax = logsumexp - logit
+    got = weighted_cross_entropy(logits, torch.tensor([1]), w)
+    assert abs(got.item() - 3.0 * ce) < 1e-5
+    assert abs(weighted_cross_entropy(logits, torch.tensor([1]), None).item() - ce) < 1e-5
+    # a batch: the plain mean of weighted per-case losses
+    two = weighted_cross_entropy(logits.repeat(2, 1), torch.tensor([0, 1]), w)
+    ce0 = math.log(math.exp(2.0) + 3.0) - 2.0
+    assert abs(two.item() - (0.5 * ce0 + 3.0 * ce) / 2) < 1e-5
