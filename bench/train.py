@@ -292,7 +292,7 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
     rows = []
     for s in samples:
         xs = s.views() if s.views is not None else [s.load()]
-        dev = next(model.parameters()).device
+        dev = next(model.parameters(), torch.empty(0)).device  # a parameter-free model runs on the CPU
         row: dict[str, Any] = {"case_id": s.case_id, **s.labels}
         if s.vote is not None:
             if task == "survival":

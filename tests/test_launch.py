@@ -86,7 +86,7 @@ def test_local_executor_completes_a_two_unit_grid_and_resumes(cohort):
 class FakeInputs:
     """In-process stand-in for FeatureInputs (the debug executor runs jobs in this process)."""
 
-    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress):
+    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False):
         self.stage = dict(zip(cohort.table["case_id"], cohort.table["stage"]))
 
     identity = {"encoder": "fake", "features": "fake", "random_weights": True}

@@ -25,7 +25,7 @@ class RecordingInputs:
 
     log: dict[str, set] = {"ensured": set(), "probed": set(), "loaded": set()}
 
-    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress):
+    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False):
         self.cohort = cohort
         self.stage = dict(zip(cohort.table["case_id"], cohort.table["stage"]))
 

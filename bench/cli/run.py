@@ -87,6 +87,7 @@ def main(args: argparse.Namespace) -> int:
     if args.launcher == "submitit":
         if args.init is not None:
             raise ValueError("--init is not passed to submitit jobs yet; run with --launcher local")
+        common.pop("init")
         return _submit(args, methods, dataset, common)
     report = run(methods, dataset, **common)
     if not D.is_main():
