@@ -1,7 +1,10 @@
 import os
+import tempfile
 
 # never wait on a hub that cannot be reached (REFERENCE.md: 23–47 s of retries otherwise)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # as `import bench` does, before anything loads torch (bench/__init__.py says why)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# remembered encoder fingerprints go to a throwaway directory, never the user's ~/.cache/wsi-bench
+os.environ.setdefault("BENCH_STATE_DIR", tempfile.mkdtemp(prefix="wsi-bench-test-state-"))
