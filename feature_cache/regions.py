@@ -37,6 +37,7 @@ from filelock import FileLock
 from PIL import Image
 
 from feature_cache.slide import Slide, SlideError, mag_to_mpp, open_slide
+from feature_cache.slide_cache import save_npy_atomic
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +167,7 @@ class RegionCache:
                 if not p.is_file():
                     with open_slide(slide_path, mpp=mpp_override) as s:
                         arr = np.stack([read_region_at(s, tuple(c), self.size, self.magnification) for c in xy])
-                    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-                    try:
-                        with os.fdopen(fd, "wb") as f:
-                            np.save(f, arr)
-                        os.replace(tmp, p)
-                    except BaseException:
-                        Path(tmp).unlink(missing_ok=True)
-                        raise
+                    save_npy_atomic(p, arr)
         return np.load(p, mmap_mode="r")
 
     def ensure(self, slides: dict[str, str | Path], progress: bool = True,

@@ -56,16 +56,7 @@ class SlideImageCache:
                 if not p.is_file():
                     with open_slide(slide_path, mpp=mpp_override) as s:
                         arr = s.read_at_mpp(mag_to_mpp(magnification))
-                    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-                    try:
-                        with os.fdopen(fd, "wb") as f:
-                            np.save(f, np.ascontiguousarray(arr, dtype=np.uint8))
-                        os.replace(tmp, p)
-                    except BaseException as err:
-                        Path(tmp).unlink(missing_ok=True)
-                        if isinstance(err, OSError):  # disk full...: name the file
-                            raise OSError(err.errno, f"cannot write {p}: {err}", str(p)) from err
-                        raise
+                    save_npy_atomic(p, np.ascontiguousarray(arr, dtype=np.uint8))
         return np.load(p, mmap_mode="r")
 
     def mask(self, slide_id: str, slide_path: str | Path, magnification: float,
@@ -81,14 +72,7 @@ class SlideImageCache:
                 if not p.is_file():
                     m = tissue_mask_from_rgb(np.asarray(img), mag_to_mpp(magnification),
                                              name=f"{slide_id} at {magnification:g}x")
-                    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-                    try:
-                        with os.fdopen(fd, "wb") as f:
-                            np.save(f, m)
-                        os.replace(tmp, p)
-                    except BaseException:
-                        Path(tmp).unlink(missing_ok=True)
-                        raise
+                    save_npy_atomic(p, m)
         return np.load(p)
 
     def ensure(self, slides: Mapping[str, str | Path], magnification: float, progress: bool = True,
@@ -111,3 +95,17 @@ class SlideImageCache:
                 log.warning("slide %s skipped: %s", sid, exc)
                 failed[sid] = str(exc)
         return failed
+
+
+def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    """np.save through a temp file + rename, so a half-written array is never taken for a cached one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # disk full...: name the file
+            raise OSError(err.errno, f"cannot write {path}: {err}", str(path)) from err
+        raise
