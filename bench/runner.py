@@ -636,6 +636,17 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
             raise  # disk full, unreadable cache...: stop; finished units stay done
         except Exception as exc:  # noqa: BLE001 — one unit's failure must not lose the others
             msg = f"{type(exc).__name__}: {exc}"
+            if D.active():
+                # Under DDP the ranks train each unit together: a rank that skipped to the next
+                # unit would leave the others blocked in this unit's collectives until the process
+                # group's timeout (30 min). Stop this process instead; torchrun then tears the
+                # whole group down, and a rerun resumes at this unit.
+                log.error("rank %d: %s failed: %s -- stopping every rank (a DDP group cannot skip a unit "
+                          "on one rank only); finished units are kept, rerun the same command to resume",
+                          D.rank(), unit, msg)
+                if D.is_main():
+                    store.fail(unit, msg)
+                raise
             log.error("%s failed: %s", unit, msg)
             if D.is_main():
                 store.fail(unit, msg)

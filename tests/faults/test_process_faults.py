@@ -1,5 +1,5 @@
-"""Faults 14-18: processes that die, run twice, or run out of disk -- real subprocesses, real
-signals, a real full file system."""
+"""Faults 14-18 and 21: processes that die, run twice, run out of disk, or fail on one DDP rank --
+real subprocesses, real signals, a real full file system (21 is emulated in-process)."""
 
 import json
 import os
@@ -191,3 +191,39 @@ def test_f18_disk_full_while_writing(cohort, tmp_path):
     assert r.code == 0, r.text
     cohort.assert_kept(before)
     cohort.assert_complete()
+
+
+def test_f21_unit_failure_under_ddp_stops_the_rank(cohort, monkeypatch, caplog):
+    """Under torchrun the ranks train each unit together: a rank whose unit fails (e.g. out of
+    memory on its slide) must stop, not go on to the next unit while the other ranks wait in the
+    failed unit's collectives until the group's 30-minute timeout. torchrun then tears the group
+    down. Emulated in-process: a process group of one 'active' rank whose second unit raises."""
+    import bench.runner as R
+    from bench import distributed as D
+
+    assert cohort.run("--tasks", "staging", "--folds", "0").code == 0
+    before = cohort.done()
+    monkeypatch.setattr(D, "active", lambda: True)
+    monkeypatch.setattr(D, "broadcast", lambda obj: obj)
+    monkeypatch.setattr(D, "barrier", lambda: None)
+    monkeypatch.setattr(D, "rank", lambda: 0)
+    real, calls = R._run_unit, []
+
+    def failing(unit, *a, **k):
+        calls.append(unit)
+        if unit.fold == 1:
+            raise MemoryError("one rank's slide did not fit")
+        return real(unit, *a, **k)
+
+    monkeypatch.setattr(R, "_run_unit", failing)
+    with pytest.raises(MemoryError):  # the process ends with the error (torchrun sees a failed worker)
+        cohort.run("--tasks", "staging")
+    msg = "\n".join(r.getMessage() for r in caplog.records)
+    assert "rank 0: faults/staging/meanmil.resnet50/fold1 failed: MemoryError" in msg, msg
+    assert "stopping every rank" in msg and "rerun the same command to resume" in msg
+    assert [u.fold for u in calls] == [1]  # fold 0 was done; nothing after the failure was started
+    assert "one rank's slide did not fit" in (cohort.unit_dir("staging", 1) / "error.json").read_text()
+    cohort.assert_kept(before)
+    monkeypatch.undo()
+    r = cohort.run("--tasks", "staging")  # the rerun resumes at the failed unit
+    assert r.code == 0 and f"{N_FOLDS - 1} unit(s) run, 1 already done" in r.out, r.out
