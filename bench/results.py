@@ -121,17 +121,20 @@ class ResultsStore:
             return None
         return lk
 
-    def prepare(self, u: Unit, config: dict[str, Any], chash: str) -> Path:
-        """Start (or restart) a unit: keep a finished unit of another config aside, clear partial
-        files of an interrupted attempt, write ``config.json``."""
+    def prepare(self, u: Unit, config: dict[str, Any], chash: str, keep_previous: str | None = None) -> Path:
+        """Start (or restart) a unit: keep a finished unit of another config aside (or of the same
+        config, when ``keep_previous`` names why it is redone), clear partial files of an
+        interrupted attempt, write ``config.json``."""
         d = self.unit_dir(u)
         old = self.done_metrics(u)
-        if old is not None and old.get("config_hash") != chash:
-            aside = d.with_name(f"{d.name}.superseded-{old.get('config_hash', 'unknown')}")
+        if old is not None and (old.get("config_hash") != chash or keep_previous):
+            tag = old.get("config_hash", "unknown") + (f"-{keep_previous}" if keep_previous else "")
+            aside = d.with_name(f"{d.name}.superseded-{tag}")
             if aside.exists():
                 shutil.rmtree(aside)
             os.replace(d, aside)
-            log.info("%s: config changed; previous result kept at %s", u, aside)
+            log.info("%s: %s; previous result kept at %s", u,
+                     "config changed" if not keep_previous else f"redone ({keep_previous})", aside)
         elif d.exists():
             for p in d.iterdir():  # leftovers of an interrupted attempt (no metrics.json)
                 if p.is_file():

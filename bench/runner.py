@@ -552,6 +552,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     grid = [(t, v, k) for t in tasks for v in variants for k in range(splits[t].n_folds)
             if folds is None or k in folds]
     extracted: set[str] = set()
+    ensured_here: set[str] = set()  # inputs rank 0 filled to check recovered cases
     input_errors: set[str] = set()
     for task, v, k in grid:
         spec = v.spec
@@ -596,14 +597,24 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         # Rank 0 decides (done / claimed elsewhere / run) and every rank follows: under torchrun
         # the ranks train each unit together, so they must agree on the unit list.
         lock = None
+        redo_recovered: list[str] = []
         if D.is_main():
-            status = "done" if store.done_metrics(unit, chash) is not None else "run"
+            done = store.done_metrics(unit, chash)
+            if done is not None and done.get("cases_without_input") and not dry_run:
+                # the config hash does not cover which cases had input: a unit that ran without a
+                # case whose slide has been fixed since is redone (its old result kept aside)
+                redo_recovered = _recovered_cases(done["cases_without_input"], key, fi, ensured_here)
+                if redo_recovered:
+                    log.info("%s: case(s) left out of the finished result now have input (%s); redoing "
+                             "the unit, the previous result is kept aside", unit, ", ".join(redo_recovered[:5]))
+                    done = None
+            status = "done" if done is not None else "run"
             if status == "run" and not dry_run:
                 lock = store.try_claim(unit)
                 if lock is None:
                     status = "busy"
-                elif store.done_metrics(unit, chash) is not None:  # finished by another worker meanwhile
-                    status = "done"
+                elif not redo_recovered and store.done_metrics(unit, chash) is not None:
+                    status = "done"  # finished by another worker meanwhile
         status = D.broadcast(status if D.is_main() else None)
         if status == "done":
             report.done_before.append(unit)
@@ -623,7 +634,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
                     fi.ensure()
                 extracted.add(key)
             if D.is_main():
-                store.prepare(unit, config, chash)
+                store.prepare(unit, config, chash, keep_previous="recovered" if redo_recovered else None)
             metrics = _run_unit(unit, spec, splits[task], cohort, fi, train_cfg, config, chash, opts, progress, init)
             if D.is_main():
                 store.finish(unit, *metrics)
@@ -658,6 +669,21 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         store.summarize(dataset)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _recovered_cases(without: list[str], key: str, fi: Inputs, ensured_here: set[str]) -> list[str]:
+    """Of the cases a finished unit ran without, those that have input now (their slide was fixed
+    or added). Fills the cache first (rank 0 only; ``ensured_here`` is not the run's ``extracted``
+    set, so that under DDP every rank still meets rank 0 in ``main_first`` before training);
+    only called for units that left cases out."""
+    try:
+        if key not in ensured_here:
+            fi.ensure()
+            ensured_here.add(key)
+        return [c for c in without if fi.has(c)]
+    except Exception as exc:  # noqa: BLE001 -- the unit's own run reports input problems
+        log.debug("could not check recovered cases: %s", exc)
+        return []
 
 
 def _fmt(v: Any) -> str:

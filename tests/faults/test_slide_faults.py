@@ -33,6 +33,21 @@ def test_f01_truncated_slide(cohort):
     assert f"features of slide {slide_id(5)} unavailable" in r.err
     assert str(cohort.slide(5)) in r.err and "truncated or corrupt" in r.err and "re-download" in r.err
     assert not (cohort.feature_file(slide_id(5)).parent / f"{slide_id(5)}.h5.tmp").exists()
+    # the slide is fixed: exactly the units that ran without its case are redone, with it
+    without = {p: v for p, v in cohort.done().items() if json.loads(v[1])["cases_without_input"]}
+    with_it = {p: v for p, v in cohort.done().items() if p not in without}
+    assert len(without) == 8 and len(with_it) == 2  # folds 1-4 of both tasks ran without it
+    write_slide(cohort.slide(5), seed=5)
+    r = cohort.run()
+    assert r.code == 0, r.text
+    assert "8 unit(s) run, 2 already done" in r.out, r.out
+    assert f"case(s) left out of the finished result now have input ({case_id(5)})" in r.err
+    cohort.assert_kept(with_it)
+    for p in without:
+        assert json.loads(p.read_text())["cases_without_input"] == []
+        aside = list(p.parent.parent.glob(f"{p.parent.name}.superseded-*-recovered/metrics.json"))
+        assert len(aside) == 1 and aside[0].read_text() == without[p][1]  # the old result, kept
+    assert "nothing to do" in cohort.run().out
 
 
 def test_f02_unsupported_format(cohort):
