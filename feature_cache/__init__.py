@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from feature_cache.slide import Slide, SlideError, mag_to_mpp, mpp_to_mag, open_slide
+from feature_cache.slide import Slide, SlideError, mag_to_mpp, mpp_to_mag, open_slide, slide_files
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,7 @@ __all__ = [
     "open_slide",
     "mag_to_mpp",
     "mpp_to_mag",
+    "slide_files",
     "segment_tissue",
     "patch_grid",
     "get_encoder",

@@ -379,39 +379,46 @@ class FeatureCache:
 
 def _partial_hash(path: Path, block: int = 1 << 20) -> str:
     """SHA-256 of a file's size, first and last MiB: cheap on huge slides, survives copying
-    (unlike mtime), and changes when a slide is replaced by different content."""
+    (unlike mtime), and changes when a slide is replaced by different content. For a MIRAX slide
+    the same over each of :func:`~feature_cache.slide.slide_files` in turn."""
+    from feature_cache.slide import slide_files
+
     h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(block))
-        if size > block:
-            f.seek(max(block, size - block))
+    for f_path in slide_files(path):
+        size = f_path.stat().st_size
+        h.update(str(size).encode())
+        with open(f_path, "rb") as f:
             h.update(f.read(block))
+            if size > block:
+                f.seek(max(block, size - block))
+                h.update(f.read(block))
     return h.hexdigest()[:16]
 
 
 def _slide_identity(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"slide_size": int(st.st_size), "slide_mtime_ns": int(st.st_mtime_ns),
-            "slide_hash": _partial_hash(path)}
+    from feature_cache.slide import slide_stat
+
+    size, mtime_ns = slide_stat(path)
+    return {"slide_size": size, "slide_mtime_ns": mtime_ns, "slide_hash": _partial_hash(path)}
 
 
 def _same_slide(out: Path, slide_path: Path) -> bool:
     """Was ``out`` extracted from this very file? Size, then mtime (fast path), then the partial
     hash. Files without the attributes (imported from elsewhere) are trusted."""
+    from feature_cache.slide import slide_stat
+
     try:
         with h5py.File(out, "r") as f:
             size, mtime, digest = (f.attrs.get(k) for k in
                                    ("slide_size", "slide_mtime_ns", "slide_hash"))
-        st = slide_path.stat()
+        now_size, now_mtime = slide_stat(slide_path)
     except OSError:
         return True  # slide unreachable now: the extraction step reports that, not the cache
     if size is None or digest is None:
         return True
-    if int(size) != st.st_size:
+    if int(size) != now_size:
         return False
-    if mtime is not None and int(mtime) == st.st_mtime_ns:
+    if mtime is not None and int(mtime) == now_mtime:
         return True
     return str(digest) == _partial_hash(slide_path)
 

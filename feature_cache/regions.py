@@ -36,7 +36,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from feature_cache.slide import Slide, SlideError, mag_to_mpp, open_slide
+from feature_cache.slide import Slide, SlideError, mag_to_mpp, open_slide, slide_stat
 from feature_cache.slide_cache import save_npy_atomic
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,8 @@ class RegionCache:
         from feature_cache.cache import _check_id  # the feature cache's id -> file-stem rule
 
         name = _check_id(slide_id)
-        st = Path(slide_path).stat()
-        ident = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
+        size, mtime_ns = slide_stat(slide_path)  # MIRAX: its Slidedat.ini and Index.dat too
+        ident = hashlib.sha256(f"{size}:{mtime_ns}".encode()).hexdigest()[:10]
         return self.dir() / f"{name}.{ident}"
 
     def coords(self, slide_id: str, slide_path: str | Path, mpp_override: float | None = None) -> np.ndarray:

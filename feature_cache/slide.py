@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["SlideError", "Slide", "open_slide", "mag_to_mpp", "mpp_to_mag"]
+__all__ = ["SlideError", "Slide", "open_slide", "mag_to_mpp", "mpp_to_mag", "slide_files", "slide_stat"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,26 @@ def mag_to_mpp(magnification: float) -> float:
 
 def mpp_to_mag(mpp: float) -> float:
     return 10.0 / float(mpp)
+
+
+def slide_files(path: str | Path) -> list[Path]:
+    """The files whose change means a different slide. One file for TIFF-based formats; for
+    MIRAX, whose ``.mrxs`` is a stub, also ``Slidedat.ini`` (it carries the scan's ``SLIDE_ID``)
+    and ``Index.dat`` (where every tile is) from the slide's directory -- not the data files,
+    which are large and change only with those two."""
+    path = Path(path)
+    files = [path]
+    if path.suffix.lower() == ".mrxs":
+        folder = path.with_suffix("")
+        files += [f for f in (folder / "Slidedat.ini", folder / "Index.dat") if f.is_file()]
+    return files
+
+
+def slide_stat(path: str | Path) -> tuple[int, int]:
+    """(total size, newest mtime in ns) over :func:`slide_files`: equal to the file's own
+    ``st_size``/``st_mtime_ns`` for single-file slides."""
+    stats = [f.stat() for f in slide_files(path)]
+    return sum(int(st.st_size) for st in stats), max(int(st.st_mtime_ns) for st in stats)
 
 
 def _open_backend(path: Path, backend: str) -> Any:
@@ -139,8 +159,11 @@ class Slide:
 
     def _error(self, what: str, err: BaseException | None = None) -> SlideError:
         detail = f" ({type(err).__name__}: {err})" if err is not None else ""
+        what_file = "the file is"
+        if self.path.suffix.lower() == ".mrxs":  # MIRAX: the pixels live in the directory
+            what_file = f"a file in the slide's directory {self.path.with_suffix('')} is"
         return SlideError(
-            f"{self.path}: {what}{detail}. Fix: the file is probably truncated or corrupt -- "
+            f"{self.path}: {what}{detail}. Fix: {what_file} probably truncated or corrupt -- "
             f"re-download or re-copy it (compare its size/checksum with the source), or exclude "
             f"it (e.g. `bench extract --skip-errors`)."
         )
@@ -277,6 +300,15 @@ def open_slide(path: str | Path, backend: str = "auto", mpp: float | None = None
         except SlideError as err:
             handle.close()
             errors.append(f"{name}: {err}")
+    if path.suffix.lower() == ".mrxs":  # the stub is a text file; the slide is its directory
+        folder = path.with_suffix("")
+        raise SlideError(
+            f"{path}: the MIRAX slide could not be opened ({'; '.join(errors)}). A MIRAX slide is "
+            f"the .mrxs file plus the directory {folder} with Slidedat.ini, Index.dat and the "
+            f"Data*.dat files{'' if folder.is_dir() else ', which does not exist'}. Fix: copy that "
+            f"directory completely next to the .mrxs (a missing or partly copied file in it is the "
+            f"usual cause), or exclude the slide (`bench extract --skip-errors`)."
+        )
     kind = _sniff(path)
     if kind is not None:
         raise SlideError(

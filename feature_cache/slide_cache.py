@@ -22,7 +22,7 @@ from typing import Mapping
 import numpy as np
 from filelock import FileLock
 
-from feature_cache.slide import SlideError, mag_to_mpp, open_slide
+from feature_cache.slide import SlideError, mag_to_mpp, open_slide, slide_stat
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class SlideImageCache:
         from feature_cache.cache import _check_id  # the feature cache's id -> file-stem rule
 
         stem = _check_id(slide_id)
-        st = Path(slide_path).stat()
-        ident = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:10]
+        size, mtime_ns = slide_stat(slide_path)  # MIRAX: its Slidedat.ini and Index.dat too
+        ident = hashlib.sha256(f"{size}:{mtime_ns}".encode()).hexdigest()[:10]
         return self.dir_for(magnification) / f"{stem}.{ident}.npy"
 
     def get(self, slide_id: str, slide_path: str | Path, magnification: float,

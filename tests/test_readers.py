@@ -1,7 +1,8 @@
 """Readers on files from several writers: tifffile generic tiled TIFF, an Aperio-SVS-layout file
 (tifffile, the layout OpenSlide recognises as ``aperio``), a Hamamatsu-NDPI-layout file (tifffile,
-recognised as ``hamamatsu``), libvips (pyvips) tiled pyramids and a DICOM WSI (wsidicomizer), each
-through every reader that supports it. Truth is the source array
+recognised as ``hamamatsu``), libvips (pyvips) tiled pyramids, a DICOM WSI (wsidicomizer) and a
+MIRAX slide (tests/mirax_writer.py: Slidedat.ini + Index.dat + JPEG data files, photos placed by
+a camera-position buffer), each through every reader that supports it. Truth is the source array
 the file was written from and the resolution written into it."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tifffile
 
 import feature_cache as fc
 from feature_cache.tissue import patch_size_level0
+from mirax_writer import MiraxLayout, write_mirax
 
 W, H = 1536, 1024  # level-0 size; not square, so a swapped axis shows
 TILE = 256
@@ -101,6 +103,20 @@ def write_vips_tiff(path: Path, img: np.ndarray, mpp: float) -> Path:
     return path
 
 
+# 4 x 2 camera photos of 2 x 2 images of 204 x 264 px overlapping by 32 px: level 0 is exactly W x H
+MIRAX_LAYOUT = MiraxLayout(tile=(204, 264), images=(8, 4), divisions=2, overlap=(32, 32), levels=4)
+# photos the stage placed off the nominal grid (level-0 px, multiples of 8 so every level stays whole)
+MIRAX_JITTER = {(1, 0): (8, 0), (2, 1): (0, 8), (3, 1): (8, 8)}
+
+
+def write_mrxs(path: Path, img: np.ndarray, mpp: float = 0.5, objective: int | None = 20) -> Path:
+    """A MIRAX slide of ``img``: the source is padded at the right and bottom (edge pixels), as
+    jittered photos reach past the nominal W x H."""
+    assert MIRAX_LAYOUT.size == (img.shape[1], img.shape[0])
+    padded = np.pad(img, ((0, 16), (0, 16), (0, 0)), mode="edge")
+    return write_mirax(path, padded, MIRAX_LAYOUT, mpp=mpp, objective=objective, jitter=MIRAX_JITTER)
+
+
 def write_dicom(folder: Path, src_tiff: Path) -> Path:
     """A DICOM WSI series converted by wsidicomizer from a generic TIFF: another writer's
     encoder, tiling and metadata. Returns one instance file of the series (OpenSlide opens the
@@ -129,6 +145,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, img: np.ndarray) -> dict[str
         "tifffile-aperio-no-mpp": write_aperio_svs(d / "aperio_nompp.svs", img, app_mag=20, mpp=None),
         "libvips": write_vips_tiff(d / "vips.tif", img, mpp=0.25),
         "tifffile-ndpi": write_ndpi(d / "hamamatsu.ndpi", img, lens=20, mpp=0.5),
+        "mirax": write_mrxs(d / "mirax.mrxs", img, mpp=0.5, objective=20),
     }
 
 
@@ -141,8 +158,11 @@ EXPECT = {
     # tiffslide (tifffile) refuses this file: for a file with tag 65420 tifffile reads NDPI's 8-byte
     # next-directory offsets, which tifffile's own writer does not produce
     "tifffile-ndpi": (0.5, 20.0, "hamamatsu", ("openslide",)),
+    # tiffslide reads TIFF only; MIRAX is a directory of INI, index and JPEG data files
+    "mirax": (0.5, 20.0, "mirax", ("openslide",)),
 }
 CASES = [(w, b) for w, (_, _, _, backends) in EXPECT.items() for b in backends]
+SINGLE_FILE = [(w, b) for w, b in CASES if w != "mirax"]  # MIRAX's .mrxs is a stub: see below
 
 
 def _mad(a: np.ndarray, b: np.ndarray) -> float:
@@ -224,7 +244,7 @@ def test_dicom_wsi_from_wsidicomizer(files: dict[str, Path], img: np.ndarray,
         assert _mad(region, img[180:420, 280:740]) < 6.0
 
 
-@pytest.mark.parametrize("writer,backend", CASES)
+@pytest.mark.parametrize("writer,backend", SINGLE_FILE)
 def test_truncated_files_raise_slide_error_naming_the_file(files: dict[str, Path], tmp_path: Path,
                                                           writer: str, backend: str) -> None:
     """A copy cut at 40 % either fails to open or fails on reading level 0 -- always as a
@@ -235,3 +255,137 @@ def test_truncated_files_raise_slide_error_naming_the_file(files: dict[str, Path
     with pytest.raises(fc.SlideError, match=cut.name):
         with fc.open_slide(cut, backend=backend) as s:
             s.read_level(0)
+
+
+# ------------------------------------------------------------------------------------------ MIRAX
+
+
+def _block_mad(a: np.ndarray, b: np.ndarray, block: int = 16) -> float:
+    """The worst mean error over block x block squares: a photo placed a few px off shows here
+    even when the whole-image mean hides it."""
+    h, w = (a.shape[0] // block) * block, (a.shape[1] // block) * block
+    d = np.abs(a[:h, :w].astype(np.int16) - b[:h, :w].astype(np.int16)).mean(-1)
+    return float(d.reshape(h // block, block, w // block, block).mean((1, 3)).max())
+
+
+def test_mirax_every_level_is_the_source_image(files: dict[str, Path], img: np.ndarray) -> None:
+    """All 32 level-0 images and the per-photo sub-tiles of the coarser levels land where the
+    source says, overlaps included: no block of any level is off by more than JPEG error."""
+    from PIL import Image
+
+    with fc.open_slide(files["mirax"]) as s:
+        assert s.level_downsamples == (1.0, 2.0, 4.0, 8.0)
+        assert s.properties["mirax.GENERAL.CameraImageDivisionsPerSide"] == "2"
+        for level in range(s.level_count):
+            got = s.read_level(level)
+            want = np.asarray(Image.fromarray(img).reduce(2**level)) if level else img
+            assert got.shape == want.shape
+            assert _mad(got, want) < 1.5, level
+            assert _block_mad(got, want) < 6.0, level
+
+
+def test_mirax_photos_are_placed_by_the_camera_positions(img: np.ndarray, tmp_path: Path) -> None:
+    """Negative control for the test above: the jittered photos only line up because the reader
+    takes their positions from the VIMSLIDE_POSITION_BUFFER record. Overwrite that record with the
+    nominal grid and photo (3, 1), taken 8 px right and down of nominal, is drawn at nominal: its
+    pixels are then the source's shifted by (8, 8)."""
+    import struct
+
+    path = write_mrxs(tmp_path / "moved.mrxs", img)
+    data = path.with_suffix("") / "Data0001.dat"
+    lay = MIRAX_LAYOUT
+    photos = [(px, py) for py in range(lay.photos[1]) for px in range(lay.photos[0])]
+    nominal = [lay.nominal_position(*p) for p in photos]
+    real = [(x + MIRAX_JITTER.get(p, (0, 0))[0], y + MIRAX_JITTER.get(p, (0, 0))[1])
+            for (x, y), p in zip(nominal, photos)]
+    record = b"".join(struct.pack("<Bii", 1, x, y) for x, y in real)
+    blob = data.read_bytes()
+    assert blob.count(record) == 1
+    data.write_bytes(blob.replace(record, b"".join(struct.pack("<Bii", 1, x, y) for x, y in nominal)))
+    with fc.open_slide(path) as s:
+        got = s.read_level(0)
+    x0, y0 = lay.nominal_position(3, 1)
+    inner = np.s_[y0 + 40:y0 + 400, x0 + 40:x0 + 360]
+    shifted = img[y0 + 48:y0 + 408, x0 + 48:x0 + 368]
+    assert _mad(got[inner], shifted) < 1.5
+    assert _mad(got[inner], img[inner]) > 3.0
+    assert _mad(got[40:400, 40:360], img[40:400, 40:360]) < 1.5  # photo (0, 0) did not move
+
+
+def test_mirax_damaged_parts_raise_slide_error_naming_the_slide(img: np.ndarray,
+                                                                tmp_path: Path) -> None:
+    """A MIRAX slide is a directory: a truncated data file fails on read, a missing or truncated
+    Index.dat on open -- each a SlideError naming the .mrxs."""
+    path = write_mrxs(tmp_path / "cut.mrxs", img)
+    data = path.with_suffix("") / "Data0000.dat"  # level 0
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+    with fc.open_slide(path) as s:  # opens: the index and the other data file are whole
+        assert s.vendor == "mirax"
+        s.read_level(1)
+        with pytest.raises(fc.SlideError, match=r"cut\.mrxs"):
+            s.read_level(0)
+    index = path.with_suffix("") / "Index.dat"
+    index.write_bytes(index.read_bytes()[:60])
+    with pytest.raises(fc.SlideError, match=r"cut\.mrxs.*(?i:index)"):
+        fc.open_slide(path)
+    index.unlink()
+    with pytest.raises(fc.SlideError, match=r"cut\.mrxs"):
+        fc.open_slide(path)
+
+
+def test_mirax_extract_path_matches_the_source_pixels(files: dict[str, Path], img: np.ndarray,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`FeatureCache.extract` on the MIRAX slide: same patch grid as on a TIFF of the same array,
+    and each feature (an encoder that returns the patch's mean normalised colour) equals the mean
+    of the source pixels under that patch."""
+    import dataclasses
+
+    import torch
+
+    import feature_cache.encoders as E
+
+    def mean_colour() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    spec = dataclasses.replace(E._REGISTRY["resnet50"], name="meancolour", dim=3, build=mean_colour)
+    monkeypatch.setitem(E._REGISTRY, "meancolour", spec)
+    enc = fc.get_encoder("meancolour", allow_random=True)
+    cache = fc.FeatureCache(tmp_path / "cache")
+    kw = dict(magnification=10.0, min_tissue=0.0, progress=False, batch_size=4)
+    rep = cache.extract({"MRXS": files["mirax"], "TIFF": files["tifffile-generic"]}, enc, **kw)
+    assert sorted(rep.done) == ["MRXS", "TIFF"]
+    feats, coords = cache.load("MRXS", enc, magnification=10.0, min_tissue=0.0)
+    tfeats, tcoords = cache.load("TIFF", enc, magnification=10.0, min_tissue=0.0)
+    np.testing.assert_array_equal(coords, tcoords)
+    assert len(coords) == (W // 512) * (H // 512)  # 256 px at 10x = 512 level-0 px at 0.5 um/px
+    mean, std = np.asarray(spec.mean), np.asarray(spec.std)
+    want = np.stack([(img[y:y + 512, x:x + 512].reshape(-1, 3).mean(0) / 255 - mean) / std
+                     for x, y in coords])
+    np.testing.assert_allclose(feats, want, atol=0.03)
+    np.testing.assert_allclose(feats, tfeats, atol=0.03)
+    assert cache.load_attrs("MRXS", enc, magnification=10.0, min_tissue=0.0)["patch_level"] == 1
+
+
+def test_mirax_rescan_is_a_changed_slide(img: np.ndarray, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The .mrxs stub of a re-scanned slide is byte-identical; the cache must still see the new
+    scan (new SLIDE_ID in Slidedat.ini, new Index.dat) and not serve the old features."""
+    import os
+
+    from feature_cache.cache import _same_slide, _slide_identity
+
+    path = write_mrxs(tmp_path / "scan.mrxs", img)
+    out = tmp_path / "feat.h5"
+    import h5py
+
+    with h5py.File(out, "w") as f:
+        f.attrs.update(_slide_identity(path))
+    assert _same_slide(out, path)
+    stub = path.read_bytes()
+    write_mrxs(path, img)  # the scanner run again: same stub, new slide id and index
+    assert path.read_bytes() == stub
+    for f in fc.slide_files(path):
+        os.utime(f, ns=(0, 0))  # and the copy kept no usable mtime
+    assert not _same_slide(out, path)
+    assert [f.name for f in fc.slide_files(path)] == ["scan.mrxs", "Slidedat.ini", "Index.dat"]
