@@ -26,6 +26,10 @@ ENCODERS: dict[str, dict[str, Any]] = {
     "gigapath": {"dim": 1536, "label": "GigaPath", "backbone": "ViT-G", "params": "1.1G",
                  "group": "Two-stage MIL; patch features: V-FM (GigaPath)"},
 }
+# Parameters of the feature_cache encoders that the hierarchical rows read (their frozen first
+# stage, which Table 2's Params column counts: "24M + 2.2M", "1.2G + 6.1K"). Kept here so tables
+# need not build a 1.1G-parameter network; tests compare them with the built encoders.
+SOURCE_PARAMS: dict[str, int] = {"hipt-vit256": 21_665_664, "gigapath": 1_134_953_984}
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,12 @@ def build_model(name: str, n_out: int, **overrides: Any) -> "torch.nn.Module":
 
 def count_parameters(model: "torch.nn.Module") -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_trainable_parameters(model: "torch.nn.Module") -> int:
+    """Parameters that train (``requires_grad``): a frozen stage (HIPT's ViT-4K, the Prov-GigaPath
+    slide encoder) is the difference to :func:`count_parameters`."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # --- the methods -------------------------------------------------------------------------------

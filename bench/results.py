@@ -192,12 +192,48 @@ class ResultsStore:
             return ""
         return str(cfg.get("input") or (f"features:{cfg['encoder']}" if cfg.get("encoder") else ""))
 
+    def _trainable(self, m: dict[str, Any], memo: dict[str, int | None]) -> int | None:
+        """Trainable parameters of a unit's model. Results written before metrics.json carried them
+        are counted again for the hierarchical rows (the only ones with a frozen stage) by building
+        the unit's model, with its config.json options, on the meta device (no memory, no weights)."""
+        if m.get("trainable_params") is not None:
+            return int(m["trainable_params"])
+        from .registry import _METHODS
+
+        spec = _METHODS.get(m.get("method", ""))
+        if spec is None or not spec.source or m.get("params") is None:
+            return None
+        try:
+            u = Unit(m["dataset"], m["task"], m["method"], m["fold"], m.get("variant"))
+            opts = json.loads((self.unit_dir(u) / "config.json").read_text()).get("model") or {}
+        except (OSError, KeyError, json.JSONDecodeError):
+            opts = {}
+        key = spec.name + json.dumps(opts, sort_keys=True, default=str)
+        if key not in memo:
+            import torch
+
+            from .registry import build_model
+            from .runner import INPUT_OPTIONS
+
+            kwargs = {k: v for k, v in opts.items() if k not in INPUT_OPTIONS and not k.startswith("weights")}
+            try:
+                with torch.device("meta"):
+                    model = build_model(spec.name, 4, **kwargs)
+                memo[key] = sum(p.numel() for p in model.parameters() if not p.requires_grad)  # frozen
+            except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:  # e.g. an option
+                # this code no longer knows: the table shows the total
+                log.warning("cannot recount the trainable parameters of %s (%s)", spec.name, e)
+                memo[key] = None
+        frozen = memo[key]
+        return None if frozen is None else int(m["params"]) - frozen
+
     def summarize(self, dataset: str) -> pd.DataFrame:
         """Aggregate finished folds → one row per (method, variant, task, metric); writes summary.csv."""
         rows = list(self.iter_metrics(dataset))
         out = []
         key = lambda m: (m["method"], m.get("variant") or "", m["task"])  # noqa: E731
         groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        frozen_memo: dict[str, int | None] = {}
         for m in rows:
             groups.setdefault(key(m), []).append(m)
         for (method, variant, task), ms in sorted(groups.items()):
@@ -211,7 +247,8 @@ class ResultsStore:
                 out.append({
                     "method": method, "variant": variant, "family": first["family"],
                     "encoder": first.get("encoder") or "", "label": first.get("label", method),
-                    "params": first.get("params"), "task": task, "metric": metric,
+                    "params": first.get("params"), "trainable_params": self._trainable(first, frozen_memo),
+                    "task": task, "metric": metric,
                     "primary": metric == first["primary_metric"],
                     "mean": float(np.mean(defined)) if defined else float("nan"),
                     # sample std over folds? The paper's ± is not specified; numpy's population std

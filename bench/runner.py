@@ -23,7 +23,7 @@ from . import tasks as T
 from .datasets import CONFIG_DIR, Cohort, load_cohort
 from .memory import bound_heap_growth
 from .pretrain import init_identity, load_init
-from .registry import MethodSpec, build_model, count_parameters
+from .registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
 from .results import ResultsStore, Unit, config_hash
 from .splits import SplitManager, Splits
 from .train import Bag, Sample, TrainConfig, train_and_predict
@@ -716,7 +716,8 @@ def _run_unit(unit: Unit, spec: MethodSpec, splits: Splits, cohort: Cohort, fi: 
     metrics = {
         "dataset": unit.dataset, "task": unit.task, "method": unit.method, "variant": unit.variant,
         "fold": unit.fold, "family": spec.family, "encoder": spec.encoder, "label": spec.label,
-        "group": spec.group, "params": count_parameters(model), "primary_metric": T.get_task(unit.task).metric,
+        "group": spec.group, "params": count_parameters(model),
+        "trainable_params": count_trainable_parameters(model), "primary_metric": T.get_task(unit.task).metric,
         "metrics": scores, "config_hash": chash, "split_hash": config["split_hash"], "n_folds": splits.n_folds,
         "random_weights": config.get("random_weights", False), "cases_without_input": without,
         "tuned": "tuned" in config, "input": config.get("input") or f"features:{config.get('encoder')}",

@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from .registry import ENCODERS
+from .registry import ENCODERS, SOURCE_PARAMS
 
 TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
                "survival": "Survival Analysis (5 Fold - C-index)",
@@ -65,7 +65,8 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
     for (method, variant), g in prim.groupby(["method", "variant"], sort=False):
         first = g.iloc[0]
         row = {"method": method, "variant": variant, "label": first["label"], "family": first["family"],
-               "encoder": first.get("encoder") or "", "group": _group(first), "params": first["params"],
+               "encoder": first.get("encoder") or "", "source": _source(first), "group": _group(first),
+               "params": first["params"], "trainable_params": _number(first.get("trainable_params")),
                "random_weights": bool(g["random_weights"].astype(bool).any()),
                "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False,
                "standin": _standin(g),
@@ -110,6 +111,26 @@ def _standin(g: pd.DataFrame) -> str:
     return vals[0] if vals else ""
 
 
+def _number(v: object) -> float:
+    """A count from a summary cell; NaN when absent (summaries written before the column existed)."""
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _source(row: pd.Series) -> str:
+    """The feature_cache encoder whose outputs the row reads: the MIL encoder, or a hierarchical
+    row's first stage (``hipt-vit256``, ``gigapath``); "" for end-to-end rows."""
+    enc = row.get("encoder") or ""
+    if isinstance(enc, str) and enc:
+        return enc
+    from .registry import _METHODS
+
+    spec = _METHODS.get(row["method"])
+    return (spec.cache_encoder or "") if spec else ""
+
+
 def _marks(row: pd.Series, dagger: str, ddagger: str) -> str:
     return (dagger if row["random_weights"] else "") + (ddagger if row.get("standin") else "")
 
@@ -141,10 +162,25 @@ def _ranks(wide: pd.DataFrame, col: tuple[str, str]) -> dict[int, int]:
 
 
 def _params_text(row: pd.Series) -> str:
+    """Table 2's "frozen + trained": a MIL row's patch encoder + its aggregator ("25M + 0.9M"); a
+    hierarchical row's first-stage encoder together with its frozen second stage + what trains
+    (HIPT: ViT-256 + ViT-4K = "24.4M + 0.6M"; Prov-GigaPath: tile + slide encoder = "1.2G + 6.1K").
+    A stand-in encoder is named, not counted ("stand-in + 2.8M + 0.6M": the frozen stage, then
+    what trains). Rows without a first stage or a frozen part show their total."""
     if row["family"] == "two-stage" and row["encoder"] in ENCODERS:
         enc = "stand-in" if row.get("standin") else ENCODERS[row["encoder"]]["params"]
         return f"{enc} + {human_count(row['params'])}"
-    return human_count(row["params"])
+    total, trainable = row["params"], row.get("trainable_params")
+    source = row.get("source") or ""
+    if trainable is None or math.isnan(trainable) or total is None or math.isnan(float(total)):
+        return human_count(total)
+    frozen = float(total) - trainable
+    if source in SOURCE_PARAMS:
+        if row.get("standin"):
+            return f"stand-in + {human_count(frozen)} + {human_count(trainable)}" if frozen else \
+                f"stand-in + {human_count(trainable)}"
+        frozen += SOURCE_PARAMS[source]
+    return f"{human_count(frozen)} + {human_count(trainable)}" if frozen else human_count(total)
 
 
 def _backbone(row: pd.Series) -> str:
@@ -294,7 +330,7 @@ def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]],
     if not wide.empty and wide["random_weights"].any():
         out.append(f"\n{RANDOM_MARK} random encoder weights: not comparable to published numbers.")
     if not wide.empty and "standin" in wide and wide["standin"].astype(bool).any():
-        archs = "; ".join(sorted({f"{r['encoder']}: {r['standin']}" for _, r in wide.iterrows() if r["standin"]}))
+        archs = "; ".join(sorted({f"{r['source']}: {r['standin']}" for _, r in wide.iterrows() if r["standin"]}))
         out.append(f"{STANDIN_MARK} small stand-in architecture of the encoder's family, not the "
                    f"published network ({archs}).")
     return "\n".join(out) + "\n"

@@ -50,6 +50,9 @@ def test_full_size_shapes_on_meta() -> None:
     giga = E.build_module("gigapath", device="meta")
     # REFERENCE.md: ViT-g/14 as GigaPath configures it has 1,134,953,984 parameters
     assert sum(p.numel() for p in giga.parameters()) == 1_134_953_984
+    from bench.registry import SOURCE_PARAMS
+
+    assert SOURCE_PARAMS["gigapath"] == 1_134_953_984  # what the tables' Params column adds for Prov-GigaPath
     assert tuple(giga(torch.empty(2, 3, 224, 224, device="meta")).shape) == (2, 1536)
     conch = E.build_module("conch", device="meta")
     assert tuple(conch(torch.empty(2, 3, 448, 448, device="meta")).shape) == (2, 512)

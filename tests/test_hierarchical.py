@@ -271,6 +271,9 @@ def test_hipt_vit256_encoder_loads_the_release_layout(tmp_path: Path):
     torch.manual_seed(0)
     net = build_module("hipt-vit256", device="cpu")
     assert count_parameters(net) == 21_665_664  # ViT-S/16 (DINO vit_small) without a head
+    from bench.registry import SOURCE_PARAMS
+
+    assert SOURCE_PARAMS["hipt-vit256"] == 21_665_664  # what the tables' Params column adds for HIPT
     torch.save({"teacher": {f"backbone.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "vit256.pth")
     enc = fc.get_encoder("hipt-vit256", weights=tmp_path / "vit256.pth")
     patch = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)

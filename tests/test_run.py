@@ -58,6 +58,7 @@ def test_run_rerun_table(tiny):
     assert len(done) == 2 * N_UNITS, p.stdout
     m = json.loads(next(iter(done)).read_text())
     assert m["random_weights"] is True and m["split_hash"] and m["config_hash"]
+    assert m["trainable_params"] == m["params"] > 0  # MIL aggregators have no frozen part
     summary = pd.read_csv(res / "tiny" / "summary.csv")
     prim = summary[summary["primary"]]
     assert set(prim["task"]) == {"staging", "survival"} and (prim["n_folds"] == 5).all()

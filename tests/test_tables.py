@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from bench.tables import build_table, human_count, to_latex, to_markdown
 
@@ -114,3 +115,70 @@ def test_stats_marks_compute_columns_and_magnification_labels():
     assert wide.loc[i_pm, "peak_mb"] == 2048.0
     plain = to_latex(wide, cols)
     assert "Peak mem." not in plain and r"\approx" not in plain
+
+
+def _hierarchical_rows(standin: str = "", trainable: bool = True) -> pd.DataFrame:
+    base = {"variant": "", "family": "two-stage", "encoder": "", "task": "survival", "metric": "c_index",
+            "primary": True, "std": 0.01, "n_folds": 5, "n_defined": 5, "folds": "", "random_weights": True,
+            "train_seconds": 1.0, "dataset": "demo", "encoder_standin": standin}
+    # totals and trainable parts as the models count them (tests/test_hierarchical.py)
+    rows = [("hipt", "HIPT", 3_376_901, 595_397, 0.55),
+            ("prov-gigapath-cls", "Prov-GigaPath (CLS token)", 86_337_028, 6_148, 0.56),
+            ("prov-gigapath-feat", "Prov-GigaPath (feature)", 87_514_245, 1_183_365, 0.57)]
+    out = pd.DataFrame([{**base, "method": m, "label": label, "params": total, "mean": mean,
+                         **({"trainable_params": tr} if trainable else {})} for m, label, total, tr, mean in rows])
+    return pd.concat([summary(), out], ignore_index=True)
+
+
+def test_hierarchical_params_are_frozen_plus_trained_as_in_table2():
+    wide, cols = build_table(_hierarchical_rows())
+    md, tex = to_markdown(wide, cols), to_latex(wide, cols)
+    # Table 2 prints "1.2G + 6.1K" and "1.2G + 1.2M": tile encoder 1,134,953,984 + slide encoder
+    # 86,330,880 frozen; the heads train. HIPT: ViT-256 21,665,664 + ViT-4K 2,781,504 = 24.4M frozen
+    # (the paper: "24M"), then 595,397 trained (docs/hierarchical.md on the paper's 2.2M).
+    assert "| Prov-GigaPath (CLS token) † | ViT-LongNet | 1.2G + 6.1K |" in md
+    assert "| Prov-GigaPath (feature) † | ViT-LongNet | 1.2G + 1.2M |" in md
+    assert "| HIPT † | HIPT-ViT-6 | 24.4M + 0.6M |" in md
+    assert r"Prov-GigaPath (CLS token)$^\dagger$ & ViT-LongNet & 1.2G + 6.1K &" in tex
+    assert "| ABMIL † | ViT-B | 86M + 0.7M |" in md  # MIL rows unchanged
+    # a summary written before trainable counts existed shows the total, as before
+    md_old = to_markdown(*build_table(_hierarchical_rows(trainable=False)))
+    assert "| HIPT † | HIPT-ViT-6 | 3.4M |" in md_old
+
+
+def test_hierarchical_standin_footnote_names_the_first_stage():
+    s = _hierarchical_rows()
+    s.loc[s["method"] == "hipt", "encoder_standin"] = "ViT/16 2x192, avg-pool + linear 384"
+    s.loc[s["method"].str.startswith("prov-"), "encoder_standin"] = "ViT/16 2x192, avg-pool + linear 1536"
+    md = to_markdown(*build_table(s))
+    foot = md.split("‡ small stand-in")[1]
+    assert "(gigapath: ViT/16 2x192, avg-pool + linear 1536; hipt-vit256: ViT/16 2x192, avg-pool + linear 384)" in foot
+    assert "; :" not in foot and "(:" not in foot  # no nameless entries
+    # the stand-in is named, not counted; the frozen second stage and what trains are
+    assert "| HIPT †‡ | HIPT-ViT-6 | stand-in + 2.8M + 0.6M |" in md
+    assert "| Prov-GigaPath (CLS token) †‡ | ViT-LongNet | stand-in + 86.3M + 6.1K |" in md
+
+
+@pytest.mark.slow  # ~6 s: the first meta-device normal_() imports torch._refs
+def test_summary_recounts_trainable_parameters_of_old_hierarchical_results(tmp_path):
+    """metrics.json written before it carried ``trainable_params``: a hierarchical row's model is
+    rebuilt on the meta device with the unit's options (here: the slide encoder frozen or not)."""
+    import json
+
+    from bench.results import ResultsStore, Unit
+
+    store = ResultsStore(tmp_path)
+    for variant, opts in ((None, {"freeze": False}), ("frozen", {})):
+        d = store.unit_dir(Unit("demo", "survival", "prov-gigapath-cls", 0, variant))
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model": {"magnification": 20, **opts}}))
+        (d / "metrics.json").write_text(json.dumps({
+            "dataset": "demo", "task": "survival", "method": "prov-gigapath-cls", "variant": variant, "fold": 0,
+            "family": "two-stage", "encoder": None, "label": "Prov-GigaPath (CLS token)", "params": 86_337_028,
+            "primary_metric": "c_index", "metrics": {"c_index": 0.6}, "n_folds": 5}))
+    s = store.summarize("demo")
+    got = dict(zip(s["variant"].fillna(""), s["trainable_params"]))
+    # frozen (default): the 6,148-parameter head. Unfrozen: all but LongNet layer 12 and the closing
+    # LayerNorm, which never run (7,095,552 + 1,536 by hand: 4 x (768² + 768) attention, 2 x 768 LNs
+    # and a 768 sub-LN, fc1 768·3072 + 3072, its 3072 sub-LN, fc2 3072·768 + 768)
+    assert got == {"frozen": 6_148, "": 86_337_028 - 7_095_552 - 1_536}
