@@ -201,3 +201,63 @@ def test_prune_stops_a_trial_after_its_first_inner_fold(cohort, monkeypatch):
         storage=f"sqlite:///{results / 'tuning/toy/staging/meanmil.resnet50/optuna.db'}")
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
     assert all(set(t.user_attrs) == {"inner0"} for t in study.trials)  # one inner fold trained, not three
+
+
+# --- the hierarchical rows' search space (configs/tuning/hierarchical.yaml) -----------------------------
+
+
+def _constructor_args(builder: str) -> set[str]:
+    """Parameter names of a builder class's __init__, read from its source (HIPT's module imports timm:
+    parsing keeps this test fast)."""
+    import ast
+    import importlib.util
+
+    module, _, cls = builder.partition(":")
+    tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
+    c = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    init = next(n for n in c.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    return {a.arg for a in init.args.args + init.args.kwonlyargs}
+
+
+@pytest.mark.parametrize("name,extra", [("hipt", {"model.dropout", "model.freeze_4k"}),
+                                        ("prov-gigapath-cls", set()),
+                                        ("prov-gigapath-feat", {"model.abmil_dropout"})])
+def test_hierarchical_search_space(name, extra):
+    spec = get_method(name)
+    s = load_space(spec)
+    assert s["source"].endswith("configs/tuning/hierarchical.yaml") and s["inner_folds"] == 3
+    assert set(s["space"]) == {"lr", "weight_decay", "epochs"} | extra
+    # the ranges hold the originals' recipes: HIPT lr 2e-4 / wd 1e-5 / 20 epochs; Prov-GigaPath lr
+    # 2e-3 x 32 / 256 = 2.5e-4 and 4e-3 x 32 / 256 = 5e-4, wd 1e-5 and 0.05, 5 epochs
+    lr, wd, ep = s["space"]["lr"], s["space"]["weight_decay"], s["space"]["epochs"]
+    assert all(lr["low"] <= v <= lr["high"] for v in (2e-4, 2e-3 * 32 / 256, 4e-3 * 32 / 256))
+    assert all(wd["low"] <= v <= wd["high"] for v in (1e-5, 0.05)) and ep["low"] <= 5 and ep["high"] >= 20
+    # every `model.` key is an option of the model's constructor
+    assert {k[len("model."):] for k in extra} <= _constructor_args(spec.builder)
+
+
+class RecordingTiles(RecordingInputs):
+    """Prov-GigaPath's inputs: 1536-d tile features with grid positions (a 2 x 3 grid)."""
+
+    def _bag(self, case_id):
+        from baselines.bag import Bag
+
+        g = torch.Generator().manual_seed(abs(hash(case_id)) % 2**31)
+        x = torch.randn(6, 1536, generator=g)
+        x[:, :4] += 2.0 * float(self.stage[case_id])
+        RecordingInputs.log["loaded"].add(case_id)
+        return Bag(x, coords=torch.tensor([[i % 3, i // 3] for i in range(6)]))
+
+
+def test_tune_accepts_the_hierarchical_space(cohort, monkeypatch):
+    """`bench tune` on prov-gigapath-feat with the hierarchical space (a toy-width slide encoder through
+    --model): trials complete and the searched keys are the space's minus what --set fixes."""
+    spec, results = cohort
+    monkeypatch.setitem(runner._FEATURE_INPUTS, "tiles", RecordingTiles)
+    small = {"embed_dim": 16, "depth": 2, "heads": 2, "feat_layers": [1, 2], "abmil_hidden": 8, "abmil_attn": 4}
+    report = tune(get_method("prov-gigapath-feat"), str(spec), n_trials=2, tasks=["staging"], folds=[0], inner=2,
+                  results=results, train_overrides={"epochs": 1}, model_overrides=small, progress=False)
+    assert report.folds[0].n_after == 2
+    n, best = _n_complete(results, method="prov-gigapath-feat")
+    assert n == 2 and set(best["params"]) == {"lr", "weight_decay", "model.abmil_dropout"}
+    assert 5e-5 <= best["params"]["lr"] <= 1e-3 and 0 <= best["params"]["model.abmil_dropout"] <= 0.5
