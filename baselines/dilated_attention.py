@@ -85,12 +85,17 @@ def _branch(
     offsets = _head_offsets(H, ratio, q.device)  # (H,)
     heads = torch.arange(H, device=q.device)
 
+    def pad_dim(x: Tensor, dim: int, extra: int, fill: float | bool) -> Tensor:
+        """Pad ``extra`` entries at the end of ``dim`` in one contiguous copy (none if 0); moving
+        the dim last to pad it would cost two strided copies of the whole sequence."""
+        return F.pad(x, (0, 0) * (x.dim() - 1 - dim) + (0, extra), value=fill) if extra else x
+
     def sparse(x: Tensor, fill: float | bool) -> Tensor:
         """(B, L, H, …) → (B·n, H, m, …): each head's kept positions of every segment."""
-        x = F.pad(x.movedim(1, -1), (0, n * s - L), value=fill).movedim(-1, 1)  # (B, n·s, H, …)
-        x = x.reshape(B, n, s, *x.shape[2:])
-        x = F.pad(x.movedim(2, -1), (0, span - s), value=fill).movedim(-1, 2)  # (B, n, span, H, …)
-        x = x.reshape(B, n, m, ratio, *x.shape[3:])[:, :, :, offsets, heads]  # (B, n, m, H, …)
+        x = pad_dim(x, 1, n * s - L, fill)  # (B, n·s, H, …)
+        x = pad_dim(x.reshape(B, n, s, *x.shape[2:]), 2, span - s, fill)  # (B, n, span, H, …)
+        if ratio > 1:  # (ratio 1 keeps every position: no gather)
+            x = x.reshape(B, n, m, ratio, *x.shape[3:])[:, :, :, offsets, heads]  # (B, n, m, H, …)
         return x.reshape(B * n, m, H, *x.shape[4:]).transpose(1, 2)  # (B·n, H, m, …)
 
     qs, ks, vs = sparse(q, 0.0), sparse(k, 0.0), sparse(v, 0.0)  # (B·n, H, m, D)
@@ -122,9 +127,12 @@ def _branch(
     def dense(x: Tensor) -> Tensor:
         """Inverse of ``sparse`` for outputs, zeros where the head keeps no position."""
         x = x.transpose(1, 2).reshape(B, n, m, H, *x.shape[3:])  # (B, n, m, H, …)
-        full = x.new_zeros(B, n, m, ratio, H, *x.shape[4:])
-        full[:, :, :, offsets, heads] = x
-        full = full.reshape(B, n, span, H, *x.shape[4:])[:, :, :s]  # (B, n, s, H, …)
+        if ratio == 1:
+            full = x  # span = s = m
+        else:
+            full = x.new_zeros(B, n, m, ratio, H, *x.shape[4:])
+            full[:, :, :, offsets, heads] = x
+            full = full.reshape(B, n, span, H, *x.shape[4:])[:, :, :s]  # (B, n, s, H, …)
         return full.reshape(B, n * s, H, *x.shape[4:])[:, :L]  # (B, L, H, …)
 
     return dense(num), dense(den), dense(sink_score)

@@ -124,13 +124,17 @@ class LongNetEncoder(nn.Module):
                                     for _ in range(depth))
         self.layer_norm = nn.LayerNorm(dim)  # torchscale's normalize_output: unused by all-layer outputs
 
-    def states(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        """[input, after layer 1, …, after layer ``upto``] (torchscale's ``encoder_states``)."""
-        out = [x]
-        for layer in self.layers[:upto]:
+    def states(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The states after each of ``layers`` (0 = the input; torchscale's ``encoder_states``
+        indices), in that order. Only those are kept: at 50,000 tiles every layer's state would
+        hold 150 MB for nothing."""
+        want = {int(i) for i in layers}
+        kept = {0: x} if 0 in want else {}
+        for i, layer in enumerate(self.layers[:max(want)], start=1):
             x = layer(x)
-            out.append(x)
-        return out
+            if i in want:
+                kept[i] = x
+        return [kept[int(i)] for i in layers]
 
 
 class ProvGigaPath(MILModel):
@@ -257,8 +261,7 @@ class ProvGigaPath(MILModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             h = self.patch_embed.proj(feats) + sincos_2d(coords, self.embed_dim).to(feats)  # (N, E)
             h = torch.cat([self.cls_token[0], h], dim=0).unsqueeze(0)  # (1, 1 + N, E); CLS position = 0
-            states = self.encoder.states(h, max(self.feat_layers))
-            return [self.norm(states[i]) for i in self.feat_layers]
+            return [self.norm(state) for state in self.encoder.states(h, self.feat_layers)]
 
     def forward_features(self, x: Bag | torch.Tensor) -> torch.Tensor:
         states = self.encode(x)
