@@ -278,6 +278,9 @@ class DatasetSpec:
     root: str = ""  # relative to $BENCH_DATA
     download: str = ""
     mpp_override: float | None = None
+    # DataLoader worker processes decoding tiles during feature extraction (None: cores - 1, 1 to
+    # 4; 0: threads in the main process); `bench extract --workers` wins
+    extract_workers: int | None = None
     # training options per method family ("two-stage", "end-to-end") that this dataset needs,
     # e.g. fewer epochs on the demo; precedence: CLI --set > these > configs/methods/*.yaml
     train: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -148,7 +148,8 @@ class FeatureInputs:
         """Features of every slide (of ``cases`` only, when given) are cached."""
         paths = _slide_paths(self.cohort, cases)
         report = self.cache.extract(paths, self.encoder, progress=self.progress, skip_errors=True,
-                                    mpp=self.cohort.spec.mpp_override)
+                                    mpp=self.cohort.spec.mpp_override,
+                                    num_workers=getattr(self.cohort.spec, "extract_workers", None))
         failed = dict(getattr(report, "failed", {}) or {})
         for sid, msg in failed.items():
             log.warning("features of slide %s unavailable (its case is left out unless another of its "

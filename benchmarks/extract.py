@@ -7,6 +7,11 @@ extraction run itself, the share of wall time spent in the encoder (insensitive 
 
     python benchmarks/extract.py                       # full demo (48 cases), resnet50
     python benchmarks/extract.py --n-cases 8 --batch-size 16
+    python benchmarks/extract.py --workers 1,0         # DataLoader processes, then threads
+
+Each value of ``--workers`` is one extraction into a fresh cache (0 = decoding threads in the main
+process, N > 0 = N DataLoader worker processes); the compute-only phase runs once, after them.
+CPU seconds (this process + its children) and the load average are printed next to each run.
 
 Uses random weights when none are available (the numbers are timing, not features).
 """
@@ -34,7 +39,10 @@ def main() -> None:
     ap.add_argument("--n-cases", type=int, default=48)
     ap.add_argument("--encoder", default="resnet50")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--num-workers", type=int, default=None, help="tile-decoding threads")
+    ap.add_argument("--workers", default=None,
+                    help="comma list of DataLoader worker-process counts to run, 0 = threads "
+                         "(default: the library default only)")
+    ap.add_argument("--threads", type=int, default=None, help="decoding threads when workers = 0")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -53,6 +61,7 @@ def main() -> None:
     manifest = json.loads((root / "MANIFEST.json").read_text())
     slides = {sid: root / "slides" / f"{sid}.tiff" for sid in manifest["slides"]}
     enc = fc.get_encoder(args.encoder, allow_random=True)
+    enc.model  # built (random init, fingerprint check) before any timing, not inside the first run
 
     class Timed:
         """The encoder, with the time spent in its forward passes counted."""
@@ -69,12 +78,22 @@ def main() -> None:
             self.seconds += time.perf_counter() - t
             return out
 
-    timed = Timed(enc)
-    cache = fc.FeatureCache(tmp / "cache")
-    t0 = time.perf_counter()
-    rep = cache.extract(slides, timed, batch_size=args.batch_size, progress=False,
-                        num_workers=args.num_workers)
-    t_wall = time.perf_counter() - t0
+    def cpu_seconds() -> float:
+        t = os.times()  # children: DataLoader workers, once joined
+        return t.user + t.system + t.children_user + t.children_system
+
+    from feature_cache.loader import default_workers
+
+    runs = [default_workers()] if args.workers is None else [int(w) for w in args.workers.split(",")]
+    results = []
+    for workers in runs:
+        timed = Timed(enc)
+        cache = fc.FeatureCache(tmp / f"cache-w{workers}")
+        load0, cpu0, t0 = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
+        rep = cache.extract(slides, timed, batch_size=args.batch_size, progress=False,
+                            num_workers=workers, threads=args.threads)
+        t_wall = time.perf_counter() - t0
+        results.append((workers, t_wall, timed.seconds, cpu_seconds() - cpu0, load0, os.getloadavg()[0]))
     n = sum(rep.n_patches.values())
 
     # the same patches, read and transformed once into memory, then encoded alone
@@ -86,21 +105,27 @@ def main() -> None:
             level = s.best_level_for_downsample(side0 / enc.patch_size)
             read = round(side0 / s.level_downsamples[level])
         batches += [b for _, b in _read_batches(path, {}, coords, level, read, enc.patch_size,
-                                                args.batch_size, enc, 2)]
-    t0 = time.perf_counter()
+                                                args.batch_size, enc, 0, 2)]
+    load_c, t0 = os.getloadavg()[0], time.perf_counter()
     for b in batches:
         enc(b)
     t_compute = time.perf_counter() - t0
+    load_c = (load_c, os.getloadavg()[0])
     size = sum(p.stat().st_size for p in rep.cache_dir.glob("*.h5"))
     counts = np.array(list(rep.n_patches.values()))
     print(f"demo generation      {t_gen:8.1f} s ({len(slides)} slides)")
     print(f"patches              {n} total, per slide mean {counts.mean():.1f} "
           f"min {counts.min()} max {counts.max()}")
-    print(f"extract wall time    {t_wall:8.1f} s ({n / t_wall:.1f} patches/s, "
-          f"torch threads {torch.get_num_threads()})")
-    print(f"pure encoder compute {t_compute:8.1f} s ({n / t_compute:.1f} patches/s)")
-    print(f"wall / compute       {t_wall / t_compute:8.2f}   (goal <= 1.15; separate phases)")
-    print(f"in-run wall / encoder {t_wall / timed.seconds:7.2f}   (same run, robust to load drift)")
+    print(f"pure encoder compute {t_compute:8.1f} s ({n / t_compute:.1f} patches/s, "
+          f"torch threads {torch.get_num_threads()}, load average {load_c[0]:.1f} -> {load_c[1]:.1f})")
+    for workers, t_wall, t_enc, cpu, la0, la1 in results:
+        how = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else \
+            f"threads ({args.threads or 'default'})"
+        print(f"extract, {how}:")
+        print(f"  wall time            {t_wall:8.1f} s ({n / t_wall:.1f} patches/s), CPU {cpu:.1f} s, "
+              f"load average {la0:.1f} -> {la1:.1f}")
+        print(f"  wall / compute       {t_wall / t_compute:8.2f}   (goal <= 1.15; separate phases)")
+        print(f"  in-run wall / encoder {t_wall / t_enc:7.2f}   (same run, robust to load drift)")
     print(f"cache size           {size / 1e6:8.1f} MB")
 
 

@@ -37,7 +37,6 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -45,9 +44,9 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 from filelock import FileLock, Timeout
-from PIL import Image
 
 from feature_cache.encoders import Encoder
+from feature_cache.loader import default_threads, default_workers
 from feature_cache.slide import Slide, SlideError, mag_to_mpp, mpp_to_mag, open_slide
 from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue
 
@@ -204,7 +203,7 @@ class FeatureCache:
                 min_tissue: float = 0.5, batch_size: int = 32, progress: bool = True,
                 skip_errors: bool = False, mpp: float | None = None, reader: str = "auto",
                 visualize: str | os.PathLike | None = None,
-                num_workers: int | None = None) -> ExtractReport:
+                num_workers: int | None = None, threads: int | None = None) -> ExtractReport:
         """Extract features for every slide not yet cached; resumable and multi-process safe.
 
         A failing slide raises :class:`SlideError` unless ``skip_errors``, in which case it is
@@ -214,7 +213,11 @@ class FeatureCache:
         ``mpp`` overrides every slide's level-0 resolution (for scans without metadata); ``reader``
         forces a slide reader (``openslide``/``tiffslide``); ``visualize`` is a directory that
         receives ``<slide_id>.png`` overviews of the tissue mask and the patch grid;
-        ``num_workers`` threads decode tiles (default ``min(4, cpu_count)``).
+        ``num_workers`` DataLoader worker processes decode and transform tiles while the encoder
+        runs (default :func:`~feature_cache.loader.default_workers`: cores - 1, 1 to 4,
+        ``$BENCH_EXTRACT_WORKERS``); ``num_workers=0`` decodes in ``threads`` threads of this
+        process instead (default ``min(4, cpu_count)``). Either way the lock, resume and
+        ``skip_errors`` rules are the same: workers only read, this process writes.
         """
         from tqdm.auto import tqdm
 
@@ -244,7 +247,8 @@ class FeatureCache:
 
         self._open = {"mpp": mpp, "backend": reader}
         self._visualize = Path(visualize) if visualize is not None else None
-        self._workers = max(1, int(num_workers) if num_workers else min(4, os.cpu_count() or 1))
+        self._workers = default_workers() if num_workers is None else max(0, int(num_workers))
+        self._threads = default_threads() if threads is None else max(1, int(threads))
         bar = tqdm(total=len(items), unit="slide", disable=None if progress else True,
                    desc=f"extract {encoder.name}")
         try:
@@ -265,6 +269,10 @@ class FeatureCache:
             report.seconds = time.perf_counter() - t0
         log.info("feature extraction: %s", report.summary())
         return report
+
+    def _loader(self) -> tuple[int, int]:
+        """(worker processes, threads) for reading patches, as the current ``extract`` set them."""
+        return getattr(self, "_workers", 0), getattr(self, "_threads", default_threads())
 
     def _try_slide(self, sid: str, path: Path, encoder: Encoder, ps: int, mag: float,
                    min_tissue: float, batch_size: int, skip_errors: bool,
@@ -341,8 +349,7 @@ class FeatureCache:
                             sid, path, mag)
             else:
                 for i, batch in _read_batches(path, getattr(self, "_open", {}), coords, level,
-                                              read, ps, batch_size, encoder,
-                                              getattr(self, "_workers", 2)):
+                                              read, ps, batch_size, encoder, *self._loader()):
                     feats[i : i + len(batch)] = encoder(batch).numpy()  # (B, D)
             attrs = {
                 "slide_id": sid,
@@ -430,57 +437,17 @@ def _code_version() -> str:
 
 
 def _read_batches(path: Path, open_kwargs: Mapping[str, Any], coords: np.ndarray, level: int,
-                  read: int, ps: int, batch_size: int, encoder: Encoder, num_workers: int
-                  ) -> Iterator[tuple[int, Any]]:
-    """(start index, transformed float batch (B, 3, S, S)) in order, decoded by ``num_workers``
-    threads while the caller runs the encoder on the previous batch.
+                  read: int, ps: int, batch_size: int, encoder: Encoder, workers: int = 0,
+                  threads: int | None = None) -> Iterator[tuple[int, Any]]:
+    """(start index, transformed float batch (B, 3, S, S)) in order, decoded by ``workers``
+    DataLoader processes (``0``: ``threads`` threads in this process) while the caller runs the
+    encoder on the previous batch (feature_cache/loader.py)."""
+    from feature_cache.loader import load_batches
 
-    Threads, not DataLoader processes: OpenSlide's and libjpeg's decoding, PIL's resize and the
-    torch transform all release the GIL, so threads overlap with the encoder without pickling
-    slide handles or copying batches between processes. Each thread opens its own handle (not
-    every reader is safe to share), and at most ``num_workers + 1`` batches are in flight, so
-    memory stays bounded on slides with 100k patches.
-    """
-    import threading
-    from collections import deque
-
-    local = threading.local()
-    handles: list[Slide] = []
-    lock = threading.Lock()
-
-    def handle() -> Slide:
-        s = getattr(local, "slide", None)
-        if s is None:
-            s = open_slide(path, **open_kwargs)
-            local.slide = s
-            with lock:
-                handles.append(s)
-        return s
-
-    def read_batch(i: int) -> tuple[int, Any]:
-        slide = handle()
-        part = coords[i : i + batch_size]
-        out = np.empty((len(part), ps, ps, 3), np.uint8)  # (B, ps, ps, 3)
-        for j, (x, y) in enumerate(part):
-            im = slide.read_region((int(x), int(y)), level, (read, read))
-            if read != ps:
-                im = im.resize((ps, ps), Image.BILINEAR if read < ps else Image.BOX)
-            out[j] = np.asarray(im)
-        return i, encoder._preprocess(out)  # (B, 3, S, S): the resize/normalise also off-thread
-
-    starts = iter(range(0, len(coords), batch_size))
-    try:
-        with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="fc-read") as pool:
-            pending = deque(pool.submit(read_batch, i) for _, i in zip(range(num_workers + 1), starts))
-            while pending:
-                fut = pending.popleft()
-                nxt = next(starts, None)
-                if nxt is not None:
-                    pending.append(pool.submit(read_batch, nxt))
-                yield fut.result()
-    finally:
-        for s in handles:
-            s.close()
+    yield from load_batches(path, open_kwargs, coords, level, read, ps, batch_size,
+                            encoder.preprocess, workers=workers, threads=threads,
+                            pin_memory=getattr(encoder, "device", None) is not None
+                            and encoder.device.type == "cuda")
 
 
 def _write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any],

@@ -114,7 +114,7 @@ class RegionFeatureCache(FeatureCache):
             read = max(1, int(round(side0 / slide.level_downsamples[level])))
             coords = every[sel]
             for i, batch in _read_batches(path, getattr(self, "_open", {}), coords, level, read, ps,
-                                          batch_size, encoder, getattr(self, "_workers", 2)):
+                                          batch_size, encoder, *self._loader()):
                 j = slice(i, i + len(batch))
                 feats[region_of[j], slots[j]] = encoder(batch).numpy()  # (B, D)
             mask[region_of, slots] = True

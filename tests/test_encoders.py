@@ -42,7 +42,9 @@ def test_registry_facts() -> None:
                  E._spec(n).input_size) for n in ("resnet50", "conch", "gigapath")}
     assert facts == {"resnet50": (1024, 256, 20.0, 224), "conch": (512, 256, 20.0, 448),
                      "gigapath": (1536, 256, 20.0, 224)}
-    assert E._spec("gigapath").precision_cuda == "fp16"
+    assert {n: (E._spec(n).precision_cuda, E._spec(n).precision_cuda_fallback)
+            for n in ("resnet50", "conch", "gigapath")} == {
+        "resnet50": ("bf16", "fp32"), "conch": ("bf16", "fp32"), "gigapath": ("bf16", "fp16")}
     assert E._spec("gigapath").fingerprint_by == "file"
 
 
@@ -365,3 +367,49 @@ def test_stale_remembered_fingerprint_is_caught(with_standin) -> None:
     with pytest.raises(RuntimeError, match="remembered fingerprint 0000000000000000 does not match"):
         stale(torch.zeros(1, 256, 256, 3, dtype=torch.uint8))
     assert E.get_encoder(spec.name, allow_random=True).fingerprint == good  # corrected
+
+
+def test_cuda_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert [E.cuda_precision(E._spec(n)) for n in ("resnet50", "conch", "gigapath")] == ["bf16"] * 3
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert [E.cuda_precision(E._spec(n)) for n in ("resnet50", "conch", "gigapath")] == [
+        "fp32", "fp32", "fp16"]
+    enc = E.get_encoder("gigapath", allow_random=True, standin=True)  # on the CPU: never autocast
+    assert enc.precision == "fp32"
+
+
+@pytest.mark.parametrize("name", ["conch", "gigapath"])
+def test_bf16_autocast_keeps_the_features(name: str) -> None:
+    """What makes bf16 safe for these families: the same network under bf16 autocast (on the CPU,
+    which rounds matmul inputs to bf16 as CUDA does) changes each feature by < 2 % of its norm,
+    while different patches differ by far more. Small stand-ins of the ViT families, seeded."""
+    torch.manual_seed(0)
+    model = E._spec(name).standin_build().eval()
+    side = E._spec(name).input_size
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, side, side, generator=gen) * 2 - 1
+    x[1:] = x[1:] * 0.5 + x[:1] * 0.5  # patches that share half their content
+    with torch.inference_mode():
+        a = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            b = model(x).float()
+    rel = ((a - b).norm(dim=1) / a.norm(dim=1)).max().item()
+    between = ((a[1:] - a[:1]).norm(dim=1) / a[:1].norm(dim=1)).min().item()
+    assert rel < 0.02 and between > 10 * rel
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_encoder_runs_bf16_and_matches_fp32() -> None:
+    import feature_cache as fc
+
+    enc = fc.get_encoder("resnet50", allow_random=True, device="cuda")
+    cpu = fc.get_encoder("resnet50", allow_random=True)
+    assert enc.precision == E.cuda_precision(E._spec("resnet50"))
+    x = np.random.default_rng(0).integers(0, 255, (4, 256, 256, 3), dtype=np.uint8)
+    got, want = enc(x), cpu(x)
+    assert got.dtype == torch.float32 and got.device.type == "cpu"
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.999
+    assert enc.fingerprint != cpu.fingerprint or enc.precision == "fp32"

@@ -333,26 +333,37 @@ def test_mirax_damaged_parts_raise_slide_error_naming_the_slide(img: np.ndarray,
         fc.open_slide(path)
 
 
-def test_mirax_extract_path_matches_the_source_pixels(files: dict[str, Path], img: np.ndarray,
-                                                      tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """`FeatureCache.extract` on the MIRAX slide: same patch grid as on a TIFF of the same array,
-    and each feature (an encoder that returns the patch's mean normalised colour) equals the mean
-    of the source pixels under that patch."""
-    import dataclasses
-
+def _mean_colour() -> "torch.nn.Module":
     import torch
+
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+
+@pytest.fixture
+def mean_colour_encoder(monkeypatch: pytest.MonkeyPatch) -> fc.Encoder:
+    """An encoder whose feature is the patch's mean normalised colour: its truth is computable
+    from the source pixels. Module-level builder, so DataLoader workers can use it too."""
+    import dataclasses
 
     import feature_cache.encoders as E
 
-    def mean_colour() -> torch.nn.Module:
-        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-
-    spec = dataclasses.replace(E._REGISTRY["resnet50"], name="meancolour", dim=3, build=mean_colour)
+    spec = dataclasses.replace(E._REGISTRY["resnet50"], name="meancolour", dim=3, build=_mean_colour)
     monkeypatch.setitem(E._REGISTRY, "meancolour", spec)
-    enc = fc.get_encoder("meancolour", allow_random=True)
+    return fc.get_encoder("meancolour", allow_random=True)
+
+
+@pytest.mark.parametrize("workers", [1, 0], ids=["dataloader-process", "threads"])
+def test_mirax_extract_path_matches_the_source_pixels(files: dict[str, Path], img: np.ndarray,
+                                                      tmp_path: Path, mean_colour_encoder: fc.Encoder,
+                                                      workers: int) -> None:
+    """`FeatureCache.extract` on the MIRAX slide, tiles decoded by a DataLoader worker process or
+    by threads: same patch grid as on a TIFF of the same array, and each feature (the patch's mean
+    normalised colour) equals the mean of the source pixels under that patch."""
+    import feature_cache.encoders as E
+
+    enc, spec = mean_colour_encoder, E._REGISTRY["meancolour"]
     cache = fc.FeatureCache(tmp_path / "cache")
-    kw = dict(magnification=10.0, min_tissue=0.0, progress=False, batch_size=4)
+    kw = dict(magnification=10.0, min_tissue=0.0, progress=False, batch_size=4, num_workers=workers)
     rep = cache.extract({"MRXS": files["mirax"], "TIFF": files["tifffile-generic"]}, enc, **kw)
     assert sorted(rep.done) == ["MRXS", "TIFF"]
     feats, coords = cache.load("MRXS", enc, magnification=10.0, min_tissue=0.0)
@@ -365,6 +376,27 @@ def test_mirax_extract_path_matches_the_source_pixels(files: dict[str, Path], im
     np.testing.assert_allclose(feats, want, atol=0.03)
     np.testing.assert_allclose(feats, tfeats, atol=0.03)
     assert cache.load_attrs("MRXS", enc, magnification=10.0, min_tissue=0.0)["patch_level"] == 1
+
+
+def test_worker_process_read_error_is_the_slides_error(img: np.ndarray, tmp_path: Path,
+                                                       mean_colour_encoder: fc.Encoder) -> None:
+    """A slide that opens but fails while a DataLoader worker decodes its tiles (MIRAX with a
+    truncated level-0 data file): `extract` raises the SlideError naming the slide -- not
+    DataLoader's wrapper -- and with skip_errors reports it and finishes the others; nothing is
+    written under the failed slide's name."""
+    good = write_mrxs(tmp_path / "good.mrxs", img)
+    bad = write_mrxs(tmp_path / "bad.mrxs", img)
+    data = bad.with_suffix("") / "Data0000.dat"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+    cache = fc.FeatureCache(tmp_path / "cache")
+    kw = dict(magnification=20.0, min_tissue=0.0, progress=False, batch_size=8, num_workers=1)
+    with pytest.raises(fc.SlideError, match=r"^\S*bad\.mrxs: cannot read region"):
+        cache.extract({"BAD": bad}, mean_colour_encoder, **kw)
+    rep = cache.extract({"BAD": bad, "GOOD": good}, mean_colour_encoder, skip_errors=True, **kw)
+    assert list(rep.failed) == ["BAD"] and rep.done == ["GOOD"]
+    assert rep.failed["BAD"].startswith(str(bad))
+    out = cache.dir_for(mean_colour_encoder, 256, 20.0, 0.0)
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == ["GOOD.h5", "key.json"]
 
 
 def test_mirax_rescan_is_a_changed_slide(img: np.ndarray, tmp_path: Path,

@@ -16,6 +16,8 @@ EPILOG = """examples:
   python -m bench extract --dataset luad --encoders resnet50,conch --skip-errors
   python -m bench extract --dataset demo --visualize          # + mask/grid thumbnails
   python -m bench extract --dataset blca --mpp 0.25           # scans without resolution metadata
+  python -m bench extract --dataset luad --workers 6          # 6 decoding processes (GPU node)
+  python -m bench extract --dataset demo --workers 0 --threads 2   # decode in threads instead
   python -m bench extract --dataset blca --encoders conch --import /data/CLAM/features_conch
 Finished slides are skipped, so a killed extraction resumes where it stopped; several processes may
 extract into one cache at the same time (per-slide locks). Weights: docs/feature_cache.md.
@@ -40,8 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--import", dest="import_dir", type=Path, default=None, metavar="DIR",
                    help="import a CLAM (h5_files/, pt_files/) or TRIDENT features directory "
                         "made with --encoders instead of extracting")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="tile-decoding worker threads (default: up to 4)")
+    p.add_argument("--workers", "--num-workers", dest="workers", type=int, default=None,
+                   metavar="N",
+                   help="DataLoader worker processes that decode tiles while the encoder runs "
+                        "(default: the dataset's extract_workers, else cores - 1, 1 to 4); 0 decodes "
+                        "in threads of the main process instead")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="decoding threads when --workers 0 (default: up to 4)")
     p.set_defaults(func=main)
 
 
@@ -71,7 +78,9 @@ def main(args: argparse.Namespace) -> int:
             vis = Path(args.visualize) if args.visualize else cache.dir_for(enc) / "overview"
         rep = cache.extract(paths, enc, progress=not args.quiet, skip_errors=args.skip_errors,
                             batch_size=args.batch_size, mpp=args.mpp, reader=args.reader,
-                            visualize=vis, num_workers=args.num_workers)
+                            visualize=vis, threads=args.threads,
+                            num_workers=args.workers if args.workers is not None
+                            else cohort.spec.extract_workers)
         print(f"{name} ({enc.weights_label} weights): {rep.summary()}")
         for sid, err in rep.failed.items():
             print(f"  {sid}: {err}")
