@@ -1,7 +1,7 @@
 """Readers on files from several writers: tifffile generic tiled TIFF, an Aperio-SVS-layout file
 (tifffile, the layout OpenSlide recognises as ``aperio``), a Hamamatsu-NDPI-layout file (tifffile,
-recognised as ``hamamatsu``), libvips (pyvips) tiled pyramids, a DICOM WSI (wsidicomizer) and a
-MIRAX slide (tests/mirax_writer.py: Slidedat.ini + Index.dat + JPEG data files, photos placed by
+recognised as ``hamamatsu``), libvips (pyvips) tiled pyramids, DICOM WSI series (pydicom, in
+tests/dicom_writer.py; and wsidicomizer, slow) and a MIRAX slide (tests/mirax_writer.py: Slidedat.ini + Index.dat + JPEG data files, photos placed by
 a camera-position buffer), each through every reader that supports it. Truth is the source array
 the file was written from and the resolution written into it."""
 
@@ -117,6 +117,15 @@ def write_mrxs(path: Path, img: np.ndarray, mpp: float = 0.5, objective: int | N
     return write_mirax(path, padded, MIRAX_LAYOUT, mpp=mpp, objective=objective, jitter=MIRAX_JITTER)
 
 
+def write_pydicom(folder: Path, img: np.ndarray, mpp: float) -> Path:
+    """A DICOM WSI series (one instance per level, TILED_FULL, JPEG) by tests/dicom_writer.py on
+    pydicom: DICOM in the fast tests; returns the level-0 instance (OpenSlide finds the series)."""
+    pytest.importorskip("pydicom")
+    from dicom_writer import write_dicom_wsi
+
+    return write_dicom_wsi(folder, _levels(img), mpp=mpp, objective=10 / mpp)[0]
+
+
 def write_dicom(folder: Path, src_tiff: Path) -> Path:
     """A DICOM WSI series converted by wsidicomizer from a generic TIFF: another writer's
     encoder, tiling and metadata. Returns one instance file of the series (OpenSlide opens the
@@ -146,6 +155,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, img: np.ndarray) -> dict[str
         "libvips": write_vips_tiff(d / "vips.tif", img, mpp=0.25),
         "tifffile-ndpi": write_ndpi(d / "hamamatsu.ndpi", img, lens=20, mpp=0.5),
         "mirax": write_mrxs(d / "mirax.mrxs", img, mpp=0.5, objective=20),
+        "pydicom": write_pydicom(d / "dicom", img, mpp=0.25),
     }
 
 
@@ -160,6 +170,7 @@ EXPECT = {
     "tifffile-ndpi": (0.5, 20.0, "hamamatsu", ("openslide",)),
     # tiffslide reads TIFF only; MIRAX is a directory of INI, index and JPEG data files
     "mirax": (0.5, 20.0, "mirax", ("openslide",)),
+    "pydicom": (0.25, 40.0, "dicom", ("openslide",)),  # tiffslide: not a TIFF
 }
 CASES = [(w, b) for w, (_, _, _, backends) in EXPECT.items() for b in backends]
 SINGLE_FILE = [(w, b) for w, b in CASES if w != "mirax"]  # MIRAX's .mrxs is a stub: see below
