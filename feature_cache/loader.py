@@ -178,12 +178,35 @@ def load_batches(path: str | Path, open_kwargs: Mapping[str, Any], coords: np.nd
     else:
         items = _threaded(ds, threads or default_threads())
     try:
-        for start, batch in items:
+        for start, batch in _survive_worker_death(items, ds.path):
             if isinstance(batch, str):
                 raise SlideError(batch)
             yield start, batch
     finally:
         ds.close()
+
+
+def _survive_worker_death(items: Any, path: Path) -> Iterator[tuple[int, Any]]:
+    """A decoder that crashes its process (a segfault in a codec on a corrupt tile, the OOM
+    killer) ends DataLoader with a RuntimeError; it becomes this slide's SlideError, so
+    ``skip_errors`` skips the slide and the extraction goes on -- with threads such a crash
+    would take the whole extraction down."""
+    it = iter(items)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err):
+                raise
+            raise SlideError(
+                f"{path}: a tile-decoding worker process died while reading this slide ({err}). "
+                f"Fix: the file is probably corrupt -- re-copy it or exclude it (`bench extract "
+                f"--skip-errors`); if the machine ran out of memory, use fewer `--workers` or a "
+                f"smaller `--batch-size`."
+            ) from err
+        yield item
 
 
 def _threaded(ds: PatchBatches, threads: int) -> Iterator[tuple[int, Any]]:

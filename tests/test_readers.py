@@ -432,3 +432,34 @@ def test_mirax_rescan_is_a_changed_slide(img: np.ndarray, tmp_path: Path,
         os.utime(f, ns=(0, 0))  # and the copy kept no usable mtime
     assert not _same_slide(out, path)
     assert [f.name for f in fc.slide_files(path)] == ["scan.mrxs", "Slidedat.ini", "Index.dat"]
+
+
+def test_a_crashed_decoding_worker_is_the_slides_error(img: np.ndarray, tmp_path: Path,
+                                                       mean_colour_encoder: fc.Encoder,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker process killed while decoding (what a codec segfault or the OOM killer does):
+    the slide fails with a SlideError naming it, skip_errors moves on to the next slide, and the
+    main process is unharmed. Only the worker dies: the kill is gated on being in a worker."""
+    import os
+    import signal
+
+    import torch.utils.data
+
+    import feature_cache.loader as L
+
+    real = L._read_patches
+
+    def read_or_die(slide, *args):
+        if torch.utils.data.get_worker_info() is not None and slide.path.name == "crash.tif":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(slide, *args)
+
+    monkeypatch.setattr(L, "_read_patches", read_or_die)
+    crash = write_generic_tiff(tmp_path / "crash.tif", img, mpp=0.5)
+    fine = write_generic_tiff(tmp_path / "fine.tif", img, mpp=0.5)
+    cache = fc.FeatureCache(tmp_path / "cache")
+    kw = dict(magnification=5.0, min_tissue=0.0, progress=False, batch_size=8, num_workers=1)
+    with pytest.raises(fc.SlideError, match=r"crash\.tif: a tile-decoding worker process died"):
+        cache.extract({"CRASH": crash}, mean_colour_encoder, **kw)
+    rep = cache.extract({"CRASH": crash, "FINE": fine}, mean_colour_encoder, skip_errors=True, **kw)
+    assert list(rep.failed) == ["CRASH"] and rep.done == ["FINE"]
