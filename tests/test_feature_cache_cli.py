@@ -70,3 +70,40 @@ allow_random_weights: true
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(coords, want_c)
     assert not cache.has(h5s[0].stem, real)
+
+
+@pytest.mark.parametrize("argv,yaml_workers,want", [
+    ([], None, None),  # neither: the library default (cores - 1, 1 to 4)
+    ([], 0, 0),  # the dataset YAML's extract_workers
+    (["--workers", "3"], 0, 3),  # the command line wins
+    (["--workers", "0", "--threads", "2"], None, 0),
+])
+def test_extract_workers_reach_the_cache(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                         yaml_workers: int | None, want: int | None) -> None:
+    """`bench extract --workers/--threads` and `extract_workers:` reach FeatureCache.extract."""
+    import types
+
+    import feature_cache
+    from bench import datasets
+    from bench.cli import build_parser
+
+    seen: dict = {}
+
+    class Cache:
+        def __init__(self, root):
+            pass
+
+        def extract(self, paths, enc, **kw):
+            seen.update(kw)
+            return types.SimpleNamespace(summary=lambda: "ok", failed={})
+
+    spec = datasets.DatasetSpec(name="x", extract_workers=yaml_workers, allow_random_weights=True)
+    cohort = types.SimpleNamespace(spec=spec, table={"slide_id": ["S"], "slide_path": ["/s.tiff"]})
+    monkeypatch.setattr(datasets, "load_cohort", lambda name: cohort)
+    monkeypatch.setattr(feature_cache, "FeatureCache", Cache, raising=False)
+    monkeypatch.setattr(feature_cache, "get_encoder", lambda *a, **k: types.SimpleNamespace(
+        weights_label="random"), raising=False)
+    args = build_parser().parse_args(["extract", "--dataset", "x", *argv])
+    assert args.func(args) == 0
+    assert seen["num_workers"] == want
+    assert seen["threads"] == (2 if "--threads" in argv else None)
