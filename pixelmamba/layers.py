@@ -54,7 +54,7 @@ def shift_merge(tokens: Tensor, axis: str) -> Tensor:
     This is what makes the later pairwise join overlap: after it, the pair (2j, 2j+1) has seen
     pixels 2j-1 .. 2j+1, like a stride-2 convolution of width 3.
     """
-    dim = 3 if axis == "h" else 2
+    dim = tokens.dim() - (2 if axis == "h" else 3)
     shifted = F.pad(tokens.narrow(dim, 0, tokens.shape[dim] - 1), _pad_before(dim, tokens.dim()))
     return (tokens + shifted) / 2
 
@@ -75,28 +75,43 @@ def token_expansion(
     ``C' = 2C`` for "cat" and ``C`` for "avg". Returns masked tokens, CLS and the new validity
     (a joined token is real if either member is).
     """
-    B, n, h, w, C = tokens.shape
+    out, out_valid = expand_tokens(tokens, valid, spec)
+    if spec.join == "cat":
+        cls = torch.cat([cls, cls], dim=-1)
+    return out, cls, out_valid
+
+
+def expand_valid(valid: Tensor, spec: TokenExpansionSpec) -> Tensor:
+    """Validity after Token Expansion: a joined token is real if either member is."""
+    *lead, h, w = valid.shape
+    if spec.axis == "h":
+        return valid.view(*lead, h, w // 2, 2).any(-1)
+    return valid.view(*lead, h // 2, 2, w).any(-2)
+
+
+def expand_tokens(tokens: Tensor, valid: Tensor, spec: TokenExpansionSpec) -> tuple[Tensor, Tensor]:
+    """The token part of ``token_expansion`` (any leading dims before ``h, w, C``)."""
+    *lead, h, w, C = tokens.shape
     if spec.axis == "h":
         if w % 2:
             raise ValueError(f"horizontal expansion needs an even token width, got {w}")
-        pairs = shift_merge(tokens, "h").view(B, n, h, w // 2, 2, C)  # (B, n, h, w/2, 2, C)
-        pair_valid = valid.view(B, n, h, w // 2, 2)
+        pairs = shift_merge(tokens, "h").view(*lead, h, w // 2, 2, C)  # (..., h, w/2, 2, C)
+        pair_valid = valid.view(*lead, h, w // 2, 2)
     else:
         if h % 2:
             raise ValueError(f"vertical expansion needs an even token height, got {h}")
-        pairs = shift_merge(tokens, "v").view(B, n, h // 2, 2, w, C).transpose(3, 4)
-        pair_valid = valid.view(B, n, h // 2, 2, w).transpose(3, 4)  # (B, n, h/2, w, 2)
+        pairs = shift_merge(tokens, "v").view(*lead, h // 2, 2, w, C).transpose(-2, -3)
+        pair_valid = valid.view(*lead, h // 2, 2, w).transpose(-1, -2)  # (..., h/2, w, 2)
     member = pair_valid.unsqueeze(-1)
     # pads become zero again (shift-merge may have moved values into them); `where` keeps only
     # the boolean mask for backward, a multiplication would keep a float copy of it
     pairs = torch.where(member, pairs, 0)
     if spec.join == "cat":
-        out = pairs.flatten(-2)  # (B, n, h', w', 2C): [first member, second member]
-        cls = torch.cat([cls, cls], dim=-1)
+        out = pairs.flatten(-2)  # (..., h', w', 2C): [first member, second member]
     else:
         count = member.sum(-2, dtype=torch.uint8).clamp(min=1)  # 1 byte per token kept, not 4
-        out = pairs.sum(-2) / count  # (B, n, h', w', C) mask-aware mean
-    return out, cls, pair_valid.any(-1)
+        out = pairs.sum(-2) / count  # (..., h', w', C) mask-aware mean
+    return out, pair_valid.any(-1)
 
 
 def merge_count(n_initial: int, alpha: float, depth: int, n_current: int) -> int:
@@ -122,9 +137,21 @@ def region_fusion(
     B, n, h, w, C = tokens.shape
     if k == 0:
         return tokens, cls, valid
+    slot, region_valid = fusion_slots(cls, valid, k)
+    tokens_flat = tokens.view(B, n, h * w, C)
+    out_tokens = _group_mean(tokens_flat, valid.view(B, n, h * w, 1), slot, n - k)
+    out_cls = _group_mean(cls, region_valid[..., None], slot, n - k)  # (B, n-k, C)
+    out_valid = _group_any(valid, slot, n - k)
+    return out_tokens.view(B, n - k, h, w, C), out_cls, out_valid
+
+
+def fusion_slots(cls: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Region Fusion's discrete part: the output slot ``(B, n)`` every region goes to (``n - k``
+    slots, in scan order) and which regions hold real tokens ``(B, n)``."""
+    B, n = valid.shape[:2]
     if not 0 < k <= n // 2:
         raise ValueError(f"cannot merge {k} of {n} regions (at most one per probe, n // 2)")
-    device = tokens.device
+    device = valid.device
     gallery, probe = torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)
     region_valid = valid.flatten(2).any(-1)  # (B, n)
     with torch.no_grad():
@@ -141,12 +168,121 @@ def region_fusion(
         keep = torch.ones(B, n, dtype=torch.bool, device=device)
         keep.scatter_(1, probe[chosen], False)
         slot = (keep.cumsum(1) - 1).gather(1, target)  # (B, n) output slot of every region
-    tokens_flat = tokens.view(B, n, h * w, C)
-    out_tokens = _group_mean(tokens_flat, valid.view(B, n, h * w, 1), slot, n - k)
-    out_cls = _group_mean(cls, region_valid[..., None], slot, n - k)  # (B, n-k, C)
-    out_valid = torch.zeros(B, n - k, h * w, dtype=torch.bool, device=device)
-    out_valid.scatter_reduce_(1, slot[..., None].expand(B, n, h * w), valid.view(B, n, h * w), "amax")
-    return out_tokens.view(B, n - k, h, w, C), out_cls, out_valid.view(B, n - k, h, w)
+    return slot, region_valid
+
+
+def _group_any(valid: Tensor, slot: Tensor, n_out: int) -> Tensor:
+    """Validity after fusion ``(B, n_out, h, w)``: a token is real if any member's is."""
+    B, n, h, w = valid.shape
+    out = torch.zeros(B, n_out, h * w, dtype=torch.bool, device=valid.device)
+    out.scatter_reduce_(1, slot[..., None].expand(B, n, h * w), valid.view(B, n, h * w), "amax")
+    return out.view(B, n_out, h, w)
+
+
+FUSE_CHUNK_BYTES = 4 << 20  # fuse_and_expand: float32 working set per group of output regions
+
+
+def fuse_and_expand(
+    tokens: Tensor, cls: Tensor, valid: Tensor, k: int, spec: TokenExpansionSpec | None,
+    store_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``region_fusion`` then (if ``spec``) ``token_expansion``, with the tokens in ``store_dtype``
+    — the same values (float32 compute), but without their full-size intermediates.
+
+    Composed from the two functions, autograd keeps nothing big, but forward and backward pass
+    through four or five float32 copies of the layer's tokens at once (the group sums, the masked
+    copies, shift-merge's padded copy and sum, the cast); on a slide those transients, not what
+    is kept, set the peak. Here the output is built a few regions at a time (``_FuseExpand``):
+    the only full-size tensors are the input, the output and, in backward, the two gradients.
+    """
+    B, n, h, w, C = tokens.shape
+    if k:
+        slot, region_valid = fusion_slots(cls, valid, k)
+        cls = _group_mean(cls, region_valid[..., None], slot, n - k)
+        out_valid = _group_any(valid, slot, n - k)
+    else:
+        slot = torch.arange(n, device=tokens.device).expand(B, n)
+        out_valid = valid
+    if spec is not None and spec.join == "cat":
+        cls = torch.cat([cls, cls], dim=-1)
+    out = _FuseExpand.apply(tokens, valid, out_valid, slot, spec, store_dtype)
+    if spec is not None:
+        out_valid = expand_valid(out_valid, spec)
+    return out, cls, out_valid
+
+
+def _fuse_groups(n_in: int, n_out: int, per_region: int) -> list[tuple[int, int]]:
+    step = max(1, FUSE_CHUNK_BYTES // max(1, per_region * 4 * max(1, n_in // max(1, n_out))))
+    return [(o, min(o + step, n_out)) for o in range(0, n_out, step)]
+
+
+class _FuseExpand(torch.autograd.Function):
+    """Tokens through Region Fusion's group means and Token Expansion, a few output regions at a
+    time; the regions are flattened over the batch (slot ``b * n_out + o``). Keeps for backward
+    only the boolean masks and the slots. Backward: the expansion's adjoint by autograd on each
+    group (it is linear, so the recomputation runs on zeros), then the group means' adjoint."""
+
+    @staticmethod
+    def _prepare(valid: Tensor, out_valid: Tensor, slot: Tensor):
+        B, n = slot.shape
+        n_out = out_valid.shape[1]
+        gslot = (slot + torch.arange(B, device=slot.device)[:, None] * n_out).reshape(-1)  # (B*n,)
+        order = torch.argsort(gslot, stable=True)  # input regions grouped by slot, in scan order
+        starts = torch.searchsorted(gslot[order], torch.arange(B * n_out + 1, device=slot.device))
+        return gslot, order, starts
+
+    @staticmethod
+    def _group(g0, g1, gslot, order, starts, valid_f, out_valid_f):
+        """Input regions of output regions ``g0..g1-1``, their local slot and member masks."""
+        idx = order[starts[g0]: starts[g1]]
+        local = gslot[idx] - g0
+        member = valid_f[idx] | ~out_valid_f[g0:g1][local]  # all members where no member is real
+        return idx, local, member
+
+    @staticmethod
+    def forward(ctx, tokens, valid, out_valid, slot, spec, store_dtype):  # noqa: D102
+        B, n, h, w, C = tokens.shape
+        n_out = out_valid.shape[1]
+        gslot, order, starts = _FuseExpand._prepare(valid, out_valid, slot)
+        flat, valid_f = tokens.reshape(B * n, h, w, C), valid.reshape(B * n, h, w)
+        out_valid_f = out_valid.reshape(B * n_out, h, w)
+        cdtype = torch.promote_types(tokens.dtype, torch.float32)  # float32 compute (or float64)
+        out = None
+        for g0, g1 in _fuse_groups(B * n, B * n_out, h * w * C):
+            idx, local, member = _FuseExpand._group(g0, g1, gslot, order, starts, valid_f, out_valid_f)
+            x = torch.where(member[..., None], flat.index_select(0, idx).to(cdtype), 0)
+            summed = x.new_zeros(g1 - g0, h, w, C).index_add_(0, local, x)
+            count = x.new_zeros(g1 - g0, h, w).index_add_(0, local, member.to(x.dtype))
+            y = summed / count[..., None]
+            if spec is not None:
+                y = expand_tokens(y, out_valid_f[g0:g1], spec)[0]
+            if out is None:
+                out = torch.empty(B * n_out, *y.shape[1:], dtype=store_dtype, device=tokens.device)
+            out[g0:g1] = y
+        ctx.save_for_backward(valid, out_valid, slot)
+        ctx.spec, ctx.in_dtype, ctx.in_shape = spec, tokens.dtype, tokens.shape
+        return out.view(B, n_out, *out.shape[1:])
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        valid, out_valid, slot = ctx.saved_tensors
+        B, n, h, w, C = ctx.in_shape
+        n_out = out_valid.shape[1]
+        gslot, order, starts = _FuseExpand._prepare(valid, out_valid, slot)
+        valid_f, out_valid_f = valid.reshape(B * n, h, w), out_valid.reshape(B * n_out, h, w)
+        g_f = g.reshape(B * n_out, *g.shape[2:])
+        g_in = torch.empty(B * n, h, w, C, dtype=ctx.in_dtype, device=g.device)
+        for g0, g1 in _fuse_groups(B * n, B * n_out, h * w * C):
+            idx, local, member = _FuseExpand._group(g0, g1, gslot, order, starts, valid_f, out_valid_f)
+            g_y = g_f[g0:g1].to(torch.promote_types(ctx.in_dtype, torch.float32))
+            if ctx.spec is not None:
+                with torch.enable_grad():
+                    y0 = g_y.new_zeros(g1 - g0, h, w, C, requires_grad=True)
+                    (g_y,) = torch.autograd.grad(expand_tokens(y0, out_valid_f[g0:g1], ctx.spec)[0], y0, g_y)
+            count = g_y.new_zeros(g1 - g0, h, w).index_add_(0, local, member.to(g_y.dtype))
+            g_x = torch.where(member[..., None], (g_y / count[..., None]).index_select(0, local), 0)
+            g_in.index_copy_(0, idx, g_x.to(g_in.dtype))
+        return g_in.view(B, n, h, w, C), None, None, None, None, None
 
 
 def _group_mean(x: Tensor, valid: Tensor, slot: Tensor, n_out: int) -> Tensor:

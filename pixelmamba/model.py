@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .configs import CONFIGS, LayerRow, PixelMambaConfig
-from .layers import PixelMambaBlock, merge_count, region_fusion, token_expansion
+from .layers import PixelMambaBlock, fuse_and_expand, merge_count, region_fusion, token_expansion
 from .serialize import deserialize, image_to_regions, region_grid, serialize
 from .streaming import streamed_block
 
@@ -91,13 +91,13 @@ class PixelMambaLayer(nn.Module):
         whole sequence and let autograd keep everything (the plain reference path)."""
         store_dtype = tokens.dtype
         B, n, h, w, C = tokens.shape
-        if streaming:
+        if streaming:  # the lean path: no full-size float32 intermediates after the block either
             tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size)
-        else:
-            seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
-            seq = self.block(seq, chunk_size=chunk_size)
-            tokens, cls = deserialize(seq, n, h, w)  # (B, n, h, w, C), (B, n, C)
-            tokens = tokens * valid.unsqueeze(-1)  # padding stays zero outside the block
+            return fuse_and_expand(tokens, cls, valid, k, self.row.expansion, store_dtype)
+        seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
+        seq = self.block(seq, chunk_size=chunk_size)
+        tokens, cls = deserialize(seq, n, h, w)  # (B, n, h, w, C), (B, n, C)
+        tokens = tokens * valid.unsqueeze(-1)  # padding stays zero outside the block
         tokens, cls, valid = region_fusion(tokens, cls, valid, k)
         if self.row.expansion is not None:
             tokens, cls, valid = token_expansion(tokens, cls, valid, self.row.expansion)

@@ -164,3 +164,32 @@ def test_region_fusion_partial_regions_average_real_tokens_only() -> None:
     # R0 = [[0, pad], [2, pad]], R1 = [[10, 11], [12, 13]]
     assert out[0, 0].view(-1).tolist() == [5.0, 11.0, 7.0, 13.0]
     assert v.all()
+
+
+@pytest.mark.parametrize("spec", [None, TokenExpansionSpec("h", "cat"), TokenExpansionSpec("v", "avg")])
+@pytest.mark.parametrize("k", [0, 3])
+def test_fuse_and_expand_equals_fusion_then_expansion(spec, k, monkeypatch) -> None:
+    """The lean, group-by-group path against the two functions composed by autograd: same
+    tokens, CLS, validity and input gradient, on two slides with padding and padding-only regions,
+    with one output region per group (the chunk size forced down)."""
+    import pixelmamba.layers as layers
+
+    monkeypatch.setattr(layers, "FUSE_CHUNK_BYTES", 1)
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 7, 4, 6, 3, dtype=torch.float64)
+    valid = torch.rand(2, 7, 4, 6) > 0.3
+    valid[1, 2:4] = False  # padding-only regions
+    tokens = (tokens * valid[..., None]).requires_grad_(True)
+    cls = torch.randn(2, 7, 3, dtype=torch.float64)
+    weight = torch.randn(2, 7 - k, *((4, 3, 6) if spec and spec.axis == "h" else (2, 6, 3) if spec else (4, 6, 3)),
+                         dtype=torch.float64)
+    ref, ref_cls, ref_valid = region_fusion(tokens, cls, valid, k) if k else (tokens, cls, valid)
+    if spec is not None:
+        ref, ref_cls, ref_valid = token_expansion(ref, ref_cls, ref_valid, spec)
+    (g_ref,) = torch.autograd.grad((ref * weight).sum(), tokens)
+    out, out_cls, out_valid = layers.fuse_and_expand(tokens, cls, valid, k, spec, torch.float64)
+    (g,) = torch.autograd.grad((out * weight).sum(), tokens)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_cls, ref_cls, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out_valid, ref_valid)
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
