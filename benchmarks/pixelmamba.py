@@ -15,7 +15,17 @@
     python benchmarks/pixelmamba.py --sizes 512 1024 --skip-vim   # memory only
     python benchmarks/pixelmamba.py --act-dtype float32 --segment 1 --skip-memory
 
-Record ``uptime``'s load average with the numbers: on a shared machine times are upper bounds.
+    python benchmarks/pixelmamba.py --sizes 1024 --skip-vim --trace  # peak RSS per layer phase
+
+Every time is printed twice: wall seconds and CPU seconds of the measuring process
+(``time.process_time``; one torch thread by default, so CPU time is the work done, while wall
+time also counts waiting for a core on a shared machine). The load average is printed at the
+start and the end; memory numbers do not depend on it.
+
+``--trace``: a thread samples the resident size every 5 ms and layer hooks name the phase (``fwd
+L7``; ``recomp L7`` when a segment is recomputed in backward; ``bwd L7`` from the moment the
+gradient of layer 7's output exists): the peak above base of every phase is printed, which
+tells what sets the peak.
 """
 
 from __future__ import annotations
@@ -47,12 +57,45 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
             "segment": args.segment, "checkpointing": not args.no_checkpointing}
 
 
+def _trace_phases(net) -> tuple[dict[str, int], list[str], object]:
+    """Start sampling the resident size per phase (see ``--trace``); returns (peaks, order, stop)."""
+    import threading
+
+    phase, peaks, order, in_bwd, done = ["image"], {}, [], [False], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            r, p = _rss_bytes(), phase[0]
+            if p not in peaks:
+                peaks[p] = r
+                order.append(p)
+            elif r > peaks[p]:
+                peaks[p] = r
+            done.wait(0.005)
+
+    for i, layer in enumerate(net.layers, 1):
+        def pre(mod, args, i=i) -> None:
+            phase[0] = f"{'recomp' if in_bwd[0] else 'fwd'} L{i}"
+
+        def post(mod, args, out, i=i) -> None:
+            if out[0].requires_grad:
+                def hook(g, i=i) -> None:
+                    in_bwd[0] = True
+                    phase[0] = f"bwd L{i}"
+                out[0].register_hook(hook)
+
+        layer.register_forward_pre_hook(pre)
+        layer.register_forward_hook(post)
+    threading.Thread(target=sample, daemon=True).start()
+    return peaks, order, (phase, done)
+
+
 def child_memory(size: int, args: argparse.Namespace) -> dict:
     """One forward+backward of a (1, 3, size, size) image, in this (fresh) process."""
     import torch
 
     import pixelmamba
-    from bench.memory import bound_heap_growth
+    from bench.memory import bound_heap_growth, release_free_memory
 
     bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/memory.py)
     torch.set_num_threads(args.threads)
@@ -63,13 +106,26 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     net = pixelmamba.create_model(args.model, num_classes=4, **_model_kwargs(args))
     net(torch.randn(1, 3, 32, 32)).sum().backward()
     net.zero_grad(set_to_none=False)  # as between accumulation steps: the buffers stay
+    tracer = _trace_phases(net) if args.trace else None
+    release_free_memory()  # the warm-up's freed heap pages would otherwise hide in the base
     base = _rss_bytes()
     x = torch.randn(1, 3, size, size)
-    start = time.perf_counter()
-    net(x).logsumexp(-1).sum().backward()
-    seconds = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    loss = net(x).logsumexp(-1).sum()
+    if tracer:
+        tracer[2][0][0] = "fwd end"
+    loss.backward()
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"size": size, "pixels": size * size, "base_bytes": base, "peak_bytes": peak, "seconds": seconds}
+    out = {"size": size, "pixels": size * size, "base_bytes": base, "peak_bytes": peak, "seconds": seconds,
+           "cpu_seconds": cpu}
+    if tracer:
+        peaks, order, (phase, done) = tracer
+        phase[0] = "after"
+        time.sleep(0.02)
+        done.set()
+        out["phases"] = [(p, peaks[p] - base) for p in order]
+    return out
 
 
 def child_vim(args: argparse.Namespace) -> dict:
@@ -86,13 +142,14 @@ def child_vim(args: argparse.Namespace) -> dict:
     out = {}
     for name, net in models.items():
         net(x[:1]).sum().backward()  # warm-up (kernels, allocator)
-        times = []
+        walls, cpus = [], []
         for _ in range(args.reps):
             net.zero_grad(set_to_none=True)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             net(x).logsumexp(-1).sum().backward()
-            times.append(time.perf_counter() - t)
-        out[name] = statistics.median(times)
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+        out[name] = {"seconds": statistics.median(walls), "cpu_seconds": statistics.median(cpus)}
     return out
 
 
@@ -101,6 +158,7 @@ def _child(args: argparse.Namespace, *extra: str) -> dict:
            "--act-dtype", args.act_dtype, "--segment", str(args.segment), "--threads", str(args.threads),
            "--batch", str(args.batch), "--reps", str(args.reps)]
     cmd += ["--no-checkpointing"] if args.no_checkpointing else []
+    cmd += ["--trace"] if args.trace else []
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"child {' '.join(extra)} failed:\n{res.stderr[-3000:]}")
@@ -116,9 +174,10 @@ def main() -> None:
     parser.add_argument("--segment", type=int, default=1, help="layers per recomputed segment")
     parser.add_argument("--no-checkpointing", action="store_true", help="plain autograd path")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--batch", type=int, default=4, help="224² images per batch for the Vim comparison")
+    parser.add_argument("--batch", type=int, default=2, help="224² images per batch for the Vim comparison")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--trace", action="store_true", help="print the peak RSS of every layer phase")
     parser.add_argument("--skip-vim", action="store_true")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-vim", action="store_true", help=argparse.SUPPRESS)
@@ -136,26 +195,32 @@ def main() -> None:
     rows = []
     if not args.skip_memory:
         print(f"{'size':>6} {'pixels':>10} {'base MB':>8} {'peak MB':>8} {'above base MB':>14} "
-              f"{'B/px':>7} {'goal':>6} {'fwd+bwd s':>10}", flush=True)
+              f"{'B/px':>7} {'goal':>6} {'wall s':>8} {'CPU s':>8}", flush=True)
         for size in args.sizes:
             r = _child(args, "--child-memory", str(size))
             rows.append(r)
             above = r["peak_bytes"] - r["base_bytes"]
             bpx = above / r["pixels"]
             print(f"{size:>6} {r['pixels']:>10} {r['base_bytes'] / 2**20:>8.0f} {r['peak_bytes'] / 2**20:>8.0f} "
-                  f"{above / 2**20:>14.1f} {bpx:>7.1f} {'ok' if bpx <= 80 else 'over':>6} {r['seconds']:>10.1f}",
-                  flush=True)
+                  f"{above / 2**20:>14.1f} {bpx:>7.1f} {'ok' if bpx <= 80 else 'over':>6} {r['seconds']:>8.1f} "
+                  f"{r['cpu_seconds']:>8.1f}", flush=True)
+            for phase, b in r.get("phases", []):
+                print(f"    {phase:<10} {b / 2**20:8.1f} MB {b / r['pixels']:7.1f} B/px", flush=True)
         for a, b in zip(rows, rows[1:]):
             slope = ((b["peak_bytes"] - b["base_bytes"]) - (a["peak_bytes"] - a["base_bytes"])) / (b["pixels"] - a["pixels"])
-            ratio = b["seconds"] / a["seconds"]
-            goal = "  (goal <= 4.4: " + ("ok)" if ratio <= 4.4 else "over)") if b["pixels"] == 4 * a["pixels"] else ""
-            print(f"{a['size']}² -> {b['size']}²: marginal {slope:.1f} B/px, time ratio {ratio:.2f} for "
-                  f"{b['pixels'] / a['pixels']:.0f}x pixels{goal}", flush=True)
+            wall, cpu = b["seconds"] / a["seconds"], b["cpu_seconds"] / a["cpu_seconds"]
+            goal = ""
+            if b["pixels"] == 4 * a["pixels"]:
+                goal = f"  (goal <= 4.4: wall {'ok' if wall <= 4.4 else 'over'}, CPU {'ok' if cpu <= 4.4 else 'over'})"
+            print(f"{a['size']}² -> {b['size']}²: marginal {slope:.1f} B/px; time ratio wall {wall:.2f}, CPU {cpu:.2f} "
+                  f"for {b['pixels'] / a['pixels']:.0f}x pixels{goal}", flush=True)
     if not args.skip_vim:
         t = _child(args, "--child-vim")
-        ratio = t["pixelmamba-6m"] / t["vim-ti"]
-        print(f"fwd+bwd of {args.batch}x224²: {args.model} {t['pixelmamba-6m']:.2f} s, vim-ti {t['vim-ti']:.2f} s, "
-              f"ratio {ratio:.2f} (goal <= 1.5; paper FLOPs ratio 1.27)", flush=True)
+        pm, vim = t["pixelmamba-6m"], t["vim-ti"]
+        print(f"fwd+bwd of {args.batch}x224² (median of {args.reps}): {args.model} wall {pm['seconds']:.2f} s / "
+              f"CPU {pm['cpu_seconds']:.2f} s, vim-ti wall {vim['seconds']:.2f} s / CPU {vim['cpu_seconds']:.2f} s; "
+              f"ratio wall {pm['seconds'] / vim['seconds']:.2f}, CPU {pm['cpu_seconds'] / vim['cpu_seconds']:.2f} "
+              f"(goal <= 1.5; paper FLOPs ratio 1.27)", flush=True)
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 

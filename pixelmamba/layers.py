@@ -179,7 +179,7 @@ def _group_any(valid: Tensor, slot: Tensor, n_out: int) -> Tensor:
     return out.view(B, n_out, h, w)
 
 
-FUSE_CHUNK_BYTES = 4 << 20  # fuse_and_expand: float32 working set per group of output regions
+FUSE_CHUNK_BYTES = 1 << 20  # fuse_and_expand: float32 bytes of the input regions of one group (about a sixth of the working set)
 
 
 def fuse_and_expand(
@@ -247,7 +247,13 @@ class _FuseExpand(torch.autograd.Function):
         flat, valid_f = tokens.reshape(B * n, h, w, C), valid.reshape(B * n, h, w)
         out_valid_f = out_valid.reshape(B * n_out, h, w)
         cdtype = torch.promote_types(tokens.dtype, torch.float32)  # float32 compute (or float64)
-        out = None
+        # allocated before the loop: a long-lived tensor among the loop's temporaries would pin
+        # glibc's heap top (see streaming._run_forward)
+        h2, w2, C2 = h, w, C
+        if spec is not None:
+            h2, w2 = (h, w // 2) if spec.axis == "h" else (h // 2, w)
+            C2 = 2 * C if spec.join == "cat" else C
+        out = torch.empty(B * n_out, h2, w2, C2, dtype=store_dtype, device=tokens.device)
         for g0, g1 in _fuse_groups(B * n, B * n_out, h * w * C):
             idx, local, member = _FuseExpand._group(g0, g1, gslot, order, starts, valid_f, out_valid_f)
             x = torch.where(member[..., None], flat.index_select(0, idx).to(cdtype), 0)
@@ -256,8 +262,6 @@ class _FuseExpand(torch.autograd.Function):
             y = summed / count[..., None]
             if spec is not None:
                 y = expand_tokens(y, out_valid_f[g0:g1], spec)[0]
-            if out is None:
-                out = torch.empty(B * n_out, *y.shape[1:], dtype=store_dtype, device=tokens.device)
             out[g0:g1] = y
         ctx.save_for_backward(valid, out_valid, slot)
         ctx.spec, ctx.in_dtype, ctx.in_shape = spec, tokens.dtype, tokens.shape

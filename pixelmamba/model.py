@@ -38,6 +38,7 @@ from .streaming import streamed_block
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20  # chunk_size="auto": working set of one piece in backward, about
+WHOLE_BYTES = 256 << 20  # chunk_size="auto": a layer whose whole working set is below runs unpieced
 
 
 def auto_chunk(channels: int, d_state: int = 16, expand: int = 2) -> int:
@@ -48,8 +49,22 @@ def auto_chunk(channels: int, d_state: int = 16, expand: int = 2) -> int:
     near ``CHUNK_BYTES``, with at least 128 tokens: every piece boundary also keeps two SSM
     states (``2 * expand * channels * d_state`` floats) for backward, so pieces must not be tiny
     on the wide layers. 3 channels: ~6.4K tokens; 192: ~430; 384: ~220."""
-    per_token = 4 * (12 * expand * channels + 16 * d_state)
-    return max(128, CHUNK_BYTES // per_token)
+    return max(128, CHUNK_BYTES // _piece_bytes_per_token(channels, d_state, expand))
+
+
+def _piece_bytes_per_token(channels: int, d_state: int, expand: int) -> int:
+    return 4 * (12 * expand * channels + 16 * d_state)
+
+
+def auto_pieces(batch: int, seq_len: int, channels: int, d_state: int = 16, expand: int = 2) -> int | None:
+    """``chunk_size="auto"`` for one layer: ``auto_chunk`` tokens per piece, or None (one piece)
+    when the whole sequence's working set stays below ``WHOLE_BYTES`` (a batch of 224² images).
+    Pieces cost time: the forward runs the forward branch once more to get the boundary states,
+    and the backward recomputes and differentiates it once more for the state chain (about 4.5
+    instead of 3 passes over the mixer), which only pays when memory is the limit."""
+    if batch * seq_len * _piece_bytes_per_token(channels, d_state, expand) <= WHOLE_BYTES:
+        return None
+    return auto_chunk(channels, d_state, expand)
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,7 @@ class PixelMambaLayer(nn.Module):
         store_dtype = tokens.dtype
         B, n, h, w, C = tokens.shape
         if streaming:  # the lean path: no full-size float32 intermediates after the block either
-            tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size)
+            tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size, store_dtype)
             return fuse_and_expand(tokens, cls, valid, k, self.row.expansion, store_dtype)
         seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
         seq = self.block(seq, chunk_size=chunk_size)
@@ -112,8 +127,9 @@ class PixelMamba(nn.Module):
     ``checkpointing`` (default True): every Mamba block streams its sequence in pieces straight
     from the region grid and keeps only its input for backward, recomputing each piece there
     (``streaming.streamed_block``); False runs the plain autograd path, which keeps everything.
-    ``chunk_size``: tokens per piece; ``"auto"`` (default, ``auto_chunk``) sizes pieces so that a
-    piece's working set is about ``CHUNK_BYTES`` at every layer; None: one piece.
+    ``chunk_size``: tokens per piece; ``"auto"`` (default, ``auto_pieces``) sizes pieces so that a
+    piece's working set is about ``CHUNK_BYTES`` at every layer, and runs a layer unpieced when
+    its whole working set is below ``WHOLE_BYTES`` (224² batches); None: one piece.
     ``act_dtype``: dtype of the activations kept between layers (``torch.bfloat16`` halves what
     is kept for backward; each layer still computes in float32, so the only loss is the rounding
     of the stored layer inputs and of the gradients passed between layers).
@@ -162,9 +178,10 @@ class PixelMamba(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.checkpointing = enable
 
-    def _chunk(self, layer: PixelMambaLayer) -> int | None:
+    def _chunk(self, layer: PixelMambaLayer, tokens: Tensor) -> int | None:
         if self.chunk_size == "auto":
-            return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand)
+            B, n, h, w, _ = tokens.shape
+            return auto_pieces(B, n * (h * w + 1), layer.row.channels, self.cfg.d_state, self.cfg.expand)
         return self.chunk_size  # type: ignore[return-value]
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -185,7 +202,7 @@ class PixelMamba(nn.Module):
         def run(first: int, tokens: Tensor, cls: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             for layer in self.layers[first: first + segment]:
                 k = merge_count(n0, self.cfg.alpha, self.cfg.depth, tokens.shape[1])
-                tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer), streaming)
+                tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer, tokens), streaming)
             return tokens, cls, valid
 
         for first in range(0, self.cfg.depth, segment):

@@ -83,39 +83,50 @@ def _pieces(length: int, chunk: int | None) -> list[tuple[int, int]]:
     return [(s, min(s + c, length)) for s in range(0, length, c)]
 
 
-def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states: bool):
-    """The streamed block without autograd: output grid ``(B, n*h*w, C)`` and CLS ``(B, n, C)``
-    in float32, padded tokens zeroed; with ``keep_states`` also the boundary states."""
+def _state_store(mixer, batch: int, count: int, device: torch.device) -> Tensor:
+    """``count`` SSM states ``(batch, d_inner, d_state)`` in one float32 allocation."""
+    return torch.empty(count, batch, mixer.d_inner, mixer.d_state, dtype=torch.float32, device=device)
+
+
+def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states: bool,
+                 out_dtype: torch.dtype = torch.float32):
+    """The streamed block without autograd: output grid ``(B, n*h*w, C)`` in ``out_dtype`` and
+    CLS ``(B, n, C)`` in float32, padded tokens zeroed; with ``keep_states`` also the boundary states."""
     mixer, norm = block.mixer, block.norm
     k = mixer.d_conv - 1
     L, dev = idx.length, flat.device
     bounds = _pieces(L, chunk)
+    # Everything that outlives a piece is allocated before the piece loops (the boundary states
+    # too): a small long-lived tensor allocated among a piece's temporaries pins glibc's heap
+    # top, and the heap then grows by a piece's working set each time instead of reusing it.
+    out = torch.empty(flat.shape, dtype=out_dtype, device=dev)
+    out_cls = torch.empty(cls.shape, dtype=torch.float32, device=dev)
+    states = _state_store(mixer, flat.shape[0], 2 * len(bounds), dev)
     h_f: list[Tensor | None] = [None]
-    for s, e in bounds[:-1]:
+    for i, (s, e) in enumerate(bounds[:-1]):
         lo = max(0, s - k)
         x = _gather(flat, cls, idx.locate(lo, e, dev))
-        h_f.append(mixer._forward_state(norm(x), k - (s - lo), h_f[-1]))
-    out = torch.empty(flat.shape, dtype=torch.float32, device=dev)
-    out_cls = torch.empty(cls.shape, dtype=torch.float32, device=dev)
+        h_f.append(states[i].copy_(mixer._forward_state(norm(x), k - (s - lo), h_f[-1])))
     h_b: list[Tensor | None] = [None] * (len(bounds) + 1)
     for i in range(len(bounds) - 1, -1, -1):
         s, e = bounds[i]
         lo, hi = max(0, s - k), min(L, e + k)
         x = _gather(flat, cls, idx.locate(lo, hi, dev))
-        y, h_b[i] = mixer._piece(norm(x), k - (s - lo), k - (hi - e), h_f[i], h_b[i + 1])
+        y, hb = mixer._piece(norm(x), k - (s - lo), k - (hi - e), h_f[i], h_b[i + 1])
+        h_b[i] = states[len(bounds) + i].copy_(hb) if keep_states else hb
         y = x[:, s - lo: e - lo] + y  # residual (Eq. 1)
         tok, region, is_cls = idx.locate(s, e, dev)
         keep = ~is_cls
         y_tok = y[:, keep] * valid_flat.index_select(1, tok[keep]).unsqueeze(-1)
-        out.index_copy_(1, tok[keep], y_tok)
+        out.index_copy_(1, tok[keep], y_tok.to(out_dtype))
         out_cls.index_copy_(1, region[is_cls], y[:, is_cls])
     return out, out_cls, (h_f, h_b if keep_states else None)
 
 
 class _StreamedBlock(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, flat, cls, valid_flat, block, idx, chunk, *params):  # noqa: D102
-        out, out_cls, (h_f, h_b) = _run_forward(block, flat, cls, valid_flat, idx, chunk, True)
+    def forward(ctx, flat, cls, valid_flat, block, idx, chunk, out_dtype, *params):  # noqa: D102
+        out, out_cls, (h_f, h_b) = _run_forward(block, flat, cls, valid_flat, idx, chunk, True, out_dtype)
         ctx.save_for_backward(flat, cls, valid_flat)
         ctx.block, ctx.idx, ctx.chunk, ctx.h_f, ctx.h_b = block, idx, chunk, h_f, h_b
         return out, out_cls
@@ -146,6 +157,7 @@ class _StreamedBlock(torch.autograd.Function):
                 if g is not None:
                     acc += g
 
+        g_hf_store = _state_store(mixer, flat.shape[0], len(bounds), dev)  # see _run_forward
         g_hf_from_y: list[Tensor | None] = [None] * len(bounds)
         g_hb = None  # gradient of the backward-branch state that the current piece returns
         with torch.enable_grad():
@@ -160,7 +172,7 @@ class _StreamedBlock(torch.autograd.Function):
                 tok, region, is_cls = idx.locate(s, e, dev)
                 g_y = torch.where(
                     is_cls[None, :, None], g_out_cls.index_select(1, region),
-                    g_out.index_select(1, tok) * valid_flat.index_select(1, tok).unsqueeze(-1),
+                    g_out.index_select(1, tok).float() * valid_flat.index_select(1, tok).unsqueeze(-1),
                 )
                 outs, gouts = [y], [g_y]
                 if g_hb is not None:
@@ -169,8 +181,8 @@ class _StreamedBlock(torch.autograd.Function):
                 ins = [x] + [t for t in (hf, hb) if t is not None] + trainable
                 grads = torch.autograd.grad(outs, ins, gouts, allow_unused=True)
                 accumulate([grads[0], *grads[1 + (hf is not None) + (hb is not None):]], where)
-                if hf is not None:
-                    g_hf_from_y[i] = grads[1]
+                if hf is not None and grads[1] is not None:
+                    g_hf_from_y[i] = g_hf_store[i].copy_(grads[1])
                 g_hb = grads[1 + (hf is not None)] if hb is not None else None
             # Right to left: the forward branch's state chain h_f[i] = F(piece i-1, h_f[i-1]).
             g_hf = None
@@ -192,18 +204,20 @@ class _StreamedBlock(torch.autograd.Function):
         return (
             g_flat.to(flat.dtype) if ctx.needs_input_grad[0] else None,
             g_cls.to(cls.dtype) if ctx.needs_input_grad[1] else None,
-            None, None, None, None,
+            None, None, None, None, None,
             *[next(g_param_out) if p.requires_grad else None for p in params],
         )
 
 
-def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int | None
-                   ) -> tuple[Tensor, Tensor]:
+def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int | None,
+                   out_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """``x + mixer(norm(x))`` over the serialized sequence of region grids, streamed.
 
     ``tokens (B, n, h, w, C)`` in any float dtype (kept as is for backward), ``cls (B, n, C)``,
-    ``valid (B, n, h, w)``; returns float32 ``tokens`` (padding zeroed) and ``cls``. ``chunk``:
-    tokens per piece (None: the whole sequence in one piece).
+    ``valid (B, n, h, w)``; returns ``tokens`` in ``out_dtype`` (padding zeroed) and float32
+    ``cls``. ``chunk``: tokens per piece (None: the whole sequence in one piece). A bfloat16
+    ``out_dtype`` (the model's bf16 storage) halves the block's output and the gradient that
+    comes back to it; every piece still computes in float32.
     """
     B, n, h, w, C = tokens.shape
     idx = SeqIndex(n, h, w)
@@ -214,7 +228,7 @@ def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int
         tokens.requires_grad or cls.requires_grad or any(p.requires_grad for p in params)
     )
     if needs_grad:
-        out, out_cls = _StreamedBlock.apply(flat, cls, valid_flat, block, idx, chunk, *params)
+        out, out_cls = _StreamedBlock.apply(flat, cls, valid_flat, block, idx, chunk, out_dtype, *params)
     else:
-        out, out_cls, _ = _run_forward(block, flat, cls, valid_flat, idx, chunk, False)
+        out, out_cls, _ = _run_forward(block, flat, cls, valid_flat, idx, chunk, False, out_dtype)
     return out.view(B, n, h, w, C), out_cls
