@@ -4,8 +4,9 @@
    (goal <= 80 B/px). Each size runs in a fresh subprocess; its peak resident set size
    (``ru_maxrss``) minus the resident size after building the model and one forward+backward of
    a tiny image (kernels compiled, parameter gradients allocated: costs of the model, not of the
-   image) is what training that image costs. The input image (float32, 12 B/px) is allocated
-   after the baseline and counted. The marginal B/px between two sizes is printed too.
+   image) is what training that image costs. The input image (float32, 12 B/px, or with
+   ``--input uint8`` raw RGB, 3 B/px) is allocated after the baseline and counted. The marginal
+   B/px between two sizes is printed too.
 2. Time ratio 2048² / 1024² of the same runs (goal <= 4.4: 4x the pixels, linear time).
 3. Forward+backward time of Pixel-Mamba-6M vs Vim-Ti on the same batch of 224² images (goal
    ratio <= 1.5; the paper's FLOPs ratio is 1.27), both with their default options, median of
@@ -109,7 +110,10 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     tracer = _trace_phases(net) if args.trace else None
     release_free_memory()  # the warm-up's freed heap pages would otherwise hide in the base
     base = _rss_bytes()
-    x = torch.randn(1, 3, size, size)
+    if args.input == "uint8":  # raw RGB, normalised inside the model (3 bytes/pixel, not 12)
+        x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8)
+    else:
+        x = torch.randn(1, 3, size, size)
     start, cpu = time.perf_counter(), time.process_time()
     loss = net(x).logsumexp(-1).sum()
     if tracer:
@@ -159,6 +163,7 @@ def _child(args: argparse.Namespace, *extra: str) -> dict:
            "--batch", str(args.batch), "--reps", str(args.reps)]
     cmd += ["--no-checkpointing"] if args.no_checkpointing else []
     cmd += ["--trace"] if args.trace else []
+    cmd += ["--input", args.input]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"child {' '.join(extra)} failed:\n{res.stderr[-3000:]}")
@@ -178,6 +183,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--trace", action="store_true", help="print the peak RSS of every layer phase")
+    parser.add_argument("--input", default="float32", choices=["float32", "uint8"],
+                        help="memory runs: the image as normalised float32 (12 B/px, as bench's loader "
+                             "gives it) or raw uint8 RGB normalised inside the model (3 B/px)")
     parser.add_argument("--skip-vim", action="store_true")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-vim", action="store_true", help=argparse.SUPPRESS)
@@ -190,7 +198,7 @@ def main() -> None:
         return
 
     print(f"{args.model}: chunk_size={args.chunk_size} act_dtype={args.act_dtype} segment={args.segment} "
-          f"checkpointing={not args.no_checkpointing} threads={args.threads}; load average "
+          f"checkpointing={not args.no_checkpointing} threads={args.threads} input={args.input}; load average "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     rows = []
     if not args.skip_memory:

@@ -38,7 +38,7 @@ from .streaming import streamed_block
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20  # chunk_size="auto": working set of one piece in backward, about
-WHOLE_BYTES = 256 << 20  # chunk_size="auto": a layer whose whole working set is below runs unpieced
+UNPIECED_REGIONS = 4  # chunk_size="auto": inputs of at most this many regions (batch included) run unpieced
 
 
 def auto_chunk(channels: int, d_state: int = 16, expand: int = 2) -> int:
@@ -56,15 +56,17 @@ def _piece_bytes_per_token(channels: int, d_state: int, expand: int) -> int:
     return 4 * (12 * expand * channels + 16 * d_state)
 
 
-def auto_pieces(batch: int, seq_len: int, channels: int, d_state: int = 16, expand: int = 2) -> int | None:
-    """``chunk_size="auto"`` for one layer: ``auto_chunk`` tokens per piece, or None (one piece)
-    when the whole sequence's working set stays below ``WHOLE_BYTES`` (a batch of 224² images).
-    Pieces cost time: the forward runs the forward branch once more to get the boundary states,
-    and the backward recomputes and differentiates it once more for the state chain (about 4.5
-    instead of 3 passes over the mixer), which only pays when memory is the limit."""
-    if batch * seq_len * _piece_bytes_per_token(channels, d_state, expand) <= WHOLE_BYTES:
-        return None
-    return auto_chunk(channels, d_state, expand)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalise_rgb(tokens: Tensor, valid: Tensor) -> Tensor:
+    """Region grids of raw RGB ``(B, n, s, s, 3)`` uint8 → float32 ``(x / 255 - mean) / std``
+    (ImageNet statistics, the order of operations of ``bench``'s loaders), padding zero."""
+    mean = torch.tensor(IMAGENET_MEAN, device=tokens.device)
+    std = torch.tensor(IMAGENET_STD, device=tokens.device)
+    x = tokens.to(torch.float32).div_(255.0).sub_(mean).div_(std)  # one float32 copy, in place
+    return x.masked_fill_(~valid.unsqueeze(-1), 0.0)
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,9 @@ class PixelMamba(nn.Module):
     ``checkpointing`` (default True): every Mamba block streams its sequence in pieces straight
     from the region grid and keeps only its input for backward, recomputing each piece there
     (``streaming.streamed_block``); False runs the plain autograd path, which keeps everything.
-    ``chunk_size``: tokens per piece; ``"auto"`` (default, ``auto_pieces``) sizes pieces so that a
-    piece's working set is about ``CHUNK_BYTES`` at every layer, and runs a layer unpieced when
-    its whole working set is below ``WHOLE_BYTES`` (224² batches); None: one piece.
+    ``chunk_size``: tokens per piece; ``"auto"`` (default, ``_chunk``) sizes pieces so that a
+    piece's working set is about ``CHUNK_BYTES`` at every layer, and runs inputs of at most
+    ``UNPIECED_REGIONS`` regions (224² batches) unpieced; None: one piece.
     ``act_dtype``: dtype of the activations kept between layers (``torch.bfloat16`` halves what
     is kept for backward; each layer still computes in float32, so the only loss is the rounding
     of the stored layer inputs and of the gradients passed between layers).
@@ -178,14 +180,26 @@ class PixelMamba(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.checkpointing = enable
 
-    def _chunk(self, layer: PixelMambaLayer, tokens: Tensor) -> int | None:
+    def _chunk(self, layer: PixelMambaLayer, regions: int) -> int | None:
+        """Tokens per piece of ``layer`` for an input of ``regions`` initial regions (batch
+        included). ``"auto"``: ``auto_chunk``, except that small inputs (at most
+        ``UNPIECED_REGIONS`` regions: a batch of 224² images) run in one piece — pieces cost time
+        (the forward runs the forward branch once more for the boundary states, the backward
+        recomputes and differentiates it once more for the state chain: about 4.5 instead of 3
+        passes over the mixer, measured 24% more CPU time on 2 × 224²), which only pays when
+        memory is the limit."""
         if self.chunk_size == "auto":
-            B, n, h, w, _ = tokens.shape
-            return auto_pieces(B, n * (h * w + 1), layer.row.channels, self.cfg.d_state, self.cfg.expand)
+            if regions <= UNPIECED_REGIONS:
+                return None
+            return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand)
         return self.chunk_size  # type: ignore[return-value]
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, 3, H, W)`` → pooled CLS ``(B, num_features)``.
+
+        ``x`` is normalised with the ImageNet mean and std, or raw RGB as ``torch.uint8`` (0–255),
+        which is normalised here the same way: a slide then costs its holder 3 bytes per pixel
+        instead of 12.
 
         ``mask (B, H, W)``, optional, marks pixels to treat as padding (e.g. several slides of
         different sizes padded onto one canvas); padding to a multiple of the scan window is
@@ -193,6 +207,8 @@ class PixelMamba(nn.Module):
         """
         B, _, H, W = x.shape
         tokens, valid = image_to_regions(x, self.cfg.scan_window, mask)  # (B, n, s, s, 3)
+        if x.dtype == torch.uint8:
+            tokens = normalise_rgb(tokens, valid)
         n0 = tokens.shape[1]
         tokens = tokens.to(self.act_dtype)
         cls = self.cls_token.expand(B, n0, -1)  # (B, n, 3)
@@ -202,7 +218,7 @@ class PixelMamba(nn.Module):
         def run(first: int, tokens: Tensor, cls: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             for layer in self.layers[first: first + segment]:
                 k = merge_count(n0, self.cfg.alpha, self.cfg.depth, tokens.shape[1])
-                tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer, tokens), streaming)
+                tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer, B * n0), streaming)
             return tokens, cls, valid
 
         for first in range(0, self.cfg.depth, segment):

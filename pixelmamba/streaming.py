@@ -101,7 +101,7 @@ def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states
     # top, and the heap then grows by a piece's working set each time instead of reusing it.
     out = torch.empty(flat.shape, dtype=out_dtype, device=dev)
     out_cls = torch.empty(cls.shape, dtype=torch.float32, device=dev)
-    states = _state_store(mixer, flat.shape[0], 2 * len(bounds), dev)
+    states = _state_store(mixer, flat.shape[0], 2 * len(bounds), dev).unbind(0)  # views made now too
     h_f: list[Tensor | None] = [None]
     for i, (s, e) in enumerate(bounds[:-1]):
         lo = max(0, s - k)
@@ -157,7 +157,7 @@ class _StreamedBlock(torch.autograd.Function):
                 if g is not None:
                     acc += g
 
-        g_hf_store = _state_store(mixer, flat.shape[0], len(bounds), dev)  # see _run_forward
+        g_hf_store = _state_store(mixer, flat.shape[0], len(bounds), dev).unbind(0)  # see _run_forward
         g_hf_from_y: list[Tensor | None] = [None] * len(bounds)
         g_hb = None  # gradient of the backward-branch state that the current piece returns
         with torch.enable_grad():

@@ -239,3 +239,15 @@ def test_trains_on_a_tiny_task() -> None:
         losses.append(loss.item())
     print("losses:", [round(v, 3) for v in losses])
     assert min(losses[-3:]) < 0.5 * losses[0]
+
+
+def test_uint8_input_equals_normalised_float(tiny: PixelMamba) -> None:
+    """Raw RGB (uint8) in, normalised inside, against the float image normalised as bench's
+    loaders do it (x / 255 - mean) / std: same features, also with padding (30x40 -> 32x64)."""
+    torch.manual_seed(3)
+    rgb = torch.randint(0, 256, (1, 3, 30, 40), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    ref = (rgb.float().div_(255.0) - mean) / std
+    with torch.no_grad():
+        torch.testing.assert_close(tiny.forward_features(rgb), tiny.forward_features(ref), rtol=1e-5, atol=1e-6)
