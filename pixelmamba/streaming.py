@@ -88,10 +88,19 @@ def _state_store(mixer, batch: int, count: int, device: torch.device) -> Tensor:
     return torch.empty(count, batch, mixer.d_inner, mixer.d_state, dtype=torch.float32, device=device)
 
 
+def _states(store: Tensor) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    """``h_f`` (state entering piece ``i`` from the left) and ``h_b`` (entering it from the
+    right) as lists of views of ``_run_forward``'s store, ``None`` at the sequence ends."""
+    n = store.shape[0] // 2
+    views = store.unbind(0)
+    return [None, *views[: n - 1]], [*views[n:], None]
+
+
 def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states: bool,
                  out_dtype: torch.dtype = torch.float32):
     """The streamed block without autograd: output grid ``(B, n*h*w, C)`` in ``out_dtype`` and
-    CLS ``(B, n, C)`` in float32, padded tokens zeroed; with ``keep_states`` also the boundary states."""
+    CLS ``(B, n, C)`` in float32, padded tokens zeroed, and the boundary states in one tensor
+    (``_states``; the backward branch's only with ``keep_states``)."""
     mixer, norm = block.mixer, block.norm
     k = mixer.d_conv - 1
     L, dev = idx.length, flat.device
@@ -101,7 +110,8 @@ def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states
     # top, and the heap then grows by a piece's working set each time instead of reusing it.
     out = torch.empty(flat.shape, dtype=out_dtype, device=dev)
     out_cls = torch.empty(cls.shape, dtype=torch.float32, device=dev)
-    states = _state_store(mixer, flat.shape[0], 2 * len(bounds), dev).unbind(0)  # views made now too
+    store = _state_store(mixer, flat.shape[0], 2 * len(bounds), dev)
+    states = store.unbind(0)  # the views are made now too
     h_f: list[Tensor | None] = [None]
     for i, (s, e) in enumerate(bounds[:-1]):
         lo = max(0, s - k)
@@ -120,21 +130,23 @@ def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states
         y_tok = y[:, keep] * valid_flat.index_select(1, tok[keep]).unsqueeze(-1)
         out.index_copy_(1, tok[keep], y_tok.to(out_dtype))
         out_cls.index_copy_(1, region[is_cls], y[:, is_cls])
-    return out, out_cls, (h_f, h_b if keep_states else None)
+    return out, out_cls, store
 
 
 class _StreamedBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat, cls, valid_flat, block, idx, chunk, out_dtype, *params):  # noqa: D102
-        out, out_cls, (h_f, h_b) = _run_forward(block, flat, cls, valid_flat, idx, chunk, True, out_dtype)
-        ctx.save_for_backward(flat, cls, valid_flat)
-        ctx.block, ctx.idx, ctx.chunk, ctx.h_f, ctx.h_b = block, idx, chunk, h_f, h_b
+        out, out_cls, store = _run_forward(block, flat, cls, valid_flat, idx, chunk, True, out_dtype)
+        # saved, not a ctx attribute: autograd frees saved tensors once backward has used them
+        ctx.save_for_backward(flat, cls, valid_flat, store)
+        ctx.block, ctx.idx, ctx.chunk = block, idx, chunk
         return out, out_cls
 
     @staticmethod
     def backward(ctx, g_out, g_out_cls):  # noqa: D102
-        flat, cls, valid_flat = ctx.saved_tensors
-        block, idx, h_f, h_b = ctx.block, ctx.idx, ctx.h_f, ctx.h_b
+        flat, cls, valid_flat, store = ctx.saved_tensors
+        block, idx = ctx.block, ctx.idx
+        h_f, h_b = _states(store)
         mixer, norm = block.mixer, block.norm
         params = [p for p in block.parameters()]
         trainable = [p for p in params if p.requires_grad]
