@@ -9,8 +9,11 @@ import torch
 
 
 def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> torch.nn.Module:
-    """Pixel-Mamba for slides: activations kept for backward in bfloat16 unless overridden
-    (``--model act_dtype=float32``); every layer still computes in float32 (docs/pixelmamba.md)."""
+    """Pixel-Mamba for slides: activations kept for backward in bfloat16 and only every second
+    layer's input kept (``segment=2``: the layer between is recomputed in backward, about a
+    quarter more time for half the kept activations) unless overridden (``--model
+    act_dtype=float32``, ``--model segment=1``); every layer still computes in float32
+    (docs/pixelmamba.md, "Memory")."""
     from pixelmamba import create_model
 
-    return create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", **overrides})
+    return create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", "segment": 2, **overrides})
