@@ -155,7 +155,7 @@ def test_prov_gigapath_50000_tiles():
     assert out.shape == (1, 4) and torch.isfinite(out).all()
 
 
-@pytest.mark.slow  # 11 full-width LongNet layers over 50,001 tokens per variant: minutes (docs/hierarchical.md)
+@pytest.mark.slow  # 11 full-width LongNet layers over 50,001 tokens: ~500 CPU-s per variant (docs/hierarchical.md)
 @pytest.mark.parametrize("variant", ["cls", "feat"])
 def test_prov_gigapath_full_size_50000_tiles(variant):
     """The issue's 50,000-patch bag through the registered rows at full width (768-d, 16 heads, the
