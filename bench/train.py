@@ -91,7 +91,8 @@ def vote(probs: torch.Tensor, how: str) -> torch.Tensor:
     ``majority``: each view votes for its arg-max class; the score of a class is its share of the
     votes (for a binary task, the fraction of regions called positive — the AUC is computed on it).
     The predicted class is the arg-max of the scores; a tie between classes is broken by the mean
-    probability, nudged into the scores by at most 1e-6 so ranking by score is unchanged otherwise.
+    probability, mixed into the scores with weight 1e-6 / V (less than a vote), so ranking by score is
+    unchanged otherwise and the scores stay probabilities (in [0, 1], summing to 1).
     ``mean_prob``: the mean of the views' probabilities (soft voting).
     """
     if probs.dim() != 2 or probs.shape[0] == 0:
@@ -101,7 +102,8 @@ def vote(probs: torch.Tensor, how: str) -> torch.Tensor:
     if how == "majority":
         n_views, n_cls = probs.shape
         share = torch.bincount(probs.argmax(1), minlength=n_cls).double() / n_views
-        return (share + 1e-6 * probs.double().mean(0) / n_views).float()
+        eps = 1e-6 / n_views
+        return ((1 - eps) * share + eps * probs.double().mean(0)).float()
     raise ValueError(f"unknown voting {how!r}; use one of {VOTING}")
 
 

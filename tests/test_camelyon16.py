@@ -49,6 +49,10 @@ def test_majority_vote_and_soft_vote_on_a_constructed_case():
     # a 2-2 tie is broken by the mean probability
     tie = torch.tensor([[0.4, 0.6], [0.45, 0.55], [0.9, 0.1], [0.8, 0.2]])
     assert int(vote(tie, "majority").argmax()) == 0
+    # scores stay probabilities: a unanimous vote is 1, not 1 + the tie-break nudge
+    unanimous = vote(torch.tensor([[0.1, 0.9], [0.2, 0.8]]), "majority")
+    assert float(unanimous[1]) <= 1.0 and float(unanimous[0]) >= 0.0
+    assert float(unanimous.sum()) == pytest.approx(1.0) and float(maj.sum()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown voting"):
         vote(probs, "max")
 
