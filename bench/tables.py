@@ -198,11 +198,18 @@ def _latex_escape(s: str) -> str:
     return s
 
 
+# the supplement's CAMELYON16 protocol: "100 regions of size 2048 x 2048 at 20x" per slide
+PAPER_REGIONS = "100 regions 2048px@20x"
+
+
 def _magnification_note(row: pd.Series) -> str:
     """``0.625x`` when an end-to-end row read the slide at another magnification than the paper's
-    (the registry's default, 2.5x) — e.g. the demo's — else empty: rows at the paper's setting
-    read as in the paper."""
+    (the registry's default, 2.5x) — e.g. the demo's — and ``2 regions 64px@5x`` when it voted over
+    other regions than the supplement's 100 of 2048 px at 20x; else empty: rows at the paper's
+    setting read as in the paper."""
     inp = str(row.get("input") or "")
+    if row.get("family") == "end-to-end" and " regions " in inp:
+        return "" if inp == PAPER_REGIONS else inp
     if row.get("family") != "end-to-end" or not inp.startswith("slide@"):
         return ""
     from .registry import _METHODS
@@ -348,7 +355,8 @@ def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]
     rows = []
     for (method, variant), g in sub.groupby(["method", "variant"], sort=False):
         first = g.iloc[0]
-        name = str(first["label"]) + (f" ({variant})" if variant else "")
+        extra = [x for x in (variant, _magnification_note(first)) if x]
+        name = str(first["label"]) + (f" ({', '.join(extra)})" if extra else "")
         if first["family"] == "two-stage" and (first.get("encoder") or "") in ENCODERS:
             name = f"{ENCODERS[first['encoder']]['label']}+{first['label']}" + (f" ({variant})" if variant else "")
         row = {"name": name, "random": bool(g["random_weights"].astype(bool).any()), "standin": _standin(g),

@@ -182,3 +182,24 @@ def test_summary_recounts_trainable_parameters_of_old_hierarchical_results(tmp_p
     # LayerNorm, which never run (7,095,552 + 1,536 by hand: 4 x (768² + 768) attention, 2 x 768 LNs
     # and a 768 sub-LN, fc1 768·3072 + 3072, its 3072 sub-LN, fc2 3072·768 + 768)
     assert got == {"frozen": 6_148, "": 86_337_028 - 7_095_552 - 1_536}
+
+
+def test_region_voting_rows_name_their_regions_unless_the_papers():
+    """An end-to-end row that voted over other regions than the supplement's 100 x 2048 px at 20x says
+    which, in Table 2's layout and in the classification table; at the paper's setting it does not."""
+    from bench.tables import classification_table
+
+    base = {"variant": "", "family": "end-to-end", "encoder": "", "label": "Pixel-Mamba-6M", "params": 6_264_980,
+            "task": "classification", "primary": True, "std": 0.0, "n_folds": 5, "n_defined": 5, "folds": "",
+            "random_weights": False, "train_seconds": 1.0}
+    rows = [{**base, "method": "pixelmamba-6m", "dataset": d, "input": inp, "metric": metric, "mean": 0.8,
+             "primary": metric == "auc"}
+            for d, inp in (("small", "2 regions 64px@5x"), ("paper", "100 regions 2048px@20x"))
+            for metric in ("auc", "accuracy")]
+    s = pd.DataFrame(rows)
+    _, md = classification_table(s, "small")
+    assert "| Pixel-Mamba-6M (2 regions 64px@5x) |" in md
+    _, md = classification_table(s, "paper")
+    assert "| Pixel-Mamba-6M |" in md
+    md = to_markdown(*build_table(s[s["dataset"] == "small"], tasks=["classification"]))
+    assert "| Pixel-Mamba-6M (2 regions 64px@5x) | Pixel-Mamba | 6.3M |" in md
