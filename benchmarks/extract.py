@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# as `bench` sets it before torch loads: spinning OpenMP threads otherwise take the cores that
+# decoding (a worker process or thread) needs while the encoder waits for its next batch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
 

@@ -47,7 +47,7 @@ from filelock import FileLock, Timeout
 
 from feature_cache.encoders import Encoder
 from feature_cache.loader import default_threads, default_workers
-from feature_cache.slide import Slide, SlideError, mag_to_mpp, mpp_to_mag, open_slide
+from feature_cache.slide import SlideError, mag_to_mpp, mpp_to_mag, open_slide
 from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue
 
 __all__ = ["FeatureCache", "ExtractReport", "CacheMissError", "CACHE_FORMAT_VERSION"]
