@@ -1,10 +1,12 @@
 """Pixel-Mamba's numbers, side by side (issue 5): memory per pixel, linearity, cost vs Vim-Ti.
 
 1. Peak memory of one forward+backward of Pixel-Mamba-6M per input pixel at 512², 1024², 2048²
-   (goal <= 80 B/px). Each size runs in a fresh subprocess; its peak resident set size
-   (``ru_maxrss``) minus the resident size after building the model and one forward+backward of
-   a tiny image (kernels compiled, parameter gradients allocated: costs of the model, not of the
-   image) is what training that image costs. The input image (float32, 12 B/px, or with
+   (goal <= 80 B/px). Each size runs in a fresh subprocess. The resident size after building the
+   model and one forward+backward of a tiny image (kernels compiled, parameter gradients
+   allocated: costs of the model, not of the image) and returning the heap's free pages is the
+   base; the peak resident size from then on (``VmHWM``, restarted there: the process's earlier
+   peak, e.g. compiling kernels, is not the image's) minus the base is what training that image
+   costs. The input image (float32, 12 B/px, or with
    ``--input uint8`` raw RGB, 3 B/px) is allocated after the baseline and counted. The marginal
    B/px between two sizes is printed too.
 2. Time ratio 2048² / 1024² of the same runs (goal <= 4.4: 4x the pixels, linear time).
@@ -35,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import bench` sets it
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak() -> None:
+    """Restart the peak resident size (VmHWM) at the current one (Linux: ``/proc/self/clear_refs``)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_bytes() -> int:
+    """Peak resident size since ``_reset_peak`` (VmHWM; ``ru_maxrss`` is not reset by it)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
@@ -111,6 +127,7 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     tracer = _trace_phases(net) if args.trace else None
     release_free_memory()  # the warm-up's freed heap pages would otherwise hide in the base
     base = _rss_bytes()
+    _reset_peak()  # the process's peak so far (imports, kernel compilation) is not the image's
     if args.input == "uint8":  # raw RGB, normalised inside the model (3 bytes/pixel, not 12)
         x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8)
     else:
@@ -121,7 +138,7 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
         tracer[2][0][0] = "fwd end"
     loss.backward()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_bytes()
     out = {"size": size, "pixels": size * size, "base_bytes": base, "peak_bytes": peak, "seconds": seconds,
            "cpu_seconds": cpu}
     if tracer:
