@@ -51,6 +51,9 @@ class MethodSpec:
     needs_cuda: bool = False
     group: str = ""  # row group in tables
     backbone: str = ""  # end-to-end: the network family shown in the tables' Backbone column
+    # end-to-end: the model takes raw uint8 RGB and normalises it itself (a slide held as 3 bytes
+    # per pixel instead of 12: part of Pixel-Mamba's memory budget, docs/pixelmamba.md)
+    raw_rgb: bool = False
 
     @property
     def feature_dim(self) -> int | None:
@@ -161,10 +164,10 @@ for _variant, _label in (("cls", "Prov-GigaPath (CLS token)"), ("feat", "Prov-Gi
 
 
 def register_end_to_end(name: str, label: str, builder: str, backbone: str, magnification: float = 2.5,
-                        **kwargs: Any) -> None:
+                        raw_rgb: bool = False, **kwargs: Any) -> None:
     register(MethodSpec(name=name, family="end-to-end", builder=builder, label=label, input="slide",
                         magnification=magnification, config="end_to_end", kwargs=kwargs, group="End-to-end",
-                        backbone=backbone))
+                        backbone=backbone, raw_rgb=raw_rgb))
 
 
 # End-to-end rows: the whole slide at 2.5x (the paper's setting), ImageNet-style initialisation.
@@ -173,6 +176,6 @@ register_end_to_end("vim-ti", "Vision Mamba (16)", "baselines.vim:vim_ti", "Vim-
 register_end_to_end("vim-ti-32", "Vision Mamba (32)", "baselines.vim:vim_ti", "Vim-Ti", patch_size=32)
 register_end_to_end("vim-ti-16+32", "Vision Mamba (16+32)", "baselines.vim:vim_ti_multiscale", "Vim-Ti")
 register_end_to_end("pixelmamba-6m", "Pixel-Mamba-6M", "bench.models:pixelmamba", "Pixel-Mamba",
-                    variant="pixelmamba-6m")
+                    raw_rgb=True, variant="pixelmamba-6m")
 register_end_to_end("pixelmamba-21m", "Pixel-Mamba-21M", "bench.models:pixelmamba", "Pixel-Mamba",
-                    variant="pixelmamba-21m")
+                    raw_rgb=True, variant="pixelmamba-21m")

@@ -292,13 +292,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class SlideInputs:
     """End-to-end inputs: the whole slide at one magnification, ``(1, 3, H, W)`` normalised with
-    ImageNet statistics (the end-to-end models start from ImageNet pre-training). A case with several
+    ImageNet statistics (the end-to-end models start from ImageNet pre-training), or as uint8 RGB
+    for a model that normalises itself (``raw_rgb``: Pixel-Mamba, 3 bytes per pixel instead of 12). A case with several
     slides trains on one of them per step (drawn at random) and is predicted by averaging the
     logits of all of them."""
 
-    def __init__(self, cohort: Cohort, magnification: float, cache_root: Path, progress: bool) -> None:
+    def __init__(self, cohort: Cohort, magnification: float, cache_root: Path, progress: bool,
+                 raw_rgb: bool = False) -> None:
         from feature_cache.slide_cache import SlideImageCache
 
+        self.raw_rgb = raw_rgb  # hand the model uint8 RGB (it normalises itself: MethodSpec.raw_rgb)
         self.cohort = cohort
         self.magnification = float(magnification)
         self.cache = SlideImageCache(cache_root)
@@ -324,10 +327,7 @@ class SlideInputs:
 
     def _tensor(self, slide_id: str) -> torch.Tensor:
         arr = self.cache.get(slide_id, self.paths[slide_id], self.magnification)
-        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        return ((x - mean) / std).unsqueeze(0)  # (1, 3, H, W)
+        return _model_input(arr, self.raw_rgb)
 
     def sample(self, case_id: str, labels: dict[str, float]) -> Sample:
         slides = self._slides(case_id)
@@ -350,9 +350,11 @@ class RegionInputs(SlideInputs):
     (``bench.train.vote``). Regions are sampled once per slide (seeded, in tissue) and cached by
     ``feature_cache.regions.RegionCache``."""
 
-    def __init__(self, cohort: Cohort, regions: dict[str, Any], cache_root: Path, progress: bool) -> None:
+    def __init__(self, cohort: Cohort, regions: dict[str, Any], cache_root: Path, progress: bool,
+                 raw_rgb: bool = False) -> None:
         from feature_cache.regions import RegionCache
 
+        self.raw_rgb = raw_rgb
         from .train import VOTING
 
         unknown = set(regions) - set(REGION_DEFAULTS)
@@ -382,7 +384,9 @@ class RegionInputs(SlideInputs):
 
     def _region(self, slide_id: str, i: int | None) -> torch.Tensor | list[torch.Tensor]:
         arr = self.regions.regions(slide_id, self.paths[slide_id], self.cohort.spec.mpp_override)
-        return _normalise(arr[i]) if i is not None else [_normalise(a) for a in arr]
+        if i is not None:
+            return _model_input(arr[i], self.raw_rgb)
+        return [_model_input(a, self.raw_rgb) for a in arr]
 
     def sample(self, case_id: str, labels: dict[str, float]) -> Sample:
         slides = self._slides(case_id)
@@ -398,6 +402,14 @@ class RegionInputs(SlideInputs):
                     yield self._region(sid, i)
 
         return Sample(case_id, one, labels, views=views, vote=self.opts["voting"])
+
+
+def _model_input(arr: np.ndarray, raw_rgb: bool) -> torch.Tensor:
+    """(H, W, 3) uint8 → (1, 3, H, W): as is (uint8) for a model that normalises itself, else
+    ``_normalise``d."""
+    if raw_rgb:
+        return torch.from_numpy(np.array(arr)).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return _normalise(arr)
 
 
 def _normalise(arr: np.ndarray) -> torch.Tensor:
@@ -492,9 +504,9 @@ def make_inputs(spec: MethodSpec, cohort: Cohort, cache: Path | str, model_opts:
                                            cohort.spec.allow_random_weights, progress,
                                            standin=cohort.spec.random_encoder_standin)
     if model_opts.get("regions"):
-        return RegionInputs(cohort, dict(model_opts["regions"]), Path(cache), progress)
+        return RegionInputs(cohort, dict(model_opts["regions"]), Path(cache), progress, raw_rgb=spec.raw_rgb)
     mag = float(model_opts.get("magnification", spec.magnification or 2.5))
-    return SlideInputs(cohort, mag, Path(cache), progress)
+    return SlideInputs(cohort, mag, Path(cache), progress, raw_rgb=spec.raw_rgb)
 
 
 @dataclass

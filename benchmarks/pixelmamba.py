@@ -6,8 +6,8 @@
    allocated: costs of the model, not of the image) and returning the heap's free pages is the
    base; the peak resident size from then on (``VmHWM``, restarted there: the process's earlier
    peak, e.g. compiling kernels, is not the image's) minus the base is what training that image
-   costs. The input image (float32, 12 B/px, or with
-   ``--input uint8`` raw RGB, 3 B/px) is allocated after the baseline and counted. The marginal
+   costs. The input image (raw uint8 RGB, 3 B/px, as ``bench`` feeds Pixel-Mamba; ``--input
+   float32``: normalised float32, 12 B/px) is allocated after the baseline and counted. The marginal
    B/px between two sizes is printed too.
 2. Time ratio 2048² / 1024² of the same runs (goal <= 4.4: 4x the pixels, linear time).
 3. Forward+backward time of Pixel-Mamba-6M vs Vim-Ti on the same batch of 224² images (goal
@@ -205,9 +205,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--trace", action="store_true", help="print the peak RSS of every layer phase")
-    parser.add_argument("--input", default="float32", choices=["float32", "uint8"],
-                        help="memory runs: the image as normalised float32 (12 B/px, as bench's loader "
-                             "gives it) or raw uint8 RGB normalised inside the model (3 B/px)")
+    parser.add_argument("--input", default="uint8", choices=["float32", "uint8"],
+                        help="memory runs: raw uint8 RGB normalised inside the model (3 B/px; default, as "
+                             "bench's loader gives Pixel-Mamba slides) or a normalised float32 image (12 B/px)")
     parser.add_argument("--skip-vim", action="store_true")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-vim", action="store_true", help=argparse.SUPPRESS)

@@ -36,3 +36,23 @@ def test_listing_imports_no_torch():
     code = "import sys, bench.registry as r; r.list_methods(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_pixelmamba_gets_raw_rgb_slides():
+    """Pixel-Mamba takes uint8 slides and normalises them itself (docs/pixelmamba.md, memory);
+    the raw tensor holds the same pixels, in the same layout, as the normalised one."""
+    import numpy as np
+    import torch
+
+    from bench.registry import get_method
+    from bench.runner import _model_input, _normalise
+
+    assert get_method("pixelmamba-6m").raw_rgb and get_method("pixelmamba-21m").raw_rgb
+    assert not get_method("vim-ti").raw_rgb and not get_method("longvit-s").raw_rgb
+    arr = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    raw = _model_input(arr, True)
+    assert raw.dtype == torch.uint8 and raw.shape == (1, 3, 5, 7)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    torch.testing.assert_close((raw.float().div(255.0) - mean) / std, _normalise(arr), rtol=0, atol=0)
+    assert torch.equal(_model_input(arr, False), _normalise(arr))
