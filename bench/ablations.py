@@ -24,6 +24,7 @@ import pandas as pd
 import yaml
 
 from .datasets import CONFIG_DIR
+from .tables import two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
 PAPER_NAMES = {"ViT-S": "LongViT", "Vim-Ti": "Vision-Mamba", "Pixel-Mamba": "Pixel-Mamba"}
@@ -265,7 +266,7 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
                 cells[col] = spec.backbone or spec.label
             elif col == "params":
                 p = h["params"] if h is not None else None
-                cells[col] = "–" if p is None or pd.isna(p) else f"{float(p) / 1e6:.2g}"
+                cells[col] = "–" if p is None or pd.isna(p) else two_sig(float(p) / 1e6)
             elif col == ablation.override or col == "value":
                 cells[col] = _fmt(it.value) + ("x" if col == "magnification" else "")
             elif col in ablation.table.get("cells", {}):
@@ -282,7 +283,7 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
             mem = cuda if cuda is not None and not pd.isna(cuda) else rss
             cells["peak_memory"] = "–" if mem is None or pd.isna(mem) else f"{float(mem) / 1024:.2f}"
             sps = h.get("train_seconds_per_slide", float("nan"))
-            cells["seconds_per_slide"] = "–" if sps is None or pd.isna(sps) else f"{float(sps):.2g}"
+            cells["seconds_per_slide"] = "–" if sps is None or pd.isna(sps) else two_sig(float(sps))
         else:
             cells["peak_memory"] = cells["seconds_per_slide"] = "–"
         pub = _lookup(ablation.published, it.paper_value if it.variant else it.method) if ablation.published else None

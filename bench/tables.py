@@ -228,10 +228,20 @@ def _name(row: pd.Series) -> str:
     return str(row["label"]) + (f" ({', '.join(extra)})" if extra else "")
 
 
+def two_sig(v: float) -> str:
+    """Two significant digits for a table cell, never in exponent notation: 0.0042, 0.99, 2.0,
+    23, 120 (``f"{v:.2g}"`` would print 2, 1.2e+02)."""
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    if abs(v) >= 10:
+        return f"{round(v, 1 - int(math.floor(math.log10(abs(v))))):.0f}"
+    return f"{v:#.2g}".rstrip(".")
+
+
 def _compute_text(row: pd.Series) -> list[str]:
     mb, sps = row.get("peak_mb"), row.get("seconds_per_slide")
     return ["–" if mb is None or math.isnan(mb) else f"{mb / 1024:.2f}",
-            "–" if sps is None or math.isnan(sps) else f"{sps:.2g}"]
+            "–" if sps is None or math.isnan(sps) else two_sig(sps)]
 
 
 def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "", label: str = "tab:main",

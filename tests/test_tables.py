@@ -203,3 +203,11 @@ def test_region_voting_rows_name_their_regions_unless_the_papers():
     assert "| Pixel-Mamba-6M |" in md
     md = to_markdown(*build_table(s[s["dataset"] == "small"], tasks=["classification"]))
     assert "| Pixel-Mamba-6M (2 regions 64px@5x) | Pixel-Mamba | 6.3M |" in md
+
+
+def test_two_sig_never_prints_exponents() -> None:
+    from bench.tables import two_sig
+
+    cases = {0.0042: "0.0042", 0.99: "0.99", 2.0: "2.0", 1.14: "1.1", 23.4: "23", 123.4: "120",
+             9.96: "10", 1449.0: "1400", 0.0: "0"}
+    assert {v: two_sig(v) for v in cases} == cases
