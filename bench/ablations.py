@@ -190,8 +190,10 @@ class AblationResult:
 def run_ablation(ablation: Ablation, dataset: str, *, task: str | None = None, values: list[Any] | None = None,
                  folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
                  n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
-                 model_overrides: dict[str, Any] | None = None, progress: bool = True) -> AblationResult:
-    """Run (or resume) every row of ``ablation`` on ``dataset`` through the runner."""
+                 model_overrides: dict[str, Any] | None = None, progress: bool = True,
+                 order: str = "task") -> AblationResult:
+    """Run (or resume) every row of ``ablation`` on ``dataset`` through the runner (``order``: as
+    ``runner.grid_order``)."""
     from .datasets import load_spec
     from .registry import get_method
     from .runner import Variant, run
@@ -203,7 +205,8 @@ def run_ablation(ablation: Ablation, dataset: str, *, task: str | None = None, v
     items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
     variants = [Variant(get_method(i.method), i.variant, dict(i.model)) for i in items]
     report = run(variants, dataset, tasks=[task], folds=folds, results=results, cache=cache, n_folds=n_folds,
-                 seed=seed, train_overrides=train_overrides, model_overrides=model_overrides, progress=progress)
+                 seed=seed, train_overrides=train_overrides, model_overrides=model_overrides, progress=progress,
+                 order=order)
     return AblationResult(ablation, report.dataset, task, items, notes, report)
 
 

@@ -113,15 +113,18 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
            cache: Path | str = "cache", tasks: list[str] | None = None, folds: list[int] | None = None,
            n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
            model_overrides: dict[str, Any] | None = None, tuned: bool = False,
-           progress: bool = True) -> LaunchReport:
-    """Submit every unit not yet done as one job array; wait for it unless ``opts.wait`` is False."""
+           progress: bool = True, order: str = "task") -> LaunchReport:
+    """Submit every unit not yet done as one job array; wait for it unless ``opts.wait`` is False.
+
+    ``order`` (``runner.grid_order``) orders the array's tasks: with ``array_parallelism`` below
+    the array's size, SLURM starts them in that order."""
     from .runner import run
 
     _submitit()  # fail before any work when it is missing
     t0 = time.perf_counter()
     plan = run(methods, dataset, tasks=tasks, folds=folds, results=results, cache=cache, n_folds=n_folds,
                seed=seed, train_overrides=train_overrides, model_overrides=model_overrides, progress=progress,
-               tuned=tuned, dry_run=True)
+               tuned=tuned, dry_run=True, order=order)
     report = LaunchReport(dataset=plan.dataset, done_before=list(plan.done_before), failed=dict(plan.failed))
     if not plan.todo:
         report.seconds = time.perf_counter() - t0

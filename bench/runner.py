@@ -523,7 +523,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
         n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
         model_overrides: dict[str, Any] | None = None, progress: bool = True, tuned: bool = False,
-        dry_run: bool = False, init: Path | str | None = None) -> RunReport:
+        dry_run: bool = False, init: Path | str | None = None, order: str = "task") -> RunReport:
     """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet done.
 
     ``methods`` may hold :class:`Variant` s (an ablation's values), each stored under its name.
@@ -533,6 +533,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     ``tuned``: each unit uses the best hyper-parameters that ``bench tune`` found for its outer fold
     (variant ``tuned``; a unit without them fails, naming the command to run). ``dry_run``: resolve
     and classify units (done / to do, in ``report.todo``) without training anything.
+    ``order``: the order units run in (``grid_order``): ``task`` (default), ``method`` or ``fold``.
     """
     t0 = time.perf_counter()
     variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
@@ -562,8 +563,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
             inputs[key] = make_inputs(spec, cohort, cache, opts, progress)
         return key, inputs[key]
 
-    grid = [(t, v, k) for t in tasks for v in variants for k in range(splits[t].n_folds)
-            if folds is None or k in folds]
+    grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, order)
     extracted: set[str] = set()
     ensured_here: set[str] = set()  # inputs rank 0 filled to check recovered cases
     input_errors: set[str] = set()
@@ -682,6 +682,31 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         store.summarize(dataset)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+ORDERS = ("task", "method", "fold")
+
+
+def grid_order(tasks: list[str], variants: list[Any], n_folds: dict[str, int], folds: list[int] | None,
+               order: str = "task") -> list[tuple[str, Any, int]]:
+    """The (task, variant, fold) units of a run, in the order they are trained.
+
+    ``task`` (default): every unit of the first task, then the next task — each method's folds
+    together. ``method``: every unit of the first method (all its tasks and folds), then the next:
+    a method's row is complete in every table early. ``fold``: fold 0 of every (task, method), then
+    fold 1, ...: after the first round every table has every row, from one fold (marked ``1/5
+    folds``), and each further round tightens them all — the order for a first look at a long grid.
+    Which units exist does not depend on the order, and a resumed run skips done units in any order.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+    keep = [(t, v, k) for t in tasks for v in variants for k in range(n_folds[t]) if folds is None or k in folds]
+    t_pos = {t: i for i, t in enumerate(tasks)}
+    v_pos = {id(v): i for i, v in enumerate(variants)}
+    key = {"task": lambda u: (t_pos[u[0]], v_pos[id(u[1])], u[2]),
+           "method": lambda u: (v_pos[id(u[1])], t_pos[u[0]], u[2]),
+           "fold": lambda u: (u[2], t_pos[u[0]], v_pos[id(u[1])])}[order]
+    return sorted(keep, key=key)
 
 
 def _recovered_cases(without: list[str], key: str, fi: Inputs, ensured_here: set[str]) -> list[str]:

@@ -167,3 +167,34 @@ def test_each_job_runs_the_entry_its_unit_came_from():
     assert _entry_of(Unit("d", "survival", "abmil.conch", 0, "alpha=0.4+tuned"), methods, True) is var
     with pytest.raises(LaunchError, match="no method entry"):
         _entry_of(Unit("d", "survival", "maxmil.conch", 0), methods, False)
+
+
+def test_grid_order_hand_written():
+    from bench.runner import grid_order
+
+    a, b = object(), object()
+    names = {id(a): "A", id(b): "B"}
+
+    def show(order, folds=None):
+        units = grid_order(["staging", "survival"], [a, b], {"staging": 2, "survival": 3}, folds, order)
+        return [f"{t[:2]}{names[id(v)]}{k}" for t, v, k in units]
+
+    assert show("task") == ["stA0", "stA1", "stB0", "stB1", "suA0", "suA1", "suA2", "suB0", "suB1", "suB2"]
+    assert show("method") == ["stA0", "stA1", "suA0", "suA1", "suA2", "stB0", "stB1", "suB0", "suB1", "suB2"]
+    assert show("fold") == ["stA0", "stB0", "suA0", "suB0", "stA1", "stB1", "suA1", "suB1", "suA2", "suB2"]
+    assert show("fold", folds=[2, 0]) == ["stA0", "stB0", "suA0", "suB0", "suA2", "suB2"]
+    with pytest.raises(ValueError, match="unknown order 'random'; choose one of task, method, fold"):
+        show("random")
+
+
+def test_run_plans_units_in_the_requested_order(cohort):
+    """The order reaches the runner's plan (and so the submitted job array) through the real grid."""
+    from bench.runner import run
+
+    spec, root = cohort
+    methods = [get_method("meanmil.resnet50"), get_method("maxmil.resnet50")]
+    plan = run(methods, str(spec), results=root / "order-results", cache=root / "cache", folds=[0, 1],
+               progress=False, dry_run=True, order="fold")
+    got = [(p.unit.fold, p.unit.task, p.unit.method) for p in plan.todo]
+    assert got == [(k, t, m) for k in (0, 1) for t in ("staging", "survival")
+                   for m in ("meanmil.resnet50", "maxmil.resnet50")]

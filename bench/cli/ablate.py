@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="training option override (epochs, lr, ...)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE",
                    help="model constructor override for every row (e.g. d_state=4 for a quick try)")
+    p.add_argument("--order", choices=("task", "method", "fold"), default="task",
+                   help="order units run in (as `bench run --order`): fold = fold 0 of every value first, "
+                        "so the table has every row early")
     p.add_argument("--table-only", action="store_true", help="do not train: write the table from finished units")
     g = p.add_argument_group("table options")
     g.add_argument("--stats", action="store_true",
@@ -77,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
         res = run_ablation(ablation, dataset, task=args.task, values=values, folds=folds, results=args.results,
                            cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                            train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                           progress=not args.quiet)
+                           progress=not args.quiet, order=args.order)
         items, notes, result_dataset, task, report = res.items, res.notes, res.dataset, res.task, res.report
     for note in notes:
         print(f"{result_dataset}: {note}")

@@ -14,6 +14,7 @@ EPILOG = """examples:
   python -m bench run --methods 'meanmil.resnet50,maxmil.resnet50,abmil.resnet50' --dataset demo
   python -m bench run --methods 'abmil.*' --dataset luad --tasks survival
   python -m bench run --methods all --dataset blca --folds 0,1 --set epochs=5
+  python -m bench run --methods all --dataset luad --order fold   # every row after fold 0, then refine
   python -m bench run --methods abmil.conch --dataset luad --tuned    # after `bench tune`
   python -m bench run --methods 'abmil.*' --dataset luad --launcher submitit --partition gpu --gpus 1 --time 240
   python -m bench run --methods pixelmamba-6m --dataset luad --nproc 8      # DDP, one slide per rank
@@ -38,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="training option override (epochs, lr, weight_decay, grad_accum, max_patches, ...)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE", help="model constructor override")
+    p.add_argument("--order", choices=("task", "method", "fold"), default="task",
+                   help="order units run in: task = each task's units together (default); method = a "
+                        "method's every unit before the next method; fold = fold 0 of everything first, "
+                        "then fold 1, ... (every table row early, from fewer folds)")
     p.add_argument("--tuned", action="store_true",
                    help="use the best parameters `bench tune` found for each outer fold (rows marked 'tuned')")
     p.add_argument("--init", type=Path, metavar="CHECKPOINT",
@@ -83,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     common = dict(tasks=args.tasks.split(",") if args.tasks else None, folds=parse_int_list(args.folds),
                   results=args.results, cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                  progress=not args.quiet, tuned=args.tuned, init=args.init)
+                  progress=not args.quiet, tuned=args.tuned, init=args.init, order=args.order)
     if args.launcher == "submitit":
         if args.init is not None:
             raise ValueError("--init is not passed to submitit jobs yet; run with --launcher local")
