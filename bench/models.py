@@ -13,7 +13,9 @@ def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> 
     layer's input kept (``segment=2``: the layers are recomputed in backward, 18% more CPU time
     measured at 512², for half the kept activations) unless overridden (``--model
     act_dtype=float32``, ``--model segment=1``); every layer still computes in float32
-    (docs/pixelmamba.md, "Memory")."""
+    (docs/pixelmamba.md, "Memory"). The library's ``checkpointing="auto"`` streams slides of more
+    than four 224² regions and runs smaller ones (where none of this memory matters, and segments
+    do not apply) on the faster plain autograd path."""
     from pixelmamba import create_model
 
     return create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", "segment": 2, **overrides})

@@ -11,13 +11,16 @@
    B/px between two sizes is printed too.
 2. Time ratio 2048² / 1024² of the same runs (goal <= 4.4: 4x the pixels, linear time).
 3. Forward+backward time of Pixel-Mamba-6M vs Vim-Ti on the same batch of 224² images (goal
-   ratio <= 1.5; the paper's FLOPs ratio is 1.27), both with their default options (Pixel-Mamba
-   at segment 1 here: a 224² batch needs no recomputed segments), median of ``--reps`` runs
-   after a warm-up.
+   ratio <= 1.5; the paper's FLOPs ratio is 1.27), both with their default options (Pixel-Mamba:
+   ``checkpointing="auto"``, which runs a batch of at most four 224² images on the plain autograd
+   path, and segment 1 here: such a batch needs no recomputation; Vim-Ti: per-block
+   checkpointing), median of ``--reps`` runs after a warm-up. The memory runs (512² and up) take
+   the streamed path under ``auto`` as before.
 
     python benchmarks/pixelmamba.py                               # everything, defaults
     python benchmarks/pixelmamba.py --sizes 512 1024 --skip-vim   # memory only
     python benchmarks/pixelmamba.py --act-dtype float32 --segment 1 --skip-memory
+    python benchmarks/pixelmamba.py --skip-memory --checkpointing on  # Vim comparison, streamed blocks
 
     python benchmarks/pixelmamba.py --sizes 1024 --skip-vim --trace  # peak RSS per layer phase
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -72,7 +76,14 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
 
     chunk = args.chunk_size if args.chunk_size in ("auto", "none") else int(args.chunk_size)
     return {"chunk_size": None if chunk == "none" else chunk, "act_dtype": getattr(torch, args.act_dtype),
-            "segment": args.segment, "checkpointing": not args.no_checkpointing}
+            "segment": args.segment, "checkpointing": _checkpointing(args)}
+
+
+def _checkpointing(args: argparse.Namespace) -> bool | str:
+    """``--checkpointing auto|on|off`` (``--no-checkpointing`` = off) as ``create_model`` takes it."""
+    if args.no_checkpointing:
+        return False
+    return {"auto": "auto", "on": True, "off": False}[args.checkpointing]
 
 
 def _trace_phases(net) -> tuple[dict[str, int], list[str], object]:
@@ -114,6 +125,7 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
 
     import pixelmamba
     from bench.memory import bound_heap_growth, release_free_memory
+    from pixelmamba.serialize import region_grid
 
     bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/memory.py)
     torch.set_num_threads(args.threads)
@@ -122,7 +134,10 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     # kernels compiled, thread pools up, and the parameter gradients allocated — 4 bytes per
     # parameter, 26.6 MB for the 6M model, a cost of the model like its weights, not of the image.
     net = pixelmamba.create_model(args.model, num_classes=4, **_model_kwargs(args))
+    mode = net.checkpointing  # the warm-up takes the path the measured image takes ("auto" would not)
+    net.set_grad_checkpointing(net.streams(math.prod(region_grid(size, size, net.cfg.scan_window))))
     net(torch.randn(1, 3, 32, 32)).sum().backward()
+    net.set_grad_checkpointing(mode)
     net.zero_grad(set_to_none=False)  # as between accumulation steps: the buffers stay
     tracer = _trace_phases(net) if args.trace else None
     release_free_memory()  # the warm-up's freed heap pages would otherwise hide in the base
@@ -182,7 +197,7 @@ def _child(args: argparse.Namespace, *extra: str) -> dict:
     cmd = [sys.executable, __file__, *extra, "--model", args.model, "--chunk-size", str(args.chunk_size),
            "--act-dtype", args.act_dtype, "--segment", str(args.segment), "--threads", str(args.threads),
            "--batch", str(args.batch), "--reps", str(args.reps)]
-    cmd += ["--no-checkpointing"] if args.no_checkpointing else []
+    cmd += ["--checkpointing", "off" if args.no_checkpointing else args.checkpointing]
     cmd += ["--trace"] if args.trace else []
     cmd += ["--input", args.input]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -199,7 +214,10 @@ def main() -> None:
     parser.add_argument("--act-dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--segment", type=int, default=2,
                         help="layers per recomputed segment (default 2, as bench trains Pixel-Mamba)")
-    parser.add_argument("--no-checkpointing", action="store_true", help="plain autograd path")
+    parser.add_argument("--checkpointing", default="auto", choices=["auto", "on", "off"],
+                        help="streamed blocks: 'auto' (the library default: plain autograd path for inputs of "
+                             "at most 4 regions, e.g. the 224² batch, streamed above), 'on' (always) or 'off'")
+    parser.add_argument("--no-checkpointing", action="store_true", help="same as --checkpointing off")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--batch", type=int, default=2, help="224² images per batch for the Vim comparison")
     parser.add_argument("--reps", type=int, default=3)
@@ -220,7 +238,7 @@ def main() -> None:
         return
 
     print(f"{args.model}: chunk_size={args.chunk_size} act_dtype={args.act_dtype} segment={args.segment} "
-          f"checkpointing={not args.no_checkpointing} threads={args.threads} input={args.input}; load average "
+          f"checkpointing={_checkpointing(args)} threads={args.threads} input={args.input}; load average "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     rows = []
     if not args.skip_memory:

@@ -188,6 +188,42 @@ def test_streaming_and_segments_change_nothing(tiny: PixelMamba, image: torch.Te
         tiny.checkpointing, tiny.chunk_size, tiny.segment = default
 
 
+def test_auto_checkpointing_plain_for_small_inputs_streamed_for_slides(monkeypatch) -> None:
+    """``checkpointing="auto"`` (the default): at most ``UNPIECED_REGIONS`` regions, batch
+    included (two 32² regions here; a batch of two 224² images at the paper's window), take the
+    plain autograd path, more (six regions: a slide) the streamed blocks, with or without
+    gradients; forcing the other path gives the same logits and gradients."""
+    import pixelmamba.model as pm_model
+
+    calls: list[int] = []
+    real = pm_model.streamed_block
+    monkeypatch.setattr(pm_model, "streamed_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = create_model("pixelmamba-6m", num_classes=3, **TINY)
+    assert model.checkpointing == "auto" and pm_model.UNPIECED_REGIONS == 4
+    assert not create_model("pixelmamba-6m").streams(2)  # 2 x 224²: one region per image
+    small, slide = torch.randn(2, 3, 32, 32), torch.randn(1, 3, 64, 96)  # 2 and 6 regions
+    for x, streamed, forced in [(small, False, True), (slide, True, False)]:
+        calls.clear()
+        out_auto, g_auto = _run(model, x)
+        assert len(calls) == (24 if streamed else 0)
+        with torch.no_grad():
+            model(x)
+        assert len(calls) == (48 if streamed else 0)
+        model.set_grad_checkpointing(forced)
+        try:
+            calls.clear()
+            out, g = _run(model, x)
+            assert len(calls) == (0 if streamed else 24)
+        finally:
+            model.set_grad_checkpointing("auto")
+        torch.testing.assert_close(out, out_auto, rtol=1e-4, atol=1e-5)
+        for name in g_auto:
+            torch.testing.assert_close(g[name], g_auto[name], rtol=1e-3, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="checkpointing"):
+        create_model("pixelmamba-6m", checkpointing="yes")
+
+
 def test_streamed_block_keeps_only_its_input() -> None:
     """What one streamed layer keeps for backward, seen by autograd's saved-tensor hooks: its
     input and the validity mask (shared, not copied) and the piece-boundary states (two
