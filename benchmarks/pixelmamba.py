@@ -21,6 +21,7 @@
     python benchmarks/pixelmamba.py --sizes 512 1024 --skip-vim   # memory only
     python benchmarks/pixelmamba.py --act-dtype float32 --segment 1 --skip-memory
     python benchmarks/pixelmamba.py --skip-memory --checkpointing on  # Vim comparison, streamed blocks
+    python benchmarks/pixelmamba.py --skip-memory --breakdown  # ... and where its ratio comes from
 
     python benchmarks/pixelmamba.py --sizes 1024 --skip-vim --trace  # peak RSS per layer phase
 
@@ -28,6 +29,13 @@ Every time is printed twice: wall seconds and CPU seconds of the measuring proce
 (``time.process_time``; one torch thread by default, so CPU time is the work done, while wall
 time also counts waiting for a core on a shared machine). The load average is printed at the
 start and the end; memory numbers do not depend on it.
+
+``--breakdown`` (with 3.): every Pixel-Mamba block is timed alone (fwd+bwd) on the sequence it
+scans for the 224² batch, and one Vim-Ti block with and without its per-block checkpointing. The
+blocks are the same module, so the ratio of the two networks is the ratio of their scanned work
+(Σ tokens × inner channels: it sets the cost of the scan, the convolutions, gates and
+projections alike) times the ratio of their cost per unit of that work, divided by Vim-Ti's
+recomputation; the printout gives the three factors.
 
 ``--trace``: a thread samples the resident size every 5 ms and layer hooks name the phase (``fwd
 L7``; ``recomp L7`` when a segment is recomputed in backward; ``bwd L7`` from the moment the
@@ -193,6 +201,69 @@ def child_vim(args: argparse.Namespace) -> dict:
     return out
 
 
+def child_breakdown(args: argparse.Namespace) -> dict:
+    """``--breakdown``: fwd+bwd CPU time of every Pixel-Mamba block alone on the sequence it scans
+    for the 224² batch (``plan``), and of one Vim-Ti block with and without its per-block
+    checkpointing; the blocks are the same module (``BiMambaMixer`` after an RMSNorm)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    import pixelmamba
+    from baselines.vim import vim_ti
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    def cpu(block, x: "torch.Tensor", chunk, ckpt: bool) -> float:
+        times = []
+        for _ in range(args.reps + 1):  # the first is a warm-up
+            x.grad = None
+            c = time.process_time()
+            y = checkpoint(block, x, chunk, use_reentrant=False) if ckpt else block(x, chunk)
+            y.backward(torch.ones_like(y))
+            times.append(time.process_time() - c)
+        return statistics.median(times[1:])
+
+    pm = pixelmamba.create_model(args.model, num_classes=1000)
+    rows = []
+    for layer, row in zip(pm.layers, pm.plan(224, 224)):
+        x = torch.randn(args.batch, row.seq_len, row.channels, requires_grad=True)
+        rows.append({"layer": row.layer, "channels": row.channels, "seq_len": row.seq_len,
+                     "d_inner": layer.block.mixer.d_inner, "cpu_seconds": cpu(layer.block, x, None, False)})
+    vim = vim_ti(1000)
+    block, tokens = vim.layers[0], (224 // vim.patch_size) ** 2 + 1
+    x = torch.randn(args.batch, tokens, vim.embed_dim, requires_grad=True)
+    return {"pixelmamba": rows, "vim": {"depth": len(vim.layers), "seq_len": tokens, "d_inner": block.mixer.d_inner,
+                                        "cpu_checkpointed": cpu(block, x, vim.chunk_size, vim.checkpointing),
+                                        "cpu_plain": cpu(block, x, vim.chunk_size, False)}}
+
+
+def print_breakdown(b: dict, batch: int, model: str, pm_total: float | None) -> None:
+    """Where the fwd+bwd ratio comes from: scanned work (tokens x inner channels, which sets the
+    cost of the scan, the convolutions, the gates and the projections alike), cost per unit of
+    it, and Vim-Ti's recomputation."""
+    print(f"breakdown, one block at a time, fwd+bwd of {batch}x224² (CPU ms; ns per token x inner channel x image):")
+    print(f"{'layer':>6} {'channels':>8} {'tokens':>7} {'d_inner':>7} {'CPU ms':>8} {'ns/el':>6}")
+    work = 0
+    for r in b["pixelmamba"]:
+        el = r["seq_len"] * r["d_inner"]
+        work += el
+        print(f"{r['layer']:>6} {r['channels']:>8} {r['seq_len']:>7} {r['d_inner']:>7} {r['cpu_seconds'] * 1e3:>8.1f} "
+              f"{r['cpu_seconds'] / (el * batch) * 1e9:>6.1f}")
+    v = b["vim"]
+    pm_blocks = sum(r["cpu_seconds"] for r in b["pixelmamba"])
+    v_work = v["depth"] * v["seq_len"] * v["d_inner"]
+    v_ck, v_plain = v["depth"] * v["cpu_checkpointed"], v["depth"] * v["cpu_plain"]
+    pm_ns, v_ns = pm_blocks / (work * batch) * 1e9, v_plain / (v_work * batch) * 1e9
+    print(f"{model} blocks: {work / 1e6:.2f}M tokens x inner channels per image, CPU {pm_blocks:.2f} s, {pm_ns:.1f} ns/el"
+          + (f"; the rest of the network (serialization, Region Fusion, Token Expansion, head) "
+             f"{pm_total - pm_blocks:.2f} s" if pm_total is not None else ""))
+    print(f"vim-ti blocks: {v_work / 1e6:.2f}M per image, CPU {v_plain:.2f} s without checkpointing ({v_ns:.1f} ns/el), "
+          f"{v_ck:.2f} s with its default per-block checkpointing (x{v_ck / v_plain:.2f}: the forward recomputed)")
+    print(f"blocks ratio = work {work / v_work:.2f} x cost per element {pm_ns / v_ns:.2f} / vim-ti's recomputation "
+          f"{v_ck / v_plain:.2f} = {pm_blocks / v_ck:.2f}")
+
+
 def _child(args: argparse.Namespace, *extra: str) -> dict:
     cmd = [sys.executable, __file__, *extra, "--model", args.model, "--chunk-size", str(args.chunk_size),
            "--act-dtype", args.act_dtype, "--segment", str(args.segment), "--threads", str(args.threads),
@@ -227,14 +298,20 @@ def main() -> None:
                         help="memory runs: raw uint8 RGB normalised inside the model (3 B/px; default, as "
                              "bench's loader gives Pixel-Mamba slides) or a normalised float32 image (12 B/px)")
     parser.add_argument("--skip-vim", action="store_true")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="with the Vim comparison: time every block alone and print where the ratio comes from")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-vim", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-breakdown", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory is not None:
         print(json.dumps(child_memory(args.child_memory, args)))
         return
     if args.child_vim:
         print(json.dumps(child_vim(args)))
+        return
+    if args.child_breakdown:
+        print(json.dumps(child_breakdown(args)))
         return
 
     print(f"{args.model}: chunk_size={args.chunk_size} act_dtype={args.act_dtype} segment={args.segment} "
@@ -269,6 +346,8 @@ def main() -> None:
               f"CPU {pm['cpu_seconds']:.2f} s, vim-ti wall {vim['seconds']:.2f} s / CPU {vim['cpu_seconds']:.2f} s; "
               f"ratio wall {pm['seconds'] / vim['seconds']:.2f}, CPU {pm['cpu_seconds'] / vim['cpu_seconds']:.2f} "
               f"(goal <= 1.5; paper FLOPs ratio 1.27)", flush=True)
+        if args.breakdown:
+            print_breakdown(_child(args, "--child-breakdown"), args.batch, args.model, pm["cpu_seconds"])
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
