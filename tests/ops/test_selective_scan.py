@@ -242,6 +242,26 @@ def test_numba_several_threads_and_partial_blocks():
         check(f"d{k}", grads[k], grads_ref[k], torch.float64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numba_state_size_16_kernel(dtype, monkeypatch):
+    """d_state 16 (Mamba's default, Vim's and Pixel-Mamba's) runs a backward kernel compiled for
+    it (``_bwd_kernel_n16``); it must match the reference as the generic one does (the other
+    tests use d_state 8), with partial channel blocks (20 channels in groups of 10)."""
+    import pixelmamba.ops._numba as nb
+
+    used = []
+    real = nb._parallel
+    monkeypatch.setattr(nb, "_parallel", lambda kernel, *args: used.append(kernel) or real(kernel, *args))
+    x = make_inputs({"groups": 2}, 300, dtype, dim=20, dstate=16)
+    y, last, grads = run(clone(x), True, "numba")
+    assert nb._bwd_kernel_n16 in used and nb._bwd_kernel not in used
+    y_ref, last_ref, grads_ref = run(clone(x), True, "ref")
+    check("out", y, y_ref, dtype)
+    check("last_state", last, last_ref, dtype)
+    for k in grads_ref:
+        check(f"d{k}", grads[k], grads_ref[k], dtype)
+
+
 def test_auto_picks_per_device(monkeypatch):
     """CPU: numba, or torch without numba. CUDA: mamba-ssm's kernel for stateless calls up to
     CUDA_MAX_LEN tokens (open reports of wrong results beyond ~61K), otherwise torch."""
