@@ -127,17 +127,30 @@ class BiMambaMixer(nn.Module):
         k = self.d_conv - 1
         return self._branch(xi, z[..., k - pad_left:], h0, False, True)[1]
 
+    def _forward_share(self, x: Tensor, pad_left: int, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The forward branch's share of ``_piece``'s output, ``out_proj(y_f / 2)``, and its state
+        after the piece; x holds the piece preceded by its conv halo. ``_piece``'s output is
+        ``out_proj((y_f + y_b) / 2)``, affine in ``y_f``, so its gradient with respect to the
+        entering state ``h0`` is this share's (the backward branch does not depend on ``h0``)."""
+        xi, z = self._xz(x, pad_left, 0)
+        k = self.d_conv - 1
+        y_f, h = self._branch(xi, z[..., k - pad_left:], h0, False, True)
+        return self.out_proj((y_f / 2).transpose(1, 2)), h
+
     def _piece(
-        self, x: Tensor, pad_left: int, pad_right: int, h_f: Tensor | None, h_b: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """Output of a piece and the backward state before it; x has both halos."""
+        self, x: Tensor, pad_left: int, pad_right: int, h_f: Tensor | None, h_b: Tensor | None,
+        forward_state: bool = False,
+    ) -> tuple[Tensor, ...]:
+        """Output of a piece and the backward state before it; x has both halos.
+        ``forward_state``: also return the forward branch's state after the piece (third)."""
         k = self.d_conv - 1
         xi, z = self._xz(x, pad_left, pad_right)  # xi: (B, E, k + l + k)
         z = z[..., k - pad_left: z.shape[-1] - (k - pad_right)]  # (B, E, l)
-        y_f, _ = self._branch(xi[..., : xi.shape[-1] - k], z, h_f, False, False)
+        y_f, h_f_out = self._branch(xi[..., : xi.shape[-1] - k], z, h_f, False, forward_state)
         y_b, h_b = self._branch(xi[..., k:].flip(-1), z.flip(-1), h_b, True, True)
         y = (y_f + y_b.flip(-1)) / 2  # (B, E, l)
-        return self.out_proj(y.transpose(1, 2)), h_b
+        out = self.out_proj(y.transpose(1, 2))
+        return (out, h_b, h_f_out) if forward_state else (out, h_b)
 
     # -- forward -----------------------------------------------------------------------------
 

@@ -63,13 +63,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalise_rgb(tokens: Tensor, valid: Tensor) -> Tensor:
-    """Region grids of raw RGB ``(B, n, s, s, 3)`` uint8 → float32 ``(x / 255 - mean) / std``
-    (ImageNet statistics, the order of operations of ``bench``'s loaders), padding zero."""
+def normalise_rgb(tokens: Tensor, valid: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Region grids of raw RGB ``(B, n, s, s, 3)`` uint8 → ``(x / 255 - mean) / std`` in
+    ``dtype`` (ImageNet statistics, the order of operations of ``bench``'s loaders, computed in
+    float32), padding zero. One region at a time: the float32 copy is one region's, not the
+    slide's (12 bytes per pixel)."""
     mean = torch.tensor(IMAGENET_MEAN, device=tokens.device)
     std = torch.tensor(IMAGENET_STD, device=tokens.device)
-    x = tokens.to(torch.float32).div_(255.0).sub_(mean).div_(std)  # one float32 copy, in place
-    return x.masked_fill_(~valid.unsqueeze(-1), 0.0)
+    out = torch.empty(tokens.shape, dtype=dtype, device=tokens.device)
+    for r in range(tokens.shape[1]):
+        x = tokens[:, r].to(torch.float32).div_(255.0).sub_(mean).div_(std)
+        out[:, r] = x.masked_fill_(~valid[:, r].unsqueeze(-1), 0.0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -232,14 +237,17 @@ class PixelMamba(nn.Module):
         handled without it.
         """
         B, _, H, W = x.shape
-        tokens, valid = image_to_regions(x, self.cfg.scan_window, mask)  # (B, n, s, s, 3)
-        if x.dtype == torch.uint8:
-            tokens = normalise_rgb(tokens, valid)
-        n0 = tokens.shape[1]
-        tokens = tokens.to(self.act_dtype)
+        n_rows, n_cols = region_grid(H, W, self.cfg.scan_window)
+        n0 = n_rows * n_cols
         cls = self.cls_token.expand(B, n0, -1)  # (B, n, 3)
         streaming = self.streams(B * n0)
         segment = self.segment if streaming and torch.is_grad_enabled() else 1
+
+        def regions(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+            tokens, valid = image_to_regions(x, self.cfg.scan_window, mask)  # (B, n, s, s, 3)
+            if x.dtype == torch.uint8:
+                return normalise_rgb(tokens, valid, self.act_dtype), valid
+            return tokens.to(self.act_dtype), valid
 
         def run(first: int, tokens: Tensor, cls: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             for layer in self.layers[first: first + segment]:
@@ -247,10 +255,21 @@ class PixelMamba(nn.Module):
                 tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer, B * n0), streaming)
             return tokens, cls, valid
 
+        def run_first(x: Tensor, mask: Tensor | None, cls: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            tokens, valid = regions(x, mask)
+            return run(0, tokens, cls, valid)
+
         for first in range(0, self.cfg.depth, segment):
-            if segment > 1:  # keep only this segment's input; recompute its layers in backward
+            if segment > 1 and first == 0:
+                # the first segment starts from the image the caller holds anyway: its region
+                # grid (2 bytes per pixel and channel in bf16, and the validity mask) is not
+                # kept but rebuilt with the segment in backward
+                tokens, cls, valid = checkpoint(run_first, x, mask, cls, use_reentrant=False)
+            elif segment > 1:  # keep only this segment's input; recompute its layers in backward
                 tokens, cls, valid = checkpoint(run, first, tokens, cls, valid, use_reentrant=False)
             else:
+                if first == 0:
+                    tokens, valid = regions(x, mask)
                 tokens, cls, valid = run(first, tokens, cls, valid)
         cls = self.norm(cls)  # (B, n_final, C)
         real = valid.flatten(2).any(-1).unsqueeze(-1).to(cls.dtype)  # (B, n_final, 1)

@@ -64,18 +64,19 @@ class SeqIndex:
         return tok, region, is_cls
 
 
+def _compute_dtype(flat: Tensor, cls: Tensor) -> torch.dtype:
+    """Pieces compute in float32 (float64 when the inputs are float64, as the tests use)."""
+    return torch.promote_types(torch.promote_types(flat.dtype, cls.dtype), torch.float32)
+
+
 def _gather(flat: Tensor, cls: Tensor, where: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-    """Sequence positions ``where`` of (tokens ``(B, N, C)``, cls ``(B, n, C)``) → ``(B, l, C)`` fp32."""
+    """Sequence positions ``where`` of (tokens ``(B, N, C)``, cls ``(B, n, C)``) → ``(B, l, C)``
+    in the compute dtype."""
     tok, region, is_cls = where
-    x = flat.index_select(1, tok).float()
-    c = cls.index_select(1, region).float()
+    dtype = _compute_dtype(flat, cls)
+    x = flat.index_select(1, tok).to(dtype)
+    c = cls.index_select(1, region).to(dtype)
     return torch.where(is_cls[None, :, None], c, x)
-
-
-def _scatter_add(g_flat: Tensor, g_cls: Tensor, g: Tensor, where: tuple[Tensor, Tensor, Tensor]) -> None:
-    tok, region, is_cls = where
-    g_flat.index_add_(1, tok[~is_cls], g[:, ~is_cls])
-    g_cls.index_add_(1, region[is_cls], g[:, is_cls])
 
 
 def _pieces(length: int, chunk: int | None) -> list[tuple[int, int]]:
@@ -83,9 +84,9 @@ def _pieces(length: int, chunk: int | None) -> list[tuple[int, int]]:
     return [(s, min(s + c, length)) for s in range(0, length, c)]
 
 
-def _state_store(mixer, batch: int, count: int, device: torch.device) -> Tensor:
-    """``count`` SSM states ``(batch, d_inner, d_state)`` in one float32 allocation."""
-    return torch.empty(count, batch, mixer.d_inner, mixer.d_state, dtype=torch.float32, device=device)
+def _state_store(mixer, batch: int, count: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``count`` SSM states ``(batch, d_inner, d_state)`` in one allocation."""
+    return torch.empty(count, batch, mixer.d_inner, mixer.d_state, dtype=dtype, device=device)
 
 
 def _states(store: Tensor) -> tuple[list[Tensor | None], list[Tensor | None]]:
@@ -109,8 +110,9 @@ def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states
     # too): a small long-lived tensor allocated among a piece's temporaries pins glibc's heap
     # top, and the heap then grows by a piece's working set each time instead of reusing it.
     out = torch.empty(flat.shape, dtype=out_dtype, device=dev)
-    out_cls = torch.empty(cls.shape, dtype=torch.float32, device=dev)
-    store = _state_store(mixer, flat.shape[0], 2 * len(bounds), dev)
+    cdt = _compute_dtype(flat, cls)
+    out_cls = torch.empty(cls.shape, dtype=cdt, device=dev)
+    store = _state_store(mixer, flat.shape[0], 2 * len(bounds), dev, cdt)
     states = store.unbind(0)  # the views are made now too
     h_f: list[Tensor | None] = [None]
     for i, (s, e) in enumerate(bounds[:-1]):
@@ -152,69 +154,103 @@ class _StreamedBlock(torch.autograd.Function):
         trainable = [p for p in params if p.requires_grad]
         k, L, dev = mixer.d_conv - 1, idx.length, flat.device
         bounds = _pieces(L, ctx.chunk)
-        g_flat = torch.zeros(flat.shape, dtype=torch.float32, device=dev)
-        g_cls = torch.zeros(cls.shape, dtype=torch.float32, device=dev)
+        last = len(bounds) - 1
+        want_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         g_params = [torch.zeros_like(p) for p in trainable]
-        if g_out is None:
-            g_out = torch.zeros(flat.shape, dtype=torch.float32, device=dev)
+        cdt = _compute_dtype(flat, cls)
+        if g_out is None:  # (an output that does not reach the loss: one zero of its dtype, broadcast)
+            g_out = torch.zeros(1, 1, 1, dtype=cdt, device=dev).expand(flat.shape)
         if g_out_cls is None:
-            g_out_cls = torch.zeros(cls.shape, dtype=torch.float32, device=dev)
+            g_out_cls = torch.zeros(1, 1, 1, dtype=cdt, device=dev).expand(cls.shape)
 
         def leaf(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.detach().requires_grad_(True)
 
-        def accumulate(grads, where) -> None:
-            _scatter_add(g_flat, g_cls, grads[0], where)
-            for acc, g in zip(g_params, grads[-len(trainable):] if trainable else []):
-                if g is not None:
-                    acc += g
+        def g_y_of(s: int, e: int) -> Tensor:
+            """Gradient of the block's output at positions ``s..e-1`` (padding masked), fp32."""
+            tok, region, is_cls = idx.locate(s, e, dev)
+            return torch.where(
+                is_cls[None, :, None], g_out_cls.index_select(1, region),
+                g_out.index_select(1, tok).to(cdt) * valid_flat.index_select(1, tok).unsqueeze(-1),
+            )
 
-        g_hf_store = _state_store(mixer, flat.shape[0], len(bounds), dev).unbind(0)  # see _run_forward
-        g_hf_from_y: list[Tensor | None] = [None] * len(bounds)
+        # Right to left: the gradient g_hf[i] of the forward-branch state entering piece i, from
+        # piece i's output and (through h_f[i+1] = F(piece i, h_f[i])) from everything after.
+        g_hf_store = _state_store(mixer, flat.shape[0], len(bounds), dev, cdt).unbind(0)  # see _run_forward
+        g_hf: list[Tensor | None] = [None] * (len(bounds) + 1)
+        with torch.enable_grad():
+            for i in range(last, 0, -1):
+                s, e = bounds[i]
+                lo = max(0, s - k)
+                with torch.no_grad():
+                    xn = norm(_gather(flat, cls, idx.locate(lo, e, dev)))
+                hf = leaf(h_f[i])
+                share, state = mixer._forward_share(xn, k - (s - lo), hf)
+                outs, gouts = [share], [g_y_of(s, e)]
+                if g_hf[i + 1] is not None:
+                    outs.append(state)
+                    gouts.append(g_hf[i + 1])
+                (g,) = torch.autograd.grad(outs, [hf], gouts)
+                g_hf[i] = g_hf_store[i].copy_(g)
+
+        # Left to right: each piece recomputed once more with autograd and pulled back from all
+        # three of its outputs (its part of the output, the backward-branch state it hands to
+        # the piece before, the forward-branch state it hands to the piece after). The input
+        # gradient of a sequence position gets contributions from its own piece and from the
+        # conv halos of its neighbours; it is summed in float32 in a short buffer (``pending``,
+        # positions ``p0..``) and written once, in the input's dtype, when no later piece can
+        # reach it: no full-length float32 buffer.
+        g_flat = torch.empty(flat.shape, dtype=flat.dtype, device=dev) if want_x else None
+        g_cls = torch.zeros(cls.shape, dtype=cdt, device=dev) if want_x else None
+        pending: Tensor | None = None
+        p0 = 0
+
+        def flush(upto: int) -> None:
+            nonlocal pending, p0
+            if upto <= p0:
+                return
+            tok, region, is_cls = idx.locate(p0, upto, dev)
+            g = pending[:, : upto - p0]
+            keep = ~is_cls
+            g_flat.index_copy_(1, tok[keep], g[:, keep].to(g_flat.dtype))
+            g_cls.index_copy_(1, region[is_cls], g[:, is_cls])
+            pending, p0 = pending[:, upto - p0:], upto
+
         g_hb = None  # gradient of the backward-branch state that the current piece returns
         with torch.enable_grad():
-            # Left to right: outputs (both branches) of every piece.
             for i, (s, e) in enumerate(bounds):
                 lo, hi = max(0, s - k), min(L, e + k)
-                where = idx.locate(lo, hi, dev)
-                x = leaf(_gather(flat, cls, where))
-                hf, hb = leaf(h_f[i]), leaf(h_b[i + 1])
-                y, hb_out = mixer._piece(norm(x), k - (s - lo), k - (hi - e), hf, hb)
+                x = _gather(flat, cls, idx.locate(lo, hi, dev)).detach().requires_grad_(want_x)
+                hb = leaf(h_b[i + 1])
+                hf = None if h_f[i] is None else h_f[i].detach()
+                y, hb_out, *hf_out = mixer._piece(norm(x), k - (s - lo), k - (hi - e), hf, hb,
+                                                  forward_state=i < last)
                 y = x[:, s - lo: e - lo] + y
-                tok, region, is_cls = idx.locate(s, e, dev)
-                g_y = torch.where(
-                    is_cls[None, :, None], g_out_cls.index_select(1, region),
-                    g_out.index_select(1, tok).float() * valid_flat.index_select(1, tok).unsqueeze(-1),
-                )
-                outs, gouts = [y], [g_y]
+                outs, gouts = [y], [g_y_of(s, e)]
                 if g_hb is not None:
                     outs.append(hb_out)
                     gouts.append(g_hb)
-                ins = [x] + [t for t in (hf, hb) if t is not None] + trainable
-                grads = torch.autograd.grad(outs, ins, gouts, allow_unused=True)
-                accumulate([grads[0], *grads[1 + (hf is not None) + (hb is not None):]], where)
-                if hf is not None and grads[1] is not None:
-                    g_hf_from_y[i] = g_hf_store[i].copy_(grads[1])
-                g_hb = grads[1 + (hf is not None)] if hb is not None else None
-            # Right to left: the forward branch's state chain h_f[i] = F(piece i-1, h_f[i-1]).
-            g_hf = None
-            for i in range(len(bounds) - 1, 0, -1):
-                parts = [g for g in (g_hf_from_y[i], g_hf) if g is not None]
-                if not parts:
-                    continue
-                g_state = parts[0] if len(parts) == 1 else parts[0] + parts[1]
-                s, e = bounds[i - 1]
-                lo = max(0, s - k)
-                where = idx.locate(lo, e, dev)
-                x, h0 = leaf(_gather(flat, cls, where)), leaf(h_f[i - 1])
-                state = mixer._forward_state(norm(x), k - (s - lo), h0)
-                ins = [x] + ([h0] if h0 is not None else []) + trainable
-                grads = torch.autograd.grad([state], ins, [g_state], allow_unused=True)
-                accumulate([grads[0], *grads[1 + (h0 is not None):]], where)
-                g_hf = grads[1] if h0 is not None else None
+                if i < last:
+                    outs.append(hf_out[0])
+                    gouts.append(g_hf[i + 1])
+                ins = ([x] if want_x else []) + ([hb] if hb is not None else []) + trainable
+                grads = list(torch.autograd.grad(outs, ins, gouts, allow_unused=True))
+                if want_x:
+                    g_x = grads.pop(0)
+                    if pending is None:
+                        pending = torch.zeros(g_x.shape[0], 0, g_x.shape[2], dtype=cdt, device=dev)
+                    if hi - p0 > pending.shape[1]:  # extend the buffer to this piece's end
+                        pending = torch.cat([pending, pending.new_zeros(
+                            pending.shape[0], hi - p0 - pending.shape[1], pending.shape[2])], dim=1)
+                    pending[:, lo - p0: hi - p0] += g_x
+                    flush(L if i == last else max(p0, e - k))  # the next piece starts at e - k
+                g_hb = grads.pop(0) if hb is not None else None
+                for acc, g in zip(g_params, grads):
+                    if g is not None:
+                        acc += g
         g_param_out = iter(g_params)
         return (
-            g_flat.to(flat.dtype) if ctx.needs_input_grad[0] else None,
+            g_flat if ctx.needs_input_grad[0] else None,
             g_cls.to(cls.dtype) if ctx.needs_input_grad[1] else None,
             None, None, None, None, None,
             *[next(g_param_out) if p.requires_grad else None for p in params],

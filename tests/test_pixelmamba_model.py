@@ -248,6 +248,61 @@ def test_streamed_block_keeps_only_its_input() -> None:
     assert torch.isfinite(tokens.grad).all()
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 2, 7, 40])
+def test_streamed_block_equals_plain_block(chunk) -> None:
+    """One streamed block against the plain autograd path (serialize → block → deserialize,
+    padding zeroed): output and the gradients of tokens, CLS and every parameter, also when the
+    pieces are shorter than the conv halo (1, 2 tokens: a position's gradient then gathers
+    contributions from several pieces before it is written) and with padding in the grid."""
+    from pixelmamba.serialize import deserialize, serialize
+    from pixelmamba.streaming import streamed_block
+
+    torch.manual_seed(0)
+    block = create_model("pixelmamba-6m", num_classes=3, **TINY).layers[2].block  # 12 channels
+    tokens = torch.randn(2, 3, 4, 6, 12, dtype=torch.float64)
+    cls = torch.randn(2, 3, 12, dtype=torch.float64)
+    valid = torch.ones(2, 3, 4, 6, dtype=torch.bool)
+    valid[1, 2, :, 4:] = False
+    tokens = tokens * valid[..., None]
+    g_tok, g_cls = torch.randn_like(tokens), torch.randn_like(cls)
+    block = block.double()
+
+    def run(streamed: bool):
+        block.zero_grad()
+        t, c = tokens.clone().requires_grad_(True), cls.clone().requires_grad_(True)
+        if streamed:
+            out, out_cls = streamed_block(block, t, c, valid, chunk, torch.float64)
+        else:
+            out, out_cls = deserialize(block(serialize(t, c)), 3, 4, 6)
+            out = out * valid[..., None]
+        torch.autograd.backward([out, out_cls], [g_tok, g_cls])
+        return [out, out_cls, t.grad, c.grad] + [p.grad.clone() for p in block.parameters()]
+
+    for got, want in zip(run(True), run(False)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_streamed_block_without_input_gradient() -> None:
+    """When neither the tokens nor the CLS need a gradient (layer 1 fed a uint8 image), the
+    backward computes only the parameters' gradients, and they are unchanged."""
+    from pixelmamba.streaming import streamed_block
+
+    torch.manual_seed(0)
+    block = create_model("pixelmamba-6m", num_classes=3, **TINY).layers[0].block
+    tokens, cls = torch.randn(1, 2, 8, 8, 3), torch.randn(1, 2, 3)
+    valid = torch.ones(1, 2, 8, 8, dtype=torch.bool)
+    grads = []
+    for need in (False, True):
+        block.zero_grad()
+        t, c = tokens.clone().requires_grad_(need), cls.clone().requires_grad_(need)
+        out, out_cls = streamed_block(block, t, c, valid, 30)
+        (out.square().sum() + out_cls.sum()).backward()
+        grads.append([p.grad.clone() for p in block.parameters()])
+        assert (t.grad is not None) == need
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_bf16_storage_is_close(tiny: PixelMamba, image: torch.Tensor) -> None:
     with torch.no_grad():
         ref = tiny.forward_features(image)
