@@ -15,7 +15,13 @@ def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> 
     act_dtype=float32``, ``--model segment=1``); every layer still computes in float32
     (docs/pixelmamba.md, "Memory"). The library's ``checkpointing="auto"`` streams slides of more
     than four 224² regions and runs smaller ones (where none of this memory matters, and segments
-    do not apply) on the faster plain autograd path."""
+    do not apply) on the faster plain autograd path. The heap's free pages go back to the system
+    whenever a layer starts (``bench.memory.release_between_layers``; ``BENCH_TRIM_LAYERS=0``
+    turns it off)."""
     from pixelmamba import create_model
 
-    return create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", "segment": 2, **overrides})
+    from .memory import release_between_layers
+
+    model = create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", "segment": 2, **overrides})
+    release_between_layers(model.layers)
+    return model

@@ -45,18 +45,22 @@ UNPIECED_REGIONS = 4  # "auto": inputs of at most this many regions (batch inclu
 
 
 def auto_chunk(channels: int, d_state: int = 16, expand: int = 2) -> int:
-    """Tokens per piece for ``chunk_size="auto"``. Measured (one block, 192 channels, pieces of
-    128 vs 512 tokens): a piece's backward holds about 42 bytes per inner channel
-    (``expand * channels``) per token; the state-sized vectors (B and C of both branches and
-    their gradients) add about 64 bytes per state dimension. Pieces are sized so that this stays
-    near ``CHUNK_BYTES``, with at least 128 tokens: every piece boundary also keeps two SSM
-    states (``2 * expand * channels * d_state`` floats) for backward, so pieces must not be tiny
-    on the wide layers. 3 channels: ~6.4K tokens; 192: ~430; 384: ~220."""
+    """Tokens per piece for ``chunk_size="auto"``. Measured (session 4: one streamed block's
+    forward+backward at the shapes of 1024², peak heap bytes against piece length, 96 and 192
+    channels at 205–819 tokens, 3 channels at 1.6K–6.4K): a piece's backward holds about 112
+    bytes per inner channel (``expand * channels``) per token — the autograd graph of both
+    branches keeps some twenty ``(d_inner, piece)`` float32 tensors, and their gradients come on
+    top — and about 52 bytes per state dimension (B and C of both branches and their gradients).
+    Session 3's estimate (42 and 64 bytes) was a third of that, so its "8 MB" pieces were about
+    25 MB. Pieces are sized so that this stays near ``CHUNK_BYTES``, with at least 128 tokens:
+    every piece boundary also keeps two SSM states (``2 * expand * channels * d_state`` floats)
+    for backward, so pieces must not be tiny on the wide layers. 3 channels: ~5.6K tokens; 96:
+    ~380; 192: ~190; 384: 128."""
     return max(128, CHUNK_BYTES // _piece_bytes_per_token(channels, d_state, expand))
 
 
 def _piece_bytes_per_token(channels: int, d_state: int, expand: int) -> int:
-    return 4 * (12 * expand * channels + 16 * d_state)
+    return 4 * (28 * expand * channels + 13 * d_state)  # 28 and 13 float32 values: see auto_chunk
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -15,12 +15,20 @@ The bidirectional scan makes every output depend on every input, so the pieces a
 state chains: the forward branch's state ``h_f[i]`` entering piece ``i`` from the left and the
 backward branch's state ``h_b[i+1]`` entering it from the right. Forward: one pass left to right
 computes ``h_f`` (forward branch only), one pass right to left computes the outputs and ``h_b``.
-Backward: one pass left to right recomputes each piece with autograd and pulls the output
-gradient back into the piece's input, the parameters, ``h_f[i]`` (kept for later) and
-``h_b[i+1]`` (handed to the next piece, whose ``h_b`` output it is); one pass right to left
-recomputes the forward-branch state updates and carries the gradient of ``h_f`` back to the
-start. Every piece is thus recomputed twice at most, as with per-piece checkpointing, and the
-result equals the unstreamed block up to float rounding (tests compare gradients).
+Backward: the gradient of ``h_f`` flows right to left and that of ``h_b`` left to right, so it
+takes two passes too. First, right to left, the forward branch of each piece is recomputed to
+carry the gradient ``g_hf[i]`` of the state entering it back to the start (from the piece's
+output, whose forward-branch share is affine in ``y_f``, and from ``h_f[i+1]``); these are
+states, ``d_inner · d_state`` floats per piece. Then, left to right, each piece is recomputed
+with autograd and pulled back from all three of its outputs at once (its output, ``h_b[i]``
+with the gradient the piece before it handed on, ``h_f[i+1]`` with ``g_hf[i+1]``) into its
+input, the parameters and ``h_b[i+1]`` (handed to the next piece). A position's input gradient
+is complete once the pieces whose conv halo reaches it are done, so it is summed in a buffer of
+about one piece and written once, in the input's dtype: there is no full-length float32
+gradient. When neither the tokens nor the CLS need a gradient (layer 1 fed an image), only the
+parameters' gradients are computed. Every piece is thus recomputed twice at most, as with
+per-piece checkpointing, and the result equals the unstreamed block up to float rounding (tests
+compare gradients, in float64 to 1e-9).
 """
 
 from __future__ import annotations

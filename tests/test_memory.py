@@ -54,3 +54,62 @@ def test_importing_bench_makes_openmp_threads_wait_passively_unless_the_user_cho
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+TRIM_CHILD = textwrap.dedent("""
+    import os, torch
+    from bench.memory import bound_heap_growth, release_between_layers, release_free_memory
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    bound_heap_growth()
+    pinned = []
+    class Churn(torch.nn.Module):
+        # 48 MB of 256 KB tensors (below the 1 MiB threshold: glibc's heap), each followed by
+        # a small tensor that outlives the layer: freed, they cannot merge into the heap top,
+        # and stay resident
+        def forward(self, x):
+            junk = []
+            for _ in range(192):
+                junk.append(torch.ones(64 << 10))
+                pinned.append(torch.ones(256))
+            del junk
+            return x * 2
+    layers = torch.nn.ModuleList([Churn(), Churn()])
+    print(len(release_between_layers(layers)))
+    seen = {}
+    layers[1].register_forward_pre_hook(lambda m, a: seen.update(fwd=rss()))  # runs after ours
+    x = torch.ones(4, requires_grad=True)
+    release_free_memory()
+    base = rss()
+    y = layers[1](layers[0](x))
+    after_fwd = rss() - base
+    y.register_hook(lambda g: seen.update(bwd=rss()))  # runs after the layer's own hook
+    y.sum().backward()
+    print(seen["fwd"] - base, after_fwd, seen["bwd"] - base)
+""")
+
+
+def _trim_child(flag: str) -> list[float]:
+    env = {**os.environ, "BENCH_TRIM_LAYERS": flag}
+    out = subprocess.run([sys.executable, "-c", TRIM_CHILD], env=env, capture_output=True, text=True, check=True)
+    return [float(v) for v in out.stdout.split()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_release_between_layers_returns_freed_heap_pages_at_each_layer():
+    n_on, at_layer2_on, _, at_bwd_on = _trim_child("1")
+    n_off, at_layer2_off, _, at_bwd_off = _trim_child("0")
+    assert (n_on, n_off) == (4, 0)  # a pre-hook and a forward hook per layer; none when off
+    # off: the 48 MB of freed heap tensors are still resident when layer 2 starts and when the
+    # backward starts
+    assert at_layer2_off > 40 and at_bwd_off > 40, (at_layer2_off, at_bwd_off)
+    # on: handed back when layer 2 starts, and again when its backward starts
+    assert at_layer2_on < 10 and at_bwd_on < 10, (at_layer2_on, at_bwd_on)
+
+
+def test_bad_trim_flag_names_the_variable(monkeypatch):
+    from bench.memory import release_between_layers
+
+    monkeypatch.setenv("BENCH_TRIM_LAYERS", "yes")
+    with pytest.raises(ValueError, match="BENCH_TRIM_LAYERS"):
+        release_between_layers([])
