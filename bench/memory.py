@@ -21,9 +21,9 @@ dynamic default), e.g. ``BENCH_MMAP_THRESHOLD=0 python -m bench run ...``.
 Below the threshold, freed tensors stay in glibc's heap, resident, and a small long-lived
 allocation among them keeps the heap from shrinking: on Pixel-Mamba-6M at 1024² the resident size
 was 20–30 MB above the live tensors at every phase. ``release_between_layers`` hands those pages
-back (``malloc_trim(0)``) whenever a layer starts, forward or backward, which costs a few
-milliseconds per call (measured: 8 MB less peak at 1024², CPU time unchanged within noise);
-``bench`` does it for Pixel-Mamba (``bench/models.py``). ``BENCH_TRIM_LAYERS=0`` turns it off.
+back (``malloc_trim(0)``) whenever a layer starts, forward or backward (measured: 8 MB less peak
+at 1024², CPU time unchanged within noise); ``bench`` does it for Pixel-Mamba's streamed layers
+(``bench/models.py``). ``BENCH_TRIM_LAYERS=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -81,13 +81,16 @@ def release_free_memory() -> bool:
     return True
 
 
-def release_between_layers(layers) -> list:
+def release_between_layers(layers, when=None) -> list:
     """Return the heap's free pages to the system (``release_free_memory``) at the start of every
     module in ``layers`` (an iterable of ``torch.nn.Module``): when its forward starts (also when a
     checkpointed segment is recomputed in backward) and when the gradient of its first output
-    arrives (its backward starts). Returns the forward-hook handles (``.remove()`` undoes it).
-    Does nothing (returns ``[]``) where ``malloc_trim`` does not exist or ``$BENCH_TRIM_LAYERS``
-    is ``0``."""
+    arrives (its backward starts). ``when(args)``, if given, is called with the module's
+    positional inputs and the trims happen only if it returns True (for the backward, as decided
+    in the forward): each trim costs the page faults of reusing the returned pages, about 10% of
+    the CPU time on Pixel-Mamba's unstreamed 224² batches, where there is nothing to gain.
+    Returns the hook handles (``.remove()`` undoes it). Does nothing (returns ``[]``) where
+    ``malloc_trim`` does not exist or ``$BENCH_TRIM_LAYERS`` is ``0``."""
     env = os.environ.get("BENCH_TRIM_LAYERS", "1").strip()
     if env not in ("0", "1"):
         raise ValueError(f"BENCH_TRIM_LAYERS must be 0 or 1, got {env!r}")
@@ -97,7 +100,13 @@ def release_between_layers(layers) -> list:
     def trim(*_args) -> None:
         release_free_memory()
 
-    def on_output(_module, _args, out) -> None:
+    def on_input(_module, args) -> None:
+        if when is None or when(args):
+            trim()
+
+    def on_output(_module, args, out) -> None:
+        if when is not None and not when(args):
+            return
         first = next((t for t in (out if isinstance(out, (tuple, list)) else (out,))
                       if getattr(t, "requires_grad", False)), None)
         if first is not None:
@@ -105,7 +114,7 @@ def release_between_layers(layers) -> list:
 
     handles = []
     for layer in layers:
-        handles.append(layer.register_forward_pre_hook(trim))
+        handles.append(layer.register_forward_pre_hook(on_input))
         handles.append(layer.register_forward_hook(on_output))
     return handles
 

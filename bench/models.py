@@ -15,13 +15,19 @@ def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> 
     act_dtype=float32``, ``--model segment=1``); every layer still computes in float32
     (docs/pixelmamba.md, "Memory"). The library's ``checkpointing="auto"`` streams slides of more
     than four 224² regions and runs smaller ones (where none of this memory matters, and segments
-    do not apply) on the faster plain autograd path. The heap's free pages go back to the system
-    whenever a layer starts (``bench.memory.release_between_layers``; ``BENCH_TRIM_LAYERS=0``
-    turns it off)."""
+    do not apply) on the faster plain autograd path. On the streamed path the heap's free pages
+    go back to the system whenever a layer starts (``bench.memory.release_between_layers``;
+    ``BENCH_TRIM_LAYERS=0`` turns it off)."""
     from pixelmamba import create_model
 
     from .memory import release_between_layers
 
     model = create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", "segment": 2, **overrides})
-    release_between_layers(model.layers)
+    release_between_layers(model.layers, when=streamed_layer_call)
     return model
+
+
+def streamed_layer_call(args: tuple) -> bool:
+    """Whether a Pixel-Mamba layer was called on the streamed path: ``PixelMamba`` calls its
+    layers as ``layer(tokens, cls, valid, k, chunk_size, streaming)``."""
+    return len(args) > 5 and bool(args[5])

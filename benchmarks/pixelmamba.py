@@ -135,6 +135,7 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
 
     import pixelmamba
     from bench.memory import bound_heap_growth, release_between_layers, release_free_memory
+    from bench.models import streamed_layer_call
     from pixelmamba.serialize import region_grid
 
     bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/memory.py)
@@ -144,7 +145,7 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     # kernels compiled, thread pools up, and the parameter gradients allocated — 4 bytes per
     # parameter, 26.6 MB for the 6M model, a cost of the model like its weights, not of the image.
     net = pixelmamba.create_model(args.model, num_classes=4, **_model_kwargs(args))
-    release_between_layers(net.layers)  # as bench's adapter does (bench/models.py)
+    release_between_layers(net.layers, when=streamed_layer_call)  # as bench's adapter does (bench/models.py)
     mode = net.checkpointing  # the warm-up takes the path the measured image takes ("auto" would not)
     net.set_grad_checkpointing(net.streams(math.prod(region_grid(size, size, net.cfg.scan_window))))
     net(torch.randn(1, 3, 32, 32)).sum().backward()

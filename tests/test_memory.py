@@ -113,3 +113,25 @@ def test_bad_trim_flag_names_the_variable(monkeypatch):
     monkeypatch.setenv("BENCH_TRIM_LAYERS", "yes")
     with pytest.raises(ValueError, match="BENCH_TRIM_LAYERS"):
         release_between_layers([])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_bench_pixelmamba_trims_on_the_streamed_path_only(monkeypatch):
+    """bench's Pixel-Mamba trims when a layer starts on the streamed path (forward, recomputed
+    and backward: 3 x 24 layer starts at segment 2, less one: the backward trim waits for the
+    gradient of a layer's output tokens, and the last layer's tokens get none, only its CLS feeds
+    the head), not on the plain path of small inputs, where it only costs time."""
+    import torch
+
+    import bench.memory as mem
+    from bench.models import pixelmamba
+
+    calls: list[int] = []
+    monkeypatch.setattr(mem, "release_free_memory", lambda: calls.append(1) or True)
+    monkeypatch.setenv("BENCH_TRIM_LAYERS", "1")
+    torch.manual_seed(0)
+    model = pixelmamba(2, scan_window=32)
+    model(torch.randn(1, 3, 32, 32)).sum().backward()  # one region: the plain path
+    assert calls == []
+    model(torch.randn(1, 3, 64, 96)).sum().backward()  # six regions: streamed
+    assert len(calls) == 3 * 24 - 1
