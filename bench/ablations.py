@@ -187,6 +187,23 @@ class AblationResult:
     markdown: str = ""
 
 
+def ablation_variants(ablation: Ablation, dataset: str, task: str | None = None,
+                      values: list[Any] | None = None) -> tuple[str, list[GridItem], list[str], list[Any]]:
+    """The grid of ``ablation`` on ``dataset`` as the runner's variants: (task, grid items, the
+    dataset's mapping notes, ``runner.Variant`` s), what ``run_ablation`` and ``bench ablate
+    --launcher submitit`` both run."""
+    from .datasets import load_spec
+    from .registry import get_method
+    from .runner import Variant
+
+    spec = load_spec(dataset)
+    task = task or ablation.task
+    if task not in spec.tasks:
+        raise AblationError(f"dataset {spec.name!r} has no task {task!r} (it has {spec.tasks}); pick one with --task")
+    items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
+    return task, items, notes, [Variant(get_method(i.method), i.variant, dict(i.model)) for i in items]
+
+
 def run_ablation(ablation: Ablation, dataset: str, *, task: str | None = None, values: list[Any] | None = None,
                  folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
                  n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
@@ -194,16 +211,9 @@ def run_ablation(ablation: Ablation, dataset: str, *, task: str | None = None, v
                  order: str = "task") -> AblationResult:
     """Run (or resume) every row of ``ablation`` on ``dataset`` through the runner (``order``: as
     ``runner.grid_order``)."""
-    from .datasets import load_spec
-    from .registry import get_method
-    from .runner import Variant, run
+    from .runner import run
 
-    spec = load_spec(dataset)
-    task = task or ablation.task
-    if task not in spec.tasks:
-        raise AblationError(f"dataset {spec.name!r} has no task {task!r} (it has {spec.tasks}); pick one with --task")
-    items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
-    variants = [Variant(get_method(i.method), i.variant, dict(i.model)) for i in items]
+    task, items, notes, variants = ablation_variants(ablation, dataset, task, values)
     report = run(variants, dataset, tasks=[task], folds=folds, results=results, cache=cache, n_folds=n_folds,
                  seed=seed, train_overrides=train_overrides, model_overrides=model_overrides, progress=progress,
                  order=order)

@@ -187,6 +187,34 @@ def test_debug_executor_through_the_cli(fake_cohort, capsys):
     assert "nothing to submit: 2 unit(s) already done" in capsys.readouterr().out
 
 
+def test_ablation_variants_through_submitit_and_its_table(fake_cohort, capsys):
+    """`bench ablate --launcher submitit`: every (variant, fold) unit is a job (here the debug
+    executor's, in this process), stored as the variant; the table follows; a rerun submits nothing."""
+    spec, root = fake_cohort
+    grid = root / "hidden.yaml"
+    grid.write_text("description: ABMIL hidden size (test)\ncaption: Ablation of the hidden size\n"
+                    "method: abmil.resnet50\noverride: hidden\nvalues: [16, 32]\ntask: staging\n"
+                    "table: {columns: [hidden, metric], headers: {hidden: Hidden}}\n")
+    results = root / "results-ablate"
+    args = ["ablate", str(grid), "--dataset", str(spec), "--results", str(results), "--folds", "0,1",
+            "--set", "epochs=1", "--launcher", "submitit", "--cluster", "debug", "--order", "fold", "-q"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "submitted 4 job(s) (0 unit(s) already done)" in out and "4 unit(s) run by the jobs" in out, out
+    for v in ("hidden_16", "hidden_32"):
+        for k in (0, 1):
+            m = json.loads((results / "runs" / "toy" / "staging" / "abmil.resnet50" / v / f"fold{k}"
+                            / "metrics.json").read_text())
+            assert m["fold"] == k
+    config = json.loads((results / "runs" / "toy" / "staging" / "abmil.resnet50" / "hidden_32" / "fold0"
+                         / "config.json").read_text())
+    assert config["variant"] == "hidden=32" and config["model"]["hidden"] == 32
+    table = (results / "toy" / "tables" / "hidden_staging.md").read_text()
+    assert "| 16 |" in table and "| 32 |" in table and table.count("(2/5 folds)") == 2, table
+    assert cli(args) == 0
+    assert "nothing to submit: 4 unit(s) already done" in capsys.readouterr().out
+
+
 def test_missing_submitit_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
     with pytest.raises(LaunchError, match=r"pip install 'wsi-bench\[cluster\]'"):

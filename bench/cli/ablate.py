@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import Formatter, add_dataset, add_paths, parse_int_list, parse_sets, resolve_dataset
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
+                     parse_sets, print_launch_report, resolve_dataset)
 
 log = logging.getLogger("bench")
 
@@ -18,6 +19,7 @@ EPILOG = """examples:
   python -m bench ablate magnification --dataset blca --values 0.625,1.25
   python -m bench ablate token-scale --task staging --stats
   python -m bench ablate end-to-end --compute             # + peak memory and time per slide
+  python -m bench ablate alpha --dataset blca --launcher submitit --partition gpu --gpus 1   # SLURM array
 An ablation value is a variant of a method (pixelmamba-6m with alpha=0.4 is stored under
 runs/<ds>/<task>/pixelmamba-6m/alpha_0.4/); reruns skip finished units, a changed config redoes them.
 Grids: configs/ablations/<name>.yaml. A dataset may map a grid to sizes it can afford (the demo does:
@@ -45,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="order units run in (as `bench run --order`): fold = fold 0 of every value first, "
                         "so the table has every row early")
     p.add_argument("--table-only", action="store_true", help="do not train: write the table from finished units")
+    add_launch_args(p)
     g = p.add_argument_group("table options")
     g.add_argument("--stats", action="store_true",
                    help="mark rows not significantly different from the best (paired patient-level bootstrap)")
@@ -74,6 +77,28 @@ def main(args: argparse.Namespace) -> int:
         items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
         result_dataset, task = spec.name, args.task or ablation.task
         report = None
+    elif args.launcher == "submitit":
+        from ..ablations import ablation_variants
+        from ..launch import submit
+
+        task, items, notes, variants = ablation_variants(ablation, dataset, args.task, values)
+        rep = submit(variants, dataset, cluster_options(args), tasks=[task], folds=folds, results=args.results,
+                     cache=args.cache, n_folds=args.n_folds, seed=args.seed,
+                     train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
+                     progress=not args.quiet, order=args.order)
+        for note in notes:
+            print(f"{rep.dataset}: {note}")
+        print_launch_report(rep, args)
+        for unit, msg in rep.failed.items():
+            print(f"FAILED {unit}: {msg}")
+        if args.no_wait and rep.submitted:
+            print(f"when the jobs are done: python -m bench ablate {args.name} --dataset {rep.dataset} --table-only")
+            return 1 if rep.failed else 0
+        paths, md = write_table(ablation, items, notes, rep.dataset, task, args)
+        print(md)
+        for p in paths:
+            print(f"wrote {p}")
+        return 1 if rep.failed else 0
     else:
         from ..ablations import run_ablation
 

@@ -73,3 +73,53 @@ def parse_int_list(s: str | None) -> list[int] | None:
         return [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"expected a comma list of integers, got {s!r}") from None
+
+
+def add_launch_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--launcher`` and the SLURM options (``bench run``, ``bench ablate``); see docs/cluster.md."""
+    g = p.add_argument_group("launching (see docs/cluster.md)")
+    g.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                   help="local: run the units here (default); submitit: one job per unit not yet done, "
+                        "as a SLURM job array (or local processes when SLURM is absent)")
+    g.add_argument("--partition", help="SLURM partition")
+    g.add_argument("--gpus", type=int, default=0, help="GPUs per job (default 0)")
+    g.add_argument("--time", type=int, default=24 * 60, metavar="MIN", help="time limit per job in minutes (default 1440)")
+    g.add_argument("--cpus", type=int, default=4, help="CPUs per job (default 4)")
+    g.add_argument("--mem", type=float, metavar="GB", help="memory per job in GB (default: the partition's)")
+    g.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once (default 64)")
+    g.add_argument("--cluster", choices=("auto", "slurm", "local", "debug"), default="auto",
+                   help="submitit executor: auto = SLURM if sbatch is found, else local processes; "
+                        "debug = in this process")
+    g.add_argument("--submitit-folder", type=Path, help="job logs and pickles (default <results>/submitit/<time>)")
+    g.add_argument("--no-wait", action="store_true", help="submit and return (default: wait and report each unit)")
+    return g
+
+
+def cluster_options(args: argparse.Namespace) -> Any:
+    """``launch.ClusterOptions`` from the options ``add_launch_args`` added."""
+    from ..launch import ClusterOptions
+
+    return ClusterOptions(cluster=args.cluster, partition=args.partition, gpus=args.gpus, time_min=args.time,
+                          cpus=args.cpus, mem_gb=args.mem, array_parallelism=args.array_parallelism,
+                          folder=args.submitit_folder, wait=not args.no_wait)
+
+
+def print_launch_report(rep: Any, args: argparse.Namespace) -> None:
+    """What ``launch.submit`` did, for ``bench run`` and ``bench ablate``."""
+    from ..results import ResultsStore
+
+    if not rep.submitted:
+        print(f"nothing to submit: {len(rep.done_before)} unit(s) already done"
+              + (f", {len(rep.failed)} cannot run" if rep.failed else ""))
+        return
+    print(f"submitted {len(rep.submitted)} job(s) ({len(rep.done_before)} unit(s) already done); "
+          f"logs: {rep.folder}")
+    if args.no_wait:
+        print("job ids: " + ", ".join(rep.job_ids))
+        print("rerun the same command later: finished units are skipped, unfinished ones resubmitted")
+        return
+    ran = sum(1 for o in rep.outcomes.values() if o["status"] == "ran")
+    print(f"{ran} unit(s) run by the jobs, {len(rep.failed)} failed ({rep.seconds:.1f} s)")
+    if ran:
+        ResultsStore(args.results).summarize(rep.dataset)
+        print(f"summary: {args.results / rep.dataset / 'summary.csv'}")

@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import Formatter, add_dataset, add_paths, parse_int_list, parse_sets, resolve_dataset
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
+                     parse_sets, print_launch_report, resolve_dataset)
 
 log = logging.getLogger("bench")
 
@@ -49,24 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start every unit's model from these weights (e.g. `bench pretrain`'s last.pt; "
                         "loaded with weights_only=True, heads of another shape dropped, a report of "
                         "what loaded is logged)")
-    g = p.add_argument_group("launching (see docs/cluster.md)")
+    g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train each unit on N processes with DDP (one slide per rank, gradient accumulation), "
                         "launched with torch.distributed.run: gloo on CPU, nccl on CUDA (default 1)")
-    g.add_argument("--launcher", choices=("local", "submitit"), default="local",
-                   help="local: run the units here (default); submitit: one job per unit not yet done, "
-                        "as a SLURM job array (or local processes when SLURM is absent)")
-    g.add_argument("--partition", help="SLURM partition")
-    g.add_argument("--gpus", type=int, default=0, help="GPUs per job (default 0)")
-    g.add_argument("--time", type=int, default=24 * 60, metavar="MIN", help="time limit per job in minutes (default 1440)")
-    g.add_argument("--cpus", type=int, default=4, help="CPUs per job (default 4)")
-    g.add_argument("--mem", type=float, metavar="GB", help="memory per job in GB (default: the partition's)")
-    g.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once (default 64)")
-    g.add_argument("--cluster", choices=("auto", "slurm", "local", "debug"), default="auto",
-                   help="submitit executor: auto = SLURM if sbatch is found, else local processes; "
-                        "debug = in this process")
-    g.add_argument("--submitit-folder", type=Path, help="job logs and pickles (default <results>/submitit/<time>)")
-    g.add_argument("--no-wait", action="store_true", help="submit and return (default: wait and report each unit)")
     p.set_defaults(func=main)
 
 
@@ -128,28 +115,10 @@ def _torchrun(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, methods: list, dataset: str, common: dict) -> int:
-    from ..launch import ClusterOptions, submit
-    from ..results import ResultsStore
+    from ..launch import submit
 
-    opts = ClusterOptions(cluster=args.cluster, partition=args.partition, gpus=args.gpus, time_min=args.time,
-                          cpus=args.cpus, mem_gb=args.mem, array_parallelism=args.array_parallelism,
-                          folder=args.submitit_folder, wait=not args.no_wait)
-    rep = submit(methods, dataset, opts, **common)
-    if not rep.submitted:
-        print(f"nothing to submit: {len(rep.done_before)} unit(s) already done"
-              + (f", {len(rep.failed)} cannot run" if rep.failed else ""))
-    else:
-        print(f"submitted {len(rep.submitted)} job(s) ({len(rep.done_before)} unit(s) already done); "
-              f"logs: {rep.folder}")
-        if args.no_wait:
-            print("job ids: " + ", ".join(rep.job_ids))
-            print("rerun the same command later: finished units are skipped, unfinished ones resubmitted")
-        else:
-            ran = sum(1 for o in rep.outcomes.values() if o["status"] == "ran")
-            print(f"{ran} unit(s) run by the jobs, {len(rep.failed)} failed ({rep.seconds:.1f} s)")
-            if ran:
-                ResultsStore(args.results).summarize(rep.dataset)
-                print(f"summary: {args.results / rep.dataset / 'summary.csv'}")
+    rep = submit(methods, dataset, cluster_options(args), **common)
+    print_launch_report(rep, args)
     _print_failed(rep.failed)
     return 1 if rep.failed else 0
 
