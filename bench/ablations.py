@@ -176,22 +176,21 @@ def parse_values(text: str | None) -> list[Any] | None:
 
 # --- running ---------------------------------------------------------------------------------------
 @dataclass
-class AblationResult:
-    ablation: Ablation
-    dataset: str
+class AblationGrid:
+    """An ablation resolved on one dataset: its task, grid items (rows), the dataset's mapping
+    notes, and the rows as the runner's variants (what ``bench ablate`` runs, locally or as jobs)."""
+
+    dataset: str  # the dataset's name (a YAML path is named by its stem)
     task: str
     items: list[GridItem]
     notes: list[str]
-    report: Any = None  # runner.RunReport
-    tex: Path | None = None
-    markdown: str = ""
+    variants: list[Any]  # runner.Variant
 
 
-def ablation_variants(ablation: Ablation, dataset: str, task: str | None = None,
-                      values: list[Any] | None = None) -> tuple[str, list[GridItem], list[str], list[Any]]:
-    """The grid of ``ablation`` on ``dataset`` as the runner's variants: (task, grid items, the
-    dataset's mapping notes, ``runner.Variant`` s), what ``run_ablation`` and ``bench ablate
-    --launcher submitit`` both run."""
+def ablation_grid(ablation: Ablation, dataset: str, task: str | None = None,
+                  values: list[Any] | None = None) -> AblationGrid:
+    """``ablation`` on ``dataset`` (a name or a YAML path): ``task`` defaults to the ablation's,
+    ``values`` replace its grid; the dataset's mapping (``ablations:`` in its YAML) applies."""
     from .datasets import load_spec
     from .registry import get_method
     from .runner import Variant
@@ -201,23 +200,8 @@ def ablation_variants(ablation: Ablation, dataset: str, task: str | None = None,
     if task not in spec.tasks:
         raise AblationError(f"dataset {spec.name!r} has no task {task!r} (it has {spec.tasks}); pick one with --task")
     items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
-    return task, items, notes, [Variant(get_method(i.method), i.variant, dict(i.model)) for i in items]
-
-
-def run_ablation(ablation: Ablation, dataset: str, *, task: str | None = None, values: list[Any] | None = None,
-                 folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
-                 n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
-                 model_overrides: dict[str, Any] | None = None, progress: bool = True,
-                 order: str = "task") -> AblationResult:
-    """Run (or resume) every row of ``ablation`` on ``dataset`` through the runner (``order``: as
-    ``runner.grid_order``)."""
-    from .runner import run
-
-    task, items, notes, variants = ablation_variants(ablation, dataset, task, values)
-    report = run(variants, dataset, tasks=[task], folds=folds, results=results, cache=cache, n_folds=n_folds,
-                 seed=seed, train_overrides=train_overrides, model_overrides=model_overrides, progress=progress,
-                 order=order)
-    return AblationResult(ablation, report.dataset, task, items, notes, report)
+    variants = [Variant(get_method(i.method), i.variant, dict(i.model)) for i in items]
+    return AblationGrid(spec.name, task, items, notes, variants)
 
 
 # --- the table -------------------------------------------------------------------------------------

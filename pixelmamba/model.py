@@ -173,13 +173,11 @@ class PixelMamba(nn.Module):
             act_dtype = getattr(torch, act_dtype.removeprefix("torch."))
         if not (chunk_size is None or chunk_size == "auto" or (isinstance(chunk_size, int) and chunk_size > 0)):
             raise ValueError(f"chunk_size must be a positive int, 'auto' or None, got {chunk_size!r}")
-        if not (isinstance(checkpointing, bool) or checkpointing == "auto"):
-            raise ValueError(f"checkpointing must be True, False or 'auto', got {checkpointing!r}")
         if not isinstance(segment, int) or segment < 1:
             raise ValueError(f"segment must be a positive int, got {segment!r}")
         self.cfg = cfg
         self.chunk_size = chunk_size
-        self.checkpointing = checkpointing
+        self.set_grad_checkpointing(checkpointing)  # validates
         self.act_dtype = act_dtype
         self.segment = segment
         self.num_features = cfg.num_features

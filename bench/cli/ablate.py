@@ -8,7 +8,7 @@ import argparse
 import logging
 
 from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
-                     parse_sets, print_launch_report, resolve_dataset)
+                     parse_sets, print_failed, print_launch_report, resolve_dataset)
 
 log = logging.getLogger("bench")
 
@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..ablations import get_ablation, list_ablations, parse_values
+    from ..ablations import ablation_grid, get_ablation, list_ablations, parse_values
 
     if not args.name:
         for a in list_ablations():
@@ -68,59 +68,40 @@ def main(args: argparse.Namespace) -> int:
         return 0
     ablation = get_ablation(args.name)
     dataset = resolve_dataset(args.dataset, preferred=ablation.dataset)
-    values = parse_values(args.values)
-    folds = parse_int_list(args.folds)
+    grid = ablation_grid(ablation, dataset, args.task, parse_values(args.values))
+    for note in grid.notes:
+        print(f"{grid.dataset}: {note}")
+    common = dict(tasks=[grid.task], folds=parse_int_list(args.folds), results=args.results, cache=args.cache,
+                  n_folds=args.n_folds, seed=args.seed, train_overrides=parse_sets(args.set),
+                  model_overrides=parse_sets(args.model), progress=not args.quiet, order=args.order)
+    failed: dict = {}
     if args.table_only:
-        from ..datasets import load_spec
-
-        spec = load_spec(dataset)
-        items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
-        result_dataset, task = spec.name, args.task or ablation.task
-        report = None
+        pass
     elif args.launcher == "submitit":
-        from ..ablations import ablation_variants
         from ..launch import submit
 
-        task, items, notes, variants = ablation_variants(ablation, dataset, args.task, values)
-        rep = submit(variants, dataset, cluster_options(args), tasks=[task], folds=folds, results=args.results,
-                     cache=args.cache, n_folds=args.n_folds, seed=args.seed,
-                     train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                     progress=not args.quiet, order=args.order)
-        for note in notes:
-            print(f"{rep.dataset}: {note}")
+        rep = submit(grid.variants, dataset, cluster_options(args), **common)
         print_launch_report(rep, args)
-        for unit, msg in rep.failed.items():
-            print(f"FAILED {unit}: {msg}")
+        failed = rep.failed
         if args.no_wait and rep.submitted:
-            print(f"when the jobs are done: python -m bench ablate {args.name} --dataset {rep.dataset} --table-only")
-            return 1 if rep.failed else 0
-        paths, md = write_table(ablation, items, notes, rep.dataset, task, args)
-        print(md)
-        for p in paths:
-            print(f"wrote {p}")
-        return 1 if rep.failed else 0
+            print_failed(failed)
+            print(f"when the jobs are done: python -m bench ablate {args.name} --dataset {grid.dataset} --table-only")
+            return 1 if failed else 0
     else:
-        from ..ablations import run_ablation
+        from ..runner import run
 
-        res = run_ablation(ablation, dataset, task=args.task, values=values, folds=folds, results=args.results,
-                           cache=args.cache, n_folds=args.n_folds, seed=args.seed,
-                           train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                           progress=not args.quiet, order=args.order)
-        items, notes, result_dataset, task, report = res.items, res.notes, res.dataset, res.task, res.report
-    for note in notes:
-        print(f"{result_dataset}: {note}")
-    if report is not None:
+        report = run(grid.variants, dataset, **common)
         if not report.ran and not report.failed and not report.busy:
             print(f"nothing to do: all {len(report.done_before)} unit(s) already done")
         else:
             print(report.line())
-        for unit, msg in report.failed.items():
-            print(f"FAILED {unit}: {msg}")
-    paths, md = write_table(ablation, items, notes, result_dataset, task, args)
+        failed = report.failed
+    print_failed(failed)
+    paths, md = write_table(ablation, grid.items, grid.notes, grid.dataset, grid.task, args)
     print(md)
     for p in paths:
         print(f"wrote {p}")
-    return 1 if report is not None and report.failed else 0
+    return 1 if failed else 0
 
 
 def write_table(ablation, items, notes, dataset: str, task: str, args: argparse.Namespace):

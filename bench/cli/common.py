@@ -123,3 +123,16 @@ def print_launch_report(rep: Any, args: argparse.Namespace) -> None:
     if ran:
         ResultsStore(args.results).summarize(rep.dataset)
         print(f"summary: {args.results / rep.dataset / 'summary.csv'}")
+
+
+def print_failed(failed: dict) -> None:
+    """One line per failure; units failing with the same message (an unusable encoder fails every
+    unit of its methods) share one line."""
+    by_msg: dict[str, list[str]] = {}
+    for unit, msg in failed.items():
+        by_msg.setdefault(msg, []).append(str(unit))
+    for msg, units in by_msg.items():
+        if len(units) == 1:
+            print(f"FAILED {units[0]}: {msg}")
+        else:
+            print(f"FAILED {len(units)} units ({', '.join(units)}): {msg}")

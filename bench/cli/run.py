@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
-                     parse_sets, print_launch_report, resolve_dataset)
+                     parse_sets, print_failed, print_launch_report, resolve_dataset)
 
 log = logging.getLogger("bench")
 
@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
               f"{args.results}/runs/{report.dataset} — `python -m bench table --dataset {report.dataset}` shows them")
     else:
         print(report.line())
-    _print_failed(report.failed)
+    print_failed(report.failed)
     if report.ran:
         print(f"summary: {args.results / report.dataset / 'summary.csv'}")
     return 1 if report.failed else 0
@@ -119,18 +119,5 @@ def _submit(args: argparse.Namespace, methods: list, dataset: str, common: dict)
 
     rep = submit(methods, dataset, cluster_options(args), **common)
     print_launch_report(rep, args)
-    _print_failed(rep.failed)
+    print_failed(rep.failed)
     return 1 if rep.failed else 0
-
-
-def _print_failed(failed: dict) -> None:
-    """One line per failure; units failing with the same message (an unusable encoder fails every
-    unit of its methods) share one line."""
-    by_msg: dict[str, list[str]] = {}
-    for unit, msg in failed.items():
-        by_msg.setdefault(msg, []).append(str(unit))
-    for msg, units in by_msg.items():
-        if len(units) == 1:
-            print(f"FAILED {units[0]}: {msg}")
-        else:
-            print(f"FAILED {len(units)} units ({', '.join(units)}): {msg}")
