@@ -101,6 +101,60 @@ def _exp_impl(x):
     return impl64
 
 
+def _expm1(x):
+    """exp(x) − 1 that LLVM can vectorise, accurate also near 0 (libm's expm1 is a scalar call:
+    one per (step, channel) in the backward cost ~1 ns per state, a fifth of the kernel)."""
+    return math.expm1(x)
+
+
+@overload(_expm1, jit_options={"fastmath": {"nsz", "contract"}})
+def _expm1_impl(x):
+    """|x| < 1/2: Taylor series of e^x − 1, Horner form (float64: degree 16, truncation below
+    1e-17 relative; float32: degree 9, below 2e-10), exact in its first term, so there is no
+    cancellation as x → 0; elsewhere ``_exp(x) − 1``, whose rounding error relative to
+    |e^x − 1| ≥ 0.39 is a few ulps. Both branches are computed and one is selected (no branch
+    in the vectorised loop)."""
+    if x == numba.types.float32:
+        f = np.float32
+
+        def impl32(x):
+            p = f(1.0 / 362880.0)
+            p = p * x + f(1.0 / 40320.0)
+            p = p * x + f(1.0 / 5040.0)
+            p = p * x + f(1.0 / 720.0)
+            p = p * x + f(1.0 / 120.0)
+            p = p * x + f(1.0 / 24.0)
+            p = p * x + f(1.0 / 6.0)
+            p = p * x + f(0.5)
+            small = x + x * x * p
+            big = _exp(x) - f(1.0)
+            return small if abs(x) < f(0.5) else big
+
+        return impl32
+
+    def impl64(x):
+        p = 1.0 / 20922789888000.0
+        p = p * x + 1.0 / 1307674368000.0
+        p = p * x + 1.0 / 87178291200.0
+        p = p * x + 1.0 / 6227020800.0
+        p = p * x + 1.0 / 479001600.0
+        p = p * x + 1.0 / 39916800.0
+        p = p * x + 1.0 / 3628800.0
+        p = p * x + 1.0 / 362880.0
+        p = p * x + 1.0 / 40320.0
+        p = p * x + 1.0 / 5040.0
+        p = p * x + 1.0 / 720.0
+        p = p * x + 1.0 / 120.0
+        p = p * x + 1.0 / 24.0
+        p = p * x + 1.0 / 6.0
+        p = p * x + 0.5
+        small = x + x * x * p
+        big = _exp(x) - 1.0
+        return small if abs(x) < 0.5 else big
+
+    return impl64
+
+
 def _zero(x):
     """A zero of x's float type (a bare 0.0 literal would make accumulators float64)."""
     return 0.0
@@ -156,10 +210,11 @@ def _fwd_kernel(
                 acc += hn * Cv[n]
             out[b, d, t] = acc + Dd * ut
         last[b, d] = h
-        if has_z:  # the gate in a pass of its own: vectorised over t
+        if has_z:  # the gate in a pass of its own, over 1-D views: vectorised over t
+            zr, outr = z[b, d], out[b, d]
             for t in range(L):
-                zt = z[b, d, t]
-                out[b, d, t] = out[b, d, t] * zt / (one + _exp(-zt))
+                zt = zr[t]
+                outr[t] = outr[t] * zt / (one + _exp(-zt))
 
 
 @numba.njit(nogil=True, fastmath=_FM, cache=True, inline="always")
@@ -209,33 +264,41 @@ def _bwd_body(
                 hseg[0, w] = ckpt[b, d0 + w, j]
             for t in range(t0, t1):  # recompute this segment's states (and y_t for the gate)
                 k = t - t0
+                Bv = Bt[b, g, t]
+                Cv = Ct[b, g, t]
                 for w in range(nw):
                     d = d0 + w
                     dtt = dt[b, d, t]
                     du = dtt * u[b, d, t]
                     acc = _zero(dtt)
+                    a, hp, hq, ek = A[d], hseg[k, w], hseg[k + 1, w], dAseg[k, w]
                     for n in range(N):
-                        e = _exp(dtt * A[d, n])
-                        dAseg[k, w, n] = e
-                        hn = e * hseg[k, w, n] + du * Bt[b, g, t, n]
-                        hseg[k + 1, w, n] = hn
-                        acc += hn * Ct[b, g, t, n]
+                        e = _exp(dtt * a[n])
+                        ek[n] = e
+                        hn = e * hp[n] + du * Bv[n]
+                        hq[n] = hn
+                        acc += hn * Cv[n]
                     yseg[w, k] = acc
             for w in range(nw):  # gate backward, vectorised over t: gradient reaching y_t
                 d = d0 + w
+                gor, gys, ys = gout[b, d, t0:t1], gyseg[w], yseg[w]  # 1-D views (see below)
                 if has_z:
-                    for t in range(t0, t1):
-                        zt = z[b, d, t]
+                    zr, ur, gzr = z[b, d, t0:t1], u[b, d, t0:t1], gz[b, d, t0:t1]
+                    Dd = Dv[d] if has_D else _zero(one)
+                    for t in range(t1 - t0):
+                        zt = zr[t]
                         s = one / (one + _exp(-zt))
-                        gyt = gout[b, d, t]
-                        yt = yseg[w, t - t0] + Dv[d] * u[b, d, t] if has_D else yseg[w, t - t0]
-                        gz[b, d, t] = gyt * yt * s * (one + zt * (one - s))
-                        gyseg[w, t - t0] = gyt * zt * s
+                        gyt = gor[t]
+                        yt = ys[t] + Dd * ur[t]
+                        gzr[t] = gyt * yt * s * (one + zt * (one - s))
+                        gys[t] = gyt * zt * s
                 else:
-                    for t in range(t0, t1):
-                        gyseg[w, t - t0] = gout[b, d, t]
+                    for t in range(t1 - t0):
+                        gys[t] = gor[t]
             for t in range(t1 - 1, t0 - 1, -1):  # adjoint recurrence through it
                 k = t - t0
+                Bv = Bt[b, g, t]
+                Cv = Ct[b, g, t]
                 gBacc[:] = 0.0
                 gCacc[:] = 0.0
                 for w in range(nw):
@@ -244,30 +307,52 @@ def _bwd_body(
                     gyt = gyseg[w, k]
                     dtt = dt[b, d, t]
                     dtu = dtt * ut
+                    a = A[d]
+                    hp = hseg[k, w]  # h_{t-1}
+                    hq = hseg[k + 1, w]  # h_t
+                    ek = dAseg[k, w]
+                    ghw = gh[w]
+                    gAw = gAacc[w]
+                    # Four short loops rather than one: each stores to one or two arrays, and
+                    # LLVM vectorises them; the fused loop ran ~25% slower.
+                    for n in range(N):
+                        ghw[n] += gyt * Cv[n]  # adjoint of h_t
+                    for n in range(N):
+                        gCacc[n] += gyt * hq[n]
+                    for n in range(N):
+                        gBacc[n] += ghw[n] * dtu
                     gdu = _zero(dtt)
                     gdA = _zero(dtt)
                     for n in range(N):
-                        ghn = gh[w, n] + gyt * Ct[b, g, t, n]  # adjoint of h_t
-                        gCacc[n] += gyt * hseg[k + 1, w, n]
-                        gBacc[n] += ghn * dtu
-                        gdu += ghn * Bt[b, g, t, n]
-                        x = ghn * dAseg[k, w, n] * hseg[k, w, n]  # d/d(Δ·A_n) of h_t
-                        gdA += x * A[d, n]
-                        gAacc[w, n] += x * dtt
-                        gh[w, n] = ghn * dAseg[k, w, n]  # adjoint passed on to h_{t-1}
+                        ghn = ghw[n]
+                        gdu += ghn * Bv[n]
+                        x = ghn * ek[n] * hp[n]  # d/d(Δ·A_n) of h_t
+                        gdA += x * a[n]
+                        gAw[n] += x * dtt
+                        ghw[n] = ghn * ek[n]  # adjoint passed on to h_{t-1}
                     if has_D:
                         gu[b, d, t] = gdu * dtt + gyt * Dv[d]
                         gDacc[w] += gyt * ut
                     else:
                         gu[b, d, t] = gdu * dtt
-                    gd = gdA + gdu * ut
-                    if softplus:
-                        gd = -gd * math.expm1(-dtt)
-                    gdelta[b, d, t] = gd
-                    gbacc[w] += gd
+                    gdelta[b, d, t] = gdA + gdu * ut  # with respect to Δ; softplus below
                 for n in range(N):
                     gB_part[p, b, g, t, n] += gBacc[n]
                     gC_part[p, b, g, t, n] += gCacc[n]
+            for w in range(nw):  # through the softplus, vectorised over t; the bias gradient
+                d = d0 + w
+                acc = _zero(one)
+                gdr = gdelta[b, d, t0:t1]  # 1-D views: LLVM vectorises loops over them, not
+                if softplus:  # over 3-D indexing (measured 1.2 vs 6.5 ns per element here)
+                    dtr = dt[b, d, t0:t1]
+                    for t in range(t1 - t0):
+                        gd = -gdr[t] * _expm1(-dtr[t])
+                        gdr[t] = gd
+                        acc += gd
+                else:
+                    for t in range(t1 - t0):
+                        acc += gdr[t]
+                gbacc[w] += acc
         for w in range(nw):
             gh0[b, d0 + w] = gh[w]
             gA_bd[b, d0 + w] = gAacc[w]
