@@ -209,16 +209,25 @@ def child_vim(args: argparse.Namespace) -> dict:
     return out
 
 
-def _gflops(net) -> float:
-    """Forward GFLOPs of one 224² image by ``torch.utils.flop_counter`` (matrix products and
-    convolutions, 2 per multiply-add; the selective scans are custom kernels and not counted,
-    as in the paper's FLOPs, which count multiply-adds: compare the ratio, not the level)."""
+def _gflops(net) -> dict:
+    """Forward FLOPs of one 224² image by ``torch.utils.flop_counter`` (matrix products and
+    convolutions, 2 per multiply-add; the selective scans are custom kernels and not counted):
+    ``all``, and ``in_out``, the multiply-adds of the Mamba blocks' input and output projections
+    plus the patch embedding (the first layer outside a block), in G. The paper's numbers (1.4 G
+    for Pixel-Mamba-6M, 3.4 G for 21M, 1.1 G for Vim-Ti) are what the second count gives (1.48,
+    3.44, 1.07 G): a counter that traces ``nn.Linear``/``nn.Conv`` calls and cannot see inside
+    mamba-ssm's fused ``mamba_inner_fn`` (x_proj, dt_proj, conv1d and the scan). Those unseen
+    parts are most of the work of Pixel-Mamba's narrow early layers, so the paper's 1.27 is not
+    the ratio of the work done."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:  # (under no_grad its module tracker fails)
         net(torch.randn(1, 3, 224, 224))
-    return counter.get_total_flops() / 1e9
+    counts = counter.get_flop_counts()
+    in_out = sum(sum(v.values()) for k, v in counts.items()
+                 if k.endswith((".in_proj", ".out_proj")) or k.endswith(".patch_embed"))
+    return {"all": counter.get_total_flops() / 1e9, "in_out": in_out / 2e9}
 
 
 def child_breakdown(args: argparse.Namespace) -> dict:
@@ -370,9 +379,12 @@ def main() -> None:
         print(f"  like for like (vim-ti without its per-block checkpointing, as Pixel-Mamba runs this batch): "
               f"vim-ti wall {plain['seconds']:.2f} s / CPU {plain['cpu_seconds']:.2f} s; ratio wall "
               f"{pm['seconds'] / plain['seconds']:.2f}, CPU {pm['cpu_seconds'] / plain['cpu_seconds']:.2f}", flush=True)
+        pf, vf = pm["gflops"], vim["gflops"]
         print(f"forward FLOPs per 224² image (torch flop counter, scans not counted): {args.model} "
-              f"{pm['gflops']:.2f} G, vim-ti {vim['gflops']:.2f} G, ratio {pm['gflops'] / vim['gflops']:.2f} "
-              f"(paper, multiply-adds: 1.4 vs 1.1 G, ratio 1.27)", flush=True)
+              f"{pf['all']:.2f} G, vim-ti {vf['all']:.2f} G, ratio {pf['all'] / vf['all']:.2f}", flush=True)
+        print(f"  counted as the paper counts (multiply-adds of the in/out projections and the patch "
+              f"embedding only): {args.model} {pf['in_out']:.2f} G, vim-ti {vf['in_out']:.2f} G, ratio "
+              f"{pf['in_out'] / vf['in_out']:.2f} (paper: 1.4 vs 1.1 G, ratio 1.27)", flush=True)
         if args.breakdown:
             print_breakdown(_child(args, "--child-breakdown"), args.batch, args.model, pm["cpu_seconds"])
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
