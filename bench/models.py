@@ -16,15 +16,30 @@ def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> 
     (docs/pixelmamba.md, "Memory"). The library's ``checkpointing="auto"`` streams slides of more
     than four 224² regions and runs smaller ones (where none of this memory matters, and segments
     do not apply) on the faster plain autograd path. On the streamed path the heap's free pages
-    go back to the system whenever a layer starts (``bench.memory.release_between_layers``;
-    ``BENCH_TRIM_LAYERS=0`` turns it off)."""
+    go back to the system whenever a layer or a stage inside a streamed layer starts
+    (``release_pixelmamba_heap``; ``BENCH_TRIM_LAYERS=0`` turns it off)."""
     from pixelmamba import create_model
 
-    from .memory import release_between_layers
-
     model = create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", "segment": 2, **overrides})
-    release_between_layers(model.layers, when=streamed_layer_call)
+    release_pixelmamba_heap(model)
     return model
+
+
+def release_pixelmamba_heap(model: torch.nn.Module) -> list:
+    """``bench``'s heap policy for Pixel-Mamba's streamed path (``bench/memory.py``): free heap
+    pages go back to the system whenever one of ``model``'s layers starts, forward, recomputed
+    or backward (``release_between_layers``), and whenever a stage inside a streamed layer starts
+    (``pixelmamba.streaming.set_release_hook``: process-wide; the plain path of 224² batches has
+    no such stages). Nothing where ``release_between_layers`` does nothing (not glibc, or
+    ``BENCH_TRIM_LAYERS=0``). Returns the layer hooks' handles."""
+    from pixelmamba.streaming import set_release_hook
+
+    from .memory import release_between_layers, release_free_memory, trimming_enabled
+
+    handles = release_between_layers(model.layers, when=streamed_layer_call)
+    if trimming_enabled():
+        set_release_hook(release_free_memory)
+    return handles
 
 
 def streamed_layer_call(args: tuple) -> bool:

@@ -9,8 +9,9 @@
    costs. The input image (raw uint8 RGB, 3 B/px, as ``bench`` feeds Pixel-Mamba; ``--input
    float32``: normalised float32, 12 B/px) is allocated after the baseline and counted. The marginal
    B/px between two sizes is printed too. The process's memory policy is ``bench run``'s: glibc's
-   mmap threshold pinned and the heap's free pages handed back whenever a layer starts
-   (``bench.memory``; ``BENCH_MMAP_THRESHOLD`` and ``BENCH_TRIM_LAYERS=0`` change both alike).
+   mmap threshold pinned and the heap's free pages handed back whenever a layer or a stage
+   inside a streamed layer starts (``bench.memory``, ``bench.models.release_pixelmamba_heap``;
+   ``BENCH_MMAP_THRESHOLD`` and ``BENCH_TRIM_LAYERS=0`` change both alike).
 2. Time ratio 2048² / 1024² of the same runs (goal <= 4.4: 4x the pixels, linear time).
 3. Forward+backward time of Pixel-Mamba-6M vs Vim-Ti on the same batch of 224² images (goal
    ratio <= 1.5; the paper's FLOPs ratio is 1.27), both with their default options (Pixel-Mamba:
@@ -134,8 +135,8 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     import torch
 
     import pixelmamba
-    from bench.memory import bound_heap_growth, release_between_layers, release_free_memory
-    from bench.models import streamed_layer_call
+    from bench.memory import bound_heap_growth, release_free_memory
+    from bench.models import release_pixelmamba_heap
     from pixelmamba.serialize import region_grid
 
     bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/memory.py)
@@ -145,7 +146,7 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     # kernels compiled, thread pools up, and the parameter gradients allocated — 4 bytes per
     # parameter, 26.6 MB for the 6M model, a cost of the model like its weights, not of the image.
     net = pixelmamba.create_model(args.model, num_classes=4, **_model_kwargs(args))
-    release_between_layers(net.layers, when=streamed_layer_call)  # as bench's adapter does (bench/models.py)
+    release_pixelmamba_heap(net)  # as bench's adapter does (bench/models.py)
     mode = net.checkpointing  # the warm-up takes the path the measured image takes ("auto" would not)
     net.set_grad_checkpointing(net.streams(math.prod(region_grid(size, size, net.cfg.scan_window))))
     net(torch.randn(1, 3, 32, 32)).sum().backward()

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from .configs import TokenExpansionSpec
 from .mixer import BiMambaMixer
+from .streaming import stage_start
 
 
 def shift_merge(tokens: Tensor, axis: str) -> Tensor:
@@ -179,7 +180,9 @@ def _group_any(valid: Tensor, slot: Tensor, n_out: int) -> Tensor:
     return out.view(B, n_out, h, w)
 
 
-FUSE_CHUNK_BYTES = 1 << 20  # fuse_and_expand: float32 bytes of the input regions of one group (about a sixth of the working set)
+# fuse_and_expand: float32 bytes of input per step (groups of output regions, cut into slabs of
+# rows or columns when one group is larger); the step's transients are about four times this
+FUSE_CHUNK_BYTES = 1 << 18
 
 
 def fuse_and_expand(
@@ -192,8 +195,9 @@ def fuse_and_expand(
     Composed from the two functions, autograd keeps nothing big, but forward and backward pass
     through four or five float32 copies of the layer's tokens at once (the group sums, the masked
     copies, shift-merge's padded copy and sum, the cast); on a slide those transients, not what
-    is kept, set the peak. Here the output is built a few regions at a time (``_FuseExpand``):
-    the only full-size tensors are the input, the output and, in backward, the two gradients.
+    is kept, set the peak. Here the output is built a few regions at a time, a slab of rows or
+    columns of a region when one is larger than ``FUSE_CHUNK_BYTES`` (``_FuseExpand``): the
+    only full-size tensors are the input, the output and, in backward, the two gradients.
     """
     B, n, h, w, C = tokens.shape
     if k:
@@ -216,9 +220,24 @@ def _fuse_groups(n_in: int, n_out: int, per_region: int) -> list[tuple[int, int]
     return [(o, min(o + step, n_out)) for o in range(0, n_out, step)]
 
 
+def _slab_dim(spec: TokenExpansionSpec | None) -> int:
+    """The axis of ``(regions, h, w, C)`` along which a group is cut into slabs: rows, or columns
+    when the expansion joins vertical pairs (each slab then holds whole pairs)."""
+    return 2 if spec is not None and spec.axis == "v" else 1
+
+
+def _slabs(members: int, h: int, w: int, C: int, dim: int) -> list[tuple[int, int]]:
+    """Rows (``dim`` 1) or columns (2) of a group of ``members`` input regions ``(h, w, C)``, in
+    slabs of about ``FUSE_CHUNK_BYTES`` of float32 input (at least one row or column)."""
+    extent, unit = (h, members * w * C * 4) if dim == 1 else (w, members * h * C * 4)
+    step = max(1, FUSE_CHUNK_BYTES // max(1, unit))
+    return [(a, min(a + step, extent)) for a in range(0, extent, step)]
+
+
 class _FuseExpand(torch.autograd.Function):
     """Tokens through Region Fusion's group means and Token Expansion, a few output regions at a
-    time; the regions are flattened over the batch (slot ``b * n_out + o``). Keeps for backward
+    time (a slab of their rows or columns at a time, ``_slabs``); the regions are flattened over
+    the batch (slot ``b * n_out + o``). Keeps for backward
     only the boolean masks and the slots. Backward: the expansion's adjoint by autograd on each
     group (it is linear, so the recomputation runs on zeros), then the group means' adjoint."""
 
@@ -254,15 +273,20 @@ class _FuseExpand(torch.autograd.Function):
             h2, w2 = (h, w // 2) if spec.axis == "h" else (h // 2, w)
             C2 = 2 * C if spec.join == "cat" else C
         out = torch.empty(B * n_out, h2, w2, C2, dtype=store_dtype, device=tokens.device)
+        sd = _slab_dim(spec)
+        stage_start()
         for g0, g1 in _fuse_groups(B * n, B * n_out, h * w * C):
             idx, local, member = _FuseExpand._group(g0, g1, gslot, order, starts, valid_f, out_valid_f)
-            x = torch.where(member[..., None], flat.index_select(0, idx).to(cdtype), 0)
-            summed = x.new_zeros(g1 - g0, h, w, C).index_add_(0, local, x)
-            count = x.new_zeros(g1 - g0, h, w).index_add_(0, local, member.to(x.dtype))
-            y = summed / count[..., None]
-            if spec is not None:
-                y = expand_tokens(y, out_valid_f[g0:g1], spec)[0]
-            out[g0:g1] = y
+            for a, b in _slabs(len(idx), h, w, C, sd):
+                m = member.narrow(sd, a, b - a)
+                x = torch.where(m[..., None], flat.narrow(sd, a, b - a).index_select(0, idx).to(cdtype), 0)
+                y = x.new_zeros(g1 - g0, *x.shape[1:]).index_add_(0, local, x)
+                del x
+                count = y.new_zeros(g1 - g0, *m.shape[1:]).index_add_(0, local, m.to(y.dtype))
+                y.div_(count[..., None])
+                if spec is not None:
+                    y = expand_tokens(y, out_valid_f[g0:g1].narrow(sd, a, b - a), spec)[0]
+                out[g0:g1].narrow(sd, a, b - a).copy_(y)
         ctx.save_for_backward(valid, out_valid, slot)
         ctx.spec, ctx.in_dtype, ctx.in_shape = spec, tokens.dtype, tokens.shape
         return out.view(B, n_out, *out.shape[1:])
@@ -276,16 +300,21 @@ class _FuseExpand(torch.autograd.Function):
         valid_f, out_valid_f = valid.reshape(B * n, h, w), out_valid.reshape(B * n_out, h, w)
         g_f = g.reshape(B * n_out, *g.shape[2:])
         g_in = torch.empty(B * n, h, w, C, dtype=ctx.in_dtype, device=g.device)
+        sd = _slab_dim(ctx.spec)
+        stage_start()
         for g0, g1 in _fuse_groups(B * n, B * n_out, h * w * C):
             idx, local, member = _FuseExpand._group(g0, g1, gslot, order, starts, valid_f, out_valid_f)
-            g_y = g_f[g0:g1].to(torch.promote_types(ctx.in_dtype, torch.float32))
-            if ctx.spec is not None:
-                with torch.enable_grad():
-                    y0 = g_y.new_zeros(g1 - g0, h, w, C, requires_grad=True)
-                    (g_y,) = torch.autograd.grad(expand_tokens(y0, out_valid_f[g0:g1], ctx.spec)[0], y0, g_y)
-            count = g_y.new_zeros(g1 - g0, h, w).index_add_(0, local, member.to(g_y.dtype))
-            g_x = torch.where(member[..., None], (g_y / count[..., None]).index_select(0, local), 0)
-            g_in.index_copy_(0, idx, g_x.to(g_in.dtype))
+            for a, b in _slabs(len(idx), h, w, C, sd):
+                m = member.narrow(sd, a, b - a)
+                g_y = g_f[g0:g1].narrow(sd, a, b - a).to(torch.promote_types(ctx.in_dtype, torch.float32))
+                if ctx.spec is not None:
+                    with torch.enable_grad():
+                        y0 = g_y.new_zeros(g1 - g0, *m.shape[1:], C, requires_grad=True)
+                        (g_y,) = torch.autograd.grad(expand_tokens(y0, out_valid_f[g0:g1].narrow(sd, a, b - a),
+                                                                   ctx.spec)[0], y0, g_y)
+                count = g_y.new_zeros(g1 - g0, *m.shape[1:]).index_add_(0, local, m.to(g_y.dtype))
+                g_x = torch.where(m[..., None], (g_y / count[..., None]).index_select(0, local), 0)
+                g_in.narrow(sd, a, b - a).index_copy_(0, idx, g_x.to(g_in.dtype))
         return g_in.view(B, n, h, w, C), None, None, None, None, None
 
 

@@ -40,11 +40,23 @@ from .streaming import streamed_block
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 8 << 20  # chunk_size="auto": working set of one piece in backward, about
+CHUNK_BYTES = 8 << 20  # chunk_size="auto": working set of one piece in backward, at most
+CHUNK_BYTES_PER_TOKEN = 8  # ... and at most this much per token of the (padded) input: see piece_budget
 UNPIECED_REGIONS = 4  # "auto": inputs of at most this many regions (batch included) run unpieced and unstreamed
 
 
-def auto_chunk(channels: int, d_state: int = 16, expand: int = 2) -> int:
+def piece_budget(tokens: int) -> int:
+    """Working set of one piece for an input of ``tokens`` pixels after padding to whole regions
+    (batch included): ``CHUNK_BYTES_PER_TOKEN`` per token, at most ``CHUNK_BYTES``. A fixed 8 MB
+    is a small share of a slide's peak but most of a small image's (80 B/px is 20 MB at 512²),
+    so the pieces shrink with the input and the peak stays a constant factor of its size: 3.6 MB
+    at 512² (451,584 tokens after padding to 3 × 3 regions), 8 MB from about 1M tokens up
+    (1024² pads to 1.25M). Smaller pieces cost time (per-piece overhead: at 512², 4 MB pieces
+    took 16.6 CPU s, 3 MB 18.8 s, 8 MB 15.4 s), which is why the cap stays."""
+    return min(CHUNK_BYTES, CHUNK_BYTES_PER_TOKEN * tokens)
+
+
+def auto_chunk(channels: int, d_state: int = 16, expand: int = 2, budget: int = CHUNK_BYTES) -> int:
     """Tokens per piece for ``chunk_size="auto"``. Measured (session 4: one streamed block's
     forward+backward at the shapes of 1024², peak heap bytes against piece length, 96 and 192
     channels at 205–819 tokens, 3 channels at 1.6K–6.4K): a piece's backward holds about 112
@@ -52,11 +64,13 @@ def auto_chunk(channels: int, d_state: int = 16, expand: int = 2) -> int:
     branches keeps some twenty ``(d_inner, piece)`` float32 tensors, and their gradients come on
     top — and about 52 bytes per state dimension (B and C of both branches and their gradients).
     Session 3's estimate (42 and 64 bytes) was a third of that, so its "8 MB" pieces were about
-    25 MB. Pieces are sized so that this stays near ``CHUNK_BYTES``, with at least 128 tokens:
-    every piece boundary also keeps two SSM states (``2 * expand * channels * d_state`` floats)
-    for backward, so pieces must not be tiny on the wide layers. 3 channels: ~5.6K tokens; 96:
-    ~380; 192: ~190; 384: 128."""
-    return max(128, CHUNK_BYTES // _piece_bytes_per_token(channels, d_state, expand))
+    25 MB. Pieces are sized so that this stays near ``budget`` (``piece_budget``; ``CHUNK_BYTES``,
+    8 MB, for slides), with at least ``128 * budget / CHUNK_BYTES`` tokens (128 at 8 MB, at
+    least 16): every piece boundary also keeps two SSM states (``2 * expand * channels *
+    d_state`` floats) for backward, so pieces must not be tiny on the wide layers. At 8 MB:
+    3 channels ~5.6K tokens; 96: ~380; 192: ~190; 384: 128. At 3.6 MB (512²): 2.4K, 171, 86, 57."""
+    floor = max(16, 128 * budget // CHUNK_BYTES)
+    return max(floor, budget // _piece_bytes_per_token(channels, d_state, expand))
 
 
 def _piece_bytes_per_token(channels: int, d_state: int, expand: int) -> int:
@@ -215,7 +229,8 @@ class PixelMamba(nn.Module):
 
     def _chunk(self, layer: PixelMambaLayer, regions: int) -> int | None:
         """Tokens per piece of ``layer`` for an input of ``regions`` initial regions (batch
-        included). ``"auto"``: ``auto_chunk``, except that small inputs (at most
+        included). ``"auto"``: ``auto_chunk`` with the budget ``piece_budget`` gives for the
+        input's tokens (``regions`` whole scan windows), except that small inputs (at most
         ``UNPIECED_REGIONS`` regions: a batch of 224² images) run in one piece — pieces cost time
         (the forward runs the forward branch once more for the boundary states, the backward
         recomputes and differentiates it once more for the state chain: about 4.5 instead of 3
@@ -224,7 +239,8 @@ class PixelMamba(nn.Module):
         if self.chunk_size == "auto":
             if regions <= UNPIECED_REGIONS:
                 return None
-            return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand)
+            budget = piece_budget(regions * self.cfg.scan_window ** 2)
+            return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand, budget)
         return self.chunk_size  # type: ignore[return-value]
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -33,12 +33,34 @@ compare gradients, in float64 to 1e-9).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .serialize import cls_position
+
+_release_hook: Callable[[], object] | None = None
+
+
+def set_release_hook(hook: Callable[[], object] | None) -> Callable[[], object] | None:
+    """Call ``hook()`` whenever a stage of the streamed path starts: each of a streamed block's
+    sweeps over its pieces (two in forward, two in backward) and each pass of Region Fusion and
+    Token Expansion over their groups (``layers.fuse_and_expand``, forward and backward). Between
+    stages the previous stage's temporaries are all freed, so this is where a caller can hand
+    the allocator's free pages back to the system (``bench`` does: glibc keeps freed heap pages
+    resident, several MB per stage at a piece size of a few MB; ``bench/memory.py``). Process-wide,
+    like the allocator it serves; ``None`` removes it. Returns the previous hook."""
+    global _release_hook
+    previous, _release_hook = _release_hook, hook
+    return previous
+
+
+def stage_start() -> None:
+    """A stage of the streamed path starts (see ``set_release_hook``)."""
+    if _release_hook is not None:
+        _release_hook()
 
 
 @dataclass(frozen=True)
@@ -123,11 +145,13 @@ def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states
     store = _state_store(mixer, flat.shape[0], 2 * len(bounds), dev, cdt)
     states = store.unbind(0)  # the views are made now too
     h_f: list[Tensor | None] = [None]
+    stage_start()
     for i, (s, e) in enumerate(bounds[:-1]):
         lo = max(0, s - k)
         x = _gather(flat, cls, idx.locate(lo, e, dev))
         h_f.append(states[i].copy_(mixer._forward_state(norm(x), k - (s - lo), h_f[-1])))
     h_b: list[Tensor | None] = [None] * (len(bounds) + 1)
+    stage_start()
     for i in range(len(bounds) - 1, -1, -1):
         s, e = bounds[i]
         lo, hi = max(0, s - k), min(L, e + k)
@@ -164,7 +188,12 @@ class _StreamedBlock(torch.autograd.Function):
         bounds = _pieces(L, ctx.chunk)
         last = len(bounds) - 1
         want_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        g_params = [torch.zeros_like(p) for p in trainable]
+        # Parameter gradients: with one piece, the piece's own (a zero-filled accumulator would be
+        # a second copy of the layer's parameters, 4 MB at 384 channels, the peak of the narrow
+        # late layers of a small slide); with several, accumulators allocated before the loops
+        # (see _run_forward on allocations that outlive a piece)
+        g_params: list[Tensor | None] = (
+            [None] * len(trainable) if len(bounds) == 1 else [torch.zeros_like(p) for p in trainable])
         cdt = _compute_dtype(flat, cls)
         if g_out is None:  # (an output that does not reach the loss: one zero of its dtype, broadcast)
             g_out = torch.zeros(1, 1, 1, dtype=cdt, device=dev).expand(flat.shape)
@@ -187,6 +216,7 @@ class _StreamedBlock(torch.autograd.Function):
         g_hf_store = _state_store(mixer, flat.shape[0], len(bounds), dev, cdt).unbind(0)  # see _run_forward
         g_hf: list[Tensor | None] = [None] * (len(bounds) + 1)
         with torch.enable_grad():
+            stage_start()
             for i in range(last, 0, -1):
                 s, e = bounds[i]
                 lo = max(0, s - k)
@@ -210,11 +240,16 @@ class _StreamedBlock(torch.autograd.Function):
         # reach it: no full-length float32 buffer.
         g_flat = torch.empty(flat.shape, dtype=flat.dtype, device=dev) if want_x else None
         g_cls = torch.zeros(cls.shape, dtype=cdt, device=dev) if want_x else None
-        pending: Tensor | None = None
+        # ``pending`` holds positions ``p0 .. p0 + width``; a piece starts at ``p0`` (the previous
+        # one flushed up to its start) and spans at most the longest piece plus both halos
+        width = min(L, max(e - s for s, e in bounds) + 2 * k)
+        pending = torch.zeros(flat.shape[0], width, flat.shape[2], dtype=cdt, device=dev) if want_x else None
+        g_hb_store = _state_store(mixer, flat.shape[0], 2, dev, cdt).unbind(0)  # piece to piece, in turn
         p0 = 0
 
-        def flush(upto: int) -> None:
-            nonlocal pending, p0
+        def flush(upto: int, end: int) -> None:
+            """Write positions ``p0..upto-1`` (complete) and move ``upto..end-1`` to the front."""
+            nonlocal p0
             if upto <= p0:
                 return
             tok, region, is_cls = idx.locate(p0, upto, dev)
@@ -222,10 +257,14 @@ class _StreamedBlock(torch.autograd.Function):
             keep = ~is_cls
             g_flat.index_copy_(1, tok[keep], g[:, keep].to(g_flat.dtype))
             g_cls.index_copy_(1, region[is_cls], g[:, is_cls])
-            pending, p0 = pending[:, upto - p0:], upto
+            rest = pending[:, upto - p0: end - p0].clone()  # (the halo: 2 (d_conv - 1) positions)
+            pending[:, : end - p0].zero_()
+            pending[:, : rest.shape[1]] = rest
+            p0 = upto
 
         g_hb = None  # gradient of the backward-branch state that the current piece returns
         with torch.enable_grad():
+            stage_start()
             for i, (s, e) in enumerate(bounds):
                 lo, hi = max(0, s - k), min(L, e + k)
                 x = _gather(flat, cls, idx.locate(lo, hi, dev)).detach().requires_grad_(want_x)
@@ -245,18 +284,17 @@ class _StreamedBlock(torch.autograd.Function):
                 grads = list(torch.autograd.grad(outs, ins, gouts, allow_unused=True))
                 if want_x:
                     g_x = grads.pop(0)
-                    if pending is None:
-                        pending = torch.zeros(g_x.shape[0], 0, g_x.shape[2], dtype=cdt, device=dev)
-                    if hi - p0 > pending.shape[1]:  # extend the buffer to this piece's end
-                        pending = torch.cat([pending, pending.new_zeros(
-                            pending.shape[0], hi - p0 - pending.shape[1], pending.shape[2])], dim=1)
-                    pending[:, lo - p0: hi - p0] += g_x
-                    flush(L if i == last else max(p0, e - k))  # the next piece starts at e - k
-                g_hb = grads.pop(0) if hb is not None else None
-                for acc, g in zip(g_params, grads):
-                    if g is not None:
-                        acc += g
-        g_param_out = iter(g_params)
+                    pending[:, : hi - lo] += g_x  # (lo == p0)
+                    flush(L if i == last else max(p0, e - k), hi)  # the next piece starts at e - k
+                g_hb = g_hb_store[i % 2].copy_(grads.pop(0)) if hb is not None else None
+                for j, g in enumerate(grads):
+                    if g is None:
+                        continue
+                    if g_params[j] is None:
+                        g_params[j] = g
+                    else:
+                        g_params[j] += g
+        g_param_out = iter(g if g is not None else torch.zeros_like(p) for g, p in zip(g_params, trainable))
         return (
             g_flat if ctx.needs_input_grad[0] else None,
             g_cls.to(cls.dtype) if ctx.needs_input_grad[1] else None,

@@ -120,18 +120,31 @@ def test_bench_pixelmamba_trims_on_the_streamed_path_only(monkeypatch):
     """bench's Pixel-Mamba trims when a layer starts on the streamed path (forward, recomputed
     and backward: 3 x 24 layer starts at segment 2, less one: the backward trim waits for the
     gradient of a layer's output tokens, and the last layer's tokens get none, only its CLS feeds
-    the head), not on the plain path of small inputs, where it only costs time."""
+    the head) and when a stage inside a streamed layer starts (pixelmamba's release hook), not on
+    the plain path of small inputs, where it only costs time; BENCH_TRIM_LAYERS=0 sets neither."""
     import torch
 
     import bench.memory as mem
+    import pixelmamba.streaming as streaming
     from bench.models import pixelmamba
 
     calls: list[int] = []
     monkeypatch.setattr(mem, "release_free_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(streaming, "_release_hook", None)  # restored after the test
+    monkeypatch.setenv("BENCH_TRIM_LAYERS", "0")
+    pixelmamba(2, scan_window=32)
+    assert streaming._release_hook is None
     monkeypatch.setenv("BENCH_TRIM_LAYERS", "1")
     torch.manual_seed(0)
     model = pixelmamba(2, scan_window=32)
+    assert streaming._release_hook is mem.release_free_memory
+    stages: list[int] = []
+    monkeypatch.setattr(streaming, "_release_hook", lambda: stages.append(1))
     model(torch.randn(1, 3, 32, 32)).sum().backward()  # one region: the plain path
-    assert calls == []
+    assert calls == [] and stages == []
     model(torch.randn(1, 3, 64, 96)).sum().backward()  # six regions: streamed
     assert len(calls) == 3 * 24 - 1
+    # each layer: forward and recomputation, 3 stages each (two sweeps, one fusion pass); its
+    # backward 3 more (two sweeps, the fusion's backward), less the last layer's fusion backward
+    # (its tokens get no gradient)
+    assert len(stages) == 24 * 9 - 1

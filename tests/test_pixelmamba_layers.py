@@ -166,26 +166,29 @@ def test_region_fusion_partial_regions_average_real_tokens_only() -> None:
     assert v.all()
 
 
-@pytest.mark.parametrize("spec", [None, TokenExpansionSpec("h", "cat"), TokenExpansionSpec("v", "avg")])
+@pytest.mark.parametrize("spec", [None, TokenExpansionSpec("h", "cat"), TokenExpansionSpec("v", "avg"),
+                                  TokenExpansionSpec("v", "cat")])
 @pytest.mark.parametrize("k", [0, 3])
-def test_fuse_and_expand_equals_fusion_then_expansion(spec, k, monkeypatch) -> None:
+@pytest.mark.parametrize("chunk", [1, 150, 1 << 20])
+def test_fuse_and_expand_equals_fusion_then_expansion(spec, k, chunk, monkeypatch) -> None:
     """The lean, group-by-group path against the two functions composed by autograd: same
     tokens, CLS, validity and input gradient, on two slides with padding and padding-only regions,
-    with one output region per group (the chunk size forced down)."""
+    with groups cut into slabs of one row or column (chunk 1 byte), of two or three (150 bytes:
+    rows of 6 tokens and columns of 4, 3 channels, one or two members), or whole groups of
+    several output regions."""
     import pixelmamba.layers as layers
 
-    monkeypatch.setattr(layers, "FUSE_CHUNK_BYTES", 1)
+    monkeypatch.setattr(layers, "FUSE_CHUNK_BYTES", chunk)
     torch.manual_seed(0)
     tokens = torch.randn(2, 7, 4, 6, 3, dtype=torch.float64)
     valid = torch.rand(2, 7, 4, 6) > 0.3
     valid[1, 2:4] = False  # padding-only regions
     tokens = (tokens * valid[..., None]).requires_grad_(True)
     cls = torch.randn(2, 7, 3, dtype=torch.float64)
-    weight = torch.randn(2, 7 - k, *((4, 3, 6) if spec and spec.axis == "h" else (2, 6, 3) if spec else (4, 6, 3)),
-                         dtype=torch.float64)
     ref, ref_cls, ref_valid = region_fusion(tokens, cls, valid, k) if k else (tokens, cls, valid)
     if spec is not None:
         ref, ref_cls, ref_valid = token_expansion(ref, ref_cls, ref_valid, spec)
+    weight = torch.randn(ref.shape, dtype=torch.float64)
     (g_ref,) = torch.autograd.grad((ref * weight).sum(), tokens)
     out, out_cls, out_valid = layers.fuse_and_expand(tokens, cls, valid, k, spec, torch.float64)
     (g,) = torch.autograd.grad((out * weight).sum(), tokens)

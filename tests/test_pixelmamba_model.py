@@ -253,7 +253,10 @@ def test_streamed_block_equals_plain_block(chunk) -> None:
     """One streamed block against the plain autograd path (serialize → block → deserialize,
     padding zeroed): output and the gradients of tokens, CLS and every parameter, also when the
     pieces are shorter than the conv halo (1, 2 tokens: a position's gradient then gathers
-    contributions from several pieces before it is written) and with padding in the grid."""
+    contributions from several pieces before it is written; it is summed in one buffer of the
+    longest piece plus both halos, allocated before the pieces, and handed on by a shift) and
+    with padding in the grid. With one piece (None) the piece's parameter gradients are returned
+    as they are, with several they are summed into accumulators made before the pieces."""
     from pixelmamba.serialize import deserialize, serialize
     from pixelmamba.streaming import streamed_block
 
@@ -280,6 +283,61 @@ def test_streamed_block_equals_plain_block(chunk) -> None:
 
     for got, want in zip(run(True), run(False)):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_piece_budget_and_auto_chunk_by_hand() -> None:
+    """Pieces shrink with the input below ~1M tokens (8 bytes of working set per token of the
+    padded input) and keep 8 MB above; the floor shrinks with the budget. By hand, with the
+    working set per token 4 * (28 * 2 * C + 13 * 16) bytes: 1504 at 3 channels, 43,840 at 192,
+    86,848 at 384."""
+    from pixelmamba.model import CHUNK_BYTES, auto_chunk, piece_budget
+
+    assert CHUNK_BYTES == 8 << 20
+    assert piece_budget(9 * 224**2) == 8 * 451_584 == 3_612_672  # 512² pads to 3 x 3 regions
+    assert piece_budget(25 * 224**2) == piece_budget(100 * 224**2) == CHUNK_BYTES  # 1024², 2048²
+    # 8 MB, as before: 8388608 // 1504 = 5577; // 43840 = 191; // 86848 = 96 -> the floor, 128
+    assert [auto_chunk(c) for c in (3, 192, 384)] == [5577, 191, 128]
+    # 512²: 3612672 // 1504 = 2402; // 43840 = 82; // 86848 = 41 -> floor 128 * 3612672 // 8388608 = 55
+    assert [auto_chunk(c, budget=3_612_672) for c in (3, 192, 384)] == [2402, 82, 55]
+    assert auto_chunk(384, budget=1 << 16) == 16  # the floor's own floor
+    model = create_model("pixelmamba-6m", num_classes=3)
+    layer1, layer23 = model.layers[0], model.layers[22]  # 3 and 384 channels
+    assert (model._chunk(layer1, 9), model._chunk(layer23, 9)) == (2402, 55)
+    assert (model._chunk(layer1, 25), model._chunk(layer23, 25)) == (5577, 128)
+    assert model._chunk(layer1, 4) is None  # a 224² batch: one piece
+
+
+def test_streamed_path_calls_the_release_hook_at_every_stage() -> None:
+    """``set_release_hook``: called when each sweep of a streamed block over its pieces starts
+    (two in forward, two more in backward) and when Region Fusion/Token Expansion start a pass
+    (forward, backward); not on the plain path."""
+    from pixelmamba.layers import fuse_and_expand
+    from pixelmamba.streaming import set_release_hook, streamed_block
+
+    torch.manual_seed(0)
+    model = create_model("pixelmamba-6m", num_classes=3, **TINY)
+    block = model.layers[2].block  # 12 channels
+    tokens = torch.randn(1, 4, 4, 6, 12, requires_grad=True)
+    cls, valid = torch.randn(1, 4, 12), torch.ones(1, 4, 4, 6, dtype=torch.bool)
+    calls: list[int] = []
+    previous = set_release_hook(lambda: calls.append(1))
+    try:
+        out, out_cls = streamed_block(block, tokens, cls, valid, 7)
+        assert len(calls) == 2
+        (out.sum() + out_cls.sum()).backward()
+        assert len(calls) == 4
+        calls.clear()
+        fused, _, _ = fuse_and_expand(out.detach().requires_grad_(True), out_cls, valid, 1, model.layers[2].row.expansion,
+                                      torch.float32)
+        assert len(calls) == 1
+        fused.sum().backward()
+        assert len(calls) == 2
+        calls.clear()
+        model.set_grad_checkpointing(False)
+        model(torch.randn(1, 3, 64, 96)).sum().backward()
+        assert calls == []
+    finally:
+        assert set_release_hook(previous) is not None
 
 
 def test_streamed_block_without_input_gradient() -> None:
