@@ -238,8 +238,9 @@ class _StreamedBlock(torch.autograd.Function):
         # conv halos of its neighbours; it is summed in float32 in a short buffer (``pending``,
         # positions ``p0..``) and written once, in the input's dtype, when no later piece can
         # reach it: no full-length float32 buffer.
-        g_flat = torch.empty(flat.shape, dtype=flat.dtype, device=dev) if want_x else None
-        g_cls = torch.zeros(cls.shape, dtype=cdt, device=dev) if want_x else None
+        # (the tokens of layer 1 come from the image and need none: only the CLS gradient then)
+        g_flat = torch.empty(flat.shape, dtype=flat.dtype, device=dev) if ctx.needs_input_grad[0] else None
+        g_cls = torch.zeros(cls.shape, dtype=cdt, device=dev) if ctx.needs_input_grad[1] else None
         # ``pending`` holds positions ``p0 .. p0 + width``; a piece starts at ``p0`` (the previous
         # one flushed up to its start) and spans at most the longest piece plus both halos
         width = min(L, max(e - s for s, e in bounds) + 2 * k)
@@ -255,8 +256,10 @@ class _StreamedBlock(torch.autograd.Function):
             tok, region, is_cls = idx.locate(p0, upto, dev)
             g = pending[:, : upto - p0]
             keep = ~is_cls
-            g_flat.index_copy_(1, tok[keep], g[:, keep].to(g_flat.dtype))
-            g_cls.index_copy_(1, region[is_cls], g[:, is_cls])
+            if g_flat is not None:
+                g_flat.index_copy_(1, tok[keep], g[:, keep].to(g_flat.dtype))
+            if g_cls is not None:
+                g_cls.index_copy_(1, region[is_cls], g[:, is_cls])
             rest = pending[:, upto - p0: end - p0].clone()  # (the halo: 2 (d_conv - 1) positions)
             pending[:, : end - p0].zero_()
             pending[:, : rest.shape[1]] = rest
@@ -296,8 +299,8 @@ class _StreamedBlock(torch.autograd.Function):
                         g_params[j] += g
         g_param_out = iter(g if g is not None else torch.zeros_like(p) for g, p in zip(g_params, trainable))
         return (
-            g_flat if ctx.needs_input_grad[0] else None,
-            g_cls.to(cls.dtype) if ctx.needs_input_grad[1] else None,
+            g_flat,
+            None if g_cls is None else g_cls.to(cls.dtype),
             None, None, None, None, None,
             *[next(g_param_out) if p.requires_grad else None for p in params],
         )

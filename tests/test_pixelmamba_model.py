@@ -341,24 +341,29 @@ def test_streamed_path_calls_the_release_hook_at_every_stage() -> None:
 
 
 def test_streamed_block_without_input_gradient() -> None:
-    """When neither the tokens nor the CLS need a gradient (layer 1 fed a uint8 image), the
-    backward computes only the parameters' gradients, and they are unchanged."""
+    """When neither the tokens nor the CLS need a gradient, the backward computes only the
+    parameters' gradients, and they are unchanged; when only the CLS needs one (layer 1 fed a
+    uint8 image: its CLS is the learned token), no token gradient is made and the CLS gradient
+    is the one computed alongside the tokens'."""
     from pixelmamba.streaming import streamed_block
 
     torch.manual_seed(0)
     block = create_model("pixelmamba-6m", num_classes=3, **TINY).layers[0].block
     tokens, cls = torch.randn(1, 2, 8, 8, 3), torch.randn(1, 2, 3)
     valid = torch.ones(1, 2, 8, 8, dtype=torch.bool)
-    grads = []
-    for need in (False, True):
+    grads, cls_grads = [], []
+    for need_tok, need_cls in ((False, False), (True, True), (False, True)):
         block.zero_grad()
-        t, c = tokens.clone().requires_grad_(need), cls.clone().requires_grad_(need)
+        t, c = tokens.clone().requires_grad_(need_tok), cls.clone().requires_grad_(need_cls)
         out, out_cls = streamed_block(block, t, c, valid, 30)
-        (out.square().sum() + out_cls.sum()).backward()
+        (out.square().sum() + out_cls.square().sum()).backward()
         grads.append([p.grad.clone() for p in block.parameters()])
-        assert (t.grad is not None) == need
-    for a, b in zip(*grads):
+        assert (t.grad is not None) == need_tok and (c.grad is not None) == need_cls
+        cls_grads.append(c.grad)
+    for a, b, c in zip(*grads):
         torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, c)
+    torch.testing.assert_close(cls_grads[2], cls_grads[1])
 
 
 def test_bf16_storage_is_close(tiny: PixelMamba, image: torch.Tensor) -> None:
