@@ -182,7 +182,7 @@ def _group_any(valid: Tensor, slot: Tensor, n_out: int) -> Tensor:
 
 # fuse_and_expand: float32 bytes of input per step (groups of output regions, cut into slabs of
 # rows or columns when one group is larger); the step's transients are about four times this
-FUSE_CHUNK_BYTES = 1 << 18
+FUSE_CHUNK_BYTES = 1 << 16
 
 
 def fuse_and_expand(

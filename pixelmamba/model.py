@@ -135,7 +135,8 @@ class PixelMambaLayer(nn.Module):
         store_dtype = tokens.dtype
         B, n, h, w, C = tokens.shape
         if streaming:  # the lean path: no full-size float32 intermediates after the block either
-            tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size, store_dtype)
+            # (the block's tokens go only to fuse_and_expand: their gradient is the block's own)
+            tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size, store_dtype, reuse_grad=True)
             return fuse_and_expand(tokens, cls, valid, k, self.row.expansion, store_dtype)
         seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
         seq = self.block(seq, chunk_size=chunk_size)

@@ -169,11 +169,11 @@ def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states
 
 class _StreamedBlock(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, flat, cls, valid_flat, block, idx, chunk, out_dtype, *params):  # noqa: D102
+    def forward(ctx, flat, cls, valid_flat, block, idx, chunk, out_dtype, reuse_grad, *params):  # noqa: D102
         out, out_cls, store = _run_forward(block, flat, cls, valid_flat, idx, chunk, True, out_dtype)
         # saved, not a ctx attribute: autograd frees saved tensors once backward has used them
         ctx.save_for_backward(flat, cls, valid_flat, store)
-        ctx.block, ctx.idx, ctx.chunk = block, idx, chunk
+        ctx.block, ctx.idx, ctx.chunk, ctx.reuse_grad = block, idx, chunk, reuse_grad
         return out, out_cls
 
     @staticmethod
@@ -239,7 +239,15 @@ class _StreamedBlock(torch.autograd.Function):
         # positions ``p0..``) and written once, in the input's dtype, when no later piece can
         # reach it: no full-length float32 buffer.
         # (the tokens of layer 1 come from the image and need none: only the CLS gradient then)
-        g_flat = torch.empty(flat.shape, dtype=flat.dtype, device=dev) if ctx.needs_input_grad[0] else None
+        g_flat = None
+        if ctx.needs_input_grad[0]:
+            # The output gradient is read piece by piece, left to right (and whole in the first
+            # sweep, which is over); a position's input gradient is written once no later piece
+            # reads there, so it can take the output gradient's place when nothing else holds that
+            # tensor (``reuse_grad``: the caller knows): one layer-sized grid less.
+            reuse = (ctx.reuse_grad and g_out.dtype == flat.dtype and g_out.shape == flat.shape
+                     and g_out.is_contiguous() and g_out.stride() == flat.stride())
+            g_flat = g_out if reuse else torch.empty(flat.shape, dtype=flat.dtype, device=dev)
         g_cls = torch.zeros(cls.shape, dtype=cdt, device=dev) if ctx.needs_input_grad[1] else None
         # ``pending`` holds positions ``p0 .. p0 + width``; a piece starts at ``p0`` (the previous
         # one flushed up to its start) and spans at most the longest piece plus both halos
@@ -301,20 +309,24 @@ class _StreamedBlock(torch.autograd.Function):
         return (
             g_flat,
             None if g_cls is None else g_cls.to(cls.dtype),
-            None, None, None, None, None,
+            None, None, None, None, None, None,
             *[next(g_param_out) if p.requires_grad else None for p in params],
         )
 
 
 def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int | None,
-                   out_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+                   out_dtype: torch.dtype = torch.float32, reuse_grad: bool = False) -> tuple[Tensor, Tensor]:
     """``x + mixer(norm(x))`` over the serialized sequence of region grids, streamed.
 
     ``tokens (B, n, h, w, C)`` in any float dtype (kept as is for backward), ``cls (B, n, C)``,
     ``valid (B, n, h, w)``; returns ``tokens`` in ``out_dtype`` (padding zeroed) and float32
     ``cls``. ``chunk``: tokens per piece (None: the whole sequence in one piece). A bfloat16
     ``out_dtype`` (the model's bf16 storage) halves the block's output and the gradient that
-    comes back to it; every piece still computes in float32.
+    comes back to it; every piece still computes in float32. ``reuse_grad``: the caller
+    guarantees that nothing but this block's backward holds the gradient of the returned tokens
+    (no hook keeps it, no other use of them adds to it: ``PixelMambaLayer`` hands them only to
+    ``fuse_and_expand``, whose backward makes a fresh one); the backward then writes the input
+    gradient into it (same dtype and shape) instead of into a new grid.
     """
     B, n, h, w, C = tokens.shape
     idx = SeqIndex(n, h, w)
@@ -325,7 +337,8 @@ def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int
         tokens.requires_grad or cls.requires_grad or any(p.requires_grad for p in params)
     )
     if needs_grad:
-        out, out_cls = _StreamedBlock.apply(flat, cls, valid_flat, block, idx, chunk, out_dtype, *params)
+        out, out_cls = _StreamedBlock.apply(flat, cls, valid_flat, block, idx, chunk, out_dtype, reuse_grad,
+                                            *params)
     else:
         out, out_cls, _ = _run_forward(block, flat, cls, valid_flat, idx, chunk, False, out_dtype)
     return out.view(B, n, h, w, C), out_cls

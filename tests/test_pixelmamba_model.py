@@ -248,15 +248,18 @@ def test_streamed_block_keeps_only_its_input() -> None:
     assert torch.isfinite(tokens.grad).all()
 
 
+@pytest.mark.parametrize("reuse_grad", [False, True])
 @pytest.mark.parametrize("chunk", [None, 1, 2, 7, 40])
-def test_streamed_block_equals_plain_block(chunk) -> None:
+def test_streamed_block_equals_plain_block(chunk, reuse_grad) -> None:
     """One streamed block against the plain autograd path (serialize → block → deserialize,
     padding zeroed): output and the gradients of tokens, CLS and every parameter, also when the
     pieces are shorter than the conv halo (1, 2 tokens: a position's gradient then gathers
     contributions from several pieces before it is written; it is summed in one buffer of the
     longest piece plus both halos, allocated before the pieces, and handed on by a shift) and
     with padding in the grid. With one piece (None) the piece's parameter gradients are returned
-    as they are, with several they are summed into accumulators made before the pieces."""
+    as they are, with several they are summed into accumulators made before the pieces. With
+    ``reuse_grad`` the input gradient is written into the output gradient's tensor (which the
+    caller then must not hold: here a copy), without it that tensor is left as it was."""
     from pixelmamba.serialize import deserialize, serialize
     from pixelmamba.streaming import streamed_block
 
@@ -274,11 +277,16 @@ def test_streamed_block_equals_plain_block(chunk) -> None:
         block.zero_grad()
         t, c = tokens.clone().requires_grad_(True), cls.clone().requires_grad_(True)
         if streamed:
-            out, out_cls = streamed_block(block, t, c, valid, chunk, torch.float64)
+            out, out_cls = streamed_block(block, t, c, valid, chunk, torch.float64, reuse_grad=reuse_grad)
         else:
             out, out_cls = deserialize(block(serialize(t, c)), 3, 4, 6)
             out = out * valid[..., None]
-        torch.autograd.backward([out, out_cls], [g_tok, g_cls])
+        g = g_tok.clone()
+        torch.autograd.backward([out, out_cls], [g, g_cls])
+        if streamed and reuse_grad:
+            assert torch.equal(g, t.grad.view_as(g)) and not torch.equal(g, g_tok)  # written over
+        else:
+            assert torch.equal(g, g_tok)
         return [out, out_cls, t.grad, c.grad] + [p.grad.clone() for p in block.parameters()]
 
     for got, want in zip(run(True), run(False)):
