@@ -51,8 +51,11 @@ def piece_budget(tokens: int) -> int:
     is a small share of a slide's peak but most of a small image's (80 B/px is 20 MB at 512²),
     so the pieces shrink with the input and the peak stays a constant factor of its size: 3.6 MB
     at 512² (451,584 tokens after padding to 3 × 3 regions), 8 MB from about 1M tokens up
-    (1024² pads to 1.25M). Smaller pieces cost time (per-piece overhead: at 512², 4 MB pieces
-    took 16.6 CPU s, 3 MB 18.8 s, 8 MB 15.4 s), which is why the cap stays."""
+    (1024² pads to 1.25M). Smaller pieces cost time (per-piece overhead; at 512², heap trimmed
+    at every stage as ``bench`` does: 4 MB pieces 16.6 CPU s, 3 MB 18.8 s), which is why the cap
+    stays, and below 8 bytes per token buy nothing at 512²: 6 and 4 (2.7, 1.8 MB) measured
+    85–102 B/px against 84–85, since below ~3.3 MB the 50-token, 384-channel layers 23–24 take
+    two pieces, whose parameter gradients then need accumulators (4 MB)."""
     return min(CHUNK_BYTES, CHUNK_BYTES_PER_TOKEN * tokens)
 
 

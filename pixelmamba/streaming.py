@@ -25,7 +25,8 @@ with the gradient the piece before it handed on, ``h_f[i+1]`` with ``g_hf[i+1]``
 input, the parameters and ``h_b[i+1]`` (handed to the next piece). A position's input gradient
 is complete once the pieces whose conv halo reaches it are done, so it is summed in a buffer of
 about one piece and written once, in the input's dtype: there is no full-length float32
-gradient. When neither the tokens nor the CLS need a gradient (layer 1 fed an image), only the
+gradient; where the caller owns the output gradient (``reuse_grad``) the input gradient is
+written into it, since every position of it has been read by then. When neither the tokens nor the CLS need a gradient (layer 1 fed an image), only the
 parameters' gradients are computed. Every piece is thus recomputed twice at most, as with
 per-piece checkpointing, and the result equals the unstreamed block up to float rounding (tests
 compare gradients, in float64 to 1e-9).
