@@ -26,8 +26,9 @@ input, the parameters and ``h_b[i+1]`` (handed to the next piece). A position's 
 is complete once the pieces whose conv halo reaches it are done, so it is summed in a buffer of
 about one piece and written once, in the input's dtype: there is no full-length float32
 gradient; where the caller owns the output gradient (``reuse_grad``) the input gradient is
-written into it, since every position of it has been read by then. When neither the tokens nor the CLS need a gradient (layer 1 fed an image), only the
-parameters' gradients are computed. Every piece is thus recomputed twice at most, as with
+written into it, since every position of it has been read by then. Where the tokens need no
+gradient (layer 1, fed an image) none is made for them, and where the CLS does not either,
+only the parameters' gradients are computed. Every piece is thus recomputed twice at most, as with
 per-piece checkpointing, and the result equals the unstreamed block up to float rounding (tests
 compare gradients, in float64 to 1e-9).
 """

@@ -335,8 +335,8 @@ def test_streamed_path_calls_the_release_hook_at_every_stage() -> None:
         (out.sum() + out_cls.sum()).backward()
         assert len(calls) == 4
         calls.clear()
-        fused, _, _ = fuse_and_expand(out.detach().requires_grad_(True), out_cls, valid, 1, model.layers[2].row.expansion,
-                                      torch.float32)
+        spec = model.layers[2].row.expansion
+        fused, _, _ = fuse_and_expand(out.detach().requires_grad_(True), out_cls, valid, 1, spec, torch.float32)
         assert len(calls) == 1
         fused.sum().backward()
         assert len(calls) == 2
