@@ -30,7 +30,8 @@ def release_pixelmamba_heap(model: torch.nn.Module) -> list:
     pages go back to the system whenever one of ``model``'s layers starts, forward, recomputed
     or backward (``release_between_layers``), and whenever a stage inside a streamed layer starts
     (``pixelmamba.streaming.set_release_hook``: process-wide; the plain path of 224² batches has
-    no such stages). Nothing where ``release_between_layers`` does nothing (not glibc, or
+    no such stages; inputs below ~1M tokens also between the pieces of a block's backward,
+    ``PixelMamba._release_pieces``). Nothing where ``release_between_layers`` does nothing (not glibc, or
     ``BENCH_TRIM_LAYERS=0``). Returns the layer hooks' handles."""
     from pixelmamba.streaming import set_release_hook
 

@@ -10,7 +10,8 @@
    float32``: normalised float32, 12 B/px) is allocated after the baseline and counted. The marginal
    B/px between two sizes is printed too. The process's memory policy is ``bench run``'s: glibc's
    mmap threshold pinned and the heap's free pages handed back whenever a layer or a stage
-   inside a streamed layer starts (``bench.memory``, ``bench.models.release_pixelmamba_heap``;
+   inside a streamed layer starts, and below ~1M tokens between a block's backward pieces
+   (``bench.memory``, ``bench.models.release_pixelmamba_heap``;
    ``BENCH_MMAP_THRESHOLD`` and ``BENCH_TRIM_LAYERS=0`` change both alike).
 2. Time ratio 2048² / 1024² of the same runs (goal <= 4.4: 4x the pixels, linear time).
 3. Forward+backward time of Pixel-Mamba-6M vs Vim-Ti on the same batch of 224² images (goal

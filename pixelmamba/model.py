@@ -126,20 +126,22 @@ class PixelMambaLayer(nn.Module):
 
     def forward(
         self, tokens: Tensor, cls: Tensor, valid: Tensor, k: int, chunk_size: int | None = None,
-        streaming: bool = True,
+        streaming: bool = True, release_pieces: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``tokens (B, n, h, w, C)`` (any float dtype; computed in float32), ``cls (B, n, C)``,
         ``valid (B, n, h, w)`` → the same three after fusion and expansion; tokens come back in
         the dtype they came in, so bf16 storage between layers is the caller's choice.
 
         ``streaming``: run the Mamba block piece by piece straight from the region grid, keeping
-        only its input for backward (``streaming.streamed_block``); otherwise serialize the
-        whole sequence and let autograd keep everything (the plain reference path)."""
+        only its input for backward (``streaming.streamed_block``; ``release_pieces`` is passed
+        on); otherwise serialize the whole sequence and let autograd keep everything (the plain
+        reference path)."""
         store_dtype = tokens.dtype
         B, n, h, w, C = tokens.shape
         if streaming:  # the lean path: no full-size float32 intermediates after the block either
             # (the block's tokens go only to fuse_and_expand: their gradient is the block's own)
-            tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size, store_dtype, reuse_grad=True)
+            tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size, store_dtype, reuse_grad=True,
+                                         release_pieces=release_pieces)
             return fuse_and_expand(tokens, cls, valid, k, self.row.expansion, store_dtype)
         seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
         seq = self.block(seq, chunk_size=chunk_size)
@@ -247,6 +249,15 @@ class PixelMamba(nn.Module):
             return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand, budget)
         return self.chunk_size  # type: ignore[return-value]
 
+    def _release_pieces(self, regions: int) -> bool:
+        """Whether the streamed blocks call the release hook between the pieces of their
+        backward's second sweep too (``streaming.set_release_hook``): for inputs whose
+        ``"auto"`` pieces are below the 8 MB cap (``piece_budget``: below ~1M tokens). There a
+        sweep's freed heap pages are a large share of the peak (``bench``, which hands them back:
+        512² 84–85 → 78.5–80 B/px, +6–11% CPU); on slides, with 8 MB pieces, they are not
+        (1024²: 66.4 → 65.7 B/px) and the trims cost 10–14% CPU time (1024², 2048²)."""
+        return self.chunk_size == "auto" and piece_budget(regions * self.cfg.scan_window ** 2) < CHUNK_BYTES
+
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, 3, H, W)`` → pooled CLS ``(B, num_features)``.
 
@@ -271,10 +282,12 @@ class PixelMamba(nn.Module):
                 return normalise_rgb(tokens, valid, self.act_dtype), valid
             return tokens.to(self.act_dtype), valid
 
+        release = self._release_pieces(B * n0)
+
         def run(first: int, tokens: Tensor, cls: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             for layer in self.layers[first: first + segment]:
                 k = merge_count(n0, self.cfg.alpha, self.cfg.depth, tokens.shape[1])
-                tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer, B * n0), streaming)
+                tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer, B * n0), streaming, release)
             return tokens, cls, valid
 
         def run_first(x: Tensor, mask: Tensor | None, cls: Tensor) -> tuple[Tensor, Tensor, Tensor]:

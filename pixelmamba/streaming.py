@@ -49,11 +49,15 @@ _release_hook: Callable[[], object] | None = None
 def set_release_hook(hook: Callable[[], object] | None) -> Callable[[], object] | None:
     """Call ``hook()`` whenever a stage of the streamed path starts: each of a streamed block's
     sweeps over its pieces (two in forward, two in backward) and each pass of Region Fusion and
-    Token Expansion over their groups (``layers.fuse_and_expand``, forward and backward). Between
-    stages the previous stage's temporaries are all freed, so this is where a caller can hand
-    the allocator's free pages back to the system (``bench`` does: glibc keeps freed heap pages
-    resident, several MB per stage at a piece size of a few MB; ``bench/memory.py``). Process-wide,
-    like the allocator it serves; ``None`` removes it. Returns the previous hook."""
+    Token Expansion over their groups (``layers.fuse_and_expand``, forward and backward); and,
+    for blocks called with ``release_pieces``, before every piece after the first of the
+    backward's second sweep, where the peak is (each piece is recomputed and differentiated
+    there: its autograd graph is the largest working set of all).
+    At those points the previous stage's or piece's temporaries are all freed, so this is where a
+    caller can hand the allocator's free pages back to the system (``bench`` does: glibc keeps
+    freed heap pages resident, several MB per stage at a piece size of a few MB, and the next
+    piece's allocations land on other, released pages; ``bench/memory.py``). Process-wide, like
+    the allocator it serves; ``None`` removes it. Returns the previous hook."""
     global _release_hook
     previous, _release_hook = _release_hook, hook
     return previous
@@ -171,11 +175,13 @@ def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states
 
 class _StreamedBlock(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, flat, cls, valid_flat, block, idx, chunk, out_dtype, reuse_grad, *params):  # noqa: D102
+    def forward(ctx, flat, cls, valid_flat, block, idx, chunk, out_dtype, reuse_grad, release_pieces,  # noqa: D102
+                *params):
         out, out_cls, store = _run_forward(block, flat, cls, valid_flat, idx, chunk, True, out_dtype)
         # saved, not a ctx attribute: autograd frees saved tensors once backward has used them
         ctx.save_for_backward(flat, cls, valid_flat, store)
-        ctx.block, ctx.idx, ctx.chunk, ctx.reuse_grad = block, idx, chunk, reuse_grad
+        ctx.block, ctx.idx, ctx.chunk = block, idx, chunk
+        ctx.reuse_grad, ctx.release_pieces = reuse_grad, release_pieces
         return out, out_cls
 
     @staticmethod
@@ -279,6 +285,8 @@ class _StreamedBlock(torch.autograd.Function):
         with torch.enable_grad():
             stage_start()
             for i, (s, e) in enumerate(bounds):
+                if i and ctx.release_pieces:
+                    stage_start()  # (see set_release_hook: the previous piece's graph is freed)
                 lo, hi = max(0, s - k), min(L, e + k)
                 x = _gather(flat, cls, idx.locate(lo, hi, dev)).detach().requires_grad_(want_x)
                 hb = leaf(h_b[i + 1])
@@ -311,13 +319,14 @@ class _StreamedBlock(torch.autograd.Function):
         return (
             g_flat,
             None if g_cls is None else g_cls.to(cls.dtype),
-            None, None, None, None, None, None,
+            None, None, None, None, None, None, None,
             *[next(g_param_out) if p.requires_grad else None for p in params],
         )
 
 
 def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int | None,
-                   out_dtype: torch.dtype = torch.float32, reuse_grad: bool = False) -> tuple[Tensor, Tensor]:
+                   out_dtype: torch.dtype = torch.float32, reuse_grad: bool = False,
+                   release_pieces: bool = False) -> tuple[Tensor, Tensor]:
     """``x + mixer(norm(x))`` over the serialized sequence of region grids, streamed.
 
     ``tokens (B, n, h, w, C)`` in any float dtype (kept as is for backward), ``cls (B, n, C)``,
@@ -328,7 +337,8 @@ def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int
     guarantees that nothing but this block's backward holds the gradient of the returned tokens
     (no hook keeps it, no other use of them adds to it: ``PixelMambaLayer`` hands them only to
     ``fuse_and_expand``, whose backward makes a fresh one); the backward then writes the input
-    gradient into it (same dtype and shape) instead of into a new grid.
+    gradient into it (same dtype and shape) instead of into a new grid. ``release_pieces``: call
+    the release hook (``set_release_hook``) between the pieces of the backward's second sweep too.
     """
     B, n, h, w, C = tokens.shape
     idx = SeqIndex(n, h, w)
@@ -340,7 +350,7 @@ def streamed_block(block, tokens: Tensor, cls: Tensor, valid: Tensor, chunk: int
     )
     if needs_grad:
         out, out_cls = _StreamedBlock.apply(flat, cls, valid_flat, block, idx, chunk, out_dtype, reuse_grad,
-                                            *params)
+                                            release_pieces, *params)
     else:
         out, out_cls, _ = _run_forward(block, flat, cls, valid_flat, idx, chunk, False, out_dtype)
     return out.view(B, n, h, w, C), out_cls

@@ -313,12 +313,17 @@ def test_piece_budget_and_auto_chunk_by_hand() -> None:
     assert (model._chunk(layer1, 9), model._chunk(layer23, 9)) == (2402, 55)
     assert (model._chunk(layer1, 25), model._chunk(layer23, 25)) == (5577, 128)
     assert model._chunk(layer1, 4) is None  # a 224² batch: one piece
+    # pieces below the cap: the release hook also between pieces (512² yes, 1024² no)
+    assert model._release_pieces(9) and not model._release_pieces(25)
+    assert not create_model("pixelmamba-6m", num_classes=3, chunk_size=100)._release_pieces(9)
 
 
 def test_streamed_path_calls_the_release_hook_at_every_stage() -> None:
     """``set_release_hook``: called when each sweep of a streamed block over its pieces starts
-    (two in forward, two more in backward) and when Region Fusion/Token Expansion start a pass
-    (forward, backward); not on the plain path."""
+    (two in forward, two more in backward) and before every piece after the first of the
+    backward's second sweep (with ``release_pieces``: the model's choice for inputs below ~1M
+    tokens), and when Region Fusion/Token Expansion start a pass (forward, backward); not on the
+    plain path."""
     from pixelmamba.layers import fuse_and_expand
     from pixelmamba.streaming import set_release_hook, streamed_block
 
@@ -330,8 +335,13 @@ def test_streamed_path_calls_the_release_hook_at_every_stage() -> None:
     calls: list[int] = []
     previous = set_release_hook(lambda: calls.append(1))
     try:
-        out, out_cls = streamed_block(block, tokens, cls, valid, 7)
+        out, out_cls = streamed_block(block, tokens, cls, valid, 7, release_pieces=True)
         assert len(calls) == 2
+        (out.sum() + out_cls.sum()).backward()
+        pieces = -(-4 * (4 * 6 + 1) // 7)  # 100 positions in pieces of 7: 15
+        assert len(calls) == 4 + pieces - 1
+        calls.clear()
+        out, out_cls = streamed_block(block, tokens, cls, valid, 7, release_pieces=False)
         (out.sum() + out_cls.sum()).backward()
         assert len(calls) == 4
         calls.clear()
