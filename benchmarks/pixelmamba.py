@@ -2,8 +2,9 @@
 
 1. Peak memory of one forward+backward of Pixel-Mamba-6M per input pixel at 512², 1024², 2048²
    (goal <= 80 B/px). Each size runs in a fresh subprocess. The resident size after building the
-   model and one forward+backward of a tiny image (kernels compiled, parameter gradients
-   allocated: costs of the model, not of the image) and returning the heap's free pages is the
+   model and one forward+backward of a tiny image of two regions (kernels compiled, every code
+   path run once, Region Fusion included, parameter gradients allocated: costs of the model, not
+   of the image) and returning the heap's free pages is the
    base; the peak resident size from then on (``VmHWM``, restarted there: the process's earlier
    peak, e.g. compiling kernels, is not the image's) minus the base is what training that image
    costs. The input image (raw uint8 RGB, 3 B/px, as ``bench`` feeds Pixel-Mamba; ``--input
@@ -143,14 +144,19 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/memory.py)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    # Warm-up on a tiny image (one 224² region after padding, far below the measured sizes):
+    # Warm-up on a tiny image (two 224² regions after padding, far below the measured sizes):
     # kernels compiled, thread pools up, and the parameter gradients allocated — 4 bytes per
     # parameter, 26.6 MB for the 6M model, a cost of the model like its weights, not of the image.
+    # Two regions, so that Region Fusion runs too (it merges them in layer 1): with one region it
+    # never ran before the base was taken, and the ~1.2 MB of library code its first call pages
+    # in (session 5: ~5 B/px at 512²) counted against the image like a kernel compiled late.
     net = pixelmamba.create_model(args.model, num_classes=4, **_model_kwargs(args))
     release_pixelmamba_heap(net)  # as bench's adapter does (bench/models.py)
     mode = net.checkpointing  # the warm-up takes the path the measured image takes ("auto" would not)
     net.set_grad_checkpointing(net.streams(math.prod(region_grid(size, size, net.cfg.scan_window))))
-    net(torch.randn(1, 3, 32, 32)).sum().backward()
+    warm = torch.randn(1, 3, 32, net.cfg.scan_window + 32)
+    assert math.prod(region_grid(*warm.shape[-2:], net.cfg.scan_window)) == 2
+    net(warm).sum().backward()
     net.set_grad_checkpointing(mode)
     net.zero_grad(set_to_none=False)  # as between accumulation steps: the buffers stay
     tracer = _trace_phases(net) if args.trace else None
