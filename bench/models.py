@@ -3,6 +3,8 @@ own constructors, so ``pixelmamba`` and ``baselines`` keep their natural APIs.""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -44,6 +46,16 @@ def release_pixelmamba_heap(model: torch.nn.Module) -> list:
 
 
 def streamed_layer_call(args: tuple) -> bool:
-    """Whether a Pixel-Mamba layer was called on the streamed path: ``PixelMamba`` calls its
-    layers as ``layer(tokens, cls, valid, k, chunk_size, streaming)``."""
-    return len(args) > 5 and bool(args[5])
+    """Whether a Pixel-Mamba layer was called on the streamed path, from the positional arguments
+    a forward hook sees: they are bound to ``PixelMambaLayer.forward``'s parameters by name (its
+    ``streaming`` default when not passed), so this follows the signature if it changes."""
+    from pixelmamba.model import PixelMambaLayer
+
+    sig = _layer_signature(PixelMambaLayer)
+    bound = sig.bind_partial(None, *args)  # None: self
+    return bool(bound.arguments.get("streaming", sig.parameters["streaming"].default))
+
+
+@functools.cache
+def _layer_signature(layer_cls: type) -> inspect.Signature:
+    return inspect.signature(layer_cls.forward)

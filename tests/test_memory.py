@@ -151,3 +151,17 @@ def test_bench_pixelmamba_trims_on_the_streamed_path_only(monkeypatch):
     assert model._release_pieces(6)
     pieces = [-(-row.seq_len // model._chunk(layer, 6)) for layer, row in zip(model.layers, model.plan(64, 96))]
     assert len(stages) == 24 * 9 - 1 + sum(p - 1 for p in pieces)
+
+
+def test_streamed_layer_call_reads_the_streaming_argument_by_name():
+    """The trim hooks' test of "streamed?" binds a layer call's positional arguments to
+    ``PixelMambaLayer.forward``'s parameters: the model's own calls, both ways, and the default."""
+    import torch
+
+    from bench.models import streamed_layer_call
+
+    t = torch.zeros(1)
+    assert streamed_layer_call((t, t, t, 1, 64, True, False)) is True
+    assert streamed_layer_call((t, t, t, 1, 64, False, False)) is False
+    assert streamed_layer_call((t, t, t, 1, None, False)) is False
+    assert streamed_layer_call((t, t, t, 1)) is True  # PixelMambaLayer.forward's default
