@@ -245,8 +245,7 @@ class PixelMamba(nn.Module):
         if self.chunk_size == "auto":
             if regions <= UNPIECED_REGIONS:
                 return None
-            budget = piece_budget(regions * self.cfg.scan_window ** 2)
-            return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand, budget)
+            return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand, self._budget(regions))
         return self.chunk_size  # type: ignore[return-value]
 
     def _release_pieces(self, regions: int) -> bool:
@@ -256,7 +255,11 @@ class PixelMamba(nn.Module):
         sweep's freed heap pages are a large share of the peak (``bench``, which hands them back:
         512² 84–85 → 78.5–80 B/px, +6–11% CPU); on slides, with 8 MB pieces, they are not
         (1024²: 66.4 → 65.7 B/px) and the trims cost 10–14% CPU time (1024², 2048²)."""
-        return self.chunk_size == "auto" and piece_budget(regions * self.cfg.scan_window ** 2) < CHUNK_BYTES
+        return self.chunk_size == "auto" and self._budget(regions) < CHUNK_BYTES
+
+    def _budget(self, regions: int) -> int:
+        """``piece_budget`` of an input of ``regions`` whole scan windows (batch included)."""
+        return piece_budget(regions * self.cfg.scan_window ** 2)
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, 3, H, W)`` → pooled CLS ``(B, num_features)``.
