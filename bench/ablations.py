@@ -23,8 +23,8 @@ from typing import Any, Hashable
 import pandas as pd
 import yaml
 
-from .datasets import CONFIG_DIR
-from .tables import two_sig
+from .data.datasets import CONFIG_DIR
+from .report.tables import two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
 PAPER_NAMES = {"ViT-S": "LongViT", "Vim-Ti": "Vision-Mamba", "Pixel-Mamba": "Pixel-Mamba"}
@@ -191,9 +191,9 @@ def ablation_grid(ablation: Ablation, dataset: str, task: str | None = None,
                   values: list[Any] | None = None) -> AblationGrid:
     """``ablation`` on ``dataset`` (a name or a YAML path): ``task`` defaults to the ablation's,
     ``values`` replace its grid; the dataset's mapping (``ablations:`` in its YAML) applies."""
-    from .datasets import load_spec
+    from .data.datasets import load_spec
     from .registry import get_method
-    from .runner import Variant
+    from .engine.runner import Variant
 
     spec = load_spec(dataset)
     task = task or ablation.task
@@ -312,7 +312,7 @@ def _columns(ablation: Ablation, compute: bool) -> list[str]:
 
 
 def _header(ablation: Ablation, col: str, task: str, latex: bool) -> str:
-    from .tasks import get_task
+    from .engine.tasks import get_task
 
     if col == "metric":
         return METRIC_NAMES.get(get_task(task).metric, get_task(task).metric)
@@ -324,7 +324,7 @@ def _header(ablation: Ablation, col: str, task: str, latex: bool) -> str:
 
 def caption(ablation: Ablation, dataset: str, task: str, rows: list[Row], notes: list[str], stats_note: str = "",
             compute: bool = False) -> str:
-    from .tasks import get_task
+    from .engine.tasks import get_task
 
     metric = METRIC_NAMES.get(get_task(task).metric, get_task(task).metric)
     n = max((r.expected for r in rows), default=5)

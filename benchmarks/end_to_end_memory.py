@@ -10,7 +10,7 @@ whole peak and for what lies above the base, the part that grows with the slide:
     python benchmarks/end_to_end_memory.py --models vim-ti --chunk-size 1024
     python benchmarks/end_to_end_memory.py --malloc dynamic    # glibc's default (see bench/memory.py)
 
-Like `bench run`, the child pins glibc's mmap threshold (bench.memory.bound_heap_growth) unless
+Like `bench run`, the child pins glibc's mmap threshold (bench.engine.memory.bound_heap_growth) unless
 `--malloc dynamic` is given; with glibc's dynamic threshold the peak grows with depth through heap
 fragmentation, not through anything the model keeps.
 """
@@ -41,7 +41,7 @@ def measure(model: str, size: int, chunk_size: int | None, threads: int, malloc:
 
     import torch
 
-    from bench.memory import bound_heap_growth
+    from bench.engine.memory import bound_heap_growth
 
     if malloc == "pinned":
         bound_heap_growth()

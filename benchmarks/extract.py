@@ -52,7 +52,7 @@ def main() -> None:
     import torch
 
     import feature_cache as fc
-    from bench.demo import generate_demo
+    from bench.data.demo import generate_demo
     from feature_cache.cache import _read_batches
     from feature_cache.tissue import patch_size_level0
 

@@ -12,7 +12,7 @@
    B/px between two sizes is printed too. The process's memory policy is ``bench run``'s: glibc's
    mmap threshold pinned and the heap's free pages handed back whenever a layer or a stage
    inside a streamed layer starts, and below ~1M tokens between a block's backward pieces
-   (``bench.memory``, ``bench.models.release_pixelmamba_heap``;
+   (``bench.engine.memory``, ``bench.engine.models.release_pixelmamba_heap``;
    ``BENCH_MMAP_THRESHOLD`` and ``BENCH_TRIM_LAYERS=0`` change both alike).
 2. Time ratio 2048² / 1024² of the same runs (goal <= 4.4: 4x the pixels, linear time).
 3. Forward+backward time of Pixel-Mamba-6M vs Vim-Ti on the same batch of 224² images (goal
@@ -137,8 +137,8 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     import torch
 
     import pixelmamba
-    from bench.memory import bound_heap_growth, release_free_memory
-    from bench.models import release_pixelmamba_heap
+    from bench.engine.memory import bound_heap_growth, release_free_memory
+    from bench.engine.models import release_pixelmamba_heap
     from pixelmamba.serialize import region_grid
 
     bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/memory.py)

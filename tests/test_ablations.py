@@ -172,7 +172,7 @@ def test_identical_variants_are_called_out(tmp_path):
     """Two alpha values that built the same network (few regions) give the same predictions: said."""
     from bench.ablations import GridItem, Row
     from bench.cli.ablate import _identical_rows
-    from bench.results import ResultsStore, Unit
+    from bench.report.results import ResultsStore, Unit
 
     store = ResultsStore(tmp_path)
     pred = pd.DataFrame({"case_id": ["A", "B"], "time": [3.0, 5.0], "event": [1.0, 0.0], "risk": [0.2, 0.1]})

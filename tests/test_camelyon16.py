@@ -10,9 +10,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from bench import tasks as T
-from bench.datasets import DatasetError, load_clinical, load_cohort
-from bench.train import Sample, predict, vote
+from bench.engine import tasks as T
+from bench.data.datasets import DatasetError, load_clinical, load_cohort
+from bench.engine.train import Sample, predict, vote
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -71,7 +71,7 @@ def test_predict_votes_over_views():
 # ------------------------------------------------------------------------------------ regions
 @pytest.fixture(scope="module")
 def rendered_slide(tmp_path_factory):
-    from bench.demo import _slide_specs, demo_specs, render_slide, write_pyramid_tiff
+    from bench.data.demo import _slide_specs, demo_specs, render_slide, write_pyramid_tiff
 
     spec = _slide_specs(5, demo_specs(5, 4))[0]
     r = render_slide(spec)
@@ -148,9 +148,10 @@ model:
 
 
 def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkeypatch):
-    from bench import registry, runner
-    from bench.results import ResultsStore
-    from bench.tables import build_table, classification_table, to_markdown
+    from bench import registry
+    from bench.engine import runner
+    from bench.report.results import ResultsStore
+    from bench.report.tables import build_table, classification_table, to_markdown
 
     spec, root = binary_cohort
     monkeypatch.setitem(registry._METHODS, "tinycnn", registry.MethodSpec(
@@ -202,7 +203,7 @@ def _camelyon16_layout(data: Path, n_per_class: int = 3) -> dict[str, int]:
     """$BENCH_DATA/camelyon16 as docs/camelyon16.md asks for it: slides under images/training/{normal,
     tumor}/, labels.csv with `slide_id,label` strings. Slides come from the demo renderer (tumor = its
     denser, darker stage III-IV nuclei); returns slide id -> label."""
-    from bench.demo import _slide_specs, demo_label, demo_specs, render_slide, write_pyramid_tiff
+    from bench.data.demo import _slide_specs, demo_label, demo_specs, render_slide, write_pyramid_tiff
 
     root, truth, rows = data / "camelyon16", {}, ["slide_id,label"]
     for case in demo_specs(3, 4 * n_per_class):

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 
-from bench.datasets import DAYS_PER_MONTH, DatasetError, load_clinical, parse_stage
+from bench.data.datasets import DAYS_PER_MONTH, DatasetError, load_clinical, parse_stage
 
 GDC = """cases.submitter_id\tcases.case_id\tdiagnoses.ajcc_pathologic_stage\tdemographic.vital_status\tdemographic.days_to_death\tdiagnoses.days_to_last_follow_up\ttreatments.treatment_type
 TCGA-AA-0001\tuuid-1\tStage IIIA\tDead\t365.25\t'--\tRadiation Therapy, NOS

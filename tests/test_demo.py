@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from bench.demo import (
+from bench.data.demo import (
     DEMO_VERSION,
     _slide_specs,
     demo_specs,

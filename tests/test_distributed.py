@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import distributed as D
-from bench.train import Sample, TrainConfig, train_and_predict
+from bench.engine import distributed as D
+from bench.engine.train import Sample, TrainConfig, train_and_predict
 
 DIM = 16
 

@@ -209,7 +209,7 @@ def test_extract_with_a_vit_encoder_end_to_end(tiny, tmp_path: Path) -> None:
     """The cache drives a ViT spec (resize 256 -> crop 224, bicubic) like ResNet: features of the
     encoder's dim for every tissue patch, equal to encoding the same patches directly."""
     import feature_cache as fc
-    from bench.demo import write_pyramid_tiff
+    from bench.data.demo import write_pyramid_tiff
 
     rgb = np.full((1024, 1280, 3), 235, np.uint8)
     rgb[200:800, 300:1000] = (200, 120, 170)  # one block of "tissue"

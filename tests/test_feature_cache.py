@@ -22,7 +22,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import feature_cache as fc  # noqa: E402
-from bench.demo import _slide_specs, demo_specs, generate_demo, render_slide, write_pyramid_tiff  # noqa: E402
+from bench.data.demo import _slide_specs, demo_specs, generate_demo, render_slide, write_pyramid_tiff  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -84,7 +84,7 @@ def test_extract_workers_reach_the_cache(monkeypatch: pytest.MonkeyPatch, argv: 
     import types
 
     import feature_cache
-    from bench import datasets
+    from bench.data import datasets
     from bench.cli import build_parser
 
     seen: dict = {}

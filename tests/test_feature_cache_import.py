@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import feature_cache as fc
-from bench.demo import write_pyramid_tiff
+from bench.data.demo import write_pyramid_tiff
 from feature_cache.importer import ImportError_
 
 torch = pytest.importorskip("torch")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import feature_cache as fc
-from bench.demo import write_pyramid_tiff
+from bench.data.demo import write_pyramid_tiff
 from feature_cache.visualize import write_overview
 
 W, H = 3072, 2048  # level 0 at 0.5 um/px (20x)

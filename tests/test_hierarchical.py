@@ -335,7 +335,7 @@ def test_region_cache_places_patch_features(tmp_path: Path):
     every real slot holds exactly the feature the patch cache computes for that patch, the rest is
     zero padding with mask False, and a second extraction is a no-op."""
     import feature_cache as fc
-    from bench.demo import write_pyramid_tiff
+    from bench.data.demo import write_pyramid_tiff
     from feature_cache.region_features import RegionFeatureCache
 
     rng = np.random.default_rng(0)
@@ -397,9 +397,9 @@ def tiny_stage1(monkeypatch: pytest.MonkeyPatch):
 def test_runner_trains_the_hierarchical_rows(tmp_path: Path, tiny_stage1):
     import json
 
-    from bench.datasets import load_spec
+    from bench.data.datasets import load_spec
     from bench.registry import get_method
-    from bench.runner import TileInputs, run
+    from bench.engine.runner import TileInputs, run
 
     spec_file = tmp_path / "tinyh.yaml"
     spec_file.write_text(f"""description: tiny cohort for the hierarchical rows
@@ -430,7 +430,7 @@ allow_random_weights: true
     assert (tmp_path / "cache" / "region_features" / "hipt-vit256").is_dir()
 
     # a case with several slides: its tiles are laid side by side, positions never collide
-    from bench.datasets import load_cohort
+    from bench.data.datasets import load_cohort
 
     cohort = load_cohort(load_spec(str(spec_file)))
     inputs = TileInputs(cohort, "gigapath", tmp_path / "cache", True, False)

@@ -14,7 +14,7 @@ import pytest
 submitit = pytest.importorskip("submitit")
 
 from bench.cli import main as cli  # noqa: E402
-from bench.launch import ClusterOptions, LaunchError, submit  # noqa: E402
+from bench.engine.launch import ClusterOptions, LaunchError, submit  # noqa: E402
 from bench.registry import get_method  # noqa: E402
 
 N_CASES = 20
@@ -142,7 +142,7 @@ class FakeInputs:
     def sample(self, case_id, labels):
         import torch
 
-        from bench.train import Sample
+        from bench.engine.train import Sample
 
         x = torch.randn(4, 1024, generator=torch.Generator().manual_seed(len(case_id)))
         return Sample(case_id, lambda: x + float(self.stage[case_id]), labels)
@@ -150,7 +150,7 @@ class FakeInputs:
 
 @pytest.fixture()
 def fake_cohort(tmp_path, monkeypatch):
-    from bench import runner
+    from bench.engine import runner
 
     data = tmp_path / "data"
     (data / "slides").mkdir(parents=True)
@@ -225,8 +225,8 @@ def test_each_job_runs_the_entry_its_unit_came_from():
     """Jobs carry the method entry itself, so a variant's settings (an ablation value) reach the worker."""
     from types import SimpleNamespace
 
-    from bench.launch import _entry_of
-    from bench.results import Unit
+    from bench.engine.launch import _entry_of
+    from bench.report.results import Unit
 
     plain = get_method("abmil.conch")
     var = SimpleNamespace(spec=plain, name="alpha=0.4", model={"alpha": 0.4})
@@ -240,7 +240,7 @@ def test_each_job_runs_the_entry_its_unit_came_from():
 
 
 def test_grid_order_hand_written():
-    from bench.runner import grid_order
+    from bench.engine.runner import grid_order
 
     a, b = object(), object()
     names = {id(a): "A", id(b): "B"}
@@ -259,7 +259,7 @@ def test_grid_order_hand_written():
 
 def test_run_plans_units_in_the_requested_order(cohort):
     """The order reaches the runner's plan (and so the submitted job array) through the real grid."""
-    from bench.runner import run
+    from bench.engine.runner import run
 
     spec, root = cohort
     methods = [get_method("meanmil.resnet50"), get_method("maxmil.resnet50")]

@@ -1,4 +1,4 @@
-"""bench.memory pins glibc's mmap threshold: a freed large tensor must leave the resident set."""
+"""bench.engine.memory pins glibc's mmap threshold: a freed large tensor must leave the resident set."""
 
 import os
 import subprocess
@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 
-from bench.memory import bound_heap_growth
+from bench.engine.memory import bound_heap_growth
 
 CHILD = textwrap.dedent("""
     import os, torch
-    from bench.memory import bound_heap_growth
+    from bench.engine.memory import bound_heap_growth
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     print(bound_heap_growth())
@@ -58,7 +58,7 @@ def test_importing_bench_makes_openmp_threads_wait_passively_unless_the_user_cho
 
 TRIM_CHILD = textwrap.dedent("""
     import os, torch
-    from bench.memory import bound_heap_growth, release_between_layers, release_free_memory
+    from bench.engine.memory import bound_heap_growth, release_between_layers, release_free_memory
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     bound_heap_growth()
@@ -108,7 +108,7 @@ def test_release_between_layers_returns_freed_heap_pages_at_each_layer():
 
 
 def test_bad_trim_flag_names_the_variable(monkeypatch):
-    from bench.memory import release_between_layers
+    from bench.engine.memory import release_between_layers
 
     monkeypatch.setenv("BENCH_TRIM_LAYERS", "yes")
     with pytest.raises(ValueError, match="BENCH_TRIM_LAYERS"):
@@ -124,9 +124,9 @@ def test_bench_pixelmamba_trims_on_the_streamed_path_only(monkeypatch):
     the plain path of small inputs, where it only costs time; BENCH_TRIM_LAYERS=0 sets neither."""
     import torch
 
-    import bench.memory as mem
+    import bench.engine.memory as mem
     import pixelmamba.streaming as streaming
-    from bench.models import pixelmamba
+    from bench.engine.models import pixelmamba
 
     calls: list[int] = []
     monkeypatch.setattr(mem, "release_free_memory", lambda: calls.append(1) or True)
@@ -158,7 +158,7 @@ def test_streamed_layer_call_reads_the_streaming_argument_by_name():
     ``PixelMambaLayer.forward``'s parameters: the model's own calls, both ways, and the default."""
     import torch
 
-    from bench.models import streamed_layer_call
+    from bench.engine.models import streamed_layer_call
 
     t = torch.zeros(1)
     assert streamed_layer_call((t, t, t, 1, 64, True, False)) is True

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.pretrain import PretrainConfig, load_init, pretrain
+from bench.engine.pretrain import PretrainConfig, load_init, pretrain
 from bench.registry import build_model
 
 TINY = {"scan_window": 32}

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from bench.demo import write_pyramid_tiff
+from bench.data.demo import write_pyramid_tiff
 from feature_cache.slide_cache import SlideImageCache
 
 

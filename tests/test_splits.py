@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.splits import SplitError, SplitManager, make_folds
+from bench.data.splits import SplitError, SplitManager, make_folds
 
 
 def cohort(n_cases=60, seed=0):

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import f1_score
 from sksurv.metrics import concordance_index_censored
 
-from bench.stats import caption_note, compare_to_best, comparisons_frame
+from bench.report.stats import caption_note, compare_to_best, comparisons_frame
 
 
 def survival_cohort(n_folds=5, per_fold=24, seed=0):
@@ -83,7 +83,7 @@ def test_batched_metric_equals_the_libraries(task):
     """The bootstrap's vectorized metrics are sksurv's / sklearn's, ties and duplicates included."""
     from sklearn.metrics import roc_auc_score
 
-    from bench.stats import _columns, batched_metric
+    from bench.report.stats import _columns, batched_metric
 
     rng = np.random.default_rng(7)
     n = 30

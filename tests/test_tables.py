@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.tables import build_table, human_count, to_latex, to_markdown
+from bench.report.tables import build_table, human_count, to_latex, to_markdown
 
 GOLDEN = Path(__file__).parent / "golden" / "table2_demo.tex"
 
@@ -165,7 +165,7 @@ def test_summary_recounts_trainable_parameters_of_old_hierarchical_results(tmp_p
     rebuilt on the meta device with the unit's options (here: the slide encoder frozen or not)."""
     import json
 
-    from bench.results import ResultsStore, Unit
+    from bench.report.results import ResultsStore, Unit
 
     store = ResultsStore(tmp_path)
     for variant, opts in ((None, {"freeze": False}), ("frozen", {})):
@@ -187,7 +187,7 @@ def test_summary_recounts_trainable_parameters_of_old_hierarchical_results(tmp_p
 def test_region_voting_rows_name_their_regions_unless_the_papers():
     """An end-to-end row that voted over other regions than the supplement's 100 x 2048 px at 20x says
     which, in Table 2's layout and in the classification table; at the paper's setting it does not."""
-    from bench.tables import classification_table
+    from bench.report.tables import classification_table
 
     base = {"variant": "", "family": "end-to-end", "encoder": "", "label": "Pixel-Mamba-6M", "params": 6_264_980,
             "task": "classification", "primary": True, "std": 0.0, "n_folds": 5, "n_defined": 5, "folds": "",
@@ -206,7 +206,7 @@ def test_region_voting_rows_name_their_regions_unless_the_papers():
 
 
 def test_two_sig_never_prints_exponents() -> None:
-    from bench.tables import two_sig
+    from bench.report.tables import two_sig
 
     cases = {0.0042: "0.0042", 0.99: "0.99", 2.0: "2.0", 1.14: "1.1", 23.4: "23", 123.4: "120",
              9.96: "10", 1449.0: "1400", 0.0: "0"}

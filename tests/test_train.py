@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from bench.registry import build_model
-from bench.tasks import score
-from bench.train import Sample, TrainConfig, TrainingError, train_and_predict, zscore_samples
+from bench.engine.tasks import score
+from bench.engine.train import Sample, TrainConfig, TrainingError, train_and_predict, zscore_samples
 
 
 def bags(n, seed, dim=1024, shift=1.0):
@@ -67,7 +67,7 @@ def test_class_weights_act_on_single_case_steps():
 
     import torch
 
-    from bench.train import weighted_cross_entropy
+    from bench.engine.train import weighted_cross_entropy
 
     logits = torch.tensor([[2.0, 0.0, 0.0, 0.0]])
     w = torch.tensor([0.5, 3.0, 1.0, 1.0])

@@ -10,11 +10,11 @@ import torch
 
 optuna = pytest.importorskip("optuna")
 
-from bench import runner  # noqa: E402
+from bench.engine import runner  # noqa: E402
 from bench.cli import main as cli  # noqa: E402
 from bench.registry import get_method  # noqa: E402
-from bench.train import Sample  # noqa: E402
-from bench.tuning import TuningError, load_best, load_space, split_params, tune  # noqa: E402
+from bench.engine.train import Sample  # noqa: E402
+from bench.engine.tuning import TuningError, load_best, load_space, split_params, tune  # noqa: E402
 
 N_CASES = 24
 
@@ -148,7 +148,7 @@ def test_search_spaces(tmp_path, monkeypatch):
     assert {"lr", "weight_decay", "epochs", "model.dropout", "model.hidden"} <= set(s["space"])
     s = load_space(get_method("ilra.resnet50"))
     assert "model.dropout" not in s["space"] and "model.num_layers" in s["space"]  # null removes a key
-    import bench.tuning as tu
+    import bench.engine.tuning as tu
 
     monkeypatch.setattr(tu, "TUNING_DIR", tmp_path)
     (tmp_path / "mil.yaml").write_text("space:\n  lr: {type: float, low: 0, high: 1, log: true}\n")
@@ -165,8 +165,8 @@ def test_missing_tuning_result_names_the_command(tmp_path):
 
 
 def test_table_marks_tuned_rows(cohort):
-    from bench.results import ResultsStore
-    from bench.tables import build_table, to_latex, to_markdown
+    from bench.report.results import ResultsStore
+    from bench.report.tables import build_table, to_latex, to_markdown
 
     spec, results = cohort
     m = get_method("meanmil.resnet50")
@@ -203,7 +203,7 @@ def test_prune_stops_a_trial_after_its_first_inner_fold(cohort, monkeypatch):
     assert all(set(t.user_attrs) == {"inner0"} for t in study.trials)  # one inner fold trained, not three
 
 
-# --- the hierarchical rows' search space (configs/tuning/hierarchical.yaml) -----------------------------
+# --- the hierarchical rows' search space (bench/configs/tuning/hierarchical.yaml) -----------------------------
 
 
 def _constructor_args(builder: str) -> set[str]:
@@ -225,7 +225,7 @@ def _constructor_args(builder: str) -> set[str]:
 def test_hierarchical_search_space(name, extra):
     spec = get_method(name)
     s = load_space(spec)
-    assert s["source"].endswith("configs/tuning/hierarchical.yaml") and s["inner_folds"] == 3
+    assert s["source"].endswith("bench/configs/tuning/hierarchical.yaml") and s["inner_folds"] == 3
     assert set(s["space"]) == {"lr", "weight_decay", "epochs"} | extra
     # the ranges hold the originals' recipes: HIPT lr 2e-4 / wd 1e-5 / 20 epochs; Prov-GigaPath lr
     # 2e-3 x 32 / 256 = 2.5e-4 and 4e-3 x 32 / 256 = 5e-4, wd 1e-5 and 0.05, 5 epochs

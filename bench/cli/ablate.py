@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     if args.table_only:
         pass
     elif args.launcher == "submitit":
-        from ..launch import submit
+        from ..engine.launch import submit
 
         rep = submit(grid.variants, dataset, cluster_options(args), **common)
         print_launch_report(rep, args)
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"when the jobs are done: python -m bench ablate {args.name} --dataset {grid.dataset} --table-only")
             return 1 if failed else 0
     else:
-        from ..runner import run
+        from ..engine.runner import run
 
         report = run(grid.variants, dataset, **common)
         if not report.ran and not report.failed and not report.busy:
@@ -110,8 +110,8 @@ def write_table(ablation, items, notes, dataset: str, task: str, args: argparse.
 
     from ..ablations import build_rows, to_latex, to_markdown
     from ..io import atomic_write_text
-    from ..results import ResultsStore, Unit
-    from ..stats import caption_note, comparisons_frame, compare_to_best
+    from ..report.results import ResultsStore, Unit
+    from ..report.stats import caption_note, comparisons_frame, compare_to_best
 
     store = ResultsStore(args.results)
     summary = store.summarize(dataset)

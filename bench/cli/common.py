@@ -33,7 +33,7 @@ def add_dataset(p: argparse.ArgumentParser, required: bool = False) -> None:
 def resolve_dataset(name: str | None, preferred: str = PREFERRED_DATASET) -> str:
     if name:
         return name
-    from ..datasets import DatasetError, find_slides, load_spec
+    from ..data.datasets import DatasetError, find_slides, load_spec
 
     try:
         spec = load_spec(preferred)
@@ -97,7 +97,7 @@ def add_launch_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 def cluster_options(args: argparse.Namespace) -> Any:
     """``launch.ClusterOptions`` from the options ``add_launch_args`` added."""
-    from ..launch import ClusterOptions
+    from ..engine.launch import ClusterOptions
 
     return ClusterOptions(cluster=args.cluster, partition=args.partition, gpus=args.gpus, time_min=args.time,
                           cpus=args.cpus, mem_gb=args.mem, array_parallelism=args.array_parallelism,
@@ -106,7 +106,7 @@ def cluster_options(args: argparse.Namespace) -> Any:
 
 def print_launch_report(rep: Any, args: argparse.Namespace) -> None:
     """What ``launch.submit`` did, for ``bench run`` and ``bench ablate``."""
-    from ..results import ResultsStore
+    from ..report.results import ResultsStore
 
     if not rep.submitted:
         print(f"nothing to submit: {len(rep.done_before)} unit(s) already done"

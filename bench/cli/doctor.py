@@ -80,7 +80,7 @@ def check_dataset(name: str, tissue: bool = False) -> bool:
     cannot be opened (header, lowest level and the last level-0 tile are read -- truncated files
     lose their end first), slides without mpp, files that are not slides, and every case dropped
     from each task with the reason. ``tissue`` also segments each slide's thumbnail."""
-    from ..datasets import DatasetError, load_cohort
+    from ..data.datasets import DatasetError, load_cohort
 
     try:
         cohort = load_cohort(name)
@@ -113,7 +113,7 @@ def check_dataset(name: str, tissue: bool = False) -> bool:
     for cid in dead:
         drops.append((cid, "every task", f"none of its slides is usable ({', '.join(slides_of[cid])})"))
     for task in spec.tasks:
-        from ..tasks import get_task
+        from ..engine.tasks import get_task
 
         cols = " and ".join(get_task(task).label_columns)
         for cid in cohort.unlabelled(task):

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from feature_cache import FeatureCache, get_encoder, import_features
 
-    from ..datasets import load_cohort
+    from ..data.datasets import load_cohort
 
     dataset = resolve_dataset(args.dataset)
     cohort = load_cohort(dataset)

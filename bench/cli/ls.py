@@ -24,9 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..ablations import list_ablations
-    from ..datasets import list_datasets, load_spec
+    from ..data.datasets import list_datasets, load_spec
     from ..registry import ENCODERS, list_methods
-    from ..tasks import TASKS
+    from ..engine.tasks import TASKS
 
     what = args.what
     if what in ("all", "methods"):

@@ -40,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import distributed as D
-    from ..pretrain import PretrainConfig, pretrain
+    from ..engine import distributed as D
+    from ..engine.pretrain import PretrainConfig, pretrain
 
     D.init_from_env()
     cfg = PretrainConfig.from_dict({"model": args.model, **parse_sets(args.set),

@@ -58,9 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import distributed as D
+    from ..engine import distributed as D
     from ..registry import resolve_methods
-    from ..runner import run
+    from ..engine.runner import run
 
     if args.nproc > 1 and not D.launched():
         return _torchrun(args)
@@ -115,7 +115,7 @@ def _torchrun(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace, methods: list, dataset: str, common: dict) -> int:
-    from ..launch import submit
+    from ..engine.launch import submit
 
     rep = submit(methods, dataset, cluster_options(args), **common)
     print_launch_report(rep, args)

@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..datasets import load_cohort
-    from ..splits import SplitManager
+    from ..data.datasets import load_cohort
+    from ..data.splits import SplitManager
 
     dataset = resolve_dataset(args.dataset)
     cohort = load_cohort(dataset)

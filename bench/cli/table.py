@@ -47,9 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text
-    from ..plots import km_figure
-    from ..results import ResultsStore
-    from ..tables import build_table, classification_table, to_latex, to_markdown
+    from ..report.plots import km_figure
+    from ..report.results import ResultsStore
+    from ..report.tables import build_table, classification_table, to_latex, to_markdown
 
     store = ResultsStore(args.results)
     datasets = args.dataset.split(",") if args.dataset else store.datasets()
@@ -105,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
 def _significance(store, wide, cols, args, out: Path):
     """Per (task, dataset) column: compare every row with the column's best on shared folds."""
     from ..io import atomic_write_text
-    from ..stats import caption_note, compare_to_best, comparisons_frame
+    from ..report.stats import caption_note, compare_to_best, comparisons_frame
 
     similar: dict = {}
     frames = []

@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..registry import get_method
-    from ..tuning import tune
+    from ..engine.tuning import tune
 
     if args.trials < 1:
         raise ValueError("--trials must be >= 1")

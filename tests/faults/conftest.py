@@ -65,7 +65,7 @@ def tissue_rgb(seed: int, w: int = 640, h: int = 320) -> np.ndarray:
 
 
 def write_slide(path: Path, seed: int, mpp: float | None = 0.5, white: bool = False) -> Path:
-    from bench.demo import write_pyramid_tiff
+    from bench.data.demo import write_pyramid_tiff
 
     rgb = tissue_rgb(seed)
     if white:  # glass only, with scanner noise

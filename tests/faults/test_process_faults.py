@@ -198,8 +198,8 @@ def test_f21_unit_failure_under_ddp_stops_the_rank(cohort, monkeypatch, caplog):
     memory on its slide) must stop, not go on to the next unit while the other ranks wait in the
     failed unit's collectives until the group's 30-minute timeout. torchrun then tears the group
     down. Emulated in-process: a process group of one 'active' rank whose second unit raises."""
-    import bench.runner as R
-    from bench import distributed as D
+    import bench.engine.runner as R
+    from bench.engine import distributed as D
 
     assert cohort.run("--tasks", "staging", "--folds", "0").code == 0
     before = cohort.done()

@@ -73,8 +73,8 @@ def test_f20_ids_that_would_escape_are_sanitised_or_refused(cohort, tmp_path):
     from feature_cache import FeatureCache
     from feature_cache.slide_cache import SlideImageCache
 
-    from bench.results import ResultsStore, Unit
-    from bench.splits import SplitManager
+    from bench.report.results import ResultsStore, Unit
+    from bench.data.splits import SplitManager
 
     assert cohort.run("--folds", "0").code == 0
     before = cohort.done()

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .registry import MethodSpec
-from .results import Unit
+from ..registry import MethodSpec
+from ..report.results import Unit
 
 log = logging.getLogger(__name__)
 

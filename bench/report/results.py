@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .io import atomic_write_json, atomic_write_text, safe_name
+from ..io import atomic_write_json, atomic_write_text, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def code_version() -> str:
     """git commit of the checkout (with ``+dirty``), else the package version."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
@@ -198,7 +198,7 @@ class ResultsStore:
         the unit's model, with its config.json options, on the meta device (no memory, no weights)."""
         if m.get("trainable_params") is not None:
             return int(m["trainable_params"])
-        from .registry import _METHODS
+        from ..registry import _METHODS
 
         spec = _METHODS.get(m.get("method", ""))
         if spec is None or not spec.source or m.get("params") is None:
@@ -212,8 +212,8 @@ class ResultsStore:
         if key not in memo:
             import torch
 
-            from .registry import build_model
-            from .runner import INPUT_OPTIONS
+            from ..registry import build_model
+            from ..engine.runner import INPUT_OPTIONS
 
             kwargs = {k: v for k, v in opts.items() if k not in INPUT_OPTIONS and not k.startswith("weights")}
             try:

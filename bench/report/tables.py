@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from .registry import ENCODERS, SOURCE_PARAMS
+from ..registry import ENCODERS, SOURCE_PARAMS
 
 TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
                "survival": "Survival Analysis (5 Fold - C-index)",
@@ -85,7 +85,7 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
         rows.append(row)
     wide = pd.DataFrame(rows)
     if not wide.empty:
-        from .registry import list_methods
+        from ..registry import list_methods
 
         order = {s.name: i for i, s in enumerate(list_methods())}  # registration order = Table 2's
         wide["_g"] = wide["group"].map(lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
@@ -125,7 +125,7 @@ def _source(row: pd.Series) -> str:
     enc = row.get("encoder") or ""
     if isinstance(enc, str) and enc:
         return enc
-    from .registry import _METHODS
+    from ..registry import _METHODS
 
     spec = _METHODS.get(row["method"])
     return (spec.cache_encoder or "") if spec else ""
@@ -141,7 +141,7 @@ def _group(row: pd.Series) -> str:
         return ENCODERS[enc]["group"]
     group = row.get("group")
     if not isinstance(group, str) or not group:  # summaries do not carry it: the registry does
-        from .registry import _METHODS
+        from ..registry import _METHODS
 
         spec = _METHODS.get(row["method"])
         group = spec.group if spec else ""
@@ -186,7 +186,7 @@ def _params_text(row: pd.Series) -> str:
 def _backbone(row: pd.Series) -> str:
     if row["encoder"] in ENCODERS:
         return ENCODERS[row["encoder"]]["backbone"]
-    from .registry import _METHODS
+    from ..registry import _METHODS
 
     spec = _METHODS.get(row["method"])
     return spec.backbone if spec else ""
@@ -212,7 +212,7 @@ def _magnification_note(row: pd.Series) -> str:
         return "" if inp == PAPER_REGIONS else inp
     if row.get("family") != "end-to-end" or not inp.startswith("slide@"):
         return ""
-    from .registry import _METHODS
+    from ..registry import _METHODS
 
     try:
         mag = float(inp[len("slide@"):].rstrip("x"))

@@ -40,11 +40,11 @@ import pandas as pd
 import yaml
 
 from . import tasks as T
-from .datasets import CONFIG_DIR, Cohort, load_cohort
-from .io import atomic_write_json, atomic_write_text, safe_name
-from .registry import MethodSpec, build_model
-from .results import config_hash
-from .splits import SplitManager, make_folds
+from ..data.datasets import CONFIG_DIR, Cohort, load_cohort
+from ..io import atomic_write_json, atomic_write_text, safe_name
+from ..registry import MethodSpec, build_model
+from ..report.results import config_hash
+from ..data.splits import SplitManager, make_folds
 
 log = logging.getLogger(__name__)
 

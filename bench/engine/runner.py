@@ -20,12 +20,12 @@ import yaml
 
 from . import distributed as D
 from . import tasks as T
-from .datasets import CONFIG_DIR, Cohort, load_cohort
+from ..data.datasets import CONFIG_DIR, Cohort, load_cohort
 from .memory import bound_heap_growth
 from .pretrain import init_identity, load_init
-from .registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
-from .results import ResultsStore, Unit, config_hash
-from .splits import SplitManager, Splits
+from ..registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
+from ..report.results import ResultsStore, Unit, config_hash
+from ..data.splits import SplitManager, Splits
 from .train import Bag, Sample, TrainConfig, train_and_predict
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Cohorts: dataset specs, clinical sources, slide discovery, the demo cohort, the split manager."""

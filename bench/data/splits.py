@@ -1,0 +1,201 @@
+"""One split manager for every method and ablation.
+
+Folds are patient-level (a case's slides never straddle train and test), stratified (stage for
+staging; event × time-quantile for survival), seeded, and depend only on the *set* of cases and the
+seed — never on row order. They are written once to ``results/splits/<dataset>/<task>.csv`` and
+reused; a cohort that changed afterwards is an error naming the difference, never a silent
+reshuffle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from ..io import atomic_write_text, safe_name
+
+log = logging.getLogger(__name__)
+
+
+class SplitError(ValueError):
+    pass
+
+
+def strata(cases: pd.DataFrame, task: str, n_folds: int) -> np.ndarray:
+    """Stratification label per case (cases sorted by case_id)."""
+    if task in ("staging",):
+        return cases["stage"].astype(int).to_numpy()
+    if task == "classification":
+        return cases["label"].astype(int).to_numpy()
+    if task == "survival":
+        event = cases["event"].astype(int).to_numpy()
+        # as many time quantiles as keep every event × quantile stratum at >= n_folds cases
+        for q in (4, 3, 2):
+            tq = pd.qcut(cases["time"].rank(method="first"), q=q, labels=False).to_numpy()
+            s = event * q + tq
+            counts = np.bincount(s)
+            if (counts[counts > 0] >= n_folds).all():
+                return s
+        return event
+    raise SplitError(f"no stratification rule for task {task!r}")
+
+
+def make_folds(cohort: pd.DataFrame, task: str, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Assign every case to one of ``n_folds`` test folds → DataFrame ``case_id, fold``.
+
+    ``cohort`` may hold one row per slide; it is reduced to one row per case first.
+    """
+    cases = cohort.drop_duplicates("case_id").sort_values("case_id").reset_index(drop=True)
+    if len(cases) < n_folds:
+        raise SplitError(f"{len(cases)} cases cannot fill {n_folds} folds")
+    y = strata(cases, task, n_folds)
+    fold = np.empty(len(cases), dtype=int)
+    if np.bincount(y).max() < n_folds:
+        # scikit-learn refuses when every class is rarer than the folds (a small cohort: 3 cases
+        # per stage, 5 folds); deal each class out round-robin from a seeded shuffle instead, so
+        # every class is still spread over as many folds as it has cases
+        log.warning("%s: every %s class has fewer cases than the %d folds (largest: %d); classes "
+                    "are spread one case per fold, and some test folds lack some classes",
+                    task, "stage" if task == "staging" else "stratum", n_folds, np.bincount(y).max())
+        rng = np.random.default_rng(seed)
+        order = np.lexsort((rng.permutation(len(cases)), y))
+        fold[order] = (np.arange(len(cases)) + int(rng.integers(n_folds))) % n_folds
+        return pd.DataFrame({"case_id": cases["case_id"].to_numpy(), "fold": fold})
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # a stage rarer than n_folds (BLCA stage I: 2 cases) is spread as far as it goes
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for k, (_, test) in enumerate(skf.split(np.zeros(len(cases)), y)):
+            fold[test] = k
+    return pd.DataFrame({"case_id": cases["case_id"].to_numpy(), "fold": fold})
+
+
+def split_hash(folds: pd.DataFrame) -> str:
+    rows = sorted(f"{c},{k}" for c, k in zip(folds["case_id"], folds["fold"]))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Splits:
+    dataset: str
+    task: str
+    folds: pd.DataFrame  # case_id, fold
+    path: Path
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.folds["fold"].max()) + 1
+
+    @property
+    def hash(self) -> str:
+        return split_hash(self.folds)
+
+    def test_cases(self, k: int) -> list[str]:
+        return sorted(self.folds.loc[self.folds["fold"] == k, "case_id"])
+
+    def train_cases(self, k: int) -> list[str]:
+        return sorted(self.folds.loc[self.folds["fold"] != k, "case_id"])
+
+    def audit(self, cases: pd.DataFrame, slides_of: dict[str, list[str]] | None = None) -> pd.DataFrame:
+        """Per fold: test size, class (or event) counts, and the train/test overlap of cases and
+        slides — which must be zero. Raises :class:`SplitError` if it is not."""
+        lab = cases.set_index("case_id")
+        rows = []
+        for k in range(self.n_folds):
+            test, train = set(self.test_cases(k)), set(self.train_cases(k))
+            overlap = len(test & train)
+            slide_overlap = 0
+            if slides_of:
+                ts = {s for c in test for s in slides_of.get(c, [])}
+                tr = {s for c in train for s in slides_of.get(c, [])}
+                slide_overlap = len(ts & tr)
+            row: dict[str, object] = {"fold": k, "n_train": len(train), "n_test": len(test),
+                                      "case_overlap": overlap, "slide_overlap": slide_overlap}
+            sub = lab.loc[sorted(test)]
+            if self.task == "staging":
+                for s in range(4):
+                    row[f"stage_{['I', 'II', 'III', 'IV'][s]}"] = int((sub["stage"] == s).sum())
+            elif self.task == "survival":
+                row["events"] = int(sub["event"].sum())
+                row["censored"] = int((sub["event"] == 0).sum())
+                row["median_time"] = round(float(sub["time"].median()), 1)
+            elif self.task == "classification":
+                row["positives"] = int(sub["label"].sum())
+            rows.append(row)
+            if overlap or slide_overlap:
+                raise SplitError(f"{self.path}: fold {k} shares {overlap} cases / {slide_overlap} slides "
+                                 "between train and test")
+        return pd.DataFrame(rows)
+
+
+class SplitManager:
+    """Writes folds once per (dataset, task) and hands the same ones to every method."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def path(self, dataset: str, task: str) -> Path:
+        return self.root / safe_name(dataset) / f"{safe_name(task)}.csv"
+
+    def get(self, dataset: str, task: str, cases: pd.DataFrame, n_folds: int = 5, seed: int = 0,
+            create: bool = True) -> Splits:
+        path = self.path(dataset, task)
+        if path.is_file():
+            folds = pd.read_csv(path, dtype={"case_id": str, "fold": int})
+            self._check_same_cases(path, folds, cases)
+            return Splits(dataset, task, folds, path)
+        if not create:
+            raise SplitError(f"no splits at {path}; run `python -m bench splits --dataset {dataset}`")
+        folds = make_folds(cases, task, n_folds=n_folds, seed=seed)
+        _warn_absent_classes(path, folds, cases, task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, folds.to_csv(index=False))
+        meta = {"dataset": dataset, "task": task, "n_folds": n_folds, "seed": seed,
+                "n_cases": len(folds), "hash": split_hash(folds)}
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+        log.info("wrote %s (%d cases, %d folds, seed %d)", path, len(folds), n_folds, seed)
+        return Splits(dataset, task, folds, path)
+
+    @staticmethod
+    def _check_same_cases(path: Path, folds: pd.DataFrame, cases: pd.DataFrame) -> None:
+        have, want = set(folds["case_id"]), set(cases["case_id"])
+        if have == want:
+            return
+        added, removed = sorted(want - have), sorted(have - want)
+        parts = []
+        if added:
+            parts.append(f"{len(added)} case(s) not in the splits (e.g. {', '.join(added[:3])})")
+        if removed:
+            parts.append(f"{len(removed)} case(s) in the splits but no longer in the cohort "
+                         f"(e.g. {', '.join(removed[:3])})")
+        raise SplitError(f"the cohort changed since {path} was written: {'; '.join(parts)}. Folds are never "
+                         "reshuffled silently: restore the cohort, or move that file away (results made on "
+                         "the old folds stay valid only for them) and rerun to write new folds.")
+
+
+def _warn_absent_classes(path: Path, folds: pd.DataFrame, cases: pd.DataFrame, task: str) -> None:
+    """Say once, when folds are written, which test folds lack a class: their macro-F1 averages
+    over the classes present (scikit-learn's rule), and a C-index without any event is undefined."""
+    lab = folds.merge(cases.drop_duplicates("case_id"), on="case_id")
+    notes = []
+    for k in sorted(lab["fold"].unique()):
+        sub = lab[lab["fold"] == k]
+        if task == "staging":
+            absent = [["I", "II", "III", "IV"][s] for s in range(4)
+                      if s in set(lab["stage"].astype(int)) and s not in set(sub["stage"].astype(int))]
+            if absent:
+                notes.append(f"fold {k} has no stage {', '.join(absent)}")
+        elif task == "survival" and not (sub["event"] == 1).any():
+            notes.append(f"fold {k} has no observed event (its C-index will be undefined)")
+    if notes:
+        what = "macro-F1 of those folds averages over the stages present" if task == "staging" else \
+            "those folds are reported as undefined and left out of the mean"
+        log.warning("%s: %s in its test set; %s", path, "; ".join(notes), what)

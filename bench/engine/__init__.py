@@ -1,0 +1,1 @@
+"""Training: inputs, the unit executor, the runner, tasks, distributed training, launchers, tuning, pre-training."""

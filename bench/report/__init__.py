@@ -1,0 +1,1 @@
+"""Reporting: the results store and unit records, tables, statistics, figures."""
