@@ -38,5 +38,9 @@ class Bag:
         pick = (lambda t: None if t is None else t[index])
         return Bag(self.features[index], pick(self.coords), pick(self.mask))
 
+    def to(self, device: torch.device | str) -> "Bag":
+        move = (lambda t: None if t is None else t.to(device))
+        return Bag(self.features.to(device), move(self.coords), move(self.mask))
+
     def __len__(self) -> int:
         return int(self.features.shape[0])

@@ -193,7 +193,7 @@ def ablation_grid(ablation: Ablation, dataset: str, task: str | None = None,
     ``values`` replace its grid; the dataset's mapping (``ablations:`` in its YAML) applies."""
     from .data.datasets import load_spec
     from .registry import get_method
-    from .engine.runner import Variant
+    from .engine.config import Variant
 
     spec = load_spec(dataset)
     task = task or ablation.task

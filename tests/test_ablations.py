@@ -128,9 +128,10 @@ slide_glob: "*.tiff"
 clinical: clinical.csv
 clinical_format: normalized
 tasks: [staging, survival]
+allow_random_weights: true
 train:
   end-to-end: {{epochs: 1, grad_accum: 2}}
-model:
+inputs:
   end-to-end: {{magnification: 0.15}}
 ablations:
   depth: {{values: {{2: 3}}}}
@@ -154,7 +155,8 @@ table: {columns: [method, backbone, depth, metric]}
     assert cfg["variant"] == "depth=3" and cfg["model"]["depth"] == 3 and cfg["model"]["embed_dim"] == 16
     m = json.loads((runs / "depth_1" / "fold0" / "metrics.json").read_text())
     assert m["variant"] == "depth=1" and m["peak_rss_mb"] > 0 and m["train_seconds_per_slide"] > 0
-    assert m["input"] == "slide@0.15x"
+    assert m["input"] == {"kind": "slide", "encoder": None, "magnification": 0.15, "regions": None,
+                          "source": "extracted"}
     md = (res / "tiny" / "tables" / "depth_staging.md").read_text()
     assert "| Vision-Mamba-Stage (0.15x) | Vim-Ti | 1 |" in md and "| Vision-Mamba-Stage (0.15x) | Vim-Ti | 3 |" in md
     assert "(1/2 folds)" in md and "depth mapped for this dataset's size: 2 -> 3" in md
@@ -173,6 +175,7 @@ def test_identical_variants_are_called_out(tmp_path):
     from bench.ablations import GridItem, Row
     from bench.cli.ablate import _identical_rows
     from bench.report.results import ResultsStore, Unit
+    from record_factory import make_record
 
     store = ResultsStore(tmp_path)
     pred = pd.DataFrame({"case_id": ["A", "B"], "time": [3.0, 5.0], "event": [1.0, 0.0], "risk": [0.2, 0.1]})
@@ -180,8 +183,9 @@ def test_identical_variants_are_called_out(tmp_path):
     for v, risk in (("alpha=0.4", [0.2, 0.1]), ("alpha=0.8", [0.2, 0.1]), ("alpha=1.0", [0.1, 0.2])):
         u = Unit("demo", "survival", "pixelmamba-6m", 0, v)
         store.prepare(u, {}, "h")
-        store.finish(u, pred.assign(risk=risk), pd.DataFrame(), {"task": "survival", "method": u.method, "variant": v,
-                                                                 "fold": 0, "config_hash": "h"})
+        store.finish(u, pred.assign(risk=risk), pd.DataFrame(),
+                     make_record(task="survival", method=u.method, variant=v, primary_metric="c_index",
+                                 metrics={"c_index": 0.5}))
         rows.append(Row(GridItem("pixelmamba-6m", v), {}, 0.5, 0.0, 1, 5))
     assert _identical_rows(store, "demo", "survival", rows) == [
         "alpha=0.4, alpha=0.8 gave identical predictions: the setting changes nothing at this input size"]

@@ -140,7 +140,7 @@ clinical: clinical.csv
 clinical_format: normalized
 labels: {{normal: 0, tumor: 1}}
 tasks: [classification]
-model:
+inputs:
   end-to-end:
     regions: {{n: 3, size: 64, magnification: 5, voting: majority, seed: 0, min_tissue: 0.5}}
 """)
@@ -173,14 +173,14 @@ def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkey
     m = json.loads((d / "fold0/metrics.json").read_text())
     assert m["primary_metric"] == "auc" and {"auc", "accuracy"} <= set(m["metrics"])
     cfg = json.loads((d / "fold0/config.json").read_text())
-    assert cfg["voting"] == "majority" and cfg["input"] == "3 regions 64px@5x"
+    assert cfg["inputs"]["regions"]["voting"] == "majority" and m["input"]["regions"]["n"] == 3
     pred = pd.read_csv(d / "fold0/predictions.csv")
     n_slides = cohort.table.groupby("case_id").size()
     assert (pred["n_views"].to_numpy() == 3 * n_slides.loc[pred["case_id"]].to_numpy()).all()
     # scores are vote shares (multiples of 1/n_views) and the metrics are sklearn's on them
     assert np.allclose((pred["prob1"] * pred["n_views"]).round(), pred["prob1"] * pred["n_views"], atol=1e-4)
-    if pred["label"].nunique() == 2:
-        assert m["metrics"]["auc"] == pytest.approx(roc_auc_score(pred["label"], pred["prob1"]))
+    assert pred["label"].nunique() == 2  # each 2-case test fold holds one tumour and one normal slide
+    assert m["metrics"]["auc"] == pytest.approx(roc_auc_score(pred["label"], pred["prob1"]))
     assert m["metrics"]["accuracy"] == pytest.approx(accuracy_score(pred["label"], pred["pred"]))
     # regions were sampled once and cached
     assert len(list((root / "cache/regions").glob("*/*.npy"))) == len(cohort.table)
@@ -246,12 +246,13 @@ def test_pixelmamba_6m_on_the_camelyon16_config(tmp_path):
         return p.stdout
 
     bench("run", "--methods", "pixelmamba-6m", "--dataset", "camelyon16", "--n-folds", "3", "--folds", "0",
-          "--set", "epochs=1", "--cache", str(tmp_path / "cache"), "--model", "scan_window=64", "--model",
+          "--set", "epochs=1", "--cache", str(tmp_path / "cache"), "--model", "scan_window=64", "--input",
           "regions={n: 2, size: 64, magnification: 5, voting: majority, seed: 0, min_tissue: 0.5}", "-q")
     d = results / "runs/camelyon16/classification/pixelmamba-6m/fold0"
     m, cfg = json.loads((d / "metrics.json").read_text()), json.loads((d / "config.json").read_text())
     assert 6.2e6 < m["params"] < 6.3e6 and m["trainable_params"] == m["params"]  # the 6M network, not a stand-in
-    assert cfg["voting"] == "majority" and cfg["input"] == "2 regions 64px@5x" and cfg["model"]["scan_window"] == 64
+    assert cfg["inputs"]["regions"]["voting"] == "majority" and cfg["model"]["scan_window"] == 64
+    assert (m["input"]["kind"], m["input"]["regions"]["n"], m["input"]["regions"]["size"]) == ("regions", 2, 64)
     pred = pd.read_csv(d / "predictions.csv")
     assert pred.set_index("case_id")["label"].to_dict() == {c: truth[c] for c in pred["case_id"]}
     assert sorted(pred["label"]) == [0, 1]  # 3 folds stratified by label: one of each class is tested

@@ -399,7 +399,8 @@ def test_runner_trains_the_hierarchical_rows(tmp_path: Path, tiny_stage1):
 
     from bench.data.datasets import load_spec
     from bench.registry import get_method
-    from bench.engine.runner import TileInputs, run
+    from bench.engine.inputs import TileInputs
+    from bench.engine.runner import run
 
     spec_file = tmp_path / "tinyh.yaml"
     spec_file.write_text(f"""description: tiny cohort for the hierarchical rows
@@ -420,12 +421,13 @@ allow_random_weights: true
     rep2 = run([get_method("prov-gigapath-cls"), get_method("prov-gigapath-feat")], str(spec_file),
                model_overrides=toy, **common)
     assert not rep.failed and not rep2.failed and len(rep.ran) == 1 and len(rep2.ran) == 2
-    for method, key in (("hipt", "vit4k_weights"), ("prov-gigapath-cls", "slide_encoder_weights"),
-                        ("prov-gigapath-feat", "slide_encoder_weights")):
+    for method, part in (("hipt", "vit4k"), ("prov-gigapath-cls", "slide_encoder"),
+                         ("prov-gigapath-feat", "slide_encoder")):
         unit = tmp_path / "results" / "runs" / "tinyh" / "staging" / method / "fold0"
         config = json.loads((unit / "config.json").read_text())
         metrics = json.loads((unit / "metrics.json").read_text())
-        assert config[key] == "random" and metrics["random_weights"] is True
+        second = [w for w in config["weights"] if w["part"] == part]
+        assert second and second[0]["source"] == "random" and metrics["weights"] == config["weights"]
         assert metrics["group"] == "Two-stage hierarchical representation"
     assert (tmp_path / "cache" / "region_features" / "hipt-vit256").is_dir()
 

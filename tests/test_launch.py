@@ -16,6 +16,7 @@ submitit = pytest.importorskip("submitit")
 from bench.cli import main as cli  # noqa: E402
 from bench.engine.launch import ClusterOptions, LaunchError, submit  # noqa: E402
 from bench.registry import get_method  # noqa: E402
+from fake_inputs import FakeFeatureInputs  # noqa: E402
 
 N_CASES = 20
 
@@ -125,19 +126,12 @@ def test_slurm_executor_against_a_stand_in_slurm(cohort, tmp_path, monkeypatch, 
     assert not (tmp_path / "slurm" / "state" / "sbatch-4201.sh").exists()
 
 
-class FakeInputs:
+class FakeInputs(FakeFeatureInputs):
     """In-process stand-in for FeatureInputs (the debug executor runs jobs in this process)."""
 
     def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False):
+        super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin)
         self.stage = dict(zip(cohort.table["case_id"], cohort.table["stage"]))
-
-    identity = {"encoder": "fake", "features": "fake", "random_weights": True}
-
-    def ensure(self, cases=None):
-        pass
-
-    def has(self, case_id):
-        return True
 
     def sample(self, case_id, labels):
         import torch
@@ -220,23 +214,6 @@ def test_missing_submitit_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(LaunchError, match=r"pip install 'wsi-bench\[cluster\]'"):
         submit([get_method("meanmil.resnet50")], "demo", ClusterOptions(cluster="local"), results=tmp_path)
 
-
-def test_each_job_runs_the_entry_its_unit_came_from():
-    """Jobs carry the method entry itself, so a variant's settings (an ablation value) reach the worker."""
-    from types import SimpleNamespace
-
-    from bench.engine.launch import _entry_of
-    from bench.report.results import Unit
-
-    plain = get_method("abmil.conch")
-    var = SimpleNamespace(spec=plain, name="alpha=0.4", model={"alpha": 0.4})
-    methods = [plain, var]
-    assert _entry_of(Unit("d", "survival", "abmil.conch", 0), methods, False) is plain
-    assert _entry_of(Unit("d", "survival", "abmil.conch", 0, "alpha=0.4"), methods, False) is var
-    assert _entry_of(Unit("d", "survival", "abmil.conch", 0, "tuned"), methods, True) is plain
-    assert _entry_of(Unit("d", "survival", "abmil.conch", 0, "alpha=0.4+tuned"), methods, True) is var
-    with pytest.raises(LaunchError, match="no method entry"):
-        _entry_of(Unit("d", "survival", "maxmil.conch", 0), methods, False)
 
 
 def test_grid_order_hand_written():

@@ -57,7 +57,8 @@ def test_run_rerun_table(tiny):
     done = {**metrics_files(res, "meanmil.resnet50"), **metrics_files(res, "abmil.resnet50")}
     assert len(done) == 2 * N_UNITS, p.stdout
     m = json.loads(next(iter(done)).read_text())
-    assert m["random_weights"] is True and m["split_hash"] and m["config_hash"]
+    assert m["weights"][0]["source"] == "random" and m["split"]["hash"] and m["config_hash"]
+    assert m["schema_version"] == 2 and m["predictions_sha256"]
     assert m["trainable_params"] == m["params"] > 0  # MIL aggregators have no frozen part
     summary = pd.read_csv(res / "tiny" / "summary.csv")
     prim = summary[summary["primary"]]
@@ -71,10 +72,19 @@ def test_run_rerun_table(tiny):
     assert {**metrics_files(res, "meanmil.resnet50"), **metrics_files(res, "abmil.resnet50")} == done
     rerun_seconds = time.perf_counter() - t0
 
-    # a changed config redoes the units and keeps the old result aside
+    # another config on one fold would mix the row: refused, nothing touched; as a variant it runs
     p = bench("run", "--methods", "meanmil.resnet50", "--dataset", spec, "--results", res, "--set", "epochs=1",
-              "--folds", "0", "--tasks", "staging", "-q", env=env)
+              "--folds", "0", "--tasks", "staging", "-q", env=env, check=False)
+    assert p.returncode == 2 and "would mix configurations" in p.stderr and "--variant NAME" in p.stderr
+    assert {**metrics_files(res, "meanmil.resnet50"), **metrics_files(res, "abmil.resnet50")} == done
+    p = bench("run", "--methods", "meanmil.resnet50", "--dataset", spec, "--results", res, "--set", "epochs=1",
+              "--folds", "0", "--tasks", "staging", "--variant", "e1", "-q", env=env)
     assert "1 unit(s) run" in p.stdout
+    assert (res / "runs/tiny/staging/meanmil.resnet50/e1/fold0/metrics.json").is_file()
+    # a changed config on every fold redoes them and keeps the old results aside
+    p = bench("run", "--methods", "meanmil.resnet50", "--dataset", spec, "--results", res, "--set", "epochs=1",
+              "--tasks", "staging", "-q", env=env)
+    assert "5 unit(s) run" in p.stdout
     assert list((res / "runs/tiny/staging/meanmil.resnet50").glob("fold0.superseded-*/metrics.json"))
 
     p = bench("table", "--dataset", "tiny", "--results", res, env=env)

@@ -159,31 +159,6 @@ def test_hierarchical_standin_footnote_names_the_first_stage():
     assert "| Prov-GigaPath (CLS token) †‡ | ViT-LongNet | stand-in + 86.3M + 6.1K |" in md
 
 
-@pytest.mark.slow  # ~6 s: the first meta-device normal_() imports torch._refs
-def test_summary_recounts_trainable_parameters_of_old_hierarchical_results(tmp_path):
-    """metrics.json written before it carried ``trainable_params``: a hierarchical row's model is
-    rebuilt on the meta device with the unit's options (here: the slide encoder frozen or not)."""
-    import json
-
-    from bench.report.results import ResultsStore, Unit
-
-    store = ResultsStore(tmp_path)
-    for variant, opts in ((None, {"freeze": False}), ("frozen", {})):
-        d = store.unit_dir(Unit("demo", "survival", "prov-gigapath-cls", 0, variant))
-        d.mkdir(parents=True)
-        (d / "config.json").write_text(json.dumps({"model": {"magnification": 20, **opts}}))
-        (d / "metrics.json").write_text(json.dumps({
-            "dataset": "demo", "task": "survival", "method": "prov-gigapath-cls", "variant": variant, "fold": 0,
-            "family": "two-stage", "encoder": None, "label": "Prov-GigaPath (CLS token)", "params": 86_337_028,
-            "primary_metric": "c_index", "metrics": {"c_index": 0.6}, "n_folds": 5}))
-    s = store.summarize("demo")
-    got = dict(zip(s["variant"].fillna(""), s["trainable_params"]))
-    # frozen (default): the 6,148-parameter head. Unfrozen: all but LongNet layer 12 and the closing
-    # LayerNorm, which never run (7,095,552 + 1,536 by hand: 4 x (768² + 768) attention, 2 x 768 LNs
-    # and a 768 sub-LN, fc1 768·3072 + 3072, its 3072 sub-LN, fc2 3072·768 + 768)
-    assert got == {"frozen": 6_148, "": 86_337_028 - 7_095_552 - 1_536}
-
-
 def test_region_voting_rows_name_their_regions_unless_the_papers():
     """An end-to-end row that voted over other regions than the supplement's 100 x 2048 px at 20x says
     which, in Table 2's layout and in the classification table; at the paper's setting it does not."""

@@ -11,6 +11,7 @@ import torch
 optuna = pytest.importorskip("optuna")
 
 from bench.engine import runner  # noqa: E402
+from fake_inputs import FakeFeatureInputs  # noqa: E402
 from bench.cli import main as cli  # noqa: E402
 from bench.registry import get_method  # noqa: E402
 from bench.engine.train import Sample  # noqa: E402
@@ -19,19 +20,15 @@ from bench.engine.tuning import TuningError, load_best, load_space, split_params
 N_CASES = 24
 
 
-class RecordingInputs:
+class RecordingInputs(FakeFeatureInputs):
     """Stands in for FeatureInputs: synthetic 1024-d bags whose mean carries the stage; records every
     case id that is prepared (ensure), probed (has) or loaded (sample load/views)."""
 
     log: dict[str, set] = {"ensured": set(), "probed": set(), "loaded": set()}
 
     def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False):
-        self.cohort = cohort
+        super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin)
         self.stage = dict(zip(cohort.table["case_id"], cohort.table["stage"]))
-
-    @property
-    def identity(self):
-        return {"encoder": "fake", "features": "fake", "random_weights": True}
 
     def ensure(self, cases=None):
         RecordingInputs.log["ensured"] |= set(cases if cases is not None else self.cohort.table["case_id"])
@@ -135,12 +132,13 @@ def test_run_tuned_uses_best_parameters_per_fold(cohort):
     tr, mo = split_params(best["params"])
     assert cfg["tuned"]["params"] == best["params"] and cfg["train"]["lr"] == tr["lr"]
     assert cfg["model"]["dropout"] == mo["dropout"]
-    assert json.loads((d / "metrics.json").read_text())["tuned"] is True
+    assert json.loads((d / "metrics.json").read_text())["tuned"]["params"] == best["params"]
     # the untuned run of the same fold is another unit with another config hash
     runner.run([m], str(spec), tasks=["staging"], folds=[0], results=results, train_overrides={"epochs": 1},
                progress=False)
     plain = json.loads((results / "runs/toy/staging/meanmil.resnet50/fold0/config.json").read_text())
     assert plain["config_hash"] != cfg["config_hash"] and "tuned" not in plain
+    assert json.loads((results / "runs/toy/staging/meanmil.resnet50/fold0/metrics.json").read_text())["tuned"] is None
 
 
 def test_search_spaces(tmp_path, monkeypatch):

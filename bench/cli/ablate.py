@@ -106,22 +106,18 @@ def main(args: argparse.Namespace) -> int:
 
 def write_table(ablation, items, notes, dataset: str, task: str, args: argparse.Namespace):
     """Table (LaTeX + Markdown, and the stats CSV with --stats) from the results store only."""
-    import json
-
     from ..ablations import build_rows, to_latex, to_markdown
     from ..io import atomic_write_text
-    from ..report.results import ResultsStore, Unit
+    from ..report.results import ResultsStore
     from ..report.stats import caption_note, comparisons_frame, compare_to_best
 
     store = ResultsStore(args.results)
     summary = store.summarize(dataset)
     configs = {}
-    for it in items:  # one config.json per row, for columns read from the resolved model options
-        for m in store.iter_metrics(dataset):
-            if m["task"] == task and m["method"] == it.method and m.get("variant") == it.variant:
-                p = store.unit_dir(Unit(dataset, task, it.method, m["fold"], it.variant)) / "config.json"
-                configs[it.key] = json.loads(p.read_text()) if p.is_file() else {}
-                break
+    for rec in store.records(dataset):  # per row, the resolved options, for columns such as scan_window
+        key = (rec.method, rec.variant)
+        if rec.task == task and key not in configs:
+            configs[key] = {"model": rec.model, "inputs": rec.input}
     rows = build_rows(ablation, items, summary, task, configs)
     if all(r.n == 0 for r in rows):
         raise ValueError(f"no finished unit of ablation {ablation.name!r} ({task}) under {args.results}/runs/{dataset}")

@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="DataLoader worker processes that decode tiles while the encoder runs "
                         "(default: the dataset's extract_workers, else cores - 1, 1 to 4); 0 decodes "
                         "in threads of the main process instead")
+    p.add_argument("--device", default="auto", help="where the encoder runs: auto (CUDA when present), cpu, cuda")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="decoding threads when --workers 0 (default: up to 4)")
     p.set_defaults(func=main)
@@ -72,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
             status |= int(bool(rep.failed))
             continue
         enc = get_encoder(name, allow_random=cohort.spec.allow_random_weights,
-                          standin=cohort.spec.random_encoder_standin)  # the same features `bench run` uses
+                          standin=cohort.spec.random_encoder_standin,  # the same features `bench run` uses
+                          device=_device(args.device))
         vis = None
         if args.visualize is not None:
             vis = Path(args.visualize) if args.visualize else cache.dir_for(enc) / "overview"
@@ -89,3 +91,13 @@ def main(args: argparse.Namespace) -> int:
         if rep.failed:
             status = 1
     return status
+
+
+def _device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {choice}: no CUDA device is visible here; use --device cpu")
+    return choice

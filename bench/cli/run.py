@@ -22,8 +22,11 @@ EPILOG = """examples:
   torchrun --nproc_per_node 8 -m bench run --methods pixelmamba-6m --dataset luad   # the same
   python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
-A unit (task, method, fold) is done when its metrics.json exists with the same config; rerunning
-the same command skips done units and redoes only unfinished ones (also after a crash or kill).
+A unit (task, method, fold) is done when its record (metrics.json) exists with the same identity:
+the labels of its cases, its slides' fingerprints, the split set (--seed, --n-folds), every option
+and the fingerprint of every pretrained part. Rerunning the same command skips done units, redoes
+unfinished ones (also after a crash or kill) and stale ones (saying why); a finished result stays in
+place until its replacement has finished. Options and --init are checked before anything runs.
 """
 
 
@@ -39,7 +42,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="training option override (epochs, lr, weight_decay, grad_accum, max_patches, ...)")
-    p.add_argument("--model", action="append", metavar="KEY=VALUE", help="model constructor override")
+    p.add_argument("--model", action="append", metavar="KEY=VALUE", help="network option override (scan_window, alpha, ...)")
+    p.add_argument("--input", action="append", metavar="KEY=VALUE",
+                   help="input option override (magnification for end-to-end rows)")
+    p.add_argument("--variant", metavar="NAME",
+                   help="store this run's settings as a row of its own (<method>/<NAME>/) instead of the method's")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train end-to-end models from random initialisation on a dataset that does not allow "
+                        "random weights (without --init); their rows are marked")
+    p.add_argument("--device", default="auto",
+                   help="where models train: auto (CUDA when present; under --nproc/torchrun each rank's GPU), "
+                        "cpu, cuda, cuda:N")
     p.add_argument("--order", choices=("task", "method", "fold"), default="task",
                    help="order units run in: task = each task's units together (default); method = a "
                         "method's every unit before the next method; fold = fold 0 of everything first, "
@@ -75,11 +88,10 @@ def main(args: argparse.Namespace) -> int:
     common = dict(tasks=args.tasks.split(",") if args.tasks else None, folds=parse_int_list(args.folds),
                   results=args.results, cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                  progress=not args.quiet, tuned=args.tuned, init=args.init, order=args.order)
+                  input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned,
+                  init=args.init, from_scratch=args.from_scratch, order=args.order, variant=args.variant,
+                  device=args.device)
     if args.launcher == "submitit":
-        if args.init is not None:
-            raise ValueError("--init is not passed to submitit jobs yet; run with --launcher local")
-        common.pop("init")
         return _submit(args, methods, dataset, common)
     report = run(methods, dataset, **common)
     if not D.is_main():

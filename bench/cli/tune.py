@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from .common import Formatter, add_dataset, add_paths, parse_int_list, parse_sets, resolve_dataset
 
@@ -43,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="split, inner-split and training seed (default 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a training option (not searched)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE", help="fix a model option (not searched)")
+    p.add_argument("--input", action="append", metavar="KEY=VALUE", help="fix an input option (magnification)")
+    p.add_argument("--init", type=Path, metavar="CHECKPOINT",
+                   help="start every trial's network from these weights, as `bench run --init`")
     p.set_defaults(func=main)
 
 
@@ -58,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
                   folds=parse_int_list(args.folds), results=args.results, cache=args.cache, storage=args.storage,
                   n_folds=args.n_folds, seed=args.seed, inner=args.inner_folds, prune=args.prune,
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                  progress=not args.quiet, timeout=args.timeout)
+                  progress=not args.quiet, timeout=args.timeout, init=args.init,
+                  input_overrides=parse_sets(args.input))
     for f in report.folds:
         added = f.n_after - f.n_before
         val = "–" if f.best_value is None else f"{f.best_value:.4f}"

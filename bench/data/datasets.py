@@ -283,9 +283,11 @@ class DatasetSpec:
     # training options per method family ("two-stage", "end-to-end") that this dataset needs,
     # e.g. fewer epochs on the demo; precedence: CLI --set > these > configs/methods/*.yaml
     train: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # model options per family or method glob, e.g. {end-to-end: {magnification: 1.25},
-    # pixelmamba-*: {scan_window: 64}}; CLI --model wins
+    # network options per family or method glob, e.g. {pixelmamba-*: {scan_window: 64}}; CLI --model wins
     model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # input options per family or method glob: what a method reads, e.g. {end-to-end: {magnification:
+    # 0.625}} or {end-to-end: {regions: {n: 100, size: 2048, ...}}}; CLI --input wins
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # binary labels of the classification task: strings of the `label` column -> 0/1, e.g. {normal: 0, tumor: 1}
     labels: dict[str, int] = field(default_factory=dict)
     # per ablation, the grid this dataset runs: {<ablation>: {values: [...]}} replaces the grid,

@@ -89,6 +89,7 @@ class Splits:
     task: str
     folds: pd.DataFrame  # case_id, fold
     path: Path
+    seed: int = 0  # the seed that made the set
 
     @property
     def n_folds(self) -> int:
@@ -136,24 +137,35 @@ class Splits:
         return pd.DataFrame(rows)
 
 
+def split_set_name(seed: int, n_folds: int) -> str:
+    """The name of a split set: "" for the default (seed 0, 5 folds), else ``seed<s>-k<n>``."""
+    return "" if (seed, n_folds) == (0, 5) else f"seed{int(seed)}-k{int(n_folds)}"
+
+
 class SplitManager:
-    """Writes folds once per (dataset, task) and hands the same ones to every method."""
+    """Writes folds once per (dataset, task, seed, n_folds) and hands the same ones to every method.
+    Another seed or fold count is another split set (``<dataset>/seed<s>-k<n>/<task>.csv``), written
+    once and used by every method like the default one — never a silent reuse of another set."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
-    def path(self, dataset: str, task: str) -> Path:
-        return self.root / safe_name(dataset) / f"{safe_name(task)}.csv"
+    def path(self, dataset: str, task: str, seed: int = 0, n_folds: int = 5) -> Path:
+        d = self.root / safe_name(dataset)
+        sub = split_set_name(seed, n_folds)
+        return (d / sub if sub else d) / f"{safe_name(task)}.csv"
 
     def get(self, dataset: str, task: str, cases: pd.DataFrame, n_folds: int = 5, seed: int = 0,
             create: bool = True) -> Splits:
-        path = self.path(dataset, task)
+        path = self.path(dataset, task, seed, n_folds)
         if path.is_file():
             folds = pd.read_csv(path, dtype={"case_id": str, "fold": int})
+            self._check_same_set(path, folds, seed, n_folds)
             self._check_same_cases(path, folds, cases)
-            return Splits(dataset, task, folds, path)
+            return Splits(dataset, task, folds, path, seed=seed)
         if not create:
-            raise SplitError(f"no splits at {path}; run `python -m bench splits --dataset {dataset}`")
+            raise SplitError(f"no splits at {path}; run `python -m bench splits --dataset {dataset}"
+                             + (f" --seed {seed} --n-folds {n_folds}`" if split_set_name(seed, n_folds) else "`"))
         folds = make_folds(cases, task, n_folds=n_folds, seed=seed)
         _warn_absent_classes(path, folds, cases, task)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +174,21 @@ class SplitManager:
                 "n_cases": len(folds), "hash": split_hash(folds)}
         atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
         log.info("wrote %s (%d cases, %d folds, seed %d)", path, len(folds), n_folds, seed)
-        return Splits(dataset, task, folds, path)
+        return Splits(dataset, task, folds, path, seed=seed)
+
+    @staticmethod
+    def _check_same_set(path: Path, folds: pd.DataFrame, seed: int, n_folds: int) -> None:
+        """The file holds the split set asked for (its .json says which seed and fold count made it)."""
+        meta_path = path.with_suffix(".json")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        have = (meta.get("seed", seed), int(meta.get("n_folds", folds["fold"].max() + 1)))
+        if have != (seed, n_folds):
+            raise SplitError(f"{path} holds the split set seed {have[0]}, {have[1]} folds, not seed {seed}, "
+                             f"{n_folds} folds ({meta_path} says which made it): restore that file, or move it away "
+                             "and rerun to write the set asked for")
 
     @staticmethod
     def _check_same_cases(path: Path, folds: pd.DataFrame, cases: pd.DataFrame) -> None:

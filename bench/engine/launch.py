@@ -77,7 +77,8 @@ def run_unit_job(job: dict[str, Any]) -> dict[str, Any]:
     rep = run([job["entry"]], job["dataset"], tasks=[job["task"]], folds=[job["fold"]],
               results=job["results"], cache=job["cache"], n_folds=job["n_folds"], seed=job["seed"],
               train_overrides=job["train_overrides"], model_overrides=job["model_overrides"],
-              progress=False, tuned=job["tuned"])
+              input_overrides=job["input_overrides"], progress=False, tuned=job["tuned"], init=job["init"],
+              from_scratch=job["from_scratch"], protocol=job["protocol"], row_check=False)
     status = ("ran" if rep.ran else "failed" if rep.failed else "busy" if rep.busy else "done")
     return {"status": status, "message": "; ".join(rep.failed.values()), "seconds": rep.seconds}
 
@@ -112,8 +113,10 @@ def make_executor(opts: ClusterOptions, folder: Path, n_jobs: int) -> Any:
 def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, results: Path | str = "results",
            cache: Path | str = "cache", tasks: list[str] | None = None, folds: list[int] | None = None,
            n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
-           model_overrides: dict[str, Any] | None = None, tuned: bool = False,
-           progress: bool = True, order: str = "task") -> LaunchReport:
+           model_overrides: dict[str, Any] | None = None, input_overrides: dict[str, Any] | None = None,
+           tuned: bool = False, progress: bool = True, order: str = "task", init: Path | str | None = None,
+           from_scratch: bool = False, variant: str | None = None, protocol: str = "wsi-bench",
+           device: str = "auto") -> LaunchReport:
     """Submit every unit not yet done as one job array; wait for it unless ``opts.wait`` is False.
 
     ``order`` (``runner.grid_order``) orders the array's tasks: with ``array_parallelism`` below
@@ -123,8 +126,9 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
     _submitit()  # fail before any work when it is missing
     t0 = time.perf_counter()
     plan = run(methods, dataset, tasks=tasks, folds=folds, results=results, cache=cache, n_folds=n_folds,
-               seed=seed, train_overrides=train_overrides, model_overrides=model_overrides, progress=progress,
-               tuned=tuned, dry_run=True, order=order)
+               seed=seed, train_overrides=train_overrides, model_overrides=model_overrides,
+               input_overrides=input_overrides, progress=progress, tuned=tuned, dry_run=True, order=order,
+               init=init, from_scratch=from_scratch, variant=variant, protocol=protocol)
     report = LaunchReport(dataset=plan.dataset, done_before=list(plan.done_before), failed=dict(plan.failed))
     if not plan.todo:
         report.seconds = time.perf_counter() - t0
@@ -137,9 +141,12 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
     base = {"dataset": dataset if not str(dataset).endswith((".yaml", ".yml")) else str(Path(dataset).resolve()),
             "results": str(Path(results).resolve()), "cache": str(Path(cache).resolve()), "n_folds": n_folds,
             "seed": seed, "train_overrides": dict(train_overrides or {}),
-            "model_overrides": dict(model_overrides or {}), "tuned": tuned}
+            "model_overrides": dict(model_overrides or {}), "input_overrides": dict(input_overrides or {}),
+            "tuned": tuned, "init": str(Path(init).resolve()) if init is not None else None,
+            "from_scratch": from_scratch, "protocol": protocol}
+    # the job runs exactly the planned unit's variant (pickled, so its own settings travel with it)
     jobs_args = [{**base, "task": p.unit.task, "method": p.unit.method, "fold": p.unit.fold,
-                  "entry": _entry_of(p.unit, methods, tuned)} for p in plan.todo]
+                  "entry": p.variant} for p in plan.todo]
     executor = make_executor(opts, folder, len(jobs_args))
     jobs = []
     with executor.batch():  # one SLURM job array
@@ -153,25 +160,6 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
         _wait(jobs, units, report, progress)
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _entry_key(m: Any) -> tuple[str, str | None]:
-    """(method name, variant name) of an element of ``methods``: a MethodSpec, or a variant of one
-    (an object with ``.spec`` and ``.name``, e.g. an ablation value)."""
-    spec = getattr(m, "spec", None)
-    return (spec.name, getattr(m, "name", None)) if spec is not None else (m.name, None)
-
-
-def _entry_of(unit: Unit, methods: list[Any], tuned: bool) -> Any:
-    """The element of ``methods`` a planned unit comes from; the job runs exactly that one (pickled,
-    so a variant's own settings travel with it)."""
-    variant = unit.variant
-    if tuned and variant is not None:
-        variant = None if variant == "tuned" else variant.removesuffix("+tuned")
-    for m in methods:
-        if _entry_key(m) == (unit.method, variant):
-            return m
-    raise LaunchError(f"internal: no method entry for unit {unit}")
 
 
 def _wait(jobs: list[Any], units: list[Unit], report: LaunchReport, progress: bool) -> None:

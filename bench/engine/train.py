@@ -140,8 +140,8 @@ def _at_most(x: "torch.Tensor | Bag", n: int, gen: torch.Generator) -> "torch.Te
 
 
 def _to(x: Any, device: torch.device) -> Any:
-    """Move a tensor input to the model's device (other inputs, e.g. ``Bag``, stay as they are)."""
-    return x.to(device) if isinstance(x, torch.Tensor) else x
+    """Move a tensor or ``Bag`` input to the model's device."""
+    return x.to(device) if isinstance(x, (torch.Tensor, Bag)) else x
 
 
 def seed_everything(seed: int) -> None:

@@ -42,8 +42,13 @@ import yaml
 from . import tasks as T
 from ..data.datasets import CONFIG_DIR, Cohort, load_cohort
 from ..io import atomic_write_json, atomic_write_text, safe_name
-from ..registry import MethodSpec, build_model
+from ..registry import MethodSpec
 from ..report.results import config_hash
+from .config import input_options, method_train_config, model_options, unit_seed
+from .executor import ModelRecipe, fit_and_score
+from .inputs import inputs_key, make_inputs
+from .pretrain import init_identity
+from .train import TrainConfig
 from ..data.splits import SplitManager, make_folds
 
 log = logging.getLogger(__name__)
@@ -191,34 +196,37 @@ class TuneReport:
 
 
 class Objective:
-    """Mean inner-CV validation metric of one parameter set, on one outer fold's training cases."""
+    """Mean inner-CV validation metric of one parameter set, on one outer fold's training cases.
+    Each inner fold is one call of the unit executor — the model ``bench run --tuned`` evaluates."""
 
     def __init__(self, spec: MethodSpec, task: str, cases: pd.DataFrame, inner: pd.DataFrame, inputs: Any,
                  space: dict[str, Any], base_train: dict[str, Any], base_model: dict[str, Any], cohort: Cohort,
-                 seed: int, outer_fold: int, prune: bool) -> None:
+                 seed: int, outer_fold: int, prune: bool, init: Path | None = None) -> None:
         self.spec, self.task, self.inputs, self.space = spec, task, inputs, space
         self.cases = cases.set_index("case_id")
         self.inner = inner
         self.base_train, self.base_model = base_train, base_model
         self.cohort, self.seed, self.outer_fold, self.prune = cohort, seed, outer_fold, prune
+        self.init = init
         self.metric = T.get_task(task).metric
 
     def samples(self, case_ids: list[str]) -> list[Any]:
-        from .runner import _labels
+        cols = T.get_task(self.task).label_columns
+        return [self.inputs.sample(c, {k: float(self.cases.loc[c, k]) for k in cols}) for c in case_ids]
 
-        return [self.inputs.sample(c, _labels(self.cases.loc[c], self.task)) for c in case_ids]
+    def recipe(self, model_opts: dict[str, Any]) -> ModelRecipe:
+        """The network of a trial: the same builder arguments, second-stage weights and ``--init``
+        as the run's (``bench.engine.runner.Planner.plan``)."""
+        init_sha = init_identity(self.init)["sha256"] if self.init is not None else None
+        return ModelRecipe(self.spec, T.get_task(self.task).n_out(), model_opts,
+                           dict(getattr(self.inputs, "model_kwargs", {})), self.init, init_sha)
 
     def __call__(self, trial: Any) -> float:
-        import torch
-
-        from .runner import INPUT_OPTIONS, method_train_config, unit_seed
-        from .train import TrainConfig, train_and_predict
-
         optuna = _optuna()
         params = suggest(trial, self.space)
         tr, mo = split_params(params)
         train_cfg = method_train_config(self.spec, {**tr, **self.base_train}, self.cohort.spec.train)
-        model_opts = {**self.base_model, **mo}
+        recipe = self.recipe({**self.base_model, **mo})
         scores = []
         n_inner = int(self.inner["fold"].max()) + 1
         for j in range(n_inner):
@@ -227,12 +235,8 @@ class Objective:
             # the seed depends on the fold, not the trial: trials differ by their parameters only
             cfg = TrainConfig.from_dict({**train_cfg, "seed": unit_seed(self.seed, self.spec.name, self.task,
                                                                        self.outer_fold, "inner", j)})
-            torch.manual_seed(cfg.seed)
-            model = build_model(self.spec.name, T.get_task(self.task).n_out(),
-                                **{k: v for k, v in model_opts.items() if k not in INPUT_OPTIONS})
-            pred, _, _ = train_and_predict(model, self.task, self.samples(tr_ids), self.samples(val_ids), cfg,
-                                           progress=False)
-            v = T.score(self.task, pred).get(self.metric, float("nan"))
+            out = fit_and_score(recipe, self.task, self.samples(tr_ids), self.samples(val_ids), cfg, progress=False)
+            v = out.scores.get(self.metric, float("nan"))
             scores.append(float(v) if v is not None else float("nan"))
             trial.set_user_attr(f"inner{j}", scores[-1])
             running = float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
@@ -250,10 +254,10 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
          storage: str | None = None, n_folds: int = 5, seed: int = 0, inner: int | None = None,
          prune: bool = False, train_overrides: dict[str, Any] | None = None,
          model_overrides: dict[str, Any] | None = None, progress: bool = True,
-         timeout: float | None = None) -> TuneReport:
-    """Tune ``spec`` on every (task, outer fold) of ``dataset`` up to ``n_trials`` finished trials each."""
-    from .runner import inputs_key, make_inputs, model_options
-
+         timeout: float | None = None, init: Path | str | None = None,
+         input_overrides: dict[str, Any] | None = None) -> TuneReport:
+    """Tune ``spec`` on every (task, outer fold) of ``dataset`` up to ``n_trials`` finished trials each.
+    ``init``: the checkpoint every trial's network starts from, as ``bench run --init``."""
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
@@ -278,7 +282,9 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
     manager = SplitManager(Path(results) / "splits")
     report = TuneReport(dataset=dataset, method=spec.name)
     base_model = model_options(spec, cohort, fixed_model)
-    inputs = make_inputs(spec, cohort, cache, base_model, progress)
+    input_opts = input_options(spec, cohort, input_overrides)
+    inputs = make_inputs(spec, cohort, cache, input_opts, progress)
+    init = Path(init) if init is not None else None
     for task in tasks:
         all_cases = cohort.cases(task)
         splits = manager.get(dataset, task, all_cases, n_folds=n_folds, seed=seed)
@@ -296,7 +302,8 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
             inner_split = inner_folds(train_cases, task, n_inner, unit_seed_inner(seed, k))
             key = {"split_hash": splits.hash, "outer_fold": k, "inner": inner_split.sort_values("case_id").to_dict("list"),
                    "space": space, "fixed_train": fixed_train, "model": base_model, "inputs": inputs.identity,
-                   "input_key": inputs_key(spec, base_model), "seed": seed}
+                   "input_key": inputs_key(spec, input_opts), "seed": seed,
+                   "init": init_identity(init) if init is not None else None}
             study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{config_hash(key)[:8]}"
             fd = fold_dir(results, dataset, task, spec.name, k)
             fd.mkdir(parents=True, exist_ok=True)
@@ -309,7 +316,7 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
                      n_before, f"running {todo} more" if todo > 0 else "nothing to do")
             if todo > 0:
                 objective = Objective(spec, task, train_cases, inner_split, inputs, space, fixed_train,
-                                      base_model, cohort, seed, k, prune)
+                                      base_model, cohort, seed, k, prune, init)
                 study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(seed, study_name, study, storage))
                 # samplers and pruners are not stored with a study: every worker sets its own
                 study.pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if prune
@@ -331,8 +338,6 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
 
 
 def unit_seed_inner(seed: int, outer_fold: int) -> int:
-    from .runner import unit_seed
-
     return unit_seed(seed, "inner-folds", outer_fold) % (2**31)
 
 
@@ -345,8 +350,6 @@ def _training_error() -> type[Exception]:
 def _sampler_seed(seed: int, study_name: str, study: Any, storage: str | None) -> int:
     """Deterministic for one worker on the default storage; workers sharing an explicit storage add
     their pid, so simultaneous workers do not propose the same parameters."""
-    from .runner import unit_seed
-
     return unit_seed(seed, study_name, len(study.trials), os.getpid() if storage else 0) % (2**31)
 
 

@@ -1,15 +1,18 @@
-"""The results store: one directory per unit of work, ``metrics.json`` written last.
+"""The results store: one directory per unit of work, its record (``metrics.json``) written last.
 
     results/runs/<dataset>/<task>/<method>[/<variant>]/fold<k>/
-        config.json       resolved config, its hash, split hash, code version, environment
+        config.json       the unit's identity (bench.engine.identity), its hash, code version, environment
         predictions.csv   one row per test case: labels and prediction / risk
         train_log.csv     one row per epoch
-        metrics.json      written last and atomically: its presence is what "done" means
+        metrics.json      the unit record (bench.report.records), written last and atomically:
+                          its presence is what "done" means
 
-A rerun skips units whose ``metrics.json`` carries the same config hash and redoes the rest (a
-unit whose config changed is moved aside to ``fold<k>.superseded-<hash>``, not deleted). Units are
-claimed with an OS file lock (``flock`` through filelock), released by the kernel when a process
-dies, so several workers — or a restarted one — can share one results directory.
+A unit being (re)done is written into ``fold<k>.next/``; only when its record is written does it
+replace ``fold<k>/``, whose previous result moves aside to ``fold<k>.superseded-<hash>`` (never
+deleted). So a finished result stays live until its replacement has finished, and a failed or
+killed replacement leaves it in place. Units are claimed with an OS file lock (``flock`` through
+filelock), released by the kernel when a process dies, so several workers — or a restarted one —
+can share one results directory. Reading a record verifies the sha256 of its predictions.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from ..io import atomic_write_json, atomic_write_text, safe_name
+from .records import RecordError, UnitRecord
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,14 @@ class Unit:
         return f"{self.dataset}/{self.task}/{self.method}{v}/fold{self.fold}"
 
 
+class IntegrityError(RecordError):
+    """A unit's files do not match its record (edited or truncated after it finished)."""
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class ResultsStore:
     def __init__(self, root: Path | str = "results") -> None:
         self.root = Path(root)
@@ -89,23 +101,55 @@ class ResultsStore:
             d = d / safe_name(u.variant)
         return d / f"fold{int(u.fold)}"
 
+    def staging_dir(self, u: Unit) -> Path:
+        d = self.unit_dir(u)
+        return d.with_name(d.name + ".next")
+
     def summary_path(self, dataset: str) -> Path:
         return self.root / safe_name(dataset) / "summary.csv"
 
     # --- state ----------------------------------------------------------------------------
-    def done_metrics(self, u: Unit, chash: str | None = None) -> dict[str, Any] | None:
-        """The unit's metrics if it is done (and, when given, with this config hash)."""
+    def _promote_finished_staging(self, u: Unit) -> None:
+        """A replacement that finished but was killed before it took the unit's place takes it now."""
+        nxt = self.staging_dir(u)
+        if (nxt / "metrics.json").is_file() and not (self.unit_dir(u) / "metrics.json").is_file():
+            d = self.unit_dir(u)
+            if d.exists():
+                shutil.rmtree(d)
+            os.replace(nxt, d)
+
+    def done_record(self, u: Unit, verify: bool = True) -> UnitRecord | None:
+        """The unit's record if it is done and intact, else None (with a warning naming the file
+        when one exists but cannot be used)."""
+        self._promote_finished_staging(u)
         p = self.unit_dir(u) / "metrics.json"
         if not p.is_file():
             return None
         try:
-            m = json.loads(p.read_text())
+            rec = UnitRecord.from_json(p.read_text(), str(p))
+            if verify:
+                self.check_predictions(u, rec)
+        except (OSError, RecordError) as exc:
+            log.warning("%s: %s; the unit will be redone", u, exc)
+            return None
+        return rec
+
+    def done_config(self, u: Unit) -> dict[str, Any] | None:
+        """The identity (config.json) a finished unit was run with."""
+        try:
+            return json.loads((self.unit_dir(u) / "config.json").read_text())
         except (OSError, json.JSONDecodeError):
-            log.warning("%s is unreadable; the unit will be redone", p)
             return None
-        if chash is not None and m.get("config_hash") != chash:
-            return None
-        return m
+
+    def check_predictions(self, u: Unit, rec: UnitRecord) -> None:
+        p = self.unit_dir(u) / "predictions.csv"
+        try:
+            got = sha256_text(p.read_text())
+        except OSError as exc:
+            raise IntegrityError(f"{p} is missing or unreadable ({exc})") from exc
+        if got != rec.predictions_sha256:
+            raise IntegrityError(f"{p} does not match its record (sha256 {got[:12]} != {rec.predictions_sha256[:12]}): "
+                                 "it was edited or truncated after the unit finished")
 
     def lock(self, u: Unit) -> FileLock:
         d = self.unit_dir(u)
@@ -121,146 +165,128 @@ class ResultsStore:
             return None
         return lk
 
-    def prepare(self, u: Unit, config: dict[str, Any], chash: str, keep_previous: str | None = None) -> Path:
-        """Start (or restart) a unit: keep a finished unit of another config aside (or of the same
-        config, when ``keep_previous`` names why it is redone), clear partial files of an
-        interrupted attempt, write ``config.json``."""
-        d = self.unit_dir(u)
-        old = self.done_metrics(u)
-        if old is not None and (old.get("config_hash") != chash or keep_previous):
-            tag = old.get("config_hash", "unknown") + (f"-{keep_previous}" if keep_previous else "")
-            aside = d.with_name(f"{d.name}.superseded-{tag}")
-            if aside.exists():
-                shutil.rmtree(aside)
-            os.replace(d, aside)
-            log.info("%s: %s; previous result kept at %s", u,
-                     "config changed" if not keep_previous else f"redone ({keep_previous})", aside)
-        elif d.exists():
-            for p in d.iterdir():  # leftovers of an interrupted attempt (no metrics.json)
-                if p.is_file():
-                    p.unlink()
-        d.mkdir(parents=True, exist_ok=True)
+    def prepare(self, u: Unit, config: dict[str, Any], chash: str) -> Path:
+        """Start (or restart) a unit in its staging directory (leftovers of an interrupted attempt
+        are cleared) and write its ``config.json``. A finished result stays where it is."""
+        d = self.staging_dir(u)
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
         atomic_write_json(d / "config.json", {**config, "config_hash": chash, "code_version": code_version(),
                                              "environment": environment(), "started": time.time()})
         return d
 
-    def finish(self, u: Unit, predictions: pd.DataFrame, train_log: pd.DataFrame, metrics: dict[str, Any]) -> None:
-        d = self.unit_dir(u)
-        atomic_write_text(d / "predictions.csv", predictions.to_csv(index=False))
-        atomic_write_text(d / "train_log.csv", train_log.to_csv(index=False))
-        atomic_write_json(d / "metrics.json", metrics)  # last: the done-marker
+    def finish(self, u: Unit, predictions: pd.DataFrame, train_log: pd.DataFrame, record: UnitRecord,
+               why: str = "") -> UnitRecord:
+        """Write the unit's files into its staging directory, its record last, then let it replace
+        the previous result (kept aside as ``fold<k>.superseded-<hash>``)."""
+        nxt, d = self.staging_dir(u), self.unit_dir(u)
+        text = predictions.to_csv(index=False)
+        record.predictions_sha256 = sha256_text(text)
+        atomic_write_text(nxt / "predictions.csv", text)
+        atomic_write_text(nxt / "train_log.csv", train_log.to_csv(index=False))
+        atomic_write_json(nxt / "metrics.json", record.to_dict())  # the done-marker
+        if d.exists():
+            old = self._old_hash(d)
+            aside = d.with_name(f"{d.name}.superseded-{old}")
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(d, aside)
+            log.info("%s: previous result kept at %s%s", u, aside, f" ({why})" if why else "")
+        os.replace(nxt, d)
+        return record
+
+    @staticmethod
+    def _old_hash(d: Path) -> str:
+        for name in ("metrics.json", "config.json"):
+            try:
+                return str(json.loads((d / name).read_text()).get("config_hash") or "unknown")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                continue
+        return "unknown"
 
     def fail(self, u: Unit, message: str) -> None:
-        atomic_write_json(self.unit_dir(u) / "error.json", {"error": message, "time": time.time()})
+        d = self.staging_dir(u)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "error.json", {"error": message, "time": time.time()})
 
     # --- reading --------------------------------------------------------------------------
-    def iter_metrics(self, dataset: str | None = None) -> Iterator[dict[str, Any]]:
+    def records(self, dataset: str | None = None, verify: bool = True) -> Iterator[UnitRecord]:
+        """Every finished unit's record. A record that cannot be read, or whose predictions do not
+        match it, is an error naming the file and the command that redoes it."""
         base = self.root / "runs"
         pattern = f"{safe_name(dataset)}/*/*/**/metrics.json" if dataset else "*/*/*/**/metrics.json"
         for p in sorted(base.glob(pattern)):
-            if ".superseded-" in str(p):
+            if ".superseded-" in str(p) or p.parent.name.endswith(".next"):
                 continue
             try:
-                yield json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError):
-                log.warning("skipping unreadable %s", p)
+                rec = UnitRecord.from_json(p.read_text(), str(p))
+            except OSError as exc:
+                raise RecordError(f"cannot read {p}: {exc}") from exc
+            if verify:
+                try:
+                    self.check_predictions(Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant), rec)
+                except IntegrityError as exc:
+                    raise IntegrityError(f"{exc}. Redo it: {redo_command(rec)}") from exc
+            yield rec
 
     def datasets(self) -> list[str]:
         base = self.root / "runs"
         return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
     def predictions(self, dataset: str, task: str, method: str, variant: str | None = None) -> pd.DataFrame:
-        """Out-of-fold predictions of every finished fold, concatenated."""
+        """Out-of-fold predictions of every finished fold (each verified against its record), concatenated."""
         parts = []
-        for m in self.iter_metrics(dataset):
-            if m["task"] == task and m["method"] == method and m.get("variant") == variant:
-                u = Unit(dataset, task, method, m["fold"], variant)
+        for rec in self.records(dataset):
+            if rec.task == task and rec.method == method and rec.variant == variant:
+                u = Unit(dataset, task, method, rec.fold, variant)
                 df = pd.read_csv(self.unit_dir(u) / "predictions.csv", dtype={"case_id": str})
-                df["fold"] = m["fold"]
+                df["fold"] = rec.fold
                 parts.append(df)
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
-    def _input(self, m: dict[str, Any]) -> str:
-        """What the unit consumed (``slide@2.5x``, ``features:conch``); results written before
-        metrics.json carried it are read from their config.json."""
-        if m.get("input"):
-            return str(m["input"])
-        try:
-            u = Unit(m["dataset"], m["task"], m["method"], m["fold"], m.get("variant"))
-            cfg = json.loads((self.unit_dir(u) / "config.json").read_text())
-        except (OSError, KeyError, json.JSONDecodeError):
-            return ""
-        return str(cfg.get("input") or (f"features:{cfg['encoder']}" if cfg.get("encoder") else ""))
-
-    def _trainable(self, m: dict[str, Any], memo: dict[str, int | None]) -> int | None:
-        """Trainable parameters of a unit's model. Results written before metrics.json carried them
-        are counted again for the hierarchical rows (the only ones with a frozen stage) by building
-        the unit's model, with its config.json options, on the meta device (no memory, no weights)."""
-        if m.get("trainable_params") is not None:
-            return int(m["trainable_params"])
-        from ..registry import _METHODS
-
-        spec = _METHODS.get(m.get("method", ""))
-        if spec is None or not spec.source or m.get("params") is None:
-            return None
-        try:
-            u = Unit(m["dataset"], m["task"], m["method"], m["fold"], m.get("variant"))
-            opts = json.loads((self.unit_dir(u) / "config.json").read_text()).get("model") or {}
-        except (OSError, KeyError, json.JSONDecodeError):
-            opts = {}
-        key = spec.name + json.dumps(opts, sort_keys=True, default=str)
-        if key not in memo:
-            import torch
-
-            from ..registry import build_model
-            from ..engine.runner import INPUT_OPTIONS
-
-            kwargs = {k: v for k, v in opts.items() if k not in INPUT_OPTIONS and not k.startswith("weights")}
-            try:
-                with torch.device("meta"):
-                    model = build_model(spec.name, 4, **kwargs)
-                memo[key] = sum(p.numel() for p in model.parameters() if not p.requires_grad)  # frozen
-            except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:  # e.g. an option
-                # this code no longer knows: the table shows the total
-                log.warning("cannot recount the trainable parameters of %s (%s)", spec.name, e)
-                memo[key] = None
-        frozen = memo[key]
-        return None if frozen is None else int(m["params"]) - frozen
-
-    def summarize(self, dataset: str) -> pd.DataFrame:
-        """Aggregate finished folds → one row per (method, variant, task, metric); writes summary.csv."""
-        rows = list(self.iter_metrics(dataset))
+    def summarize(self, dataset: str, ddof: int = 0) -> pd.DataFrame:
+        """Aggregate finished folds -> one row per (method, variant, task, metric); writes summary.csv.
+        The folds of a row must share one configuration (:meth:`UnitRecord.row_signature`): a row
+        that mixes configurations is an error naming its folds and the fix."""
+        groups: dict[tuple[str, str, str], list[UnitRecord]] = {}
+        for rec in self.records(dataset):
+            groups.setdefault((rec.method, rec.variant or "", rec.task), []).append(rec)
         out = []
-        key = lambda m: (m["method"], m.get("variant") or "", m["task"])  # noqa: E731
-        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-        frozen_memo: dict[str, int | None] = {}
-        for m in rows:
-            groups.setdefault(key(m), []).append(m)
-        for (method, variant, task), ms in sorted(groups.items()):
-            ms = sorted(ms, key=lambda m: m["fold"])
-            first = ms[0]
-            for metric in first["metrics"]:
+        for (method, variant, task), recs in sorted(groups.items()):
+            recs = sorted(recs, key=lambda r: r.fold)
+            check_one_configuration(recs)
+            first = recs[0]
+            for metric in first.metrics:
                 if metric == "undefined":
                     continue
-                vals = [m["metrics"].get(metric, float("nan")) for m in ms]
-                defined = [v for v in vals if v is not None and not np.isnan(v)]
+                vals = [r.metrics.get(metric, float("nan")) for r in recs]
+                vals = [float("nan") if v is None else float(v) for v in vals]
+                defined = [v for v in vals if not np.isnan(v)]
                 out.append({
-                    "method": method, "variant": variant, "family": first["family"],
-                    "encoder": first.get("encoder") or "", "label": first.get("label", method),
-                    "params": first.get("params"), "trainable_params": self._trainable(first, frozen_memo),
-                    "task": task, "metric": metric,
-                    "primary": metric == first["primary_metric"],
+                    "dataset": dataset, "method": method, "variant": variant, "family": first.family,
+                    "encoder": first.encoder or "", "encoder_label": first.encoder_label, "label": first.label,
+                    "group": first.group, "backbone": first.backbone, "params": first.params,
+                    "trainable_params": first.trainable_params, "frozen_params_text": first.frozen_params_text,
+                    "task": task, "metric": metric, "primary": metric == first.primary_metric,
+                    "higher_is_better": first.higher_is_better,
                     "mean": float(np.mean(defined)) if defined else float("nan"),
-                    # sample std over folds? The paper's ± is not specified; numpy's population std
-                    # (ddof=0) is what CLAM-style scripts print, so we keep it and say so in captions.
-                    "std": float(np.std(defined)) if defined else float("nan"),
-                    "n_folds": len(ms), "n_defined": len(defined), "expected_folds": first.get("n_folds", 5),
-                    "folds": ";".join("nan" if v is None or np.isnan(v) else f"{v:.4f}" for v in vals),
-                    "random_weights": any(m.get("random_weights") for m in ms),
-                    "tuned": any(m.get("tuned") for m in ms),
-                    "encoder_standin": next((m["encoder_standin"] for m in ms if m.get("encoder_standin")), ""),
-                    "train_seconds": float(np.mean([m.get("train_seconds", np.nan) for m in ms])),
-                    **_compute(ms), "input": self._input(first),
+                    # population std (ddof=0) by default, as CLAM-style scripts print; captions say so
+                    "std": float(np.std(defined, ddof=ddof)) if len(defined) > ddof else float("nan"),
+                    "ddof": ddof, "n_folds": len(recs), "n_defined": len(defined),
+                    "expected_folds": first.split.n_folds,
+                    "folds": ";".join("nan" if np.isnan(v) else f"{v:.4f}" for v in vals),
+                    "random_weights": any(r.random_weights for r in recs),
+                    "weights": first.weights_label,
+                    "random_parts": "; ".join(sorted({w.part for r in recs for w in r.weights if w.random})),
+                    "standin": any(w.source == "standin" for r in recs for w in r.weights),
+                    "tuned": any(r.tuned for r in recs), "protocol": first.protocol,
+                    "split_seed": first.split.seed,
+                    "input": first.input.label(), "default_input": first.default_input.label(),
+                    "non_default": json.dumps(first.info.get("non_default", {}), sort_keys=True, default=str),
+                    "order": first.info.get("order"),
+                    "train_seconds": float(np.mean([r.train_seconds for r in recs])),
+                    **_compute(recs),
                 })
         df = pd.DataFrame(out)
         if not df.empty:
@@ -270,11 +296,42 @@ class ResultsStore:
         return df
 
 
-def _compute(ms: list[dict[str, Any]]) -> dict[str, float]:
-    """Compute accounting over a row's folds: the largest peak memory, the mean time per training slide
-    (NaN for results written before the runner recorded them)."""
+def redo_command(rec: UnitRecord) -> str:
+    """The command that redoes one unit (its damaged files are then replaced)."""
+    cmd = f"python -m bench run --methods {rec.method} --dataset {rec.dataset} --tasks {rec.task} --folds {rec.fold}"
+    if rec.variant and not rec.tuned:
+        cmd += f"  (variant {rec.variant}: rerun the command that made it)"
+    return cmd
+
+
+class MixedRowError(RecordError):
+    """The finished folds of one table row were run with different configurations."""
+
+
+def check_one_configuration(recs: list[UnitRecord]) -> None:
+    """A table row is one configuration: refuse folds whose row signatures differ, naming them."""
+    sigs = [json.dumps(r.row_signature(), sort_keys=True, default=str) for r in recs]
+    if len(set(sigs)) <= 1:
+        return
+    base = recs[0].row_signature()
+    diffs = []
+    for r, s in zip(recs[1:], sigs[1:]):
+        if s != sigs[0]:
+            other = r.row_signature()
+            keys = [k for k in base if base[k] != other.get(k)]
+            diffs.append(f"fold {r.fold} differs from fold {recs[0].fold} in {', '.join(keys)}")
+    first = recs[0]
+    raise MixedRowError(
+        f"{first.dataset}/{first.task}/{first.method}{'[' + first.variant + ']' if first.variant else ''}: the "
+        f"finished folds were run with different configurations ({'; '.join(diffs)}); a row is one "
+        "configuration. Fix: rerun every fold with one configuration (`bench run` without --folds), or run the "
+        "experiment as a variant of its own (`bench run ... --variant NAME`)")
+
+
+def _compute(recs: list[UnitRecord]) -> dict[str, float]:
+    """Compute accounting over a row's folds: the largest peak memory, the mean time per training slide."""
     def vals(key: str) -> list[float]:
-        return [float(m[key]) for m in ms if m.get(key) is not None]
+        return [float(getattr(r, key)) for r in recs if getattr(r, key) is not None]
 
     rss, cuda, per = vals("peak_rss_mb"), vals("peak_cuda_mb"), vals("train_seconds_per_slide")
     return {"peak_rss_mb": max(rss) if rss else float("nan"), "peak_cuda_mb": max(cuda) if cuda else float("nan"),

@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from ..registry import ENCODERS, SOURCE_PARAMS
+from ..registry import ENCODERS
 
 TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
                "survival": "Survival Analysis (5 Fold - C-index)",
@@ -65,12 +65,15 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
     for (method, variant), g in prim.groupby(["method", "variant"], sort=False):
         first = g.iloc[0]
         row = {"method": method, "variant": variant, "label": first["label"], "family": first["family"],
-               "encoder": first.get("encoder") or "", "source": _source(first), "group": _group(first),
+               "encoder": _text(first.get("encoder")), "group": first["group"], "backbone": _text(first["backbone"]),
                "params": first["params"], "trainable_params": _number(first.get("trainable_params")),
+               "frozen_params_text": _text(first.get("frozen_params_text")),
                "random_weights": bool(g["random_weights"].astype(bool).any()),
-               "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False,
-               "standin": _standin(g),
-               "input": str(first["input"]) if "input" in g and isinstance(first["input"], str) else "",
+               "random_parts": _text(first.get("random_parts")),
+               "tuned": bool(g["tuned"].astype(bool).any()),
+               "standin": bool(g["standin"].astype(bool).any()), "weights": _text(first.get("weights")),
+               "input": _text(first["input"]), "default_input": _text(first["default_input"]),
+               "order": _number(first.get("order")),
                # compute accounting over every task/dataset of the row: the largest peak, the mean time
                **_compute_cells(g)}
         for t, d in cols:
@@ -85,12 +88,10 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
         rows.append(row)
     wide = pd.DataFrame(rows)
     if not wide.empty:
-        from ..registry import list_methods
-
-        order = {s.name: i for i, s in enumerate(list_methods())}  # registration order = Table 2's
+        # Table 2's order: its groups, then the registry's order at the time the records were written
         wide["_g"] = wide["group"].map(lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
-        wide["_m"] = wide["method"].map(lambda m: order.get(m, len(order)))
-        wide = wide.sort_values(["_g", "_m", "variant"], kind="stable").drop(columns=["_g", "_m"]).reset_index(drop=True)
+        wide = wide.sort_values(["_g", "order", "method", "variant"], kind="stable").drop(columns=["_g"])
+        wide = wide.reset_index(drop=True)
     return wide, cols
 
 
@@ -103,12 +104,8 @@ def _compute_cells(g: pd.DataFrame) -> dict[str, float]:
             "seconds_per_slide": col("train_seconds_per_slide").mean()}
 
 
-def _standin(g: pd.DataFrame) -> str:
-    """The stand-in architecture behind a row's features ("" for the real encoder)."""
-    if "encoder_standin" not in g:
-        return ""
-    vals = [str(v) for v in g["encoder_standin"] if isinstance(v, str) and v]
-    return vals[0] if vals else ""
+def _text(v: object) -> str:
+    return v if isinstance(v, str) else ""
 
 
 def _number(v: object) -> float:
@@ -119,33 +116,8 @@ def _number(v: object) -> float:
         return float("nan")
 
 
-def _source(row: pd.Series) -> str:
-    """The feature_cache encoder whose outputs the row reads: the MIL encoder, or a hierarchical
-    row's first stage (``hipt-vit256``, ``gigapath``); "" for end-to-end rows."""
-    enc = row.get("encoder") or ""
-    if isinstance(enc, str) and enc:
-        return enc
-    from ..registry import _METHODS
-
-    spec = _METHODS.get(row["method"])
-    return (spec.cache_encoder or "") if spec else ""
-
-
 def _marks(row: pd.Series, dagger: str, ddagger: str) -> str:
     return (dagger if row["random_weights"] else "") + (ddagger if row.get("standin") else "")
-
-
-def _group(row: pd.Series) -> str:
-    enc = row.get("encoder") or ""
-    if row["family"] == "two-stage" and enc in ENCODERS:
-        return ENCODERS[enc]["group"]
-    group = row.get("group")
-    if not isinstance(group, str) or not group:  # summaries do not carry it: the registry does
-        from ..registry import _METHODS
-
-        spec = _METHODS.get(row["method"])
-        group = spec.group if spec else ""
-    return str(group or ("End-to-end" if row["family"] == "end-to-end" else "Two-stage"))
 
 
 def _ranks(wide: pd.DataFrame, col: tuple[str, str]) -> dict[int, int]:
@@ -163,33 +135,18 @@ def _ranks(wide: pd.DataFrame, col: tuple[str, str]) -> dict[int, int]:
 
 def _params_text(row: pd.Series) -> str:
     """Table 2's "frozen + trained": a MIL row's patch encoder + its aggregator ("25M + 0.9M"); a
-    hierarchical row's first-stage encoder together with its frozen second stage + what trains
-    (HIPT: ViT-256 + ViT-4K = "24.4M + 0.6M"; Prov-GigaPath: tile + slide encoder = "1.2G + 6.1K").
-    A stand-in encoder is named, not counted ("stand-in + 2.8M + 0.6M": the frozen stage, then
-    what trains). Rows without a first stage or a frozen part show their total."""
-    if row["family"] == "two-stage" and row["encoder"] in ENCODERS:
-        enc = "stand-in" if row.get("standin") else ENCODERS[row["encoder"]]["params"]
-        return f"{enc} + {human_count(row['params'])}"
-    total, trainable = row["params"], row.get("trainable_params")
-    source = row.get("source") or ""
-    if trainable is None or math.isnan(trainable) or total is None or math.isnan(float(total)):
-        return human_count(total)
-    frozen = float(total) - trainable
-    if source in SOURCE_PARAMS:
-        if row.get("standin"):
-            return f"stand-in + {human_count(frozen)} + {human_count(trainable)}" if frozen else \
-                f"stand-in + {human_count(trainable)}"
-        frozen += SOURCE_PARAMS[source]
-    return f"{human_count(frozen)} + {human_count(trainable)}" if frozen else human_count(total)
+    hierarchical row's first stage with its frozen second stage + what trains (HIPT "24.4M + 0.6M",
+    Prov-GigaPath "1.2G + 6.1K"); a stand-in encoder is named, not counted. Rows without a frozen
+    part show their total."""
+    frozen = row.get("frozen_params_text") or ""
+    trainable = row.get("trainable_params")
+    if frozen and trainable is not None and not math.isnan(trainable):
+        return f"{frozen} + {human_count(trainable)}"
+    return human_count(row["params"])
 
 
 def _backbone(row: pd.Series) -> str:
-    if row["encoder"] in ENCODERS:
-        return ENCODERS[row["encoder"]]["backbone"]
-    from ..registry import _METHODS
-
-    spec = _METHODS.get(row["method"])
-    return spec.backbone if spec else ""
+    return str(row.get("backbone") or "")
 
 
 def _latex_escape(s: str) -> str:
@@ -203,24 +160,21 @@ PAPER_REGIONS = "100 regions 2048px@20x"
 
 
 def _magnification_note(row: pd.Series) -> str:
-    """``0.625x`` when an end-to-end row read the slide at another magnification than the paper's
-    (the registry's default, 2.5x) — e.g. the demo's — and ``2 regions 64px@5x`` when it voted over
-    other regions than the supplement's 100 of 2048 px at 20x; else empty: rows at the paper's
-    setting read as in the paper."""
-    inp = str(row.get("input") or "")
-    if row.get("family") == "end-to-end" and " regions " in inp:
-        return "" if inp == PAPER_REGIONS else inp
-    if row.get("family") != "end-to-end" or not inp.startswith("slide@"):
+    """What an end-to-end row read when it is not the paper's setting (its method's default input):
+    ``0.625x`` for a slide at another magnification (e.g. the demo's), ``2 regions 64px@5x`` for
+    other regions than the supplement's 100 of 2048 px at 20x; else empty."""
+    inp, default = str(row.get("input") or ""), str(row.get("default_input") or "")
+    if row.get("family") != "end-to-end" or not inp:
         return ""
-    from ..registry import _METHODS
-
+    if " regions " in inp:
+        return "" if inp == PAPER_REGIONS else inp
+    if inp == default or not inp.startswith("slide@"):
+        return ""
     try:
         mag = float(inp[len("slide@"):].rstrip("x"))
     except ValueError:
         return ""
-    spec = _METHODS.get(row["method"])
-    default = spec.magnification if spec else None
-    return "" if default is not None and math.isclose(mag, default) else (f"{mag:.1f}x" if mag.is_integer() else f"{mag:g}x")
+    return f"{mag:.1f}x" if mag.is_integer() else f"{mag:g}x"
 
 
 def _name(row: pd.Series) -> str:
@@ -347,9 +301,9 @@ def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]],
     if not wide.empty and wide["random_weights"].any():
         out.append(f"\n{RANDOM_MARK} random encoder weights: not comparable to published numbers.")
     if not wide.empty and "standin" in wide and wide["standin"].astype(bool).any():
-        archs = "; ".join(sorted({f"{r['source']}: {r['standin']}" for _, r in wide.iterrows() if r["standin"]}))
+        parts = "; ".join(sorted({r["random_parts"] for _, r in wide.iterrows() if r["standin"] and r["random_parts"]}))
         out.append(f"{STANDIN_MARK} small stand-in architecture of the encoder's family, not the "
-                   f"published network ({archs}).")
+                   f"published network ({parts}).")
     return "\n".join(out) + "\n"
 
 
@@ -367,10 +321,10 @@ def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]
         first = g.iloc[0]
         extra = [x for x in (variant, _magnification_note(first)) if x]
         name = str(first["label"]) + (f" ({', '.join(extra)})" if extra else "")
-        if first["family"] == "two-stage" and (first.get("encoder") or "") in ENCODERS:
-            name = f"{ENCODERS[first['encoder']]['label']}+{first['label']}" + (f" ({variant})" if variant else "")
-        row = {"name": name, "random": bool(g["random_weights"].astype(bool).any()), "standin": _standin(g),
-               "tuned": bool(g["tuned"].astype(bool).any()) if "tuned" in g else False}
+        if first["family"] == "two-stage" and _text(first.get("encoder_label")):
+            name = f"{first['encoder_label']}+{first['label']}" + (f" ({variant})" if variant else "")
+        row = {"name": name, "random": bool(g["random_weights"].astype(bool).any()),
+               "standin": bool(g["standin"].astype(bool).any()), "tuned": bool(g["tuned"].astype(bool).any())}
         for metric, _ in CLASSIFICATION_METRICS:
             hit = g[g["metric"] == metric]
             row[metric] = (Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), int(hit["n_folds"].iloc[0]),

@@ -20,7 +20,9 @@ def _run_with_fault(cohort, inject, i):
     cohort.assert_complete()
     for p in set(cohort.done()) - set(before):  # every new unit records the case it could not use
         assert json.loads(p.read_text())["cases_without_input"] == [case_id(i)], p
-    assert f"1 case(s) have no features and are left out (e.g. {case_id(i)})" in r.err
+    assert f"1 case(s) have no input and are left out (e.g. {case_id(i)})" in r.err
+    # the finished units were made from the slide's earlier, readable version: kept, and said so
+    assert f"slide(s) {slide_id(i)} changed on disk and cannot be read now" in r.err
     return r
 
 
@@ -41,11 +43,11 @@ def test_f01_truncated_slide(cohort):
     r = cohort.run()
     assert r.code == 0, r.text
     assert "8 unit(s) run, 2 already done" in r.out, r.out
-    assert f"case(s) left out of the finished result now have input ({case_id(5)})" in r.err
+    assert f"1 slide file(s) changed on disk (rescanned or replaced: {slide_id(5)})" in r.err
     cohort.assert_kept(with_it)
     for p in without:
         assert json.loads(p.read_text())["cases_without_input"] == []
-        aside = list(p.parent.parent.glob(f"{p.parent.name}.superseded-*-recovered/metrics.json"))
+        aside = list(p.parent.parent.glob(f"{p.parent.name}.superseded-*/metrics.json"))
         assert len(aside) == 1 and aside[0].read_text() == without[p][1]  # the old result, kept
     assert "nothing to do" in cohort.run().out
 
@@ -75,8 +77,8 @@ def test_f04_missing_mpp(cohort):
     r = _run_with_fault(cohort, lambda p: write_slide(p, seed=8, mpp=None), 8)
     assert f"features of slide {slide_id(8)} unavailable" in r.err
     assert "no resolution metadata" in r.err and "`mpp_override: 0.25` in the dataset's YAML" in r.err
-    cohort.write_yaml(mpp_override=0.5)  # the user's fix
-    r = cohort.run("--folds", "1", "--set", "epochs=1")  # a changed config: redone with the slide
+    cohort.write_yaml(mpp_override=0.5)  # the user's fix: every unit's identity changes, all are redone
+    r = cohort.run()
     assert r.code == 0 and "no resolution metadata" not in r.err
     assert cohort.feature_file(slide_id(8)).is_file()
     m = json.loads((cohort.unit_dir("staging", 1) / "metrics.json").read_text())

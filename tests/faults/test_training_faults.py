@@ -72,7 +72,8 @@ def test_f13_nan_loss_stops_the_unit(cohort):
     assert r.code == 1
     for k in range(N_FOLDS):
         assert f"FAILED faults/survival/{METHOD}/fold{k}: TrainingError: loss became non-finite" in r.out
-        err = json.loads((cohort.unit_dir("survival", k) / "error.json").read_text())["error"]
+        d = cohort.unit_dir("survival", k)
+        err = json.loads((d.with_name(d.name + ".next") / "error.json").read_text())["error"]
         assert "lower the learning rate (--set lr=...)" in err
         assert not (cohort.unit_dir("survival", k) / "metrics.json").exists()
     for p, v in kept.items():

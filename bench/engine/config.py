@@ -1,0 +1,170 @@
+"""A unit's options, resolved once: the network's (``model``), what it consumes (``inputs``) and how
+it trains (``train``), each from CLI > variant > tuned values > dataset > method config > defaults,
+and validated before anything is trained or any finished unit is touched."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import inspect
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from ..data.datasets import CONFIG_DIR, Cohort
+from ..registry import MethodSpec, _import
+from .train import TrainConfig
+
+# options that choose a method's inputs, not its network: never passed to the model's builder
+INPUT_OPTIONS = ("magnification", "regions")
+
+
+class OptionError(ValueError):
+    """An option has a value no unit can train with; the message names the option and the fix."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method with settings of its own, stored as ``<method>/<name>/`` beside the method's plain runs
+    (an ablation value, e.g. ``pixelmamba-6m`` with ``alpha=0.4``). ``name=None`` is the method itself."""
+
+    spec: MethodSpec
+    name: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)  # network options it sets
+    train: dict[str, Any] = field(default_factory=dict)  # training options it sets
+    inputs: dict[str, Any] = field(default_factory=dict)  # input options it sets (magnification, regions)
+
+    def __post_init__(self) -> None:
+        moved = {k: self.model[k] for k in INPUT_OPTIONS if k in self.model}
+        if moved:  # an input option given among the model's: it belongs to the inputs
+            object.__setattr__(self, "model", {k: v for k, v in self.model.items() if k not in moved})
+            object.__setattr__(self, "inputs", {**self.inputs, **moved})
+
+    def __hash__(self) -> int:
+        return hash((self.spec.name, self.name))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"model": dict(self.model), "inputs": dict(self.inputs), "train": dict(self.train)}
+
+
+def unit_seed(seed: int, *parts: Any) -> int:
+    h = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).hexdigest()
+    return int(h[:8], 16)
+
+
+def method_defaults(spec: MethodSpec) -> dict[str, Any]:
+    """The method config's ``train:`` section (configs/methods/<config>.yaml)."""
+    if not spec.config:
+        return {}
+    path = CONFIG_DIR / "methods" / f"{spec.config}.yaml"
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return dict((yaml.safe_load(f) or {}).get("train", {}))
+
+
+def method_train_config(spec: MethodSpec, overrides: dict[str, Any] | None = None,
+                        dataset_train: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Training options: CLI overrides > the dataset's per-family options > configs/methods/<config>.yaml
+    > TrainConfig defaults; validated (:func:`check_train_options`)."""
+    cfg = method_defaults(spec)
+    cfg.update((dataset_train or {}).get(spec.family, {}))
+    cfg.update(overrides or {})
+    return check_train_options(cfg)
+
+
+# (option, predicate, what it must be) — checked before any unit trains
+_TRAIN_RULES: tuple[tuple[str, Any, str], ...] = (
+    ("epochs", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    ("grad_accum", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    ("lr", lambda v: _number(v) and v > 0 and math.isfinite(v), "a number > 0"),
+    ("weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("warmup_epochs", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("max_patches", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+     "an integer >= 1, or null for whole bags"),
+    ("grad_clip", lambda v: v is None or (_number(v) and v > 0), "a number > 0, or null for none"),
+    ("class_balance", lambda v: isinstance(v, bool), "true or false"),
+    ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_train_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` completed with TrainConfig's defaults, every option type- and range-checked with the
+    option named (``epochs=2.5`` or ``grad_accum=0`` fail here, not mid-training)."""
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(cfg) - names)
+    if unknown:
+        import difflib
+
+        hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, names, 1)) else u
+                 for u in unknown]
+        raise OptionError(f"unknown training option(s) {', '.join(hints)}; allowed: {', '.join(sorted(names))}")
+    full = {**TrainConfig().to_dict(), **cfg}
+    for name, ok, what in _TRAIN_RULES:
+        if name in full and not ok(full[name]):
+            raise OptionError(f"training option {name}={full[name]!r} must be {what} "
+                              f"(set with --set {name}=... or the method/dataset YAML's train: section)")
+    return TrainConfig.from_dict(full).to_dict()
+
+
+def _scoped(section: dict[str, dict[str, Any]], spec: MethodSpec) -> dict[str, Any]:
+    """A dataset section keyed by family, then by method name or glob (later keys win)."""
+    opts = dict(section.get(spec.family, {}))
+    for key, val in section.items():  # then method names / globs, e.g. "pixelmamba-*"
+        if key != spec.family and fnmatch.fnmatchcase(spec.name, key):
+            opts.update(val)
+    return opts
+
+
+def model_options(spec: MethodSpec, cohort: Cohort, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Network options: ``overrides`` (CLI --model, the variant's, tuned values) > the dataset's
+    per-method-glob options > its per-family options (e.g. the demo's smaller scan window)."""
+    opts = _scoped(cohort.spec.model, spec)
+    misplaced = sorted(set(opts) & set(INPUT_OPTIONS))
+    if misplaced:
+        raise OptionError(f"dataset {cohort.spec.name!r}: {', '.join(misplaced)} under model: chooses the "
+                          "method's inputs, not its network: move it to the dataset's inputs: section")
+    return {**opts, **(overrides or {})}
+
+
+def input_options(spec: MethodSpec, cohort: Cohort, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Input options (magnification, regions): overrides > the dataset's inputs: section > the
+    method's registered magnification."""
+    opts = _scoped(getattr(cohort.spec, "inputs", {}) or {}, spec)
+    opts.update(overrides or {})
+    unknown = sorted(set(opts) - set(INPUT_OPTIONS))
+    if unknown:
+        raise OptionError(f"unknown input option(s) {unknown} for {spec.name}; allowed: {list(INPUT_OPTIONS)}")
+    if spec.input == "slide" and "regions" not in opts:
+        opts.setdefault("magnification", float(spec.magnification or 2.5))
+    if "magnification" in opts:
+        m = opts["magnification"]
+        if not _number(m) or not 0 < m <= 80:
+            raise OptionError(f"input option magnification={m!r} must be a number in (0, 80]")
+        opts["magnification"] = float(m)
+    return opts
+
+
+def resolved_model_options(spec: MethodSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """The network's options as built: the builder's keyword defaults, the registry's kwargs, then
+    ``options`` — so a record says what the network was, not only what was changed."""
+    try:
+        sig = inspect.signature(_import(spec.builder))
+        defaults = {k: p.default for k, p in sig.parameters.items()
+                    if p.default is not inspect.Parameter.empty and k not in ("n_out", "in_dim")
+                    and _jsonable(p.default)}
+    except (ImportError, AttributeError, TypeError, ValueError):
+        defaults = {}
+    return {**defaults, **spec.kwargs, **options}
+
+
+def _jsonable(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str)) or (
+        isinstance(v, (list, tuple)) and all(_jsonable(x) for x in v))

@@ -1,0 +1,123 @@
+"""The one unit executor: samples -> seed -> build -> (init) -> train -> predict -> score, with the
+compute accounting. ``bench run`` calls it for an outer fold, ``bench tune`` for each inner fold of a
+trial, ``bench ablate`` through ``run`` — so the model a study tunes is exactly the model a run
+evaluates (the same builder arguments, second-stage weights and ``--init``)."""
+
+from __future__ import annotations
+
+import logging
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from ..registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
+from ..report.records import WeightsProvenance
+from . import tasks as T
+from .pretrain import load_init
+from .train import Sample, TrainConfig, train_and_predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """Everything that decides which network a unit trains, resolved once per unit."""
+
+    spec: MethodSpec
+    n_out: int
+    options: dict[str, Any]  # network options (input options already separated out)
+    input_kwargs: dict[str, Any] = field(default_factory=dict)  # builder arguments the inputs decide
+    init: Path | None = None  # --init checkpoint
+    init_sha256: str | None = None
+
+    def build(self) -> torch.nn.Module:
+        model = build_model(self.spec.name, self.n_out, **self.options, **self.input_kwargs)
+        if self.init is not None:
+            log.info("%s: %s", self.spec.name, load_init(model, self.init).summary())
+        return model
+
+    def provenance(self) -> list[WeightsProvenance]:
+        """Where the end-to-end network's own weights come from (two-stage rows: their inputs say)."""
+        if self.spec.family != "end-to-end":
+            return []
+        if self.init is not None:
+            return [WeightsProvenance("model", "init", f"--init {self.init.name} (sha256 {self.init_sha256})",
+                                      str(self.init), self.init_sha256)]
+        return [WeightsProvenance("model", "random", "random initialisation (no pretrained weights)")]
+
+
+@dataclass
+class Outcome:
+    predictions: pd.DataFrame
+    train_log: pd.DataFrame
+    scores: dict[str, Any]
+    info: dict[str, Any]
+    params: int
+    trainable_params: int
+    train_seconds_per_slide: float | None
+    peak_rss_mb: float | None
+    peak_cuda_mb: float | None
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """``auto``: this rank's device under torchrun, else the first CUDA device when there is one, else
+    the CPU."""
+    from . import distributed as D
+
+    if device in (None, "auto"):
+        if D.active():
+            return D.device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is visible here (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
+    return dev
+
+
+def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test: Sequence[Sample],
+                  cfg: TrainConfig, *, progress: bool = True, desc: str = "",
+                  device: torch.device | str | None = "auto") -> Outcome:
+    """Train ``recipe``'s model on ``train`` from seed ``cfg.seed`` on ``device``, predict and score
+    ``test``."""
+    torch.manual_seed(cfg.seed)
+    model = recipe.build().to(resolve_device(device) if not isinstance(device, torch.device) else device)
+    _reset_peak_memory()
+    pred, train_log, info = train_and_predict(model, task, train, test, cfg, progress=progress, desc=desc)
+    steps = cfg.epochs * info["train_cases"]  # one slide (or one case's bag) per forward pass
+    return Outcome(pred, train_log, T.score(task, pred), info, count_parameters(model),
+                   count_trainable_parameters(model),
+                   info["train_seconds"] / steps if steps else None, **_peak_memory())
+
+
+def _reset_peak_memory() -> None:
+    """Start a unit's peak-memory window: Linux resets the process's peak RSS (VmHWM) on writing 5 to
+    /proc/self/clear_refs; CUDA's allocator resets its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux (or not permitted): ru_maxrss below is then the process's lifetime peak
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory() -> dict[str, float | None]:
+    """Peak RSS (MB) since :func:`_reset_peak_memory` where the OS can tell, else since process start,
+    and CUDA's max allocated memory (MB) when a GPU is used."""
+    rss = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) / 1024  # kB -> MB
+    except OSError:
+        pass
+    if rss is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": rss, "peak_cuda_mb": cuda}

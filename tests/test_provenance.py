@@ -1,0 +1,236 @@
+"""Every number traceable and never stale: a unit's identity covers its labels, slides, mpp, split
+set, options and pretrained parts; bad options or checkpoints fail before finished work is touched;
+a row is one configuration; records and predictions are verified when read. Fast: fake feature
+inputs (tests/fake_inputs.py) stand in for the HDF5 cache, and MeanMIL trains in a blink."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.engine import runner
+from bench.engine.config import OptionError
+from bench.engine.runner import run, unit_variant
+from bench.engine.train import Sample
+from bench.registry import get_method
+from bench.report.records import RecordError
+from bench.report.results import ResultsStore, Unit
+from fake_inputs import FakeFeatureInputs
+
+N_CASES = 20
+
+
+class StageInputs(FakeFeatureInputs):
+    """Bags whose mean carries the stage read from the slide file, so a changed label changes nothing
+    the inputs see — only the identity can tell."""
+
+    def sample(self, case_id, labels):
+        g = torch.Generator().manual_seed(int(case_id[-3:]))
+        x = torch.randn(6, 1024, generator=g)
+        return Sample(case_id, lambda: x, labels)
+
+
+@pytest.fixture()
+def cohort(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "slides").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(N_CASES):
+        cid = f"CASE-{i:03d}"
+        (data / "slides" / f"{cid}.tiff").write_bytes(b"II*\x00" + bytes([i]) * 100)
+        rows.append({"case_id": cid, "stage": i % 4, "time": float(rng.uniform(1, 60)), "event": int(i % 3 != 0)})
+    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
+    spec = tmp_path / "toy.yaml"
+    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
+                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
+                    "allow_random_weights: true\n")
+    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", StageInputs)
+    return spec, tmp_path / "results", data
+
+
+def _run(spec, results, **kw):
+    kw.setdefault("train_overrides", {"epochs": 1})
+    return run([get_method("meanmil.resnet50")], str(spec), results=results, progress=False, **kw)
+
+
+def _mtimes(results):
+    return {p: p.stat().st_mtime_ns for p in (results / "runs").glob("*/*/*/fold*/metrics.json")}
+
+
+def test_corrected_label_reruns_exactly_the_affected_units(cohort):
+    spec, results, data = cohort
+    first = _run(spec, results, tasks=["staging"])
+    assert len(first.ran) == 5
+    before = _mtimes(results)
+    clin = pd.read_csv(data / "clinical.csv")
+    clin.loc[clin.case_id == "CASE-004", "stage"] = 3  # I -> IV, as a new GDC release corrects it
+    clin.to_csv(data / "clinical.csv", index=False)
+    again = _run(spec, results, tasks=["staging"])
+    # every staging unit reads the case (as a training or test case), so all five are redone, and say why
+    assert len(again.ran) == 5 and set(again.redone) == set(first.ran)
+    why = "; ".join(again.redone[first.ran[0]])
+    assert "labels of 1 case(s) changed" in why and "CASE-004: [0.0] -> [3.0]" in why
+    assert all(_mtimes(results)[p] != t for p, t in before.items())
+    store = ResultsStore(results)
+    pred = store.predictions("toy", "staging", "meanmil.resnet50")
+    assert int(pred.loc[pred.case_id == "CASE-004", "stage"].iloc[0]) == 3  # the new label
+    # the old results are kept aside, not deleted
+    assert len(list((results / "runs/toy/staging/meanmil.resnet50").glob("fold*.superseded-*"))) == 5
+
+
+def test_follow_up_change_reruns_survival_only(cohort):
+    spec, results, data = cohort
+    _run(spec, results)
+    clin = pd.read_csv(data / "clinical.csv")
+    clin.loc[clin.case_id == "CASE-002", "time"] = 0.66  # 1220 -> 20 days
+    clin.to_csv(data / "clinical.csv", index=False)
+    again = _run(spec, results)
+    assert {u.task for u in again.ran} == {"survival"} and len(again.ran) == 5
+    assert len(again.done_before) == 5  # staging untouched
+
+
+def test_rescanned_slide_under_the_same_name_is_seen(cohort):
+    spec, results, data = cohort
+    _run(spec, results, tasks=["staging"])
+    (data / "slides" / "CASE-007.tiff").write_bytes(b"II*\x00" + b"\x07" * 99 + b"\x08")  # same size
+    again = _run(spec, results, tasks=["staging"])
+    assert len(again.ran) == 5
+    assert "slide file(s) changed on disk" in "; ".join(next(iter(again.redone.values())))
+    assert "CASE-007" in "; ".join(next(iter(again.redone.values())))
+
+
+def test_mpp_override_added_later_is_part_of_the_identity(cohort):
+    spec, results, data = cohort
+    _run(spec, results, tasks=["staging"], folds=[0])
+    spec.write_text(spec.read_text() + "mpp_override: 0.25\n")
+    plan = _run(spec, results, tasks=["staging"], folds=[0], dry_run=True)
+    assert len(plan.todo) == 1 and "mpp_override" in "; ".join(plan.redone[plan.todo[0].unit])
+
+
+@pytest.mark.parametrize("sets, option", [({"epochs": 0}, "epochs"), ({"epochs": -1}, "epochs"),
+                                          ({"epochs": 2.5}, "epochs"), ({"grad_accum": 0}, "grad_accum"),
+                                          ({"lr": -1}, "lr"), ({"class_balance": "false"}, "class_balance")])
+def test_bad_set_fails_before_any_finished_unit_moves(cohort, sets, option):
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"])
+    before = {p: p.read_text() for p in _mtimes(results)}
+    with pytest.raises(OptionError, match=rf"training option {option}="):
+        _run(spec, results, tasks=["staging"], train_overrides={"epochs": 1, **sets})
+    assert {p: p.read_text() for p in _mtimes(results)} == before
+    assert not list(results.glob("runs/*/*/*/fold*.superseded-*")) and not list(results.glob("runs/*/*/*/*.next"))
+    assert len(ResultsStore(results).summarize("toy")) > 0  # the table still has its rows
+
+
+def test_bad_init_fails_before_any_finished_unit_moves(cohort, tmp_path):
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"])
+    before = {p: p.read_text() for p in _mtimes(results)}
+    wrong = tmp_path / "wrong_architecture.pt"
+    torch.save({"model": {"some.other.weight": torch.zeros(3, 3)}}, wrong)
+    with pytest.raises(OptionError, match="cannot start meanmil.resnet50.*no tensor"):
+        _run(spec, results, tasks=["staging"], init=wrong)
+    payload = tmp_path / "payload.pt"
+    import pickle
+
+    payload.write_bytes(pickle.dumps(object()))
+    with pytest.raises(OptionError, match="cannot read checkpoint"):
+        _run(spec, results, tasks=["staging"], init=payload)
+    assert {p: p.read_text() for p in _mtimes(results)} == before
+
+
+def test_a_failed_replacement_leaves_the_previous_result_live(cohort, monkeypatch):
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"], folds=[0])
+    before = {p: p.read_text() for p in _mtimes(results)}
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(runner, "fit_and_score", boom)
+    rep = _run(spec, results, tasks=["staging"], folds=[0], train_overrides={"epochs": 2}, variant=None)
+    assert rep.failed and not rep.ran
+    assert {p: p.read_text() for p in _mtimes(results)} == before  # still the finished result
+
+
+def test_some_folds_with_other_settings_are_refused_or_a_variant(cohort):
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"], train_overrides={"epochs": 2})
+    before = ResultsStore(results).summarize("toy")
+    with pytest.raises(OptionError, match=r"would mix configurations.*epochs.*--variant NAME"):
+        _run(spec, results, tasks=["staging"], folds=[0], train_overrides={"epochs": 1})
+    after = ResultsStore(results).summarize("toy")
+    pd.testing.assert_frame_equal(before, after)
+    rep = _run(spec, results, tasks=["staging"], folds=[0], train_overrides={"epochs": 1}, variant="e1")
+    assert [u.variant for u in rep.ran] == ["e1"]
+    rows = ResultsStore(results).summarize("toy")
+    prim = rows[rows.primary]
+    assert set(prim.variant) == {"", "e1"} and int(prim.loc[prim.variant == "e1", "n_folds"].iloc[0]) == 1
+
+
+def test_a_mixed_row_is_refused_when_read(cohort):
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"], folds=[0, 1])
+    # force fold 1 to another configuration by hand, as a pre-provenance run would have
+    _run(spec, results, tasks=["staging"], folds=[1], train_overrides={"epochs": 2}, row_check=False)
+    with pytest.raises(RecordError, match=r"fold 1 differs from fold 0 in train.*a row is one configuration"):
+        ResultsStore(results).summarize("toy")
+
+
+def test_another_seed_or_fold_count_is_another_split_set(cohort):
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"])
+    before = _mtimes(results)
+    rep = _run(spec, results, tasks=["staging"], seed=1)
+    assert len(rep.ran) == 5 and {u.variant for u in rep.ran} == {"seed1-k5"}
+    rep3 = _run(spec, results, tasks=["staging"], n_folds=3)
+    assert len(rep3.ran) == 3 and {u.variant for u in rep3.ran} == {"seed0-k3"}
+    assert {p: t for p, t in _mtimes(results).items() if p in before} == before  # default set untouched
+    s1 = pd.read_csv(results / "splits/toy/seed1-k5/staging.csv")
+    s0 = pd.read_csv(results / "splits/toy/staging.csv")
+    assert not s0.sort_values("case_id")["fold"].equals(s1.sort_values("case_id")["fold"])
+    assert (results / "splits/toy/seed0-k3/staging.csv").is_file()
+
+
+def test_unit_variant_names():
+    assert unit_variant(None, False, 0, 5) is None
+    assert unit_variant("alpha=0.4", True, 0, 5) == "alpha=0.4+tuned"
+    assert unit_variant(None, True, 0, 5) == "tuned"
+    assert unit_variant("e1", False, 2, 3) == "e1+seed2-k3"
+
+
+def test_truncated_predictions_are_redone_and_refused_when_read(cohort):
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"], folds=[0, 1])
+    p = results / "runs/toy/staging/meanmil.resnet50/fold1/predictions.csv"
+    p.write_text("\n".join(p.read_text().splitlines()[:-2]) + "\n")
+    with pytest.raises(RecordError, match=r"fold1/predictions.csv does not match its record.*--folds 1"):
+        ResultsStore(results).predictions("toy", "staging", "meanmil.resnet50")
+    rep = _run(spec, results, tasks=["staging"], folds=[0, 1])
+    assert [u.fold for u in rep.ran] == [1] and "damaged" in "; ".join(rep.redone[rep.ran[0]])
+    assert len(ResultsStore(results).predictions("toy", "staging", "meanmil.resnet50")) > 0
+
+
+def test_records_carry_weights_provenance(cohort):
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"], folds=[0])
+    rec = next(ResultsStore(results).records("toy"))
+    assert rec.random_weights and rec.weights[0].part == "encoder resnet50"
+    assert rec.input.label() == "features:resnet50" and rec.split.seed == 0 and rec.split.n_folds == 5
+    cfg = json.loads((results / "runs/toy/staging/meanmil.resnet50/fold0/config.json").read_text())
+    assert cfg["labels"]["CASE-004"] == [0.0] and cfg["slides"]["CASE-004"].count(":") == 1
+
+
+def test_end_to_end_from_scratch_needs_saying_so(cohort):
+    spec, results, _ = cohort
+    spec.write_text(spec.read_text().replace("allow_random_weights: true", "allow_random_weights: false"))
+    e2e = [get_method("vim-ti")]
+    with pytest.raises(OptionError, match="random initialisation.*--init CHECKPOINT.*--from-scratch"):
+        run(e2e, str(spec), results=results, tasks=["staging"], folds=[0], dry_run=True, progress=False)
+    plan = run(e2e, str(spec), results=results, tasks=["staging"], folds=[0], dry_run=True, progress=False,
+               from_scratch=True)
+    (p,) = plan.todo
+    assert p.config["weights"] == [{"part": "model", "source": "scratch", "label": "random initialisation "
+                                    "(--from-scratch)", "path": None, "sha256": None}]
