@@ -21,6 +21,7 @@ import yaml
 from . import distributed as D
 from . import tasks as T
 from ..data.datasets import CONFIG_DIR, Cohort, load_cohort
+from ..data.features import pre_extracted
 from .memory import bound_heap_growth
 from .pretrain import init_identity, load_init
 from ..registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
@@ -119,9 +120,10 @@ class FeatureInputs:
         from feature_cache import get_encoder
 
         self.cohort = cohort
-        self.encoder = get_encoder(encoder_name, allow_random=allow_random, standin=standin)
+        release = pre_extracted(cohort.spec, encoder_name)  # a public feature release the dataset declares
+        self.encoder = release.encoder if release else get_encoder(encoder_name, allow_random=allow_random, standin=standin)
         log.info("%s features: %s weights", encoder_name, self.encoder.weights_label)
-        self.cache = self._make_cache(cache_root)
+        self.cache = release or self._make_cache(cache_root)
         self.progress = progress
         self.slides_of = cohort.slides_of()
         self.bags = BagCache(self._load_case)
@@ -548,6 +550,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     for t in tasks:
         if t not in cohort.spec.tasks:
             raise ValueError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
+    cohort.require_folds(tasks, n_folds)  # what `bench doctor` reports, before any split is written
     manager = SplitManager(Path(results) / "splits")
     with D.main_first():  # under torchrun, rank 0 writes the split files, the others read them
         splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed)
