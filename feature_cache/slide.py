@@ -131,7 +131,7 @@ class Slide:
         if self.mpp is not None and not self.mpp_plausible:
             dpi = 25400.0 / self.mpp
             raise SlideError(
-                f"{self.path}: the file says {self.mpp:g} um/px at level 0 ({mpp_to_mag(self.mpp):.3g}x"
+                f"{self.path}: the file says {self.mpp:.4g} um/px at level 0 ({mpp_to_mag(self.mpp):.3g}x"
                 f"{f', i.e. {dpi:.0f} dpi: a default image resolution, not a scan' if dpi < 1000 else ''}), "
                 f"outside the {MPP_RANGE[0]:g}..{MPP_RANGE[1]:g} um/px of slide scanners, so patches "
                 f"would be {'a pixel' if self.mpp > MPP_RANGE[1] else 'huge'}. Fix: give the real level-0 "
