@@ -89,3 +89,33 @@ def safe_name(name: str) -> str:
     if not s:
         raise ValueError(f"id {name!r} cannot be made into a file name")
     return s
+
+
+class UnwritableError(ValueError):
+    """An output directory cannot be written; the message names it and the fix."""
+
+
+def check_writable(path: Path | str, what: str, fix: str = "", create: bool = True) -> Path:
+    """``path`` exists (created if needed) and a file can be created in it, else an
+    :class:`UnwritableError` naming the directory (instead of a PermissionError traceback from
+    deep inside a run). ``create=False`` writes nothing: the directory, or its nearest existing
+    parent, must be a writable directory."""
+    path = Path(path)
+    if not create:
+        p = path.absolute()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+            raise UnwritableError(f"{what} {path} is not writable ({p} is {'not a directory' if not p.is_dir() else 'read-only for this user'}). "
+                                  f"Fix: {fix or 'fix its permissions, or point the option at a directory you can write'}")
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UnwritableError(f"{what} {path} is not writable ({exc.strerror or exc}). Fix: "
+                              f"{fix or 'fix its permissions, or point the option at a directory you can write'}"
+                              ) from exc
+    return path

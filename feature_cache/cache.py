@@ -6,6 +6,7 @@ Layout::
         key.json              everything the hash covers, for humans and audits
         <slide_id>.h5         datasets `features` (N, D) float32, `coords` (N, 2) int64
         <slide_id>.h5.lock    per-slide lock (fcntl; released by the OS if a worker dies)
+        <slide_id>.h5.lock.info  who holds it: pid, host, since (JSON), for the workers that wait
 
 Why each piece:
 
@@ -17,6 +18,10 @@ Why each piece:
   only a ``.tmp`` that is never taken for a result and is overwritten by the next attempt.
 * A per-slide ``filelock`` lets several processes share one cache: a worker that finds a slide
   locked moves on and comes back to it at the end, then skips it if the other worker finished it.
+* A worker waiting on a slide lock says who holds it (pid, host, since when, from the lock's
+  ``.info`` file) and says it again every ``$BENCH_LOCK_REPORT_S`` seconds (default 60): a
+  suspended worker (Ctrl-Z, ``scontrol suspend``) holds its locks until it resumes. A lock whose
+  holder is on this host and no longer running (its fd survived in a stray child) is broken.
 * Each file records the slide's size, mtime and a hash of its first and last MiB; a cached file
   made from a different file under the same id (a regenerated demo, a re-scanned slide) is
   extracted again instead of being trusted.
@@ -283,9 +288,7 @@ class FeatureCache:
             self._overview(sid, path, ps, mag, min_tissue, report)
             return True
         lock = FileLock(str(out) + ".lock")
-        try:
-            lock.acquire(timeout=-1 if blocking else 0)
-        except Timeout:
+        if not acquire_talking(lock, f"slide {sid}", blocking):
             return False
         try:
             if self._skip_if_done(sid, out, report, path):  # another worker finished it
@@ -306,7 +309,7 @@ class FeatureCache:
                 report.n_patches[sid] = n
             return True
         finally:
-            lock.release()
+            release_talking(lock)
 
     def _overview(self, sid: str, path: Path, ps: int, mag: float, min_tissue: float,
                   report: ExtractReport) -> None:
@@ -382,6 +385,82 @@ class FeatureCache:
             }
         _write_h5(out, feats, coords, attrs, coord_attrs)
         return len(coords)
+
+
+def _lock_info(lock: FileLock) -> Path:
+    return Path(str(lock.lock_file) + ".info")
+
+
+def _read_lock_info(lock: FileLock) -> dict[str, Any] | None:
+    try:
+        return json.loads(_lock_info(lock).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_talking(lock: FileLock, what: str, blocking: bool) -> bool:
+    """Take ``lock`` and write who holds it beside it. Not ``blocking``: False if held. Blocking:
+    wait, logging the holder (pid, host, since) every ``$BENCH_LOCK_REPORT_S`` seconds, and break
+    the lock when its holder is on this host and no longer running."""
+    import socket
+
+    host = socket.gethostname()
+    if not blocking:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False
+    else:
+        every = float(os.environ.get("BENCH_LOCK_REPORT_S", "60"))
+        t0 = time.time()
+        while True:
+            try:
+                lock.acquire(timeout=every)
+                break
+            except Timeout:
+                info = _read_lock_info(lock) or {}
+                pid, where = info.get("pid"), info.get("host", "?")
+                if pid and where == host and not _pid_alive(int(pid)):
+                    log.warning("%s: breaking the lock %s: its holder, pid %s on %s, is no longer running",
+                                what, lock.lock_file, pid, where)
+                    for p in (Path(lock.lock_file), _lock_info(lock)):
+                        try:
+                            p.unlink()
+                        except FileNotFoundError:
+                            pass
+                    continue
+                since = info.get("since", "an unknown time")
+                held = f"pid {pid} on {where} since {since}" if pid else "another process (no holder info)"
+                log.warning("%s: waiting %.0f s for the lock %s, held by %s. A suspended worker (Ctrl-Z, "
+                            "scontrol suspend) keeps its locks until resumed: resume it (fg / scontrol "
+                            "resume) or stop it, and this worker goes on.", what, time.time() - t0,
+                            lock.lock_file, held)
+    try:
+        _atomic_json(_lock_info(lock), {"pid": os.getpid(), "host": host,
+                                        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    except OSError:
+        pass  # the info is for humans; a lock without it still locks
+    return True
+
+
+def release_talking(lock: FileLock) -> None:
+    info = _read_lock_info(lock)
+    if info and info.get("pid") == os.getpid():
+        try:
+            _lock_info(lock).unlink()
+        except FileNotFoundError:
+            pass
+    lock.release()
 
 
 def _partial_hash(path: Path, block: int = 1 << 20) -> str:

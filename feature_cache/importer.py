@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-__all__ = ["ImportReport", "ImportError_", "import_features", "find_feature_files"]
+__all__ = ["ImportReport", "ImportError_", "import_features", "find_feature_files", "PreExtracted",
+           "ReleaseEncoder", "release_files"]
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +234,174 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
     report.seconds = time.perf_counter() - t0
     log.info("feature import: %s", report.summary())
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Public pre-extracted releases read in place (no copy, no slide, no encoder weights)
+
+@dataclass(frozen=True)
+class ReleaseEncoder:
+    """What a run needs to know of the encoder that made a public feature release: its name,
+    dim, patch size and magnification as declared; it never runs (the release has no weights)."""
+
+    name: str
+    dim: int
+    patch_size: int
+    magnification: float
+    release: str  # the encoder the release names (e.g. "resnet50", "conch_v1")
+    fingerprint: str
+    source: str  # the folder
+    random_weights: bool = False
+    standin: bool = False
+
+    @property
+    def weights_label(self) -> str:
+        return f"pre-extracted {self.release} features ({self.source})"
+
+    @property
+    def weights_source(self) -> str:
+        return self.weights_label
+
+
+def release_files(root: Path) -> dict[str, Path]:
+    """{slide id: .h5} under ``root`` at any depth (per-project folders, CLAM's ``h5_files/``,
+    TRIDENT's ``features_<encoder>/``), symlinked folders followed once. The slide id is the
+    file stem: the full slide barcode, e.g. ``TCGA-05-4244-01Z-00-DX1.<UUID>``."""
+    out: dict[str, Path] = {}
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if fn.endswith(".h5") and not fn.startswith("."):
+                sid = fn[:-3]
+                if sid in out:
+                    raise ImportError_(f"feature file for slide {sid!r} appears twice: {out[sid]} and "
+                                       f"{Path(dirpath) / fn}. Fix: keep one copy, or point `path:` at one "
+                                       f"project folder.")
+                out[sid] = Path(dirpath) / fn
+    return out
+
+
+def _attr(attrs: Mapping[str, Any], *names: str) -> Any:
+    for n in names:
+        if n in attrs:
+            v = attrs[n]
+            return v.decode() if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
+    return None
+
+
+class PreExtracted:
+    """A TRIDENT/CLAM-format feature release used in place of the feature cache: the same
+    ``extract`` / ``load`` / ``load_attrs`` / ``path_for`` / ``dir_for`` face as
+    :class:`~feature_cache.cache.FeatureCache`, but ``extract`` only checks the files (shape,
+    dim, and the declared encoder, patch size and magnification against the attributes a file
+    carries) and never opens a slide."""
+
+    def __init__(self, root: str | os.PathLike, encoder: ReleaseEncoder,
+                 files: Mapping[str, Path] | None = None) -> None:
+        self.root = Path(root)
+        self.encoder = encoder
+        self.files = dict(files) if files is not None else release_files(self.root)
+
+    def dir_for(self, encoder: Any = None, *args: Any, **kwargs: Any) -> Path:
+        return self.root / f"pre-extracted-{self.encoder.release}-{self.encoder.fingerprint}"
+
+    def path_for(self, slide_id: str, encoder: Any = None, *args: Any, **kwargs: Any) -> Path:
+        if slide_id not in self.files:
+            raise CacheMiss_(f"no pre-extracted feature file for slide {slide_id!r} under {self.root}. "
+                             f"Fix: download that slide's .h5 from the release, or leave the slide out.")
+        return self.files[slide_id]
+
+    def has(self, slide_id: str, encoder: Any = None, *args: Any, **kwargs: Any) -> bool:
+        return slide_id in self.files
+
+    def check(self, slide_id: str) -> None:
+        """ImportError_ naming the file when it is not what the dataset declares."""
+        path = self.path_for(slide_id)
+        enc = self.encoder
+
+        def bad(why: str, fix: str) -> ImportError_:
+            return ImportError_(f"{path} (slide {slide_id!r}): {why}. Fix: {fix}.")
+
+        try:
+            with h5py.File(path, "r") as f:
+                if "features" not in f or "coords" not in f:
+                    raise bad(f"no 'features' and 'coords' datasets (has {sorted(f)})",
+                              "use the release's per-slide .h5 files (TRIDENT/CLAM layout)")
+                fshape, cshape = f["features"].shape, f["coords"].shape
+                attrs = {**dict(f.attrs), **dict(f["features"].attrs), **dict(f["coords"].attrs)}
+        except OSError as err:
+            raise bad(f"not a readable HDF5 file ({err}); it may be truncated",
+                      "download it again") from err
+        if len(fshape) == 3 and fshape[0] == 1:
+            fshape = fshape[1:]
+        if len(fshape) != 2 or fshape[1] != enc.dim:
+            raise bad(f"features have shape {fshape}, expected (N, {enc.dim}) for encoder {enc.name!r}",
+                      f"point `features: {{{enc.name}: {{path: ...}}}}` at a release made with {enc.name} "
+                      "(its dim must match the methods that read it)")
+        if len(cshape) != 2 or cshape[1] != 2 or cshape[0] != fshape[0]:
+            raise bad(f"coords have shape {cshape} for {fshape[0]} feature rows",
+                      "use the coords written with these features")
+        name = _attr(attrs, "encoder", "patch_encoder", "encoder_name")
+        if name is not None and str(name).lower() != enc.release.lower():
+            raise bad(f"made with encoder {name!r}, the dataset declares {enc.release!r}",
+                      "correct `encoder:` under `features:` in the dataset config, or use the matching release")
+        ps = _attr(attrs, "patch_size")
+        if ps is not None and int(ps) != enc.patch_size:
+            raise bad(f"patches of {int(ps)} px, the dataset declares patch_size {enc.patch_size}",
+                      "correct `patch_size:` under `features:` (or use the matching release)")
+        mag = _attr(attrs, "target_magnification", "magnification")
+        if mag is not None and float(mag) != enc.magnification:
+            raise bad(f"extracted at {float(mag):g}x, the dataset declares magnification {enc.magnification:g}",
+                      "correct `magnification:` under `features:` (or use the matching release)")
+
+    def extract(self, slides: Mapping[str, Any], encoder: Any = None, **kwargs: Any) -> Any:
+        """Check the files of ``slides`` (ids; the paths are not opened): missing or invalid ones
+        are in ``report.failed`` with the reason, like slides that fail extraction."""
+        from feature_cache.cache import ExtractReport
+
+        report = ExtractReport(cache_dir=self.dir_for())
+        for sid in slides:
+            try:
+                self.check(sid)
+            except (ImportError_, CacheMiss_) as err:
+                report.failed[sid] = str(err)
+                continue
+            report.skipped.append(sid)
+        return report
+
+    def load(self, slide_id: str, encoder: Any = None, *args: Any, **kwargs: Any
+             ) -> tuple[np.ndarray, np.ndarray]:
+        with h5py.File(self.path_for(slide_id), "r") as f:
+            feats = np.asarray(f["features"], dtype=np.float32)
+            coords = np.asarray(f["coords"], dtype=np.int64)
+        while feats.ndim == 3 and feats.shape[0] == 1:
+            feats = feats[0]
+        return feats, coords
+
+    def load_attrs(self, slide_id: str, encoder: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The file's attributes, with ``patch_size_level0`` filled in when the file lacks it
+        (from ``level0_magnification``, else the smallest step between coordinates)."""
+        path = self.path_for(slide_id)
+        with h5py.File(path, "r") as f:
+            attrs = {k: _attr(dict(f.attrs), k) for k in f.attrs}
+            cattrs = {k: _attr(dict(f["coords"].attrs), k) for k in f["coords"].attrs}
+            coords = np.asarray(f["coords"], dtype=np.int64)
+        out = {**attrs, **cattrs, "encoder": self.encoder.name, "random_weights": False}
+        if "patch_size_level0" not in out:
+            l0 = out.get("level0_magnification")
+            if l0:
+                out["patch_size_level0"] = int(round(self.encoder.patch_size * float(l0) / self.encoder.magnification))
+            else:
+                steps = np.diff(np.unique(coords[:, 0])) if len(coords) > 1 else np.array([])
+                out["patch_size_level0"] = int(steps.min()) if len(steps) else self.encoder.patch_size
+        return out
+
+
+class CacheMiss_(FileNotFoundError):
+    """A slide has no file in a pre-extracted release."""

@@ -22,6 +22,10 @@ __all__ = ["SlideError", "Slide", "open_slide", "mag_to_mpp", "mpp_to_mag", "sli
 log = logging.getLogger(__name__)
 
 BACKENDS = ("openslide", "tiffslide")
+# Plausible level-0 resolutions of a whole-slide scan, um/px: 0.05 (~200x, beyond any scanner) to
+# 20 (0.5x, a macro photo). Outside it the file's resolution tags are not a scan's: a TIFF
+# written with the 72-dpi default says 352.8 um/px, which would make every patch one pixel.
+MPP_RANGE = (0.05, 20.0)
 
 
 class SlideError(Exception):
@@ -92,6 +96,7 @@ class Slide:
         except Exception as err:  # readers raise their own types; all mean "unreadable"
             raise self._error("cannot read the slide's header", err) from err
         self.mpp: float | None = float(mpp) if mpp is not None else self._mpp_from_properties()
+        self.mpp_overridden = mpp is not None
         if self.dimensions[0] <= 0 or self.dimensions[1] <= 0:
             raise self._error(f"slide has empty dimensions {self.dimensions}")
 
@@ -115,8 +120,23 @@ class Slide:
             return mag_to_mpp(power)
         return None
 
+    @property
+    def mpp_plausible(self) -> bool:
+        """Is the level-0 mpp inside :data:`MPP_RANGE` (an override is trusted)?"""
+        return self.mpp is not None and (self.mpp_overridden or MPP_RANGE[0] <= self.mpp <= MPP_RANGE[1])
+
     def require_mpp(self) -> float:
-        """The level-0 mpp, or a SlideError saying how to supply it."""
+        """The level-0 mpp, or a SlideError saying how to supply it (also when the file's value is
+        implausible for a slide scan, outside :data:`MPP_RANGE`)."""
+        if self.mpp is not None and not self.mpp_plausible:
+            dpi = 25400.0 / self.mpp
+            raise SlideError(
+                f"{self.path}: the file says {self.mpp:.4g} um/px at level 0 ({mpp_to_mag(self.mpp):.3g}x"
+                f"{f', i.e. {dpi:.0f} dpi: a default image resolution, not a scan' if dpi < 1000 else ''}), "
+                f"outside the {MPP_RANGE[0]:g}..{MPP_RANGE[1]:g} um/px of slide scanners, so patches "
+                f"would be {'a pixel' if self.mpp > MPP_RANGE[1] else 'huge'}. Fix: give the real level-0 "
+                f"resolution: `mpp_override: 0.25` in the dataset's YAML, `bench extract --mpp 0.25`, or "
+                f"open_slide(path, mpp=0.25) (0.25 um/px = 40x, 0.5 um/px = 20x).")
         if self.mpp is None:
             raise SlideError(
                 f"{self.path}: the slide has no resolution metadata (no mpp-x property, no "

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import platform
+from pathlib import Path
 
 from .common import Formatter
 
@@ -21,6 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG, formatter_class=Formatter)
     p.add_argument("--dataset", help="also check this dataset: every slide that cannot be opened and every "
                                      "case that will be dropped, with the reason, before any compute")
+    p.add_argument("--folds", type=int, default=5, dest="n_folds",
+                   help="with --dataset: the fold count `run` will use (default 5)")
+    p.add_argument("--results", default=os.environ.get("BENCH_RESULTS", "results"),
+                   help="with --dataset: the results root `run` will use (checked writable; existing splits compared)")
+    p.add_argument("--cache", default=os.environ.get("BENCH_CACHE", "cache"),
+                   help="with --dataset: the feature cache root `run` will use (checked writable)")
     p.add_argument("--tissue", action="store_true",
                    help="with --dataset: also find slides without tissue (segments each thumbnail)")
     p.set_defaults(func=main)
@@ -70,38 +77,72 @@ def main(args: argparse.Namespace) -> int:
     for var in ("BENCH_DATA", "BENCH_RESULTS", "BENCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE"):
         print(f"{var:11s} {os.environ.get(var, '<unset>')}")
     if args.dataset:
-        ok &= check_dataset(args.dataset, tissue=args.tissue)
+        ok &= check_dataset(args.dataset, tissue=args.tissue, n_folds=args.n_folds,
+                            results=args.results, cache=args.cache)
     print("ready" if ok else "something required is missing (see above)")
     return 0 if ok else 1
 
 
-def check_dataset(name: str, tissue: bool = False) -> bool:
-    """Everything a run of this dataset would leave out, found before any compute: slides that
-    cannot be opened (header, lowest level and the last level-0 tile are read -- truncated files
-    lose their end first), slides without mpp, files that are not slides, and every case dropped
-    from each task with the reason. ``tissue`` also segments each slide's thumbnail."""
+def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: str | None = None,
+                  cache: str | None = None) -> bool:
+    """What ``run`` will do with this dataset, computed the way ``run`` computes it
+    (``load_cohort``, ``Cohort.fold_problems``, the split manager), plus every slide opened:
+    slides that cannot be opened (header, lowest level and the last level-0 tile are read --
+    truncated files lose their end first), slides without a plausible mpp, files that are not
+    slides, and every case dropped from each task with the reason. False when ``run`` would fail
+    or a slide cannot be opened. ``tissue`` also segments each slide's thumbnail."""
     from ..data.datasets import DatasetError, load_cohort
+    from ..data.features import pre_extracted
+    from ..io import UnwritableError, check_writable
 
+    ok = True
+    for root, what, env in ((results, "results root", "BENCH_RESULTS"), (cache, "feature cache root", "BENCH_CACHE")):
+        if root is None:
+            continue
+        try:
+            check_writable(root, what, f"point --{what.split()[0 if what.startswith('results') else 1]} / {env} "
+                                       "at a directory you can write, or fix its permissions", create=False)
+        except UnwritableError as exc:
+            print(f"error: {exc}")
+            ok = False
     try:
         cohort = load_cohort(name)
-    except DatasetError as exc:
+    except (DatasetError, ValueError) as exc:
         print(f"dataset {name}: NOT READY\n{exc}")
         return False
     spec = cohort.spec
-    print(f"dataset {spec.name}: {cohort.table['case_id'].nunique()} cases, {len(cohort.table)} slides "
-          f"(slides: {spec.path(spec.slides)}; clinical: {spec.path(spec.clinical)})")
+    n_cases, n_clin = cohort.n_cases, cohort.n_clinical
+    kind = "feature files" if cohort.source == "features" else "slides"
+    print(f"dataset {spec.name}: {n_cases} of {n_clin} cases in the clinical table joined; "
+          f"{len(cohort.table)} of {cohort.n_slides_found} {kind} found used "
+          f"(slides: {spec.path(spec.slides) if cohort.source == 'slides' else 'none, features only'}; "
+          f"clinical: {spec.path(spec.clinical)})")
+    for why, ids in cohort.filtered.items():
+        print(f"  left out by the slide filter: {len(ids)} of {cohort.n_slides_found} {kind}: {why} ({', '.join(ids[:5])})")
     for path, why in cohort.ignored_files:
         print(f"  not a slide, ignored: {path}: {why}")
-    bad, no_mpp, empty = _check_slides(cohort, tissue)
+    releases = {e: pre_extracted(spec, e) for e in spec.features}
+    if cohort.source == "slides":
+        bad, no_mpp, empty = _check_slides(cohort, tissue)
+    else:
+        bad, no_mpp, empty = {}, {}, []
     n = len(cohort.table)
-    print(f"  slides: {n - len(bad)} of {n} open" + (f"; {len(no_mpp)} without mpp" if no_mpp else "")
-          + (f"; {len(empty)} without tissue" if empty else ""))
+    if cohort.source == "slides":
+        print(f"  slides: {n - len(bad)} of {n} open" + (f"; {len(no_mpp)} without mpp" if no_mpp else "")
+              + (f"; {len(empty)} without tissue" if empty else ""))
     for sid, msg in bad.items():
         print(f"  cannot open {sid}: {msg}")
-    for sid in no_mpp:
-        print(f"  no mpp: {sid} -- set `mpp_override: <um/px>` in the dataset config (0.25 = 40x, 0.5 = 20x)")
+    for sid, msg in no_mpp.items():
+        print(f"  no mpp: {sid} -- set `mpp_override: <um/px>` in the dataset config (0.25 = 40x, 0.5 = 20x): {msg}")
     for sid in empty:
         print(f"  no tissue: {sid} -- no features can be made from it")
+    feature_bad: dict[str, set[str]] = {}
+    for enc, rel in releases.items():
+        report = rel.extract(list(cohort.table["slide_id"]))
+        feature_bad[enc] = set(report.failed)
+        print(f"  features {enc} (pre-extracted, {rel.root}): {n - len(report.failed)} of {n} slides have a valid file")
+        for sid, msg in list(report.failed.items())[:10]:
+            print(f"    {sid}: {msg}")
     unusable = set(bad) | set(empty) | (set(no_mpp) if spec.mpp_override is None else set())
     slides_of = cohort.slides_of()
     dead = sorted(c for c, sl in slides_of.items() if all(s in unusable for s in sl))
@@ -123,20 +164,42 @@ def check_dataset(name: str, tissue: bool = False) -> bool:
     for item, task, why in drops:
         print(f"    {item:28s} from {task}: {why}")
     for task in spec.tasks:
-        n_all = cohort.table["case_id"].nunique()
-        kept = len(set(cohort.cases(task)["case_id"]) - set(dead))
-        print(f"  {task}: {kept} of {n_all} cases will be used")
-    return not bad
+        labelled = set(cohort.cases(task)["case_id"])
+        kept = len(labelled - set(dead))
+        print(f"  {task}: {kept} of {n_cases} cases will be used ({len(labelled)} of {n_cases} joined cases "
+              f"have its labels; {n_clin} cases in the clinical table)")
+    problems = cohort.fold_problems(spec.tasks, n_folds)
+    if results is not None:
+        problems += _split_problems(cohort, results)
+    for p in problems:
+        print(f"  run would fail: {p}")
+    if not problems:
+        print(f"  folds: every task fills {n_folds} folds")
+    return ok and not bad and not problems
 
 
-def _check_slides(cohort, tissue: bool) -> tuple[dict[str, str], list[str], list[str]]:
+def _split_problems(cohort, results: str) -> list[str]:
+    """Existing split files that the current cohort no longer matches (run refuses them)."""
+    from ..data.splits import SplitError, SplitManager
+
+    manager, out = SplitManager(Path(results) / "splits"), []
+    for task in cohort.spec.tasks:
+        if manager.path(cohort.spec.name, task).is_file():
+            try:
+                manager.get(cohort.spec.name, task, cohort.cases(task), create=False)
+            except SplitError as exc:
+                out.append(f"{task}: {exc}")
+    return out
+
+
+def _check_slides(cohort, tissue: bool) -> tuple[dict[str, str], dict[str, str], list[str]]:
     """Open every slide and read a little of it: cheap next to feature extraction."""
     from tqdm.auto import tqdm
 
     from feature_cache import SlideError, open_slide
 
     bad: dict[str, str] = {}
-    no_mpp: list[str] = []
+    no_mpp: dict[str, str] = {}
     empty: list[str] = []
     rows = list(zip(cohort.table["slide_id"], cohort.table["slide_path"]))
     for sid, path in tqdm(rows, desc="checking slides", unit="slide", leave=False, disable=None):
@@ -145,8 +208,10 @@ def _check_slides(cohort, tissue: bool) -> tuple[dict[str, str], list[str], list
                 s.get_thumbnail((64, 64))
                 w, h = s.dimensions
                 s.read_region((w - 1, h - 1), 0, (1, 1))  # the last level-0 tile: the end of the file
-                if s.mpp is None:
-                    no_mpp.append(sid)
+                try:
+                    s.require_mpp()
+                except SlideError as exc:
+                    no_mpp[sid] = str(exc)
                 if tissue:
                     from feature_cache import segment_tissue
 

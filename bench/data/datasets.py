@@ -3,270 +3,52 @@ normalized cohort table every other part uses (one row per slide):
 
     case_id, slide_id, slide_path, stage (0..3 or NA), time (months or NA), event (1 = death, 0, NA)
 
-Clinical tables come as GDC ``clinical.tsv``, cBioPortal ``data_clinical_patient.txt`` or a
-normalized CSV. TCGA rules (DESIGN §2): case id = first 12 characters of the slide barcode; AJCC
-sub-stages collapse (IIIB → III → 2); unknown markers become NA; time = days_to_death if dead else
-days_to_last_follow_up, in months; several rows per case (GDC repeats a case per treatment) are
-merged. Column names are looked up among known spellings and can be overridden per dataset.
+A dataset is a YAML file (``configs/datasets/<name>.yaml``), validated strictly
+(:mod:`bench.data.schema`): unknown keys, wrong types and misspelt families or method globs are
+errors naming the file and line. Clinical sources are read by :mod:`bench.data.clinical`, slide
+folders by :mod:`bench.data.slides`; :func:`load_cohort` joins them (case id = the first 12
+characters of the slide barcode for TCGA) and records everything it left out and why.
+``features:`` points two-stage methods at public pre-extracted feature folders
+(:mod:`bench.data.features`); without a slide folder the cohort then comes from those files.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import yaml
+
+from .clinical import (COLUMN_KEYS, DAYS_PER_MONTH, ENDPOINTS, FORMATS, NA_MARKERS, DatasetError,  # noqa: F401
+                       load_clinical, parse_event, parse_label, parse_stage)
+from .schema import ConfigError, Source, check_choice, check_keys, check_type, did_you_mean, load_yaml
+from .slides import (DEFAULT_SAMPLE_TYPES, DEFAULT_SLIDE_TYPES, OTHER_IMAGE_SUFFIXES,  # noqa: F401
+                     SLIDE_SUFFIXES, SlideFilter, walk)
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped as package data
-DAYS_PER_MONTH = 365.25 / 12
-# images a user may drop into a slide folder that no whole-slide reader here opens
-OTHER_IMAGE_SUFFIXES = (".czi", ".lif", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".isyntax", ".zvi", ".qptiff.gz")
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".svslide")
-
-NA_MARKERS = {"", "--", "'--", "na", "n/a", "nan", "none", "null", "not reported", "unknown",
-              "[not available]", "[not applicable]", "[unknown]", "[not evaluated]", "[discrepancy]",
-              "[completed]", "not available", "not applicable", "stage x", "x", "stage tx"}
-
-# Known spellings, first match wins. GDC renamed its columns with the 2024 portal ("cases.*").
-COLUMN_CANDIDATES: dict[str, list[str]] = {
-    "case_id": ["case_id", "cases.submitter_id", "case_submitter_id", "submitter_id", "PATIENT_ID",
-                "bcr_patient_barcode", "patient_id", "patient", "slide_id"],
-    "stage": ["stage", "diagnoses.ajcc_pathologic_stage", "ajcc_pathologic_stage", "AJCC_PATHOLOGIC_TUMOR_STAGE",
-              "ajcc_pathologic_tumor_stage", "tumor_stage", "pathologic_stage"],
-    "vital_status": ["vital_status", "demographic.vital_status", "OS_STATUS", "vital"],
-    "days_to_death": ["days_to_death", "demographic.days_to_death", "death_days_to"],
-    "days_to_follow_up": ["days_to_last_follow_up", "diagnoses.days_to_last_follow_up",
-                          "last_contact_days_to", "days_to_last_followup"],
-    "os_months": ["OS_MONTHS", "os_months"],
-    "time": ["time", "survival_months", "time_months"],
-    "event": ["event", "censorship_inverted", "status"],
-    "label": ["label", "class"],
-}
-
-_STAGE_RE = re.compile(r"^(?:STAGE\s*)?(IV|III|II|I)(?:[ABC]\d?)?$")
-_STAGE_INDEX = {"I": 0, "II": 1, "III": 2, "IV": 3}
+FAMILIES = ("two-stage", "end-to-end")
 
 
-class DatasetError(ValueError):
-    """A dataset cannot be used as configured; the message says what to fix."""
-
-
-def parse_stage(value: Any) -> float:
-    """AJCC stage string → 0..3, NA for unknown markers. Integers 0..3 pass through."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return np.nan
-    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()):
-        v = int(value)
-        if 0 <= v <= 3:
-            return float(v)
-        raise DatasetError(f"stage {value!r} is not in 0..3")
-    s = str(value).strip()
-    if s.lower() in NA_MARKERS:
-        return np.nan
-    if s.isdigit():
-        return parse_stage(int(s))
-    m = _STAGE_RE.match(s.upper().replace("_", " "))
-    if m is None:
-        raise DatasetError(f"unknown stage string {value!r}")
-    return float(_STAGE_INDEX[m.group(1)])
-
-
-def _is_na(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip().lower() in NA_MARKERS
-
-
-def _to_float(v: Any) -> float:
-    if _is_na(v):
-        return np.nan
-    try:
-        return float(str(v).strip().strip("'"))
-    except ValueError:
-        return np.nan
-
-
-def _find(df: pd.DataFrame, key: str, overrides: dict[str, str]) -> str | None:
-    if key in overrides:
-        if overrides[key] not in df.columns:
-            raise DatasetError(f"column {overrides[key]!r} (configured for {key}) is not in the table; "
-                               f"columns are: {', '.join(map(str, df.columns[:30]))}")
-        return overrides[key]
-    lower = {str(c).lower(): c for c in df.columns}
-    for cand in COLUMN_CANDIDATES[key]:
-        if cand.lower() in lower:
-            return lower[cand.lower()]
-    return None
-
-
-def _parse_event(v: Any) -> float:
-    if _is_na(v):
-        return np.nan
-    s = str(v).strip().lower()
-    if s in ("dead", "deceased", "1:deceased", "1", "1.0", "true"):
-        return 1.0
-    if s in ("alive", "living", "0:living", "0", "0.0", "false"):
-        return 0.0
-    return np.nan
-
-
-def _read_table(path: Path, fmt: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise DatasetError(f"clinical table {path} does not exist")
-    sep = "\t" if fmt in ("gdc", "cbioportal") or path.suffix in (".tsv", ".txt") else ","
-    comment = "#" if fmt == "cbioportal" else None
-    try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=comment)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot parse clinical table {path} as {fmt}: {exc}") from exc
-
-
-def parse_label(value: Any, label_map: dict[str, int] | None, where: str) -> float:
-    """A binary label: 0/1, or a string of ``label_map`` (case-insensitive, e.g. ``{normal: 0, tumor: 1}``);
-    NA markers → NA; anything else is a :class:`DatasetError` naming ``where`` (file and row)."""
-    if _is_na(value):
-        return np.nan
-    s = str(value).strip()
-    if label_map:
-        low = {str(k).strip().lower(): int(v) for k, v in label_map.items()}
-        if s.lower() in low:
-            return float(low[s.lower()])
-    try:
-        f = float(s)
-    except ValueError:
-        f = np.nan
-    if f in (0.0, 1.0):
-        return f
-    known = ", ".join(sorted(map(str, label_map or {}))) or "none"
-    raise DatasetError(f"{where}: unknown label {value!r}. Labels must be 0/1 or one of the dataset's "
-                       f"`labels:` strings ({known}); add it to `labels:` in the dataset config or fix the row.")
-
-
-def load_clinical(path: str | Path, fmt: str, columns: dict[str, str] | None = None,
-                  label_map: dict[str, int] | None = None) -> pd.DataFrame:
-    """Read a clinical table into one row per case: ``case_id, stage, time, event`` (+ ``label``).
-
-    ``fmt``: ``gdc`` (GDC clinical.tsv, days), ``cbioportal`` (OS_MONTHS / OS_STATUS) or
-    ``normalized`` (a CSV already in these columns; time in months). ``columns`` overrides the
-    column lookup, e.g. ``{"stage": "my_stage_col"}``.
-    """
-    path = Path(path)
-    if fmt not in ("gdc", "cbioportal", "normalized"):
-        raise DatasetError(f"unknown clinical format {fmt!r} for {path}; use gdc, cbioportal or normalized")
-    raw = _read_table(path, fmt)
-    ov = dict(columns or {})
-    cid = _find(raw, "case_id", ov)
-    if cid is None:
-        raise DatasetError(f"{path}: no case id column (looked for {COLUMN_CANDIDATES['case_id']}); "
-                           "set `columns: {case_id: <name>}` in the dataset config")
-    out = pd.DataFrame({"case_id": raw[cid].astype(str).str.strip()})
-    out = out[out["case_id"].map(lambda v: not _is_na(v))]
-
-    stage_col = _find(raw, "stage", ov)
-    stages = []
-    bad: list[tuple[int, str]] = []
-    for i, v in (raw.loc[out.index, stage_col].items() if stage_col else []):
-        try:
-            stages.append(parse_stage(v))
-        except DatasetError:
-            stages.append(np.nan)
-            bad.append((int(i) + 2, str(v)))  # +2: header line and 1-based rows
-    out["stage"] = stages if stage_col else np.nan
-    if bad:
-        shown = "; ".join(f"row {r} ({out.loc[r - 2, 'case_id']}): {v!r}" for r, v in bad[:10])
-        log.warning("%s: %d unknown stage value(s) (%s%s); those cases are left out of staging. Fix: "
-                    "write AJCC stages (Stage I..IV, IA, IIIB, ...) or an NA marker ('--, Not Reported) "
-                    "in that column.", path, len(bad), shown, " …" if len(bad) > 10 else "")
-
-    if fmt == "gdc":
-        vs, dd, df_ = (_find(raw, k, ov) for k in ("vital_status", "days_to_death", "days_to_follow_up"))
-        out["_dead"] = raw.loc[out.index, vs].map(_parse_event) if vs else np.nan
-        out["_dd"] = raw.loc[out.index, dd].map(_to_float) if dd else np.nan
-        out["_df"] = raw.loc[out.index, df_].map(_to_float) if df_ else np.nan
-    elif fmt == "cbioportal":
-        st, om = _find(raw, "vital_status", ov), _find(raw, "os_months", ov)
-        out["event"] = raw.loc[out.index, st].map(_parse_event) if st else np.nan
-        out["time"] = raw.loc[out.index, om].map(_to_float) if om else np.nan
-    else:
-        for key in ("time", "event"):
-            col = _find(raw, key, ov)
-            if col is not None:
-                conv = _parse_event if key == "event" else _to_float
-                out[key] = raw.loc[out.index, col].map(conv)
-        col = _find(raw, "label", ov)
-        if col is not None:  # binary classification (e.g. CAMELYON16: normal / tumor)
-            out["label"] = [parse_label(v, label_map, f"{path}, row {int(i) + 2} ({col})")
-                            for i, v in raw.loc[out.index, col].items()]
-        for key in ("time", "event"):
-            if key not in out:
-                out[key] = np.nan
-
-    out = _merge_case_rows(out, path)
-    if fmt == "gdc":
-        dead = out.pop("_dead")
-        dd, dfu = out.pop("_dd"), out.pop("_df")
-        out["event"] = dead
-        out["time"] = np.where(dead == 1, dd, dfu) / DAYS_PER_MONTH
-    bad_time = out["time"].notna() & ~(out["time"] > 0)
-    if bad_time.any():
-        shown = ", ".join(f"{c} ({t:g})" for c, t in zip(out.loc[bad_time, "case_id"].head(10),
-                                                          out.loc[bad_time, "time"].head(10)))
-        log.warning("%s: %d case(s) with a survival time <= 0 are left out of survival: %s%s. Fix: "
-                    "correct their times (months from diagnosis to death or last follow-up, > 0).",
-                    path, int(bad_time.sum()), shown, " …" if bad_time.sum() > 10 else "")
-        out.loc[bad_time, ["time", "event"]] = np.nan
-    out.loc[out["time"].isna(), "event"] = np.nan
-    out.loc[out["event"].isna(), "time"] = np.nan
-    cols = ["case_id", "stage", "time", "event"] + (["label"] if "label" in out else [])
-    return out[cols].reset_index(drop=True)
-
-
-def _merge_case_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """GDC repeats a case once per treatment/diagnosis row; merge to one row per case.
-
-    Stage: the single non-NA value (conflicting stages → NA, with a warning). Event: dead if any
-    row says dead. Days: the largest recorded value (follow-up only grows).
-    """
-    if not df["case_id"].duplicated().any():
-        return df.set_index("case_id", drop=False)
-    conflicts: list[str] = []
-
-    def one_stage(s: pd.Series) -> float:
-        vals = s.dropna().unique()
-        if len(vals) > 1:
-            conflicts.append(str(s.name))
-            return np.nan
-        return vals[0] if len(vals) else np.nan
-
-    agg: dict[str, Any] = {}
-    for c in df.columns:
-        if c == "case_id":
-            continue
-        agg[c] = one_stage if c in ("stage", "label") else "max"
-    merged = df.groupby("case_id", sort=False).agg(agg)
-    merged.insert(0, "case_id", merged.index)
-    if conflicts:
-        log.warning("%s: %d case(s) have conflicting stages across rows and are left out of staging: %s",
-                    path, len(conflicts), ", ".join(conflicts[:5]))
-    return merged
-
-
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class DatasetSpec:
     name: str
     description: str = ""
     slides: str = "slides"
     slide_glob: list[str] = field(default_factory=lambda: ["**/*"])
+    # which TCGA slides count: {sample_types: [1, ..., 9] | all, slide_types: [DX] | all}
+    slide_filter: dict[str, Any] = field(default_factory=dict)
     clinical: str = "clinical.csv"
     clinical_format: str = "normalized"
     columns: dict[str, str] = field(default_factory=dict)
+    # raw stage value -> AJCC stage, for tables that write digits: {1: I, 2: II, 3: III, 4: IV}
+    stage_map: dict[Any, Any] = field(default_factory=dict)
+    endpoint: str = "OS"  # survival endpoint of tcga-cdr (OS, DSS, DFI, PFI) / cbioportal (OS, DSS, DFS, PFS)
     case_id: str = "tcga"  # "tcga" = first 12 characters; "stem" = the whole file stem
     tasks: list[str] = field(default_factory=lambda: ["staging", "survival"])
     allow_random_weights: bool = False
@@ -293,6 +75,9 @@ class DatasetSpec:
     # per ablation, the grid this dataset runs: {<ablation>: {values: [...]}} replaces the grid,
     # {<ablation>: {values: {paper value: value here}}} maps it (the demo scales inputs to a CPU)
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # pre-extracted features per encoder name: {resnet50: {path: ..., encoder: resnet50,
+    # patch_size: 256, magnification: 20}} (TRIDENT/CLAM .h5 per slide; bench.data.features)
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def data_root(self) -> Path:
@@ -303,76 +88,170 @@ class DatasetSpec:
         p = Path(rel).expanduser()
         return p if p.is_absolute() else self.data_root / p
 
+    @property
+    def filter(self) -> SlideFilter | None:
+        """The TCGA sample filter (None: not a TCGA-named cohort, nothing is filtered)."""
+        if self.case_id != "tcga":
+            return None
+        sf = self.slide_filter or {}
+        st = sf.get("sample_types", list(DEFAULT_SAMPLE_TYPES))
+        kt = sf.get("slide_types", list(DEFAULT_SLIDE_TYPES))
+        return SlideFilter(None if st == "all" else tuple(int(v) for v in st),
+                           None if kt == "all" else tuple(str(v).upper() for v in kt))
+
 
 def list_datasets() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "datasets").glob("*.yaml"))
 
 
-def load_spec(name: str) -> DatasetSpec:
-    """A dataset by name (configs/datasets/<name>.yaml) or by the path of its YAML file."""
+def _spec_path(name: str) -> tuple[str, Path]:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        name = path.stem
-    else:
-        path = CONFIG_DIR / "datasets" / f"{name}.yaml"
+        return path.stem, path
+    path = CONFIG_DIR / "datasets" / f"{name}.yaml"
     if not path.is_file():
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())} "
-                           f"(add configs/datasets/{name}.yaml to define it)")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        raise DatasetError(f"unknown dataset {name!r}{did_you_mean(name, list_datasets())}; known: "
+                           f"{', '.join(list_datasets())} (add configs/datasets/{name}.yaml to define it, "
+                           "or pass the path of a YAML file)")
+    return name, path
+
+
+def load_spec(name: str) -> DatasetSpec:
+    """A dataset by name (configs/datasets/<name>.yaml) or by the path of its YAML file, validated."""
+    name, path = _spec_path(name)
+    try:
+        src = load_yaml(path, "dataset config")
+        data = validate_spec(src)
+    except ConfigError as exc:
+        raise DatasetError(str(exc)) from None
     data.setdefault("name", name)
-    if isinstance(data.get("slide_glob"), str):
-        data["slide_glob"] = [data["slide_glob"]]
-    known = set(DatasetSpec.__dataclass_fields__)
-    unknown = set(data) - known
-    if unknown:
-        raise DatasetError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
     return DatasetSpec(**data)
 
 
-def _case_of(slide_id: str, rule: str) -> str:
-    return slide_id[:12] if rule == "tcga" else slide_id
+def validate_spec(src: Source) -> dict[str, Any]:
+    """Every key of a dataset YAML checked: name, type, allowed values; returns the mapping with
+    a string ``slide_glob`` made a list. Raises :class:`ConfigError` naming file, line and key."""
+    from ..registry import list_methods
+
+    data = dict(src.data)
+    w = src.where
+    check_keys(data, DatasetSpec.__dataclass_fields__, w())
+    for key in ("name", "description", "slides", "clinical", "root", "download"):
+        if key in data:
+            check_type(data[key], str, w(key))
+    if "slide_glob" in data:
+        g = check_type(data["slide_glob"], (str, list), w("slide_glob"))
+        data["slide_glob"] = [g] if isinstance(g, str) else [check_type(v, str, w("slide_glob")) for v in g]
+    fmt = check_choice(data.get("clinical_format", "normalized"), FORMATS, w("clinical_format"))
+    check_choice(data.get("endpoint", "OS"), ENDPOINTS[fmt], w("endpoint"))
+    check_choice(data.get("case_id", "tcga"), ("tcga", "stem"), w("case_id"))
+    for key in ("allow_random_weights", "random_encoder_standin"):
+        if key in data:
+            check_type(data[key], bool, w(key))
+    if data.get("generator") is not None:
+        check_choice(data["generator"], ("demo",), w("generator"))
+    check_keys(data.get("generator_args"), ("n_cases", "seed", "binary_label"), w("generator_args"))
+    if data.get("mpp_override") is not None:
+        mpp = check_type(data["mpp_override"], float, w("mpp_override"))
+        if not 0.05 <= mpp <= 20:
+            raise ConfigError(f"{w('mpp_override')} = {mpp:g} um/px is outside 0.05..20 (0.25 = 40x, 0.5 = 20x)")
+    if data.get("extract_workers") is not None:
+        if check_type(data["extract_workers"], int, w("extract_workers")) < 0:
+            raise ConfigError(f"{w('extract_workers')} must be >= 0")
+    for k, v in check_keys(data.get("columns"), COLUMN_KEYS, w("columns")).items():
+        check_type(v, str, w(f"columns.{k}"))
+    for k, v in (check_type(data.get("stage_map") or {}, dict, w("stage_map"))).items():
+        if v is not None and not isinstance(v, str):
+            raise ConfigError(f"{w(f'stage_map.{k}')} must map to an AJCC stage string (I, II, IIIA, ...) "
+                              f"or null, got {v!r}")
+    if "tasks" in data:
+        tasks = check_type(data["tasks"], list, w("tasks"))
+        for t in tasks:
+            check_type(t, str, w("tasks"))
+    sf = check_keys(data.get("slide_filter"), ("sample_types", "slide_types"), w("slide_filter"))
+    for key, kind in (("sample_types", int), ("slide_types", str)):
+        v = sf.get(key)
+        if v is None or v == "all":
+            continue
+        for item in check_type(v, list, w(f"slide_filter.{key}")):
+            check_type(item, kind, w(f"slide_filter.{key}"))
+            if kind is int and not 1 <= item <= 99:
+                raise ConfigError(f"{w(f'slide_filter.{key}')}: sample type {item} is not in 1..99")
+    for fam, opts in check_keys(data.get("train"), FAMILIES, w("train")).items():
+        check_type(opts, dict, w(f"train.{fam}"))
+    names = [m.name for m in list_methods()]
+    for key, opts in (check_type(data.get("model") or {}, dict, w("model"))).items():
+        check_type(opts, dict, w(f"model.{key}"))
+        if key not in FAMILIES and not fnmatch.filter(names, key):
+            raise ConfigError(f"{w(f'model.{key}')}: {key!r} is neither a method family ({', '.join(FAMILIES)}) "
+                              f"nor a glob matching a method{did_you_mean(key, [*FAMILIES, *names])}")
+    for k, v in (check_type(data.get("labels") or {}, dict, w("labels"))).items():
+        if check_type(v, int, w(f"labels.{k}")) not in (0, 1):
+            raise ConfigError(f"{w(f'labels.{k}')} must be 0 or 1")
+    known_ablations = sorted(p.stem for p in (CONFIG_DIR / "ablations").glob("*.yaml"))
+    for k, v in check_keys(data.get("ablations"), known_ablations, w("ablations")).items():
+        check_keys(v, ("values",), w(f"ablations.{k}"))
+    from .features import validate_features
+
+    validate_features(check_type(data.get("features") or {}, dict, w("features")), src)
+    return data
 
 
 def find_slides(spec: DatasetSpec) -> pd.DataFrame:
-    """Slide files of a dataset → ``slide_id, slide_path``; duplicate ids across folders are an error.
+    """Slide files of a dataset -> ``slide_id, slide_path``; duplicate ids across folders are an error.
 
-    Files the glob matches but that are not slides are left out with a warning that names them
-    (``df.attrs["ignored"]``: [(path, why)]): hidden files (macOS copies leave ``._<name>.svs``
-    metadata files beside every slide) and formats no slide reader opens (``.czi``, ``.png``, …).
+    ``df.attrs["ignored"]``: [(path, why)] for files the glob matched that are not slides (hidden
+    files, other formats, dangling links, directories named like slides, symlink loops);
+    ``df.attrs["filtered"]``: {why: [slide ids]} left out by the TCGA sample filter;
+    ``df.attrs["found"]``: how many slides were found before the filter.
     """
     root = spec.path(spec.slides)
     if not root.is_dir():
         raise DatasetError(_missing_message(spec, f"slide directory {root} does not exist"))
-    rows: dict[str, Path] = {}
-    ignored: list[tuple[str, str]] = []
-    for pattern in spec.slide_glob:
-        for p in sorted(root.glob(pattern)):
-            if not p.is_file():
-                continue
-            if p.name.startswith("."):
-                ignored.append((str(p), "hidden file (e.g. macOS '._' metadata), not a slide"))
-                continue
-            if p.suffix.lower() not in SLIDE_SUFFIXES:
-                if p.suffix.lower() in OTHER_IMAGE_SUFFIXES:
-                    ignored.append((str(p), f"unsupported format {p.suffix!r}; convert it to a pyramidal "
-                                            "tiled TIFF (e.g. `vips tiffsave in out.tiff --tile --pyramid "
-                                            "--compression jpeg`, or bfconvert for .czi/.lif)"))
-                continue
-            sid = p.stem
-            if sid in rows and rows[sid] != p:
-                raise DatasetError(f"slide id {sid!r} appears twice: {rows[sid]} and {p}. Slide ids are file "
-                                   "stems and must be unique: remove or rename one copy, or narrow "
-                                   f"`slide_glob` (now {spec.slide_glob}) in the dataset config.")
-            rows[sid] = p
+    found = walk(root, spec.slide_glob)
+    if found.duplicates:
+        sid, a, b = found.duplicates[0]
+        raise DatasetError(f"slide id {sid!r} appears twice: {a} and {b}. Slide ids are file "
+                           "stems and must be unique: remove or rename one copy, or narrow "
+                           f"`slide_glob` (now {spec.slide_glob}) in the dataset config.")
+    ignored = found.ignored
     if ignored:
         log.warning("%s: %d file(s) under %s are not used: %s", spec.name, len(ignored), root,
                     "; ".join(f"{p}: {why}" for p, why in ignored[:10]) + (" …" if len(ignored) > 10 else ""))
-    if not rows:
+    if not found.slides:
         raise DatasetError(_missing_message(spec, f"no slide files matching {spec.slide_glob} under {root}"))
-    df = pd.DataFrame({"slide_id": list(rows), "slide_path": [str(p) for p in rows.values()]})
-    df.attrs["ignored"] = ignored
+    filtered: dict[str, list[str]] = {}
+    keep: dict[str, Path] = {}
+    flt = spec.filter
+    for sid, p in found.slides.items():
+        why = flt.why_out(sid) if flt is not None else None
+        if why is None:
+            keep[sid] = p
+        else:
+            filtered.setdefault(why, []).append(sid)
+    df = pd.DataFrame({"slide_id": list(keep), "slide_path": [str(p) for p in keep.values()]})
+    df.attrs.update(ignored=ignored, filtered=filtered, found=len(found.slides))
     return df
+
+
+def _log_filtered(spec: DatasetSpec, filtered: dict[str, list[str]], found: int) -> None:
+    if not filtered:
+        return
+    n_out = sum(map(len, filtered.values()))
+    log.warning("%s: %d of %d slides are left out by the slide filter (%s): %s. Fix: if they should "
+                "count, widen `slide_filter: {sample_types: [...], slide_types: [...]}` in the dataset "
+                "config (`all` keeps every value).", spec.name, n_out, found, _filter_desc(spec.filter),
+                "; ".join(f"{len(v)} {why} ({_some(v, 3)})" for why, v in filtered.items()))
+
+
+def _filter_desc(flt: SlideFilter | None) -> str:
+    if flt is None:
+        return "none"
+    st = "all sample types" if flt.sample_types is None else \
+        ("tumour samples 01-09" if flt.sample_types == DEFAULT_SAMPLE_TYPES
+         else "sample types " + ", ".join(f"{v:02d}" for v in flt.sample_types))
+    kt = "all slide types" if flt.slide_types is None else "slide types " + "/".join(flt.slide_types)
+    return f"keeps {st}, {kt}"
 
 
 def _missing_message(spec: DatasetSpec, what: str) -> str:
@@ -390,6 +269,11 @@ class Cohort:
     table: pd.DataFrame  # one row per slide
     dropped: dict[str, list[str]]
     ignored_files: list[tuple[str, str]] = field(default_factory=list)  # (path, why) not slides
+    filtered: dict[str, list[str]] = field(default_factory=dict)  # slide filter: why -> slide ids
+    n_clinical: int = 0  # cases in the clinical table
+    n_slides_found: int = 0  # slide files found, before the slide filter
+    n_slides_kept: int = 0  # after the filter
+    source: str = "slides"  # "slides", or "features" when the cohort comes from pre-extracted files
 
     def cases(self, task: str) -> pd.DataFrame:
         """One row per case with the task's labels (cases lacking them are left out)."""
@@ -401,15 +285,20 @@ class Cohort:
     def slides_of(self) -> dict[str, list[str]]:
         return self.table.groupby("case_id")["slide_id"].apply(list).to_dict()
 
+    @property
+    def n_cases(self) -> int:
+        return int(self.table["case_id"].nunique())
+
     def report(self, task: str | None = None) -> list[str]:
-        lines = [f"{self.spec.name}: {self.table['case_id'].nunique()} cases, {len(self.table)} slides"]
+        lines = [f"{self.spec.name}: {self.n_cases} of {self.n_clinical} cases in the clinical table joined "
+                 f"to {len(self.table)} of {self.n_slides_kept} {'feature files' if self.source == 'features' else 'slides'}"]
         for why, ids in self.dropped.items():
             if ids:
                 lines.append(f"  left out: {len(ids)} {why} ({_some(ids)})")
         for t in ([task] if task else self.spec.tasks):
             missing = self.unlabelled(t)
             if missing:
-                n_all = self.table["case_id"].nunique()
+                n_all = self.n_cases
                 lines.append(f"  {t}: {n_all - len(missing)} of {n_all} cases have its labels; {len(missing)} "
                              f"left out of {t} ({_some(missing)})")
         return lines
@@ -418,12 +307,36 @@ class Cohort:
         """Cases with slides but without the task's labels (NA, unknown or invalid values)."""
         return sorted(set(self.table["case_id"]) - set(self.cases(task)["case_id"]))
 
+    def fold_problems(self, tasks: list[str] | None = None, n_folds: int = 5) -> list[str]:
+        """Why ``run`` cannot make ``n_folds`` patient-level folds for a task (empty: it can)."""
+        out = []
+        for t in tasks or self.spec.tasks:
+            n = len(self.cases(t))
+            if n < n_folds:
+                out.append(f"{t}: {n} of {self.n_cases} joined cases have its labels, fewer than the {n_folds} "
+                           f"folds ({self.n_clinical} cases in {self.spec.path(self.spec.clinical)}, "
+                           f"{self.n_slides_kept} {'feature files' if self.source == 'features' else 'slides'} "
+                           "found). Fix: see what was left out above (`bench doctor --dataset "
+                           f"{self.spec.name}`), or lower --folds")
+        return out
+
+    def require_folds(self, tasks: list[str] | None = None, n_folds: int = 5) -> None:
+        """A DatasetError with every reason :meth:`fold_problems` finds (what doctor reports)."""
+        problems = self.fold_problems(tasks, n_folds)
+        if problems:
+            raise DatasetError(f"dataset {self.spec.name!r} cannot be run: " + "; ".join(problems))
+
 
 def _some(ids: list[str], n: int = 10) -> str:
     return ", ".join(ids[:n]) + (f", … ({len(ids) - n} more)" if len(ids) > n else "")
 
 
+def _case_of(slide_id: str, rule: str) -> str:
+    return slide_id[:12] if rule == "tcga" else slide_id
+
+
 def load_cohort(name_or_spec: str | DatasetSpec) -> Cohort:
+    """The joined cohort ``run``, ``doctor``, ``extract`` and ``splits`` all use."""
     spec = load_spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
     if spec.generator == "demo":
         from .demo import generate_demo
@@ -432,26 +345,46 @@ def load_cohort(name_or_spec: str | DatasetSpec) -> Cohort:
     clinical_path = spec.path(spec.clinical)
     if not clinical_path.is_file():
         raise DatasetError(_missing_message(spec, f"clinical table {clinical_path} does not exist"))
-    slides = find_slides(spec)
+    source = "slides"
+    if spec.features and not spec.path(spec.slides).is_dir():
+        from .features import cohort_slides
+
+        slides, source = cohort_slides(spec), "features"
+    else:
+        slides = find_slides(spec)
     ignored = list(slides.attrs.get("ignored", []))
+    filtered = dict(slides.attrs.get("filtered", {}))
+    found = int(slides.attrs.get("found", len(slides)))
+    _log_filtered(spec, filtered, found)
     slides["case_id"] = slides["slide_id"].map(lambda s: _case_of(s, spec.case_id))
-    clin = load_clinical(clinical_path, spec.clinical_format, spec.columns, spec.labels or None)
+    clin = load_clinical(clinical_path, spec.clinical_format, spec.columns, spec.labels or None,
+                         stage_map=spec.stage_map or None, endpoint=spec.endpoint)
     merged = slides.merge(clin, on="case_id", how="inner")
     dropped = {
         "slides without a clinical row": sorted(set(slides["slide_id"]) - set(merged["slide_id"])),
         "cases in the clinical table without a slide": sorted(set(clin["case_id"]) - set(slides["case_id"])),
     }
+    where = spec.path(spec.slides) if source == "slides" else "the feature folders"
     fixes = {
         "slides without a clinical row": f"Fix: add their cases to {clinical_path} (case id = "
         + ("the first 12 characters of the file name" if spec.case_id == "tcga" else "the file stem")
         + "), or move the slides out of the slide folder",
-        "cases in the clinical table without a slide": f"Fix: put their slides under {spec.path(spec.slides)} "
+        "cases in the clinical table without a slide": f"Fix: put their slides under {where} "
         f"(matching {spec.slide_glob}), or ignore this if they were never scanned",
     }
+    if filtered:
+        fixes["cases in the clinical table without a slide"] += (
+            "; some slides were left out by the slide filter (see above)")
+    if len(merged) == 0 and len(clin) and len(slides):
+        fixes["cases in the clinical table without a slide"] += (
+            f". No case joined at all: the table's case ids look like {clin['case_id'].iloc[0]!r}, the "
+            f"slides' like {slides['case_id'].iloc[0]!r}; if the table's ids are another column, set "
+            f"`columns: {{case_id: <column>}}` in the dataset config")
     for why, ids in dropped.items():
         if ids:
             log.warning("%s: %d %s are left out: %s%s. %s.", spec.name, len(ids), why, ", ".join(ids[:10]),
                         " …" if len(ids) > 10 else "", fixes[why])
     cols = ["case_id", "slide_id", "slide_path", "stage", "time", "event"] + (["label"] if "label" in merged else [])
     table = merged[cols].sort_values(["case_id", "slide_id"]).reset_index(drop=True)
-    return Cohort(spec, table, dropped, ignored)
+    return Cohort(spec, table, dropped, ignored, filtered, n_clinical=len(clin), n_slides_found=found,
+                  n_slides_kept=len(slides), source=source)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import Cohort
+from ..data.features import pre_extracted
 from ..registry import MethodSpec
 from ..report.records import InputSpec, WeightsProvenance
 from .identity import digest
@@ -70,12 +71,14 @@ class FeatureInputs:
         from feature_cache import get_encoder
 
         self.cohort = cohort
+        release = pre_extracted(cohort.spec, encoder_name)  # a public feature release the dataset declares
         # features are extracted on the GPU when there is one (bf16 autocast where the encoder allows it:
         # another precision is another fingerprint, so CPU and GPU features never share a cache entry)
-        self.encoder = get_encoder(encoder_name, allow_random=allow_random, standin=standin,
-                                   device="cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder = release.encoder if release else get_encoder(
+            encoder_name, allow_random=allow_random, standin=standin,
+            device="cuda" if torch.cuda.is_available() else "cpu")
         log.info("%s features: %s weights", encoder_name, self.encoder.weights_label)
-        self.cache = self._make_cache(cache_root)
+        self.cache = release or self._make_cache(cache_root)
         self.progress = progress
         self.slides_of = cohort.slides_of()
         self.bags = BagCache(self._load_case)
@@ -98,7 +101,9 @@ class FeatureInputs:
 
     @property
     def spec(self) -> InputSpec:
-        return InputSpec(self.kind, encoder=self.encoder.name, magnification=float(self.encoder.magnification))
+        release = getattr(self.encoder, "release", None)  # a public pre-extracted release read in place
+        return InputSpec(self.kind, encoder=self.encoder.name, magnification=float(self.encoder.magnification),
+                         source=f"pre-extracted:{self.encoder.source}" if release else "extracted")
 
     def provenance(self) -> list[WeightsProvenance]:
         e = self.encoder

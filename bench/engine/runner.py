@@ -100,6 +100,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     for t in tasks:
         if t not in cohort.spec.tasks:
             raise ValueError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
+    cohort.require_folds(tasks, n_folds)  # the verdict `bench doctor` gives: enough cases for the folds
     manager = SplitManager(Path(results) / "splits")
     with D.main_first():  # under torchrun, rank 0 writes the split files, the others read them
         splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed)
