@@ -349,14 +349,21 @@ def section_memory(torch, args, clock: Clock, share: float, report: dict) -> lis
     net(torch.randint(0, 256, (1, 3, 32, net.cfg.scan_window + 32), dtype=torch.uint8,
                       device=device)).sum().backward()  # warm-up; parameter gradients allocated
     end = time.perf_counter() + share
-    rows = [_memory_case(torch, net, s, device) for s in sizes]
-    ok = {r["side"]: r for r in rows if r["ok"]}
+    rows, ok = [], {}
 
     def affordable(side: int) -> bool:  # time per pixel of the largest done, with margin
         if not ok:
             return False
         last = ok[max(ok)]
         return time.perf_counter() + 1.5 * last["s_per_mpx"] * side**2 / 1e6 < end
+
+    for i, side in enumerate(sizes):
+        if i and not affordable(side):
+            rows.append({"side": side, "ok": False, "error": "skipped: time share"})
+            continue
+        rows.append(_memory_case(torch, net, side, device))
+        if rows[-1]["ok"]:
+            ok[side] = rows[-1]
 
     # doubling from `start` until OOM (or the cap / the time share), then bisection
     lo, hi, why = (start if start in ok else None), None, "out of memory"
