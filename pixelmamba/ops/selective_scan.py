@@ -22,7 +22,7 @@ from torch import Tensor
 from ._ref import scan_ref
 from ._torch import scan_torch
 
-BACKENDS = ("auto", "ref", "numba", "torch", "cuda")
+BACKENDS = ("auto", "ref", "numba", "torch", "triton", "cuda")
 # mamba-ssm's kernel has open reports of wrong results past ~61K tokens (state-spaces/mamba
 # #1015, #686); `auto` sends longer sequences to the chunked torch scan instead.
 CUDA_MAX_LEN = 32768
@@ -32,6 +32,15 @@ CUDA_MAX_LEN = 32768
 def numba_available() -> bool:
     try:
         importlib.import_module("pixelmamba.ops._numba")
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        importlib.import_module("pixelmamba.ops._triton")
     except ImportError:
         return False
     return True
@@ -51,7 +60,12 @@ def mamba_ssm_available() -> bool:
 def resolve_backend(
     backend: str, u: Tensor, initial_state: Tensor | None, return_last_state: bool
 ) -> str:
-    """The concrete backend `auto` stands for, for these inputs."""
+    """The concrete backend `auto` stands for, for these inputs.
+
+    CUDA: mamba-ssm's kernel for stateless calls up to CUDA_MAX_LEN tokens (where it is known
+    to be right); otherwise (a state goes in or out: Pixel-Mamba's streamed blocks; or longer
+    sequences) the Triton kernel, or the torch scan without Triton.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective_scan backend {backend!r}; choose one of {BACKENDS}")
     if backend != "auto":
@@ -64,7 +78,7 @@ def resolve_backend(
             and u.shape[-1] <= CUDA_MAX_LEN
         ):
             return "cuda"
-        return "torch"
+        return "triton" if triton_available() else "torch"
     if u.device.type == "cpu" and numba_available():
         return "numba"
     return "torch"
@@ -133,7 +147,8 @@ def selective_scan(
     """Selective scan over (B, D, L) inputs; returns y (B, D, L) or (y, last_state (B, D, N)).
 
     `backend`: "ref" (sequential, tests only), "numba" (compiled CPU kernel, the CPU default),
-    "torch" (chunked pure PyTorch, any device), "cuda" (mamba-ssm's kernel), "auto".
+    "torch" (chunked pure PyTorch, any device), "triton" (Triton kernel, CUDA; the CUDA
+    default when a state goes in or out), "cuda" (mamba-ssm's kernel), "auto".
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve_backend(backend, u, initial_state, return_last_state)
@@ -180,6 +195,10 @@ def selective_scan(
         )
     elif name == "torch":
         y, last = scan_torch(uc, dt, Ac, Bg, Cg, h0)
+    elif name == "triton":
+        from ._triton import scan_triton
+
+        y, last = scan_triton(uc, dt, Ac, Bg, Cg, h0)
     else:  # pragma: no cover - resolve_backend only returns known names
         raise AssertionError(name)
     if D is not None:

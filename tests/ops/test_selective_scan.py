@@ -264,7 +264,8 @@ def test_numba_state_size_16_kernel(dtype, monkeypatch):
 
 def test_auto_picks_per_device(monkeypatch):
     """CPU: numba, or torch without numba. CUDA: mamba-ssm's kernel for stateless calls up to
-    CUDA_MAX_LEN tokens (open reports of wrong results beyond ~61K), otherwise torch."""
+    CUDA_MAX_LEN tokens (open reports of wrong results beyond ~61K), otherwise torch when triton
+    does not import (with triton: test_triton_scan.py)."""
     import importlib
     from types import SimpleNamespace
 
@@ -278,6 +279,7 @@ def test_auto_picks_per_device(monkeypatch):
     def cuda(L):
         return SimpleNamespace(is_cuda=True, device=torch.device("cuda"), shape=(1, 4, L))
 
+    monkeypatch.setattr(ss, "triton_available", lambda: False)
     monkeypatch.setattr(ss, "mamba_ssm_available", lambda: True)
     assert resolve_backend("auto", cuda(ss.CUDA_MAX_LEN), None, False) == "cuda"
     assert resolve_backend("auto", cuda(ss.CUDA_MAX_LEN + 1), None, False) == "torch"
