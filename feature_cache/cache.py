@@ -67,6 +67,23 @@ class CacheMissError(FileNotFoundError):
     """No finished features for a slide under this cache key; the message says how to make them."""
 
 
+class FeatureFileCorrupt(ValueError):
+    """A cached feature file's arrays are not what was written (NaN/inf, or a checksum mismatch)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def arrays_sha256(feats: np.ndarray, coords: np.ndarray) -> str:
+    """Checksum of a feature file's two arrays (dtype, shape and bytes), written with them."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(feats, dtype=np.float32), np.ascontiguousarray(coords, dtype=np.int64)):
+        h.update(f"{a.dtype}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 @dataclass
 class ExtractReport:
     """What one :meth:`FeatureCache.extract` call did, per slide id."""
@@ -122,8 +139,11 @@ def _atomic_json(path: Path, obj: Any) -> None:
 class FeatureCache:
     """Per-slide patch features for any registered encoder, shared safely between processes."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, mpp: float | None = None):
         self.root = Path(root)
+        # a level-0 resolution that overrides every slide's metadata (the dataset's mpp_override):
+        # part of the key, so features at another resolution never share a directory
+        self.mpp = None if mpp is None else float(mpp)
 
     # ------------------------------------------------------------------ keys and paths
 
@@ -142,6 +162,7 @@ class FeatureCache:
             "magnification": float(magnification if magnification is not None
                                    else encoder.magnification),
             "min_tissue": float(min_tissue),
+            **({"mpp_override": self.mpp} if self.mpp is not None else {}),  # absent: existing keys unchanged
         }
 
     def dir_for(self, encoder: Encoder, patch_size: int | None = None,
@@ -191,8 +212,14 @@ class FeatureCache:
                 f"`python -m bench extract --encoders {encoder.name}` for its dataset, or "
                 f"FeatureCache.extract().")
         with h5py.File(path, "r") as f:
-            return (np.asarray(f["features"], dtype=np.float32),
-                    np.asarray(f["coords"], dtype=np.int64))
+            feats = np.asarray(f["features"], dtype=np.float32)
+            coords = np.asarray(f["coords"], dtype=np.int64)
+            want = f.attrs.get("arrays_sha256")
+        if len(feats) and not np.isfinite(feats).all():
+            raise FeatureFileCorrupt(path, "contain NaN/inf")
+        if want is not None and arrays_sha256(feats, coords) != str(want):
+            raise FeatureFileCorrupt(path, "do not match the checksum written with them (the file was changed)")
+        return feats, coords
 
     def load_attrs(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
                    magnification: float | None = None, min_tissue: float = 0.5) -> dict[str, Any]:
@@ -227,6 +254,11 @@ class FeatureCache:
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
+        if mpp is not None and self.mpp is None:
+            self.mpp = float(mpp)  # the override keys the directory (see __init__)
+        elif mpp is not None and float(mpp) != self.mpp:
+            raise ValueError(f"extract(mpp={mpp}) on a cache keyed by mpp {self.mpp}: make a FeatureCache(mpp={mpp})")
+        mpp = self.mpp
         ps = int(patch_size if patch_size is not None else encoder.patch_size)
         mag = float(magnification if magnification is not None else encoder.magnification)
         out_dir = self.dir_for(encoder, ps, mag, min_tissue)
@@ -541,6 +573,7 @@ def _write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[s
                 d.attrs[k] = v
             for k, v in attrs.items():
                 f.attrs[k] = v
+            f.attrs["arrays_sha256"] = arrays_sha256(feats, coords)  # verified by FeatureCache.load
         os.replace(tmp, out)
     except OSError as err:  # disk full, quota...: no half file stays behind; the error names the file
         tmp.unlink(missing_ok=True)

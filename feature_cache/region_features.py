@@ -67,8 +67,8 @@ def regions_from_patches(grid_xy: np.ndarray, keep_patch: np.ndarray, per_side: 
 class RegionFeatureCache(FeatureCache):
     """HIPT's region inputs for any registered patch encoder (``hipt-vit256`` in practice)."""
 
-    def __init__(self, root: str | os.PathLike, region_size: int = 4096) -> None:
-        super().__init__(Path(root) / "region_features")
+    def __init__(self, root: str | os.PathLike, region_size: int = 4096, mpp: float | None = None) -> None:
+        super().__init__(Path(root) / "region_features", mpp=mpp)
         self.region_size = int(region_size)
 
     def key(self, encoder: Encoder, patch_size: int | None = None,

@@ -164,7 +164,7 @@ def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkey
 
     results = root / "results"
     rep = runner.run([registry.get_method("tinycnn")], str(spec), folds=[0, 1], results=results, cache=root / "cache",
-                     train_overrides={"epochs": 1, "grad_accum": 2}, progress=False)
+                     train_overrides={"epochs": 1, "grad_accum": 2}, progress=False, from_scratch=True)
     assert len(rep.ran) == 2 and not rep.failed, rep.failed
     folds = pd.read_csv(results / "splits/camtoy/classification.csv").merge(cases, on="case_id")
     pos = folds.groupby("fold")["label"].sum()
@@ -245,7 +245,7 @@ def test_pixelmamba_6m_on_the_camelyon16_config(tmp_path):
         assert p.returncode == 0, f"{p.stdout}\n{p.stderr}"
         return p.stdout
 
-    bench("run", "--methods", "pixelmamba-6m", "--dataset", "camelyon16", "--n-folds", "3", "--folds", "0",
+    bench("run", "--methods", "pixelmamba-6m", "--dataset", "camelyon16", "--n-folds", "3", "--folds", "0", "--from-scratch",
           "--set", "epochs=1", "--cache", str(tmp_path / "cache"), "--model", "scan_window=64", "--input",
           "regions={n: 2, size: 64, magnification: 5, voting: majority, seed: 0, min_tissue: 0.5}", "-q")
     d = results / "runs/camelyon16/classification/pixelmamba-6m/fold0"

@@ -61,12 +61,13 @@ def main(args: argparse.Namespace) -> int:
     dataset = resolve_dataset(args.dataset)
     cohort = load_cohort(dataset)
     paths = dict(zip(cohort.table["slide_id"], cohort.table["slide_path"]))
-    cache = FeatureCache(args.cache)
+    mpp = args.mpp if args.mpp is not None else cohort.spec.mpp_override  # as `bench run` reads the slides
+    cache = FeatureCache(args.cache, mpp=mpp)
     status = 0
     for name in [e.strip() for e in args.encoders.split(",") if e.strip()]:
         if args.import_dir is not None:
             enc = get_encoder(name, allow_random=False)  # imported features need the real weights' key
-            rep = import_features(cache, args.import_dir, enc, slides=paths, mpp=args.mpp)
+            rep = import_features(cache, args.import_dir, enc, slides=paths, mpp=mpp)
             print(f"{name}: {rep.summary()}")
             for sid, err in rep.failed.items():
                 print(f"  {sid}: {err}")
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
         if args.visualize is not None:
             vis = Path(args.visualize) if args.visualize else cache.dir_for(enc) / "overview"
         rep = cache.extract(paths, enc, progress=not args.quiet, skip_errors=args.skip_errors,
-                            batch_size=args.batch_size, mpp=args.mpp, reader=args.reader,
+                            batch_size=args.batch_size, mpp=mpp, reader=args.reader,
                             visualize=vis, threads=args.threads,
                             num_workers=args.workers if args.workers is not None
                             else cohort.spec.extract_workers)

@@ -61,18 +61,20 @@ def slide_fingerprint(path: str | Path) -> str:
     return f"{size}:{h}"
 
 
-def slide_identities(table: pd.DataFrame, cases: Iterable[str]) -> dict[str, str]:
-    """slide_id -> fingerprint for the slides of ``cases`` (a missing file: ``missing``)."""
+def slide_identities(table: pd.DataFrame, cases: Iterable[str]) -> dict[str, list[str]]:
+    """case_id -> the sorted fingerprints of its slides, for ``cases``. Keyed by content, not file
+    name: a slide renamed or moved to another disk keeps its identity, a rescan does not."""
     keep = set(cases)
-    out = {}
-    for sid, case, path in zip(table["slide_id"], table["case_id"], table["slide_path"]):
+    out: dict[str, list[str]] = {}
+    for case, path in zip(table["case_id"], table["slide_path"]):
         if case not in keep:
             continue
         try:
-            out[str(sid)] = slide_fingerprint(path) if isinstance(path, str) and path else "no-slide"
+            fp = slide_fingerprint(path) if isinstance(path, str) and path else "no-slide"
         except OSError:
-            out[str(sid)] = "unreadable"
-    return dict(sorted(out.items()))
+            fp = "unreadable"
+        out.setdefault(str(case), []).append(fp)
+    return {c: sorted(v) for c, v in sorted(out.items())}
 
 
 def labels_of(cases: pd.DataFrame, columns: Iterable[str]) -> dict[str, list[float]]:
@@ -107,13 +109,10 @@ def explain(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> list[st
         reasons += bits
     os_, ns = old.get("slides") or {}, new.get("slides") or {}
     if os_ != ns:
-        changed = sorted(s for s in set(os_) & set(ns) if os_[s] != ns[s])
+        changed = sorted(c for c in set(os_) & set(ns) if os_[c] != ns[c])
         if changed:
-            reasons.append(f"{len(changed)} slide file(s) changed on disk (rescanned or replaced: "
-                           f"{', '.join(changed[:limit])})")
-        if set(os_) != set(ns):
-            reasons.append(f"the case's slides changed ({len(set(ns) - set(os_))} added, "
-                           f"{len(set(os_) - set(ns))} removed)")
+            reasons.append(f"the slide files of {len(changed)} case(s) changed on disk (rescanned, replaced, "
+                           f"added or removed: {', '.join(changed[:limit])})")
     for key in ("split", "inputs", "model", "train", "weights", "init", "protocol", "numerics_version",
                 "variant", "tuned", "mpp_override"):
         if old.get(key) != new.get(key):

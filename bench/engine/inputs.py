@@ -14,6 +14,7 @@ import torch
 
 from ..data.datasets import Cohort
 from ..data.features import pre_extracted
+from feature_cache.cache import FeatureFileCorrupt
 from ..registry import MethodSpec
 from ..report.records import InputSpec, WeightsProvenance
 from .identity import digest
@@ -87,7 +88,7 @@ class FeatureInputs:
     def _make_cache(self, cache_root: Path) -> Any:
         from feature_cache import FeatureCache
 
-        return FeatureCache(cache_root)
+        return FeatureCache(cache_root, mpp=self.cohort.spec.mpp_override)
 
     kind = "features"
 
@@ -134,18 +135,19 @@ class FeatureInputs:
                         "another of its slides has tissue. Fix: look at it (`bench extract --visualize`); "
                         "if it holds tissue, the scan may be blank or out of focus -- rescan it",
                         sid, paths[sid], self.encoder.magnification)
-        self.missing |= set(failed)
+        # slides that gave no features (unreadable, or no tissue) are left out of their cases
+        self.missing |= set(failed) | set(getattr(report, "no_tissue", []))
 
     def _load_case(self, case_id: str) -> np.ndarray:
         feats = []
         for sid in self.slides_of[case_id]:
             if sid in self.missing:
                 continue
-            f, _ = self.cache.load(sid, self.encoder)
-            if len(f) and not np.isfinite(f).all():
-                path = self.cache.path_for(sid, self.encoder)
-                log.warning("features of slide %s contain NaN/inf (%s is corrupt); the slide is left out. "
-                            "Fix: delete that file and rerun to extract it again", sid, path)
+            try:
+                f, _ = self.cache.load(sid, self.encoder)
+            except FeatureFileCorrupt as exc:
+                log.warning("features of slide %s %s (%s is corrupt); the slide is left out. "
+                            "Fix: delete that file and rerun to extract it again", sid, exc.reason, exc.path)
                 self.missing.add(sid)
                 continue
             if len(f):
@@ -240,7 +242,7 @@ class RegionFeatureInputs(FeatureInputs):
     def _make_cache(self, cache_root: Path) -> Any:
         from feature_cache import RegionFeatureCache
 
-        return RegionFeatureCache(cache_root)
+        return RegionFeatureCache(cache_root, mpp=self.cohort.spec.mpp_override)
 
     kind = "region_features"
 

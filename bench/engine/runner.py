@@ -224,12 +224,14 @@ def _only_slides_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
         {k: v for k, v in new.items() if k not in strip})
 
 
-def _changed_slides_unreadable(p: UnitPlan, old: dict[str, Any], fi: Inputs) -> list[str]:
-    """The slides that changed since ``p``'s unit finished, when none of them gives input now (else [])."""
+def _changed_slides_unreadable(p: UnitPlan, old: dict[str, Any], fi: Inputs, table: pd.DataFrame) -> list[str]:
+    """The slides of the cases whose slide files changed since ``p``'s unit finished, when none of
+    them gives input now (else [])."""
     before, now = old.get("slides") or {}, p.config["slides"]
-    changed = [s for s in now if before.get(s) != now[s]]
+    cases = {c for c in now if before.get(c) != now[c]}
+    slides = [str(s) for s, c in zip(table["slide_id"], table["case_id"]) if c in cases]
     missing = getattr(fi, "missing", set())
-    return changed if changed and all(s in missing for s in changed) else []
+    return slides if slides and all(s in missing for s in slides) else []
 
 
 def _row_signature(config: dict[str, Any]) -> str:
@@ -304,7 +306,7 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
                     fi.ensure()
                 extracted.add(p.inputs_key)
             if p.unit in report.redone and _only_slides_changed(store.done_config(unit) or {}, p.config):
-                gone = _changed_slides_unreadable(p, store.done_config(unit) or {}, fi)
+                gone = _changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
                 if gone:
                     log.warning("%s: slide(s) %s changed on disk and cannot be read now; the finished result, made "
                                 "from their earlier version, is kept. Fix the file(s) and rerun to redo it",

@@ -209,11 +209,11 @@ def test_f21_unit_failure_under_ddp_stops_the_rank(cohort, monkeypatch, caplog):
     monkeypatch.setattr(D, "rank", lambda: 0)
     real, calls = R._run_unit, []
 
-    def failing(unit, *a, **k):
-        calls.append(unit)
-        if unit.fold == 1:
+    def failing(plan, *a, **k):
+        calls.append(plan.unit)
+        if plan.unit.fold == 1:
             raise MemoryError("one rank's slide did not fit")
-        return real(unit, *a, **k)
+        return real(plan, *a, **k)
 
     monkeypatch.setattr(R, "_run_unit", failing)
     with pytest.raises(MemoryError):  # the process ends with the error (torchrun sees a failed worker)

@@ -43,7 +43,8 @@ def test_f01_truncated_slide(cohort):
     r = cohort.run()
     assert r.code == 0, r.text
     assert "8 unit(s) run, 2 already done" in r.out, r.out
-    assert f"1 slide file(s) changed on disk (rescanned or replaced: {slide_id(5)})" in r.err
+    assert f"the slide files of 1 case(s) changed on disk (rescanned, replaced, added or removed: {case_id(5)})" \
+        in r.err
     cohort.assert_kept(with_it)
     for p in without:
         assert json.loads(p.read_text())["cases_without_input"] == []
