@@ -1,82 +1,18 @@
-"""Small I/O primitives the results store and split manager share: atomic writes and locks.
-
-A file that exists is complete: every write goes to a temporary file in the same directory and is
-renamed over the target (``os.replace`` is atomic on POSIX), so a killed process leaves at most a
-stray ``*.tmp`` that nothing reads as done.
-"""
+"""Small I/O primitives of the harness: atomic writes (one implementation, ``feature_cache.io``,
+re-exported here), safe names for ids that become paths, and a check that a root is writable."""
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+
+
+from feature_cache.io import (DISK_FULL_ERRNOS, DiskFullError, atomic_path, atomic_write_bytes,  # noqa: F401
+                              atomic_write_json, atomic_write_text, disk_full)
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+\-]")
-DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-
-class DiskFullError(OSError):
-    """A write failed for lack of space (or a file-size limit); ``filename`` is the target."""
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Is ``exc`` (or what caused it) a full disk? h5py and numpy sometimes lose the errno in
-    their own exception types, so the message is checked too."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return True
-        if "No space left on device" in str(exc) or "File too large" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if disk_full(exc):
-            raise DiskFullError(getattr(exc, "errno", errno.ENOSPC) or errno.ENOSPC,
-                                "No space left on device" if getattr(exc, "errno", None) != errno.EFBIG
-                                else "File too large", str(path)) from exc
-        raise
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def safe_name(name: str) -> str:

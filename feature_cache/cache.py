@@ -52,6 +52,7 @@ from filelock import FileLock, Timeout
 
 from feature_cache.encoders import Encoder
 from feature_cache.loader import default_threads, default_workers
+from feature_cache.io import atomic_path, atomic_write_text
 from feature_cache.slide import SlideError, mag_to_mpp, mpp_to_mag, open_slide
 from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue
 
@@ -131,9 +132,7 @@ def _check_id(slide_id: str) -> str:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 class FeatureCache:
@@ -563,10 +562,9 @@ def _read_batches(path: Path, open_kwargs: Mapping[str, Any], coords: np.ndarray
 
 def _write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any],
               coord_attrs: Mapping[str, Any]) -> None:
-    """Write to ``<out>.tmp`` and rename: the final name only ever holds a complete file."""
-    tmp = out.with_name(out.name + ".tmp")
+    """Write through a temporary file and rename: the final name only ever holds a complete file."""
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=feats)
             d = f.create_dataset("coords", data=coords.astype(np.int64))
             for k, v in coord_attrs.items():
@@ -574,7 +572,5 @@ def _write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[s
             for k, v in attrs.items():
                 f.attrs[k] = v
             f.attrs["arrays_sha256"] = arrays_sha256(feats, coords)  # verified by FeatureCache.load
-        os.replace(tmp, out)
     except OSError as err:  # disk full, quota...: no half file stays behind; the error names the file
-        tmp.unlink(missing_ok=True)
         raise OSError(err.errno, f"cannot write {out}: {err}", str(out)) from err

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -99,13 +97,10 @@ class SlideImageCache:
 
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     """np.save through a temp file + rename, so a half-written array is never taken for a cached one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from feature_cache.io import atomic_path
+
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):  # disk full...: name the file
-            raise OSError(err.errno, f"cannot write {path}: {err}", str(path)) from err
-        raise
+    except OSError as err:  # disk full...: name the file
+        raise OSError(err.errno, f"cannot write {path}: {err}", str(path)) from err

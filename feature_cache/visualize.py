@@ -64,9 +64,9 @@ def write_overview(slide: Slide | str | os.PathLike, out_png: str | os.PathLike,
             s.close()
     img = render_overview(thumb, mask, coords, side0, ds)
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    img.save(tmp)
-    os.replace(tmp, out)
+    from feature_cache.io import atomic_path
+
+    with atomic_path(out, suffix=".tmp.png") as tmp:
+        img.save(tmp)
     log.info("%s: %d patches; overview written to %s", s.path, len(coords), out)
     return out

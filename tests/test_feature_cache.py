@@ -275,7 +275,7 @@ def test_killed_write_never_counts_as_done(tmp_path: Path, slides: dict[str, Pat
     out = cache.path_for(sid, encoder, **_mt())
     out.parent.mkdir(parents=True)
     # what a writer killed mid-write leaves: a partial temp file and its lock file
-    out.with_name(out.name + ".tmp").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    out.with_name(f".{out.name}.12345.tmp").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     Path(str(out) + ".lock").touch()
     assert not cache.has(sid, encoder, **_mt())
     with pytest.raises(fc.CacheMissError):
@@ -283,7 +283,8 @@ def test_killed_write_never_counts_as_done(tmp_path: Path, slides: dict[str, Pat
     rep = _five_x(cache, {sid: path}, encoder)
     assert rep.done == [sid]
     assert cache.load(sid, encoder, **_mt())[0].shape[1] == 1024
-    assert not out.with_name(out.name + ".tmp").exists()
+    # this writer's own temporary file is gone; only the killed writer's stray one is left
+    assert [p.name for p in out.parent.glob(f".{out.name}.*.tmp")] == [f".{out.name}.12345.tmp"]
     # a corrupt final file (e.g. disk trouble) is detected and redone, not trusted
     out.write_bytes(b"garbage")
     assert _five_x(cache, {sid: path}, encoder).done == [sid]

@@ -51,7 +51,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,6 +58,8 @@ import numpy as np
 import tifffile
 from filelock import FileLock
 from PIL import Image
+
+from ..io import atomic_path, atomic_write_text
 
 __all__ = [
     "DEMO_VERSION",
@@ -349,8 +350,7 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float | None = MPP) -> 
     Levels are successive pages (OpenSlide ignores SubIFDs), resolution in pixels per centimetre.
     Written to ``path.tmp`` and renamed, so a killed writer never leaves a file that looks done.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    with tifffile.TiffWriter(tmp, bigtiff=False) as tw:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=False) as tw:
         for i, level in enumerate(_pyramid(rgb)):
             ds = 4**i
             res = {} if mpp is None else {"resolution": (1e4 / mpp / ds, 1e4 / mpp / ds),
@@ -367,13 +367,10 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float | None = MPP) -> 
                 software="wsi-bench demo",
                 metadata=None,
             )
-    os.replace(tmp, path)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _sha256(path: Path) -> str:

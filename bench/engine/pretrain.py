@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..io import atomic_path
 from . import distributed as D
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,8 @@ def _folders(data: Path) -> tuple[Path, Path | None]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def pretrain(data: Path | str, out: Path | str, cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
                  f"; {len(report.done_before)} of {len(plans)} already done (resuming)" if report.done_before else "")
     else:
         log.info("nothing to do: all %d unit(s) already done", len(report.done_before))
-    _execute(todo, planner, store, report, progress, t0, resolve_device(device))
+    _execute(todo, planner, store, report, progress, t0, device)
     if report.ran and D.is_main():
         try:
             store.summarize(dataset)
@@ -397,6 +397,7 @@ def sample_labels(row: pd.Series, task: str) -> dict[str, float]:
 def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device: Any
               ) -> tuple[pd.DataFrame, pd.DataFrame, UnitRecord]:
     unit, spec, cohort = p.unit, p.spec, planner.cohort
+    device = resolve_device(device)
     splits = planner.splits[unit.task]
     cases = cohort.cases(unit.task).set_index("case_id")
     without = [c for c in cases.index if not fi.has(c)]
