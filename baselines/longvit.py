@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,15 @@ logger = logging.getLogger(__name__)
 def _trunc_normal(t: Tensor, std: float = 0.02) -> None:
     """LongViT's initialiser: a normal truncated at ±1 std (not timm's ±2)."""
     nn.init.trunc_normal_(t, std=std, a=-std, b=std)
+
+
+class Tokens(NamedTuple):
+    """What :meth:`LongViT.tokens` returns."""
+
+    tokens: Tensor  # (B, h·w, C) patch tokens with positions, row-major
+    padding: Tensor  # (B, h·w) True on tokens with no real pixel
+    h: int
+    w: int
 
 
 class LongViTLayer(nn.Module):
@@ -129,7 +139,7 @@ class LongViT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.checkpointing = enable
 
-    def tokens(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, int, int]:
+    def tokens(self, x: Tensor, mask: Tensor | None = None) -> Tokens:
         """Patch tokens with positions ``(B, h·w, C)``, their padding mask ``(B, h·w)`` (True on
         tokens with no real pixel) and the grid ``h, w``."""
         B, _, H, W = x.shape
@@ -145,7 +155,7 @@ class LongViT(nn.Module):
         else:
             m = F.pad(mask.to(torch.bool), (0, pw, 0, ph), value=True)  # (B, H', W')
             pad = m.view(B, h, p, w, p).all(4).all(2).flatten(1)  # (B, h·w) all-padding tokens
-        return tok, pad, h, w
+        return Tokens(tok, pad, h, w)
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, 3, H, W)`` → ``(B, num_features)``; ``mask (B, H, W)`` True on padding pixels."""
@@ -184,4 +194,4 @@ def count_without_positions(model: LongViT) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-__all__ = ["LongViT", "LongViTLayer", "longvit_s", "count_without_positions"]
+__all__ = ["LongViT", "LongViTLayer", "Tokens", "longvit_s", "count_without_positions"]

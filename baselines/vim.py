@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -58,6 +59,14 @@ from pixelmamba.mixer import BiMambaMixer
 logger = logging.getLogger(__name__)
 
 PRETRAIN_IMG_SIZE = 224  # Vim's position table covers a 224² image
+
+
+class Tokens(NamedTuple):
+    """What :meth:`VisionMamba.tokens` returns."""
+
+    tokens: Tensor  # (B, h·w, C) patch tokens with positions, raster order
+    h: int
+    w: int
 
 
 class VimBlock(nn.Module):
@@ -156,14 +165,14 @@ class VisionMamba(nn.Module):
             grid = grid.flatten(2).transpose(1, 2)  # (1, h·w, C)
         return grid
 
-    def tokens(self, x: Tensor) -> tuple[Tensor, int, int]:
+    def tokens(self, x: Tensor) -> Tokens:
         """Patch tokens with positions ``(B, h·w, C)`` in raster order, and the grid ``h, w``."""
         H, W = x.shape[-2:]
         p = self.patch_size
         x = F.pad(x, (0, -W % p, 0, -H % p))  # zeros = the mean colour of the normalised input
         tok = self.patch_embed(x)  # (B, C, h, w)
         h, w = tok.shape[-2:]
-        return tok.flatten(2).transpose(1, 2) + self.positions(h, w), h, w  # (B, h·w, C)
+        return Tokens(tok.flatten(2).transpose(1, 2) + self.positions(h, w), h, w)  # (B, h·w, C)
 
     def _encode(self, tok: Tensor) -> Tensor:
         """Tokens ``(B, M, C)`` with positions → final CLS ``(B, C)``: CLS inserted at ``M // 2``,

@@ -158,7 +158,7 @@ class Slide:
         for key in ("openslide.objective-power", "tiffslide.objective-power", "aperio.AppMag"):
             try:
                 power = float(self.properties.get(key, ""))
-            except ValueError:
+            except (TypeError, ValueError):  # absent, None (tiffslide lists the key as None), or text
                 continue
             if math.isfinite(power) and power > 0:
                 return power

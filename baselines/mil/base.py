@@ -2,7 +2,7 @@
 
 A bag is the patch features of one case: ``(N, D)`` or ``(1, N, D)``. ``forward_features`` pools it
 to ``(1, num_features)``, ``forward_head`` maps that to logits, ``forward`` chains the two. One
-parametrized test then covers every aggregator.
+parametrized test (tests/test_model_face.py) covers them with the end-to-end models.
 """
 
 from __future__ import annotations
@@ -40,4 +40,5 @@ class MILModel(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, n_out: int) -> None:
-        self.head = nn.Linear(self.num_features, n_out)
+        """Replace the head (``0``: identity, ``forward`` returns the pooled features, as timm's)."""
+        self.head = nn.Linear(self.num_features, n_out) if n_out > 0 else nn.Identity()
