@@ -268,3 +268,71 @@ def test_zeroed_feature_file_is_refused_on_read(tmp_path):
         f["features"][...] = 0.0  # as a buggy copy or a tool "cleaning" the file would leave it
     with pytest.raises(FeatureFileCorrupt, match="do not match the checksum"):
         cache.load("S1", enc)
+
+
+# --- one unit executor: `tune` builds exactly the network `run` builds -------------------------------
+class _Recorded(Exception):
+    pass
+
+
+class _SecondStageInputs(StageInputs):
+    """Tiles with a second stage's weights decided by the inputs (as TileInputs does)."""
+
+    model_kwargs = {"weights": "/weights/slide_encoder.pth"}
+
+    def provenance(self):
+        return super().provenance() + [
+            __import__("bench.report.records", fromlist=["WeightsProvenance"]).WeightsProvenance(
+                "slide_encoder", "pretrained", "slide_encoder.pth", "/weights/slide_encoder.pth", "ab")]
+
+
+class _FakeSlides(StageInputs):
+    def __init__(self, cohort, magnification, cache_root, progress, raw_rgb=False):
+        super().__init__(cohort, "slide", cache_root, False, progress)
+
+
+@pytest.mark.parametrize("method", ["abmil.resnet50", "prov-gigapath-cls", "pixelmamba-6m"])
+def test_tune_builds_the_network_run_builds(cohort, monkeypatch, tmp_path, method):
+    pytest.importorskip("optuna")
+    import bench.engine.inputs as inputs_mod
+    import bench.engine.tuning as tuning_mod
+    from bench.engine.tuning import tune, split_params
+
+    spec, results, _ = cohort
+    monkeypatch.setitem(runner._FEATURE_INPUTS, "tiles", _SecondStageInputs)
+    monkeypatch.setattr(inputs_mod, "SlideInputs", _FakeSlides)
+    init = tmp_path / "init.pt"
+    if get_method(method).family == "end-to-end":  # a checkpoint that fits (a few of the network's tensors)
+        from bench.registry import build_model
+
+        sd = build_model(method, 4, scan_window=64).state_dict()
+        torch.save({"model": {k: sd[k] for k in list(sd)[:3]}}, init)
+    seen = {}
+
+    def record(where):
+        def fake(recipe, task, train, test, cfg, **kw):
+            seen[where] = recipe
+            raise _Recorded(where)
+        return fake
+
+    monkeypatch.setattr(runner, "fit_and_score", record("run"))
+    monkeypatch.setattr(tuning_mod, "fit_and_score", record("tune"))
+    m = get_method(method)
+    e2e = m.family == "end-to-end"
+    rep = run([m], str(spec), results=results, tasks=["staging"], folds=[0], progress=False,
+              train_overrides={"epochs": 1}, init=init if e2e else None)
+    assert "_Recorded" in next(iter(rep.failed.values()))
+    with pytest.raises(_Recorded):
+        tune(m, str(spec), n_trials=1, tasks=["staging"], folds=[0], results=results, progress=False,
+             train_overrides={"epochs": 1}, init=init if e2e else None)
+    r, t = seen["run"], seen["tune"]
+    _, searched = split_params(tuning_mod.load_space(m)["space"])
+    assert t.spec == r.spec and t.n_out == r.n_out
+    assert {k: v for k, v in t.options.items() if k not in searched} == \
+        {k: v for k, v in r.options.items() if k not in searched}
+    assert t.input_kwargs == r.input_kwargs  # e.g. the second stage's pretrained weights
+    assert (t.init, t.init_sha256) == (r.init, r.init_sha256)  # --init reaches tuning too
+    if method == "prov-gigapath-cls":
+        assert r.input_kwargs == {"weights": "/weights/slide_encoder.pth"}
+    if e2e:
+        assert r.init == init
