@@ -206,6 +206,19 @@ def find_weights(explicit: str | os.PathLike | None, source: WeightsSource
     return None, "", ""
 
 
+def kind_for_path(path: str | os.PathLike, source: WeightsSource) -> str:
+    """How ``path`` was most likely found for ``source``: ``env`` when it is the environment
+    variable's file, ``hub`` when it lives in the hub or torch hub cache, else ``explicit``."""
+    real = os.path.realpath(path)
+    value = os.environ.get(source.env)
+    if value and os.path.realpath(value) == real:
+        return "env"
+    cached = [hub_cache_file(r, f) for r, f in source.hub] + [torch_hub_dir() / f for f in source.torch_hub]
+    if any(c is not None and os.path.realpath(c) == real for c in cached):
+        return "hub"
+    return "explicit"
+
+
 def kind_of(how: str) -> str:
     """The provenance kind of a resolution label (``explicit path``, ``$ENV``, ``local hub cache``…)."""
     if how.startswith("$"):
@@ -423,9 +436,9 @@ def match_state_dict(own: Mapping[str, Any], obj: Any, keymaps: tuple[KeyMap, ..
 
 
 def load_release(module: "torch.nn.Module", path: str | os.PathLike, source: WeightsSource, *,
-                 kind: str = "explicit", obj: Any = None) -> WeightsProvenance:
+                 kind: str = "explicit", obj: Any = None) -> tuple[WeightsProvenance, Matched]:
     """Load a released checkpoint into ``module`` through ``source.keymaps``, strictly, and record
-    it: the provenance is appended to ``module.weights_provenance`` and returned."""
+    it: the provenance is appended to ``module.weights_provenance`` and returned with the match."""
     path = Path(path)
     if obj is None:
         obj = read_checkpoint(path)
@@ -440,7 +453,7 @@ def load_release(module: "torch.nn.Module", path: str | os.PathLike, source: Wei
     record(module, prov)
     log.info("%s: %d tensors from %s (layout %s; %d dropped, %d left at init)", source.component,
              len(matched.state), path, matched.keymap.name, len(matched.dropped), len(matched.init_only))
-    return prov
+    return prov, matched
 
 
 def record(module: Any, prov: WeightsProvenance) -> None:
