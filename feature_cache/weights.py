@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 SOURCE_KINDS = ("explicit", "env", "hub", "random")
 
 
-class WeightsError(RuntimeError):
-    """Weights that were asked for cannot be used; the message names the file, the keys and the fix."""
+class WeightsError(RuntimeError, ValueError):
+    """Weights that were asked for cannot be used; the message names the file, the keys and the fix.
+    A ``ValueError`` too, so the command line reports it as a user error (one line, no traceback)."""
 
 
 # ------------------------------------------------------------------------ the data

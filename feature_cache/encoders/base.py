@@ -74,7 +74,8 @@ class EncoderSpec:
 
     def weights_source(self) -> WeightsSource:
         """The generic view of where this encoder's weights come from (``bench weights``)."""
-        files = tuple(dict.fromkeys([f for _, f in self.hub_files] + list(self.torch_hub_files)))
+        files = tuple(dict.fromkeys([f for _, f in self.hub_files] + list(self.torch_hub_files)
+                                    + list(self.published_sha256)))
         return WeightsSource(component=f"encoder {self.name}", env=self.weights_env, files=files,
                              official=self.official, keymaps=self.keymaps, hub=self.hub_files,
                              torch_hub=self.torch_hub_files, sha256=self.published_sha256,
