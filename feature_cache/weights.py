@@ -44,9 +44,6 @@ __all__ = ["WeightsError", "KeyMap", "WeightsSource", "WeightsProvenance", "Matc
 
 log = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("explicit", "env", "hub", "random")
-
-
 class WeightsError(RuntimeError, ValueError):
     """Weights that were asked for cannot be used; the message names the file, the keys and the fix.
     A ``ValueError`` too, so the command line reports it as a user error (one line, no traceback)."""
@@ -147,7 +144,7 @@ TRANSFORMS: dict[str, Callable[["torch.Tensor", tuple[int, ...]], "torch.Tensor"
 # ------------------------------------------------------------------------ finding files
 
 
-def _offline_hub_cache() -> str | None:
+def _hub_cache_root() -> str | None:
     try:
         from huggingface_hub import constants
     except ImportError:
@@ -168,7 +165,7 @@ def hub_cache_file(repo_id: str, filename: str) -> Path | None:
 
 def hub_cache_path(repo_id: str, filename: str) -> str:
     """Where a download of ``repo_id/filename`` would live (for messages: where to put it)."""
-    root = _offline_hub_cache() or "~/.cache/huggingface/hub"
+    root = _hub_cache_root() or "~/.cache/huggingface/hub"
     return f"{root}/models--{repo_id.replace('/', '--')}/snapshots/<revision>/{filename}"
 
 
