@@ -35,16 +35,19 @@ from torch import nn
 
 from .mil.abmil import GatedAttention
 from .mil.base import Bag, MILModel
-from .weights import find_weights, load_matching, read_checkpoint
+from feature_cache.weights import find_weights, kind_for_path, record
 
-VIT4K_WEIGHTS_ENV = "BENCH_WEIGHTS_HIPT_VIT4K"
+from .weights import HIPT_VIT4K, load
+
+VIT4K_WEIGHTS_ENV = HIPT_VIT4K.env
 GRID = 16  # 4096 / 256 patches per region side
 
 
 def find_vit4k_weights(weights: str | os.PathLike | None = None):
     """(path, how) of HIPT's ``vit4k_xs_dino.pth``: explicit path, then ``$BENCH_WEIGHTS_HIPT_VIT4K``.
     The release lives in the HIPT GitHub repository (``HIPT_4K/Checkpoints``), not on the hub."""
-    return find_weights(weights, VIT4K_WEIGHTS_ENV)
+    path, _, how = find_weights(weights, HIPT_VIT4K)
+    return path, how
 
 
 class ViT4K(nn.Module):
@@ -116,7 +119,7 @@ class HIPT(MILModel):
         self.weights_4k = None
         if weights_4k is not None:
             path = os.fspath(weights_4k)
-            load_matching(self.local_vit, read_checkpoint(path), path, "HIPT ViT-4K (vit4k_xs_dino.pth)")
+            record(self, load(self.local_vit, path, HIPT_VIT4K, kind=kind_for_path(path, HIPT_VIT4K)))
             self.weights_4k = path
         self.freeze_4k = freeze_4k
         if freeze_4k:

@@ -48,17 +48,20 @@ from torch import nn
 from .dilated_attention import DEFAULT_RATIOS, DilatedAttention
 from .mil.abmil import GatedAttention
 from .mil.base import Bag, MILModel
-from .weights import find_weights, load_matching, read_checkpoint
+from feature_cache.weights import find_weights, kind_for_path, record
 
-SLIDE_WEIGHTS_ENV = "BENCH_WEIGHTS_GIGAPATH_SLIDE"
-SLIDE_WEIGHTS_HUB = ("prov-gigapath/prov-gigapath", "slide_encoder.pth")
+from .weights import GIGAPATH_SLIDE, load
+
+SLIDE_WEIGHTS_ENV = GIGAPATH_SLIDE.env
+SLIDE_WEIGHTS_HUB = GIGAPATH_SLIDE.hub[0]
 
 
 def find_slide_encoder_weights(weights: str | os.PathLike | None = None):
     """(path, how) of ``slide_encoder.pth``: explicit path, ``$BENCH_WEIGHTS_GIGAPATH_SLIDE``, then
     the local hub cache of ``prov-gigapath/prov-gigapath`` (gated: accept its terms, then
     ``huggingface-cli download prov-gigapath/prov-gigapath slide_encoder.pth``)."""
-    return find_weights(weights, SLIDE_WEIGHTS_ENV, SLIDE_WEIGHTS_HUB)
+    path, _, how = find_weights(weights, GIGAPATH_SLIDE)
+    return path, how
 
 
 def release_segment_lengths(max_wsi_size: int = 262144, tile_size: int = 256, n: int = 5) -> list[int]:
@@ -167,8 +170,8 @@ class ProvGigaPath(MILModel):
         self.weights = None
         if weights is not None:
             path = os.fspath(weights)
-            load_matching(self.slide_encoder_modules(), read_checkpoint(path, wrappers=("model",), strip=()),
-                          path, "Prov-GigaPath slide encoder (slide_encoder.pth)")
+            record(self, load(self.slide_encoder_modules(), path, GIGAPATH_SLIDE,
+                              kind=kind_for_path(path, GIGAPATH_SLIDE)))
             self.weights = path
         # never run: the layers after the last one read, and the closing LayerNorm
         for layer in self.encoder.layers[max(self.feat_layers):]:

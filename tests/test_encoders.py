@@ -154,7 +154,7 @@ def test_resolution_order_env_cache_download(tiny, tmp_path: Path, monkeypatch) 
     assert "HF_HUB_OFFLINE" in msg and spec.weights_env in msg and "huggingface-cli download tiny/repo" in msg
     assert "HF_TOKEN" in msg  # gated repositories need an accepted licence
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(E, "_hub_unreachable", lambda: "")  # pretend the hub answers the probe
+    monkeypatch.setattr(E.resolve, "_hub_unreachable", lambda: "")  # pretend the hub answers the probe
     enc = E.get_encoder(spec.name)
     assert downloads == ["tiny/repo"] and enc.weights_source.startswith("hub download")
 
@@ -171,7 +171,7 @@ def test_random_weights_are_marked_seeded_and_cheap_to_fingerprint(tiny) -> None
 def test_real_names_fail_clearly_offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("BENCH_WEIGHTS_GIGAPATH", raising=False)
-    monkeypatch.setattr(E, "_cached_weight_files", lambda spec: [])
+    monkeypatch.setattr(E.resolve, "_cached_weight_files", lambda spec: [])
     with pytest.raises(E.EncoderWeightsError, match="BENCH_WEIGHTS_GIGAPATH.*prov-gigapath/prov-gigapath"):
         E.get_encoder("gigapath")  # fails before building anything
 
@@ -244,7 +244,7 @@ def test_unreachable_hub_is_reported_without_downloading(monkeypatch) -> None:
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(E, "_hub_unreachable", lambda: "huggingface.co unreachable (test)")
+    monkeypatch.setattr(E.resolve, "_hub_unreachable", lambda: "huggingface.co unreachable (test)")
     tried = []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: tried.append(kw))
     path, why = E._download(E._spec("resnet50"))

@@ -72,3 +72,63 @@ def test_load_init_refuses_foreign_and_unsafe_files(tmp_path: Path) -> None:
 def test_pretrain_rejects_a_non_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="ImageFolder"):
         pretrain(tmp_path / "nope", tmp_path / "out", _cfg(1), progress=False)
+
+
+def test_checkpoint_layout_is_the_documented_one(tmp_path: Path) -> None:
+    """docs/weights.md: `<out>/last.pt` = {format, arch, classes, step, epoch, config, model,
+    optimizer, scheduler}, read with weights_only=True; `model` is the network's state dict."""
+    from bench.pretrain import CHECKPOINT_FORMAT
+
+    pretrain(_imagefolder(tmp_path / "data"), tmp_path / "ck", _cfg(max_steps=1), progress=False)
+    ck = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
+    assert set(ck) == {"format", "arch", "classes", "step", "epoch", "config", "model", "optimizer", "scheduler"}
+    assert ck["format"] == CHECKPOINT_FORMAT == "wsi-bench-pretrain/1" and ck["arch"] == "pixelmamba-6m"
+    assert set(ck["model"]) == set(build_model("pixelmamba-6m", 3, **TINY).state_dict())
+
+
+@pytest.mark.slow
+def test_pretrain_21m_checkpoint_starts_a_slide_model(tmp_path: Path) -> None:
+    cfg = _cfg(max_steps=1)
+    cfg.model = "pixelmamba-21m"
+    pretrain(_imagefolder(tmp_path / "data"), tmp_path / "ck", cfg, progress=False)
+    model = build_model("pixelmamba-21m", 4, **TINY)
+    report = load_init(model, tmp_path / "ck" / "last.pt")
+    assert set(report.shape_mismatch) == {"head.weight", "head.bias"} and not report.unexpected
+    prov = model.weights_provenance[-1]
+    assert prov.component == "--init" and prov.n_keys == len(report.loaded) and len(prov.sha256) == 64
+
+
+@pytest.mark.slow
+def test_run_init_end_to_end_from_a_pretrain_checkpoint(tmp_path: Path) -> None:
+    """`bench pretrain` on a tiny ImageFolder, then `bench run --init` of Pixel-Mamba-6M on a tiny
+    demo cohort (3 regions of 64 px per slide): the units train from the checkpoint and their
+    config records it (path and content hash)."""
+    import json
+
+    from bench import registry, runner
+    from feature_cache.weights import file_sha256
+
+    pretrain(_imagefolder(tmp_path / "data"), tmp_path / "ck", _cfg(max_steps=1), progress=False)
+    ckpt = tmp_path / "ck" / "last.pt"
+    spec = tmp_path / "pmtoy.yaml"
+    spec.write_text(f"""generator: demo
+generator_args: {{n_cases: 10, seed: 3}}
+root: {tmp_path / 'cohort'}
+slides: slides
+slide_glob: "*.tiff"
+clinical: clinical.csv
+clinical_format: normalized
+tasks: [staging]
+allow_random_weights: true
+model:
+  end-to-end:
+    regions: {{n: 3, size: 64, magnification: 5, voting: majority, seed: 0, min_tissue: 0.5}}
+""")
+    rep = runner.run([registry.get_method("pixelmamba-6m")], str(spec), folds=[0], results=tmp_path / "res",
+                     cache=tmp_path / "cache", train_overrides={"epochs": 1}, model_overrides=TINY, progress=False,
+                     init=ckpt)
+    assert len(rep.ran) == 1 and not rep.failed, rep.failed
+    unit = tmp_path / "res/runs/pmtoy/staging/pixelmamba-6m/fold0"
+    cfg = json.loads((unit / "config.json").read_text())
+    assert cfg["init"] == {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)[:16]}
+    assert (unit / "metrics.json").is_file()

@@ -26,6 +26,9 @@ from typing import Any
 
 import torch
 
+from baselines.weights import load_release_init
+from feature_cache.weights import WeightsError, WeightsProvenance, file_sha256, read_checkpoint, record
+
 from ..io import atomic_path
 from . import distributed as D
 
@@ -45,6 +48,7 @@ class InitReport:
     shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # in the model, absent from the checkpoint
     unexpected: list[str] = field(default_factory=list)  # in the checkpoint, absent from the model
+    provenance: Any = None  # feature_cache.weights.WeightsProvenance (also on model.weights_provenance)
 
     def summary(self) -> str:
         parts = [f"init from {self.path}: {len(self.loaded)} tensors loaded"]
@@ -87,10 +91,12 @@ def load_init(model: torch.nn.Module, path: Path | str) -> InitReport:
     if not path.is_file():
         raise FileNotFoundError(f"--init checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 — unpickling errors of many kinds
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc} "
-                         "(only weights are loaded, weights_only=True)") from exc
+        obj = read_checkpoint(path)
+    except WeightsError as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc} (only weights are loaded, weights_only=True)") from exc
+    if (release := load_release_init(model, path, obj)) is not None:  # Vim-Ti / LongViT-S: their key map
+        prov, m = release
+        return InitReport(str(path), loaded=sorted(m.state), missing=m.init_only, unexpected=m.dropped, provenance=prov)
     state = _state_dict(obj, path)
     own = model.state_dict()
     report = InitReport(str(path))
@@ -109,6 +115,9 @@ def load_init(model: torch.nn.Module, path: Path | str) -> InitReport:
                          f"{_names(list(state), 3)}; the model has e.g. {_names(list(own), 3)}): "
                          "a checkpoint of another architecture?")
     model.load_state_dict(usable, strict=False)
+    report.provenance = WeightsProvenance("--init", "explicit", str(path), file_sha256(path), "name-for-name",
+                                          tuple(report.unexpected + list(report.shape_mismatch)), len(usable))
+    record(model, report.provenance)
     return report
 
 
