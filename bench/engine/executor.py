@@ -61,6 +61,7 @@ class Outcome:
     train_seconds_per_slide: float | None
     peak_rss_mb: float | None
     peak_cuda_mb: float | None
+    loaded: list[dict[str, Any]] = field(default_factory=list)  # what the network's build loaded (file, sha256, key map)
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -89,9 +90,10 @@ def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test:
     _reset_peak_memory()
     pred, train_log, info = train_and_predict(model, task, train, test, cfg, progress=progress, desc=desc)
     steps = cfg.epochs * info["train_cases"]  # one slide (or one case's bag) per forward pass
+    loaded = [w.as_dict() if hasattr(w, "as_dict") else dict(w) for w in getattr(model, "weights_provenance", [])]
     return Outcome(pred, train_log, T.score(task, pred), info, count_parameters(model),
                    count_trainable_parameters(model),
-                   info["train_seconds"] / steps if steps else None, **_peak_memory())
+                   info["train_seconds"] / steps if steps else None, **_peak_memory(), loaded=loaded)
 
 
 def _reset_peak_memory() -> None:

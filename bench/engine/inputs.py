@@ -115,10 +115,12 @@ class FeatureInputs:
         if e.random_weights:
             return [WeightsProvenance(f"encoder {e.name}", "random",
                                       f"random initialisation (no {e.name} weights found)", sha256=e.fingerprint)]
-        path = getattr(e, "_weights_file", None)
+        loaded = (getattr(e, "weights_provenance", None) or [None])[0]  # feature_cache.weights' record
+        path = getattr(loaded, "path", None) or getattr(e, "_weights_file", None)
         return [WeightsProvenance(f"encoder {e.name}", "pretrained",
                                   f"pretrained ({e.weights_source}; fingerprint {e.fingerprint})",
-                                  str(path) if path else None, e.fingerprint)]
+                                  str(path) if path else None, getattr(loaded, "sha256", None) or e.fingerprint,
+                                  getattr(loaded, "mapping", None))]
 
     def ensure(self, cases: Iterable[str] | None = None) -> None:
         """Features of every slide (of ``cases`` only, when given) are cached."""

@@ -430,10 +430,16 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
         train_seconds=out.info["train_seconds"], train_seconds_per_slide=out.train_seconds_per_slide,
         peak_rss_mb=out.peak_rss_mb, peak_cuda_mb=out.peak_cuda_mb, finished=time.time(),
         info={**{k: v for k, v in out.info.items() if k != "train_seconds"}, "non_default": p.non_default,
-              "device": str(device),
+              "device": str(device), "weights_loaded": out.loaded + _encoder_loads(fi),
               "order": _registry_position(spec.name)},
     )
     return out.predictions, out.train_log, record
+
+
+def _encoder_loads(fi: Inputs) -> list[dict[str, Any]]:
+    """What the patch encoder's weights were loaded from (file, sha256, key map), when it has a record."""
+    enc = getattr(fi, "encoder", None)
+    return [w.as_dict() for w in getattr(enc, "weights_provenance", None) or [] if hasattr(w, "as_dict")]
 
 
 def _registry_position(name: str) -> int:

@@ -49,6 +49,7 @@ class WeightsProvenance:
     label: str  # for humans and table footnotes: "ImageNet (resnet50 weights, sha256 …)"
     path: str | None = None
     sha256: str | None = None
+    mapping: str | None = None  # the release layout's key map used to load it (feature_cache.weights)
 
     @property
     def random(self) -> bool:
