@@ -13,15 +13,14 @@ Why each piece:
 * The directory hash covers everything that changes the numbers (encoder name, a fingerprint of
   its weight *values*, preprocessing version, patch size, magnification, tissue threshold, format
   version), so a changed parameter can never reuse stale features.
-* "Done" means the final ``.h5`` exists and opens with its datasets. It is written as
-  ``<slide_id>.h5.tmp`` and renamed with ``os.replace`` (atomic on POSIX), so a killed writer leaves
-  only a ``.tmp`` that is never taken for a result and is overwritten by the next attempt.
+* "Done" means the final ``.h5`` exists and opens with its datasets. It is written through a
+  temporary file and renamed (``feature_cache.io.atomic_path``): a killed writer leaves only a
+  ``.<slide_id>.h5.*.tmp`` that is never taken for a result. Its arrays' sha256 is written with them
+  and checked on every load.
 * A per-slide ``filelock`` lets several processes share one cache: a worker that finds a slide
   locked moves on and comes back to it at the end, then skips it if the other worker finished it.
-* A worker waiting on a slide lock says who holds it (pid, host, since when, from the lock's
-  ``.info`` file) and says it again every ``$BENCH_LOCK_REPORT_S`` seconds (default 60): a
-  suspended worker (Ctrl-Z, ``scontrol suspend``) holds its locks until it resumes. A lock whose
-  holder is on this host and no longer running (its fd survived in a stray child) is broken.
+* A worker waiting on a slide lock says who holds it, every ``$BENCH_LOCK_REPORT_S`` s
+  (``feature_cache.locks``); a dead holder's lock is broken.
 * Each file records the slide's size, mtime and a hash of its first and last MiB; a cached file
   made from a different file under the same id (a regenerated demo, a re-scanned slide) is
   extracted again instead of being trusted.
@@ -48,11 +47,12 @@ from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from feature_cache.encoders import Encoder
 from feature_cache.loader import default_threads, default_workers
 from feature_cache.io import atomic_path, atomic_write_text
+from feature_cache.locks import acquire_talking, release_talking
 from feature_cache.slide import SlideError, mag_to_mpp, mpp_to_mag, open_slide
 from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue
 
@@ -416,82 +416,6 @@ class FeatureCache:
             }
         _write_h5(out, feats, coords, attrs, coord_attrs)
         return len(coords)
-
-
-def _lock_info(lock: FileLock) -> Path:
-    return Path(str(lock.lock_file) + ".info")
-
-
-def _read_lock_info(lock: FileLock) -> dict[str, Any] | None:
-    try:
-        return json.loads(_lock_info(lock).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def acquire_talking(lock: FileLock, what: str, blocking: bool) -> bool:
-    """Take ``lock`` and write who holds it beside it. Not ``blocking``: False if held. Blocking:
-    wait, logging the holder (pid, host, since) every ``$BENCH_LOCK_REPORT_S`` seconds, and break
-    the lock when its holder is on this host and no longer running."""
-    import socket
-
-    host = socket.gethostname()
-    if not blocking:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return False
-    else:
-        every = float(os.environ.get("BENCH_LOCK_REPORT_S", "60"))
-        t0 = time.time()
-        while True:
-            try:
-                lock.acquire(timeout=every)
-                break
-            except Timeout:
-                info = _read_lock_info(lock) or {}
-                pid, where = info.get("pid"), info.get("host", "?")
-                if pid and where == host and not _pid_alive(int(pid)):
-                    log.warning("%s: breaking the lock %s: its holder, pid %s on %s, is no longer running",
-                                what, lock.lock_file, pid, where)
-                    for p in (Path(lock.lock_file), _lock_info(lock)):
-                        try:
-                            p.unlink()
-                        except FileNotFoundError:
-                            pass
-                    continue
-                since = info.get("since", "an unknown time")
-                held = f"pid {pid} on {where} since {since}" if pid else "another process (no holder info)"
-                log.warning("%s: waiting %.0f s for the lock %s, held by %s. A suspended worker (Ctrl-Z, "
-                            "scontrol suspend) keeps its locks until resumed: resume it (fg / scontrol "
-                            "resume) or stop it, and this worker goes on.", what, time.time() - t0,
-                            lock.lock_file, held)
-    try:
-        _atomic_json(_lock_info(lock), {"pid": os.getpid(), "host": host,
-                                        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    except OSError:
-        pass  # the info is for humans; a lock without it still locks
-    return True
-
-
-def release_talking(lock: FileLock) -> None:
-    info = _read_lock_info(lock)
-    if info and info.get("pid") == os.getpid():
-        try:
-            _lock_info(lock).unlink()
-        except FileNotFoundError:
-            pass
-    lock.release()
 
 
 def _partial_hash(path: Path, block: int = 1 << 20) -> str:

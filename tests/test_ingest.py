@@ -340,7 +340,8 @@ def _features_yaml(tmp_path: Path, data: Path, release: Path, **decl) -> Path:
 
 
 def test_pre_extracted_release_runs_mil_without_slides(tmp_path, data):
-    from bench.engine.runner import make_inputs, run
+    from bench.engine.inputs import make_inputs
+    from bench.engine.runner import run
     from bench.registry import list_methods
 
     rel = _release(tmp_path / "trident", patch_size=256, patch_size_level0=512, target_magnification=20)
@@ -352,7 +353,9 @@ def test_pre_extracted_release_runs_mil_without_slides(tmp_path, data):
     fi = make_inputs(spec, c, tmp_path / "cache", {}, progress=False)
     fi.ensure()
     assert not fi.missing and fi.has(T.case_id(3))
-    assert "pre-extracted resnet50" in fi.weights_label and not fi.identity["random_weights"]
+    (w,) = fi.provenance()
+    assert "pre-extracted resnet50" in w.label and not w.random
+    assert fi.spec.source.startswith("pre-extracted:") and fi.spec.label() == "features:resnet50"
     report = run([spec], str(y), folds=[0], tasks=["staging"], results=tmp_path / "res", cache=tmp_path / "cache",
                  train_overrides={"epochs": 1}, progress=False)
     assert not report.failed, report.failed
@@ -362,7 +365,7 @@ def test_pre_extracted_release_runs_mil_without_slides(tmp_path, data):
 
 
 def test_pre_extracted_release_checks_declared_attributes(tmp_path, data):
-    from bench.engine.runner import make_inputs
+    from bench.engine.inputs import make_inputs
     from bench.registry import list_methods
 
     rel = _release(tmp_path / "trident", patch_size=224, target_magnification=20)

@@ -31,8 +31,6 @@ from .schema import ConfigError, Source, check_keys, check_type, did_you_mean
 if TYPE_CHECKING:
     from feature_cache.importer import PreExtracted
 
-    from .datasets import DatasetSpec
-
 KEYS = ("path", "encoder", "patch_size", "magnification")
 
 
@@ -57,7 +55,7 @@ def validate_features(features: dict[str, Any], src: Source) -> None:
             raise ConfigError(f"{src.where(f'features.{name}.magnification')} must be in (0, 100]")
 
 
-def _release(spec: "DatasetSpec", name: str) -> "PreExtracted":
+def _release(spec: Any, name: str) -> "PreExtracted":
     from feature_cache.importer import PreExtracted, ReleaseEncoder, release_files
 
     from ..registry import ENCODERS
@@ -85,7 +83,7 @@ def _release(spec: "DatasetSpec", name: str) -> "PreExtracted":
 _RELEASES: dict[tuple[str, str, str], "PreExtracted"] = {}
 
 
-def pre_extracted(spec: "DatasetSpec", encoder_name: str) -> "PreExtracted | None":
+def pre_extracted(spec: Any, encoder_name: str) -> "PreExtracted | None":
     """The release declared for ``encoder_name`` in the dataset (None: extract from slides).
     Its ``.encoder`` stands for the encoder and the object itself for the feature cache."""
     if encoder_name not in (spec.features or {}):
@@ -96,7 +94,7 @@ def pre_extracted(spec: "DatasetSpec", encoder_name: str) -> "PreExtracted | Non
     return _RELEASES[key]
 
 
-def cohort_slides(spec: "DatasetSpec") -> pd.DataFrame:
+def cohort_slides(spec: Any) -> pd.DataFrame:
     """``slide_id, slide_path`` from the feature files (no slide folder): the union over the
     declared releases, filtered by the dataset's TCGA slide filter like slides are."""
     files: dict[str, Path] = {}
