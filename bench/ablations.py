@@ -184,7 +184,7 @@ class AblationGrid:
     task: str
     items: list[GridItem]
     notes: list[str]
-    variants: list[Any]  # runner.Variant
+    variants: list[Any]  # config.Variant
 
 
 def ablation_grid(ablation: Ablation, dataset: str, task: str | None = None,

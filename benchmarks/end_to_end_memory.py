@@ -8,7 +8,7 @@ whole peak and for what lies above the base, the part that grows with the slide:
     python benchmarks/end_to_end_memory.py                                # vim-ti, longvit-s; 512², 1024²
     python benchmarks/end_to_end_memory.py --models vim-ti-32 --sizes 2048
     python benchmarks/end_to_end_memory.py --models vim-ti --chunk-size 1024
-    python benchmarks/end_to_end_memory.py --malloc dynamic    # glibc's default (see bench/memory.py)
+    python benchmarks/end_to_end_memory.py --malloc dynamic    # glibc's default (see bench/engine/memory.py)
 
 Like `bench run`, the child pins glibc's mmap threshold (bench.engine.memory.bound_heap_growth) unless
 `--malloc dynamic` is given; with glibc's dynamic threshold the peak grows with depth through heap

@@ -141,17 +141,17 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     from bench.engine.models import release_pixelmamba_heap
     from pixelmamba.serialize import region_grid
 
-    bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/memory.py)
+    bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/engine/memory.py)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # Warm-up on a tiny image (two 224² regions after padding, far below the measured sizes):
     # kernels compiled, thread pools up, and the parameter gradients allocated — 4 bytes per
     # parameter, 26.6 MB for the 6M model, a cost of the model like its weights, not of the image.
     # Two regions, so that Region Fusion runs too (it merges them in layer 1): with one region it
-    # never ran before the base was taken, and the ~1.2 MB of library code its first call pages
-    # in (session 5: ~5 B/px at 512²) counted against the image like a kernel compiled late.
+    # would not run before the base is taken, and the ~1.2 MB of library code its first call pages
+    # in (~5 B/px at 512²) would count against the image like a kernel compiled late.
     net = pixelmamba.create_model(args.model, num_classes=4, **_model_kwargs(args))
-    release_pixelmamba_heap(net)  # as bench's adapter does (bench/models.py)
+    release_pixelmamba_heap(net)  # as bench's adapter does (bench/engine/models.py)
     mode = net.checkpointing  # the warm-up takes the path the measured image takes ("auto" would not)
     net.set_grad_checkpointing(net.streams(math.prod(region_grid(size, size, net.cfg.scan_window))))
     warm = torch.randn(1, 3, 32, net.cfg.scan_window + 32)

@@ -60,14 +60,13 @@ def piece_budget(tokens: int) -> int:
 
 
 def auto_chunk(channels: int, d_state: int = 16, expand: int = 2, budget: int = CHUNK_BYTES) -> int:
-    """Tokens per piece for ``chunk_size="auto"``. Measured (session 4: one streamed block's
+    """Tokens per piece for ``chunk_size="auto"``. Measured (one streamed block's
     forward+backward at the shapes of 1024², peak heap bytes against piece length, 96 and 192
     channels at 205–819 tokens, 3 channels at 1.6K–6.4K): a piece's backward holds about 112
     bytes per inner channel (``expand * channels``) per token — the autograd graph of both
     branches keeps some twenty ``(d_inner, piece)`` float32 tensors, and their gradients come on
     top — and about 52 bytes per state dimension (B and C of both branches and their gradients).
-    Session 3's estimate (42 and 64 bytes) was a third of that, so its "8 MB" pieces were about
-    25 MB. Pieces are sized so that this stays near ``budget`` (``piece_budget``; ``CHUNK_BYTES``,
+    Pieces are sized so that this stays near ``budget`` (``piece_budget``; ``CHUNK_BYTES``,
     8 MB, for slides), with at least ``128 * budget / CHUNK_BYTES`` tokens (128 at 8 MB, at
     least 16): every piece boundary also keeps two SSM states (``2 * expand * channels *
     d_state`` floats) for backward, so pieces must not be tiny on the wide layers. At 8 MB:

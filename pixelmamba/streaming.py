@@ -56,7 +56,7 @@ def set_release_hook(hook: Callable[[], object] | None) -> Callable[[], object] 
     At those points the previous stage's or piece's temporaries are all freed, so this is where a
     caller can hand the allocator's free pages back to the system (``bench`` does: glibc keeps
     freed heap pages resident, several MB per stage at a piece size of a few MB, and the next
-    piece's allocations land on other, released pages; ``bench/memory.py``). Process-wide, like
+    piece's allocations land on other, released pages; ``bench/engine/memory.py``). Process-wide, like
     the allocator it serves; ``None`` removes it. Returns the previous hook."""
     global _release_hook
     previous, _release_hook = _release_hook, hook

@@ -224,7 +224,7 @@ def _camelyon16_layout(data: Path, n_per_class: int = 3) -> dict[str, int]:
 @pytest.mark.slow  # ~50 s at load ~6: two CLI processes, one Pixel-Mamba-6M training fold
 def test_pixelmamba_6m_on_the_camelyon16_config(tmp_path):
     """The real `pixelmamba-6m` through `bench run --dataset camelyon16` (the shipped config, its data
-    root under $BENCH_DATA) on a generated six-slide cohort. Only the region size is cut (`--model
+    root under $BENCH_DATA) on a generated six-slide cohort. Only the region size is cut (`--input
     regions=...`: 2 regions of 64 px at 5x instead of 100 of 2048 px at 20x; scan window 64) so a fold
     trains in seconds on a CPU. Checked: the labels CSV is read, AUC and accuracy are scikit-learn's on
     the written predictions, every test slide's score is a vote share over its 2 regions, `bench

@@ -334,7 +334,7 @@ class RegionInputs(SlideInputs):
     supplement: 100 regions of 2048² px at 20× per slide). Each training step sees one region of one
     of the case's slides, drawn at random and labelled with the case's label; at test time every
     region of every slide of the case is predicted and a voting ensemble gives the case's prediction
-    (``bench.train.vote``). Regions are sampled once per slide (seeded, in tissue) and cached by
+    (``bench.engine.train.vote``). Regions are sampled once per slide (seeded, in tissue) and cached by
     ``feature_cache.regions.RegionCache``."""
 
     def __init__(self, cohort: Cohort, regions: dict[str, Any], cache_root: Path, progress: bool,

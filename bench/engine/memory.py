@@ -26,7 +26,7 @@ at 1024², CPU time unchanged within noise); ``bench`` does it for Pixel-Mamba's
 and also whenever a stage inside a streamed layer starts (each sweep of a block over its pieces,
 each pass of Region Fusion/Token Expansion: ``pixelmamba.streaming.set_release_hook``), since a
 layer's own stages leave several MB of freed pages behind each (measured at 512²: 98.7 vs 112.7
-B/px, 7% more CPU time; ``bench/models.py``), and for inputs below ~1M tokens between the pieces
+B/px, 7% more CPU time; ``bench/engine/models.py``), and for inputs below ~1M tokens between the pieces
 of a block's backward too (``PixelMamba._release_pieces``; 512²: 84–85 → 78–80 B/px).
 ``BENCH_TRIM_LAYERS=0`` turns all of it off.
 """

@@ -28,7 +28,7 @@ def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> 
 
 
 def release_pixelmamba_heap(model: torch.nn.Module) -> list:
-    """``bench``'s heap policy for Pixel-Mamba's streamed path (``bench/memory.py``): free heap
+    """``bench``'s heap policy for Pixel-Mamba's streamed path (``bench/engine/memory.py``): free heap
     pages go back to the system whenever one of ``model``'s layers starts, forward, recomputed
     or backward (``release_between_layers``), and whenever a stage inside a streamed layer starts
     (``pixelmamba.streaming.set_release_hook``: process-wide; the plain path of 224² batches has

@@ -75,7 +75,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     ``methods`` may hold :class:`Variant` s (an ablation's values), each stored under its name;
     ``variant`` names the run's own settings as a variant (``--variant``), so an experiment is a
     row of its own instead of replacing the method's.
-    ``init``: a checkpoint every end-to-end unit's model starts from (``bench.pretrain.load_init``;
+    ``init``: a checkpoint every end-to-end unit's model starts from (``bench.engine.pretrain.load_init``;
     its content hash enters the unit's identity); ``from_scratch``: train end-to-end models from
     random initialisation on a dataset that does not allow random weights (their rows are marked).
     ``tuned``: each unit uses the best hyper-parameters that ``bench tune`` found for its outer fold
@@ -120,7 +120,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         return report
     todo = [p for p in plans if status[p.unit] in ("run", "slides")]
     if any(p.spec.family == "end-to-end" for p in todo):
-        bound_heap_growth()  # resident memory stays at one layer's working set (bench/memory.py)
+        bound_heap_growth()  # resident memory stays at one layer's working set (bench/engine/memory.py)
     if todo:
         log.info("%d unit(s) to run%s", len(todo),
                  f"; {len(report.done_before)} of {len(plans)} already done (resuming)" if report.done_before else "")

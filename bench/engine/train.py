@@ -195,7 +195,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
                       ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Train on ``train``, predict ``test``. Returns (predictions, train log, info).
 
-    Under torchrun (``bench.distributed``) the model is wrapped in ``DistributedDataParallel``:
+    Under torchrun (``bench.engine.distributed``) the model is wrapped in ``DistributedDataParallel``:
     each rank takes every ``world_size``-th case of the epoch's order (one case per forward
     pass), gradients are averaged across ranks once per optimizer step (``no_sync`` in between),
     and the predictions of the ranks' shares of ``test`` are gathered on every rank.

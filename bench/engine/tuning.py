@@ -216,7 +216,7 @@ class Objective:
 
     def recipe(self, model_opts: dict[str, Any]) -> ModelRecipe:
         """The network of a trial: the same builder arguments, second-stage weights and ``--init``
-        as the run's (``bench.engine.runner.Planner.plan``)."""
+        as the run's (``bench.engine.plan.Planner.plan``)."""
         init_sha = init_identity(self.init)["sha256"] if self.init is not None else None
         return ModelRecipe(self.spec, T.get_task(self.task).n_out(), model_opts,
                            dict(getattr(self.inputs, "model_kwargs", {})), self.init, init_sha)

@@ -24,7 +24,7 @@ from ._torch import scan_torch
 
 BACKENDS = ("auto", "ref", "numba", "torch", "triton", "cuda")
 # mamba-ssm's kernel has open reports of wrong results past ~61K tokens (state-spaces/mamba
-# #1015, #686); `auto` sends longer sequences to the chunked torch scan instead.
+# #1015, #686); `auto` sends longer sequences to the Triton kernel (the torch scan without Triton).
 CUDA_MAX_LEN = 32768
 
 
