@@ -437,7 +437,7 @@ def section_cli(torch, args, clock: Clock, share: float, report: dict) -> list[d
 # ------------------------------------------------------------------------------------- extract
 def section_extract(torch, args, clock: Clock, share: float, report: dict) -> list[dict]:
     import feature_cache as fc
-    from bench.demo import generate_demo
+    from bench.data.demo import generate_demo
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-extract-"))

@@ -77,7 +77,7 @@ def test_pretrain_rejects_a_non_folder(tmp_path: Path) -> None:
 def test_checkpoint_layout_is_the_documented_one(tmp_path: Path) -> None:
     """docs/weights.md: `<out>/last.pt` = {format, arch, classes, step, epoch, config, model,
     optimizer, scheduler}, read with weights_only=True; `model` is the network's state dict."""
-    from bench.pretrain import CHECKPOINT_FORMAT
+    from bench.engine.pretrain import CHECKPOINT_FORMAT
 
     pretrain(_imagefolder(tmp_path / "data"), tmp_path / "ck", _cfg(max_steps=1), progress=False)
     ck = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)

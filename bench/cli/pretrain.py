@@ -18,7 +18,7 @@ EPILOG = """examples:
   python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
 --data is an ImageFolder: <data>/train/<class>/*.JPEG (and <data>/val/<class>/*, evaluated at the end),
 or <data>/<class>/* directly. Rerunning the same command resumes from <out>/last.pt.
-Recipe (bench/pretrain.py): 224², AdamW lr 1e-3, weight decay 0.05, batch 1024, 300 epochs, cosine with 5
+Recipe (bench/engine/pretrain.py): 224², AdamW lr 1e-3, weight decay 0.05, batch 1024, 300 epochs, cosine with 5
 warm-up epochs, label smoothing 0.1, mixup 0.8, random erasing 0.25; change any with --set key=value
 (epochs, batch_size, micro_batch, lr, min_lr, weight_decay, warmup_epochs, smoothing, mixup, cutmix, reprob,
 input_size, workers, seed, save_every, max_steps).
