@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..data.datasets import CONFIG_DIR, Cohort
+from ..data.schema import ConfigError, check_keys
 from ..registry import MethodSpec, _import
 from .train import TrainConfig
 
@@ -98,14 +99,10 @@ def _number(v: Any) -> bool:
 def check_train_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg`` completed with TrainConfig's defaults, every option type- and range-checked with the
     option named (``epochs=2.5`` or ``grad_accum=0`` fail here, not mid-training)."""
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(cfg) - names)
-    if unknown:
-        import difflib
-
-        hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, names, 1)) else u
-                 for u in unknown]
-        raise OptionError(f"unknown training option(s) {', '.join(hints)}; allowed: {', '.join(sorted(names))}")
+    try:
+        check_keys(cfg, sorted(f.name for f in fields(TrainConfig)), "training options (--set / train:)")
+    except ConfigError as exc:
+        raise OptionError(str(exc)) from None
     full = {**TrainConfig().to_dict(), **cfg}
     for name, ok, what in _TRAIN_RULES:
         if name in full and not ok(full[name]):

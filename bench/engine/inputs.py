@@ -14,6 +14,7 @@ import torch
 
 from ..data.datasets import Cohort
 from ..data.features import pre_extracted
+from ..data.schema import check_keys
 from feature_cache.cache import FeatureFileCorrupt
 from ..registry import MethodSpec
 from ..report.records import InputSpec, WeightsProvenance
@@ -344,9 +345,7 @@ class RegionInputs(SlideInputs):
         self.raw_rgb = raw_rgb
         from .train import VOTING
 
-        unknown = set(regions) - set(REGION_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown region options {sorted(unknown)}; allowed: {sorted(REGION_DEFAULTS)}")
+        check_keys(regions, sorted(REGION_DEFAULTS), "input option regions")
         self.opts = {**REGION_DEFAULTS, **regions}
         if self.opts["voting"] not in VOTING:
             raise ValueError(f"regions.voting must be one of {VOTING}, got {self.opts['voting']!r}")
