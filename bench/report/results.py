@@ -25,7 +25,7 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -283,6 +283,9 @@ class ResultsStore:
                     "tuned": any(r.tuned for r in recs), "protocol": first.protocol,
                     "split_seed": first.split.seed,
                     "input": first.input.label(), "default_input": first.default_input.label(),
+                    "magnification": first.input.magnification,
+                    "default_magnification": first.default_input.magnification,
+                    "provenance": json.dumps([asdict(w) for w in first.weights], sort_keys=True),
                     "non_default": json.dumps(first.info.get("non_default", {}), sort_keys=True, default=str),
                     "order": first.info.get("order"),
                     "train_seconds": float(np.mean([r.train_seconds for r in recs])),
