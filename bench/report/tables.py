@@ -245,7 +245,8 @@ def params_text(row: Mapping[str, Any]) -> str:
 
 
 def row_name(row: Mapping[str, Any]) -> str:
-    extra = [x for x in (row.get("variant"), "tuned" if row.get("tuned") else "") if x]
+    variant = row.get("variant") or ""
+    extra = [x for x in (variant, "tuned" if row.get("tuned") and variant != "tuned" else "") if x]
     return str(row["label"]) + (f" ({', '.join(extra)})" if extra else "")
 
 
