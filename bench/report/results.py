@@ -284,7 +284,6 @@ class ResultsStore:
                     "split_seed": first.split.seed,
                     "input": first.input.label(), "default_input": first.default_input.label(),
                     "magnification": first.input.magnification,
-                    "default_magnification": first.default_input.magnification,
                     "provenance": json.dumps([asdict(w) for w in first.weights], sort_keys=True),
                     "non_default": json.dumps(_fixed_options(first), sort_keys=True, default=str),
                     "order": first.info.get("order"),
