@@ -2,14 +2,18 @@
 ablation run end to end on a tiny generated cohort."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bench.ablations import Ablation, AblationError, build_rows, get_ablation, list_ablations, parse_values, to_latex, to_markdown
+from golden_check import assert_golden
+from record_factory import make_record
 
-GOLDEN = Path(__file__).parent / "golden"
+from bench.ablations import Ablation, AblationError, GridItem, get_ablation, list_ablations, parse_values
+from bench.report.ablation_tables import Row, build_rows, identical_rows, to_latex, to_markdown
+from bench.report.records import InputSpec, WeightsProvenance
+from bench.report.render import Cell
+from bench.report.results import ResultsStore, Unit
 
 
 def test_every_ablation_loads_with_the_papers_grid():
@@ -55,14 +59,36 @@ def test_malformed_ablation_names_the_file(tmp_path):
         Ablation.load(p)
 
 
-def _summary(rows):
-    base = {"family": "end-to-end", "encoder": "", "task": "survival", "metric": "c_index", "primary": True,
-            "n_folds": 5, "n_defined": 5, "expected_folds": 5, "folds": "", "random_weights": False,
-            "train_seconds": 1.0, "peak_rss_mb": 3072.0, "peak_cuda_mb": float("nan"), "train_seconds_per_slide": 12.5}
-    return pd.DataFrame([{**base, **r} for r in rows])
+LABELS = {"longvit-s": ("LongViT", "ViT-S"), "vim-ti": ("Vision Mamba (16)", "Vim-Ti"),
+          "vim-ti-32": ("Vision Mamba (32)", "Vim-Ti"), "vim-ti-16+32": ("Vision Mamba (16+32)", "Vim-Ti"),
+          "pixelmamba-6m": ("Pixel-Mamba-6M", "Pixel-Mamba")}
+PRETRAINED = [WeightsProvenance("model", "pretrained", "ImageNet (sha256 0011)", sha256="0011")]
+RANDOM = [WeightsProvenance("model", "random", "random initialisation (no pretrained weights)")]
 
 
-# the paper's published numbers, so the golden tables read like the paper's
+def put_row(store, method, variant, params, mean, std, n=5, task="survival", protocol="paper", weights=PRETRAINED,
+            non_default=None, mag=2.5, options=None):
+    """A row's finished folds (5 or 2) as unit records with mean ``mean`` and population std ``std``."""
+    d = std / 0.8 ** 0.5
+    values = {5: [mean - d, mean - d, mean, mean + d, mean + d], 2: [mean - std, mean + std]}[n]
+    metric = "c_index" if task == "survival" else "macro_f1"
+    label, backbone = LABELS[method]
+    for fold, v in enumerate(values):
+        rec = make_record(dataset="blca", task=task, method=method, variant=variant or None, fold=fold,
+                          family="end-to-end", label=label, group="End-to-end", backbone=backbone, encoder=None,
+                          encoder_label="", frozen_params_text="", params=params, trainable_params=params,
+                          default_input=InputSpec("slide", magnification=2.5),
+                          input=InputSpec("slide", magnification=mag), model=options or {}, protocol=protocol,
+                          weights=weights, primary_metric=metric, metrics={metric: v},
+                          info={"non_default": non_default or {}})
+        u = Unit("blca", task, method, fold, rec.variant)
+        store.prepare(u, {}, "h")
+        store.finish(u, PRED, pd.DataFrame(), rec)
+
+
+PRED = pd.DataFrame({"case_id": ["A", "B"], "time": [3.0, 5.0], "event": [1.0, 0.0], "risk": [0.2, 0.1]})
+
+# the paper's published numbers, so the golden tables read like the paper
 PAPER = {
     "end-to-end": [("longvit-s", "", 22_000_000, 0.5743, 0.0236), ("vim-ti", "", 7_148_008, 0.5977, 0.0129),
                    ("pixelmamba-6m", "", 6_265_750, 0.6507, 0.0485)],
@@ -77,38 +103,76 @@ PAPER = {
 }
 
 
+@pytest.fixture(scope="module")
+def paper_store(tmp_path_factory):
+    """Every ablation's rows, holding the paper's numbers, as records of the paper's protocol."""
+    store = ResultsStore(tmp_path_factory.mktemp("ablations"))
+    seen = set()
+    for rows in PAPER.values():
+        for m, v, p, mean, std in rows:
+            if (m, v) in seen:
+                continue
+            seen.add((m, v))
+            key, _, val = v.partition("=")
+            put_row(store, m, v, p, mean, std, mag=float(val) if key == "magnification" else 2.5,
+                    non_default={key: float(val)} if v else {})
+    return store
+
+
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_table_layout_matches_golden(name):
-    """Each ablation's LaTeX in the paper's layout, from a hand-built summary holding the paper's numbers."""
+def test_table_layout_matches_golden(name, paper_store):
+    """Each ablation's LaTeX in the paper's layout, from records holding the paper's numbers."""
     a = get_ablation(name)
     items, notes = a.grid()
-    summary = _summary([{"method": m, "variant": v, "label": m, "params": p, "mean": mean, "std": std,
-                         "input": "slide@" + (v.split("=")[1] if v.startswith("magnification") else "2.5") + "x"}
-                        for m, v, p, mean, std in PAPER[name]])
+    summary = paper_store.summarize("blca")
     rows = build_rows(a, items, summary, "survival")
-    got = to_latex(a, rows, "blca", "survival", notes)
-    golden = GOLDEN / f"ablation_{name}.tex"
-    if not golden.exists():  # first run writes it; review it by eye before committing
-        golden.write_text(got)
-    assert got == golden.read_text()
-    md = to_markdown(a, rows, "survival")
+    assert_golden(f"ablation_{name}.tex", to_latex(a, rows, "blca", "survival", summary, notes=notes))
+    md = to_markdown(a, rows, "blca", "survival", summary)
     assert "paper (BLCA)" in md and "| 0.6507 |" in md  # the published figure beside ours
+    assert "§" not in md and "¶" not in md  # paper protocol, pretrained: nothing to mark
 
 
-def test_table_details_compute_partial_and_magnification_label():
+def test_table_details_compute_partial_marks_and_options(tmp_path):
+    store = ResultsStore(tmp_path)
+    put_row(store, "pixelmamba-6m", "", 6_265_750, 0.6, 0.1, n=2, protocol="wsi-bench", weights=RANDOM,
+            non_default={"magnification": 0.625, "scan_window": 64, "epochs": 2}, mag=0.625)
+    summary = store.summarize("blca")
     a = get_ablation("end-to-end")
-    items, _ = a.grid()
-    summary = _summary([{"method": "pixelmamba-6m", "variant": "", "label": "x", "params": 6_265_750, "mean": 0.6,
-                         "std": 0.1, "n_folds": 2, "input": "slide@0.625x"}])
-    rows = build_rows(a, items, summary, "survival")
-    assert [r.cells["method"] for r in rows] == ["LongViT-Surv", "Vision-Mamba-Surv", "Pixel-Mamba-Surv (0.625x)"]
-    tex = to_latex(a, rows, "demo", "survival", ["scan_window mapped"], similar={1}, stats_note="STATS", compute=True)
-    assert "Peak mem. (GB) & Train s/slide & C-index" in tex and "3.00 & 12 &" in tex
-    assert r"\textbf{0.6000 $\pm$ 0.1000 (2/5 folds)}" in tex and "– & – & –" in tex
-    assert "Scan\\_window mapped." in tex and tex.count("STATS") == 1
-    st = to_latex(get_ablation("token-scale"), build_rows(get_ablation("token-scale"),
-                  get_ablation("token-scale").grid()[0], summary, "staging"), "demo", "staging")
-    assert "Macro-F1" in st and "Pixel-Mamba-Stage" in st
+    rows = build_rows(a, a.grid()[0], summary, "survival")
+    # names from the records; rows not run keep their method's name and show –
+    assert [r.cells["method"] for r in rows] == ["longvit-s", "vim-ti", "Pixel-Mamba-Surv"]
+    tex = to_latex(a, rows, "demo", "survival", summary, notes=["scan_window mapped"], similar={2},
+                   stats_note="STATS", compute=True)
+    assert "Peak mem. (GB) & Train s/slide & C-index" in tex and "0.10 & 0.10 &" in tex
+    assert r"\textbf{0.6000 $\pm$ 0.1000 (2/5 folds)}$^{\approx}$" in tex and "longvit-s & – & – & – & – & –" in tex
+    assert r"Scan\_window mapped." in tex and tex.count("STATS") == 1 and "2 of 3 rows still to run" in tex
+    md = to_markdown(a, rows, "demo", "survival", summary)
+    assert "| Pixel-Mamba-Surv ¶§¹ | Pixel-Mamba | 6.3 |" in md
+    assert "¹ epochs=2, magnification=0.625, scan_window=64." in md and "§ Protocol wsi-bench" in md
+    # the swept setting has a column of its own: not repeated in the row's footnote
+    m = get_ablation("magnification")
+    put_row(store, "pixelmamba-6m", "magnification=0.3125", 6_265_750, 0.6, 0.1, mag=0.3125, weights=RANDOM,
+            protocol="wsi-bench", non_default={"magnification": 0.3125, "scan_window": 64})
+    summary = store.summarize("blca")
+    rows = build_rows(m, m.grid(dataset_options={"values": {0.625: 0.3125}})[0], summary, "survival")
+    md = to_markdown(m, rows, "demo", "survival", summary)
+    assert "| Pixel-Mamba-Surv ¶§¹ | Pixel-Mamba | 0.3125x |" in md and "¹ scan_window=64." in md
+    st = get_ablation("token-scale")
+    put_row(store, "pixelmamba-6m", "", 6_265_750, 0.3, 0.1, task="staging")
+    summary = store.summarize("blca")
+    tex = to_latex(st, build_rows(st, st.grid()[0], summary, "staging"), "demo", "staging", summary)
+    assert "Macro-F1" in tex and "Pixel-Mamba-Stage" in tex and "(population, ddof=0)" in tex
+
+
+def test_ablation_escapes_backslashes(tmp_path):
+    """The one escape: a backslash in a note or a cell is printed, not taken for a LaTeX command."""
+    store = ResultsStore(tmp_path)
+    put_row(store, "pixelmamba-6m", "", 6_265_750, 0.6, 0.1)
+    summary = store.summarize("blca")
+    a = get_ablation("end-to-end")
+    tex = to_latex(a, build_rows(a, a.grid()[0], summary, "survival"), "blca", "survival", summary,
+                   notes=[r"grid from C:\\data & 50%"])
+    assert r"Grid from C:\textbackslash{}\textbackslash{}data \& 50\%." in tex
 
 
 @pytest.mark.slow  # ~40 s of CPU: generating the slides, three CLI invocations, five units
@@ -158,7 +222,8 @@ table: {columns: [method, backbone, depth, metric]}
     assert m["input"] == {"kind": "slide", "encoder": None, "magnification": 0.15, "regions": None,
                           "source": "extracted"}
     md = (res / "tiny" / "tables" / "depth_staging.md").read_text()
-    assert "| Vision-Mamba-Stage (0.15x) | Vim-Ti | 1 |" in md and "| Vision-Mamba-Stage (0.15x) | Vim-Ti | 3 |" in md
+    assert "| Vim-Ti | 1 |" in md and "| Vim-Ti | 3 |" in md and "| Vision-Mamba-Stage ¶§" in md
+    assert "magnification=0.15" in md and "depth=" not in md  # options in footnotes; the swept one has its column
     assert "(1/2 folds)" in md and "depth mapped for this dataset's size: 2 -> 3" in md
     assert (res / "tiny" / "tables" / "depth_staging.tex").is_file()
     assert len(pd.read_csv(res / "tiny" / "tables" / "depth_staging_stats.csv")) == 1
@@ -172,11 +237,6 @@ table: {columns: [method, backbone, depth, metric]}
 
 def test_identical_variants_are_called_out(tmp_path):
     """Two alpha values that built the same network (few regions) give the same predictions: said."""
-    from bench.ablations import GridItem, Row
-    from bench.cli.ablate import _identical_rows
-    from bench.report.results import ResultsStore, Unit
-    from record_factory import make_record
-
     store = ResultsStore(tmp_path)
     pred = pd.DataFrame({"case_id": ["A", "B"], "time": [3.0, 5.0], "event": [1.0, 0.0], "risk": [0.2, 0.1]})
     rows = []
@@ -186,6 +246,6 @@ def test_identical_variants_are_called_out(tmp_path):
         store.finish(u, pred.assign(risk=risk), pd.DataFrame(),
                      make_record(task="survival", method=u.method, variant=v, primary_metric="c_index",
                                  metrics={"c_index": 0.5}))
-        rows.append(Row(GridItem("pixelmamba-6m", v), {}, 0.5, 0.0, 1, 5))
-    assert _identical_rows(store, "demo", "survival", rows) == [
+        rows.append(Row(GridItem("pixelmamba-6m", v), {}, Cell("0.5000"), 1))
+    assert identical_rows(store, "demo", "survival", rows) == [
         "alpha=0.4, alpha=0.8 gave identical predictions: the setting changes nothing at this input size"]

@@ -1,65 +1,252 @@
-"""Tables from results: golden LaTeX in the paper's Table 2 style, ranks, markdown."""
-
-from pathlib import Path
+"""Table 2 and the classification table, built from unit records through a real results store:
+golden LaTeX and Markdown, ranks on printed rounding, honest marks, first-look details."""
 
 import pandas as pd
 import pytest
 
-from bench.report.tables import build_table, human_count, to_latex, to_markdown
+import golden_check
+from golden_check import assert_golden
+from record_factory import make_record
 
-GOLDEN = Path(__file__).parent / "golden" / "table2_demo.tex"
+from bench.report.records import InputSpec, WeightsProvenance
+from bench.report.render import Cell, Column, Row, Table, latex_escape, to_latex as render_latex, \
+    to_markdown as render_markdown
+from bench.report.results import ResultsStore, Unit
+from bench.report.tables import build_table, classification_table, human_count, table2, to_latex, to_markdown, \
+    two_sig
 
-
-def summary() -> pd.DataFrame:
-    rows = []
-
-    def add(method, label, enc, params, task, mean, std, rnd=True):
-        rows.append({"method": method, "variant": "", "family": "two-stage", "encoder": enc, "label": label,
-                     "params": params, "task": task, "metric": "macro_f1" if task == "staging" else "c_index",
-                     "primary": True, "mean": mean, "std": std, "n_folds": 5, "n_defined": 5, "folds": "",
-                     "random_weights": rnd, "train_seconds": 1.0, "dataset": "demo"})
-
-    add("meanmil.resnet50", "MeanMIL", "resnet50", 4100, "staging", 0.376, 0.0689)
-    add("maxmil.resnet50", "MaxMIL", "resnet50", 4100, "staging", 0.364, 0.0745)
-    add("abmil.resnet50", "ABMIL", "resnet50", 921221, "staging", 0.41, 0.0498)
-    add("abmil.conch", "ABMIL", "conch", 659077, "staging", 0.526, 0.0753)
-    add("meanmil.resnet50", "MeanMIL", "resnet50", 4100, "survival", 0.5256, 0.0564)
-    add("maxmil.resnet50", "MaxMIL", "resnet50", 4100, "survival", 0.5250, 0.0548)
-    add("abmil.resnet50", "ABMIL", "resnet50", 921221, "survival", 0.5813, 0.0349)
-    add("abmil.conch", "ABMIL", "conch", 659077, "survival", 0.6057, 0.0344)
-    # a secondary metric never reaches the main table
-    rows.append({**rows[0], "metric": "accuracy", "primary": False, "mean": 0.99})
-    return pd.DataFrame(rows)
+G_RESNET = "Two-stage MIL; patch features: ResNet-50 (ImageNet)"
+G_CONCH = "Two-stage MIL; patch features: VL-FM (CONCH)"
+G_GIGA = "Two-stage MIL; patch features: V-FM (GigaPath)"
+PRED = pd.DataFrame({"case_id": ["A", "B"], "label": [0, 1], "pred": [0, 1]})
+METRIC = {"staging": "macro_f1", "survival": "c_index", "classification": "auc"}
 
 
-def test_latex_matches_golden():
-    wide, cols = build_table(summary())
-    got = to_latex(wide, cols, label="tab:table2_demo")
-    if not GOLDEN.exists():  # first run writes it; review it by eye before committing
-        GOLDEN.write_text(got)
-    assert got == GOLDEN.read_text()
+def random_encoder(e: str) -> list[WeightsProvenance]:
+    return [WeightsProvenance(f"encoder {e}", "random", f"random initialisation (no {e} weights found)")]
 
 
-def test_best_bold_second_underlined():
-    wide, cols = build_table(summary())
-    tex = to_latex(wide, cols)
-    assert r"\textbf{0.5260 $\pm$ 0.0753}" in tex and r"\underline{0.4100 $\pm$ 0.0498}" in tex
-    assert r"\textbf{0.6057 $\pm$ 0.0344}" in tex and r"\underline{0.5813 $\pm$ 0.0349}" in tex
-    body = tex.split(r"\end{tabular}")[0]
-    assert body.count(r"\textbf{") == 2 and body.count(r"\underline{") == 2
-    assert r"\toprule" in tex and r"\bottomrule" in tex and r"$^\dagger$" in tex
+def mil(method: str, label: str, enc: str, order: int, **kw) -> dict:
+    groups = {"resnet50": (G_RESNET, "ResNet-50", "ResNet-50", "25M"), "conch": (G_CONCH, "CONCH", "ViT-B", "86M"),
+              "gigapath": (G_GIGA, "GigaPath", "ViT-G", "1.1G")}
+    group, enc_label, backbone, frozen = groups[enc]
+    inp = InputSpec("features", encoder=enc, magnification=20.0)
+    return {"method": method, "label": label, "group": group, "backbone": backbone, "encoder": enc,
+            "encoder_label": enc_label, "frozen_params_text": frozen, "default_input": inp, "input": inp,
+            "info": {"order": order}, **kw}
 
 
-def test_groups_in_paper_order():
-    wide, _ = build_table(summary())
-    # ResNet-50 rows first, CONCH after (Table 2 order: ResNet-50, GigaPath, CONCH, ...)
-    assert list(wide["method"]) == ["meanmil.resnet50", "maxmil.resnet50", "abmil.resnet50", "abmil.conch"]
+def e2e(method: str, label: str, backbone: str, order: int, weights: list, non_default: dict, mag: float = 0.625,
+        **kw) -> dict:
+    return {"method": method, "label": label, "group": "End-to-end", "family": "end-to-end", "backbone": backbone,
+            "encoder": None, "encoder_label": "", "frozen_params_text": "", "params": 6_265_750,
+            "trainable_params": 6_265_750, "default_input": InputSpec("slide", magnification=2.5),
+            "input": InputSpec("slide", magnification=mag), "weights": weights,
+            "info": {"order": order, "non_default": non_default}, **kw}
 
 
-def test_markdown_marks():
-    wide, cols = build_table(summary())
-    md = to_markdown(wide, cols)
-    assert "**0.5260 ± 0.0753**" in md and "_0.4100 ± 0.0498_" in md and "random encoder weights" in md
+def put(store: ResultsStore, kw: dict, task: str, values: list[float], dataset: str = "demo") -> None:
+    """One row's finished folds, one record per value."""
+    for fold, v in enumerate(values):
+        rec = make_record(**{"dataset": dataset, "task": task, "fold": fold, "primary_metric": METRIC[task],
+                             "metrics": {METRIC[task]: v}, **kw})
+        u = Unit(rec.dataset, rec.task, rec.method, fold, rec.variant)
+        store.prepare(u, {}, "h")
+        store.finish(u, PRED, pd.DataFrame(), rec)
+
+
+FIVE = lambda m: [m - 0.04, m - 0.02, m, m + 0.02, m + 0.04]  # noqa: E731  mean m, population std 0.0283
+
+
+def demo_store(tmp_path) -> ResultsStore:
+    """Every kind of row Table 2 has: MIL rows with random, pretrained and stand-in encoders, a
+    hierarchical row with a random second stage, end-to-end rows from random initialisation,
+    --from-scratch and --init, a paper-protocol row, a one-fold cell and a missing cell."""
+    s = ResultsStore(tmp_path / "results")
+    rows = [
+        (mil("meanmil.resnet50", "MeanMIL", "resnet50", 0, params=4100 + 25_000_000, trainable_params=4100,
+             weights=random_encoder("resnet50")), 0.376, 0.5256),
+        (mil("abmil.resnet50", "ABMIL", "resnet50", 6, params=921_221, trainable_params=921_221,
+             weights=random_encoder("resnet50")), 0.41, 0.5813),
+        (mil("abmil.conch", "ABMIL", "conch", 7, params=659_077, trainable_params=659_077, protocol="paper",
+             weights=[WeightsProvenance("encoder conch", "pretrained", "pretrained (hub; fingerprint ab12)")]),
+         0.526, 0.6057),
+        (mil("abmil.gigapath", "ABMIL", "gigapath", 8, params=1_183_365, trainable_params=1_183_365,
+             frozen_params_text="stand-in",
+             weights=[WeightsProvenance("encoder gigapath", "standin",
+                                        "random stand-in (ViT/16 2x192); no gigapath weights found")]), 0.3, 0.5),
+        ({"method": "hipt", "label": "HIPT", "group": "Two-stage hierarchical representation", "backbone": "HIPT-ViT-6",
+          "encoder": "hipt-vit256", "encoder_label": "", "frozen_params_text": "24.4M", "params": 3_376_901,
+          "trainable_params": 595_397, "info": {"order": 18},
+          "weights": [WeightsProvenance("encoder hipt-vit256", "pretrained", "pretrained (explicit)"),
+                      WeightsProvenance("vit4k", "random", "random initialisation (HIPT_VIT4K_WEIGHTS unset)")]},
+         0.35, 0.55),
+        (e2e("pixelmamba-6m", "Pixel-Mamba-6M", "Pixel-Mamba", 25,
+             [WeightsProvenance("model", "random", "random initialisation (no pretrained weights)")],
+             {"epochs": 2, "magnification": 0.625, "scan_window": 64}), 0.45, 0.7),
+        (e2e("vim-ti", "Vision Mamba (16)", "Vim-Ti", 22,
+             [WeightsProvenance("model", "scratch", "random initialisation (--from-scratch)")],
+             {"epochs": 2, "magnification": 0.625, "scan_window": 64}), 0.40, None),
+        (e2e("longvit-s", "LongViT-S", "ViT-S", 21,
+             [WeightsProvenance("model", "init", "--init pre.pt (sha256 0123456789abcdef)", "pre.pt",
+                                "0123456789abcdef")], {"epochs": 2}), 0.39, 0.52),
+    ]
+    for kw, staging, survival in rows:
+        put(s, kw, "staging", FIVE(staging))
+        if survival is not None:
+            put(s, kw, "survival", [survival] if kw["method"] == "pixelmamba-6m" else FIVE(survival))
+    return s
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> ResultsStore:
+    return demo_store(tmp_path_factory.mktemp("table2"))
+
+
+def test_table2_matches_golden(store):
+    summary = store.summarize("demo")
+    wide, cols = build_table(summary, expected=["meanmil.resnet50", "transmil.resnet50"])
+    t = table2(wide, cols, summary, label="tab:table2_demo")
+    assert_golden("table2_demo.tex", render_latex(t))
+    assert_golden("table2_demo.md", render_markdown(t))
+
+
+def test_a_missing_golden_file_fails(monkeypatch):
+    monkeypatch.setattr(golden_check, "UPDATE", False)
+    with pytest.raises(AssertionError, match="golden file .*no-such-table.tex is missing: write it with BENCH_UPDATE_GOLDEN=1"):
+        assert_golden("no-such-table.tex", "anything")
+    with pytest.raises(AssertionError, match="differs"):
+        assert_golden("table2_demo.tex", "not the table")
+
+
+def test_sections_in_paper_order_without_the_registry(store):
+    wide, _ = build_table(store.summarize("demo"), expected=["transmil.resnet50"])
+    # Table 2: ResNet-50, GigaPath, CONCH, hierarchical, end-to-end; inside a section the recorded order
+    assert list(wide["method"]) == ["meanmil.resnet50", "abmil.resnet50", "abmil.gigapath", "abmil.conch", "hipt",
+                                    "longvit-s", "vim-ti", "pixelmamba-6m", "transmil.resnet50"]
+
+
+def test_best_bold_second_underlined_on_printed_rounding(tmp_path):
+    s = ResultsStore(tmp_path)
+    # 0.41231 and 0.41234 both print 0.4123: a tie, both bold; 0.40 is second
+    for m, v in (("abmil.resnet50", 0.41231), ("meanmil.resnet50", 0.41234), ("maxmil.resnet50", 0.40)):
+        put(s, mil(m, m, "resnet50", 0), "staging", [v] * 5)
+    md = to_markdown(*build_table(s.summarize("demo")))
+    assert md.count("**0.4123 ± 0.0000**") == 2 and "_0.4000 ± 0.0000_" in md
+
+
+def test_caption_names_only_the_columns_present(tmp_path):
+    s = ResultsStore(tmp_path)
+    put(s, mil("abmil.resnet50", "ABMIL", "resnet50", 0), "staging", FIVE(0.5))
+    tex = to_latex(*build_table(s.summarize("demo")), summary=s.summarize("demo"))
+    cap = tex.split(r"\caption{")[1]
+    assert cap.startswith(r"Tumor staging (macro-F1): mean $\pm$ standard deviation (population, ddof=0) over the 5")
+    assert "survival" not in cap.lower() and "C-index" not in cap
+    put(s, mil("abmil.resnet50", "ABMIL", "resnet50", 0), "survival", FIVE(0.6))
+    tex = to_latex(*build_table(s.summarize("demo")), summary=s.summarize("demo"))
+    assert r"Tumor staging (macro-F1) and survival analysis (C-index): mean $\pm$" in tex
+
+
+def test_a_single_fold_says_so_instead_of_a_zero_spread(store):
+    md = to_markdown(*build_table(store.summarize("demo")))
+    assert "0.7000 (1/5 folds)" in md and "± 0.0000" not in md
+
+
+def test_rows_still_to_run_show_dashes_and_a_count(store):
+    summary = store.summarize("demo")
+    wide, cols = build_table(summary, expected=["transmil.resnet50", "ilra.resnet50", "abmil.resnet50"])
+    md = to_markdown(wide, cols, summary=summary)
+    assert "| *Still to run* |" in md and "| transmil.resnet50 |  | – | – | – |" in md
+    assert "2 of 10 rows still to run; 1 missing cell(s) in other rows" in md  # vim-ti has no survival
+    assert r"–: not run yet (2 of 10 rows still to run" in to_latex(wide, cols, summary=summary)
+    wide, cols = build_table(summary)  # default: only the methods with results, nothing pending
+    assert "Still to run" not in to_markdown(wide, cols) and "rows still to run" not in to_markdown(wide, cols)
+
+
+def test_every_randomly_initialised_or_non_paper_row_is_marked(store):
+    summary = store.summarize("demo")
+    wide, cols = build_table(summary)
+    md = to_markdown(wide, cols, summary=summary)
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert lines["MeanMIL †§"].startswith("| MeanMIL †§ | ResNet-50 | 25M + 4.1K |")
+    assert "ABMIL" in lines and "| ABMIL | ViT-B | 86M + 0.7M |" in md  # pretrained, paper protocol: no mark
+    assert "| ABMIL ‡§ | ViT-G | stand-in + 1.2M |" in md
+    assert "| HIPT †§ | HIPT-ViT-6 | 24.4M + 0.6M |" in md
+    # end-to-end rows from random initialisation (no weights, or --from-scratch) carry ¶; --init names its sha
+    assert "| Pixel-Mamba-6M ¶§² |" in md and "| Vision Mamba (16) ¶§² |" in md and "| LongViT-S §¹ |" in md
+    assert ("¶ Trained end to end from random initialisation, no pretrained weights: model: random initialisation "
+            "(--from-scratch); model: random initialisation (no pretrained weights).") in md
+    assert "† Random initialisation of a pretrained part, not comparable to published numbers: encoder " \
+           "resnet50: random initialisation (no resnet50 weights found); vit4k: random initialisation " \
+           "(HIPT_VIT4K_WEIGHTS unset)." in md
+    assert "‡ Small stand-in architecture" in md and "gigapath: random stand-in (ViT/16 2x192)" in md
+    assert "§ Protocol wsi-bench, not the paper's" in md
+    # every non-default option of a row, not only its magnification
+    assert "² epochs=2, magnification=0.625, scan_window=64." in md
+    assert "¹ --init pre.pt (sha256 0123456789abcdef); epochs=2." in md
+    tex = to_latex(wide, cols, summary=summary)
+    assert r"Pixel-Mamba-6M$^{\P\S,2}$ & Pixel-Mamba & 6.3M" in tex and r"$^{\P}$Trained end to end" in tex
+    assert r"$^{2}$epochs=2, magnification=0.625, scan\_window=64." in tex
+    assert r"$^{1}$-{}-init pre.pt (sha256 0123456789abcdef)" in tex  # not an en dash
+
+
+def test_std_ddof_is_stated_and_switchable(store):
+    pop, sample = store.summarize("demo"), store.summarize("demo", ddof=1)
+    md0 = to_markdown(*build_table(pop), summary=pop)
+    md1 = to_markdown(*build_table(sample), summary=sample)
+    assert "(population, ddof=0)" in md0 and "0.4100 ± 0.0283" in md0
+    assert "(sample, ddof=1)" in md1 and "0.4100 ± 0.0316" in md1
+
+
+def test_stats_marks_and_compute_columns(store):
+    summary = store.summarize("demo")
+    wide, cols = build_table(summary)
+    i = int(wide.index[wide["method"] == "abmil.resnet50"][0])
+    tex = to_latex(wide, cols, summary=summary, similar={("survival", "demo"): {i}}, stats_note=r"$^{\approx}$NOTE",
+                   compute=True)
+    assert r"\multicolumn{5}{l}{Tasks}" in tex and "Params. & Peak mem. (GB) & Train s/slide & DEMO" in tex
+    assert r"& 0.5813 $\pm$ 0.0283$^{\approx}$ \\" in tex and r"$^{\approx}$NOTE" in tex
+    assert "& 0.10 & 0.10 &" in tex  # 100 MB peak, 0.1 s per slide (record_factory's)
+    md = to_markdown(wide, cols, summary=summary, similar={("survival", "demo"): {i}}, compute=True)
+    assert "| 0.5813 ± 0.0283 ≈ |" in md and "≈ not significantly different" in md
+    plain = to_latex(wide, cols)
+    assert "Peak mem." not in plain and r"\approx" not in plain
+
+
+def test_classification_table_from_records(tmp_path):
+    s = ResultsStore(tmp_path)
+    kw = e2e("pixelmamba-6m", "Pixel-Mamba-6M", "Pixel-Mamba", 25,
+             [WeightsProvenance("model", "random", "random initialisation (no pretrained weights)")],
+             {"regions": {"n": 2, "size": 64, "magnification": 5}})
+    for fold in range(2):
+        rec = make_record(**{**kw, "dataset": "cam", "task": "classification", "fold": fold, "primary_metric": "auc",
+                             "metrics": {"auc": 0.8 + 0.1 * fold, "accuracy": 0.7}})
+        u = Unit("cam", "classification", rec.method, fold)
+        s.prepare(u, {}, "h")
+        s.finish(u, PRED, pd.DataFrame(), rec)
+    tex, md = classification_table(s.summarize("cam"), "cam")
+    assert md.splitlines()[0] == "| Method | AUC | ACC |"
+    assert "| Pixel-Mamba-6M ¶§¹ | **0.8500 ± 0.0500 (2/5 folds)** | **0.7000 ± 0.0000 (2/5 folds)** |" in md
+    assert "¹ regions=(magnification=5, n=2, size=64)." in md
+    assert r"\begin{tabular}{lcc}" in tex and "AUC and accuracy, mean $\\pm$ standard deviation (population, ddof=0)" in tex
+
+
+def test_cli_lists_expected_rows_and_switches_ddof(store, capsys):
+    from bench.cli import main
+
+    assert main(["table", "--results", str(store.root), "--methods", "transmil.*,hipt", "--std-ddof", "1",
+                 "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "| transmil.resnet50 |" in out and "| transmil.conch |" in out and "| hipt |" not in out  # hipt ran
+    assert "(sample, ddof=1)" in out and "3 of 11 rows still to run" in out
+    assert "| *Still to run* |" in (store.root / "tables" / "table2.md").read_text()
+
+
+def test_one_latex_escape():
+    assert latex_escape(r"a\b & 50% _x_ #1 $y$ {z} ~ ^ ±") == (
+        r"a\textbackslash{}b \& 50\% \_x\_ \#1 \$y\$ \{z\} \textasciitilde{} \textasciicircum{} $\pm$")
+    t = Table([Column("a\\b"), Column("v", rank=True)], [Row([r"x_1\y", Cell("1.0", 1.0)])])
+    assert r"a\textbackslash{}b & v \\" in render_latex(t) and r"x\_1\textbackslash{}y & \textbf{1.0}" in render_latex(t)
 
 
 def test_human_counts_as_in_table2():
@@ -67,122 +254,7 @@ def test_human_counts_as_in_table2():
         ["4.1K", "2.1K", "6.1K", "0.9M", "0.7M", "1.2M", "6.2M"]
 
 
-def test_partial_folds_are_marked():
-    s = summary()
-    s.loc[s["method"] == "abmil.conch", "n_folds"] = 2
-    s["expected_folds"] = 5
-    wide, cols = build_table(s)
-    md = to_markdown(wide, cols)
-    assert "0.5260 ± 0.0753 (2/5 folds)" in md and "_0.4100 ± 0.0498_" in md
-
-
-def test_standin_rows_are_double_marked():
-    s = summary()
-    s["encoder_standin"] = ""
-    s.loc[s["method"] == "abmil.conch", "encoder_standin"] = "ViT/16 2x192 + attn-pool 512"
-    wide, cols = build_table(s)
-    md = to_markdown(wide, cols)
-    assert "| ABMIL †‡ | ViT-B | stand-in + 0.7M |" in md and "| ABMIL † | ResNet-50 | 25M + 0.9M |" in md
-    assert "‡ small stand-in architecture" in md and "conch: ViT/16 2x192 + attn-pool 512" in md
-    tex = to_latex(wide, cols)
-    assert r"ABMIL$^\dagger$$^\ddagger$" in tex and r"$^\ddagger$Small stand-in" in tex
-    # summaries written before stand-ins existed (no column) still build, unmarked
-    assert "‡" not in to_markdown(*build_table(summary()))
-
-
-def test_stats_marks_compute_columns_and_magnification_labels():
-    s = summary()
-    e2e = {"family": "end-to-end", "encoder": "", "task": "survival", "metric": "c_index", "primary": True,
-           "std": 0.01, "n_folds": 5, "n_defined": 5, "folds": "", "random_weights": False, "train_seconds": 9.0,
-           "dataset": "demo", "variant": "", "params": 6_265_750}
-    s = pd.concat([s, pd.DataFrame([
-        {**e2e, "method": "pixelmamba-6m", "label": "Pixel-Mamba-6M", "mean": 0.7, "input": "slide@0.625x",
-         "peak_rss_mb": 2048.0, "train_seconds_per_slide": 1.5},
-        {**e2e, "method": "vim-ti", "label": "Vision Mamba (16)", "mean": 0.5, "input": "slide@2.5x",
-         "peak_rss_mb": 1024.0, "train_seconds_per_slide": 0.25}])], ignore_index=True)
-    wide, cols = build_table(s)
-    i_pm = int(wide.index[wide["method"] == "pixelmamba-6m"][0])
-    i_ab = int(wide.index[wide["method"] == "abmil.conch"][0])
-    similar = {("survival", "demo"): {i_ab}}
-    tex = to_latex(wide, cols, similar=similar, stats_note="NOTE", compute=True)
-    assert r"\multicolumn{5}{l}{Tasks}" in tex and "Params. & Peak mem. (GB) & Train s/slide & DEMO" in tex
-    assert r"0.6057 $\pm$ 0.0344}$^{\approx}$" in tex and tex.count(r"$^{\approx}$") == 1 and "NOTE}" in tex
-    # an end-to-end row read at another magnification than the paper's 2.5x says so; at 2.5x it does not
-    assert "Pixel-Mamba-6M (0.625x) & Pixel-Mamba & 6.3M & 2.00 & 1.5 &" in tex
-    assert "Vision Mamba (16) & Vim-Ti & 6.3M & 1.00 & 0.25 &" in tex
-    md = to_markdown(wide, cols, similar, compute=True)
-    assert "_0.6057 ± 0.0344_ ≈" in md and "| Pixel-Mamba-6M (0.625x) | Pixel-Mamba | 6.3M | 2.00 | 1.5 |" in md
-    assert wide.loc[i_pm, "peak_mb"] == 2048.0
-    plain = to_latex(wide, cols)
-    assert "Peak mem." not in plain and r"\approx" not in plain
-
-
-def _hierarchical_rows(standin: str = "", trainable: bool = True) -> pd.DataFrame:
-    base = {"variant": "", "family": "two-stage", "encoder": "", "task": "survival", "metric": "c_index",
-            "primary": True, "std": 0.01, "n_folds": 5, "n_defined": 5, "folds": "", "random_weights": True,
-            "train_seconds": 1.0, "dataset": "demo", "encoder_standin": standin}
-    # totals and trainable parts as the models count them (tests/test_hierarchical.py)
-    rows = [("hipt", "HIPT", 3_376_901, 595_397, 0.55),
-            ("prov-gigapath-cls", "Prov-GigaPath (CLS token)", 86_337_028, 6_148, 0.56),
-            ("prov-gigapath-feat", "Prov-GigaPath (feature)", 87_514_245, 1_183_365, 0.57)]
-    out = pd.DataFrame([{**base, "method": m, "label": label, "params": total, "mean": mean,
-                         **({"trainable_params": tr} if trainable else {})} for m, label, total, tr, mean in rows])
-    return pd.concat([summary(), out], ignore_index=True)
-
-
-def test_hierarchical_params_are_frozen_plus_trained_as_in_table2():
-    wide, cols = build_table(_hierarchical_rows())
-    md, tex = to_markdown(wide, cols), to_latex(wide, cols)
-    # Table 2 prints "1.2G + 6.1K" and "1.2G + 1.2M": tile encoder 1,134,953,984 + slide encoder
-    # 86,330,880 frozen; the heads train. HIPT: ViT-256 21,665,664 + ViT-4K 2,781,504 = 24.4M frozen
-    # (the paper: "24M"), then 595,397 trained (docs/hierarchical.md on the paper's 2.2M).
-    assert "| Prov-GigaPath (CLS token) † | ViT-LongNet | 1.2G + 6.1K |" in md
-    assert "| Prov-GigaPath (feature) † | ViT-LongNet | 1.2G + 1.2M |" in md
-    assert "| HIPT † | HIPT-ViT-6 | 24.4M + 0.6M |" in md
-    assert r"Prov-GigaPath (CLS token)$^\dagger$ & ViT-LongNet & 1.2G + 6.1K &" in tex
-    assert "| ABMIL † | ViT-B | 86M + 0.7M |" in md  # MIL rows unchanged
-    # a summary written before trainable counts existed shows the total, as before
-    md_old = to_markdown(*build_table(_hierarchical_rows(trainable=False)))
-    assert "| HIPT † | HIPT-ViT-6 | 3.4M |" in md_old
-
-
-def test_hierarchical_standin_footnote_names_the_first_stage():
-    s = _hierarchical_rows()
-    s.loc[s["method"] == "hipt", "encoder_standin"] = "ViT/16 2x192, avg-pool + linear 384"
-    s.loc[s["method"].str.startswith("prov-"), "encoder_standin"] = "ViT/16 2x192, avg-pool + linear 1536"
-    md = to_markdown(*build_table(s))
-    foot = md.split("‡ small stand-in")[1]
-    assert "(gigapath: ViT/16 2x192, avg-pool + linear 1536; hipt-vit256: ViT/16 2x192, avg-pool + linear 384)" in foot
-    assert "; :" not in foot and "(:" not in foot  # no nameless entries
-    # the stand-in is named, not counted; the frozen second stage and what trains are
-    assert "| HIPT †‡ | HIPT-ViT-6 | stand-in + 2.8M + 0.6M |" in md
-    assert "| Prov-GigaPath (CLS token) †‡ | ViT-LongNet | stand-in + 86.3M + 6.1K |" in md
-
-
-def test_region_voting_rows_name_their_regions_unless_the_papers():
-    """An end-to-end row that voted over other regions than the supplement's 100 x 2048 px at 20x says
-    which, in Table 2's layout and in the classification table; at the paper's setting it does not."""
-    from bench.report.tables import classification_table
-
-    base = {"variant": "", "family": "end-to-end", "encoder": "", "label": "Pixel-Mamba-6M", "params": 6_264_980,
-            "task": "classification", "primary": True, "std": 0.0, "n_folds": 5, "n_defined": 5, "folds": "",
-            "random_weights": False, "train_seconds": 1.0}
-    rows = [{**base, "method": "pixelmamba-6m", "dataset": d, "input": inp, "metric": metric, "mean": 0.8,
-             "primary": metric == "auc"}
-            for d, inp in (("small", "2 regions 64px@5x"), ("paper", "100 regions 2048px@20x"))
-            for metric in ("auc", "accuracy")]
-    s = pd.DataFrame(rows)
-    _, md = classification_table(s, "small")
-    assert "| Pixel-Mamba-6M (2 regions 64px@5x) |" in md
-    _, md = classification_table(s, "paper")
-    assert "| Pixel-Mamba-6M |" in md
-    md = to_markdown(*build_table(s[s["dataset"] == "small"], tasks=["classification"]))
-    assert "| Pixel-Mamba-6M (2 regions 64px@5x) | Pixel-Mamba | 6.3M |" in md
-
-
 def test_two_sig_never_prints_exponents() -> None:
-    from bench.report.tables import two_sig
-
     cases = {0.0042: "0.0042", 0.99: "0.99", 2.0: "2.0", 1.14: "1.1", 23.4: "23", 123.4: "120",
              9.96: "10", 1449.0: "1400", 0.0: "0"}
     assert {v: two_sig(v) for v in cases} == cases

@@ -177,7 +177,7 @@ def test_table_marks_tuned_rows(cohort):
     wide, cols = build_table(summary, tasks=["staging"])
     assert list(wide["tuned"]) == [False, True]
     md, tex = to_markdown(wide, cols), to_latex(wide, cols)
-    assert "| MeanMIL (tuned) \u2020 |" in md and "| MeanMIL \u2020 |" in md and "nested cross-validation" in md
+    assert "| MeanMIL (tuned) \u2020" in md and "| MeanMIL \u2020" in md and "nested cross-validation" in md
     assert "MeanMIL (tuned)" in tex and "nested cross-validation" in tex
 
 

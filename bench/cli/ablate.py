@@ -54,6 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     g.add_argument("--alpha-level", type=float, default=0.05, help="significance level (default %(default)s)")
     g.add_argument("--compute", action="store_true", help="add peak memory and training time per slide columns")
+    g.add_argument("--std-ddof", type=int, default=0, choices=(0, 1),
+                   help="ddof of the ± standard deviation: 0 population (default), 1 sample")
     p.set_defaults(func=main)
 
 
@@ -97,64 +99,13 @@ def main(args: argparse.Namespace) -> int:
             print(report.line())
         failed = report.failed
     print_failed(failed)
-    paths, md = write_table(ablation, grid.items, grid.notes, grid.dataset, grid.task, args)
+    from ..report.ablation_tables import write_ablation_tables
+    from ..report.results import ResultsStore
+
+    paths, md = write_ablation_tables(ResultsStore(args.results), ablation, grid.items, grid.notes, grid.dataset,
+                                      grid.task, stats=args.stats, n_boot=args.n_boot, alpha=args.alpha_level,
+                                      compute=args.compute, ddof=args.std_ddof)
     print(md)
     for p in paths:
         print(f"wrote {p}")
     return 1 if failed else 0
-
-
-def write_table(ablation, items, notes, dataset: str, task: str, args: argparse.Namespace):
-    """Table (LaTeX + Markdown, and the stats CSV with --stats) from the results store only."""
-    from ..ablations import build_rows, to_latex, to_markdown
-    from ..io import atomic_write_text
-    from ..report.results import ResultsStore
-    from ..report.stats import caption_note, comparisons_frame, compare_to_best
-
-    store = ResultsStore(args.results)
-    summary = store.summarize(dataset)
-    configs = {}
-    for rec in store.records(dataset):  # per row, the resolved options, for columns such as scan_window
-        key = (rec.method, rec.variant)
-        if rec.task == task and key not in configs:
-            configs[key] = {"model": rec.model, "inputs": rec.input}
-    rows = build_rows(ablation, items, summary, task, configs)
-    if all(r.n == 0 for r in rows):
-        raise ValueError(f"no finished unit of ablation {ablation.name!r} ({task}) under {args.results}/runs/{dataset}")
-    notes = notes + _identical_rows(store, dataset, task, rows)
-    similar: set[int] = set()
-    note = ""
-    out = args.results / dataset / "tables" / f"{ablation.name}_{task}.tex"
-    paths = [out, out.with_suffix(".md")]
-    if args.stats:
-        preds = {r.item.key: store.predictions(dataset, task, r.item.method, r.item.variant) for r in rows}
-        comps = compare_to_best(preds, task, n_boot=args.n_boot, alpha=args.alpha_level)
-        keys = [r.item.key for r in rows]
-        similar = {keys.index(k) for k, c in comps.items() if not c.different}
-        note = caption_note(args.n_boot, args.alpha_level)
-        csv = out.with_name(out.stem + "_stats.csv")
-        name = lambda k: k[0] + (f"/{k[1]}" if k[1] else "")  # noqa: E731
-        atomic_write_text(csv, comparisons_frame(comps, name).to_csv(index=False))
-        paths.append(csv)
-    atomic_write_text(out, to_latex(ablation, rows, dataset, task, notes, similar, note, args.compute))
-    md = to_markdown(ablation, rows, task, notes, similar, args.compute)
-    atomic_write_text(out.with_suffix(".md"), md)
-    return paths, md
-
-
-def _identical_rows(store, dataset: str, task: str, rows) -> list[str]:
-    """A note when several values of a setting gave exactly the same predictions — the setting then
-    changed nothing at this input size (e.g. Region Fusion's alpha on slides of few regions, where
-    ceil(alpha * n0 / 24) is 1 for every alpha). Said, so nobody reads a flat row as a finding."""
-    seen: dict[str, list[str]] = {}
-    for r in rows:
-        if not r.item.variant or not r.n:
-            continue
-        pred = store.predictions(dataset, task, r.item.method, r.item.variant)
-        if pred.empty:
-            continue
-        cols = [c for c in ("risk", "pred", "prob1") if c in pred]
-        key = pred.sort_values(["fold", "case_id"])[["fold", "case_id", *cols]].to_csv(index=False)
-        seen.setdefault(key, []).append(r.item.variant)
-    return [f"{', '.join(v)} gave identical predictions: the setting changes nothing at this input size"
-            for v in seen.values() if len(v) > 1]

@@ -6,8 +6,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from .common import Formatter, add_paths
 
 log = logging.getLogger("bench")
@@ -15,11 +13,16 @@ log = logging.getLogger("bench")
 EPILOG = """examples:
   python -m bench table --dataset demo         # results/tables/table2_demo.tex + KM figures
   python -m bench table                        # every dataset with results, one table (paper's Table 2)
+  python -m bench table --methods all          # every registered method a row; "–" for rows still to run
   python -m bench table --dataset luad --stats  # mark rows not significantly worse than the best
   python -m bench table --compute              # + peak memory and training time per slide
+  python -m bench table --std-ddof 1           # sample standard deviation instead of population
   python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
+Marks: † random weights of a pretrained part, ‡ stand-in encoder, ¶ end-to-end from random
+initialisation, § protocol other than the paper's, numbers: options that differ from the method's
+defaults (and --init checkpoints); each is explained under the table.
 """
 
 
@@ -29,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="comma list of datasets (default: every dataset with results)")
     add_paths(p)
     p.add_argument("--out", type=Path, help="LaTeX output file (default results/tables/table2[_<datasets>].tex)")
+    p.add_argument("--methods", help="rows the table must list (all, comma lists, globs as in `bench run`); "
+                                     "those without results show – and are counted (default: the methods "
+                                     "with results)")
+    p.add_argument("--std-ddof", type=int, default=0, choices=(0, 1),
+                   help="ddof of the ± standard deviation: 0 population (default), 1 sample")
     p.add_argument("--ablation-rows", action="store_true",
                    help="also list ablation variants (e.g. pixelmamba-6m alpha=0.4) as rows; by default "
                         "they appear only in `bench ablate`'s tables")
@@ -46,83 +54,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..io import atomic_write_text
-    from ..report.plots import km_figure
+    from ..registry import resolve_methods
     from ..report.results import ResultsStore
-    from ..report.tables import build_table, classification_table, to_latex, to_markdown
+    from ..report.tables import write_tables
 
     store = ResultsStore(args.results)
     datasets = args.dataset.split(",") if args.dataset else store.datasets()
-    if not datasets:
-        raise ValueError(f"no results under {args.results}/runs; run `python -m bench run` first")
-    parts = []
-    for d in datasets:
-        s = store.summarize(d)
-        if s.empty:
-            raise ValueError(f"no finished units for dataset {d!r} under {args.results}/runs/{d}")
-        parts.append(s.assign(dataset=d))
-    summary = pd.concat(parts, ignore_index=True)
-    if not args.ablation_rows:  # ablation values (variants "<setting>=<value>") have their own tables
-        summary = summary[~summary["variant"].fillna("").astype(str).str.contains("=")]
-        if summary.empty:
-            raise ValueError("these results hold only ablation variants: `python -m bench ablate <name> "
-                             "--table-only` writes their tables, or add --ablation-rows")
-    wide, cols = build_table(summary)
     suffix = "" if not args.dataset else "_" + "_".join(datasets)
-    out = args.out or args.results / "tables" / f"table2{suffix}.tex"
-    similar: dict = {}
-    note = ""
-    if args.stats:
-        similar, note, csv = _significance(store, wide, cols, args, out)
-        print(f"stats: {csv}")
-    atomic_write_text(out, to_latex(wide, cols, label=f"tab:table2{suffix}", similar=similar, stats_note=note,
-                                    compute=args.compute))
-    md = to_markdown(wide, cols, similar, args.compute)
-    atomic_write_text(out.with_suffix(".md"), md)
-    print(md)
-    print(f"LaTeX: {out}")
-    for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
-        if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
-            tex, cmd = classification_table(summary, d)
-            cout = args.results / "tables" / f"classification_{d}.tex"
-            atomic_write_text(cout, tex)
-            atomic_write_text(cout.with_suffix(".md"), cmd)
-            print(cmd)
-            print(f"LaTeX: {cout}")
-    if not args.no_figures:
-        for d in datasets:
-            for method in summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique():
-                pred = store.predictions(d, "survival", method)
-                if pred.empty:
-                    continue
-                fig = args.results / "figures" / d / f"km_{method}.png"
-                p = km_figure(pred, f"{method} — {d} (out-of-fold, {pred['fold'].nunique()} folds)", fig)
-                km_figure(pred, f"{method} — {d}", fig.with_suffix(".pdf"))
-                print(f"KM: {fig}  log-rank p = {'undefined' if p != p else f'{p:.3g}'}")
+    expected = [m.name for m in resolve_methods(args.methods)] if args.methods else None
+    for line in write_tables(store, datasets, args.out or args.results / "tables" / f"table2{suffix}.tex",
+                             f"tab:table2{suffix}", expected=expected, ddof=args.std_ddof,
+                             ablation_rows=args.ablation_rows, stats=args.stats, n_boot=args.n_boot,
+                             alpha=args.alpha_level, compute=args.compute, figures=not args.no_figures):
+        print(line)
     return 0
-
-
-def _significance(store, wide, cols, args, out: Path):
-    """Per (task, dataset) column: compare every row with the column's best on shared folds."""
-    from ..io import atomic_write_text
-    from ..report.stats import caption_note, compare_to_best, comparisons_frame
-
-    similar: dict = {}
-    frames = []
-    for task, dataset in cols:
-        preds = {}
-        for i, row in wide.iterrows():
-            if row[(task, dataset)] is None:
-                continue
-            preds[i] = store.predictions(dataset, task, row["method"], row["variant"] or None)
-        comps = compare_to_best(preds, task, n_boot=args.n_boot, alpha=args.alpha_level)
-        similar[(task, dataset)] = {i for i, c in comps.items() if not c.different}
-
-        def name(i, w=wide):
-            return w.loc[i, "method"] + (f"/{w.loc[i, 'variant']}" if w.loc[i, "variant"] else "")
-
-        if comps:
-            frames.append(comparisons_frame(comps, name).assign(task=task, dataset=dataset))
-    csv = out.with_name(out.stem + "_stats.csv")
-    atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "")
-    return similar, caption_note(args.n_boot, args.alpha_level), csv

@@ -25,7 +25,7 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -283,7 +283,9 @@ class ResultsStore:
                     "tuned": any(r.tuned for r in recs), "protocol": first.protocol,
                     "split_seed": first.split.seed,
                     "input": first.input.label(), "default_input": first.default_input.label(),
-                    "non_default": json.dumps(first.info.get("non_default", {}), sort_keys=True, default=str),
+                    "magnification": first.input.magnification,
+                    "provenance": json.dumps([asdict(w) for w in first.weights], sort_keys=True),
+                    "non_default": json.dumps(_fixed_options(first), sort_keys=True, default=str),
                     "order": first.info.get("order"),
                     "train_seconds": float(np.mean([r.train_seconds for r in recs])),
                     **_compute(recs),
@@ -294,6 +296,12 @@ class ResultsStore:
             p.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(p, df.to_csv(index=False))
         return df
+
+
+def _fixed_options(rec: UnitRecord) -> dict[str, Any]:
+    """The row's non-default options, less those tuned per outer fold (their values differ by fold)."""
+    tuned = set((rec.tuned or {}).get("params", {}))
+    return {k: v for k, v in rec.info.get("non_default", {}).items() if k not in tuned and f"model.{k}" not in tuned}
 
 
 def redo_command(rec: UnitRecord) -> str:

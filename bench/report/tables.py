@@ -1,26 +1,39 @@
-"""Tables from results only: LaTeX in the style of the Pixel-Mamba paper's Table 2 (booktabs, rows
-grouped by family and encoder, mean ± std over folds, best bold, second underlined) and the same
-table as Markdown for the terminal."""
+"""Table 2 and the classification table, from summaries only (``ResultsStore.summarize``: one row
+per (method, variant, task, metric), built from unit records). Rendering is :mod:`bench.report.render`.
+
+Table 2 follows the Pixel-Mamba paper's layout: rows in sections (MIL rows by patch encoder, then
+hierarchical, then end-to-end), one column per (task, dataset), mean ± std over the folds, best
+bold and second underlined. Every row says what a first look must know (:class:`Marks`): random
+initialisation of a pretrained part, stand-in encoders, end-to-end training from scratch, a
+protocol other than the paper's, and every option that differs from the method's defaults.
+"""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ..registry import ENCODERS
+from .render import Cell, Column, ColumnGroup, Footnotes, Row, Table, Tex, latex_escape, mean_std_cell
 
+# the paper's column titles and caption words, keyed by the summary's task and metric names
 TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
                "survival": "Survival Analysis (5 Fold - C-index)",
                "classification": "Classification (AUC)"}
-GROUP_ORDER = [ENCODERS["resnet50"]["group"], ENCODERS["gigapath"]["group"], ENCODERS["conch"]["group"],
-               "Two-stage hierarchical representation", "End-to-end"]
-RANDOM_MARK = "\u2020"  # dagger
-TUNED_NOTE = (" (tuned): hyper-parameters chosen for each outer fold by nested cross-validation (Optuna, "
+TASK_CAPTION = {"staging": "tumor staging", "survival": "survival analysis", "classification": "classification"}
+METRIC_NAMES = {"macro_f1": "macro-F1", "c_index": "C-index", "auc": "AUC", "accuracy": "accuracy"}
+# Table 2's sections: MIL rows by patch encoder in the paper's order, then hierarchical, end-to-end
+PAPER_ENCODER_ORDER = ("resnet50", "gigapath", "conch")
+PENDING_SECTION = "Still to run"
+
+RANDOM_MARK = "\u2020"  # † a pretrained part of a two-stage row randomly initialised
+STANDIN_MARK = "\u2021"  # ‡ a small stand-in architecture replaced the encoder
+SCRATCH_MARK = "\u00b6"  # ¶ an end-to-end network trained from random initialisation
+PROTOCOL_MARK = "\u00a7"  # § a protocol other than the paper's (§§ for a second one)
+TUNED_NOTE = ("(tuned): hyper-parameters chosen for each outer fold by nested cross-validation (Optuna, "
               "inner folds made from that fold's training cases only).")
-STANDIN_MARK = "\u2021"  # double dagger: a small stand-in architecture replaced the encoder
 
 
 def human_count(n: float | int | None) -> str:
@@ -34,65 +47,181 @@ def human_count(n: float | int | None) -> str:
     return str(int(n))
 
 
-@dataclass
-class Cell:
-    mean: float
-    std: float
-    n: int
-
-    expected: int = 5
-
-    def text(self) -> str:
-        if math.isnan(self.mean):
-            return "–"
-        partial = f" ({self.n}/{self.expected} folds)" if self.n < self.expected else ""
-        return f"{self.mean:.4f} ± {self.std:.4f}{partial}"
+def two_sig(v: float) -> str:
+    """Two significant digits for a table cell, never in exponent notation: 0.0042, 0.99, 2.0,
+    23, 120 (``f"{v:.2g}"`` would print 2, 1.2e+02)."""
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    if abs(v) >= 10:
+        return f"{round(v, 1 - int(math.floor(math.log10(abs(v))))):.0f}"
+    return f"{v:#.2g}".rstrip(".")
 
 
-def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survival", "classification")
-                ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Rows (method, variant) × columns (task, dataset) of primary-metric cells.
+def fmt_value(v: Any) -> str:
+    """An option's value in a footnote: 0.4, 64, True, (n=3, size=64)."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, dict):
+        return "(" + ", ".join(f"{k}={fmt_value(x)}" for k, x in v.items()) + ")"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+    return str(v)
 
-    ``summary`` is the concatenation of ``results/<dataset>/summary.csv`` with a ``dataset`` column.
-    Returns the wide frame (object cells) and the column keys in order.
-    """
-    prim = summary[summary["primary"].astype(bool)].copy()
-    tasks = [t for t in tasks if t in set(prim["task"])]
-    datasets = list(dict.fromkeys(prim["dataset"]))
+
+def _number(v: object) -> float:
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _text(v: object) -> str:
+    return v if isinstance(v, str) else ""
+
+
+def _json(v: object, empty: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) and v else empty
+
+
+# --- marks -----------------------------------------------------------------------------------------
+class Marks:
+    """The marks of a table's rows and the footnotes that explain them. ``skip_options``: options a
+    table shows in a column of its own (an ablation's swept setting), not repeated in a footnote."""
+
+    def __init__(self, skip_options: Iterable[str] = ()) -> None:
+        self.skip = set(skip_options)
+        self.random: dict[str, None] = {}
+        self.standin: dict[str, None] = {}
+        self.scratch: dict[str, None] = {}
+        self.protocols: list[str] = []
+        self.rows = Footnotes()
+        self.tuned = False
+
+    def of(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        """Marks of one summary row (or a row of :func:`build_table`'s frame)."""
+        if row.get("pending"):
+            return ()
+        marks: list[str] = []
+        prov = row.get("provenance") or []
+        e2e = row.get("family") == "end-to-end"
+        for w in prov:
+            text = f"{w['part']}: {w['label']}"
+            if w["source"] == "standin":
+                self.standin[text] = None
+            elif w["source"] in ("random", "scratch"):
+                (self.scratch if e2e else self.random)[text] = None
+        sources = {w["source"] for w in prov}
+        if not e2e and "random" in sources:
+            marks.append(RANDOM_MARK)
+        if "standin" in sources:
+            marks.append(STANDIN_MARK)
+        if e2e and sources & {"random", "scratch"}:
+            marks.append(SCRATCH_MARK)
+        protocol = row.get("protocol") or ""
+        if protocol and protocol != "paper":
+            if protocol not in self.protocols:
+                self.protocols.append(protocol)
+            marks.append(PROTOCOL_MARK * (self.protocols.index(protocol) + 1))
+        self.tuned = self.tuned or bool(row.get("tuned"))
+        note = [w["label"] for w in prov if w["source"] == "init"]
+        opts = {k: v for k, v in (row.get("non_default") or {}).items() if k not in self.skip}
+        if opts:
+            note.append(", ".join(f"{k}={fmt_value(v)}" for k, v in opts.items()))
+        if note:
+            marks.append(self.rows.mark("; ".join(note)))
+        return tuple(marks)
+
+    def footnotes(self) -> list[tuple[str, str]]:
+        out = []
+        if self.random:
+            out.append((RANDOM_MARK, "Random initialisation of a pretrained part, not comparable to published "
+                                     "numbers: " + "; ".join(self.random) + "."))
+        if self.standin:
+            out.append((STANDIN_MARK, "Small stand-in architecture of the encoder's family (same input and output "
+                                      "dimension), not the published network: " + "; ".join(self.standin) + "."))
+        if self.scratch:
+            out.append((SCRATCH_MARK, "Trained end to end from random initialisation, no pretrained weights: "
+                                      + "; ".join(self.scratch) + "."))
+        for i, p in enumerate(self.protocols):
+            out.append((PROTOCOL_MARK * (i + 1), f"Protocol {p}, not the paper's (bench run --protocol paper "
+                                                 "runs the paper's reading)."))
+        out += [(m, f"{t}.") for m, t in self.rows.items()]
+        return out
+
+
+def spread_phrase(ddof: int, n_folds: int | None) -> str:
+    """What ± means, with the ddof it was computed with."""
+    kind = "population" if ddof == 0 else "sample"
+    folds = f"the {n_folds} patient-level test folds" if n_folds else "the patient-level test folds"
+    return f"mean ± standard deviation ({kind}, ddof={ddof}) over {folds}"
+
+
+def _ddof_and_folds(frame: pd.DataFrame) -> tuple[int, int | None]:
+    ddof = int(frame["ddof"].dropna().iloc[0]) if "ddof" in frame and frame["ddof"].notna().any() else 0
+    folds = set(pd.to_numeric(frame.get("expected_folds", pd.Series(dtype=float)), errors="coerce").dropna().astype(int))
+    return ddof, (folds.pop() if len(folds) == 1 else None)
+
+
+# --- Table 2 ---------------------------------------------------------------------------------------
+def _section_key(row: Mapping[str, Any]) -> tuple[int, int]:
+    if row.get("pending"):
+        return (3, 0)
+    if row["family"] == "two-stage" and row.get("encoder_label"):
+        enc = row.get("encoder") or ""
+        return (0, PAPER_ENCODER_ORDER.index(enc) if enc in PAPER_ENCODER_ORDER else len(PAPER_ENCODER_ORDER))
+    return (1, 0) if row["family"] == "two-stage" else (2, 0)
+
+
+def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survival", "classification"),
+                expected: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Rows (method, variant) × columns (task, dataset) of primary-metric :class:`Cell` s (None:
+    not run). ``expected``: method names the table must list; those without results become rows
+    of ``–`` in a last section (their names are all a summary can say about them)."""
+    prim = summary[summary["primary"].astype(bool)].copy() if not summary.empty else summary
+    tasks = [t for t in tasks if not prim.empty and t in set(prim["task"])]
+    datasets = list(dict.fromkeys(prim["dataset"])) if not prim.empty else []
     cols = [(t, d) for t in tasks for d in datasets if ((prim["task"] == t) & (prim["dataset"] == d)).any()]
-    prim["variant"] = prim["variant"].fillna("")
     rows = []
-    for (method, variant), g in prim.groupby(["method", "variant"], sort=False):
-        first = g.iloc[0]
-        row = {"method": method, "variant": variant, "label": first["label"], "family": first["family"],
-               "encoder": _text(first.get("encoder")), "group": first["group"], "backbone": _text(first["backbone"]),
-               "params": first["params"], "trainable_params": _number(first.get("trainable_params")),
-               "frozen_params_text": _text(first.get("frozen_params_text")),
-               "random_weights": bool(g["random_weights"].astype(bool).any()),
-               "random_parts": _text(first.get("random_parts")),
-               "tuned": bool(g["tuned"].astype(bool).any()),
-               "standin": bool(g["standin"].astype(bool).any()), "weights": _text(first.get("weights")),
-               "input": _text(first["input"]), "default_input": _text(first["default_input"]),
-               "order": _number(first.get("order")),
-               # compute accounting over every task/dataset of the row: the largest peak, the mean time
-               **_compute_cells(g)}
-        for t, d in cols:
-            hit = g[(g["task"] == t) & (g["dataset"] == d)]
-            expected = int(hit["expected_folds"].iloc[0]) if len(hit) and "expected_folds" in hit else 5
-            # folds counted: those with a defined metric (a fold without events has no C-index)
-            n = int(hit["n_folds"].iloc[0]) if len(hit) else 0
-            if len(hit) and "n_defined" in hit and pd.notna(hit["n_defined"].iloc[0]):
-                n = min(n, int(hit["n_defined"].iloc[0]))
-            row[(t, d)] = Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), n,
-                               expected) if len(hit) else None
-        rows.append(row)
+    if not prim.empty:
+        prim["variant"] = prim["variant"].fillna("")
+        for (method, variant), g in prim.groupby(["method", "variant"], sort=False):
+            first = g.iloc[0]
+            row = {"method": method, "variant": variant, "label": first["label"], "family": first["family"],
+                   "encoder": _text(first.get("encoder")), "encoder_label": _text(first.get("encoder_label")),
+                   "group": first["group"], "backbone": _text(first.get("backbone")), "params": first["params"],
+                   "trainable_params": _number(first.get("trainable_params")),
+                   "frozen_params_text": _text(first.get("frozen_params_text")),
+                   "tuned": bool(g["tuned"].astype(bool).any()), "protocol": _text(first.get("protocol")),
+                   "provenance": _json(first.get("provenance"), []),
+                   "non_default": _json(first.get("non_default"), {}), "order": _number(first.get("order")),
+                   "pending": False, **_compute_cells(g)}
+            for t, d in cols:
+                hit = g[(g["task"] == t) & (g["dataset"] == d)]
+                row[(t, d)] = None if hit.empty else _cell(hit.iloc[0])
+            rows.append(row)
+    have = {r["method"] for r in rows}
+    for m in expected or []:
+        if m not in have:
+            rows.append({"method": m, "variant": "", "label": m, "family": "", "group": PENDING_SECTION,
+                         "backbone": "", "params": float("nan"), "trainable_params": float("nan"),
+                         "frozen_params_text": "", "tuned": False, "protocol": "", "provenance": [],
+                         "non_default": {}, "order": float("nan"), "pending": True,
+                         **{c: None for c in cols}})
     wide = pd.DataFrame(rows)
     if not wide.empty:
-        # Table 2's order: its groups, then the registry's order at the time the records were written
-        wide["_g"] = wide["group"].map(lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
-        wide = wide.sort_values(["_g", "order", "method", "variant"], kind="stable").drop(columns=["_g"])
+        wide["_s"] = [_section_key(r) for _, r in wide.iterrows()]
+        wide = wide.sort_values(["_s", "group", "order", "method", "variant"], kind="stable").drop(columns=["_s"])
         wide = wide.reset_index(drop=True)
     return wide, cols
+
+
+def _cell(hit: pd.Series) -> Cell:
+    """One summary row's mean ± std, counting folds with a defined metric (a fold without events
+    has no C-index)."""
+    n = int(hit["n_folds"])
+    if pd.notna(hit.get("n_defined")):
+        n = min(n, int(hit["n_defined"]))
+    return mean_std_cell(float(hit["mean"]), float(hit["std"]), n, int(hit.get("expected_folds", 5)))
 
 
 def _compute_cells(g: pd.DataFrame) -> dict[str, float]:
@@ -100,40 +229,10 @@ def _compute_cells(g: pd.DataFrame) -> dict[str, float]:
         return pd.to_numeric(g[name], errors="coerce") if name in g else pd.Series([float("nan")])
 
     cuda, rss = col("peak_cuda_mb").max(), col("peak_rss_mb").max()
-    return {"peak_mb": cuda if not math.isnan(cuda) else rss,
-            "seconds_per_slide": col("train_seconds_per_slide").mean()}
+    return {"peak_mb": cuda if not math.isnan(cuda) else rss, "seconds_per_slide": col("train_seconds_per_slide").mean()}
 
 
-def _text(v: object) -> str:
-    return v if isinstance(v, str) else ""
-
-
-def _number(v: object) -> float:
-    """A count from a summary cell; NaN when absent (summaries written before the column existed)."""
-    try:
-        return float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _marks(row: pd.Series, dagger: str, ddagger: str) -> str:
-    return (dagger if row["random_weights"] else "") + (ddagger if row.get("standin") else "")
-
-
-def _ranks(wide: pd.DataFrame, col: tuple[str, str]) -> dict[int, int]:
-    """Row index → 1 (best) or 2 (second), on means rounded as printed; ties share a rank."""
-    vals = sorted({round(c.mean, 4) for c in wide[col] if c is not None and not math.isnan(c.mean)}, reverse=True)
-    out = {}
-    for i, c in wide[col].items():
-        if c is None or math.isnan(c.mean):
-            continue
-        r = vals.index(round(c.mean, 4)) + 1
-        if r <= 2:
-            out[i] = r
-    return out
-
-
-def _params_text(row: pd.Series) -> str:
+def params_text(row: Mapping[str, Any]) -> str:
     """Table 2's "frozen + trained": a MIL row's patch encoder + its aggregator ("25M + 0.9M"); a
     hierarchical row's first stage with its frozen second stage + what trains (HIPT "24.4M + 0.6M",
     Prov-GigaPath "1.2G + 6.1K"); a stand-in encoder is named, not counted. Rows without a frozen
@@ -145,166 +244,100 @@ def _params_text(row: pd.Series) -> str:
     return human_count(row["params"])
 
 
-def _backbone(row: pd.Series) -> str:
-    return str(row.get("backbone") or "")
-
-
-def _latex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        s = s.replace(a, b)
-    return s
-
-
-# the supplement's CAMELYON16 protocol: "100 regions of size 2048 x 2048 at 20x" per slide
-PAPER_REGIONS = "100 regions 2048px@20x"
-
-
-def _magnification_note(row: pd.Series) -> str:
-    """What an end-to-end row read when it is not the paper's setting (its method's default input):
-    ``0.625x`` for a slide at another magnification (e.g. the demo's), ``2 regions 64px@5x`` for
-    other regions than the supplement's 100 of 2048 px at 20x; else empty."""
-    inp, default = str(row.get("input") or ""), str(row.get("default_input") or "")
-    if row.get("family") != "end-to-end" or not inp:
-        return ""
-    if " regions " in inp:
-        return "" if inp == PAPER_REGIONS else inp
-    if inp == default or not inp.startswith("slide@"):
-        return ""
-    try:
-        mag = float(inp[len("slide@"):].rstrip("x"))
-    except ValueError:
-        return ""
-    return f"{mag:.1f}x" if mag.is_integer() else f"{mag:g}x"
-
-
-def _name(row: pd.Series) -> str:
-    extra = [x for x in (row["variant"], _magnification_note(row)) if x]
+def row_name(row: Mapping[str, Any]) -> str:
+    variant = row.get("variant") or ""
+    extra = [x for x in (variant, "tuned" if row.get("tuned") and variant != "tuned" else "") if x]
     return str(row["label"]) + (f" ({', '.join(extra)})" if extra else "")
 
 
-def two_sig(v: float) -> str:
-    """Two significant digits for a table cell, never in exponent notation: 0.0042, 0.99, 2.0,
-    23, 120 (``f"{v:.2g}"`` would print 2, 1.2e+02)."""
-    if v == 0 or not math.isfinite(v):
-        return f"{v:g}"
-    if abs(v) >= 10:
-        return f"{round(v, 1 - int(math.floor(math.log10(abs(v))))):.0f}"
-    return f"{v:#.2g}".rstrip(".")
-
-
-def _compute_text(row: pd.Series) -> list[str]:
+def _compute_text(row: Mapping[str, Any]) -> list[str]:
     mb, sps = row.get("peak_mb"), row.get("seconds_per_slide")
     return ["–" if mb is None or math.isnan(mb) else f"{mb / 1024:.2f}",
             "–" if sps is None or math.isnan(sps) else two_sig(sps)]
 
 
-def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "", label: str = "tab:main",
-             similar: dict[tuple[str, str], set[int]] | None = None, stats_note: str = "",
-             compute: bool = False) -> str:
-    """``similar``: per column, the row indices not significantly different from the best (marked
-    ``≈``; ``stats_note`` states the test in the caption). ``compute``: peak memory and training time
-    per slide columns after Params."""
-    tasks = list(dict.fromkeys(t for t, _ in cols))
-    nfix = 5 if compute else 3
-    ncol = nfix + len(cols)
-    ranks = {c: _ranks(wide, c) for c in cols}
+def pending_note(wide: pd.DataFrame) -> str:
+    """"3 of 12 rows still to run" (and cells of other rows still missing), or ""."""
+    if wide.empty:
+        return ""
+    cols = [c for c in wide.columns if isinstance(c, tuple)]
+    empty = [all(r[c] is None for c in cols) for _, r in wide.iterrows()]
+    missing = sum(r[c] is None for (_, r), e in zip(wide.iterrows(), empty) if not e for c in cols)
+    parts = [f"{sum(empty)} of {len(wide)} rows still to run"] if any(empty) else []
+    if missing:
+        parts.append(f"{missing} missing cell(s) in other rows")
+    return "; ".join(parts)
+
+
+def table2(wide: pd.DataFrame, cols: list[tuple[str, str]], summary: pd.DataFrame | None = None,
+           label: str = "tab:main", similar: dict[tuple[str, str], set[int]] | None = None,
+           stats_note: str = "", compute: bool = False) -> Table:
+    """The table model of Table 2. ``summary`` (for ddof and fold counts in the caption; else
+    population std over 5 folds). ``similar``: per column, the row indices not significantly
+    different from the best (marked ≈; ``stats_note`` states the test). ``compute``: peak memory
+    and training time per slide columns after Params."""
     similar = similar or {}
-    lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
-             r"\begin{tabular}{ll r" + (" r r" if compute else "") + " c" * len(cols) + "}", r"\toprule"]
-    head = [rf"\multicolumn{{{nfix}}}{{l}}{{Tasks}}"]
-    cmid = []
-    start = nfix + 1
-    for t in tasks:
-        n = sum(1 for tt, _ in cols if tt == t)
-        head.append(rf"\multicolumn{{{n}}}{{c}}{{{TASK_TITLES.get(t, t)}}}")
-        cmid.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
-        start += n
-    lines.append(" & ".join(head) + r" \\")
-    lines.append(" ".join(cmid))
-    fixed = ["Methods", "Backbone", "Params."] + (["Peak mem. (GB)", "Train s/slide"] if compute else [])
-    lines.append(" & ".join(fixed + [_latex_escape(d.upper()) for _, d in cols]) + r" \\")
-    lines.append(r"\midrule")
-    last_group = None
-    for i, row in wide.iterrows():
-        if row["group"] != last_group:
-            if last_group is not None:
-                lines.append(r"\midrule")
-            lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{_latex_escape(row['group'])}}}}} \\")
-            last_group = row["group"]
-        name = _latex_escape(_name(row)) + _marks(row, r"$^\dagger$", r"$^\ddagger$")
-        cells = []
-        for c in cols:
-            cell = row[c]
-            txt = cell.text().replace("±", r"$\pm$") if cell is not None else "–"
-            r = ranks[c].get(i)
-            if r == 1:
-                txt = rf"\textbf{{{txt}}}"
-            elif r == 2:
-                txt = rf"\underline{{{txt}}}"
-            if i in similar.get(c, ()):
-                txt += r"$^{\approx}$"
-            cells.append(txt)
-        fixed = [name, _latex_escape(_backbone(row)), _latex_escape(_params_text(row))]
-        lines.append(" & ".join(fixed + (_compute_text(row) if compute else []) + cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    cap = caption or default_caption(wide)
+    fixed = [Column("Methods", "l", md_header="Method"), Column("Backbone", "l"), Column("Params.", "r", md_header="Params")]
     if compute:
-        cap += (" Peak mem.: largest peak resident memory of the row's units (CUDA: max allocated); "
-                "Train s/slide: mean training wall time per slide per epoch.")
-    if stats_note:
-        cap += " " + stats_note
-    lines += [rf"\caption{{{cap}}}", rf"\label{{{label}}}", r"\end{table*}"]
-    return "\n".join(lines) + "\n"
-
-
-def default_caption(wide: pd.DataFrame) -> str:
-    cap = (r"Tumor staging (macro-F1) and survival analysis (C-index): mean $\pm$ standard deviation "
-           r"(population, ddof=0) over the 5 patient-level test folds. Best in \textbf{bold}, second "
-           r"\underline{underlined}.")
-    if not wide.empty and "tuned" in wide and wide["tuned"].any():
-        cap += TUNED_NOTE
-    if not wide.empty and wide["random_weights"].any():
-        cap += (r" $^\dagger$Patch encoder with random weights (pretrained weights unavailable): not "
-                r"comparable to published numbers.")
-    if not wide.empty and "standin" in wide and wide["standin"].astype(bool).any():
-        cap += (r" $^\ddagger$Small stand-in architecture of the encoder's family (same input and "
-                r"output dimension), not the published network.")
-    return cap
-
-
-def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]],
-                similar: dict[tuple[str, str], set[int]] | None = None, compute: bool = False) -> str:
-    ranks = {c: _ranks(wide, c) for c in cols}
-    similar = similar or {}
-    header = (["Method", "Backbone", "Params"] + (["Peak mem. (GB)", "Train s/slide"] if compute else [])
-              + [f"{t} {d}" for t, d in cols])
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    last_group = None
-    for i, row in wide.iterrows():
-        if row["group"] != last_group:
-            out.append(f"| *{row['group']}* |" + " |" * (len(header) - 1))
-            last_group = row["group"]
-        cells = []
+        fixed += [Column("Peak mem. (GB)", "r"), Column("Train s/slide", "r")]
+    hib = {}
+    if summary is not None and not summary.empty and "higher_is_better" in summary:
+        prim = summary[summary["primary"].astype(bool)]
+        hib = {(t, d): bool(g["higher_is_better"].iloc[0]) for (t, d), g in prim.groupby(["task", "dataset"])}
+    columns = fixed + [Column(d.upper(), "c", rank=True, higher_is_better=hib.get((t, d), True), md_header=f"{t} {d}")
+                       for t, d in cols]
+    groups = [ColumnGroup("Tasks", len(fixed), rule=False, align="l")]
+    for t in dict.fromkeys(t for t, _ in cols):
+        groups.append(ColumnGroup(TASK_TITLES.get(t, t), sum(1 for tt, _ in cols if tt == t)))
+    marks = Marks()
+    rows = []
+    for i, r in wide.iterrows():
+        cells: list[Cell | str] = [row_name(r), r["backbone"], params_text(r)] + (_compute_text(r) if compute else [])
         for c in cols:
-            txt = row[c].text() if row[c] is not None else "–"
-            r = ranks[c].get(i)
-            txt = f"**{txt}**" if r == 1 else f"_{txt}_" if r == 2 else txt
-            cells.append(txt + (" ≈" if i in similar.get(c, ()) else ""))
-        marks = _marks(row, RANDOM_MARK, STANDIN_MARK)
-        name = _name(row) + (f" {marks}" if marks else "")
-        fixed = [name, _backbone(row), _params_text(row)] + (_compute_text(row) if compute else [])
-        out.append("| " + " | ".join(fixed + cells) + " |")
-    if not wide.empty and "tuned" in wide and wide["tuned"].any():
-        out.append("\n" + TUNED_NOTE.strip())
-    if any(similar.values()):
-        out.append("\n≈ not significantly different from the best of its column (paired patient-level bootstrap)")
-    if not wide.empty and wide["random_weights"].any():
-        out.append(f"\n{RANDOM_MARK} random encoder weights: not comparable to published numbers.")
-    if not wide.empty and "standin" in wide and wide["standin"].astype(bool).any():
-        parts = "; ".join(sorted({r["random_parts"] for _, r in wide.iterrows() if r["standin"] and r["random_parts"]}))
-        out.append(f"{STANDIN_MARK} small stand-in architecture of the encoder's family, not the "
-                   f"published network ({parts}).")
-    return "\n".join(out) + "\n"
+            cell = r[c] if r[c] is not None else Cell("–")
+            if i in similar.get(c, ()):
+                cell = Cell(cell.text, cell.value, cell.marks + ("≈",))
+            cells.append(cell)
+        rows.append(Row(cells, marks.of(r), r["group"]))
+    ddof, n_folds = _ddof_and_folds(summary) if summary is not None and not summary.empty else (0, 5)
+    tasks = list(dict.fromkeys(t for t, _ in cols))
+    what = " and ".join(f"{TASK_CAPTION.get(t, t)} ({METRIC_NAMES.get(_metric(summary, t), _metric(summary, t))})"
+                        for t in tasks)
+    caption: list[str | Tex] = [(what[:1].upper() + what[1:] + ": " if what else "") + spread_phrase(ddof, n_folds) + "."]
+    if marks.tuned or (not wide.empty and wide["tuned"].any()):
+        caption.append("Rows marked " + TUNED_NOTE)
+    pend = pending_note(wide)
+    if pend:
+        caption.append(f"–: not run yet ({pend}).")
+    if compute:
+        caption.append("Peak mem.: largest peak resident memory of the row's units (CUDA: max allocated); "
+                       "Train s/slide: mean training wall time per slide per epoch.")
+    if stats_note or any(similar.values()):
+        plain = "≈ not significantly different from the best of its column (paired patient-level bootstrap)."
+        caption.append(Tex(stats_note or latex_escape(plain), plain))
+    return Table(columns, rows, caption, marks.footnotes(), [], groups, label, wide=True,
+                 tabcolsep="4pt")
+
+
+def _metric(summary: pd.DataFrame | None, task: str) -> str:
+    """The primary metric of ``task`` as the summary names it."""
+    defaults = {"staging": "macro_f1", "survival": "c_index", "classification": "auc"}
+    if summary is None or summary.empty:
+        return defaults.get(task, task)
+    hit = summary[(summary["task"] == task) & summary["primary"].astype(bool)]
+    return str(hit["metric"].iloc[0]) if len(hit) else defaults.get(task, task)
+
+
+def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], label: str = "tab:main", **kw: Any) -> str:
+    from .render import to_latex as render
+
+    return render(table2(wide, cols, label=label, **kw))
+
+
+def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]], **kw: Any) -> str:
+    from .render import to_markdown as render
+
+    return render(table2(wide, cols, **kw))
 
 
 # --- the supplement's Table 4 layout: one classification dataset, AUC and accuracy -------------------
@@ -312,55 +345,126 @@ CLASSIFICATION_METRICS = (("auc", "AUC"), ("accuracy", "ACC"))
 
 
 def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]:
-    """(LaTeX, Markdown) of the classification results of ``dataset`` in the layout of the Pixel-Mamba
-    supplement's Table 4: Method | AUC | ACC, mean ± std over folds, best of each column in bold."""
+    """(LaTeX, Markdown) of :func:`classification`."""
+    from .render import to_latex as latex, to_markdown as markdown
+
+    t = classification(summary, dataset)
+    return latex(t), markdown(t)
+
+
+def classification(summary: pd.DataFrame, dataset: str) -> Table:
+    """The classification results of ``dataset`` in the layout of the Pixel-Mamba supplement's
+    Table 4: Method | AUC | ACC, mean ± std over folds."""
     sub = summary[(summary["task"] == "classification") & (summary["dataset"] == dataset)].copy()
     sub["variant"] = sub["variant"].fillna("")
+    marks = Marks()
     rows = []
-    for (method, variant), g in sub.groupby(["method", "variant"], sort=False):
+    for (_, variant), g in sub.groupby(["method", "variant"], sort=False):
         first = g.iloc[0]
-        extra = [x for x in (variant, _magnification_note(first)) if x]
-        name = str(first["label"]) + (f" ({', '.join(extra)})" if extra else "")
+        row = {**first.to_dict(), "variant": variant, "provenance": _json(first.get("provenance"), []),
+               "non_default": _json(first.get("non_default"), {}), "tuned": bool(g["tuned"].astype(bool).any())}
+        name = row_name(row)
         if first["family"] == "two-stage" and _text(first.get("encoder_label")):
-            name = f"{first['encoder_label']}+{first['label']}" + (f" ({variant})" if variant else "")
-        row = {"name": name, "random": bool(g["random_weights"].astype(bool).any()),
-               "standin": bool(g["standin"].astype(bool).any()), "tuned": bool(g["tuned"].astype(bool).any())}
+            name = f"{first['encoder_label']}+{name}"
+        cells: list[Cell | str] = [name]
         for metric, _ in CLASSIFICATION_METRICS:
             hit = g[g["metric"] == metric]
-            row[metric] = (Cell(float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), int(hit["n_folds"].iloc[0]),
-                                int(hit["expected_folds"].iloc[0]) if "expected_folds" in hit else 5)
-                           if len(hit) else None)
-        rows.append(row)
-    best = {m: max((r[m].mean for r in rows if r[m] is not None and not math.isnan(r[m].mean)), default=None)
-            for m, _ in CLASSIFICATION_METRICS}
+            cells.append(_cell(hit.iloc[0]) if len(hit) else Cell("–"))
+        rows.append(Row(cells, marks.of(row)))
+    ddof, n_folds = _ddof_and_folds(sub) if not sub.empty else (0, None)
+    columns = [Column("Method")] + [Column(h, "c", rank=True) for _, h in CLASSIFICATION_METRICS]
+    caption: list[str | Tex] = [f"Classification on {dataset.upper()}: AUC and accuracy, {spread_phrase(ddof, n_folds)}."]
+    if marks.tuned:
+        caption.append("Rows marked " + TUNED_NOTE)
+    return Table(columns, rows, caption, marks.footnotes(), label=f"tab:classification_{dataset}")
 
-    def cell(r: dict, m: str, bold: Callable[[str], str]) -> str:
-        c = r[m]
-        if c is None:
-            return "–"
-        txt = c.text()
-        return bold(txt) if best[m] is not None and round(c.mean, 4) == round(best[m], 4) else txt
 
-    heads = [h for _, h in CLASSIFICATION_METRICS]
-    tex = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * len(heads) + "}", r"\toprule",
-           " & ".join(["Method"] + heads) + r" \\", r"\midrule"]
-    md = ["| " + " | ".join(["Method"] + heads) + " |", "|" + "---|" * (len(heads) + 1)]
-    for r in rows:
-        mark = (r"$^\dagger$" if r["random"] else "") + (r"$^\ddagger$" if r["standin"] else "")
-        tex.append(" & ".join([_latex_escape(r["name"]) + mark]
-                              + [cell(r, m, lambda t: rf"\textbf{{{t}}}").replace("±", r"$\pm$")
-                                 for m, _ in CLASSIFICATION_METRICS]) + r" \\")
-        md_mark = (RANDOM_MARK if r["random"] else "") + (STANDIN_MARK if r["standin"] else "")
-        md.append("| " + " | ".join([r["name"] + (f" {md_mark}" if md_mark else "")]
-                                   + [cell(r, m, lambda t: f"**{t}**") for m, _ in CLASSIFICATION_METRICS]) + " |")
-    cap = (rf"Classification on {_latex_escape(dataset.upper())}: AUC and accuracy, mean $\pm$ standard deviation "
-           r"(population) over the patient-level test folds. Best in \textbf{bold}.")
-    if any(r["tuned"] for r in rows):
-        cap += TUNED_NOTE
-    if any(r["random"] for r in rows):
-        cap += r" $^\dagger$Random encoder weights: not comparable to published numbers."
-    if any(r["standin"] for r in rows):
-        cap += r" $^\ddagger$Small stand-in architecture of the encoder's family, not the published network."
-    tex += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{cap}}}", rf"\label{{tab:classification_{dataset}}}",
-            r"\end{table}"]
-    return "\n".join(tex) + "\n", "\n".join(md) + "\n"
+# --- writing the tables of a results store ---------------------------------------------------------
+def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "tab:table2", *, expected: Sequence[str] | None = None,
+                 ddof: int = 0, ablation_rows: bool = False, stats: bool = False, n_boot: int = 1000,
+                 alpha: float = 0.05, compute: bool = False, figures: bool = True) -> list[str]:
+    """Table 2 (and the classification table of every dataset that has one, and Kaplan–Meier
+    figures) from ``store`` (a :class:`~bench.report.results.ResultsStore`); returns what to print."""
+    from pathlib import Path
+
+    from ..io import atomic_write_text
+    from .render import to_latex as latex, to_markdown as markdown
+
+    if not datasets:
+        raise ValueError(f"no results under {store.root}/runs; run `python -m bench run` first")
+    parts = []
+    for d in datasets:
+        s = store.summarize(d, ddof=ddof)
+        if s.empty:
+            raise ValueError(f"no finished units for dataset {d!r} under {store.root / 'runs' / d}; "
+                             f"run `python -m bench run --dataset {d}` first")
+        parts.append(s.assign(dataset=d))
+    summary = pd.concat(parts, ignore_index=True)
+    if not ablation_rows:  # ablation values (variants "<setting>=<value>") have their own tables
+        summary = summary[~summary["variant"].fillna("").astype(str).str.contains("=")]
+        if summary.empty:
+            raise ValueError("these results hold only ablation variants: `python -m bench ablate <name> "
+                             "--table-only` writes their tables, or add --ablation-rows")
+    wide, cols = build_table(summary, expected=expected)
+    out = Path(out)
+    similar: dict = {}
+    note = ""
+    printed = []
+    if stats:
+        similar, note, csv = _significance(store, wide, cols, n_boot, alpha, out)
+        printed.append(f"stats: {csv}")
+    t = table2(wide, cols, summary, label=label, similar=similar, stats_note=note, compute=compute)
+    atomic_write_text(out, latex(t))
+    md = markdown(t)
+    atomic_write_text(out.with_suffix(".md"), md)
+    printed += [md, f"LaTeX: {out}"]
+    for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
+        if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
+            c = classification(summary, d)
+            cout = store.root / "tables" / f"classification_{d}.tex"
+            atomic_write_text(cout, latex(c))
+            atomic_write_text(cout.with_suffix(".md"), markdown(c))
+            printed += [markdown(c), f"LaTeX: {cout}"]
+    if figures:
+        printed += _km_figures(store, summary, datasets)
+    return printed
+
+
+def _km_figures(store: Any, summary: pd.DataFrame, datasets: Sequence[str]) -> list[str]:
+    from .plots import km_figure
+
+    printed = []
+    for d in datasets:
+        for method in summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique():
+            pred = store.predictions(d, "survival", method)
+            if pred.empty:
+                continue
+            fig = store.root / "figures" / d / f"km_{method}.png"
+            p = km_figure(pred, f"{method} — {d} (out-of-fold, {pred['fold'].nunique()} folds)", fig)
+            km_figure(pred, f"{method} — {d}", fig.with_suffix(".pdf"))
+            printed.append(f"KM: {fig}  log-rank p = {'undefined' if p != p else f'{p:.3g}'}")
+    return printed
+
+
+def _significance(store: Any, wide: pd.DataFrame, cols: list[tuple[str, str]], n_boot: int, alpha: float, out: Any
+                  ) -> tuple[dict, str, Any]:
+    """Per (task, dataset) column: compare every row with the column's best on shared folds."""
+    from ..io import atomic_write_text
+    from .stats import caption_note, compare_to_best, comparisons_frame
+
+    similar: dict = {}
+    frames = []
+    for task, dataset in cols:
+        preds = {i: store.predictions(dataset, task, row["method"], row["variant"] or None)
+                 for i, row in wide.iterrows() if row[(task, dataset)] is not None}
+        comps = compare_to_best(preds, task, n_boot=n_boot, alpha=alpha)
+        similar[(task, dataset)] = {i for i, c in comps.items() if not c.different}
+
+        def name(i: int, w: pd.DataFrame = wide) -> str:
+            return w.loc[i, "method"] + (f"/{w.loc[i, 'variant']}" if w.loc[i, "variant"] else "")
+
+        if comps:
+            frames.append(comparisons_frame(comps, name).assign(task=task, dataset=dataset))
+    csv = out.with_name(out.stem + "_stats.csv")
+    atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "")
+    return similar, caption_note(n_boot, alpha), csv
