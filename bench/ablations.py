@@ -37,10 +37,17 @@ class GridItem:
     value: Any = None  # the setting used on this dataset
     paper_value: Any = None  # the grid's value before the dataset's mapping
     model: dict[str, Any] = field(default_factory=dict)
+    # the variant the results store holds it under (bench.engine.plan.unit_variant: the split set
+    # when not the default one, e.g. depth=1+seed0-k2); None: ``variant`` itself
+    stored: str | None = None
+
+    @property
+    def stored_variant(self) -> str | None:
+        return self.stored if self.stored is not None else self.variant
 
     @property
     def key(self) -> tuple[str, str | None]:
-        return (self.method, self.variant)
+        return (self.method, self.stored_variant)
 
 
 @dataclass

@@ -102,7 +102,12 @@ def main(args: argparse.Namespace) -> int:
     from ..report.ablation_tables import write_ablation_tables
     from ..report.results import ResultsStore
 
-    paths, md = write_ablation_tables(ResultsStore(args.results), ablation, grid.items, grid.notes, grid.dataset,
+    from dataclasses import replace
+
+    from ..engine.plan import unit_variant
+
+    items = [replace(i, stored=unit_variant(i.variant, False, args.seed, args.n_folds)) for i in grid.items]
+    paths, md = write_ablation_tables(ResultsStore(args.results), ablation, items, grid.notes, grid.dataset,
                                       grid.task, stats=args.stats, n_boot=args.n_boot, alpha=args.alpha_level,
                                       compute=args.compute, ddof=args.std_ddof)
     print(md)

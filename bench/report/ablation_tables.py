@@ -54,7 +54,7 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
     prim = summary[(summary["task"] == task) & summary["primary"].astype(bool)] if not summary.empty else summary
     rows = []
     for it in items:
-        hit = prim[(prim["method"] == it.method) & (prim["variant"].fillna("") == (it.variant or ""))] \
+        hit = prim[(prim["method"] == it.method) & (prim["variant"].fillna("") == (it.stored_variant or ""))] \
             if not prim.empty else prim
         h = hit.iloc[0].to_dict() if len(hit) else None
         if h is not None:
@@ -199,7 +199,7 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
     out = store.root / dataset / "tables" / f"{ablation.name}_{task}.tex"
     paths = [out, out.with_suffix(".md")]
     if stats:
-        preds = {r.item.key: store.predictions(dataset, task, r.item.method, r.item.variant) for r in rows}
+        preds = {r.item.key: store.predictions(dataset, task, r.item.method, r.item.stored_variant) for r in rows}
         comps = compare_to_best(preds, task, n_boot=n_boot, alpha=alpha)
         keys = row_keys(rows)
         similar = {keys.index(k) for k, c in comps.items() if not c.different}
@@ -222,7 +222,7 @@ def identical_rows(store: Any, dataset: str, task: str, rows: list[Row]) -> list
     for r in rows:
         if not r.item.variant or not r.n:
             continue
-        pred = store.predictions(dataset, task, r.item.method, r.item.variant)
+        pred = store.predictions(dataset, task, r.item.method, r.item.stored_variant)
         if pred.empty:
             continue
         cols = [c for c in ("risk", "pred", "prob1") if c in pred]
