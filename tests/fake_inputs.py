@@ -27,3 +27,27 @@ class FakeFeatureInputs:
 
     def has(self, case_id):
         return True
+
+
+def write_toy_cohort(root, n_cases, slide_bytes=lambda i: b"", rows=None):
+    """A dataset of ``n_cases`` cases, one (fake) slide file each, a normalized clinical CSV and its
+    YAML (``<root>/toy.yaml``); ``rows(i)`` gives a case's labels (default: stages cycling, survival
+    times drawn from a seeded generator, two thirds of the cases with an event)."""
+    import numpy as np
+    import pandas as pd
+
+    data = root / "data"
+    (data / "slides").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    table = []
+    for i in range(n_cases):
+        cid = f"CASE-{i:03d}"
+        (data / "slides" / f"{cid}.tiff").write_bytes(slide_bytes(i))
+        labels = rows(i) if rows else {"stage": i % 4, "time": float(rng.uniform(1, 60)), "event": int(i % 3 != 0)}
+        table.append({"case_id": cid, **labels})
+    pd.DataFrame(table).to_csv(data / "clinical.csv", index=False)
+    spec = root / "toy.yaml"
+    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
+                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
+                    "allow_random_weights: true\n")
+    return spec, data

@@ -16,7 +16,7 @@ submitit = pytest.importorskip("submitit")
 from bench.cli import main as cli  # noqa: E402
 from bench.engine.launch import ClusterOptions, LaunchError, submit  # noqa: E402
 from bench.registry import get_method  # noqa: E402
-from fake_inputs import FakeFeatureInputs  # noqa: E402
+from fake_inputs import FakeFeatureInputs, write_toy_cohort  # noqa: E402
 
 N_CASES = 20
 
@@ -146,17 +146,7 @@ class FakeInputs(FakeFeatureInputs):
 def fake_cohort(tmp_path, monkeypatch):
     from bench.engine import runner
 
-    data = tmp_path / "data"
-    (data / "slides").mkdir(parents=True)
-    rows = []
-    for i in range(N_CASES):
-        (data / "slides" / f"CASE-{i:03d}.tiff").write_bytes(b"")
-        rows.append({"case_id": f"CASE-{i:03d}", "stage": i % 4, "time": 10.0 + i, "event": i % 2})
-    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
-    spec = tmp_path / "toy.yaml"
-    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
-                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
-                    "allow_random_weights: true\n")
+    spec, _ = write_toy_cohort(tmp_path, N_CASES, rows=lambda i: {"stage": i % 4, "time": 10.0 + i, "event": i % 2})
     monkeypatch.setitem(runner._FEATURE_INPUTS, "features", FakeInputs)  # what make_inputs builds
     return spec, tmp_path
 

@@ -16,8 +16,8 @@ from bench.engine.runner import run, unit_variant
 from bench.engine.train import Sample
 from bench.registry import get_method
 from bench.report.records import RecordError
-from bench.report.results import ResultsStore, Unit
-from fake_inputs import FakeFeatureInputs
+from bench.report.results import ResultsStore
+from fake_inputs import FakeFeatureInputs, write_toy_cohort
 
 N_CASES = 20
 
@@ -34,19 +34,7 @@ class StageInputs(FakeFeatureInputs):
 
 @pytest.fixture()
 def cohort(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    (data / "slides").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(N_CASES):
-        cid = f"CASE-{i:03d}"
-        (data / "slides" / f"{cid}.tiff").write_bytes(b"II*\x00" + bytes([i]) * 100)
-        rows.append({"case_id": cid, "stage": i % 4, "time": float(rng.uniform(1, 60)), "event": int(i % 3 != 0)})
-    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
-    spec = tmp_path / "toy.yaml"
-    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
-                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
-                    "allow_random_weights: true\n")
+    spec, data = write_toy_cohort(tmp_path, N_CASES, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
     monkeypatch.setitem(runner._FEATURE_INPUTS, "features", StageInputs)
     return spec, tmp_path / "results", data
 
@@ -233,7 +221,7 @@ def test_end_to_end_from_scratch_needs_saying_so(cohort):
                from_scratch=True)
     (p,) = plan.todo
     assert p.config["weights"] == [{"part": "model", "source": "scratch", "label": "random initialisation "
-                                    "(--from-scratch)", "path": None, "sha256": None}]
+                                    "(--from-scratch)", "path": None, "sha256": None, "mapping": None}]
 
 
 def _fake_encoder():

@@ -3,7 +3,6 @@ records every case whose input is touched, which is how the tests prove the oute
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 optuna = pytest.importorskip("optuna")
 
 from bench.engine import runner  # noqa: E402
-from fake_inputs import FakeFeatureInputs  # noqa: E402
+from fake_inputs import FakeFeatureInputs, write_toy_cohort  # noqa: E402
 from bench.cli import main as cli  # noqa: E402
 from bench.registry import get_method  # noqa: E402
 from bench.engine.train import Sample  # noqa: E402
@@ -51,19 +50,7 @@ class RecordingInputs(FakeFeatureInputs):
 @pytest.fixture()
 def cohort(tmp_path, monkeypatch):
     """A 24-case dataset (empty slide files are enough: the fake inputs never open them)."""
-    data = tmp_path / "data"
-    (data / "slides").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(N_CASES):
-        cid = f"CASE-{i:03d}"
-        (data / "slides" / f"{cid}.tiff").write_bytes(b"")
-        rows.append({"case_id": cid, "stage": i % 4, "time": float(rng.uniform(1, 60)), "event": int(i % 3 != 0)})
-    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
-    spec = tmp_path / "toy.yaml"
-    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
-                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
-                    "allow_random_weights: true\n")
+    spec, _ = write_toy_cohort(tmp_path, N_CASES)
     monkeypatch.setitem(runner._FEATURE_INPUTS, "features", RecordingInputs)  # what make_inputs builds
     for v in RecordingInputs.log.values():
         v.clear()

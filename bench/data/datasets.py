@@ -27,7 +27,7 @@ from .clinical import (COLUMN_KEYS, DAYS_PER_MONTH, ENDPOINTS, FORMATS, NA_MARKE
                        load_clinical, parse_event, parse_label, parse_stage)
 from .schema import ConfigError, Source, check_choice, check_keys, check_type, did_you_mean, load_yaml
 from .slides import (DEFAULT_SAMPLE_TYPES, DEFAULT_SLIDE_TYPES, OTHER_IMAGE_SUFFIXES,  # noqa: F401
-                     SLIDE_SUFFIXES, SlideFilter, walk)
+                     SLIDE_SUFFIXES, SlideFilter, walk, slide_table)
 
 log = logging.getLogger(__name__)
 
@@ -220,18 +220,7 @@ def find_slides(spec: DatasetSpec) -> pd.DataFrame:
                     "; ".join(f"{p}: {why}" for p, why in ignored[:10]) + (" …" if len(ignored) > 10 else ""))
     if not found.slides:
         raise DatasetError(_missing_message(spec, f"no slide files matching {spec.slide_glob} under {root}"))
-    filtered: dict[str, list[str]] = {}
-    keep: dict[str, Path] = {}
-    flt = spec.filter
-    for sid, p in found.slides.items():
-        why = flt.why_out(sid) if flt is not None else None
-        if why is None:
-            keep[sid] = p
-        else:
-            filtered.setdefault(why, []).append(sid)
-    df = pd.DataFrame({"slide_id": list(keep), "slide_path": [str(p) for p in keep.values()]})
-    df.attrs.update(ignored=ignored, filtered=filtered, found=len(found.slides))
-    return df
+    return slide_table(found.slides, spec.filter, ignored)
 
 
 def _log_filtered(spec: DatasetSpec, filtered: dict[str, list[str]], found: int) -> None:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from .clinical import DatasetError
 from .schema import ConfigError, Source, check_keys, check_type, did_you_mean
+from .slides import slide_table
 
 if TYPE_CHECKING:
     from feature_cache.importer import PreExtracted
@@ -100,15 +101,4 @@ def cohort_slides(spec: Any) -> pd.DataFrame:
     files: dict[str, Path] = {}
     for name in spec.features:
         files.update({s: p for s, p in _release(spec, name).files.items() if s not in files})
-    flt = spec.filter
-    filtered: dict[str, list[str]] = {}
-    keep = {}
-    for sid, p in sorted(files.items()):
-        why = flt.why_out(sid) if flt is not None else None
-        if why is None:
-            keep[sid] = p
-        else:
-            filtered.setdefault(why, []).append(sid)
-    df = pd.DataFrame({"slide_id": list(keep), "slide_path": [str(p) for p in keep.values()]})
-    df.attrs.update(ignored=[], filtered=filtered, found=len(files))
-    return df
+    return slide_table(files, spec.filter)

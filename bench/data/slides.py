@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 # images a user may drop into a slide folder that no whole-slide reader here opens
 OTHER_IMAGE_SUFFIXES = (".czi", ".lif", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".isyntax", ".zvi", ".qptiff.gz")
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".svslide")
@@ -156,3 +158,19 @@ def walk(root: Path, patterns: list[str]) -> Found:
         # one instance per level: the largest is level 0, and OpenSlide finds the series from any
         add(folder.name, max(files, key=lambda f: (f.stat().st_size, f.name)))
     return Found(slides, ignored, dups)
+
+
+def slide_table(slides: dict[str, Path], flt: "SlideFilter | None", ignored: list | None = None) -> pd.DataFrame:
+    """``slide_id, slide_path`` of the slides ``flt`` keeps; what it left out (reason -> ids), what
+    else was found but not used, and how many were found ride along in ``df.attrs``."""
+    filtered: dict[str, list[str]] = {}
+    keep: dict[str, Path] = {}
+    for sid, path in sorted(slides.items()):
+        why = flt.why_out(sid) if flt is not None else None
+        if why is None:
+            keep[sid] = path
+        else:
+            filtered.setdefault(why, []).append(sid)
+    df = pd.DataFrame({"slide_id": list(keep), "slide_path": [str(q) for q in keep.values()]})
+    df.attrs.update(ignored=list(ignored or []), filtered=filtered, found=len(slides))
+    return df
