@@ -248,7 +248,7 @@ def test_pixelmamba_6m_on_the_camelyon16_config(tmp_path):
     bench("run", "--methods", "pixelmamba-6m", "--dataset", "camelyon16", "--n-folds", "3", "--folds", "0", "--from-scratch",
           "--set", "epochs=1", "--cache", str(tmp_path / "cache"), "--model", "scan_window=64", "--input",
           "regions={n: 2, size: 64, magnification: 5, voting: majority, seed: 0, min_tissue: 0.5}", "-q")
-    d = results / "runs/camelyon16/classification/pixelmamba-6m/fold0"
+    d = results / "runs/camelyon16/classification/pixelmamba-6m/seed0-k3/fold0"  # a 3-fold split set
     m, cfg = json.loads((d / "metrics.json").read_text()), json.loads((d / "config.json").read_text())
     assert 6.2e6 < m["params"] < 6.3e6 and m["trainable_params"] == m["params"]  # the 6M network, not a stand-in
     assert cfg["inputs"]["regions"]["voting"] == "majority" and cfg["model"]["scan_window"] == 64

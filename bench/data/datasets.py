@@ -189,7 +189,10 @@ def validate_spec(src: Source) -> dict[str, Any]:
         if check_type(v, int, w(f"labels.{k}")) not in (0, 1):
             raise ConfigError(f"{w(f'labels.{k}')} must be 0 or 1")
     known_ablations = sorted(p.stem for p in (CONFIG_DIR / "ablations").glob("*.yaml"))
-    for k, v in check_keys(data.get("ablations"), known_ablations, w("ablations")).items():
+    for k, v in (check_type(data.get("ablations") or {}, dict, w("ablations"))).items():
+        if k not in known_ablations:  # an ablation given as its own YAML file is named by its stem
+            log.warning("%s: no shipped ablation is named %r%s; the entry applies only to an ablation file "
+                        "%s.yaml given by path", w("ablations"), k, did_you_mean(k, known_ablations), k)
         check_keys(v, ("values",), w(f"ablations.{k}"))
     from .features import validate_features
 
