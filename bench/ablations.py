@@ -24,12 +24,11 @@ import pandas as pd
 import yaml
 
 from .data.datasets import CONFIG_DIR
+from .engine.tasks import get_task
 from .report.tables import two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
 PAPER_NAMES = {"ViT-S": "LongViT", "Vim-Ti": "Vision-Mamba", "Pixel-Mamba": "Pixel-Mamba"}
-TASK_SUFFIX = {"survival": "Surv", "staging": "Stage", "classification": "Cls"}
-METRIC_NAMES = {"c_index": "C-index", "macro_f1": "Macro-F1", "auc": "AUC"}
 HEADERS = {"method": "Method", "backbone": "Backbone", "params": "Params(M)", "magnification": "Magnification",
            "scan_window": "Scan window", "token_scale": "Token Scale", "peak_memory": "Peak mem. (GB)",
            "seconds_per_slide": "Train s/slide"}
@@ -253,7 +252,7 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
             if col == "metric":
                 continue
             if col == "method":
-                name = f"{PAPER_NAMES.get(spec.backbone, spec.label)}-{TASK_SUFFIX.get(task, task)}"
+                name = f"{PAPER_NAMES.get(spec.backbone, spec.label)}-{get_task(task).suffix}"
                 default_mag = spec.magnification
                 if ("magnification" not in ablation.table["columns"] and mag is not None and default_mag
                         and not math.isclose(mag, default_mag)):
@@ -312,10 +311,8 @@ def _columns(ablation: Ablation, compute: bool) -> list[str]:
 
 
 def _header(ablation: Ablation, col: str, task: str, latex: bool) -> str:
-    from .engine.tasks import get_task
-
     if col == "metric":
-        return METRIC_NAMES.get(get_task(task).metric, get_task(task).metric)
+        return get_task(task).metric_name
     h = ablation.table.get("headers", {}).get(col) or HEADERS.get(col, col.replace("_", " ").capitalize())
     if not latex:
         h = h.replace(r"$\alpha$", "α")
@@ -324,9 +321,7 @@ def _header(ablation: Ablation, col: str, task: str, latex: bool) -> str:
 
 def caption(ablation: Ablation, dataset: str, task: str, rows: list[Row], notes: list[str], stats_note: str = "",
             compute: bool = False) -> str:
-    from .engine.tasks import get_task
-
-    metric = METRIC_NAMES.get(get_task(task).metric, get_task(task).metric)
+    metric = get_task(task).metric_name
     n = max((r.expected for r in rows), default=5)
     cap = (f"{ablation.caption or ablation.description} on {_latex_escape(dataset.upper())} "
            f"({task}, {metric}: mean $\\pm$ standard deviation (population) over the {n} patient-level test folds")

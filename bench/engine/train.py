@@ -18,13 +18,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from baselines.bag import Bag
 
 from . import distributed as D
 from . import tasks as T
+from .tasks import weighted_cross_entropy  # noqa: F401  (public here since the trainer introduced it)
 
 log = logging.getLogger(__name__)
 
@@ -150,35 +150,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _targets(task: str, s: Sample, edges: np.ndarray | None, device: torch.device | None = None
-             ) -> dict[str, torch.Tensor]:
-    if task == "survival":
-        y_bin = T.survival_bins(np.array([s.labels["time"]]), edges)[0]
-        return {"y_bin": torch.tensor([y_bin], device=device),
-                "event": torch.tensor([s.labels["event"]], dtype=torch.float32, device=device)}
-    key = "stage" if task == "staging" else "label"
-    return {key: torch.tensor([int(s.labels[key])], device=device)}
-
-
-def _class_weights(task: str, train: Sequence[Sample], n_out: int) -> torch.Tensor | None:
-    if task not in ("staging", "classification"):
-        return None
-    key = "stage" if task == "staging" else "label"
-    counts = np.bincount([int(s.labels[key]) for s in train], minlength=n_out).astype(float)
-    w = np.where(counts > 0, counts.sum() / (np.count_nonzero(counts) * np.maximum(counts, 1)), 1.0)
-    return torch.tensor(w, dtype=torch.float32)
-
-
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy of each case times its class weight, averaged over the batch.
-
-    Not ``F.cross_entropy(weight=...)``: its mean divides by the summed weights of the batch, so
-    with one slide per step (the protocol here) the weight cancels and class balancing does
-    nothing. The weights average 1 over the training cases, so the loss keeps its scale."""
-    loss = F.cross_entropy(logits, target, reduction="none")
-    return (loss * weights[target]).mean() if weights is not None else loss.mean()
-
-
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -205,11 +176,8 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     if cfg.feature_norm == "zscore":
         train, test = zscore_samples(train, test)
     n_out = model.head.out_features if hasattr(model, "head") else None
-    edges = None
-    if task == "survival":
-        edges = T.survival_bin_edges(np.array([s.labels["time"] for s in train]),
-                                     np.array([s.labels["event"] for s in train]))
-    weights = _class_weights(task, train, n_out or 4) if cfg.class_balance else None
+    fitted = T.get_task(task).fit([s.labels for s in train], n_out or 4,
+                                  class_weights="inverse_frequency" if cfg.class_balance else "none")
 
     world = D.world_size()
     dev = D.device() if world > 1 else next(model.parameters()).device
@@ -219,8 +187,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
-    if weights is not None:
-        weights = weights.to(dev)
+    fitted.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_rank = len(D.shard(list(range(len(train)))))
     steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
@@ -246,12 +213,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
                     if cfg.max_patches:
                         x = _at_most(x, cfg.max_patches, gen)
                     logits = net(_to(x, dev))
-                    tgt = _targets(task, s, edges, dev)
-                    if task == "survival":
-                        loss = T.nll_survival_loss(logits, tgt["y_bin"], tgt["event"])
-                    else:
-                        key = "stage" if task == "staging" else "label"
-                        loss = weighted_cross_entropy(logits, tgt[key], weights)
+                    loss = fitted.loss(logits, fitted.target(s.labels, dev))
                     if D.any_rank(not bool(torch.isfinite(loss))):
                         where = f"case {s.case_id}" if not torch.isfinite(loss) else f"another rank's case"
                         raise TrainingError(f"loss became non-finite at epoch {epoch + 1}, {where}: "
@@ -275,7 +237,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
         bar.close()
     train_seconds = time.perf_counter() - t0
     mine = list(range(len(test)))[D.rank()::world]
-    part = predict(model, task, [test[i] for i in mine], edges)
+    part = predict(model, task, [test[i] for i in mine], fitted)
     if world > 1:
         parts = D.all_gather((mine, part))
         concat = [i for idx, _ in parts for i in idx]  # test index of each gathered row
@@ -284,12 +246,16 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     else:
         pred = part
     info = {"train_seconds": train_seconds, "train_cases": len(train), "test_cases": len(test),
-            "world_size": world, "bin_edges": None if edges is None else [float(e) for e in edges]}
+            "world_size": world, **fitted.info()}
     return pred, pd.DataFrame(rows), info
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges: np.ndarray | None = None) -> pd.DataFrame:
+def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], fitted: T.FittedTask | None = None
+            ) -> pd.DataFrame:
+    """One row per case: its labels and the task's prediction columns (``fitted``: the task as fitted
+    on the training fold; without it nothing fitted is added, e.g. no survival bin)."""
+    fitted = fitted if fitted is not None else T.get_task(task).unfitted()
     model.eval()
     rows = []
     for s in samples:
@@ -297,8 +263,8 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
         dev = next(model.parameters(), torch.empty(0)).device  # a parameter-free model runs on the CPU
         row: dict[str, Any] = {"case_id": s.case_id, **s.labels}
         if s.vote is not None:
-            if task == "survival":
-                raise TrainingError("voting over views is defined for classification and staging, not survival")
+            if not fitted.voting:
+                raise TrainingError(f"voting over views is defined for classification and staging, not {task}")
             probs = torch.cat([torch.softmax(model(_to(x, dev)).float().cpu(), dim=1) for x in xs])  # (V, C), views one by one
             if not torch.isfinite(probs).all():
                 raise TrainingError(f"the model predicted NaN/inf for case {s.case_id}")
@@ -309,16 +275,7 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
             rows.append(row)
             continue
         logits = torch.stack([model(_to(x, dev)).float().cpu() for x in xs]).mean(dim=0)
-        if task == "survival":
-            row["risk"] = float(T.survival_risk(logits)[0])
-            surv = torch.cumprod(1 - torch.sigmoid(logits), dim=1)[0]
-            row.update({f"S{k + 1}": float(v) for k, v in enumerate(surv)})
-            if edges is not None:
-                row["y_bin"] = int(T.survival_bins(np.array([s.labels["time"]]), edges)[0])
-        else:
-            prob = torch.softmax(logits, dim=1)[0]
-            row["pred"] = int(prob.argmax())
-            row.update({f"prob{k}": float(v) for k, v in enumerate(prob)})
+        row.update(fitted.row(logits, s.labels))
         if not all(np.isfinite(v) for k, v in row.items() if isinstance(v, float) and k not in s.labels):
             raise TrainingError(f"the model predicted NaN/inf for case {s.case_id}")
         rows.append(row)

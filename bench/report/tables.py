@@ -10,11 +10,9 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from ..engine.tasks import get_task
 from ..registry import ENCODERS, SOURCE_PARAMS
 
-TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
-               "survival": "Survival Analysis (5 Fold - C-index)",
-               "classification": "Classification (AUC)"}
 GROUP_ORDER = [ENCODERS["resnet50"]["group"], ENCODERS["gigapath"]["group"], ENCODERS["conch"]["group"],
                "Two-stage hierarchical representation", "End-to-end"]
 RANDOM_MARK = "\u2020"  # dagger
@@ -262,7 +260,7 @@ def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], caption: str = "",
     start = nfix + 1
     for t in tasks:
         n = sum(1 for tt, _ in cols if tt == t)
-        head.append(rf"\multicolumn{{{n}}}{{c}}{{{TASK_TITLES.get(t, t)}}}")
+        head.append(rf"\multicolumn{{{n}}}{{c}}{{{get_task(t).title}}}")
         cmid.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
         start += n
     lines.append(" & ".join(head) + r" \\")
