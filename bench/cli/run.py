@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..engine.protocol import list_protocols
 from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
                      parse_sets, print_failed, print_launch_report, resolve_dataset)
 
@@ -21,6 +22,7 @@ EPILOG = """examples:
   python -m bench run --methods pixelmamba-6m --dataset luad --nproc 8      # DDP, one slide per rank
   torchrun --nproc_per_node 8 -m bench run --methods pixelmamba-6m --dataset luad   # the same
   python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
+  python -m bench run --methods 'abmil.*,pixelmamba-6m' --dataset blca --protocol paper   # docs/protocol.md
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its metrics.json exists with the same config; rerunning
 the same command skips done units and redoes only unfinished ones (also after a crash or kill).
@@ -50,6 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start every unit's model from these weights (e.g. `bench pretrain`'s last.pt; "
                         "loaded with weights_only=True, heads of another shape dropped, a report of "
                         "what loaded is logged)")
+    p.add_argument("--protocol", choices=list_protocols(), default=None,
+                   help="protocol preset: wsi-bench = this project's corrections (default), paper = the paper's "
+                        "reading and its baselines' default settings; every choice is in docs/protocol.md "
+                        "(default: the dataset YAML's `protocol:`, else the method config's, else wsi-bench)")
     g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train each unit on N processes with DDP (one slide per rank, gradient accumulation), "
@@ -75,11 +81,16 @@ def main(args: argparse.Namespace) -> int:
     common = dict(tasks=args.tasks.split(",") if args.tasks else None, folds=parse_int_list(args.folds),
                   results=args.results, cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                  progress=not args.quiet, tuned=args.tuned, init=args.init, order=args.order)
+                  progress=not args.quiet, tuned=args.tuned, init=args.init, order=args.order,
+                  protocol=args.protocol)
     if args.launcher == "submitit":
         if args.init is not None:
             raise ValueError("--init is not passed to submitit jobs yet; run with --launcher local")
+        if args.protocol is not None:
+            raise ValueError("--protocol is not passed to submitit jobs yet; set `protocol:` in the dataset "
+                             "YAML or run with --launcher local")
         common.pop("init")
+        common.pop("protocol")
         return _submit(args, methods, dataset, common)
     report = run(methods, dataset, **common)
     if not D.is_main():

@@ -291,6 +291,7 @@ class DatasetSpec:
     # per ablation, the grid this dataset runs: {<ablation>: {values: [...]}} replaces the grid,
     # {<ablation>: {values: {paper value: value here}}} maps it (the demo scales inputs to a CPU)
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: str | None = None  # the protocol preset of its units (bench.engine.protocol); --protocol wins
 
     @property
     def data_root(self) -> Path:

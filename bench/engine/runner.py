@@ -26,24 +26,31 @@ from .pretrain import init_identity, load_init
 from ..registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
 from ..report.results import ResultsStore, Unit, config_hash
 from ..data.splits import SplitManager, Splits
+from .protocol import Protocol, load_protocol, resolve_protocol
 from .train import Bag, Sample, TrainConfig, train_and_predict
 
 log = logging.getLogger(__name__)
 
 
 def method_train_config(spec: MethodSpec, overrides: dict[str, Any] | None = None,
-                        dataset_train: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Training options: CLI overrides > the dataset's per-family options > configs/methods/<config>.yaml
-    > TrainConfig defaults."""
-    cfg: dict[str, Any] = {}
-    if spec.config:
-        path = CONFIG_DIR / "methods" / f"{spec.config}.yaml"
-        if path.is_file():
-            with open(path) as f:
-                cfg.update((yaml.safe_load(f) or {}).get("train", {}))
+                        dataset_train: dict[str, dict[str, Any]] | None = None,
+                        protocol: Protocol | None = None) -> dict[str, Any]:
+    """Training options: CLI overrides > the dataset's per-family options > the protocol preset's
+    > configs/methods/<config>.yaml > TrainConfig defaults."""
+    cfg: dict[str, Any] = dict(method_config(spec).get("train", {}))
+    cfg.update((protocol or load_protocol(None)).train_options(spec.family))
     cfg.update((dataset_train or {}).get(spec.family, {}))
     cfg.update(overrides or {})
     return TrainConfig.from_dict(cfg).to_dict()
+
+
+def method_config(spec: MethodSpec) -> dict[str, Any]:
+    """configs/methods/<config>.yaml of a method ({} without one)."""
+    path = CONFIG_DIR / "methods" / f"{spec.config}.yaml" if spec.config else None
+    if path is None or not path.is_file():
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
 
 
 def unit_seed(seed: int, *parts: Any) -> int:
@@ -472,10 +479,12 @@ def _labels(row: pd.Series, task: str) -> dict[str, float]:
     return {c: float(row[c]) for c in T.get_task(task).label_columns}
 
 
-def model_options(spec: MethodSpec, cohort: Cohort, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_options(spec: MethodSpec, cohort: Cohort, overrides: dict[str, Any] | None = None,
+                  protocol: Protocol | None = None) -> dict[str, Any]:
     """Model options: ``overrides`` (CLI --model, tuned values) > the dataset's per-method-glob options
-    > its per-family options (e.g. the demo's smaller inputs)."""
-    opts = dict(cohort.spec.model.get(spec.family, {}))
+    > its per-family options (e.g. the demo's smaller inputs) > the protocol preset's."""
+    opts = (protocol or load_protocol(None)).model_options(spec.name, spec.family)
+    opts.update(cohort.spec.model.get(spec.family, {}))
     for key, val in cohort.spec.model.items():  # then method names / globs, e.g. "pixelmamba-*"
         if key != spec.family and fnmatch.fnmatchcase(spec.name, key):
             opts.update(val)
@@ -523,7 +532,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
         n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
         model_overrides: dict[str, Any] | None = None, progress: bool = True, tuned: bool = False,
-        dry_run: bool = False, init: Path | str | None = None, order: str = "task") -> RunReport:
+        dry_run: bool = False, init: Path | str | None = None, order: str = "task",
+        protocol: str | None = None) -> RunReport:
     """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet done.
 
     ``methods`` may hold :class:`Variant` s (an ablation's values), each stored under its name.
@@ -534,6 +544,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     (variant ``tuned``; a unit without them fails, naming the command to run). ``dry_run``: resolve
     and classify units (done / to do, in ``report.todo``) without training anything.
     ``order``: the order units run in (``grid_order``): ``task`` (default), ``method`` or ``fold``.
+    ``protocol``: the preset (``bench.engine.protocol``; default: the dataset's, the method config's,
+    else ``wsi-bench``); its name enters every unit's config.
     """
     t0 = time.perf_counter()
     variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
@@ -583,10 +595,11 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
             tuned_train, tuned_model = split_params(tuned_info["params"])
         try:
             # CLI > the variant's setting (what an ablation varies) > tuned values > dataset > defaults
-            opts = model_options(spec, cohort, {**tuned_model, **v.model, **(model_overrides or {})})
+            proto = load_protocol(resolve_protocol(protocol, cohort.spec.protocol, method_config(spec).get("protocol")))
+            opts = model_options(spec, cohort, {**tuned_model, **v.model, **(model_overrides or {})}, proto)
             key, fi = get_inputs(spec, opts)
             train_cfg = method_train_config(spec, {**tuned_train, **v.train, **(train_overrides or {})},
-                                            cohort.spec.train)
+                                            cohort.spec.train, proto)
         except Exception as exc:  # noqa: BLE001 — an unavailable encoder fails its units, not the run
             msg = f"inputs of {spec.name} unavailable: {type(exc).__name__}: {exc}"
             if spec.name not in input_errors:
@@ -597,8 +610,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         # same seed for every variant of a method: an ablation compares settings, not initialisations
         train_cfg["seed"] = unit_seed(seed, spec.name, task, k)
         config = {"dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
-                  "split_hash": splits[task].hash, "n_folds": splits[task].n_folds, "train": train_cfg,
-                  "model": opts, **fi.identity}
+                  "split_hash": splits[task].hash, "n_folds": splits[task].n_folds, "protocol": proto.name,
+                  "train": train_cfg, "model": opts, **fi.identity}
         if init is not None:
             config["init"] = init_identity(init)
         if v.name:  # only variants carry the key, so the hashes of plain runs stay as they were

@@ -1,8 +1,12 @@
 """One trainer for every method: AdamW, cosine schedule, gradient accumulation, one case per step.
 
-Model selection never looks at the test fold: a unit trains for the configured number of epochs
-and the final weights predict the test fold (the paper's protocol; no early stopping on the
-reported fold, a defect of several public pipelines).
+Model selection never looks at the test fold. ``schedule="fixed"`` (the default): a unit trains
+for the configured number of epochs and the final weights predict the test fold (the paper's
+end-to-end protocol). ``schedule="early_stopping"`` (the MIL originals' default, CLAM's
+``EarlyStopping(patience=20, stop_epoch=50)``): a stratified, seeded validation split is carved
+from the *training fold* (``validation_split``), the model trains on the rest, and the weights of
+the epoch with the lowest validation loss predict the test fold — never selected on the test
+fold, a defect of several public pipelines.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ class TrainingError(RuntimeError):
     """A unit cannot be trained (e.g. its loss became NaN); other units go on."""
 
 
+SCHEDULES = ("fixed", "early_stopping")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 20
@@ -41,7 +48,15 @@ class TrainConfig:
     grad_accum: int = 8  # cases per optimizer step (one case per forward pass)
     warmup_epochs: float = 0.0
     max_patches: int | None = None  # random subset of a bag per training step (None: whole bag)
-    class_balance: bool = True  # inverse-frequency class weights for staging/classification
+    # loss weights of staging/classification: "inverse_frequency" (n / (C * n_c) on the training
+    # fold) or "none" (plain cross-entropy, the paper's)
+    class_weights: str = "inverse_frequency"
+    # survival bins (e_k, e_k+1] ("right", pd.cut's default) or [e_k, e_k+1) ("left", MCAT's)
+    survival_bins_closed: str = "right"
+    schedule: str = "fixed"  # "fixed" (epochs, final weights) or "early_stopping" (see the module)
+    val_fraction: float = 0.1  # early stopping: share of the training fold held out for validation
+    patience: int = 20  # early stopping: epochs without a lower validation loss before stopping
+    min_epochs: int = 50  # early stopping: never stop before this many epochs (CLAM's stop_epoch)
     grad_clip: float | None = None
     # "zscore": standardise patch features with the training fold's per-dimension mean/std (never
     # the test fold's). Off by default — published pipelines feed raw features — but needed for
@@ -61,8 +76,13 @@ class TrainConfig:
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise ValueError(f"training option {f.name}={v!r} must be a number")
         cfg = cls(**d)
-        if cfg.feature_norm not in ("none", "zscore"):
-            raise ValueError(f"feature_norm must be 'none' or 'zscore', got {cfg.feature_norm!r}")
+        choices = {"feature_norm": ("none", "zscore"), "class_weights": T.CLASS_WEIGHTS,
+                   "survival_bins_closed": T.BINS_CLOSED, "schedule": SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"training option {name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+        if cfg.schedule == "early_stopping" and not 0 < cfg.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {cfg.val_fraction}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +180,23 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return f
 
 
+def validation_split(task: str, labels: Sequence[dict[str, float]], fraction: float, seed: int) -> list[int]:
+    """Positions of the training cases held out for early stopping: stratified by the task's
+    strata (as the folds are), seeded, about ``fraction`` of the cases and at least one. The
+    cases are ordered by stratum (shuffled within) and every ``round(1 / fraction)``-th is taken,
+    so each stratum gives its share."""
+    n = len(labels)
+    if n < 2:
+        raise TrainingError(f"early stopping needs at least 2 training cases to hold one out, got {n}")
+    step = max(2, round(1 / fraction))
+    t = T.get_task(task)
+    strata = t.strata(pd.DataFrame(list(labels)), step) if n >= 2 * step else np.zeros(n, dtype=int)
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.permutation(n), strata))
+    start = int(rng.integers(step))
+    return sorted(int(i) for i in order[start::step]) or [int(order[0])]
+
+
 def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample], test: Sequence[Sample],
                       cfg: TrainConfig, *, progress: bool = True, desc: str = "",
                       before_step: Callable[[torch.nn.Module], None] | None = None,
@@ -176,8 +213,14 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     if cfg.feature_norm == "zscore":
         train, test = zscore_samples(train, test)
     n_out = model.head.out_features if hasattr(model, "head") else None
-    fitted = T.get_task(task).fit([s.labels for s in train], n_out or 4,
-                                  class_weights="inverse_frequency" if cfg.class_balance else "none")
+    fitted = T.get_task(task).fit([s.labels for s in train], n_out or 4, class_weights=cfg.class_weights,
+                                  survival_bins_closed=cfg.survival_bins_closed)
+    val: list[Sample] = []
+    if cfg.schedule == "early_stopping":  # held out of the training fold, never the test fold
+        held = set(validation_split(task, [s.labels for s in train], cfg.val_fraction, cfg.seed))
+        val = [s for i, s in enumerate(train) if i in held]
+        train = [s for i, s in enumerate(train) if i not in held]
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val loss, epoch, weights)
 
     world = D.world_size()
     dev = D.device() if world > 1 else next(model.parameters()).device
@@ -232,9 +275,17 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
             epoch_loss = float(np.mean([v for r in D.all_gather(losses) for v in r]))
             rows.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": sched.get_last_lr()[0],
                          "seconds": time.perf_counter() - t0})
+            if val:
+                rows[-1]["val_loss"] = v = _val_loss(model, val, fitted, dev)
+                if best is None or v < best[0]:
+                    best = (v, epoch + 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
+                elif epoch + 1 - best[1] >= cfg.patience and epoch + 1 > cfg.min_epochs:
+                    break
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
     finally:
         bar.close()
+    if best is not None:
+        model.load_state_dict(best[2])
     train_seconds = time.perf_counter() - t0
     mine = list(range(len(test)))[D.rank()::world]
     part = predict(model, task, [test[i] for i in mine], fitted)
@@ -247,7 +298,18 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
         pred = part
     info = {"train_seconds": train_seconds, "train_cases": len(train), "test_cases": len(test),
             "world_size": world, **fitted.info()}
+    if val:
+        info.update(val_cases=len(val), best_epoch=best[1] if best else None, epochs_run=len(rows))
     return pred, pd.DataFrame(rows), info
+
+
+@torch.no_grad()
+def _val_loss(model: torch.nn.Module, val: Sequence[Sample], fitted: T.FittedTask, dev: torch.device) -> float:
+    """Mean loss over the validation cases (whole bags, eval mode), the same on every rank."""
+    model.eval()
+    out = float(np.mean([fitted.loss(model(_to(s.load(), dev)), fitted.target(s.labels, dev)).item() for s in val]))
+    model.train()
+    return out
 
 
 @torch.no_grad()

@@ -227,8 +227,11 @@ class ResultsStore:
         frozen = memo[key]
         return None if frozen is None else int(m["params"]) - frozen
 
-    def summarize(self, dataset: str) -> pd.DataFrame:
-        """Aggregate finished folds → one row per (method, variant, task, metric); writes summary.csv."""
+    def summarize(self, dataset: str, ddof: int = 0) -> pd.DataFrame:
+        """Aggregate finished folds → one row per (method, variant, task, metric); writes summary.csv.
+
+        ``ddof``: the ± over folds, 0 = population std (the default; the protocol presets'
+        ``report.std_ddof``), 1 = sample std. The paper does not say which."""
         rows = list(self.iter_metrics(dataset))
         out = []
         key = lambda m: (m["method"], m.get("variant") or "", m["task"])  # noqa: E731
@@ -251,9 +254,9 @@ class ResultsStore:
                     "task": task, "metric": metric,
                     "primary": metric == first["primary_metric"],
                     "mean": float(np.mean(defined)) if defined else float("nan"),
-                    # sample std over folds? The paper's ± is not specified; numpy's population std
-                    # (ddof=0) is what CLAM-style scripts print, so we keep it and say so in captions.
-                    "std": float(np.std(defined)) if defined else float("nan"),
+                    # population std (ddof=0) by default: what CLAM-style scripts print (np.std)
+                    "std": float(np.std(defined, ddof=ddof)) if len(defined) > ddof else float("nan"),
+                    "std_ddof": ddof,
                     "n_folds": len(ms), "n_defined": len(defined), "expected_folds": first.get("n_folds", 5),
                     "folds": ";".join("nan" if v is None or np.isnan(v) else f"{v:.4f}" for v in vals),
                     "random_weights": any(m.get("random_weights") for m in ms),
