@@ -215,3 +215,38 @@ def test_protocol_resolution() -> None:
 def test_predict_without_fitting_keeps_its_columns() -> None:
     pred = predict(Recorder(), "staging", _bags(2, 3))
     assert list(pred.columns) == ["case_id", "stage", "pred", "prob0", "prob1", "prob2", "prob3"]
+
+
+def test_run_records_the_protocol_in_every_unit_config(tmp_path, monkeypatch) -> None:
+    """``bench run``'s unit configs name their preset and hold its options; the dataset YAML's
+    ``protocol:`` applies unless ``--protocol`` says otherwise; the presets' config hashes differ."""
+    from bench.engine import runner
+    from bench.registry import resolve_methods
+
+    (tmp_path / "slides").mkdir()
+    rows = []
+    for i in range(20):
+        (tmp_path / "slides" / f"TCGA-AA-{i:04d}-01Z-00-DX1.tiff").touch()
+        rows.append({"case_id": f"TCGA-AA-{i:04d}", "stage": i % 4, "time": 5.0 + 3 * i, "event": i % 2})
+    pd.DataFrame(rows).to_csv(tmp_path / "clinical.csv", index=False)
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(f"root: {tmp_path}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
+                    "clinical_format: normalized\ntasks: [staging]\nprotocol: paper\n")
+
+    class NoInputs:  # a dry run resolves configs without reading any slide
+        identity: dict = {}
+
+    monkeypatch.setattr(runner, "make_inputs", lambda *a, **k: NoInputs())
+
+    def plans(**kw):
+        rep = runner.run(resolve_methods("meanmil.resnet50,pixelmamba-6m"), str(spec), results=tmp_path / "res",
+                         dry_run=True, folds=[0], **kw)
+        return {p.unit.method: p for p in rep.todo}
+
+    paper, ours = plans(), plans(protocol="wsi-bench")
+    assert paper["meanmil.resnet50"].config["protocol"] == "paper"
+    assert paper["meanmil.resnet50"].config["train"]["schedule"] == "early_stopping"
+    assert paper["pixelmamba-6m"].config["model"]["bidirectional_merge"] == "sum"
+    assert ours["meanmil.resnet50"].config["protocol"] == "wsi-bench"
+    assert ours["pixelmamba-6m"].config["model"]["fusion_k_from"] == "initial"
+    assert paper["meanmil.resnet50"].chash != ours["meanmil.resnet50"].chash

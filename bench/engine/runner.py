@@ -691,8 +691,9 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         finally:
             if lock is not None:
                 lock.release()
-    if report.ran and D.is_main():
-        store.summarize(dataset)
+    if report.ran and D.is_main():  # the ± as the run's preset reads it (report.std_ddof)
+        store.summarize(dataset, ddof=load_protocol(resolve_protocol(protocol, cohort.spec.protocol)).report.get(
+            "std_ddof", 0))
     report.seconds = time.perf_counter() - t0
     return report
 
