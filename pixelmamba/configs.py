@@ -116,6 +116,11 @@ _TABLE_21M = """
 """
 
 
+FUSION_K_FROM = ("initial", "current")
+FUSION_PARTITIONS = ("alternate", "halves")
+BIDIRECTIONAL_MERGES = ("mean", "sum")
+
+
 @dataclass(frozen=True)
 class PixelMambaConfig:
     """Everything that fixes the architecture; ``create_model`` overrides the scalar fields.
@@ -123,6 +128,14 @@ class PixelMambaConfig:
     ``alpha`` and ``scan_window`` are the paper's (Sec. 3.3, Table 5, supplement Table 3).
     ``d_state``/``d_conv``/``expand`` are the Mamba/Vim defaults the paper inherits. The paper
     gives no positional embedding for pixel tokens, and none is used.
+
+    Readings of sentences the paper leaves open (docs/protocol.md):
+    ``fusion_k_from``: the ``n`` of ``k = ceil(alpha * n / L)`` is the ``initial`` region count (k
+    constant over the layers, as ToMe's r; the default) or the ``current`` one (k shrinks with n).
+    ``fusion_partition``: gallery/probe sets ``alternate`` in scan order (the default, as ToMe) or
+    are the first and second ``halves`` of the scan order.
+    ``bidirectional_merge``: ``mean`` of the two branches, each with its own conv (Vision Mamba
+    v2, the default) or Eq. 1's ``sum`` with one conv ψ shared by both branches.
     """
 
     name: str
@@ -133,6 +146,9 @@ class PixelMambaConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
+    fusion_k_from: str = "initial"
+    fusion_partition: str = "alternate"
+    bidirectional_merge: str = "mean"
     paper_params: float = field(default=0.0, compare=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +174,10 @@ class PixelMambaConfig:
             )
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        for opt, allowed in (("fusion_k_from", FUSION_K_FROM), ("fusion_partition", FUSION_PARTITIONS),
+                             ("bidirectional_merge", BIDIRECTIONAL_MERGES)):
+            if getattr(self, opt) not in allowed:
+                raise ValueError(f"{opt} must be one of {allowed}, got {getattr(self, opt)!r}")
 
     @property
     def depth(self) -> int:

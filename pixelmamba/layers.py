@@ -17,15 +17,19 @@ Choices the paper leaves open, and what this implementation does:
   the pair were the CLS — ``cat`` duplicates it ([cls, cls], 2C), ``avg`` leaves it unchanged.
   This adds no parameters (the paper's counts leave no room for a projection) and keeps the CLS
   cosine similarities that Region Fusion ranks on unchanged across the expansion.
-* **Gallery/probe assignment**: by alternation in scan order — even positions are the gallery,
-  odd positions the probe (as ToMe's bipartite matching), so both sets cover the whole slide and
-  for odd ``n`` the gallery has one more region. Each probe region picks its most similar gallery
+* **Gallery/probe assignment** (``partition``): by default by alternation in scan order — even
+  positions are the gallery, odd positions the probe (as ToMe's bipartite matching), so both sets
+  cover the whole slide and for odd ``n`` the gallery has one more region; two regions of the same
+  parity never merge. ``"halves"``: the first ``ceil(n/2)`` regions of the scan order are the
+  gallery, the rest the probe; two regions of the same half never merge. Each probe region picks its most similar gallery
   region; the ``k`` probes with the highest similarity are merged into their picks. When several
   probes pick the same gallery region, the whole group is averaged (plain mean, as the paper
   averages a pair). The merged region keeps the gallery region's place in the scan order, and the
   survivors keep their relative order.
-* ``k = ceil(alpha * n0 / depth)`` with ``n0`` the *initial* region count, capped so that at most
-  one merge per probe happens and at least one region remains (``merge_count``).
+* ``k = ceil(alpha * n0 / depth)`` with ``n0`` the *initial* region count (``k_from="initial"``,
+  the default) or ``ceil(alpha * n / depth)`` with ``n`` the layer's current count
+  (``"current"``), capped so that at most one merge per probe happens and at least one region
+  remains (``merge_count``).
 * Padding in Region Fusion: a region with no real token is a *padding region*. A padding region
   is never paired with a real one while any other pair is available (pairs of two padding regions
   rank first, being free, then real pairs by similarity); and since every average is weighted by
@@ -115,10 +119,26 @@ def expand_tokens(tokens: Tensor, valid: Tensor, spec: TokenExpansionSpec) -> tu
     return out, pair_valid.any(-1)
 
 
-def merge_count(n_initial: int, alpha: float, depth: int, n_current: int) -> int:
-    """Regions Region Fusion removes at a layer: ``ceil(alpha * n_initial / depth)``, at most one
-    per probe region (``n_current // 2``), hence never the last region."""
-    return min(math.ceil(alpha * n_initial / depth), n_current // 2)
+def merge_count(n_initial: int, alpha: float, depth: int, n_current: int, k_from: str = "initial") -> int:
+    """Regions Region Fusion removes at a layer: ``ceil(alpha * n / depth)`` with ``n`` the initial
+    region count (``k_from="initial"``) or the current one (``"current"``), at most one per probe
+    region (``n_current // 2``), hence never the last region."""
+    if k_from not in ("initial", "current"):
+        raise ValueError(f"k_from must be 'initial' or 'current', got {k_from!r}")
+    n = n_initial if k_from == "initial" else n_current
+    return min(math.ceil(alpha * n / depth), n_current // 2)
+
+
+def gallery_probe(n: int, partition: str = "alternate", device: torch.device | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Scan-order positions of the gallery and the probe sets of ``n`` regions (gallery the larger
+    for odd ``n``)."""
+    if partition == "alternate":
+        return torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)
+    if partition == "halves":
+        g = (n + 1) // 2
+        return torch.arange(0, g, device=device), torch.arange(g, n, device=device)
+    raise ValueError(f"partition must be 'alternate' or 'halves', got {partition!r}")
 
 
 # Region Fusion ranks candidate pairs on these scores; real pairs score their cosine in [-1, 1].
@@ -127,7 +147,7 @@ _MIXED_PAIR_SCORE = -2.0  # padding with real: only when nothing else is left (a
 
 
 def region_fusion(
-    tokens: Tensor, cls: Tensor, valid: Tensor, k: int
+    tokens: Tensor, cls: Tensor, valid: Tensor, k: int, partition: str = "alternate"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Merge the ``k`` most similar (probe → gallery) region pairs by averaging their tokens.
 
@@ -138,7 +158,7 @@ def region_fusion(
     B, n, h, w, C = tokens.shape
     if k == 0:
         return tokens, cls, valid
-    slot, region_valid = fusion_slots(cls, valid, k)
+    slot, region_valid = fusion_slots(cls, valid, k, partition)
     tokens_flat = tokens.view(B, n, h * w, C)
     out_tokens = _group_mean(tokens_flat, valid.view(B, n, h * w, 1), slot, n - k)
     out_cls = _group_mean(cls, region_valid[..., None], slot, n - k)  # (B, n-k, C)
@@ -146,14 +166,14 @@ def region_fusion(
     return out_tokens.view(B, n - k, h, w, C), out_cls, out_valid
 
 
-def fusion_slots(cls: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def fusion_slots(cls: Tensor, valid: Tensor, k: int, partition: str = "alternate") -> tuple[Tensor, Tensor]:
     """Region Fusion's discrete part: the output slot ``(B, n)`` every region goes to (``n - k``
     slots, in scan order) and which regions hold real tokens ``(B, n)``."""
     B, n = valid.shape[:2]
     if not 0 < k <= n // 2:
         raise ValueError(f"cannot merge {k} of {n} regions (at most one per probe, n // 2)")
     device = valid.device
-    gallery, probe = torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)
+    gallery, probe = gallery_probe(n, partition, device)
     region_valid = valid.flatten(2).any(-1)  # (B, n)
     with torch.no_grad():
         unit = F.normalize(cls.float(), dim=-1)
@@ -187,7 +207,7 @@ FUSE_CHUNK_BYTES = 1 << 16
 
 def fuse_and_expand(
     tokens: Tensor, cls: Tensor, valid: Tensor, k: int, spec: TokenExpansionSpec | None,
-    store_dtype: torch.dtype,
+    store_dtype: torch.dtype, partition: str = "alternate",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``region_fusion`` then (if ``spec``) ``token_expansion``, with the tokens in ``store_dtype``
     — the same values (float32 compute), but without their full-size intermediates.
@@ -201,7 +221,7 @@ def fuse_and_expand(
     """
     B, n, h, w, C = tokens.shape
     if k:
-        slot, region_valid = fusion_slots(cls, valid, k)
+        slot, region_valid = fusion_slots(cls, valid, k, partition)
         cls = _group_mean(cls, region_valid[..., None], slot, n - k)
         out_valid = _group_any(valid, slot, n - k)
     else:
@@ -362,17 +382,19 @@ class _GroupMean(torch.autograd.Function):
 
 
 class PixelMambaBlock(nn.Module):
-    """Eq. 1: ``T' = T + Mixer(norm(T))`` with the bidirectional (Vim "v2") Mamba mixer.
+    """Eq. 1: ``T' = T + Mixer(norm(T))`` with the bidirectional Mamba mixer (``merge="mean"``:
+    Vim "v2"; ``"sum"``: Eq. 1's sum with one conv, see ``BiMambaMixer``).
 
     RMSNorm as in Vim; residual kept in the input dtype (float32 unless the caller chose
     otherwise). ``chunk_size`` streams the sequence through the mixer with carried state.
     """
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", merge: str = "mean") -> None:
         super().__init__()
         self.norm = nn.RMSNorm(dim, eps=1e-5)
-        self.mixer = BiMambaMixer(dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend)
+        self.mixer = BiMambaMixer(dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend,
+                                  merge=merge)
 
     def forward(self, seq: Tensor, chunk_size: int | None = None) -> Tensor:  # (B, L, C)
         return seq + self.mixer(self.norm(seq), chunk_size=chunk_size)

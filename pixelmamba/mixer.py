@@ -8,6 +8,10 @@ dt_proj_b, A_b_log, D_b) scans it reversed, both gated by the same z; out = out_
 flip(y_b)) / 2). Parameter names match Vim's so its checkpoints load. Initialisation follows
 mamba-ssm's `Mamba` (S4D-real A, D = 1, dt bias = softplus⁻¹ of log-uniform dt).
 
+``merge="sum"`` is the paper's Eq. 1 read literally instead: one conv ψ (``conv1d``) feeds both
+branches — the backward branch scans the reversed ψ(x) — and their gated outputs are summed,
+``out_proj(y_f + flip(y_b))``; there is no ``conv1d_b``.
+
 Streaming (`forward(x, chunk_size=c)`): the sequence is processed in pieces of c tokens. A first
 pass runs the forward branch over the pieces in order and keeps only the SSM state at each piece
 boundary; a second pass walks the pieces in reverse, carrying the backward branch's state, and
@@ -45,10 +49,15 @@ class BiMambaMixer(nn.Module):
         bias: bool = False,
         conv_bias: bool = True,
         backend: str = "auto",
+        merge: str = "mean",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if merge not in ("mean", "sum"):
+            raise ValueError(f"merge must be 'mean' (Vim v2) or 'sum' (Eq. 1), got {merge!r}")
+        self.merge = merge
+        self.scale = 0.5 if merge == "mean" else 1.0  # y = scale * (y_f + flip(y_b))
         fk = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = int(expand * d_model)
@@ -57,10 +66,12 @@ class BiMambaMixer(nn.Module):
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **fk)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **fk)
         for sfx in ("", "_b"):
-            conv = nn.Conv1d(
-                self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias,
-                padding=d_conv - 1, **fk,
-            )  # padding kept for Vim state-dict compatibility; forward pads explicitly
+            if not sfx or merge == "mean":  # Eq. 1: one conv for both branches
+                conv = nn.Conv1d(
+                    self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias,
+                    padding=d_conv - 1, **fk,
+                )  # padding kept for Vim state-dict compatibility; forward pads explicitly
+                setattr(self, "conv1d" + sfx, conv)
             x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **fk)
             dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **fk)
             self._init_dt_proj(dt_proj, dt_min, dt_max, dt_init_floor)
@@ -69,7 +80,6 @@ class BiMambaMixer(nn.Module):
             A_log._no_weight_decay = True
             D = nn.Parameter(torch.ones(self.d_inner, device=device))
             D._no_weight_decay = True
-            setattr(self, "conv1d" + sfx, conv)
             setattr(self, "x_proj" + sfx, x_proj)
             setattr(self, "dt_proj" + sfx, dt_proj)
             setattr(self, "A" + sfx + "_log", A_log)
@@ -98,15 +108,22 @@ class BiMambaMixer(nn.Module):
             xi = F.pad(xi, (pad_left, pad_right))
         return xi, z
 
+    def _conv(self, xi: Tensor, backward: bool = False) -> Tensor:
+        """SiLU(conv1d(xi)): (B, E, K−1 + l) with its halo first (scan order) → (B, E, l)."""
+        conv: nn.Conv1d = getattr(self, "conv1d_b" if backward else "conv1d")
+        return F.silu(F.conv1d(xi, conv.weight, conv.bias, groups=self.d_inner))
+
     def _branch(
-        self, xi: Tensor, z: Tensor, h0: Tensor | None, backward: bool, want_state: bool
+        self, xi: Tensor | None, z: Tensor, h0: Tensor | None, backward: bool, want_state: bool,
+        xc: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """One direction. xi: (B, E, K−1 + l) with its conv halo first (scan order); z: (B, E, l)."""
+        """One direction. xi: (B, E, K−1 + l) with its conv halo first (scan order), or ``xc`` the
+        conv's output (B, E, l) already; z: (B, E, l)."""
         sfx = "_b" if backward else ""
-        conv: nn.Conv1d = getattr(self, "conv1d" + sfx)
         x_proj: nn.Linear = getattr(self, "x_proj" + sfx)
         dt_proj: nn.Linear = getattr(self, "dt_proj" + sfx)
-        xc = F.silu(F.conv1d(xi, conv.weight, conv.bias, groups=self.d_inner))  # (B, E, l)
+        if xc is None:
+            xc = self._conv(xi, backward)  # (B, E, l)
         x_dbl = x_proj(xc.transpose(1, 2))  # (B, l, R + 2N)
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, E, l)
@@ -128,14 +145,14 @@ class BiMambaMixer(nn.Module):
         return self._branch(xi, z[..., k - pad_left:], h0, False, True)[1]
 
     def _forward_share(self, x: Tensor, pad_left: int, h0: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The forward branch's share of ``_piece``'s output, ``out_proj(y_f / 2)``, and its state
-        after the piece; x holds the piece preceded by its conv halo. ``_piece``'s output is
-        ``out_proj((y_f + y_b) / 2)``, affine in ``y_f``, so its gradient with respect to the
+        """The forward branch's share of ``_piece``'s output, ``out_proj(scale * y_f)``, and its
+        state after the piece; x holds the piece preceded by its conv halo. ``_piece``'s output is
+        ``out_proj(scale * (y_f + y_b))``, affine in ``y_f``, so its gradient with respect to the
         entering state ``h0`` is this share's (the backward branch does not depend on ``h0``)."""
         xi, z = self._xz(x, pad_left, 0)
         k = self.d_conv - 1
         y_f, h = self._branch(xi, z[..., k - pad_left:], h0, False, True)
-        return self.out_proj((y_f / 2).transpose(1, 2)), h
+        return self.out_proj((y_f * self.scale).transpose(1, 2)), h
 
     def _piece(
         self, x: Tensor, pad_left: int, pad_right: int, h_f: Tensor | None, h_b: Tensor | None,
@@ -146,9 +163,14 @@ class BiMambaMixer(nn.Module):
         k = self.d_conv - 1
         xi, z = self._xz(x, pad_left, pad_right)  # xi: (B, E, k + l + k)
         z = z[..., k - pad_left: z.shape[-1] - (k - pad_right)]  # (B, E, l)
-        y_f, h_f_out = self._branch(xi[..., : xi.shape[-1] - k], z, h_f, False, forward_state)
-        y_b, h_b = self._branch(xi[..., k:].flip(-1), z.flip(-1), h_b, True, True)
-        y = (y_f + y_b.flip(-1)) / 2  # (B, E, l)
+        if self.merge == "sum":  # one conv: the backward branch scans the reversed ψ(x)
+            xc = self._conv(xi[..., : xi.shape[-1] - k])  # (B, E, l)
+            y_f, h_f_out = self._branch(None, z, h_f, False, forward_state, xc=xc)
+            y_b, h_b = self._branch(None, z.flip(-1), h_b, True, True, xc=xc.flip(-1))
+        else:
+            y_f, h_f_out = self._branch(xi[..., : xi.shape[-1] - k], z, h_f, False, forward_state)
+            y_b, h_b = self._branch(xi[..., k:].flip(-1), z.flip(-1), h_b, True, True)
+        y = (y_f + y_b.flip(-1)) * self.scale  # (B, E, l)
         out = self.out_proj(y.transpose(1, 2))
         return (out, h_b, h_f_out) if forward_state else (out, h_b)
 
@@ -161,10 +183,15 @@ class BiMambaMixer(nn.Module):
         L, k = x.shape[1], self.d_conv - 1
         if chunk_size is None or chunk_size >= L:
             xi, z = self._xz(x, k, 0)  # (B, E, k + L)
-            y_f, _ = self._branch(xi, z, None, False, False)
-            xb = F.pad(xi[..., k:].flip(-1), (k, 0))
-            y_b, _ = self._branch(xb, z.flip(-1), None, True, False)
-            y = (y_f + y_b.flip(-1)) / 2  # (B, E, L)
+            if self.merge == "sum":  # Eq. 1: SSM_f(ψ(x)) ⊗ z + SSM_b(ψ(x)) ⊗ z, one ψ
+                xc = self._conv(xi)
+                y_f, _ = self._branch(None, z, None, False, False, xc=xc)
+                y_b, _ = self._branch(None, z.flip(-1), None, True, False, xc=xc.flip(-1))
+            else:
+                y_f, _ = self._branch(xi, z, None, False, False)
+                xb = F.pad(xi[..., k:].flip(-1), (k, 0))
+                y_b, _ = self._branch(xb, z.flip(-1), None, True, False)
+            y = (y_f + y_b.flip(-1)) * self.scale  # (B, E, L)
             return self.out_proj(y.transpose(1, 2))
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")

@@ -121,7 +121,9 @@ class PixelMambaLayer(nn.Module):
     def __init__(self, row: LayerRow, cfg: PixelMambaConfig, backend: str = "auto") -> None:
         super().__init__()
         self.row = row
-        self.block = PixelMambaBlock(row.channels, cfg.d_state, cfg.d_conv, cfg.expand, backend)
+        self.block = PixelMambaBlock(row.channels, cfg.d_state, cfg.d_conv, cfg.expand, backend,
+                                     merge=cfg.bidirectional_merge)
+        self.partition = cfg.fusion_partition
 
     def forward(
         self, tokens: Tensor, cls: Tensor, valid: Tensor, k: int, chunk_size: int | None = None,
@@ -141,12 +143,12 @@ class PixelMambaLayer(nn.Module):
             # (the block's tokens go only to fuse_and_expand: their gradient is the block's own)
             tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size, store_dtype, reuse_grad=True,
                                          release_pieces=release_pieces)
-            return fuse_and_expand(tokens, cls, valid, k, self.row.expansion, store_dtype)
+            return fuse_and_expand(tokens, cls, valid, k, self.row.expansion, store_dtype, self.partition)
         seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
         seq = self.block(seq, chunk_size=chunk_size)
         tokens, cls = deserialize(seq, n, h, w)  # (B, n, h, w, C), (B, n, C)
         tokens = tokens * valid.unsqueeze(-1)  # padding stays zero outside the block
-        tokens, cls, valid = region_fusion(tokens, cls, valid, k)
+        tokens, cls, valid = region_fusion(tokens, cls, valid, k, self.partition)
         if self.row.expansion is not None:
             tokens, cls, valid = token_expansion(tokens, cls, valid, self.row.expansion)
         return tokens.to(store_dtype), cls, valid
@@ -288,7 +290,7 @@ class PixelMamba(nn.Module):
 
         def run(first: int, tokens: Tensor, cls: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             for layer in self.layers[first: first + segment]:
-                k = merge_count(n0, self.cfg.alpha, self.cfg.depth, tokens.shape[1])
+                k = self._merge_count(n0, tokens.shape[1])
                 tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer, B * n0), streaming, release)
             return tokens, cls, valid
 
@@ -320,6 +322,10 @@ class PixelMamba(nn.Module):
 
     # -- cost before running ----------------------------------------------------------------------
 
+    def _merge_count(self, n0: int, n: int) -> int:
+        """Regions a layer's Region Fusion removes, ``n0`` regions at the start and ``n`` now."""
+        return merge_count(n0, self.cfg.alpha, self.cfg.depth, n, self.cfg.fusion_k_from)
+
     def plan(self, height: int, width: int) -> list[PlanRow]:
         """One row per layer for an ``height × width`` input, without running the network."""
         s = self.cfg.scan_window
@@ -329,7 +335,7 @@ class PixelMamba(nn.Module):
         rows = []
         for row in self.cfg.rows:
             seq_len = n * (h * w + 1)
-            n -= merge_count(n0, self.cfg.alpha, self.cfg.depth, n)
+            n -= self._merge_count(n0, n)
             rows.append(PlanRow(row.layer, h, w, row.channels, n, seq_len))
             if row.expansion is not None:
                 h, w = (h, w // 2) if row.expansion.axis == "h" else (h // 2, w)
@@ -341,14 +347,16 @@ def list_models() -> list[str]:
     return sorted(CONFIGS)
 
 
-_CONFIG_FIELDS = ("alpha", "scan_window", "d_state", "d_conv", "expand")
+_CONFIG_FIELDS = ("alpha", "scan_window", "d_state", "d_conv", "expand", "fusion_k_from", "fusion_partition",
+                  "bidirectional_merge")
 
 
 def create_model(name: str, num_classes: int = 1000, **overrides: object) -> PixelMamba:
     """Build ``pixelmamba-6m`` or ``pixelmamba-21m``.
 
     Overrides: architecture fields of ``PixelMambaConfig`` (``alpha``, ``scan_window``,
-    ``d_state``, ``d_conv``, ``expand``) and the runtime options of ``PixelMamba``
+    ``d_state``, ``d_conv``, ``expand``, ``fusion_k_from``, ``fusion_partition``,
+    ``bidirectional_merge``) and the runtime options of ``PixelMamba``
     (``chunk_size``, ``checkpointing``, ``act_dtype``, ``backend``, ``segment``).
     """
     if name not in CONFIGS:

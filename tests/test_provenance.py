@@ -100,7 +100,7 @@ def test_mpp_override_added_later_is_part_of_the_identity(cohort):
 
 @pytest.mark.parametrize("sets, option", [({"epochs": 0}, "epochs"), ({"epochs": -1}, "epochs"),
                                           ({"epochs": 2.5}, "epochs"), ({"grad_accum": 0}, "grad_accum"),
-                                          ({"lr": -1}, "lr"), ({"class_balance": "false"}, "class_balance")])
+                                          ({"lr": -1}, "lr"), ({"patience": 0}, "patience")])
 def test_bad_set_fails_before_any_finished_unit_moves(cohort, sets, option):
     spec, results, _ = cohort
     _run(spec, results, tasks=["staging"])

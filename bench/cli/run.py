@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..engine.protocol import list_protocols
 from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
                      parse_sets, print_failed, print_launch_report, resolve_dataset)
 
@@ -21,6 +22,7 @@ EPILOG = """examples:
   python -m bench run --methods pixelmamba-6m --dataset luad --nproc 8      # DDP, one slide per rank
   torchrun --nproc_per_node 8 -m bench run --methods pixelmamba-6m --dataset luad   # the same
   python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
+  python -m bench run --methods 'abmil.*,pixelmamba-6m' --dataset blca --protocol paper   # docs/protocol.md
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its record (metrics.json) exists with the same identity:
 the labels of its cases, its slides' fingerprints, the split set (--seed, --n-folds), every option
@@ -63,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start every unit's model from these weights (e.g. `bench pretrain`'s last.pt; "
                         "loaded with weights_only=True, heads of another shape dropped, a report of "
                         "what loaded is logged)")
+    p.add_argument("--protocol", choices=list_protocols(), default=None,
+                   help="protocol preset: wsi-bench = this project's corrections (default), paper = the paper's "
+                        "reading and its baselines' default settings; every choice is in docs/protocol.md "
+                        "(default: the dataset YAML's `protocol:`, else the method config's, else wsi-bench)")
     g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train each unit on N processes with DDP (one slide per rank, gradient accumulation), "
@@ -90,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
                   input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned,
                   init=args.init, from_scratch=args.from_scratch, order=args.order, variant=args.variant,
-                  device=args.device)
+                  device=args.device, protocol=args.protocol)
     if args.launcher == "submitit":
         return _submit(args, methods, dataset, common)
     report = run(methods, dataset, **common)

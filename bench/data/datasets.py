@@ -78,6 +78,7 @@ class DatasetSpec:
     # pre-extracted features per encoder name: {resnet50: {path: ..., encoder: resnet50,
     # patch_size: 256, magnification: 20}} (TRIDENT/CLAM .h5 per slide; bench.data.features)
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: str | None = None  # the protocol preset of its units (bench.engine.protocol); --protocol wins
 
     @property
     def data_root(self) -> Path:

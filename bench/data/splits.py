@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from ..engine.tasks import get_task
 from ..io import atomic_write_text, safe_name
 
 log = logging.getLogger(__name__)
@@ -30,22 +31,12 @@ class SplitError(ValueError):
 
 
 def strata(cases: pd.DataFrame, task: str, n_folds: int) -> np.ndarray:
-    """Stratification label per case (cases sorted by case_id)."""
-    if task in ("staging",):
-        return cases["stage"].astype(int).to_numpy()
-    if task == "classification":
-        return cases["label"].astype(int).to_numpy()
-    if task == "survival":
-        event = cases["event"].astype(int).to_numpy()
-        # as many time quantiles as keep every event × quantile stratum at >= n_folds cases
-        for q in (4, 3, 2):
-            tq = pd.qcut(cases["time"].rank(method="first"), q=q, labels=False).to_numpy()
-            s = event * q + tq
-            counts = np.bincount(s)
-            if (counts[counts > 0] >= n_folds).all():
-                return s
-        return event
-    raise SplitError(f"no stratification rule for task {task!r}")
+    """Stratification label per case (cases sorted by case_id): the task's rule (``Task.strata``)."""
+    try:
+        t = get_task(task)
+    except KeyError:
+        raise SplitError(f"no stratification rule for task {task!r}") from None
+    return t.strata(cases, n_folds)
 
 
 def make_folds(cohort: pd.DataFrame, task: str, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -64,7 +55,7 @@ def make_folds(cohort: pd.DataFrame, task: str, n_folds: int = 5, seed: int = 0)
         # every class is still spread over as many folds as it has cases
         log.warning("%s: every %s class has fewer cases than the %d folds (largest: %d); classes "
                     "are spread one case per fold, and some test folds lack some classes",
-                    task, "stage" if task == "staging" else "stratum", n_folds, np.bincount(y).max())
+                    task, get_task(task).stratum_name, n_folds, np.bincount(y).max())
         rng = np.random.default_rng(seed)
         order = np.lexsort((rng.permutation(len(cases)), y))
         fold[order] = (np.arange(len(cases)) + int(rng.integers(n_folds))) % n_folds
@@ -121,15 +112,7 @@ class Splits:
             row: dict[str, object] = {"fold": k, "n_train": len(train), "n_test": len(test),
                                       "case_overlap": overlap, "slide_overlap": slide_overlap}
             sub = lab.loc[sorted(test)]
-            if self.task == "staging":
-                for s in range(4):
-                    row[f"stage_{['I', 'II', 'III', 'IV'][s]}"] = int((sub["stage"] == s).sum())
-            elif self.task == "survival":
-                row["events"] = int(sub["event"].sum())
-                row["censored"] = int((sub["event"] == 0).sum())
-                row["median_time"] = round(float(sub["time"].median()), 1)
-            elif self.task == "classification":
-                row["positives"] = int(sub["label"].sum())
+            row.update(get_task(self.task).fold_summary(sub))
             rows.append(row)
             if overlap or slide_overlap:
                 raise SplitError(f"{self.path}: fold {k} shares {overlap} cases / {slide_overlap} slides "
@@ -211,17 +194,11 @@ def _warn_absent_classes(path: Path, folds: pd.DataFrame, cases: pd.DataFrame, t
     """Say once, when folds are written, which test folds lack a class: their macro-F1 averages
     over the classes present (scikit-learn's rule), and a C-index without any event is undefined."""
     lab = folds.merge(cases.drop_duplicates("case_id"), on="case_id")
+    t = get_task(task)
     notes = []
     for k in sorted(lab["fold"].unique()):
-        sub = lab[lab["fold"] == k]
-        if task == "staging":
-            absent = [["I", "II", "III", "IV"][s] for s in range(4)
-                      if s in set(lab["stage"].astype(int)) and s not in set(sub["stage"].astype(int))]
-            if absent:
-                notes.append(f"fold {k} has no stage {', '.join(absent)}")
-        elif task == "survival" and not (sub["event"] == 1).any():
-            notes.append(f"fold {k} has no observed event (its C-index will be undefined)")
+        note = t.fold_note(lab[lab["fold"] == k], lab)
+        if note:
+            notes.append(f"fold {k} {note}")
     if notes:
-        what = "macro-F1 of those folds averages over the stages present" if task == "staging" else \
-            "those folds are reported as undefined and left out of the mean"
-        log.warning("%s: %s in its test set; %s", path, "; ".join(notes), what)
+        log.warning("%s: %s in its test set; %s", path, "; ".join(notes), t.absent_effect)

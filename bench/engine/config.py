@@ -16,6 +16,7 @@ import yaml
 from ..data.datasets import CONFIG_DIR, Cohort
 from ..data.schema import ConfigError, check_keys
 from ..registry import MethodSpec, _import
+from .protocol import Protocol, load_protocol, resolve_protocol
 from .train import TrainConfig
 
 # options that choose a method's inputs, not its network: never passed to the model's builder
@@ -56,22 +57,33 @@ def unit_seed(seed: int, *parts: Any) -> int:
     return int(h[:8], 16)
 
 
-def method_defaults(spec: MethodSpec) -> dict[str, Any]:
-    """The method config's ``train:`` section (configs/methods/<config>.yaml)."""
-    if not spec.config:
-        return {}
-    path = CONFIG_DIR / "methods" / f"{spec.config}.yaml"
-    if not path.is_file():
+def method_config(spec: MethodSpec) -> dict[str, Any]:
+    """configs/methods/<config>.yaml of a method ({} without one)."""
+    path = CONFIG_DIR / "methods" / f"{spec.config}.yaml" if spec.config else None
+    if path is None or not path.is_file():
         return {}
     with open(path) as f:
-        return dict((yaml.safe_load(f) or {}).get("train", {}))
+        return dict(yaml.safe_load(f) or {})
+
+
+def method_defaults(spec: MethodSpec) -> dict[str, Any]:
+    """The method config's ``train:`` section."""
+    return dict(method_config(spec).get("train", {}))
+
+
+def protocol_of(spec: MethodSpec, cohort: Cohort, cli: str | None = None) -> Protocol:
+    """The preset a unit runs under: ``--protocol`` > the dataset YAML's > the method config's > wsi-bench."""
+    return load_protocol(resolve_protocol(cli, getattr(cohort.spec, "protocol", None),
+                                          method_config(spec).get("protocol")))
 
 
 def method_train_config(spec: MethodSpec, overrides: dict[str, Any] | None = None,
-                        dataset_train: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Training options: CLI overrides > the dataset's per-family options > configs/methods/<config>.yaml
-    > TrainConfig defaults; validated (:func:`check_train_options`)."""
+                        dataset_train: dict[str, dict[str, Any]] | None = None,
+                        protocol: Protocol | None = None) -> dict[str, Any]:
+    """Training options: CLI overrides > the dataset's per-family options > the protocol preset's >
+    configs/methods/<config>.yaml > TrainConfig defaults; validated (:func:`check_train_options`)."""
     cfg = method_defaults(spec)
+    cfg.update((protocol or load_protocol(None)).train_options(spec.family))
     cfg.update((dataset_train or {}).get(spec.family, {}))
     cfg.update(overrides or {})
     return check_train_options(cfg)
@@ -87,7 +99,9 @@ _TRAIN_RULES: tuple[tuple[str, Any, str], ...] = (
     ("max_patches", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
      "an integer >= 1, or null for whole bags"),
     ("grad_clip", lambda v: v is None or (_number(v) and v > 0), "a number > 0, or null for none"),
-    ("class_balance", lambda v: isinstance(v, bool), "true or false"),
+    ("val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    ("patience", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    ("min_epochs", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
     ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
 )
 
@@ -120,10 +134,12 @@ def _scoped(section: dict[str, dict[str, Any]], spec: MethodSpec) -> dict[str, A
     return opts
 
 
-def model_options(spec: MethodSpec, cohort: Cohort, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_options(spec: MethodSpec, cohort: Cohort, overrides: dict[str, Any] | None = None,
+                  protocol: Protocol | None = None) -> dict[str, Any]:
     """Network options: ``overrides`` (CLI --model, the variant's, tuned values) > the dataset's
-    per-method-glob options > its per-family options (e.g. the demo's smaller scan window)."""
-    opts = _scoped(cohort.spec.model, spec)
+    per-method-glob options > its per-family options (e.g. the demo's smaller scan window) > the
+    protocol preset's (``protocol=None``: the default preset)."""
+    opts = {**(protocol or load_protocol(None)).model_options(spec.name, spec.family), **_scoped(cohort.spec.model, spec)}
     misplaced = sorted(set(opts) & set(INPUT_OPTIONS))
     if misplaced:
         raise OptionError(f"dataset {cohort.spec.name!r}: {', '.join(misplaced)} under model: chooses the "

@@ -115,7 +115,7 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
            n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
            model_overrides: dict[str, Any] | None = None, input_overrides: dict[str, Any] | None = None,
            tuned: bool = False, progress: bool = True, order: str = "task", init: Path | str | None = None,
-           from_scratch: bool = False, variant: str | None = None, protocol: str = "wsi-bench",
+           from_scratch: bool = False, variant: str | None = None, protocol: str | None = None,
            device: str = "auto") -> LaunchReport:
     """Submit every unit not yet done as one job array; wait for it unless ``opts.wait`` is False.
 

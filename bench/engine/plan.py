@@ -13,7 +13,7 @@ from ..report.records import WeightsProvenance
 from ..report.results import Unit
 from . import tasks as T
 from .config import (INPUT_OPTIONS, OptionError, Variant, input_options, method_defaults, method_train_config,
-                     model_options, resolved_model_options, unit_seed)
+                     model_options, protocol_of, resolved_model_options, unit_seed)
 from .executor import ModelRecipe
 from .identity import NUMERICS_VERSION, digest, labels_of, slide_identities
 from .inputs import Inputs, inputs_key, make_inputs
@@ -50,7 +50,7 @@ class Planner:
     thing), identities."""
 
     def __init__(self, cohort: Cohort, splits: dict[str, Splits], cache: Path | str, progress: bool, seed: int,
-                 init: Path | None, from_scratch: bool, protocol: str) -> None:
+                 init: Path | None, from_scratch: bool, protocol: str | None) -> None:
         self.cohort, self.splits, self.cache, self.progress, self.seed = cohort, splits, cache, progress, seed
         self.init, self.from_scratch, self.protocol = init, from_scratch, protocol
         self.init_id = init_identity(init) if init is not None else None
@@ -83,15 +83,17 @@ class Planner:
             from .tuning import split_params
 
             tuned_train, tuned_model = split_params(tuned_info["params"])
-        # CLI > the variant's setting (what an ablation varies) > tuned values > dataset > defaults
-        model_set = model_options(spec, self.cohort, {**tuned_model, **v.model, **model_overrides})
+        proto = protocol_of(spec, self.cohort, self.protocol)
+        # CLI > the variant's setting (what an ablation varies) > tuned values > dataset > preset > defaults
+        model_set = model_options(spec, self.cohort, {**tuned_model, **v.model, **model_overrides}, proto)
         in_model = sorted(set(model_set) & set(INPUT_OPTIONS))
         if in_model:
             raise OptionError(f"{', '.join(in_model)} chooses the inputs of {spec.name}, not its network: "
                               f"use --input {in_model[0]}=... instead of --model")
         input_opts = input_options(spec, self.cohort, {**v.inputs, **input_overrides})
         key, fi = self.get_inputs(spec, input_opts)
-        train_cfg = method_train_config(spec, {**tuned_train, **v.train, **train_overrides}, self.cohort.spec.train)
+        train_cfg = method_train_config(spec, {**tuned_train, **v.train, **train_overrides}, self.cohort.spec.train,
+                                        proto)
         # same seed for every variant of a method: an ablation compares settings, not initialisations
         train_cfg["seed"] = unit_seed(self.seed, spec.name, task, k)
         if spec.family == "end-to-end" and self.init is None and not self.from_scratch \
@@ -116,14 +118,16 @@ class Planner:
             "inputs": {**fi.identity, **input_opts},
             "model": resolved_model_options(spec, model_set), "train": train_cfg,
             "weights": [asdict(w) for w in weights], "init": self.init_id,
-            "protocol": self.protocol, "numerics_version": NUMERICS_VERSION,
+            "protocol": proto.name, "numerics_version": NUMERICS_VERSION,
         }
         if tuned_info is not None:
             config["tuned"] = {k2: tuned_info.get(k2) for k2 in ("params", "value", "metric", "study_name",
                                                                  "n_trials", "inner_folds")}
-        # what differs from the method's own defaults (the table notes it on the row)
-        base_train = {**TrainConfig().to_dict(), **method_defaults(spec)}
-        non_default = {**model_set,
+        # what differs from the method's defaults under its preset (the table notes it on the row; the
+        # preset itself is named by the protocol mark)
+        base_train = {**TrainConfig().to_dict(), **method_defaults(spec), **proto.train_options(spec.family)}
+        preset_model = proto.model_options(spec.name, spec.family)
+        non_default = {**{k2: v2 for k2, v2 in model_set.items() if preset_model.get(k2, object()) != v2},
                        **{k2: v2 for k2, v2 in input_opts.items()
                           if not (k2 == "magnification" and spec.magnification == v2)},
                        **{k2: v2 for k2, v2 in train_cfg.items() if k2 != "seed" and base_train.get(k2) != v2}}

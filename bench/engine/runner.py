@@ -31,6 +31,7 @@ from .executor import fit_and_score, resolve_device
 from .identity import NUMERICS_VERSION, digest, explain
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import bound_heap_growth
+from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, unit_variant
 from .train import TrainConfig
 
@@ -68,7 +69,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         model_overrides: dict[str, Any] | None = None, input_overrides: dict[str, Any] | None = None,
         progress: bool = True, tuned: bool = False, dry_run: bool = False, init: Path | str | None = None,
         from_scratch: bool = False, order: str = "task", variant: str | None = None,
-        protocol: str = "wsi-bench", row_check: bool = True, device: str = "auto") -> RunReport:
+        protocol: str | None = None, row_check: bool = True, device: str = "auto") -> RunReport:
     """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet
     done, or whose identity changed since it was done.
 
@@ -85,6 +86,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     ``row_check``: refuse a run that would leave a table row mixing configurations (a launcher's
     one-unit jobs skip it: their submitter checked the whole grid).
     ``device``: where models train (``auto``: this rank's under torchrun, else CUDA when present).
+    ``protocol``: the preset of every unit (``bench.engine.protocol``; default: the dataset YAML's,
+    else the method config's, else ``wsi-bench``); its name enters each unit's identity.
     """
     t0 = time.perf_counter()
     variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
@@ -129,7 +132,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     _execute(todo, planner, store, report, progress, t0, device)
     if report.ran and D.is_main():
         try:
-            store.summarize(dataset)
+            store.summarize(dataset, ddof=int(load_protocol(resolve_protocol(protocol, cohort.spec.protocol))
+                                              .report.get("std_ddof", 0)))
         except MixedRowError as exc:
             log.warning("%s", exc)
     report.seconds = time.perf_counter() - t0

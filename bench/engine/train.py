@@ -1,8 +1,12 @@
 """One trainer for every method: AdamW, cosine schedule, gradient accumulation, one case per step.
 
-Model selection never looks at the test fold: a unit trains for the configured number of epochs
-and the final weights predict the test fold (the paper's protocol; no early stopping on the
-reported fold, a defect of several public pipelines).
+Model selection never looks at the test fold. ``schedule="fixed"`` (the default): a unit trains
+for the configured number of epochs and the final weights predict the test fold (the paper's
+end-to-end protocol). ``schedule="early_stopping"`` (the MIL originals' default, CLAM's
+``EarlyStopping(patience=20, stop_epoch=50)``): a stratified, seeded validation split is carved
+from the *training fold* (``validation_split``), the model trains on the rest, and the weights of
+the epoch with the lowest validation loss predict the test fold — never selected on the test
+fold, a defect of several public pipelines.
 """
 
 from __future__ import annotations
@@ -18,19 +22,22 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from baselines.bag import Bag
 
 from . import distributed as D
 from . import tasks as T
+from .tasks import weighted_cross_entropy  # noqa: F401  (public here since the trainer introduced it)
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """A unit cannot be trained (e.g. its loss became NaN); other units go on."""
+
+
+SCHEDULES = ("fixed", "early_stopping")
 
 
 @dataclass
@@ -41,7 +48,15 @@ class TrainConfig:
     grad_accum: int = 8  # cases per optimizer step (one case per forward pass)
     warmup_epochs: float = 0.0
     max_patches: int | None = None  # random subset of a bag per training step (None: whole bag)
-    class_balance: bool = True  # inverse-frequency class weights for staging/classification
+    # loss weights of staging/classification: "inverse_frequency" (n / (C * n_c) on the training
+    # fold) or "none" (plain cross-entropy, the paper's)
+    class_weights: str = "inverse_frequency"
+    # survival bins (e_k, e_k+1] ("right", pd.cut's default) or [e_k, e_k+1) ("left", MCAT's)
+    survival_bins_closed: str = "right"
+    schedule: str = "fixed"  # "fixed" (epochs, final weights) or "early_stopping" (see the module)
+    val_fraction: float = 0.1  # early stopping: share of the training fold held out for validation
+    patience: int = 20  # early stopping: epochs without a lower validation loss before stopping
+    min_epochs: int = 50  # early stopping: never stop before this many epochs (CLAM's stop_epoch)
     grad_clip: float | None = None
     # "zscore": standardise patch features with the training fold's per-dimension mean/std (never
     # the test fold's). Off by default — published pipelines feed raw features — but needed for
@@ -61,8 +76,13 @@ class TrainConfig:
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise ValueError(f"training option {f.name}={v!r} must be a number")
         cfg = cls(**d)
-        if cfg.feature_norm not in ("none", "zscore"):
-            raise ValueError(f"feature_norm must be 'none' or 'zscore', got {cfg.feature_norm!r}")
+        choices = {"feature_norm": ("none", "zscore"), "class_weights": T.CLASS_WEIGHTS,
+                   "survival_bins_closed": T.BINS_CLOSED, "schedule": SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"training option {name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+        if cfg.schedule == "early_stopping" and not 0 < cfg.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {cfg.val_fraction}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,35 +170,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _targets(task: str, s: Sample, edges: np.ndarray | None, device: torch.device | None = None
-             ) -> dict[str, torch.Tensor]:
-    if task == "survival":
-        y_bin = T.survival_bins(np.array([s.labels["time"]]), edges)[0]
-        return {"y_bin": torch.tensor([y_bin], device=device),
-                "event": torch.tensor([s.labels["event"]], dtype=torch.float32, device=device)}
-    key = "stage" if task == "staging" else "label"
-    return {key: torch.tensor([int(s.labels[key])], device=device)}
-
-
-def _class_weights(task: str, train: Sequence[Sample], n_out: int) -> torch.Tensor | None:
-    if task not in ("staging", "classification"):
-        return None
-    key = "stage" if task == "staging" else "label"
-    counts = np.bincount([int(s.labels[key]) for s in train], minlength=n_out).astype(float)
-    w = np.where(counts > 0, counts.sum() / (np.count_nonzero(counts) * np.maximum(counts, 1)), 1.0)
-    return torch.tensor(w, dtype=torch.float32)
-
-
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy of each case times its class weight, averaged over the batch.
-
-    Not ``F.cross_entropy(weight=...)``: its mean divides by the summed weights of the batch, so
-    with one slide per step (the protocol here) the weight cancels and class balancing does
-    nothing. The weights average 1 over the training cases, so the loss keeps its scale."""
-    loss = F.cross_entropy(logits, target, reduction="none")
-    return (loss * weights[target]).mean() if weights is not None else loss.mean()
-
-
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def f(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -187,6 +178,23 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+def validation_split(task: str, labels: Sequence[dict[str, float]], fraction: float, seed: int) -> list[int]:
+    """Positions of the training cases held out for early stopping: stratified by the task's
+    strata (as the folds are), seeded, about ``fraction`` of the cases and at least one. The
+    cases are ordered by stratum (shuffled within) and every ``round(1 / fraction)``-th is taken,
+    so each stratum gives its share."""
+    n = len(labels)
+    if n < 2:
+        raise TrainingError(f"early stopping needs at least 2 training cases to hold one out, got {n}")
+    step = max(2, round(1 / fraction))
+    t = T.get_task(task)
+    strata = t.strata(pd.DataFrame(list(labels)), step) if n >= 2 * step else np.zeros(n, dtype=int)
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.permutation(n), strata))
+    start = int(rng.integers(step))
+    return sorted(int(i) for i in order[start::step]) or [int(order[0])]
 
 
 def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample], test: Sequence[Sample],
@@ -205,11 +213,14 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     if cfg.feature_norm == "zscore":
         train, test = zscore_samples(train, test)
     n_out = model.head.out_features if hasattr(model, "head") else None
-    edges = None
-    if task == "survival":
-        edges = T.survival_bin_edges(np.array([s.labels["time"] for s in train]),
-                                     np.array([s.labels["event"] for s in train]))
-    weights = _class_weights(task, train, n_out or 4) if cfg.class_balance else None
+    fitted = T.get_task(task).fit([s.labels for s in train], n_out or 4, class_weights=cfg.class_weights,
+                                  survival_bins_closed=cfg.survival_bins_closed)
+    val: list[Sample] = []
+    if cfg.schedule == "early_stopping":  # held out of the training fold, never the test fold
+        held = set(validation_split(task, [s.labels for s in train], cfg.val_fraction, cfg.seed))
+        val = [s for i, s in enumerate(train) if i in held]
+        train = [s for i, s in enumerate(train) if i not in held]
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val loss, epoch, weights)
 
     world = D.world_size()
     dev = D.device() if world > 1 else next(model.parameters()).device
@@ -219,8 +230,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
-    if weights is not None:
-        weights = weights.to(dev)
+    fitted.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_rank = len(D.shard(list(range(len(train)))))
     steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
@@ -246,12 +256,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
                     if cfg.max_patches:
                         x = _at_most(x, cfg.max_patches, gen)
                     logits = net(_to(x, dev))
-                    tgt = _targets(task, s, edges, dev)
-                    if task == "survival":
-                        loss = T.nll_survival_loss(logits, tgt["y_bin"], tgt["event"])
-                    else:
-                        key = "stage" if task == "staging" else "label"
-                        loss = weighted_cross_entropy(logits, tgt[key], weights)
+                    loss = fitted.loss(logits, fitted.target(s.labels, dev))
                     if D.any_rank(not bool(torch.isfinite(loss))):
                         where = f"case {s.case_id}" if not torch.isfinite(loss) else f"another rank's case"
                         raise TrainingError(f"loss became non-finite at epoch {epoch + 1}, {where}: "
@@ -270,12 +275,20 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
             epoch_loss = float(np.mean([v for r in D.all_gather(losses) for v in r]))
             rows.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": sched.get_last_lr()[0],
                          "seconds": time.perf_counter() - t0})
+            if val:
+                rows[-1]["val_loss"] = v = _val_loss(model, val, fitted, dev)
+                if best is None or v < best[0]:
+                    best = (v, epoch + 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
+                elif epoch + 1 - best[1] >= cfg.patience and epoch + 1 > cfg.min_epochs:
+                    break
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
     finally:
         bar.close()
+    if best is not None:
+        model.load_state_dict(best[2])
     train_seconds = time.perf_counter() - t0
     mine = list(range(len(test)))[D.rank()::world]
-    part = predict(model, task, [test[i] for i in mine], edges)
+    part = predict(model, task, [test[i] for i in mine], fitted)
     if world > 1:
         parts = D.all_gather((mine, part))
         concat = [i for idx, _ in parts for i in idx]  # test index of each gathered row
@@ -284,12 +297,27 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     else:
         pred = part
     info = {"train_seconds": train_seconds, "train_cases": len(train), "test_cases": len(test),
-            "world_size": world, "bin_edges": None if edges is None else [float(e) for e in edges]}
+            "world_size": world, **fitted.info()}
+    if val:
+        info.update(val_cases=len(val), best_epoch=best[1] if best else None, epochs_run=len(rows))
     return pred, pd.DataFrame(rows), info
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges: np.ndarray | None = None) -> pd.DataFrame:
+def _val_loss(model: torch.nn.Module, val: Sequence[Sample], fitted: T.FittedTask, dev: torch.device) -> float:
+    """Mean loss over the validation cases (whole bags, eval mode), the same on every rank."""
+    model.eval()
+    out = float(np.mean([fitted.loss(model(_to(s.load(), dev)), fitted.target(s.labels, dev)).item() for s in val]))
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], fitted: T.FittedTask | None = None
+            ) -> pd.DataFrame:
+    """One row per case: its labels and the task's prediction columns (``fitted``: the task as fitted
+    on the training fold; without it nothing fitted is added, e.g. no survival bin)."""
+    fitted = fitted if fitted is not None else T.get_task(task).unfitted()
     model.eval()
     rows = []
     for s in samples:
@@ -297,8 +325,8 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
         dev = next(model.parameters(), torch.empty(0)).device  # a parameter-free model runs on the CPU
         row: dict[str, Any] = {"case_id": s.case_id, **s.labels}
         if s.vote is not None:
-            if task == "survival":
-                raise TrainingError("voting over views is defined for classification and staging, not survival")
+            if not fitted.voting:
+                raise TrainingError(f"voting over views is defined for classification and staging, not {task}")
             probs = torch.cat([torch.softmax(model(_to(x, dev)).float().cpu(), dim=1) for x in xs])  # (V, C), views one by one
             if not torch.isfinite(probs).all():
                 raise TrainingError(f"the model predicted NaN/inf for case {s.case_id}")
@@ -309,16 +337,7 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], edges:
             rows.append(row)
             continue
         logits = torch.stack([model(_to(x, dev)).float().cpu() for x in xs]).mean(dim=0)
-        if task == "survival":
-            row["risk"] = float(T.survival_risk(logits)[0])
-            surv = torch.cumprod(1 - torch.sigmoid(logits), dim=1)[0]
-            row.update({f"S{k + 1}": float(v) for k, v in enumerate(surv)})
-            if edges is not None:
-                row["y_bin"] = int(T.survival_bins(np.array([s.labels["time"]]), edges)[0])
-        else:
-            prob = torch.softmax(logits, dim=1)[0]
-            row["pred"] = int(prob.argmax())
-            row.update({f"prob{k}": float(v) for k, v in enumerate(prob)})
+        row.update(fitted.row(logits, s.labels))
         if not all(np.isfinite(v) for k, v in row.items() if isinstance(v, float) and k not in s.labels):
             raise TrainingError(f"the model predicted NaN/inf for case {s.case_id}")
         rows.append(row)

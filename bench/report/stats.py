@@ -30,7 +30,7 @@ from typing import Callable, Hashable
 import numpy as np
 import pandas as pd
 
-from .. import metrics
+from ..engine.tasks import get_task
 
 N_BOOT = 1000
 ALPHA = 0.05
@@ -38,22 +38,7 @@ ALPHA = 0.05
 
 def _metric_fn(task: str) -> Callable[[pd.DataFrame], float]:
     """The task's primary metric on a frame of predictions (NaN where undefined)."""
-
-    def guarded(f: Callable[[pd.DataFrame], float]) -> Callable[[pd.DataFrame], float]:
-        def g(df: pd.DataFrame) -> float:
-            try:
-                return f(df)
-            except metrics.UndefinedMetric:
-                return float("nan")
-        return g
-
-    if task == "survival":
-        return guarded(lambda d: metrics.c_index(d["time"].to_numpy(), d["event"].to_numpy(), d["risk"].to_numpy()))
-    if task == "staging":
-        return guarded(lambda d: metrics.macro_f1(d["stage"].astype(int), d["pred"].astype(int)))
-    if task == "classification":
-        return guarded(lambda d: metrics.auc(d["label"].astype(int), d["prob1"]))
-    raise ValueError(f"no significance test for task {task!r}")
+    return get_task(task).primary
 
 
 @dataclass
@@ -86,52 +71,19 @@ def _fold_scores(df: pd.DataFrame, fn: Callable[[pd.DataFrame], float], folds: l
 
 
 def _columns(task: str, df: pd.DataFrame) -> dict[str, np.ndarray]:
-    if task == "survival":
-        return {"time": df["time"].to_numpy(float), "event": df["event"].to_numpy(float) > 0,
-                "risk": df["risk"].to_numpy(float)}
-    if task == "staging":
-        return {"y": df["stage"].to_numpy(int), "p": df["pred"].to_numpy(int)}
-    return {"y": df["label"].to_numpy(int), "s": df["prob1"].to_numpy(float)}
+    return get_task(task).columns(df)
 
 
 def batched_metric(task: str, cols: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
     """The task's metric on many resamples at once: ``idx`` is ``(B, m)`` positions into ``cols``;
-    returns ``(B,)`` with NaN where the metric is undefined.
+    returns ``(B,)`` with NaN where the metric is undefined (``Task.batched_metric``).
 
     Written by hand (numpy, all resamples in one pass) because scikit-survival's and scikit-learn's
     functions cost 3–15 ms per call in input validation alone, i.e. minutes per table for 1000
     resamples × 5 folds × every row. The definitions are theirs, tie rules included, and the tests
     check equality with ``concordance_index_censored`` and ``f1_score`` / ``roc_auc_score``.
     """
-    if task == "survival":
-        t, e, r = cols["time"][idx], cols["event"][idx], cols["risk"][idx]  # (B, m)
-        ti, tj = t[:, :, None], t[:, None, :]
-        # sksurv: i (an event) is comparable with j if j lives longer, or is censored at the same time
-        comp = e[:, :, None] & ((tj > ti) | ((tj == ti) & ~e[:, None, :]))  # (B, m, m)
-        d = r[:, :, None] - r[:, None, :]
-        ties = np.abs(d) <= 1e-8
-        num = (comp & (d > 0) & ~ties).sum((1, 2)) + 0.5 * (comp & ties).sum((1, 2))
-        den = comp.sum((1, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / np.maximum(den, 1), np.nan)
-    if task == "staging":
-        y, p = cols["y"][idx], cols["p"][idx]
-        k = int(max(cols["y"].max(), cols["p"].max())) + 1
-        ky = y[:, :, None] == np.arange(k)  # (B, m, K)
-        kp = p[:, :, None] == np.arange(k)
-        tp = (ky & kp).sum(1)
-        support = ky.sum(1) + kp.sum(1)  # (B, K): true + predicted counts
-        present = support > 0  # sklearn's macro average: labels in y_true or y_pred
-        f1 = np.where(present, 2 * tp / np.maximum(support, 1), 0.0)
-        return f1.sum(1) / present.sum(1)
-    y, s = cols["y"][idx], cols["s"][idx]
-    pos, neg = y == 1, y == 0
-    d = s[:, :, None] - s[:, None, :]
-    pairs = pos[:, :, None] & neg[:, None, :]
-    num = (pairs & (d > 0)).sum((1, 2)) + 0.5 * (pairs & (d == 0)).sum((1, 2))
-    den = pairs.sum((1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+    return get_task(task).batched_metric(cols, idx)
 
 
 def _boot_stat(task: str, cols: dict[str, np.ndarray], fold_idx: list[np.ndarray], statistic: str,
@@ -168,10 +120,12 @@ def compare_to_best(preds: dict[Hashable, pd.DataFrame], task: str, *, n_boot: i
         clean[key] = d.drop_duplicates(["fold", "case_id"]).set_index(["fold", "case_id"]).sort_index()
     # the best row is the table's best: highest mean of its own per-fold metrics
     means = {}
+    sign = 1.0 if get_task(task).higher_is_better else -1.0
     for key, d in clean.items():
         folds = sorted(set(d.index.get_level_values(0)))
         v = _fold_scores(d.reset_index(), fn, folds)
-        means[key] = float(np.nanmean(v)) if np.isfinite(v).any() else -math.inf
+        # ranked so that larger is better; a row without any defined fold is the worst
+        means[key] = sign * float(np.nanmean(v)) if np.isfinite(v).any() else -math.inf
     best = max(means, key=lambda k: means[k])
     out: dict[Hashable, Comparison] = {}
     for key in clean:
