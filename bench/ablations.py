@@ -23,7 +23,7 @@ from typing import Any, Hashable
 import pandas as pd
 import yaml
 
-from .data.datasets import CONFIG_DIR
+from .resources import config_paths
 from .report.tables import two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
@@ -151,7 +151,7 @@ def _fmt_list(vs: list[Any]) -> str:
 
 
 def list_ablations() -> list[Ablation]:
-    return [Ablation.load(p) for p in sorted((CONFIG_DIR / "ablations").glob("*.yaml"))]
+    return [Ablation.load(p) for p in config_paths("ablations")]
 
 
 def get_ablation(name: str) -> Ablation:

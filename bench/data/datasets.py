@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..resources import config_path, list_configs
+
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped as package data
 DAYS_PER_MONTH = 365.25 / 12
 # images a user may drop into a slide folder that no whole-slide reader here opens
 OTHER_IMAGE_SUFFIXES = (".czi", ".lif", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".isyntax", ".zvi", ".qptiff.gz")
@@ -303,7 +304,7 @@ class DatasetSpec:
 
 
 def list_datasets() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "datasets").glob("*.yaml"))
+    return list_configs("datasets")
 
 
 def load_spec(name: str) -> DatasetSpec:
@@ -312,7 +313,7 @@ def load_spec(name: str) -> DatasetSpec:
     if path.suffix in (".yaml", ".yml") and path.is_file():
         name = path.stem
     else:
-        path = CONFIG_DIR / "datasets" / f"{name}.yaml"
+        path = config_path("datasets", name)
     if not path.is_file():
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())} "
                            f"(add configs/datasets/{name}.yaml to define it)")

@@ -20,7 +20,8 @@ import yaml
 
 from . import distributed as D
 from . import tasks as T
-from ..data.datasets import CONFIG_DIR, Cohort, load_cohort
+from ..data.datasets import Cohort, load_cohort
+from ..resources import config_path
 from .memory import bound_heap_growth
 from .pretrain import init_identity, load_init
 from ..registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
@@ -37,7 +38,7 @@ def method_train_config(spec: MethodSpec, overrides: dict[str, Any] | None = Non
     > TrainConfig defaults."""
     cfg: dict[str, Any] = {}
     if spec.config:
-        path = CONFIG_DIR / "methods" / f"{spec.config}.yaml"
+        path = config_path("methods", spec.config)
         if path.is_file():
             with open(path) as f:
                 cfg.update((yaml.safe_load(f) or {}).get("train", {}))

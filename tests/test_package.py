@@ -1,0 +1,81 @@
+"""The package as a user installs it: declared dependencies, optional extras, the wheel."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("bench", "feature_cache", "baselines", "pixelmamba")
+# import name -> distribution name, where they differ
+DIST = {"yaml": "pyyaml", "sklearn": "scikit-learn", "sksurv": "scikit-survival", "skimage": "scikit-image",
+        "PIL": "pillow", "openslide": "openslide-python", "open_clip": "open-clip-torch",
+        "huggingface_hub": "huggingface-hub", "mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d"}
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _dist_names(reqs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Top-level third-party modules imported anywhere in the four packages -> files importing them."""
+    out: dict[str, set[str]] = {}
+    files = subprocess.run(["git", "ls-files", *(f"{p}/*.py" for p in PACKAGES)], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        for node in ast.walk(ast.parse((ROOT / f).read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                     else [])
+            for n in names:
+                top = n.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in PACKAGES and top != "__future__":
+                    out.setdefault(top, set()).add(f)
+    return out
+
+
+def test_every_third_party_import_is_declared_and_nothing_unused():
+    proj = _pyproject()["project"]
+    core = _dist_names(proj["dependencies"])
+    extras = set().union(*(_dist_names(v) for v in proj["optional-dependencies"].values()))
+    imports = _third_party_imports()
+    undeclared = {m: sorted(f) for m, f in imports.items()
+                  if DIST.get(m, m).lower().replace("_", "-") not in core | extras}
+    assert not undeclared, f"imported but not in pyproject: {undeclared}"
+    # runtime plugins used without an import statement: tifffile's codecs, OpenSlide's library
+    used = {DIST.get(m, m).lower().replace("_", "-") for m in imports} | {"imagecodecs", "openslide-bin"}
+    assert not core - used, f"core dependencies nothing imports: {sorted(core - used)}"
+
+
+def test_declared_package_data_exists():
+    data = _pyproject()["tool"]["setuptools"]["package-data"]
+    for pkg, patterns in data.items():
+        for pat in patterns:
+            assert list((ROOT / pkg).glob(pat)), f"pyproject declares {pkg}/{pat}, which matches no file"
+
+
+@pytest.mark.parametrize("argv, module, extra", [
+    (["tune", "--method", "meanmil.resnet50", "--dataset", "demo", "--trials", "1"], "optuna", "cluster"),
+    (["run", "--methods", "meanmil.resnet50", "--dataset", "demo", "--launcher", "submitit"], "submitit", "cluster"),
+])
+def test_commands_needing_an_extra_name_it(argv, module, extra, tmp_path, monkeypatch, capsys):
+    """Without the `cluster` extra, `tune` and `--launcher submitit` stop before any work and say
+    which extra to install (pyproject: optuna and submitit stay optional)."""
+    from bench.cli import main
+
+    assert module not in _dist_names(_pyproject()["project"]["dependencies"])
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    rc = main([*argv, "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"pip install 'wsi-bench[{extra}]'" in err, err
+    assert not (tmp_path / "results").exists()  # nothing was computed or written
