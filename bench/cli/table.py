@@ -6,8 +6,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from .common import Formatter, add_paths
 
 log = logging.getLogger("bench")
@@ -46,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import pandas as pd  # here, not at the top: `bench --help` imports every command's module
+
     from ..io import atomic_write_text
     from ..report.plots import km_figure
     from ..report.results import ResultsStore
@@ -104,6 +104,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _significance(store, wide, cols, args, out: Path):
     """Per (task, dataset) column: compare every row with the column's best on shared folds."""
+    import pandas as pd
+
     from ..io import atomic_write_text
     from ..report.stats import caption_note, compare_to_best, comparisons_frame
 
