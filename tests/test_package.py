@@ -79,3 +79,63 @@ def test_commands_needing_an_extra_name_it(argv, module, extra, tmp_path, monkey
     err = capsys.readouterr().err
     assert rc == 2 and f"pip install 'wsi-bench[{extra}]'" in err, err
     assert not (tmp_path / "results").exists()  # nothing was computed or written
+
+
+# --- the wheel ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the project's files (the checkout gets no build/ or egg-info)."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("src")
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        if (ROOT / f).is_file():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, src / f)
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(src)], check=True, capture_output=True, timeout=300)
+    (whl,) = out.glob("wsi_bench-*.whl")
+    return whl
+
+
+def test_wheel_ships_the_configs(wheel):
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f.relative_to(ROOT).as_posix() for f in (ROOT / "bench" / "configs").glob("*/*.yaml")}
+    assert shipped and shipped <= names, sorted(shipped - names)
+    assert "bench/py.typed" in names and "bench/resources.py" in names
+    assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
+
+
+def test_installed_wheel_runs_the_first_commands(wheel, tmp_path):
+    """(~15 s at load 3 on the 2-core machine, mostly the demo's generation.) The wheel in a fresh venv (torch & co from the shared environment via --system-site-packages,
+    wsi-bench itself only from the wheel), run from a directory where the checkout is not importable:
+    `bench ls datasets` lists the demo and `bench splits --dataset demo` generates it and writes folds."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "BENCH_DATA": str(work / "data"),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def bench(*args: str) -> str:
+        p = subprocess.run([str(venv / "bin" / "bench"), *args], cwd=work, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    where = subprocess.run([py, "-c", "import bench; print(bench.__file__)"], cwd=work, env=env, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(venv), where  # the wheel's copy, not the checkout nor an editable install
+    out = bench("ls", "datasets")
+    assert "demo" in out.split() and "blca" in out.split(), out
+    out = bench("splits", "--dataset", "demo")
+    assert "train/test overlap: 0 cases" in out, out
+    assert (work / "results" / "splits" / "demo" / "staging.csv").is_file()
