@@ -175,7 +175,7 @@ register_end_to_end("longvit-s", "LongViT", "baselines.longvit:longvit_s", "ViT-
 register_end_to_end("vim-ti", "Vision Mamba (16)", "baselines.vim:vim_ti", "Vim-Ti", patch_size=16)
 register_end_to_end("vim-ti-32", "Vision Mamba (32)", "baselines.vim:vim_ti", "Vim-Ti", patch_size=32)
 register_end_to_end("vim-ti-16+32", "Vision Mamba (16+32)", "baselines.vim:vim_ti_multiscale", "Vim-Ti")
-register_end_to_end("pixelmamba-6m", "Pixel-Mamba-6M", "bench.models:pixelmamba", "Pixel-Mamba",
+register_end_to_end("pixelmamba-6m", "Pixel-Mamba-6M", "bench.engine.models:pixelmamba", "Pixel-Mamba",
                     raw_rgb=True, variant="pixelmamba-6m")
-register_end_to_end("pixelmamba-21m", "Pixel-Mamba-21M", "bench.models:pixelmamba", "Pixel-Mamba",
+register_end_to_end("pixelmamba-21m", "Pixel-Mamba-21M", "bench.engine.models:pixelmamba", "Pixel-Mamba",
                     raw_rgb=True, variant="pixelmamba-21m")

@@ -139,3 +139,20 @@ def test_installed_wheel_runs_the_first_commands(wheel, tmp_path):
     out = bench("splits", "--dataset", "demo")
     assert "train/test overlap: 0 cases" in out, out
     assert (work / "results" / "splits" / "demo" / "staging.csv").is_file()
+
+
+def test_every_registered_builder_resolves():
+    """Each method's lazy "module:attr" builder names a module and attribute that exist (the move to
+    bench/engine/ left Pixel-Mamba's pointing at a bench.models that no longer was)."""
+    import importlib.util
+
+    from bench.registry import list_methods
+
+    for spec in list_methods():  # without importing the builders (torch): find the module, parse it
+        module, _, attr = spec.builder.partition(":")
+        found = importlib.util.find_spec(module)
+        assert found is not None and found.origin, f"{spec.name}: no module {module}"
+        tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
+        names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        assert attr in names, f"{spec.name}: {module} has no {attr}"
