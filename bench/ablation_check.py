@@ -11,8 +11,9 @@ slides' headers and the models' own arithmetic, without reading pixels or traini
 * Region Fusion's **schedule**, the regions left after each layer (``PixelMamba.plan``),
 
 and compares, slide by slide, what every grid row sees. Two rows that see the same thing on every
-slide would train the same model on the same input (for ``alpha``: exactly the same numbers), so
-``bench ablate`` says so, and which setting to raise, instead of training (``--force`` trains anyway).
+slide do not ask the ablation's question there (for ``alpha``: the same network, the same numbers;
+for scan windows larger than the slide: the same single region, only more padding), so ``bench
+ablate`` says so, and which setting to raise, instead of training (``--force`` trains anyway).
 """
 
 from __future__ import annotations
@@ -215,8 +216,10 @@ def _advice(chk: AblationCheck, slides: list, plans: dict) -> list[str]:
     elif chk.override == "scan_window":
         sizes = [max(v["size"]) for v in chk.views[chk.rows[0]]]
         out.append(f"{_pairs(same)} cut these inputs (longest side {_range(sizes)} px) into the same regions: a "
-                   f"window at least as large as the input gives one region. Raise the magnification until the "
-                   f"inputs are larger than the larger window, or pick smaller windows (multiples of 32)")
+                   f"window at least as large as the input holds the whole slide as one region, and a larger one "
+                   f"only adds padding. Raise the magnification until the inputs are larger than the larger window "
+                   f"(--model magnification=..., or `model:` under `ablations: {chk.ablation}:` in the dataset's "
+                   f"YAML), or pick smaller windows (multiples of 32)")
     elif chk.override == "magnification":
         out.append(f"{_pairs(same)} read these slides at the same size: pick magnifications further apart")
     else:

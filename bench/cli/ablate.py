@@ -24,6 +24,9 @@ An ablation value is a variant of a method (pixelmamba-6m with alpha=0.4 is stor
 runs/<ds>/<task>/pixelmamba-6m/alpha_0.4/); reruns skip finished units, a changed config redoes them.
 Grids: configs/ablations/<name>.yaml. A dataset may map a grid to sizes it can afford (the demo does:
 configs/datasets/demo.yaml `ablations:`); the mapping is printed and stated in the caption.
+Before training, each value's input size, regions and Region Fusion schedule are worked out from the
+slides' headers; values that see the same on every slide are named with the setting to raise, and
+nothing trains (exit 2; --force trains anyway).
 Tables: results/<ds>/tables/<name>_<task>.tex (and .md; with --stats also <name>_<task>_stats.csv).
 """
 
@@ -48,8 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "so the table has every row early")
     p.add_argument("--table-only", action="store_true", help="do not train: write the table from finished units")
     p.add_argument("--force", action="store_true",
-                   help="train even when two values give the model the same input (the check before training "
-                        "says which and how to make them differ; see docs/ablations.md)")
+                   help="train even when two values give the model the same input size, regions and Region "
+                        "Fusion schedule (the check before training says which and how to make them differ; "
+                        "docs/ablations.md)")
     add_launch_args(p)
     g = p.add_argument_group("table options")
     g.add_argument("--stats", action="store_true",
@@ -126,8 +130,8 @@ def _values_differ(ablation, grid, dataset: str, model_overrides: dict, force: b
     if force:
         print("--force: training anyway; rows marked SAME above will give the same model")
         return True
-    print(f"not training: {len(chk.identical)} pair(s) of values would train on the same input (rerun with the "
-          "settings above, or --force to train anyway)")
+    print(f"not training: {len(chk.identical)} pair(s) of values give the model the same input size, regions and "
+          "Region Fusion schedule on every slide (rerun with the settings above, or --force to train anyway)")
     return False
 
 
