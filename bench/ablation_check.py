@@ -83,10 +83,12 @@ def _describe(views: list[dict[str, Any]]) -> str:
     if "regions" in views[0]:
         parts.append(f"{_range([v['regions'][0] * v['regions'][1] for v in views])} regions")
     if "schedule" in views[0]:
-        to_one = [_layers_to_one(v["schedule"]) for v in views]
+        depth = len(views[0]["schedule"])
+        to_one = [t for t in (_layers_to_one(v["schedule"]) for v in views) if t <= depth]
         n_sched = len({v["schedule"] for v in views})
-        parts.append(f"Region Fusion leaves one region after layer {_range(to_one)} "
-                     f"({n_sched} distinct schedule{'s' if n_sched > 1 else ''})")
+        parts.append(f"Region Fusion leaves {_range([v['schedule'][-1] for v in views])} region(s) after layer {depth}"
+                     + (f", one from layer {_range(to_one)}" if to_one else "")
+                     + f" ({n_sched} distinct schedule{'s' if n_sched > 1 else ''})")
     return ", ".join(parts)
 
 
