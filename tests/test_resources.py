@@ -96,3 +96,15 @@ def test_configs_are_read_only_through_the_resolver():
         if re.search(r"CONFIG_DIR|/\s*[\"']configs[\"']|parents\[\d\]\s*/\s*[\"']configs", text):
             bad.append(f)
     assert not bad, f"read configs through bench.resources.config_path/list_configs: {bad}"
+
+
+def test_ls_marks_the_overlays_datasets(monkeypatch, tmp_path, capsys):
+    from bench.cli import main
+
+    _write(tmp_path / "o", "datasets", "mycohort", "description: mine\ntasks: [staging]\n")
+    monkeypatch.setenv(R.ENV, str(tmp_path / "o"))
+    assert main(["ls", "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert f"(config overlay: {tmp_path / 'o'})" in out
+    mine = [x for x in out.splitlines() if x.split()[:1] == ["mycohort"]]
+    assert mine and mine[0].endswith("[overlay]") and "demo" in out and out.count("[overlay]") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+from pathlib import Path
 
 from .common import Formatter
 
@@ -49,11 +50,14 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {name:28s} {e.dim:>4d}-d  {e.patch_size}px@{e.magnification:g}x  {e.description}")
     if what in ("all", "datasets"):
         from ..data.datasets import list_datasets, load_spec
+        from ..resources import config_path, overlay_dir
 
-        print("datasets:")
+        overlay = overlay_dir()
+        print("datasets:" + (f" (config overlay: {overlay})" if overlay else ""))
         for name in filter(match, list_datasets()):
             spec = load_spec(name)
-            print(f"  {name:28s} {','.join(spec.tasks):24s} {spec.description}")
+            mine = overlay is not None and Path(str(config_path("datasets", name))).is_relative_to(overlay)
+            print(f"  {name:28s} {','.join(spec.tasks):24s} {spec.description}" + ("  [overlay]" if mine else ""))
     if what in ("all", "tasks"):
         from ..engine.task_specs import TASK_SPECS
 
