@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .data.datasets import CONFIG_DIR
+from .resources import config_paths
 
 class AblationError(ValueError):
     """A malformed ablation file or an unusable request; the message names the file and the fix."""
@@ -146,7 +146,7 @@ def _fmt_list(vs: list[Any]) -> str:
 
 
 def list_ablations() -> list[Ablation]:
-    return [Ablation.load(p) for p in sorted((CONFIG_DIR / "ablations").glob("*.yaml"))]
+    return [Ablation.load(p) for p in config_paths("ablations")]
 
 
 def get_ablation(name: str) -> Ablation:
@@ -195,5 +195,22 @@ def ablation_grid(ablation: Ablation, dataset: str, task: str | None = None,
     if task not in spec.tasks:
         raise AblationError(f"dataset {spec.name!r} has no task {task!r} (it has {spec.tasks}); pick one with --task")
     items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
+    _dataset_model_options(ablation, items, notes, spec.ablations.get(ablation.name))
     variants = [Variant(get_method(i.method), i.variant, dict(i.model)) for i in items]
     return AblationGrid(spec.name, task, items, notes, variants)
+
+
+def _dataset_model_options(ablation: Ablation, items: list[GridItem], notes: list[str],
+                           options: dict[str, Any] | None) -> None:
+    """``ablations: {<name>: {model: {...}}}`` in a dataset's YAML: model options every row of a
+    setting sweep runs with on that dataset (e.g. a magnification at which the values differ; the
+    check before training, bench/ablation_check.py, says when one is needed). The swept setting wins."""
+    extra = dict((options or {}).get("model") or {})
+    if not extra:
+        return
+    if not ablation.method:
+        raise AblationError(f"{ablation.name}: `model:` options apply to a setting sweep only; its rows are "
+                            "the methods' plain runs (shared with Table 2)")
+    for it in items:
+        it.model = {**extra, **it.model}
+    notes.append("every row runs with " + ", ".join(f"{k}={_fmt(v)}" for k, v in extra.items()) + " on this dataset")

@@ -8,3 +8,5 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # remembered encoder fingerprints go to a throwaway directory, never the user's ~/.cache/wsi-bench
 os.environ.setdefault("BENCH_STATE_DIR", tempfile.mkdtemp(prefix="wsi-bench-test-state-"))
+# tests read the shipped configs: a user's overlay ($BENCH_CONFIG, ./configs) must not change them
+os.environ["BENCH_CONFIG"] = tempfile.mkdtemp(prefix="wsi-bench-test-configs-")

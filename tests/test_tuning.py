@@ -133,13 +133,12 @@ def test_search_spaces(tmp_path, monkeypatch):
     assert {"lr", "weight_decay", "epochs", "model.dropout", "model.hidden"} <= set(s["space"])
     s = load_space(get_method("ilra.resnet50"))
     assert "model.dropout" not in s["space"] and "model.num_layers" in s["space"]  # null removes a key
-    import bench.engine.tuning as tu
-
-    monkeypatch.setattr(tu, "TUNING_DIR", tmp_path)
-    (tmp_path / "mil.yaml").write_text("space:\n  lr: {type: float, low: 0, high: 1, log: true}\n")
+    monkeypatch.setenv("BENCH_CONFIG", str(tmp_path))  # the user overlay wins over the shipped space
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "mil.yaml").write_text("space:\n  lr: {type: float, low: 0, high: 1, log: true}\n")
     with pytest.raises(TuningError, match="mil.yaml: `lr`: a log scale needs low > 0"):
         load_space(get_method("abmil.conch"))
-    (tmp_path / "mil.yaml").write_text("space:\n  lr: {type: normal}\n")
+    (tmp_path / "tuning" / "mil.yaml").write_text("space:\n  lr: {type: normal}\n")
     with pytest.raises(TuningError, match="type float, int or categorical"):
         load_space(get_method("abmil.conch"))
 

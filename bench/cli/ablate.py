@@ -24,6 +24,9 @@ An ablation value is a variant of a method (pixelmamba-6m with alpha=0.4 is stor
 runs/<ds>/<task>/pixelmamba-6m/alpha_0.4/); reruns skip finished units, a changed config redoes them.
 Grids: configs/ablations/<name>.yaml. A dataset may map a grid to sizes it can afford (the demo does:
 configs/datasets/demo.yaml `ablations:`); the mapping is printed and stated in the caption.
+Before training, each value's input size, regions and Region Fusion schedule are worked out from the
+slides' headers; values that see the same on every slide are named with the setting to raise, and
+nothing trains (exit 2; --force trains anyway).
 Tables: results/<ds>/tables/<name>_<task>.tex (and .md; with --stats also <name>_<task>_stats.csv).
 """
 
@@ -47,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="order units run in (as `bench run --order`): fold = fold 0 of every value first, "
                         "so the table has every row early")
     p.add_argument("--table-only", action="store_true", help="do not train: write the table from finished units")
+    p.add_argument("--force", action="store_true",
+                   help="train even when two values give the model the same input size, regions and Region "
+                        "Fusion schedule (the check before training says which and how to make them differ; "
+                        "docs/ablations.md)")
     add_launch_args(p)
     g = p.add_argument_group("table options")
     g.add_argument("--stats", action="store_true",
@@ -77,6 +84,8 @@ def main(args: argparse.Namespace) -> int:
                   n_folds=args.n_folds, seed=args.seed, train_overrides=parse_sets(args.set),
                   model_overrides=parse_sets(args.model), progress=not args.quiet, order=args.order)
     failed: dict = {}
+    if not args.table_only and not _values_differ(ablation, grid, dataset, common["model_overrides"], args.force):
+        return 2
     if args.table_only:
         pass
     elif args.launcher == "submitit":
@@ -114,3 +123,25 @@ def main(args: argparse.Namespace) -> int:
     for p in paths:
         print(f"wrote {p}")
     return 1 if failed else 0
+
+
+def _values_differ(ablation, grid, dataset: str, model_overrides: dict, force: bool) -> bool:
+    """The check before training (bench/ablation_check.py): print what each row sees; False (do not
+    train) when two rows would see the same on every slide, unless ``force``."""
+    from ..ablation_check import check_ablation
+    from ..data.datasets import load_cohort
+
+    chk = check_ablation(ablation, grid, load_cohort(dataset), model_overrides)
+    print(f"{grid.dataset}: what each value gives the model (from the slides' headers, before training):")
+    for line in chk.summary():
+        print(line)
+    if chk.ok:
+        return True
+    for line in chk.advice:
+        print(f"{grid.dataset}: {line}")
+    if force:
+        print("--force: training anyway; rows marked SAME above will give the same model")
+        return True
+    print(f"not training: {len(chk.identical)} pair(s) of values give the model the same input size, regions and "
+          "Region Fusion schedule on every slide (rerun with the settings above, or --force to train anyway)")
+    return False

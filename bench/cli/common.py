@@ -26,7 +26,8 @@ def add_paths(p: argparse.ArgumentParser) -> None:
 
 def add_dataset(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--dataset", required=required,
-                   help="dataset name (configs/datasets/<name>.yaml). Default: blca if its data is "
+                   help="dataset name (configs/datasets/<name>.yaml in $BENCH_CONFIG or ./configs, else shipped) "
+                        "or the path of a dataset YAML. Default: blca if its data is "
                         "present under $BENCH_DATA, else the built-in demo cohort")
 
 
@@ -80,7 +81,8 @@ def add_launch_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g = p.add_argument_group("launching (see docs/cluster.md)")
     g.add_argument("--launcher", choices=("local", "submitit"), default="local",
                    help="local: run the units here (default); submitit: one job per unit not yet done, "
-                        "as a SLURM job array (or local processes when SLURM is absent)")
+                        "as a SLURM job array (or local processes when SLURM is absent); needs "
+                        "pip install 'wsi-bench[cluster]'")
     g.add_argument("--partition", help="SLURM partition")
     g.add_argument("--gpus", type=int, default=0, help="GPUs per job (default 0)")
     g.add_argument("--time", type=int, default=24 * 60, metavar="MIN", help="time limit per job in minutes (default 1440)")

@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"mamba_ssm   {v or 'missing'}" + ("" if v else f"  — {err}; optional: pip install 'wsi-bench[cuda]'"))
     else:
         print("mamba_ssm   not used: it needs CUDA (its import loads a CUDA extension); the numba/torch scan runs instead")
-    for var in ("BENCH_DATA", "BENCH_RESULTS", "BENCH_CACHE", "HF_HOME", "HF_HUB_OFFLINE"):
+    for var in ("BENCH_DATA", "BENCH_RESULTS", "BENCH_CACHE", "BENCH_CONFIG", "HF_HOME", "HF_HUB_OFFLINE"):
         print(f"{var:11s} {os.environ.get(var, '<unset>')}")
     if args.dataset:
         ok &= check_dataset(args.dataset, tissue=args.tissue, n_folds=args.n_folds,

@@ -1,15 +1,19 @@
-"""``bench ls``: what the harness knows, without importing heavy backends."""
+"""``bench ls``: what the harness knows, without importing heavy backends (no torch, scikit-learn
+or scikit-survival: ``tests/test_cli_startup.py``)."""
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+from pathlib import Path
 
 from .common import Formatter
 
 EPILOG = """examples:
   python -m bench ls                 # everything
   python -m bench ls methods 'abmil.*'
-  python -m bench ls datasets
+  python -m bench ls encoders 'g*'
+  python -m bench ls datasets        # shipped ones and those of the config overlay ($BENCH_CONFIG or ./configs)
 """
 
 
@@ -18,38 +22,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=Formatter)
     p.add_argument("what", nargs="?", default="all",
                    choices=["all", "methods", "encoders", "datasets", "tasks", "ablations"])
-    p.add_argument("pattern", nargs="?", default="*", help="glob over method names")
+    p.add_argument("pattern", nargs="?", default="*", help="glob over the names listed (default: all)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..ablations import list_ablations
-    from ..data.datasets import list_datasets, load_spec
-    from ..registry import ENCODERS, list_methods
-    from ..engine.tasks import TASKS
+    what, pattern = args.what, args.pattern
 
-    what = args.what
+    def match(name: str) -> bool:
+        return fnmatch.fnmatchcase(name, pattern)
+
     if what in ("all", "methods"):
+        from ..registry import list_methods
+
         print("methods:")
-        for s in list_methods(args.pattern):
+        for s in list_methods(pattern):
             consumes = (f"slide@{s.magnification}x" if s.input == "slide"
                         else f"{s.input}:{s.cache_encoder}")
             print(f"  {s.name:28s} {s.family:11s} {consumes}")
     if what in ("all", "encoders"):
+        import feature_cache  # the encoder registry itself; building an encoder imports torch, listing does not
+        from feature_cache import encoders as E
+
         print("encoders:")
-        for name, e in ENCODERS.items():
-            print(f"  {name:28s} {e['dim']}-d  {e['backbone']}")
+        for name in feature_cache.list_encoders(pattern):
+            e = E._spec(name)
+            print(f"  {name:28s} {e.dim:>4d}-d  {e.patch_size}px@{e.magnification:g}x  {e.description}")
     if what in ("all", "datasets"):
-        print("datasets:")
-        for name in list_datasets():
+        from ..data.datasets import list_datasets, load_spec
+        from ..resources import config_path, overlay_dir
+
+        overlay = overlay_dir()
+        print("datasets:" + (f" (config overlay: {overlay})" if overlay else ""))
+        for name in filter(match, list_datasets()):
             spec = load_spec(name)
-            print(f"  {name:28s} {','.join(spec.tasks):24s} {spec.description}")
+            mine = overlay is not None and Path(str(config_path("datasets", name))).is_relative_to(overlay)
+            print(f"  {name:28s} {','.join(spec.tasks):24s} {spec.description}" + ("  [overlay]" if mine else ""))
     if what in ("all", "tasks"):
+        from ..engine.task_specs import TASK_SPECS
+
         print("tasks:")
-        for t in TASKS.values():
-            print(f"  {t.name:28s} metric: {t.metric}")
+        for t in TASK_SPECS.values():
+            if match(t.name):
+                print(f"  {t.name:28s} metric: {t.metric}")
     if what in ("all", "ablations"):
+        from ..ablations import list_ablations
+
         print("ablations:")
         for a in list_ablations():
-            print(f"  {a.name:28s} {a.description}")
+            if match(a.name):
+                print(f"  {a.name:28s} {a.description}")
     return 0

@@ -27,7 +27,7 @@ Best parameters: results/tuning/<dataset>/<task>/<method>/fold<k>/best.json.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tune", help="nested hyper-parameter search per outer fold (Optuna)", epilog=EPILOG,
+    p = sub.add_parser("tune", help="nested hyper-parameter search per outer fold (Optuna: pip install 'wsi-bench[cluster]')", epilog=EPILOG,
                        formatter_class=Formatter)
     p.add_argument("--method", required=True, help="one method name (e.g. abmil.conch)")
     add_dataset(p)

@@ -27,11 +27,11 @@ from .clinical import (COLUMN_KEYS, DAYS_PER_MONTH, ENDPOINTS, FORMATS, NA_MARKE
                        load_clinical, parse_event, parse_label, parse_stage)
 from .schema import ConfigError, Source, check_choice, check_keys, check_type, did_you_mean, load_yaml
 from .slides import (DEFAULT_SAMPLE_TYPES, DEFAULT_SLIDE_TYPES, OTHER_IMAGE_SUFFIXES,  # noqa: F401
-                     SLIDE_SUFFIXES, SlideFilter, walk, slide_table)
+                     SLIDE_SUFFIXES, SlideFilter, slide_table, walk)
+from ..resources import config_path, list_configs
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped as package data
 FAMILIES = ("two-stage", "end-to-end")
 
 
@@ -102,14 +102,14 @@ class DatasetSpec:
 
 
 def list_datasets() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "datasets").glob("*.yaml"))
+    return list_configs("datasets")
 
 
 def _spec_path(name: str) -> tuple[str, Path]:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path.stem, path
-    path = CONFIG_DIR / "datasets" / f"{name}.yaml"
+    path = config_path("datasets", name)
     if not path.is_file():
         raise DatasetError(f"unknown dataset {name!r}{did_you_mean(name, list_datasets())}; known: "
                            f"{', '.join(list_datasets())} (add configs/datasets/{name}.yaml to define it, "
@@ -189,12 +189,12 @@ def validate_spec(src: Source) -> dict[str, Any]:
     for k, v in (check_type(data.get("labels") or {}, dict, w("labels"))).items():
         if check_type(v, int, w(f"labels.{k}")) not in (0, 1):
             raise ConfigError(f"{w(f'labels.{k}')} must be 0 or 1")
-    known_ablations = sorted(p.stem for p in (CONFIG_DIR / "ablations").glob("*.yaml"))
+    known_ablations = list_configs("ablations")
     for k, v in (check_type(data.get("ablations") or {}, dict, w("ablations"))).items():
         if k not in known_ablations:  # an ablation given as its own YAML file is named by its stem
             log.warning("%s: no shipped ablation is named %r%s; the entry applies only to an ablation file "
                         "%s.yaml given by path", w("ablations"), k, did_you_mean(k, known_ablations), k)
-        check_keys(v, ("values",), w(f"ablations.{k}"))
+        check_keys(v, ("values", "model"), w(f"ablations.{k}"))
     from .features import validate_features
 
     validate_features(check_type(data.get("features") or {}, dict, w("features")), src)

@@ -13,9 +13,10 @@ from typing import Any
 
 import yaml
 
-from ..data.datasets import CONFIG_DIR, Cohort
+from ..data.datasets import Cohort
 from ..data.schema import ConfigError, check_keys
 from ..registry import MethodSpec, _import
+from ..resources import config_path
 from .protocol import Protocol, load_protocol, resolve_protocol
 from .train import TrainConfig
 
@@ -59,7 +60,7 @@ def unit_seed(seed: int, *parts: Any) -> int:
 
 def method_config(spec: MethodSpec) -> dict[str, Any]:
     """configs/methods/<config>.yaml of a method ({} without one)."""
-    path = CONFIG_DIR / "methods" / f"{spec.config}.yaml" if spec.config else None
+    path = config_path("methods", spec.config) if spec.config else None
     if path is None or not path.is_file():
         return {}
     with open(path) as f:

@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
+from ..resources import config_path, list_configs
+
 DEFAULT = "wsi-bench"
-PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "configs" / "protocols"
 
 
 class ProtocolError(ValueError):
@@ -50,12 +51,12 @@ class Protocol:
 
 
 def list_protocols() -> list[str]:
-    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+    return list_configs("protocols")
 
 
 def load_protocol(name: str | None = None) -> Protocol:
     name = name or DEFAULT
-    path = PROTOCOL_DIR / f"{name}.yaml"
+    path = config_path("protocols", name)
     if not path.is_file():
         raise ProtocolError(f"unknown protocol {name!r}; protocols are {', '.join(list_protocols())}")
     with open(path) as f:

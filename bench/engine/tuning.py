@@ -40,7 +40,8 @@ import pandas as pd
 import yaml
 
 from . import tasks as T
-from ..data.datasets import CONFIG_DIR, Cohort, load_cohort
+from ..data.datasets import Cohort, load_cohort
+from ..resources import config_path
 from ..io import atomic_write_json, atomic_write_text, safe_name
 from ..registry import MethodSpec
 from ..report.results import config_hash
@@ -53,7 +54,6 @@ from ..data.splits import SplitManager, make_folds
 
 log = logging.getLogger(__name__)
 
-TUNING_DIR = CONFIG_DIR / "tuning"
 MODEL_PREFIX = "model."
 COUNTED = ("COMPLETE", "PRUNED")  # trial states that count towards --trials
 
@@ -73,7 +73,7 @@ def _optuna():
 # ------------------------------------------------------------------------------ search spaces
 def load_space(spec: MethodSpec) -> dict[str, Any]:
     """The search space of a method: ``{"inner_folds": int, "space": {name: distribution}, "source": path}``."""
-    path = TUNING_DIR / f"{spec.config}.yaml"
+    path = config_path("tuning", spec.config or "")
     if not spec.config or not path.is_file():
         raise TuningError(f"no search space for {spec.name}: add configs/tuning/{spec.config or '<config>'}.yaml "
                           "(see configs/tuning/mil.yaml for the format)")

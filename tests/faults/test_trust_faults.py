@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, case_id, slide_id, write_slide
+from sources import PROJECT_DIRS, project_files
 
 
 class _Payload:
@@ -44,10 +45,13 @@ def test_f19_pickle_payload_checkpoint_is_refused(cohort, tmp_path, monkeypatch)
     cohort.assert_complete()
 
 
+def _sources(root: Path) -> list[Path]:
+    """The project's own source files, tests aside: never a .venv's or data's (tests/sources.py)."""
+    return project_files(root, dirs=tuple(d for d in PROJECT_DIRS if d != "tests"))
+
+
 def _torch_load_calls(root: Path):
-    for path in sorted(root.rglob("*.py")):
-        if any(part in ("tests", ".git", "build") for part in path.relative_to(root).parts):
-            continue
+    for path in _sources(root):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
@@ -55,18 +59,50 @@ def _torch_load_calls(root: Path):
                 yield path, node
 
 
-def test_f19_every_checkpoint_load_is_weights_only():
-    calls = list(_torch_load_calls(REPO))
+def _assert_weights_only(root: Path) -> None:
+    calls = list(_torch_load_calls(root))
     assert calls, "no torch.load found: the scan is broken"
     for path, node in calls:
         kw = {k.arg: k.value for k in node.keywords}
         assert "weights_only" in kw and isinstance(kw["weights_only"], ast.Constant) and kw["weights_only"].value is True, \
             f"{path}:{node.lineno}: torch.load without weights_only=True"
-    for path in REPO.rglob("*.py"):  # and nothing unpickles by other means
-        if "tests" in path.relative_to(REPO).parts:
-            continue
+    for path in _sources(root):  # and nothing unpickles by other means
         text = path.read_text(encoding="utf-8")
         assert "pickle.load" not in text and "allow_pickle=True" not in text, path
+
+
+def test_f19_every_checkpoint_load_is_weights_only():
+    _assert_weights_only(REPO)
+
+
+@pytest.mark.parametrize("with_git", [True, False])
+def test_f19_scan_reads_only_the_projects_files(tmp_path, with_git):
+    """A virtual environment (or any file) inside the checkout changes nothing (issue 19): a .venv
+    holding a non-UTF-8 .py and an unsafe torch.load, beside the project's own packages."""
+    import shutil
+    import subprocess
+
+    root = tmp_path / "checkout"
+    for d in ("bench", "pixelmamba"):
+        (root / d).mkdir(parents=True)
+    (root / "bench" / "ok.py").write_text("import torch\nx = torch.load('w.pt', weights_only=True)\n")
+    (root / "pixelmamba" / "ok.py").write_text("y = 1\n")
+    for venv in (".venv/lib/python3.11/site-packages", "venv/lib/site-packages/bench"):
+        (root / venv).mkdir(parents=True)
+        (root / venv / "latin1.py").write_bytes(b"# caf\xe9 \xff\xfe\nimport torch\ntorch.load('x')\n")
+        (root / venv / "evil.py").write_text("import pickle\npickle.loads(b'')\npickle.load(open('x', 'rb'))\n")
+    (root / "data").mkdir()
+    (root / "data" / "blob.py").write_bytes(b"\x80\x81\x82")
+    if with_git:
+        if shutil.which("git") is None:
+            pytest.skip("git not installed")
+        (root / ".gitignore").write_text("/.venv/\n/data/\n")  # venv/ is *not* ignored: still not read
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+        subprocess.run(["git", "-C", str(root), "add", "bench"], check=True)  # pixelmamba/ok.py untracked
+    with pytest.raises(UnicodeDecodeError):  # what the old whole-tree walk did
+        [p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.py")) if "tests" not in p.parts]
+    assert [p.relative_to(root).as_posix() for p in _sources(root)] == ["bench/ok.py", "pixelmamba/ok.py"]
+    _assert_weights_only(root)
 
 
 def test_f20_ids_that_would_escape_are_sanitised_or_refused(cohort, tmp_path):

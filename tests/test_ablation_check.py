@@ -1,0 +1,84 @@
+"""The check before an ablation trains (bench/ablation_check.py): values that give the model the
+same input are found from the slides' headers and the models' arithmetic, said, and not trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.ablation_check import check_ablation, input_size, schedule
+from bench.ablations import ablation_grid, get_ablation
+from bench.data.datasets import load_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("hw, window, alpha", [((70, 70), 64, 0.8), ((165, 140), 32, 0.4), ((165, 140), 32, 1.0),
+                                                ((330, 330), 32, 0.6)])
+def test_schedule_is_pixelmambas_plan(hw, window, alpha):
+    from pixelmamba import create_model
+
+    m = create_model("pixelmamba-6m", num_classes=2, scan_window=window, alpha=alpha)
+    plan = m.plan(*hw)
+    n0 = -(-hw[0] // window) * -(-hw[1] // window)
+    assert schedule(n0, alpha, len(plan)) == tuple(r.n_regions for r in plan)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 6-case demo-style cohort, as a dataset YAML carrying the demo's own model and ablation settings."""
+    root = tmp_path_factory.mktemp("tiny")
+    demo = yaml.safe_load((ROOT / "bench" / "configs" / "datasets" / "demo.yaml").read_text())
+    spec = {**demo, "generator_args": {"n_cases": 6, "seed": 3}, "root": str(root / "data")}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, load_cohort(str(path))
+
+
+def test_input_size_is_what_the_slide_cache_reads(tiny):
+    from feature_cache import mag_to_mpp, open_slide
+
+    _, cohort = tiny
+    for p in list(cohort.table["slide_path"])[:2]:
+        with open_slide(p) as s:
+            for mag in (0.3125, 0.75):
+                assert input_size(s.dimensions, s.require_mpp(), mag) == s.read_at_mpp(mag_to_mpp(mag)).shape[:2]
+
+
+def test_alpha_at_the_demos_plain_input_is_the_same_model(tiny, tmp_path):
+    """At the demo's end-to-end input (0.625x, scan window 64: 1-4 regions) every alpha merges the same
+    regions: the check says so, names the region count that would separate them and trains nothing."""
+    from bench.cli import main
+
+    path, cohort = tiny
+    data = yaml.safe_load(path.read_text())
+    data["ablations"].pop("alpha", None)  # the paper's grid, on the demo's plain settings
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(data))
+    a = get_ablation("alpha")
+    chk = check_ablation(a, ablation_grid(a, str(plain)), load_cohort(str(plain)))
+    assert not chk.ok and len(chk.identical) == 6  # all four values, pairwise
+    assert "alpha=0.4 = alpha=0.6 = alpha=0.8 = alpha=1.0" in chk.advice[0]
+    assert "They differ from n0 >= 97 regions" in chk.advice[0] and "raise the magnification above" in chk.advice[0]
+    res = tmp_path / "results"
+    rc = main(["ablate", "alpha", "--dataset", str(plain), "--results", str(res), "--cache", str(tmp_path / "c"), "-q"])
+    assert rc == 2 and not (res / "runs").exists()
+
+
+def test_scan_windows_larger_than_the_input_are_the_same_regions(tiny):
+    path, cohort = tiny
+    a = get_ablation("scan-window")
+    chk = check_ablation(a, ablation_grid(a, str(path), values=[64, 96, 128]), cohort, {"magnification": 0.625})
+    assert [(p.a, p.b) for p in chk.identical] == [("scan_window=96", "scan_window=128")]
+    assert "into the same regions" in chk.advice[0]
+
+
+@pytest.mark.parametrize("name", ["alpha", "scan-window", "magnification", "token-scale", "end-to-end"])
+def test_the_demos_ablation_settings_differ_in_what_the_model_sees(tiny, name):
+    path, cohort = tiny
+    a = get_ablation(name)
+    chk = check_ablation(a, ablation_grid(a, str(path)), cohort)
+    assert chk.ok, "\n".join(chk.summary() + chk.advice)
+    assert not any(p.same_on for p in chk.pairs), "\n".join(chk.summary())  # not even on one slide

@@ -1,0 +1,84 @@
+"""`bench ls`, `bench --help` and every `bench <command> --help` import no torch, scikit-learn or
+scikit-survival (issue 19: they paid ~6 s for them). Timing against `import torch` is measured by
+`benchmarks/cli_startup.py`; this test checks the cause, which does not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "sklearn", "sksurv", "timm", "torchvision", "scipy", "matplotlib", "numba", "h5py")
+
+PROBE = """
+import json, sys
+from bench.cli import main
+argvs = json.loads(sys.argv[1])
+out = {}
+for argv in argvs:
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+    out[" ".join(argv)] = sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)
+print("MODULES=" + json.dumps(out))
+"""
+
+
+def _loaded(argvs: list[list[str]], tmp_path: Path, heavy: tuple[str, ...] = HEAVY) -> dict[str, list[str]]:
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "BENCH_CONFIG": ""}
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argvs), json.dumps(heavy)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = [x for x in proc.stdout.splitlines() if x.startswith("MODULES=")][-1]
+    return json.loads(line[len("MODULES="):])
+
+
+def test_help_imports_nothing_heavy(tmp_path):
+    names = [m.__name__.rsplit(".", 1)[-1] for m in COMMANDS]
+    # --help reads no data either: not even numpy or pandas
+    loaded = _loaded([["--help"], *([n, "--help"] for n in names)], tmp_path, HEAVY + ("numpy", "pandas"))
+    assert loaded == {k: [] for k in loaded}, loaded
+
+
+@pytest.mark.parametrize("what", ["all", "methods", "encoders", "datasets", "tasks", "ablations"])
+def test_ls_imports_nothing_heavy(what, tmp_path):
+    loaded = _loaded([["ls", what]], tmp_path)
+    assert loaded == {f"ls {what}": []}, loaded
+
+
+def test_ls_encoders_comes_from_the_feature_cache_registry(capsys):
+    from feature_cache import list_encoders
+
+    from bench.cli import main
+
+    assert main(["ls", "encoders"]) == 0
+    lines = [x.split()[0] for x in capsys.readouterr().out.splitlines()[1:]]
+    assert lines == list_encoders() and {"resnet50", "conch", "gigapath", "hipt-vit256"} <= set(lines)
+    assert main(["ls", "encoders", "g*"]) == 0
+    assert capsys.readouterr().out.split()[1:3] == ["gigapath", "1536-d"]
+
+
+def test_task_specs_match_the_tasks():
+    """`bench ls tasks` reads the torch-free table; it names what the engine runs."""
+    from bench.engine import tasks as T
+    from bench.engine.task_specs import TASK_SPECS
+
+    assert set(TASK_SPECS) == set(T.TASKS)
+    for name, spec in TASK_SPECS.items():
+        assert T.get_task(name).metric == spec.metric
+        assert tuple(T.get_task(name).label_columns) == spec.labels
+
+
+def test_startup_benchmark_prints_the_ratio(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cli_startup.py"), "--quick", "--repeat", "1"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "| import torch |" in out and "| bench ls |" in out and "| bench --help |" in out, out
+    assert "slowest bench command / import torch (median wall):" in out, out
