@@ -75,10 +75,20 @@ def test_scan_windows_larger_than_the_input_are_the_same_regions(tiny):
     assert "into the same regions" in chk.advice[0]
 
 
-@pytest.mark.parametrize("name", ["alpha", "scan-window", "magnification", "token-scale", "end-to-end"])
+@pytest.mark.parametrize("name", ["scan-window", "magnification", "token-scale", "end-to-end"])
 def test_the_demos_ablation_settings_differ_in_what_the_model_sees(tiny, name):
     path, cohort = tiny
     a = get_ablation(name)
     chk = check_ablation(a, ablation_grid(a, str(path)), cohort)
     assert chk.ok, "\n".join(chk.summary() + chk.advice)
     assert not any(p.same_on for p in chk.pairs), "\n".join(chk.summary())  # not even on one slide
+
+
+def test_the_demo_refuses_alpha_before_training_and_says_what_would_differ(tiny):
+    """The demo leaves alpha unmapped (its values differ only from 97 regions, hours of CPU training):
+    the check stops it before any unit trains and names the setting to raise."""
+    path, cohort = tiny
+    a = get_ablation("alpha")
+    chk = check_ablation(a, ablation_grid(a, str(path)), cohort)
+    assert not chk.ok and len(chk.identical) == 6  # every pair of the four values
+    assert "They differ from n0 >= 97 regions" in chk.advice[0] and "--input magnification=" in chk.advice[0]
