@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from bench.engine import tasks as T
+from bench import tasks as T
 from bench.data.datasets import DatasetError, load_clinical, load_cohort
 from bench.engine.train import Sample, predict, vote
 

@@ -66,17 +66,6 @@ def test_ls_encoders_comes_from_the_feature_cache_registry(capsys):
     assert capsys.readouterr().out.split()[1:3] == ["gigapath", "1536-d"]
 
 
-def test_task_specs_match_the_tasks():
-    """`bench ls tasks` reads the torch-free table; it names what the engine runs."""
-    from bench.engine import tasks as T
-    from bench.engine.task_specs import TASK_SPECS
-
-    assert set(TASK_SPECS) == set(T.TASKS)
-    for name, spec in TASK_SPECS.items():
-        assert T.get_task(name).metric == spec.metric
-        assert tuple(T.get_task(name).label_columns) == spec.labels
-
-
 def test_startup_benchmark_prints_the_ratio(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cli_startup.py"), "--quick", "--repeat", "1"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True).stdout

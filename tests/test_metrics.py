@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.metrics import UndefinedMetric, c_index, macro_f1
-from bench.engine.tasks import nll_survival_loss, survival_bin_edges, survival_bins, survival_risk
+from bench.tasks import nll_survival_loss, survival_bin_edges, survival_bins, survival_risk
 
 
 def test_c_index_hand_computed():

@@ -10,7 +10,7 @@ import torch
 
 from bench.engine.protocol import ProtocolError, list_protocols, load_protocol, resolve_protocol
 from bench.engine.runner import method_train_config, model_options
-from bench.engine.tasks import get_task, survival_bins
+from bench.tasks import get_task, survival_bins
 from bench.engine.train import Sample, TrainConfig, predict, train_and_predict, validation_split
 from bench.registry import get_method
 

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.engine.tasks import TASKS, get_task
+from bench.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_specs_import_without_torch_or_sklearn():
-    code = ("import sys, bench.engine.tasks as T; names = list(T.TASKS); "
+    code = ("import sys, bench.tasks as T; names = list(T.TASKS); "
             "t = T.get_task('survival'); _ = (t.metric, t.title, t.n_out(), t.higher_is_better); "
             "heavy = [m for m in ('torch', 'sklearn', 'sksurv') if m in sys.modules]; "
             "assert not heavy, heavy; print(','.join(names))")
@@ -32,7 +32,7 @@ def test_no_task_string_branches_outside_the_task_module():
     hits = []
     for pkg in ("bench", "baselines", "pixelmamba", "feature_cache"):
         for path in (ROOT / pkg).rglob("*.py"):
-            if path == ROOT / "bench" / "engine" / "tasks.py":
+            if path == ROOT / "bench" / "tasks.py":
                 continue
             for i, line in enumerate(path.read_text().splitlines(), 1):
                 if pattern.search(line):

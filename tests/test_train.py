@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.registry import build_model
-from bench.engine.tasks import score
+from bench.tasks import score
 from bench.engine.train import Sample, TrainConfig, TrainingError, train_and_predict, zscore_samples
 
 

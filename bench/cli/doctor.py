@@ -154,7 +154,7 @@ def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: st
     for cid in dead:
         drops.append((cid, "every task", f"none of its slides is usable ({', '.join(slides_of[cid])})"))
     for task in spec.tasks:
-        from ..engine.tasks import get_task
+        from ..tasks import get_task
 
         cols = " and ".join(get_task(task).label_columns)
         for cid in cohort.unlabelled(task):

@@ -59,10 +59,10 @@ def main(args: argparse.Namespace) -> int:
             mine = overlay is not None and Path(str(config_path("datasets", name))).is_relative_to(overlay)
             print(f"  {name:28s} {','.join(spec.tasks):24s} {spec.description}" + ("  [overlay]" if mine else ""))
     if what in ("all", "tasks"):
-        from ..engine.task_specs import TASK_SPECS
+        from ..tasks import TASKS  # importing it imports no torch, sklearn or sksurv
 
         print("tasks:")
-        for t in TASK_SPECS.values():
+        for t in TASKS.values():
             if match(t.name):
                 print(f"  {t.name:28s} metric: {t.metric}")
     if what in ("all", "ablations"):

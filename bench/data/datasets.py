@@ -270,7 +270,7 @@ class Cohort:
 
     def cases(self, task: str) -> pd.DataFrame:
         """One row per case with the task's labels (cases lacking them are left out)."""
-        from ..engine.tasks import labelled
+        from ..tasks import labelled
 
         per_case = self.table.drop_duplicates("case_id").drop(columns=["slide_id", "slide_path"])
         return labelled(per_case, task).reset_index(drop=True)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from ..engine.tasks import get_task
+from ..tasks import get_task
 from ..io import atomic_write_text, safe_name
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import torch
 
 from ..registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
 from ..report.records import WeightsProvenance
-from . import tasks as T
+from .. import tasks as T
 from .pretrain import load_init
 from .train import Sample, TrainConfig, train_and_predict
 

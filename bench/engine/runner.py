@@ -25,7 +25,7 @@ from ..report.records import InputSpec, SplitIdentity, UnitRecord, WeightsProven
 from ..report.results import MixedRowError, ResultsStore, Unit
 from ..report.tables import human_count
 from . import distributed as D
-from . import tasks as T
+from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
 from .executor import fit_and_score, resolve_device
 from .identity import NUMERICS_VERSION, digest, explain

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from baselines.bag import Bag
 
 from . import distributed as D
-from . import tasks as T
-from .tasks import weighted_cross_entropy  # noqa: F401  (public here since the trainer introduced it)
+from .. import tasks as T
+from ..tasks import weighted_cross_entropy  # noqa: F401  (public here since the trainer introduced it)
 
 log = logging.getLogger(__name__)
 

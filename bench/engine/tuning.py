@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import tasks as T
+from .. import tasks as T
 from ..data.datasets import Cohort, load_cohort
 from ..resources import config_path
 from ..io import atomic_write_json, atomic_write_text, safe_name

@@ -30,7 +30,7 @@ from typing import Callable, Hashable
 import numpy as np
 import pandas as pd
 
-from ..engine.tasks import get_task
+from ..tasks import get_task
 
 N_BOOT = 1000
 ALPHA = 0.05
