@@ -324,3 +324,14 @@ def test_tune_builds_the_network_run_builds(cohort, monkeypatch, tmp_path, metho
         assert r.input_kwargs == {"weights": "/weights/slide_encoder.pth"}
     if e2e:
         assert r.init == init
+
+
+def test_run_on_an_unwritable_results_root_names_it(cohort, tmp_path, capsys):
+    from bench.cli import main
+
+    spec, _, _ = cohort
+    (tmp_path / "a-file").write_text("")
+    code = main(["run", "--methods", "meanmil.resnet50", "--dataset", str(spec), "--results",
+                 str(tmp_path / "a-file" / "results"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "results directory" in err and "a-file is not a directory" in err and "--results" in err

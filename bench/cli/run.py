@@ -88,6 +88,11 @@ def main(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
         args.quiet = True
 
+    from ..io import check_writable
+
+    for root, what, env in ((args.results, "results directory", "BENCH_RESULTS"), (args.cache, "cache directory",
+                                                                                   "BENCH_CACHE")):
+        check_writable(root, what, f"point --{what.split()[0]} (or ${env}) at a directory you can write", create=False)
     methods = resolve_methods(args.methods)
     dataset = resolve_dataset(args.dataset)
     log.info("dataset %s; %d method(s): %s", dataset, len(methods), ", ".join(m.name for m in methods))
