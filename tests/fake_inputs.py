@@ -27,3 +27,37 @@ class FakeFeatureInputs:
 
     def has(self, case_id):
         return True
+
+
+def write_toy_cohort(root, n_cases=20):
+    """A normalized-CSV cohort of ``n_cases`` tiny slide files under ``root``; returns its dataset YAML."""
+    import numpy as np
+    import pandas as pd
+
+    data = root / "data"
+    (data / "slides").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_cases):
+        cid = f"CASE-{i:03d}"
+        (data / "slides" / f"{cid}.tiff").write_bytes(b"II*\x00" + bytes([i]) * 100)
+        rows.append({"case_id": cid, "stage": i % 4, "time": float(rng.uniform(1, 60)), "event": int(i % 3 != 0)})
+    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
+    spec = root / "toy.yaml"
+    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
+                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
+                    "allow_random_weights: true\n")
+    return spec
+
+
+class BagInputs(FakeFeatureInputs):
+    """Seeded random bags of 6 x 1024 features per case (the same in every process)."""
+
+    def sample(self, case_id, labels):
+        import torch
+
+        from bench.engine.train import Sample
+
+        g = torch.Generator().manual_seed(int(case_id[-3:]))
+        x = torch.randn(6, 1024, generator=g)
+        return Sample(case_id, lambda: x, labels)

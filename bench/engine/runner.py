@@ -30,7 +30,7 @@ from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, mo
 from .executor import fit_and_score, resolve_device
 from .identity import NUMERICS_VERSION, digest, explain
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
-from .memory import bound_heap_growth
+from .memory import bounded_heap
 from .plan import Planner, UnitPlan, unit_variant
 from .train import TrainConfig
 
@@ -119,8 +119,6 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         report.seconds = time.perf_counter() - t0
         return report
     todo = [p for p in plans if status[p.unit] in ("run", "slides")]
-    if any(p.spec.family == "end-to-end" for p in todo):
-        bound_heap_growth()  # resident memory stays at one layer's working set (bench/memory.py)
     if todo:
         log.info("%d unit(s) to run%s", len(todo),
                  f"; {len(report.done_before)} of {len(plans)} already done (resuming)" if report.done_before else "")
@@ -316,7 +314,10 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
                     continue
             if D.is_main():
                 store.prepare(unit, p.config, p.chash)
-            pred, train_log, record = _run_unit(p, planner, fi, progress, device)
+            # end-to-end units only: resident memory stays at one layer's working set, while the MIL
+            # units' small steps would pay page faults for nothing (bench/engine/memory.py)
+            with bounded_heap(p.spec.family == "end-to-end"):
+                pred, train_log, record = _run_unit(p, planner, fi, progress, device)
             if D.is_main():
                 store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])))
             why = f" -- {record.metrics['undefined']}" if "undefined" in record.metrics else ""
