@@ -50,6 +50,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="first_run_"))
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BENCH_DATA": str(work / "data"), "BENCH_RESULTS": str(work / "results"),
            "BENCH_CACHE": str(work / "cache"), "PYTHONPATH": os.pathsep.join(
                [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
