@@ -51,3 +51,16 @@ def write_toy_cohort(root, n_cases, slide_bytes=lambda i: b"", rows=None):
                     "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
                     "allow_random_weights: true\n")
     return spec, data
+
+
+class BagInputs(FakeFeatureInputs):
+    """Seeded random bags of 6 x 1024 features per case (the same in every process)."""
+
+    def sample(self, case_id, labels):
+        import torch
+
+        from bench.engine.train import Sample
+
+        g = torch.Generator().manual_seed(int(case_id[-3:]))
+        x = torch.randn(6, 1024, generator=g)
+        return Sample(case_id, lambda: x, labels)

@@ -165,3 +165,58 @@ def test_streamed_layer_call_reads_the_streaming_argument_by_name():
     assert streamed_layer_call((t, t, t, 1, 64, False, False)) is False
     assert streamed_layer_call((t, t, t, 1, None, False)) is False
     assert streamed_layer_call((t, t, t, 1)) is True  # PixelMambaLayer.forward's default
+
+
+SCOPED_CHILD = textwrap.dedent("""
+    import resource, torch
+    from bench.engine.memory import bounded_heap
+    def faults_of_churn():  # minor page faults of 20 allocations of 2 MB, each freed at once
+        f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            t = torch.ones(1 << 19)
+            del t
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f
+    faults_of_churn()
+    before = faults_of_churn()
+    with bounded_heap() as threshold:
+        inside = faults_of_churn()
+    after = faults_of_churn()
+    with bounded_heap(False) as none:
+        off = faults_of_churn()
+    print(threshold, none, before, inside, after, off)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_the_pin_holds_only_inside_bounded_heap():
+    """`bench run` pins the threshold for end-to-end units only: inside, every 2 MB tensor is a fresh
+    mapping (page faults); outside, and before any pin, freed tensors are reused from the heap."""
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_MMAP_THRESHOLD"}
+    out = subprocess.run([sys.executable, "-c", SCOPED_CHILD], env=env, capture_output=True, text=True, check=True)
+    threshold, none, before, inside, after, off = out.stdout.split()
+    assert (threshold, none) == (str(1 << 20), "None")
+    print("minor faults per 20 x 2 MB: before", before, "pinned", inside, "released", after, "off", off)
+    assert int(inside) > 20 * 256  # 2 MB = 512 pages each, faulted in afresh
+    assert int(before) < 2000 and int(after) < 2000 and int(off) < 2000
+
+
+def test_runner_bounds_the_heap_for_end_to_end_units_only(monkeypatch, tmp_path):
+    from bench.engine import runner
+
+    seen = []
+    real = runner.bounded_heap
+
+    def spy(active=True):
+        seen.append(active)
+        return real(False)  # record the decision, leave this test process's malloc alone
+
+    monkeypatch.setattr(runner, "bounded_heap", spy)
+    from fake_inputs import BagInputs, write_toy_cohort
+
+    spec = write_toy_cohort(tmp_path)
+    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", BagInputs)
+    from bench.registry import get_method
+
+    runner.run([get_method("meanmil.resnet50")], str(spec), tasks=["staging"], folds=[0],
+               results=tmp_path / "results", progress=False, train_overrides={"epochs": 1})
+    assert seen == [False]

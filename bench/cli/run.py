@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from ..engine.protocol import list_protocols
@@ -23,6 +24,7 @@ EPILOG = """examples:
   torchrun --nproc_per_node 8 -m bench run --methods pixelmamba-6m --dataset luad   # the same
   python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
   python -m bench run --methods 'abmil.*,pixelmamba-6m' --dataset blca --protocol paper   # docs/protocol.md
+  python -m bench run --methods all --dataset demo --jobs 2      # two units at a time on a 2-core machine
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its record (metrics.json) exists with the same identity:
 the labels of its cases, its slides' fingerprints, the split set (--seed, --n-folds), every option
@@ -69,6 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="protocol preset: wsi-bench = this project's corrections (default), paper = the paper's "
                         "reading and its baselines' default settings; every choice is in docs/protocol.md "
                         "(default: the dataset YAML's `protocol:`, else the method config's, else wsi-bench)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N independent units at once, on N processes over the same results store (each "
+                        "with cores/N torch threads; features extracted once, shared). One overall progress "
+                        "line counts every process's units; workers log to <results>/logs/jobs-*/ (default 1)")
     g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train each unit on N processes with DDP (one slide per rank, gradient accumulation), "
@@ -81,10 +87,18 @@ def main(args: argparse.Namespace) -> int:
     from ..registry import resolve_methods
     from ..engine.runner import run
 
+    from ..engine.jobs import worker_of
+
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1 and (args.nproc > 1 or args.launcher == "submitit"):
+        raise SystemExit("--jobs runs several units at once on this machine; it does not combine with --nproc "
+                         "(DDP: the ranks train each unit together) or --launcher submitit (one job per unit)")
     if args.nproc > 1 and not D.launched():
         return _torchrun(args)
     D.init_from_env()
-    if not D.is_main():  # one voice: rank 0 logs and prints
+    parent_start = worker_of()
+    if not D.is_main() or parent_start is not None:  # one voice: rank 0 (the --jobs parent) logs and prints
         logging.getLogger().setLevel(logging.WARNING)
         args.quiet = True
 
@@ -104,8 +118,9 @@ def main(args: argparse.Namespace) -> int:
                   device=args.device, protocol=args.protocol)
     if args.launcher == "submitit":
         return _submit(args, methods, dataset, common)
-    report = run(methods, dataset, **common)
-    if not D.is_main():
+    report = run(methods, dataset, **common, jobs=args.jobs, worker_of=parent_start,
+                 worker_command=[sys.executable, "-m", "bench", *args.argv])
+    if not D.is_main() or parent_start is not None:
         return 1 if report.failed else 0
     if not report.ran and not report.failed and not report.busy:
         print(f"nothing to do: all {len(report.done_before)} unit(s) already done in "
@@ -121,7 +136,6 @@ def main(args: argparse.Namespace) -> int:
 def _torchrun(args: argparse.Namespace) -> int:
     """Re-run this very command under ``torch.distributed.run`` with ``--nproc`` processes."""
     import subprocess
-    import sys
 
     argv, skip = [], False
     for a in args.argv:

@@ -10,7 +10,10 @@ grows with the number of layers instead of staying at one layer's working set: V
 4,097 tokens, mixer chunk 1,024) peaked 525 MB above its base with the default allocator and
 100 MB with the threshold pinned at 1 MB, for about a third more CPU time (page faults on fresh
 mappings). For a model whose point is to fit a slide in memory that is the right trade, so the
-harness pins the threshold when it trains end-to-end models on the CPU.
+harness pins the threshold while it trains end-to-end models on the CPU (``bounded_heap``), and only
+then: the MIL aggregators' many small steps pay the page faults of fresh mappings for nothing
+(TransMIL on a demo bag, measured on the shared 2-core machine: ~3,000 minor faults and ~11 ms of
+system time per step pinned, none restored; ``benchmarks/first_run.py``).
 
 No library does this for PyTorch's CPU tensors (PyTorch has no CPU caching allocator to
 configure), hence the few lines of ``ctypes`` here. Elsewhere than glibc this does nothing.
@@ -33,17 +36,23 @@ of a block's backward too (``PixelMamba._release_pieces``; 512²: 84–85 → 78
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import sys
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MMAP_THRESHOLD = 1 << 20  # 1 MiB: below one chunk of a mixer's (d_inner, 1024) activations
-_M_MMAP_THRESHOLD = -3  # <malloc.h>
-_applied: int | None = None
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+GLIBC_TRIM_THRESHOLD = 128 * 1024  # glibc's initial M_TRIM_THRESHOLD
+# glibc's dynamic mmap threshold rises to at most DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit), with
+# the trim threshold at twice the mmap threshold: the state it settles in once large blocks are freed
+GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
+_applied: int | None = None  # the threshold pinned now, None when the heap is not bounded
 
 
 def bound_heap_growth(threshold: int | None = None) -> int | None:
@@ -71,9 +80,49 @@ def bound_heap_growth(threshold: int | None = None) -> int | None:
     if libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) != 1:
         log.debug("mallopt(M_MMAP_THRESHOLD, %d) refused", threshold)
         return None
+    # the trim threshold glibc starts with, as a pin at process start keeps it (work before the pin,
+    # e.g. feature extraction, may have raised it dynamically; an earlier release did)
+    libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
     _applied = threshold
     log.debug("malloc mmap threshold pinned at %d bytes", threshold)
     return threshold
+
+
+def unbound_heap_growth() -> bool:
+    """Undo :func:`bound_heap_growth` for work that gains nothing from it (the MIL aggregators' small
+    steps). True if a pin was undone.
+
+    glibc offers no way back to its *dynamic* threshold once ``mallopt`` has set one, so this sets
+    the state the dynamic threshold settles in after a large block is freed: mmap threshold at its
+    maximum (32 MiB), trim threshold twice that. Without a pin in force it does nothing, so a process
+    that never trained an end-to-end model keeps glibc's own default untouched.
+    """
+    global _applied
+    if _applied is None:
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.mallopt(_M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD_MAX)
+    _applied = None
+    log.debug("malloc mmap threshold released (%d bytes, trim at twice that)", GLIBC_MMAP_THRESHOLD_MAX)
+    return True
+
+
+@contextlib.contextmanager
+def bounded_heap(active: bool = True) -> Iterator[int | None]:
+    """Pin the mmap threshold (:func:`bound_heap_growth`) while the block runs when ``active``, and
+    release it afterwards (:func:`unbound_heap_growth`): ``bench run`` bounds the heap for each
+    end-to-end unit only. Yields the threshold in force (None: none)."""
+    if not active:
+        yield None
+        return
+    threshold = bound_heap_growth()
+    try:
+        yield threshold
+    finally:
+        unbound_heap_growth()
 
 
 def release_free_memory() -> bool:

@@ -9,11 +9,12 @@ are not done (or whose identity changed, saying why) through the one unit execut
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,8 +30,9 @@ from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
 from .executor import fit_and_score, resolve_device
 from .identity import NUMERICS_VERSION, digest, explain
+from .jobs import Workers, finished_now, threads_per_job, validate_jobs
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
-from .memory import bound_heap_growth
+from .memory import bounded_heap
 from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, unit_variant
 from .train import TrainConfig
@@ -48,12 +50,15 @@ class RunReport:
     ran: list[Unit] = field(default_factory=list)
     failed: dict[Unit, str] = field(default_factory=dict)
     busy: list[Unit] = field(default_factory=list)  # claimed by another live worker
+    by_workers: list[Unit] = field(default_factory=list)  # --jobs N: trained by this run's workers
     todo: list["UnitPlan"] = field(default_factory=list)  # dry run: units that would run
     redone: dict[Unit, list[str]] = field(default_factory=dict)  # finished units redone, and why
     seconds: float = 0.0
 
     def line(self) -> str:
         parts = [f"{len(self.ran)} unit(s) run", f"{len(self.done_before)} already done"]
+        if self.by_workers:
+            parts[0] = f"{len(self.ran) + len(self.by_workers)} unit(s) run ({len(self.by_workers)} by workers)"
         if self.redone:
             parts.append(f"{len(self.redone)} redone because their inputs or options changed")
         if self.busy:
@@ -69,7 +74,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         model_overrides: dict[str, Any] | None = None, input_overrides: dict[str, Any] | None = None,
         progress: bool = True, tuned: bool = False, dry_run: bool = False, init: Path | str | None = None,
         from_scratch: bool = False, order: str = "task", variant: str | None = None,
-        protocol: str | None = None, row_check: bool = True, device: str = "auto") -> RunReport:
+        protocol: str | None = None, row_check: bool = True, device: str = "auto", jobs: int = 1,
+        worker_command: Sequence[str] | None = None, worker_of: float | None = None) -> RunReport:
     """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet
     done, or whose identity changed since it was done.
 
@@ -88,8 +94,19 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     ``device``: where models train (``auto``: this rank's under torchrun, else CUDA when present).
     ``protocol``: the preset of every unit (``bench.engine.protocol``; default: the dataset YAML's,
     else the method config's, else ``wsi-bench``); its name enters each unit's identity.
+    ``jobs``: train independent units on this many processes at once (``bench.engine.jobs``): the
+    N - 1 others run ``worker_command`` (this very command) as workers: ``worker_of`` is then the wall
+    time the parent run started; a worker trains, skips units another process of the run failed,
+    and leaves the summary to the parent.
     """
     t0 = time.perf_counter()
+    validate_jobs(jobs)
+    if jobs > 1 and D.active():
+        raise OptionError("--jobs trains several units at once on one machine; under torchrun (--nproc) the "
+                          "ranks train each unit together: use one or the other")
+    started_at = time.time() if worker_of is None else worker_of
+    if jobs > 1 and worker_of is None and worker_command is None:
+        raise ValueError("jobs > 1 needs the worker_command that runs this run in another process")
     variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
     if variant:
         variants = [Variant(v.spec, "+".join(p for p in (v.name, variant) if p), v.model, v.train, v.inputs)
@@ -122,15 +139,26 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         report.seconds = time.perf_counter() - t0
         return report
     todo = [p for p in plans if status[p.unit] in ("run", "slides")]
-    if any(p.spec.family == "end-to-end" for p in todo):
-        bound_heap_growth()  # resident memory stays at one layer's working set (bench/engine/memory.py)
     if todo:
         log.info("%d unit(s) to run%s", len(todo),
                  f"; {len(report.done_before)} of {len(plans)} already done (resuming)" if report.done_before else "")
     else:
         log.info("nothing to do: all %d unit(s) already done", len(report.done_before))
-    _execute(todo, planner, store, report, progress, t0, device)
-    if report.ran and D.is_main():
+    if worker_of is not None or (jobs > 1 and len(todo) > 1):
+        import torch
+
+        torch.set_num_threads(threads_per_job(jobs))  # jobs × threads ≤ cores
+    if worker_of is not None:
+        _execute(todo, planner, store, report, progress, t0, device, failed_since=worker_of)
+    elif jobs == 1 or len(todo) < 2:
+        _execute(todo, planner, store, report, progress, t0, device)
+    else:
+        _execute_with_workers(todo, planner, store, report, progress, t0, device, jobs, list(worker_command or []),
+                              Path(results), started_at)
+    if worker_of is not None:  # the process that started this worker writes the summary, once every worker is done
+        report.seconds = time.perf_counter() - t0
+        return report
+    if (report.ran or report.by_workers) and D.is_main():
         try:
             store.summarize(dataset, ddof=int(load_protocol(resolve_protocol(protocol, cohort.spec.protocol))
                                               .report.get("std_ddof", 0)))
@@ -283,8 +311,55 @@ def _check_rows(plans: list[UnitPlan], store: ResultsStore, status: dict[Unit, s
                     "(drop --folds), or make this experiment a row of its own with --variant NAME")
 
 
+def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report: RunReport,
+                          progress: bool, t0: float, device: Any, jobs: int, command: list[str], results: Path,
+                          started_at: float) -> None:
+    """``--jobs N``: start N - 1 workers over the same store, train units here too, wait for the workers
+    and settle the units they trained (``bench.engine.jobs``)."""
+    n = min(jobs, len(todo))
+    workers = Workers(command, n - 1, threads_per_job(jobs), started_at,
+                      results / "logs" / f"jobs-{time.strftime('%Y%m%d-%H%M%S')}")
+    started = time.perf_counter()
+
+    def count_done() -> int:
+        return sum(finished_now(store.unit_dir(p.unit), p.chash) for p in todo)
+
+    last = [-1]
+
+    def line() -> None:
+        done = count_done()
+        if done != last[0]:
+            last[0] = done
+            elapsed = time.perf_counter() - started
+            eta = elapsed / done * (len(todo) - done) if done else float("nan")
+            log.info("[%d/%d] units finished by %d processes (elapsed %s, ETA %s)", done, len(todo), n,
+                     _clock(time.perf_counter() - t0), _clock(eta) if done else "?")
+
+    workers.start()
+    try:
+        _execute(todo, planner, store, report, progress, t0, device, count_done, failed_since=started_at)
+        if workers.running():
+            log.info("waiting for %d worker(s) to finish their units", sum(p.poll() is None for p in workers.procs))
+        workers.wait(poll=line)
+    except BaseException:
+        workers.stop()
+        raise
+    for u in list(report.busy):  # units another process held when this one reached them
+        p = next(p for p in todo if p.unit == u)
+        if finished_now(store.unit_dir(u), p.chash):
+            report.by_workers.append(u)
+        else:
+            report.failed[u] = _failed_since(store, u, started_at) or (
+                f"not finished by the worker that held it (see the worker logs in {workers.log_dir})")
+        report.busy.remove(u)
+
+
 def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report: RunReport, progress: bool,
-             t0: float, device: Any) -> None:
+             t0: float, device: Any, count_done: Callable[[], int] | None = None,
+             failed_since: float | None = None) -> None:
+    """Train the units in ``todo`` that no other process holds. ``count_done``: the units of ``todo``
+    finished so far by any process (--jobs), for the progress line. ``failed_since``: a unit that
+    failed at or after this time (another process of this ``--jobs`` run tried it) is not tried again."""
     extracted: set[str] = set()
     started = time.perf_counter()
     for i, p in enumerate(todo):
@@ -293,11 +368,17 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
         if D.is_main():
             lock = store.try_claim(unit)
             st = "busy" if lock is None else ("done" if _done_meanwhile(store, p) else "run")
+            failure = _failed_since(store, unit, failed_since) if st == "run" and failed_since is not None else None
+            if failure is not None:  # --jobs: another process of this run tried it and it failed
+                st = "failed"
         st = D.broadcast(st if D.is_main() else None)
         if st != "run":
             if st == "busy":
-                log.info("%s: claimed by another process, skipping", unit)
+                log.log(logging.INFO if count_done is None else logging.DEBUG,
+                        "%s: claimed by another process, skipping", unit)
                 report.busy.append(unit)
+            elif st == "failed":
+                report.failed[unit] = failure
             else:
                 report.done_before.append(unit)
             if lock is not None:
@@ -320,14 +401,21 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
                     continue
             if D.is_main():
                 store.prepare(unit, p.config, p.chash)
-            pred, train_log, record = _run_unit(p, planner, fi, progress, device)
+            # end-to-end units only: resident memory stays at one layer's working set, while the MIL
+            # units' small steps would pay page faults for nothing (bench/engine/memory.py)
+            with bounded_heap(p.spec.family == "end-to-end"):
+                pred, train_log, record = _run_unit(p, planner, fi, progress, device)
             if D.is_main():
                 store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])))
             why = f" -- {record.metrics['undefined']}" if "undefined" in record.metrics else ""
             report.ran.append(unit)
             done, elapsed = len(report.ran), time.perf_counter() - started
             eta = elapsed / done * (len(todo) - i - 1)
-            log.info("[%d/%d] %-44s %s = %s  (%.1f s; elapsed %s, ETA %s)%s", i + 1, len(todo), str(unit),
+            position = i + 1
+            if count_done is not None:  # every process's finished units, and the ETA they give together
+                position = count_done()
+                eta = elapsed / max(position, 1) * (len(todo) - position)
+            log.info("[%d/%d] %-44s %s = %s  (%.1f s; elapsed %s, ETA %s)%s", position, len(todo), str(unit),
                      record.primary_metric, _fmt(record.metrics.get(record.primary_metric)), record.train_seconds,
                      _clock(time.perf_counter() - t0), _clock(eta), why)
         except OSError:
@@ -353,6 +441,15 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _failed_since(store: ResultsStore, unit: Unit, since: float) -> str | None:
+    """The error of ``unit`` if it failed at or after ``since`` (its staging error.json), else None."""
+    try:
+        err = json.loads((store.staging_dir(unit) / "error.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return str(err.get("error")) if float(err.get("time", 0)) >= since else None
 
 
 def _done_meanwhile(store: ResultsStore, p: UnitPlan) -> bool:
@@ -413,8 +510,10 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
     test = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold)
             if c not in without]
     name = spec.name + (f"[{unit.variant}]" if unit.variant else "")
+    t_unit = time.perf_counter()
     out = fit_and_score(p.recipe, unit.task, train, test, TrainConfig.from_dict(p.train), progress=progress,
                         desc=f"{name} {unit.task} fold {unit.fold}", device=device)
+    unit_seconds = time.perf_counter() - t_unit  # build + train + predict + score (benchmarks/first_run.py)
     task = T.get_task(unit.task)
     cfg = p.config
     record = UnitRecord(
@@ -435,6 +534,7 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
         peak_rss_mb=out.peak_rss_mb, peak_cuda_mb=out.peak_cuda_mb, finished=time.time(),
         info={**{k: v for k, v in out.info.items() if k != "train_seconds"}, "non_default": p.non_default,
               "device": str(device), "weights_loaded": out.loaded + _encoder_loads(fi),
+              "unit_seconds": unit_seconds,
               "order": _registry_position(spec.name)},
     )
     return out.predictions, out.train_log, record

@@ -1,0 +1,121 @@
+"""``bench run --jobs N``: one run's independent units trained on N processes at once.
+
+The results store already lets several processes share one results directory (a lock per unit,
+the staging directory ``fold<k>.next``, the done-marker written last), and the feature cache one
+cache (a lock per slide). So ``--jobs N`` is N copies of the same command over the same store: the
+parent plans and checks the run (splits written, options validated, rows checked), then starts
+N - 1 *workers* — the same command, marked as workers — and trains units itself. Every process
+walks the same unit list and trains the units nobody holds; a slide's features are extracted once,
+by whichever process reaches it first. Workers print nothing but warnings and errors; the parent
+prints one overall progress line (units finished by any process, elapsed, ETA), waits for its
+workers, and writes the summary.
+
+Threads: each process gets ``cores // N`` torch threads (at least one), so N × threads ≤ cores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+# set by the parent in a worker's environment: the wall time (time.time()) its run started, so a
+# worker knows which failures are this run's (it does not retry a unit another process just failed)
+WORKER_ENV = "BENCH_RUN_WORKER"
+
+
+def worker_of() -> float | None:
+    """The start time of the ``bench run --jobs N`` that started this process as a worker, else None."""
+    value = os.environ.get(WORKER_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{WORKER_ENV} is set by `bench run --jobs` for its workers (a start time); "
+                         f"got {value!r} -- unset it") from None
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_per_job(jobs: int, cores: int | None = None) -> int:
+    """Torch threads for each of ``jobs`` processes, so that jobs × threads ≤ cores."""
+    return max(1, (cores or available_cores()) // max(1, jobs))
+
+
+def validate_jobs(jobs: int) -> int:
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"--jobs must be a positive number of processes, got {jobs!r}")
+    return jobs
+
+
+class Workers:
+    """The N - 1 worker processes of a ``--jobs N`` run."""
+
+    def __init__(self, command: Sequence[str], n: int, threads: int, started_at: float, log_dir: Path) -> None:
+        self.command, self.n, self.threads, self.log_dir = list(command), n, threads, log_dir
+        self.started_at = started_at
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, WORKER_ENV: repr(self.started_at), "OMP_NUM_THREADS": str(self.threads)}
+        for i in range(self.n):
+            path = self.log_dir / f"worker{i + 1}.log"
+            with open(path, "w") as out:  # the child keeps its own descriptor
+                self.procs.append(subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL))
+            self.logs.append(path)
+        log.info("--jobs %d: %d worker process(es) started (pid %s; %d torch thread(s) each; logs in %s)",
+                 self.n + 1, self.n, ", ".join(str(p.pid) for p in self.procs), self.threads, self.log_dir)
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0) -> list[int]:
+        """Wait for every worker, calling ``poll()`` every ``every`` seconds meanwhile. Returns the exit
+        codes; a worker that failed is reported with the tail of its log."""
+        while self.running():
+            time.sleep(every)
+            if poll is not None:
+                poll()
+        codes = [p.wait() for p in self.procs]
+        for code, path in zip(codes, self.logs):
+            if code != 0:
+                tail = path.read_text(errors="replace").strip().splitlines()[-5:] if path.is_file() else []
+                log.warning("worker (log %s) exited with status %d%s", path, code,
+                            (":\n  " + "\n  ".join(tail)) if tail else "")
+        return codes
+
+    def stop(self) -> None:
+        """End the workers this process started (on Ctrl-C or an error in the parent)."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def finished_now(unit_dir: Path, chash: str) -> bool:
+    """Whether the unit in ``unit_dir`` is done with identity ``chash``, read without side effects
+    (``ResultsStore.done_record`` may promote a staging directory, which must not race with the
+    worker that is finishing it)."""
+    try:
+        return json.loads((unit_dir / "metrics.json").read_text()).get("config_hash") == chash
+    except (OSError, ValueError, AttributeError):
+        return False

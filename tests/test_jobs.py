@@ -1,0 +1,83 @@
+"""`bench run --jobs N`: N processes over one results store train every unit exactly once, and the
+results are those of a one-process run. Fast: fake bags (tests/fake_inputs.py), MeanMIL/ABMIL."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.engine import jobs, runner
+from bench.registry import get_method
+from fake_inputs import write_toy_cohort
+from jobs_worker import SlowBags, record_training
+
+TESTS = Path(__file__).parent
+METHODS = ["meanmil.resnet50", "abmil.resnet50"]
+
+
+def _predictions(results):
+    out = {}
+    for p in sorted((results / "runs").glob("*/*/*/fold*/predictions.csv")):
+        out[str(p.relative_to(results))] = pd.read_csv(p)
+    return out
+
+
+def _run(spec, results, trained_log, monkeypatch, jobs_n):
+    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", SlowBags)
+    kw = dict(results=str(results), tasks=["staging", "survival"], train_overrides={"epochs": 1})
+    command = [sys.executable, str(TESTS / "jobs_worker.py"),
+               json.dumps({**kw, "methods": METHODS, "dataset": str(spec), "trained_log": str(trained_log)})]
+    monkeypatch.setattr(runner, "fit_and_score", runner.fit_and_score)  # restored after the test
+    record_training(trained_log, wait_for_another=jobs_n > 1)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    return runner.run([get_method(m) for m in METHODS], str(spec), progress=False, jobs=jobs_n,
+                      worker_command=command, **kw)
+
+
+def test_two_jobs_train_every_unit_once_with_the_results_of_one(tmp_path, monkeypatch):
+    spec, _ = write_toy_cohort(tmp_path, 20, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
+    one = _run(spec, tmp_path / "one", tmp_path / "one.log", monkeypatch, 1)
+    two = _run(spec, tmp_path / "two", tmp_path / "two.log", monkeypatch, 2)
+    n_units = 2 * len(METHODS) * 5
+    assert len(one.ran) == n_units and not one.failed
+    assert not two.failed and not two.busy
+    assert len(two.ran) + len(two.by_workers) == n_units, two.line()
+    lines = (tmp_path / "two.log").read_text().splitlines()
+    units = [line.split("\t")[1] for line in lines]
+    assert len(units) == n_units and len(set(units)) == n_units  # each unit trained exactly once
+    pids = {line.split("\t")[0] for line in lines}
+    print(two.line(), "; processes that trained:", len(pids))
+    assert len(pids) == 2 and len(two.by_workers) > 0  # the worker did train some units
+    assert "by workers" in two.line()
+    a, b = _predictions(tmp_path / "one"), _predictions(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) == n_units
+    worst = max(float((a[k].select_dtypes("number") - b[k].select_dtypes("number")).abs().max().max()) for k in a)
+    print("largest difference between the --jobs 1 and --jobs 2 predictions:", worst)
+    assert worst <= 1e-5
+    s1 = pd.read_csv(tmp_path / "one" / "toy" / "summary.csv")
+    s2 = pd.read_csv(tmp_path / "two" / "toy" / "summary.csv")
+    assert len(s1) == len(s2) > 0
+    pd.testing.assert_series_equal(s1["mean"], s2["mean"], atol=1e-5)
+    assert not list((tmp_path / "two" / "runs").glob("*/*/*/fold*.superseded-*"))  # nothing trained twice
+
+
+def test_threads_per_job_keep_jobs_times_threads_within_the_cores():
+    assert jobs.threads_per_job(1, cores=2) == 2
+    assert jobs.threads_per_job(2, cores=2) == 1
+    assert jobs.threads_per_job(3, cores=2) == 1  # at least one
+    assert jobs.threads_per_job(2, cores=16) == 8
+    with pytest.raises(ValueError, match="--jobs"):
+        jobs.validate_jobs(0)
+
+
+def test_worker_marker_is_the_parent_start_time(monkeypatch):
+    monkeypatch.delenv(jobs.WORKER_ENV, raising=False)
+    assert jobs.worker_of() is None
+    monkeypatch.setenv(jobs.WORKER_ENV, "1700000000.5")
+    assert jobs.worker_of() == 1700000000.5
+    monkeypatch.setenv(jobs.WORKER_ENV, "yes")
+    with pytest.raises(ValueError, match=jobs.WORKER_ENV):
+        jobs.worker_of()
