@@ -171,7 +171,9 @@ def check_ablation(ablation: Any, grid: Any, cohort: Any, model_overrides: dict[
     """Compare what the rows of ``grid`` (``ablations.ablation_grid``) see on every slide of ``cohort``."""
     from .engine.config import Variant, input_options, model_options
 
-    slides = _slides(cohort)
+    # slide headers only matter to what slide-reading rows see; feature rows see their method and options
+    slides = _slides(cohort) if any(getattr(getattr(v, "spec", v), "input", "") == "slide" for v in grid.variants) \
+        else [(sid, (0, 0), 0.0) for sid in cohort.table["slide_id"]]
     rows, views, plans, values = [], {}, {}, {}
     for item, var in zip(grid.items, grid.variants):
         label = item.variant or item.method

@@ -90,7 +90,7 @@ def test_extract_workers_reach_the_cache(monkeypatch: pytest.MonkeyPatch, argv: 
     seen: dict = {}
 
     class Cache:
-        def __init__(self, root):
+        def __init__(self, root, mpp=None):
             pass
 
         def extract(self, paths, enc, **kw):

@@ -194,7 +194,7 @@ def test_ablation_variants_through_submitit_and_its_table(fake_cohort, capsys):
                          / "config.json").read_text())
     assert config["variant"] == "hidden=32" and config["model"]["hidden"] == 32
     table = (results / "toy" / "tables" / "hidden_staging.md").read_text()
-    assert "| 16 |" in table and "| 32 |" in table and table.count("(2/5 folds)") == 2, table
+    assert "| 16 †§¹ |" in table and "| 32 †§¹ |" in table and table.count("(2/5 folds)") == 2, table
     assert cli(args) == 0
     assert "nothing to submit: 4 unit(s) already done" in capsys.readouterr().out
 

@@ -47,7 +47,7 @@ def test_pixelmamba_gets_raw_rgb_slides():
     import torch
 
     from bench.registry import get_method
-    from bench.engine.runner import _model_input, _normalise
+    from bench.engine.inputs import _model_input, _normalise
 
     assert get_method("pixelmamba-6m").raw_rgb and get_method("pixelmamba-21m").raw_rgb
     assert not get_method("vim-ti").raw_rgb and not get_method("longvit-s").raw_rgb

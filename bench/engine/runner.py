@@ -379,8 +379,8 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
                 report.busy.append(unit)
             elif st == "failed":
                 report.failed[unit] = failure
-            else:
-                report.done_before.append(unit)
+            else:  # finished meanwhile by another process: under --jobs, one of this run's workers
+                (report.by_workers if count_done is not None else report.done_before).append(unit)
             if lock is not None:
                 lock.release()
             continue

@@ -69,8 +69,9 @@ def test_f15_sigkill_during_training(cohort):
     assert f"{N_UNITS - len(before)} unit(s) run, {len(before)} already done" in r.out
     cohort.assert_kept(before)
     cohort.assert_complete()
-    for d in started:  # a unit killed mid-way was redone from its start, not taken as done
-        assert (d / "metrics.json").is_file()
+    for d in started:  # a unit killed mid-way (in its fold<k>.next/) was redone from its start, not taken as done
+        assert (d.with_name(d.name.removesuffix(".next")) / "metrics.json").is_file()
+        assert not d.name.endswith(".next") or not d.exists()  # the finished replacement took its place
 
 
 def test_f16_two_workers_share_results_and_cache(cohort):
