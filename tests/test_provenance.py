@@ -335,3 +335,17 @@ def test_run_on_an_unwritable_results_root_names_it(cohort, tmp_path, capsys):
                  str(tmp_path / "a-file" / "results"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "results directory" in err and "a-file is not a directory" in err and "--results" in err
+
+
+def test_a_row_never_mixes_protocols(tmp_path):
+    from bench.report.results import Unit
+    from record_factory import make_record
+
+    store = ResultsStore(tmp_path)
+    for k, proto in enumerate(("wsi-bench", "paper")):
+        u = Unit("demo", "staging", "abmil.resnet50", k)
+        store.prepare(u, {}, "h")
+        store.finish(u, pd.DataFrame({"case_id": ["a"], "stage": [1], "pred": [1]}), pd.DataFrame(),
+                     make_record(fold=k, protocol=proto))
+    with pytest.raises(RecordError, match=r"fold 1 differs from fold 0 in protocol"):
+        store.summarize("demo")
