@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,43 +28,20 @@ from . import distributed as D
 from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
 from .executor import fit_and_score, resolve_device
-from .identity import NUMERICS_VERSION, digest, explain
+from .identity import NUMERICS_VERSION, digest
 from .jobs import Workers, finished_now, threads_per_job, validate_jobs
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import bounded_heap
 from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, unit_variant
+from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
+                     only_slides_changed)
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["run", "grid_order", "RunReport", "UnitPlan", "Variant", "INPUT_OPTIONS", "unit_seed",
            "method_train_config", "model_options"]
-
-
-@dataclass
-class RunReport:
-    dataset: str = ""
-    done_before: list[Unit] = field(default_factory=list)
-    ran: list[Unit] = field(default_factory=list)
-    failed: dict[Unit, str] = field(default_factory=dict)
-    busy: list[Unit] = field(default_factory=list)  # claimed by another live worker
-    by_workers: list[Unit] = field(default_factory=list)  # --jobs N: trained by this run's workers
-    todo: list["UnitPlan"] = field(default_factory=list)  # dry run: units that would run
-    redone: dict[Unit, list[str]] = field(default_factory=dict)  # finished units redone, and why
-    seconds: float = 0.0
-
-    def line(self) -> str:
-        parts = [f"{len(self.ran)} unit(s) run", f"{len(self.done_before)} already done"]
-        if self.by_workers:
-            parts[0] = f"{len(self.ran) + len(self.by_workers)} unit(s) run ({len(self.by_workers)} by workers)"
-        if self.redone:
-            parts.append(f"{len(self.redone)} redone because their inputs or options changed")
-        if self.busy:
-            parts.append(f"{len(self.busy)} running in another process")
-        if self.failed:
-            parts.append(f"{len(self.failed)} failed")
-        return ", ".join(parts) + f" ({self.seconds:.1f} s)"
 
 
 def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] | None = None,
@@ -131,10 +107,10 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     plans = _plan_all(planner, variants, tasks, folds, order, tuned, results, n_folds, seed,
                       dict(train_overrides or {}), dict(model_overrides or {}), dict(input_overrides or {}), report)
     if init is not None and not dry_run:
-        _check_init(plans, Path(init))
-    status = _classify(plans, store, report, dry_run)
+        check_init(plans, Path(init))
+    status = classify(plans, store, report, dry_run)
     if row_check:
-        _check_rows(plans, store, status)
+        check_rows(plans, store, status)
     if dry_run:
         report.seconds = time.perf_counter() - t0
         return report
@@ -201,116 +177,6 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], folds
     return plans
 
 
-def _check_init(plans: list[UnitPlan], init: Path) -> None:
-    """The --init checkpoint loads into every end-to-end network of the run (weights only; missing,
-    unexpected and reshaped keys listed) — checked before any finished unit is touched."""
-    seen = set()
-    for p in plans:
-        if p.recipe.init is None or (p.spec.name, p.recipe.n_out) in seen:
-            continue
-        seen.add((p.spec.name, p.recipe.n_out))
-        try:
-            p.recipe.build()
-        except (ValueError, RuntimeError, FileNotFoundError) as exc:
-            raise OptionError(f"--init {init} cannot start {p.spec.name}: {exc}. Nothing was run; finished "
-                              "results are untouched") from exc
-
-
-def _classify(plans: list[UnitPlan], store: ResultsStore, report: RunReport, dry_run: bool) -> dict[Unit, str]:
-    """done / run / slides for every planned unit (rank 0 decides, every rank follows: under torchrun
-    the ranks train each unit together, so they must agree on the unit list). ``slides``: only slide
-    files changed since the unit finished; it is redone once its inputs are prepared if a changed
-    slide can be read — a slide that became unreadable (truncated, unmounted) does not throw away a
-    result made from its earlier version."""
-    status: dict[Unit, str] = {}
-    for p in plans:
-        st = None
-        if D.is_main():
-            rec = store.done_record(p.unit)
-            if rec is not None and rec.config_hash == p.chash:
-                st = "done"
-            else:
-                st = "run"
-                if rec is not None or (store.unit_dir(p.unit) / "metrics.json").is_file():
-                    old = store.done_config(p.unit) or {}
-                    why = explain(old, p.config) if rec is not None else ["its files were damaged"]
-                    if rec is not None and _only_slides_changed(old, p.config):
-                        st = "slides"
-                    report.redone[p.unit] = why
-                    log.info("%s: finished result is stale (%s); %s, the previous result is kept until the new "
-                             "one has finished", p.unit, "; ".join(why),
-                             "it will be redone if the changed slides can be read" if st == "slides"
-                             else "it will be redone")
-        st = D.broadcast(st if D.is_main() else None)
-        status[p.unit] = st
-        if st == "done":
-            report.done_before.append(p.unit)
-        elif dry_run:
-            report.todo.append(p)
-    return status
-
-
-def _only_slides_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    strip = ("slides", "config_hash", "code_version", "environment", "started")
-    return digest({k: v for k, v in old.items() if k not in strip}) == digest(
-        {k: v for k, v in new.items() if k not in strip})
-
-
-def _changed_slides_unreadable(p: UnitPlan, old: dict[str, Any], fi: Inputs, table: pd.DataFrame) -> list[str]:
-    """The slides of the cases whose slide files changed since ``p``'s unit finished, when none of
-    them gives input now (else [])."""
-    before, now = old.get("slides") or {}, p.config["slides"]
-    cases = {c for c in now if before.get(c) != now[c]}
-    slides = [str(s) for s, c in zip(table["slide_id"], table["case_id"]) if c in cases]
-    missing = getattr(fi, "missing", set())
-    return slides if slides and all(s in missing for s in slides) else []
-
-
-def _row_signature(config: dict[str, Any]) -> str:
-    c = dict(config)
-    c.pop("fold", None)
-    c["train"] = {k: v for k, v in (c.get("train") or {}).items() if k != "seed"}
-    if c.get("tuned"):  # tuned per outer fold: the searched values may differ by design
-        c.pop("tuned")
-        for name in (config.get("tuned") or {}).get("params", {}):
-            if name.startswith("model."):
-                c["model"] = {k: v for k, v in c["model"].items() if k != name[len("model."):]}
-            else:
-                c["train"].pop(name, None)
-    for key in ("config_hash", "code_version", "environment", "started"):
-        c.pop(key, None)
-    return digest(c)
-
-
-def _check_rows(plans: list[UnitPlan], store: ResultsStore, status: dict[Unit, str]) -> None:
-    """Refuse a run that would leave a row mixing configurations: when only some folds of a row run
-    with new settings, the row's other finished folds must share them."""
-    by_row: dict[tuple, list[UnitPlan]] = {}
-    for p in plans:
-        by_row.setdefault((p.unit.task, p.unit.method, p.unit.variant), []).append(p)
-    for (task, method, var), ps in by_row.items():
-        changing = [p for p in ps if status[p.unit] == "run"]
-        if not changing:
-            continue
-        sig = _row_signature(changing[0].config)
-        n = changing[0].config["split"]["n_folds"]
-        planned = {p.unit.fold for p in ps}
-        for k in range(n):
-            if k in planned:
-                continue
-            u = Unit(ps[0].unit.dataset, task, method, k, var)
-            if store.done_record(u, verify=False) is None:
-                continue
-            old = store.done_config(u) or {}
-            if _row_signature(old) != sig:
-                why = "; ".join(explain({**old, "fold": k}, {**changing[0].config, "fold": k}))
-                raise OptionError(
-                    f"{u.dataset}/{task}/{method}{'[' + var + ']' if var else ''}: running fold(s) "
-                    f"{sorted(p.unit.fold for p in changing)} with these settings would mix configurations in one "
-                    f"table row — fold {k} is finished with others ({why}). Nothing was run. Fix: run every fold "
-                    "(drop --folds), or make this experiment a row of its own with --variant NAME")
-
-
 def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report: RunReport,
                           progress: bool, t0: float, device: Any, jobs: int, command: list[str], results: Path,
                           started_at: float) -> None:
@@ -367,7 +233,7 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
         lock = None
         if D.is_main():
             lock = store.try_claim(unit)
-            st = "busy" if lock is None else ("done" if _done_meanwhile(store, p) else "run")
+            st = "busy" if lock is None else ("done" if done_meanwhile(store, p) else "run")
             failure = _failed_since(store, unit, failed_since) if st == "run" and failed_since is not None else None
             if failure is not None:  # --jobs: another process of this run tried it and it failed
                 st = "failed"
@@ -390,8 +256,8 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
                 with D.main_first():  # rank 0 fills the cache, the others then find it
                     fi.ensure()
                 extracted.add(p.inputs_key)
-            if p.unit in report.redone and _only_slides_changed(store.done_config(unit) or {}, p.config):
-                gone = _changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
+            if p.unit in report.redone and only_slides_changed(store.done_config(unit) or {}, p.config):
+                gone = changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
                 if gone:
                     log.warning("%s: slide(s) %s changed on disk and cannot be read now; the finished result, made "
                                 "from their earlier version, is kept. Fix the file(s) and rerun to redo it",
@@ -450,11 +316,6 @@ def _failed_since(store: ResultsStore, unit: Unit, since: float) -> str | None:
     except (OSError, ValueError):
         return None
     return str(err.get("error")) if float(err.get("time", 0)) >= since else None
-
-
-def _done_meanwhile(store: ResultsStore, p: UnitPlan) -> bool:
-    rec = store.done_record(p.unit)
-    return rec is not None and rec.config_hash == p.chash  # finished by another worker meanwhile
 
 
 def _clock(seconds: float) -> str:
