@@ -119,6 +119,9 @@ def bounded_heap(active: bool = True) -> Iterator[int | None]:
         yield None
         return
     threshold = bound_heap_growth()
+    # glibc maps a block afresh only when its heap has no free room for it (sysmalloc): hand the free
+    # top of the heap back first, or the unit's first large tensors would still come from the heap
+    release_free_memory()
     try:
         yield threshold
     finally:
