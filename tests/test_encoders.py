@@ -171,9 +171,47 @@ def test_random_weights_are_marked_seeded_and_cheap_to_fingerprint(tiny) -> None
 def test_real_names_fail_clearly_offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("BENCH_WEIGHTS_GIGAPATH", raising=False)
-    monkeypatch.setattr(E.resolve, "_cached_weight_files", lambda spec: [])
+    monkeypatch.setattr("feature_cache.weights.hub_cache_file", lambda repo_id, filename: None)
+    monkeypatch.setattr("feature_cache.weights.torch_hub_dir", lambda: Path("/nonexistent-torch-hub"))
     with pytest.raises(E.EncoderWeightsError, match="BENCH_WEIGHTS_GIGAPATH.*prov-gigapath/prov-gigapath"):
         E.get_encoder("gigapath")  # fails before building anything
+
+
+@pytest.mark.parametrize("name", ["resnet50", "conch", "gigapath", "hipt-vit256"])
+def test_encoders_find_weights_as_every_component_does(name, tmp_path, monkeypatch) -> None:
+    """An encoder resolves its file by the one finder (feature_cache.weights.find_weights): the same
+    file, origin and error text for an explicit path, the env var and the hub / torch hub caches."""
+    from feature_cache import weights as W
+
+    spec = E._spec(name)
+    source = spec.weights_source()
+    monkeypatch.delenv(spec.weights_env, raising=False)
+    monkeypatch.setattr(W, "hub_cache_file", lambda repo_id, filename: None)
+    monkeypatch.setattr(W, "torch_hub_dir", lambda: tmp_path / "torch-hub")
+    cases = {"explicit": (tmp_path / "missing.pth", None), "env": (None, tmp_path / "also-missing.pth")}
+    for kind, (explicit, env) in cases.items():
+        if env is not None:
+            monkeypatch.setenv(spec.weights_env, str(env))
+        with pytest.raises(W.WeightsError) as generic:
+            W.find_weights(explicit, source)
+        with pytest.raises(E.EncoderWeightsError) as encoder:
+            E.resolve._resolve_weights(spec, explicit)
+        assert str(encoder.value) == str(generic.value), kind
+        monkeypatch.delenv(spec.weights_env, raising=False)
+    blob = tmp_path / "hub" / "blob.bin"
+    blob.parent.mkdir()
+    blob.write_bytes(b"x")
+    if source.hub:
+        repo_id, filename = source.hub[0]
+        monkeypatch.setattr(W, "hub_cache_file", lambda r, f: blob if (r, f) == (repo_id, filename) else None)
+        path, how, _ = E.resolve._resolve_weights(spec, None)
+        assert (path, how) == (blob, f"local hub cache {repo_id}") == W.find_weights(None, source)[::2]
+    if source.torch_hub:
+        monkeypatch.setattr(W, "hub_cache_file", lambda r, f: None)
+        (tmp_path / "torch-hub").mkdir()
+        hit = tmp_path / "torch-hub" / source.torch_hub[0]
+        hit.write_bytes(b"x")
+        assert E.resolve._resolve_weights(spec, None)[:2] == (hit, "torch hub cache")
 
 
 def test_preprocessing_matches_the_authors_transforms(tiny) -> None:

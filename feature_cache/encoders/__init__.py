@@ -16,7 +16,7 @@ from feature_cache.encoders.base import (ENCODER_CODE_VERSION, IMAGENET_MEAN, IM
                                          OPENAI_CLIP_STD, RANDOM_INIT_SEED, STANDIN_VIT, _REGISTRY, Encoder,
                                          EncoderSpec, EncoderWeightsError, _fingerprint_store, _pooled, _spec,
                                          build_module, cuda_precision, list_encoders, register_encoder)
-from feature_cache.encoders.resolve import (_build_loaded, _cached_weight_files, _download, _environment_id,
+from feature_cache.encoders.resolve import (_build_loaded, _download, _environment_id,
                                             _fingerprint_ident, _hub_unreachable, _match_weights, _offline,
                                             _resolve_weights, get_encoder)
 from feature_cache.encoders.resnet import RESNET50_LAYOUT, _build_resnet50_trunc

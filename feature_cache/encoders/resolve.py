@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from feature_cache.encoders.base import (RANDOM_INIT_SEED, Encoder, EncoderSpec, EncoderWeightsError,
                                          _fingerprint_store, _spec, cuda_precision)
-from feature_cache.weights import (WeightsError, WeightsProvenance, file_sha256, hub_cache_file, kind_of,
-                                   match_state_dict, read_checkpoint, torch_hub_dir)
+from feature_cache.weights import (WeightsError, WeightsProvenance, file_sha256, find_weights, kind_of,
+                                   match_state_dict, read_checkpoint)
 
 if TYPE_CHECKING:
     import torch
@@ -56,12 +56,6 @@ def _match_weights(spec: EncoderSpec, model: "torch.nn.Module", path: Path) -> t
     except WeightsError as err:
         raise EncoderWeightsError(str(err)) from err
     return matched.state, matched
-
-
-def _cached_weight_files(spec: EncoderSpec) -> list[Path]:
-    found = [hit for repo_id, filename in spec.hub_files
-             if (hit := hub_cache_file(repo_id, filename)) is not None]
-    return found + [torch_hub_dir() / f for f in spec.torch_hub_files if (torch_hub_dir() / f).is_file()]
 
 
 def _offline() -> bool:
@@ -104,23 +98,15 @@ def _download(spec: EncoderSpec) -> tuple[Path | None, str]:
 
 def _resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None
                      ) -> tuple[Path | None, str, str]:
-    """(weights file or None, how it was found, why downloading did not help)."""
-    if weights is not None:
-        source = Path(weights)
-        if not source.is_file():
-            raise EncoderWeightsError(f"weights file {source} for encoder {spec.name!r} does not "
-                                      f"exist")
-        return source, "explicit path", ""
-    env = os.environ.get(spec.weights_env)
-    if env:
-        source = Path(env)
-        if not source.is_file():
-            raise EncoderWeightsError(f"${spec.weights_env}={source} for encoder {spec.name!r} is "
-                                      f"not a file. Fix: point it at the weights, or unset it.")
-        return source, f"${spec.weights_env}", ""
-    cached = _cached_weight_files(spec)
-    if cached:
-        return cached[0], "local hub cache", ""
+    """(weights file or None, how it was found, why downloading did not help): explicit path, env
+    var and local caches by the one finder every pretrained component uses
+    (``feature_cache.weights.find_weights``), then a hub download."""
+    try:
+        source, _kind, how = find_weights(weights, spec.weights_source())
+    except WeightsError as err:
+        raise EncoderWeightsError(str(err)) from err
+    if source is not None:
+        return source, how, ""
     path, why = _download(spec)
     if path is not None:
         return path, "hub download", ""
