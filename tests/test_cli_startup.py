@@ -71,3 +71,18 @@ def test_startup_benchmark_prints_the_ratio(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True).stdout
     assert "| import torch |" in out and "| bench ls |" in out and "| bench --help |" in out, out
     assert "slowest bench command / import torch (median wall):" in out, out
+
+
+def test_library_chatter_stays_out_of_a_commands_log() -> None:
+    """numexpr (imported by pandas) logs "NumExpr defaulting to N threads." at INFO: a `bench run`
+    printed it among its own lines."""
+    import os
+
+    code = ("import sys; from bench.cli import main\n"
+            "try:\n    main(['ls', 'methods'])\nexcept SystemExit:\n    pass\n"
+            "import numexpr  # noqa: F401\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMEXPR_MAX_THREADS", "NUMEXPR_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "NumExpr" not in out.stderr, out.stderr

@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for noisy in ("matplotlib", "PIL", "urllib3", "filelock", "h5py", "numba", "timm", "huggingface_hub", "httpx"):
+    for noisy in ("matplotlib", "PIL", "urllib3", "filelock", "h5py", "numba", "numexpr", "timm", "huggingface_hub",
+                  "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
