@@ -84,6 +84,7 @@ def test_local_executor_completes_a_two_unit_grid_and_resumes(cohort):
     assert not rep.submitted and len(rep.done_before) == 2 and rep.folder is None
 
 
+@pytest.mark.slow  # submitit's SLURM executor against stand-in sbatch/sacct (~50 s); the debug executor runs in the fast suite
 def test_slurm_executor_against_a_stand_in_slurm(cohort, tmp_path, monkeypatch, capsys):
     """The SLURM path end to end: submitit's real SlurmExecutor writes the sbatch file from our
     options, submits it with ``sbatch`` and polls ``sacct``; only the scheduler is a stand-in

@@ -49,6 +49,7 @@ def metrics_files(results: Path, method: str) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (results / "runs" / "tiny").glob(f"*/{method}/fold*/metrics.json")}
 
 
+@pytest.mark.slow  # the CLI end to end on a generated cohort with real ResNet-50 extraction (~150 s); in-process: test_provenance, test_camelyon16
 def test_run_rerun_table(tiny):
     spec, env, root = tiny
     res = root / "results-a"
@@ -95,6 +96,7 @@ def test_run_rerun_table(tiny):
     print(f"rerun took {rerun_seconds:.1f} s")
 
 
+@pytest.mark.slow  # ~26 s; SIGKILL + resume in the fast suite: faults/test_process_faults.py::test_f15
 def test_sigkill_resumes_only_unfinished_units(tiny):
     spec, env, root = tiny
     res = root / "results-b"

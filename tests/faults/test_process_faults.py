@@ -74,6 +74,7 @@ def test_f15_sigkill_during_training(cohort):
         assert not d.name.endswith(".next") or not d.exists()  # the finished replacement took its place
 
 
+@pytest.mark.slow  # ~35 s; processes sharing one store in the fast suite: test_jobs.py, test_feature_cache.py::test_two_workers_share_one_cache
 def test_f16_two_workers_share_results_and_cache(cohort):
     for i in range(6):  # half the slides still need features: the two workers share that work too
         cohort.feature_file(slide_id(i)).unlink()
