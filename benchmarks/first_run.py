@@ -44,7 +44,9 @@ def main() -> None:
     ap.add_argument("--folds", help="comma list (default: every fold)")
     ap.add_argument("--sample", action="store_true",
                     help="fold 0 of the first task, 1 epoch, every method; extrapolate to the full grid")
-    ap.add_argument("--jobs", type=int, default=1, help="bench run --jobs")
+    ap.add_argument("--jobs", default="1",
+                    help="bench run --jobs: a number or auto (default 1: per-step times without a second process "
+                         "competing; bench run's own default is auto)")
     ap.add_argument("--workdir", type=Path, help="keep BENCH_DATA/RESULTS/CACHE here (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
@@ -59,8 +61,7 @@ def main() -> None:
         cmd += ["--tasks", (args.tasks or "staging").split(",")[0], "--folds", "0", "--set", "epochs=1"]
     else:
         cmd += (["--tasks", args.tasks] if args.tasks else []) + (["--folds", args.folds] if args.folds else [])
-    if args.jobs != 1:
-        cmd += ["--jobs", str(args.jobs)]
+    cmd += ["--jobs", str(args.jobs)]
     print("command:", " ".join(cmd), f"\nworkdir: {work}", flush=True)
 
     load0, up0 = os.getloadavg(), _uptime()
@@ -80,7 +81,7 @@ def main() -> None:
            "cores": len(os.sched_getaffinity(0)), "units": len(records), "unit_seconds_sum": in_units}
     print(f"\nmeasured: {len(records)} unit(s) in {_clock(wall)} wall, CPU {_clock(cpu)} (CPU/wall {cpu / wall:.2f}) on "
           f"{out['cores']} cores; load average before {_load(load0)}, after {_load(load1)}")
-    if args.jobs == 1:
+    if args.jobs == "1":
         print(f"  outside units (demo generation, feature extraction, slide caches, start-up): "
               f"{_clock(wall - in_units)}")
     else:
@@ -110,7 +111,7 @@ def main() -> None:
         print(f"{fam:10s}: {len(rows)} method(s), measured unit time {min(r[1] for r in rows):.1f}–"
               f"{max(r[1] for r in rows):.1f} s, seconds per step {min(r[2] for r in rows):.3f}–{max(r[2] for r in rows):.3f}")
     if full:
-        outside = wall - in_units if args.jobs == 1 else None
+        outside = wall - in_units if args.jobs == "1" else None
         print(f"\nEXTRAPOLATED (from the measured per-step times at 1 epoch, fold 0 of one task) to the full grid of "
               f"{sum(v[0] for v in full.values())} units:")
         print(f"  units: {_clock(total_extra)} of training+prediction on one process")
@@ -119,6 +120,11 @@ def main() -> None:
             print(f"  + measured outside units {_clock(outside)} = {_clock(est)} for the cold main job "
                   f"({est / GOAL_S:.1f}× the 15-minute goal)")
             out["extrapolated_total_s"] = est
+        else:
+            n = os.cpu_count() if args.jobs == "auto" else int(args.jobs)
+            n = min(n, len(os.sched_getaffinity(0)))
+            print(f"  ÷ {n} processes = {_clock(total_extra / n)} if the units split evenly (a lower bound; "
+                  f"the time outside units is measured only with --jobs 1)")
         out["extrapolated_units_s"] = total_extra
     else:
         print(f"\nmeasured total {_clock(wall)} ({wall / GOAL_S:.2f}× the 15-minute goal)")

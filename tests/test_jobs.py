@@ -81,3 +81,63 @@ def test_worker_marker_is_the_parent_start_time(monkeypatch):
     monkeypatch.setenv(jobs.WORKER_ENV, "yes")
     with pytest.raises(ValueError, match=jobs.WORKER_ENV):
         jobs.worker_of()
+
+
+def test_auto_is_one_process_per_core_within_memory_and_one_on_a_gpu():
+    assert jobs.auto_jobs(cuda=False, cores=2, memory_gb=24)[0] == 2
+    assert jobs.auto_jobs(cuda=False, cores=16, memory_gb=24) == (6, "16 core(s), 24 GB (at most one process per 4 GB)")
+    assert jobs.auto_jobs(cuda=False, cores=4, memory_gb=3)[0] == 1
+    assert jobs.auto_jobs(cuda=False, cores=3, memory_gb=None)[0] == 3  # memory unknown: the cores decide
+    assert jobs.auto_jobs(cuda=True, cores=16, memory_gb=128)[0] == 1
+    assert jobs.parse_jobs("auto") == "auto" and jobs.parse_jobs(" 3 ") == 3 and jobs.parse_jobs(2) == 2
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ValueError, match="positive number of processes or 'auto'"):
+            jobs.parse_jobs(bad)
+
+
+def _parsed(argv, monkeypatch, env=None):
+    """`bench run ...` parsed, with --jobs resolved as main() does up to the auto choice."""
+    from bench.cli import build_parser
+    from bench.cli import run as cli
+
+    if env is None:
+        monkeypatch.delenv(jobs.JOBS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(jobs.JOBS_ENV, env)
+    monkeypatch.delenv(jobs.WORKER_ENV, raising=False)
+    monkeypatch.setattr(jobs, "available_cores", lambda: 2)
+    monkeypatch.setattr(jobs, "total_memory_gb", lambda: 24.0)
+    args = build_parser().parse_args(["run", "--methods", "meanmil.resnet50", "--dataset", "demo", *argv])
+    if args.jobs is None:
+        args.jobs = jobs.parse_jobs(os.environ.get(jobs.JOBS_ENV, "auto"))
+    return args, cli
+
+
+def test_cli_jobs_default_is_auto_and_resolves_per_machine(monkeypatch):
+    args, cli = _parsed(["--device", "cpu"], monkeypatch)
+    assert args.jobs == "auto" and cli._auto_jobs(args) == 2
+    args, cli = _parsed(["--device", "cpu", "--nproc", "2"], monkeypatch)
+    assert cli._auto_jobs(args) == 1  # DDP ranks train each unit together
+    args, cli = _parsed(["--device", "cuda"], monkeypatch)
+    assert cli._auto_jobs(args) == 1
+    args, cli = _parsed(["--device", "cpu"], monkeypatch, env="1")
+    assert args.jobs == 1  # $BENCH_JOBS sets the default
+    args, cli = _parsed(["--device", "cpu", "--jobs", "3"], monkeypatch, env="1")
+    assert args.jobs == 3  # the option wins over the environment
+    monkeypatch.setenv(jobs.WORKER_ENV, "1700000000.5")
+    args.jobs = "auto"
+    assert cli._auto_jobs(args) == 1  # a --jobs worker never starts workers of its own
+
+
+def test_bad_bench_jobs_is_refused_naming_the_variable(monkeypatch):
+    from bench.cli import main
+
+    monkeypatch.setenv(jobs.JOBS_ENV, "many")
+    with pytest.raises(SystemExit, match=r"\$BENCH_JOBS: --jobs must be a positive number"):
+        main(["run", "--methods", "meanmil.resnet50", "--dataset", "demo"])  # stops before any work
+
+
+def test_cli_refuses_a_bad_jobs_value_naming_it(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _parsed(["--jobs", "0"], monkeypatch)
+    assert "--jobs must be a positive number of processes or 'auto', got '0'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ EPILOG = """examples:
   torchrun --nproc_per_node 8 -m bench run --methods pixelmamba-6m --dataset luad   # the same
   python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
   python -m bench run --methods 'abmil.*,pixelmamba-6m' --dataset blca --protocol paper   # docs/protocol.md
-  python -m bench run --methods all --dataset demo --jobs 2      # two units at a time on a 2-core machine
+  python -m bench run --methods all --dataset demo --jobs 1      # one process (default: auto, one per core)
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its record (metrics.json) exists with the same identity:
 the labels of its cases, its slides' fingerprints, the split set (--seed, --n-folds), every option
@@ -71,10 +72,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="protocol preset: wsi-bench = this project's corrections (default), paper = the paper's "
                         "reading and its baselines' default settings; every choice is in docs/protocol.md "
                         "(default: the dataset YAML's `protocol:`, else the method config's, else wsi-bench)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=_jobs_arg, default=None, metavar="N|auto",
                    help="train N independent units at once, on N processes over the same results store (each "
                         "with cores/N torch threads; features extracted once, shared). One overall progress "
-                        "line counts every process's units; workers log to <results>/logs/jobs-*/ (default 1)")
+                        "line counts every process's units; workers log to <results>/logs/jobs-*/. auto (the "
+                        "default, or $BENCH_JOBS): one process per core on the CPU (at most one per 4 GB of "
+                        "memory), 1 on a GPU, with --nproc or with --launcher submitit")
     g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train each unit on N processes with DDP (one slide per rank, gradient accumulation), "
@@ -82,15 +85,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+def _jobs_arg(value: str) -> int | str:
+    from ..engine.jobs import parse_jobs
+
+    try:
+        return parse_jobs(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _auto_jobs(args: argparse.Namespace) -> int:
+    """``--jobs auto``: how many processes this run trains on (``bench.engine.jobs.auto_jobs``)."""
+    from ..engine import distributed as D
+    from ..engine.jobs import auto_jobs, worker_of
+
+    if args.nproc > 1 or args.launcher == "submitit" or D.launched() or worker_of() is not None:
+        return 1  # DDP ranks, scheduler jobs and --jobs workers are one process each by construction
+    import torch
+
+    cuda = args.device not in ("cpu",) and (args.device != "auto" or torch.cuda.is_available())
+    n, why = auto_jobs(cuda=cuda)
+    if n > 1:
+        log.info("--jobs auto: %d processes (%s); --jobs 1 trains on this process only", n, why)
+    return n
+
+
 def main(args: argparse.Namespace) -> int:
     from ..engine import distributed as D
     from ..registry import resolve_methods
     from ..engine.runner import run
 
-    from ..engine.jobs import worker_of
+    from ..engine.jobs import JOBS_ENV, parse_jobs, worker_of
 
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs is None:  # $BENCH_JOBS, read when the command runs
+        try:
+            args.jobs = parse_jobs(os.environ.get(JOBS_ENV, "auto"))
+        except ValueError as err:
+            raise SystemExit(f"${JOBS_ENV}: {err}") from None
+    if args.jobs == "auto":
+        args.jobs = _auto_jobs(args)
     if args.jobs > 1 and (args.nproc > 1 or args.launcher == "submitit"):
         raise SystemExit("--jobs runs several units at once on this machine; it does not combine with --nproc "
                          "(DDP: the ranks train each unit together) or --launcher submitit (one job per unit)")
@@ -119,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
     if args.launcher == "submitit":
         return _submit(args, methods, dataset, common)
     report = run(methods, dataset, **common, jobs=args.jobs, worker_of=parent_start,
-                 worker_command=[sys.executable, "-m", "bench", *args.argv])
+                 worker_command=[sys.executable, "-m", "bench", *args.argv, "--jobs", str(args.jobs)])
     if not D.is_main() or parent_start is not None:
         return 1 if report.failed else 0
     if not report.ran and not report.failed and not report.busy:
