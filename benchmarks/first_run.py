@@ -5,6 +5,7 @@ every encoder, every unit, the summary), timed as a user would run it.
     python benchmarks/first_run.py                     # the whole cold main job (hours on 2 cores)
     python benchmarks/first_run.py --sample            # fold 0 of staging, 1 epoch, every method: extrapolated
     python benchmarks/first_run.py --sample --jobs 2   # the same sample with `--jobs 2`
+    python benchmarks/first_run.py --jobs auto         # the cold main job as `bench run` runs it by default
     python benchmarks/first_run.py --methods 'abmil.*' --folds 0 --tasks staging
 
 ``--sample`` runs one unit per method (fold 0 of the first task) for one epoch, then extrapolates
