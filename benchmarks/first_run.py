@@ -122,8 +122,7 @@ def main() -> None:
                   f"({est / GOAL_S:.1f}× the 15-minute goal)")
             out["extrapolated_total_s"] = est
         else:
-            n = os.cpu_count() if args.jobs == "auto" else int(args.jobs)
-            n = min(n, len(os.sched_getaffinity(0)))
+            n = min(out["cores"], out["cores"] if args.jobs == "auto" else int(args.jobs))
             print(f"  ÷ {n} processes = {_clock(total_extra / n)} if the units split evenly (a lower bound; "
                   f"the time outside units is measured only with --jobs 1)")
         out["extrapolated_units_s"] = total_extra

@@ -107,26 +107,24 @@ def _parsed(argv, monkeypatch, env=None):
     monkeypatch.delenv(jobs.WORKER_ENV, raising=False)
     monkeypatch.setattr(jobs, "available_cores", lambda: 2)
     monkeypatch.setattr(jobs, "total_memory_gb", lambda: 24.0)
-    args = build_parser().parse_args(["run", "--methods", "meanmil.resnet50", "--dataset", "demo", *argv])
-    if args.jobs is None:
-        args.jobs = jobs.parse_jobs(os.environ.get(jobs.JOBS_ENV, "auto"))
-    return args, cli
+    return build_parser().parse_args(["run", "--methods", "meanmil.resnet50", "--dataset", "demo", *argv]), cli
 
 
 def test_cli_jobs_default_is_auto_and_resolves_per_machine(monkeypatch):
     args, cli = _parsed(["--device", "cpu"], monkeypatch)
-    assert args.jobs == "auto" and cli._auto_jobs(args) == 2
+    assert args.jobs is None and cli._jobs(args) == 2  # unset: auto, one process per core
     args, cli = _parsed(["--device", "cpu", "--nproc", "2"], monkeypatch)
-    assert cli._auto_jobs(args) == 1  # DDP ranks train each unit together
-    args, cli = _parsed(["--device", "cuda"], monkeypatch)
-    assert cli._auto_jobs(args) == 1
+    assert cli._jobs(args) == 1  # DDP ranks train each unit together
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    args, cli = _parsed(["--device", "auto"], monkeypatch)
+    assert cli._jobs(args) == 1  # one process on the GPU
     args, cli = _parsed(["--device", "cpu"], monkeypatch, env="1")
-    assert args.jobs == 1  # $BENCH_JOBS sets the default
+    assert cli._jobs(args) == 1  # $BENCH_JOBS sets the default
     args, cli = _parsed(["--device", "cpu", "--jobs", "3"], monkeypatch, env="1")
-    assert args.jobs == 3  # the option wins over the environment
+    assert cli._jobs(args) == 3  # the option wins over the environment
+    args, cli = _parsed(["--device", "cpu", "--jobs", "auto"], monkeypatch)
     monkeypatch.setenv(jobs.WORKER_ENV, "1700000000.5")
-    args.jobs = "auto"
-    assert cli._auto_jobs(args) == 1  # a --jobs worker never starts workers of its own
+    assert cli._jobs(args) == 1  # a --jobs worker never starts workers of its own
 
 
 def test_bad_bench_jobs_is_refused_naming_the_variable(monkeypatch):

@@ -94,17 +94,24 @@ def _jobs_arg(value: str) -> int | str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _auto_jobs(args: argparse.Namespace) -> int:
-    """``--jobs auto``: how many processes this run trains on (``bench.engine.jobs.auto_jobs``)."""
+def _jobs(args: argparse.Namespace) -> int:
+    """The processes this run trains on: ``--jobs``, else ``$BENCH_JOBS``, else ``auto``
+    (``bench.engine.jobs.auto_jobs``; one process for DDP ranks, scheduler jobs and --jobs workers)."""
     from ..engine import distributed as D
-    from ..engine.jobs import auto_jobs, worker_of
+    from ..engine.executor import resolve_device
+    from ..engine.jobs import JOBS_ENV, auto_jobs, parse_jobs, worker_of
 
+    jobs = args.jobs
+    if jobs is None:  # read when the command runs, not when the parser is built
+        try:
+            jobs = parse_jobs(os.environ.get(JOBS_ENV, "auto"))
+        except ValueError as err:
+            raise SystemExit(f"${JOBS_ENV}: {err}") from None
+    if jobs != "auto":
+        return jobs
     if args.nproc > 1 or args.launcher == "submitit" or D.launched() or worker_of() is not None:
-        return 1  # DDP ranks, scheduler jobs and --jobs workers are one process each by construction
-    import torch
-
-    cuda = args.device not in ("cpu",) and (args.device != "auto" or torch.cuda.is_available())
-    n, why = auto_jobs(cuda=cuda)
+        return 1
+    n, why = auto_jobs(cuda=resolve_device(args.device).type == "cuda")
     if n > 1:
         log.info("--jobs auto: %d processes (%s); --jobs 1 trains on this process only", n, why)
     return n
@@ -115,15 +122,9 @@ def main(args: argparse.Namespace) -> int:
     from ..registry import resolve_methods
     from ..engine.runner import run
 
-    from ..engine.jobs import JOBS_ENV, parse_jobs, worker_of
+    from ..engine.jobs import worker_of
 
-    if args.jobs is None:  # $BENCH_JOBS, read when the command runs
-        try:
-            args.jobs = parse_jobs(os.environ.get(JOBS_ENV, "auto"))
-        except ValueError as err:
-            raise SystemExit(f"${JOBS_ENV}: {err}") from None
-    if args.jobs == "auto":
-        args.jobs = _auto_jobs(args)
+    args.jobs = _jobs(args)
     if args.jobs > 1 and (args.nproc > 1 or args.launcher == "submitit"):
         raise SystemExit("--jobs runs several units at once on this machine; it does not combine with --nproc "
                          "(DDP: the ranks train each unit together) or --launcher submitit (one job per unit)")

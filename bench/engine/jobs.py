@@ -89,8 +89,7 @@ def parse_jobs(value: str | int) -> int | str:
     try:
         return validate_jobs(int(text))
     except ValueError:
-        raise ValueError(f"--jobs must be a positive number of processes or 'auto', got {value!r}"
-                         f"{' (from $' + JOBS_ENV + ')' if os.environ.get(JOBS_ENV) == value else ''}") from None
+        raise ValueError(f"--jobs must be a positive number of processes or 'auto', got {value!r}") from None
 
 
 def threads_per_job(jobs: int, cores: int | None = None) -> int:
