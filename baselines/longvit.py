@@ -40,6 +40,15 @@ from .dilated_attention import DEFAULT_RATIOS, DilatedAttention
 
 logger = logging.getLogger(__name__)
 
+# ``checkpointing="auto"`` keeps every layer's internals for backward up to this many tokens (batch
+# included) and recomputes the layers above it. Measured without checkpointing: LongViT-S keeps
+# ~710 KB per token for backward (saved tensors 271 MB at 256 tokens, 815 MB at 1024), so 1024
+# tokens (a 1024² input at patch 32, LongViT's smallest) stay under 1 GB. LongViT itself turns
+# checkpointing on from 8192² up, on GPUs; 1024 suits a laptop's memory as well. Recomputing
+# costs time that only pays when memory is the limit (a demo unit of longvit-s: 41.7 s with it,
+# 18.9 s without, same predictions).
+UNCHECKPOINTED_TOKENS = 1024
+
 
 def _trunc_normal(t: Tensor, std: float = 0.02) -> None:
     """LongViT's initialiser: a normal truncated at ±1 std (not timm's ±2)."""
@@ -80,7 +89,8 @@ class LongViT(nn.Module):
     """LongViT with the timm-style face used across wsi-bench.
 
     ``checkpointing``: recompute each layer in backward, keeping only its input (LongViT turns it
-    on from 8192² inputs up). ``segment_lengths=None`` scales them to each slide's token count.
+    on from 8192² inputs up); ``"auto"`` (default) does so for inputs of more than
+    ``UNCHECKPOINTED_TOKENS`` tokens. ``segment_lengths=None`` scales them to each slide's token count.
     """
 
     def __init__(
@@ -96,12 +106,12 @@ class LongViT(nn.Module):
         segment_lengths: Sequence[int] | None = None,
         pos_grid: int = 32,
         layernorm_eps: float = 1e-5,
-        checkpointing: bool = True,
+        checkpointing: bool | str = "auto",
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.num_features = self.embed_dim = embed_dim
-        self.checkpointing = checkpointing
+        self.set_grad_checkpointing(checkpointing)  # validates
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, pos_grid, pos_grid))
         self.layers = nn.ModuleList(
@@ -136,8 +146,18 @@ class LongViT(nn.Module):
         else:
             self.head = nn.Identity()
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
+        """``True``/``False`` force it; ``"auto"`` restores the default (``checkpoints``)."""
+        if not (isinstance(enable, bool) or enable == "auto"):
+            raise ValueError(f"checkpointing must be True, False or 'auto', got {enable!r}")
         self.checkpointing = enable
+
+    def checkpoints(self, tokens: int) -> bool:
+        """Whether a training pass over ``tokens`` tokens (batch included) recomputes its layers
+        in backward."""
+        if self.checkpointing == "auto":
+            return tokens > UNCHECKPOINTED_TOKENS
+        return bool(self.checkpointing)
 
     def tokens(self, x: Tensor, mask: Tensor | None = None) -> Tokens:
         """Patch tokens with positions ``(B, h·w, C)``, their padding mask ``(B, h·w)`` (True on
@@ -162,8 +182,9 @@ class LongViT(nn.Module):
         tok, pad, _, _ = self.tokens(x, mask)
         tok = tok * (~pad).unsqueeze(-1).to(tok.dtype)  # torchscale zeroes padded embeddings
         kpm = pad if bool(pad.any()) else None
+        ckpt = torch.is_grad_enabled() and self.checkpoints(tok.shape[0] * tok.shape[1])
         for layer in self.layers:
-            if self.checkpointing and torch.is_grad_enabled():
+            if ckpt:
                 tok = checkpoint(layer, tok, kpm, use_reentrant=False)
             else:
                 tok = layer(tok, kpm)

@@ -27,7 +27,8 @@ What whole slides change, and the choices made:
   The CLS keeps its own entry. A 2-D sin-cos table would need no resizing but would drop the
   pre-trained positions.
 * **Long sequences.** A slide at 2.5× has 10⁴–10⁵ tokens at patch 16. Each block runs under
-  activation checkpointing (only its float32 input is kept: 768 B per token per block), and the
+  activation checkpointing (only its float32 input is kept: 768 B per token per block) once the
+  input holds more than ``UNCHECKPOINTED_TOKENS`` tokens (``checkpointing="auto"``), and the
   mixer streams the sequence in ``chunk_size`` pieces with carried state, so what one block
   needs while it runs is bounded by the chunk, not the slide (the scan's internals take
   ~240 KB per token of a piece on CPU: 2048 tokens keep them near 0.5 GB).
@@ -57,6 +58,14 @@ from torch.utils.checkpoint import checkpoint
 from pixelmamba.mixer import BiMambaMixer
 
 logger = logging.getLogger(__name__)
+
+# ``checkpointing="auto"`` keeps every block's internals for backward up to this many tokens
+# (batch included) and recomputes the blocks above it. Measured without checkpointing: Vim-Ti
+# keeps ~485 KB per token for backward (saved tensors 154 MB at 256 tokens, 526 MB at 1024), so
+# 2048 tokens stay near 1 GB; recomputing costs a second forward in backward (a demo unit of
+# vim-ti, 16-25 tokens per slide: 40.6 s with it, 27.7 s without, same predictions), which only
+# pays when memory is the limit.
+UNCHECKPOINTED_TOKENS = 2048
 
 PRETRAIN_IMG_SIZE = 224  # Vim's position table covers a 224² image
 
@@ -98,11 +107,18 @@ def _lecun_normal(w: Tensor) -> None:
     nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
 
 
+def _checkpointing_option(enable: bool | str) -> bool | str:
+    if not (isinstance(enable, bool) or enable == "auto"):
+        raise ValueError(f"checkpointing must be True, False or 'auto', got {enable!r}")
+    return enable
+
+
 class VisionMamba(nn.Module):
     """Vim on whole slides, with the timm-style face used across wsi-bench.
 
     ``chunk_size``: stream each mixer's sequence in pieces of this many tokens (None: one piece).
-    ``checkpointing``: recompute each block in backward instead of keeping its internals.
+    ``checkpointing``: recompute each block in backward instead of keeping its internals;
+    ``"auto"`` (default) does so only for inputs of more than ``UNCHECKPOINTED_TOKENS`` tokens.
     ``pos_grid``: side of the learned position table (default ``224 // patch_size``, Vim's).
     """
 
@@ -117,14 +133,14 @@ class VisionMamba(nn.Module):
         pos_grid: int | None = None,
         norm_eps: float = 1e-5,
         chunk_size: int | None = 2048,
-        checkpointing: bool = True,
+        checkpointing: bool | str = "auto",
         backend: str = "auto",
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.num_features = self.embed_dim = embed_dim
         self.chunk_size = chunk_size
-        self.checkpointing = checkpointing
+        self.set_grad_checkpointing(checkpointing)  # validates
         self.pos_grid = pos_grid or PRETRAIN_IMG_SIZE // patch_size
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -150,8 +166,16 @@ class VisionMamba(nn.Module):
         """Replace the head (``0``: identity, ``forward`` returns the CLS features)."""
         self.head = _head(self.num_features, num_classes)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.checkpointing = enable
+    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
+        """``True``/``False`` force it; ``"auto"`` restores the default (``checkpoints``)."""
+        self.checkpointing = _checkpointing_option(enable)
+
+    def checkpoints(self, tokens: int) -> bool:
+        """Whether a training pass over ``tokens`` tokens (batch included) recomputes its blocks
+        in backward."""
+        if self.checkpointing == "auto":
+            return tokens > UNCHECKPOINTED_TOKENS
+        return bool(self.checkpointing)
 
     def positions(self, h: int, w: int) -> Tensor:
         """Position table of the patches for an ``h × w`` token grid, ``(1, h·w, C)`` row-major
@@ -183,8 +207,9 @@ class VisionMamba(nn.Module):
         mid = M // 2
         x = torch.cat([tok[:, :mid], cls.to(tok.dtype), tok[:, mid:]], 1)  # (B, M+1, C)
         x = x.to(torch.promote_types(x.dtype, torch.float32))  # residual stream in >= float32
+        ckpt = torch.is_grad_enabled() and self.checkpoints(B * (M + 1))
         for layer in self.layers:
-            if self.checkpointing and torch.is_grad_enabled():
+            if ckpt:
                 x = checkpoint(layer, x, self.chunk_size, use_reentrant=False)
             else:
                 x = layer(x, self.chunk_size)
@@ -229,7 +254,7 @@ class VimMultiScale(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.head = _head(self.num_features, num_classes)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
         for s in self.streams:
             s.set_grad_checkpointing(enable)
 

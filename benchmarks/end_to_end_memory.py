@@ -9,6 +9,12 @@ whole peak and for what lies above the base, the part that grows with the slide:
     python benchmarks/end_to_end_memory.py --models vim-ti-32 --sizes 2048
     python benchmarks/end_to_end_memory.py --models vim-ti --chunk-size 1024
     python benchmarks/end_to_end_memory.py --malloc dynamic    # glibc's default (see bench/engine/memory.py)
+    python benchmarks/end_to_end_memory.py --checkpointing auto  # the models' default on small inputs
+
+Per-block checkpointing is on (``--checkpointing on``, the default here), as the models train on
+slides; their own default, ``auto``, turns it off for inputs of at most ``UNCHECKPOINTED_TOKENS``
+tokens (Vim: 2,048, LongViT: 1,024), where keeping every block's internals costs more memory and
+saves the recomputation.
 
 Like `bench run`, the child pins glibc's mmap threshold (bench.engine.memory.bound_heap_growth) unless
 `--malloc dynamic` is given; with glibc's dynamic threshold the peak grows with depth through heap
@@ -35,7 +41,11 @@ BUILDERS = {
 }
 
 
-def measure(model: str, size: int, chunk_size: int | None, threads: int, malloc: str) -> dict[str, float]:
+CHECKPOINTING = {"on": True, "off": False, "auto": "auto"}
+
+
+def measure(model: str, size: int, chunk_size: int | None, threads: int, malloc: str,
+            checkpointing: str = "on") -> dict[str, float]:
     """Runs in the child: one forward+backward of a (1, 3, size, size) image."""
     import importlib
 
@@ -51,6 +61,7 @@ def measure(model: str, size: int, chunk_size: int | None, threads: int, malloc:
     module, attr, kwargs = BUILDERS[model]
     if chunk_size is not None and model.startswith("vim"):
         kwargs = {**kwargs, "chunk_size": chunk_size}
+    kwargs = {**kwargs, "checkpointing": CHECKPOINTING[checkpointing]}
     net = getattr(importlib.import_module(module), attr)(n_out=4, **kwargs)
     net(torch.randn(1, 3, 64, 64)).sum().backward()  # warm-up: kernels compiled, grads allocated
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -79,20 +90,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--malloc", choices=["pinned", "dynamic"], default="pinned",
                         help="glibc mmap threshold: pinned as bench run does (default) or glibc's dynamic one")
+    parser.add_argument("--checkpointing", choices=list(CHECKPOINTING), default="on",
+                        help="per-block checkpointing: on (default, as on slides), off, or the models' auto")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     chunk = args.chunk_size or None
     if args.child is not None:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), chunk, args.threads, args.malloc)))
+        print(json.dumps(measure(args.child[0], int(args.child[1]), chunk, args.threads, args.malloc,
+                                 args.checkpointing)))
         return
-    print(f"threads={args.threads}  chunk_size={chunk or 'default'}  malloc={args.malloc}")
+    print(f"threads={args.threads}  chunk_size={chunk or 'default'}  malloc={args.malloc}  "
+          f"checkpointing={args.checkpointing}")
     print(f"{'model':>13} {'size':>6} {'pixels':>9} {'peak MB':>9} {'above base MB':>14} "
           f"{'B/px (peak)':>12} {'B/px (above base)':>18} {'wall s':>7} {'CPU s':>7}")
     for model in args.models:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--child", model, str(size),
                    "--chunk-size", str(args.chunk_size), "--threads", str(args.threads),
-                   "--malloc", args.malloc]
+                   "--malloc", args.malloc, "--checkpointing", args.checkpointing]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             above = r["peak_bytes"] - r["base_bytes"]

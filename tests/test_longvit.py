@@ -234,6 +234,41 @@ def test_longvit_checkpointing_gives_the_same_output_and_gradients():
         torch.testing.assert_close(a, b)
 
 
+def test_longvit_auto_checkpointing_only_above_the_token_threshold(monkeypatch):
+    """``checkpointing="auto"`` (the default) recomputes the layers in backward only for inputs of
+    more than ``UNCHECKPOINTED_TOKENS`` tokens, batch included, and never without gradients; both
+    paths give the same output and gradients."""
+    import baselines.longvit as lv
+
+    calls: list[int] = []
+    real = lv.checkpoint
+    monkeypatch.setattr(lv, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.device("meta"):
+        full = longvit_s(n_out=2)
+    assert full.checkpointing == "auto" and lv.UNCHECKPOINTED_TOKENS == 1024
+    assert not full.checkpoints(32 * 32) and full.checkpoints(32 * 32 + 1)  # 1024² at patch 32: plain
+    model = _tiny()
+    depth = len(model.layers)
+    x = torch.randn(2, 3, 40, 72)  # 5x9 tokens per sample, 90 in the batch
+    results = []
+    for threshold, recomputed in ((90, 0), (89, depth)):
+        monkeypatch.setattr(lv, "UNCHECKPOINTED_TOKENS", threshold)
+        calls.clear()
+        model.zero_grad()
+        out = model(x)
+        out.sum().backward()
+        assert len(calls) == recomputed
+        with torch.no_grad():
+            model(x)
+        assert len(calls) == recomputed
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="checkpointing"):
+        LongViT(checkpointing="yes")
+
+
 def test_longvit_trains_on_a_tiny_task():
     """The toy task (tests/toy_task.py): the loss must go down."""
     losses = toy_losses(_tiny(depth=1), lr=3e-3)

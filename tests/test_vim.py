@@ -87,6 +87,41 @@ def test_checkpointing_gives_the_same_output_and_gradients():
         torch.testing.assert_close(a, b)
 
 
+def test_auto_checkpointing_only_above_the_token_threshold(monkeypatch):
+    """``checkpointing="auto"`` (the default) recomputes the blocks in backward only for inputs of
+    more than ``UNCHECKPOINTED_TOKENS`` tokens, batch and CLS included, and never without
+    gradients; both paths give the same output and gradients (a demo slide at 0.625x is 16–25
+    tokens and trains without recomputation, a slide at 2.5x is 10^4–10^5 tokens and keeps it)."""
+    import baselines.vim as vim
+
+    calls: list[int] = []
+    real = vim.checkpoint
+    monkeypatch.setattr(vim, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.device("meta"):
+        full = vim_ti(n_out=2)
+    assert full.checkpointing == "auto" and vim.UNCHECKPOINTED_TOKENS == 2048
+    assert not full.checkpoints(2048) and full.checkpoints(2049)
+    model = _tiny()
+    x = torch.randn(2, 3, 24, 32)  # 3x4 tokens + CLS = 13 per sample, 26 in the batch
+    results = []
+    for threshold, recomputed in ((26, 0), (25, 2)):  # depth 2: one call per block
+        monkeypatch.setattr(vim, "UNCHECKPOINTED_TOKENS", threshold)
+        calls.clear()
+        model.zero_grad()
+        out = model(x)
+        out.sum().backward()
+        assert len(calls) == recomputed
+        with torch.no_grad():
+            model(x)
+        assert len(calls) == recomputed
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="checkpointing"):
+        VisionMamba(checkpointing="yes")
+
+
 def test_cls_token_sits_mid_sequence_and_is_what_the_head_reads():
     """Changing only the first token changes the output; so does the last: the CLS in the
     middle reads both directions. With a single block, a one-directional scan would not see one
