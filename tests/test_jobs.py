@@ -37,10 +37,17 @@ def _run(spec, results, trained_log, monkeypatch, jobs_n):
                       worker_command=command, **kw)
 
 
-def test_two_jobs_train_every_unit_once_with_the_results_of_one(tmp_path, monkeypatch):
+def test_two_jobs_train_every_unit_once_with_the_results_of_one(tmp_path, monkeypatch, caplog):
+    import logging
+
     spec, _ = write_toy_cohort(tmp_path, 20, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
     one = _run(spec, tmp_path / "one", tmp_path / "one.log", monkeypatch, 1)
-    two = _run(spec, tmp_path / "two", tmp_path / "two.log", monkeypatch, 2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bench"):
+        two = _run(spec, tmp_path / "two", tmp_path / "two.log", monkeypatch, 2)
+    # the parent says when a round of folds is done by either process: rounds in order, never the last
+    rows = [r.getMessage().split(" of every")[0] for r in caplog.records if "shows every row now" in r.getMessage()]
+    assert rows == sorted(rows, key=len) and all("4" not in r for r in rows), rows
     n_units = 2 * len(METHODS) * 5
     assert len(one.ran) == n_units and not one.failed
     assert not two.failed and not two.busy
@@ -139,3 +146,61 @@ def test_cli_refuses_a_bad_jobs_value_naming_it(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         _parsed(["--jobs", "0"], monkeypatch)
     assert "--jobs must be a positive number of processes or 'auto', got '0'" in capsys.readouterr().err
+
+
+def test_every_row_line_after_each_round_of_folds_but_the_last(tmp_path, monkeypatch, caplog):
+    """The default order is fold; right after the last unit of fold k (2 tasks x 2 methods: units 4,
+    8, ... of 20) the run says that every row is in the table, from k + 1 of 5 folds, once per
+    round, and not after the last round (the run's end says that)."""
+    import logging
+
+    spec, _ = write_toy_cohort(tmp_path, 20, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
+    with caplog.at_level(logging.INFO, logger="bench"):
+        report = _run(spec, tmp_path / "r", tmp_path / "r.log", monkeypatch, 1)
+    assert not report.failed
+    msgs = [r.getMessage() for r in caplog.records]
+    rows = [m for m in msgs if "shows every row now" in m]
+    assert [m.split(" of every")[0] for m in rows] == ["fold(s) 0", "fold(s) 0, 1", "fold(s) 0, 1, 2",
+                                                      "fold(s) 0, 1, 2, 3"], rows
+    assert rows[0].endswith("from 1 of 5 folds") and f"--results {tmp_path / 'r'}" in rows[0]
+    units = [m for m in msgs if m.startswith("[")]
+    assert [int(m[1:].split("/")[0]) for m in units] == list(range(1, 21))
+    assert all("/fold0 " in m for m in units[:4]) and all("/fold1 " in m for m in units[4:8])
+    for k, row in enumerate(rows):
+        at = msgs.index(row)
+        assert msgs[at - 1].startswith(f"[{4 * (k + 1)}/20]") and msgs[at + 1].startswith(f"[{4 * (k + 1) + 1}/20]")
+
+
+def test_rounds_count_only_units_finished_with_this_runs_identity(tmp_path):
+    """A fold's round is done when every unit of it holds a record with the unit's config hash: a
+    stale record (another hash) or a missing one keeps it open."""
+    from types import SimpleNamespace
+
+    from bench.report.results import ResultsStore, Unit
+
+    store = ResultsStore(tmp_path)
+    plans = [SimpleNamespace(unit=Unit("toy", t, "meanmil.resnet50", k), chash=f"h{t}{k}")
+             for k in (0, 1, 2) for t in ("staging", "survival")]
+    rounds = runner.Rounds(plans, store)
+
+    def finish(p, chash=None):
+        d = store.unit_dir(p.unit)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "metrics.json").write_text(json.dumps({"config_hash": chash or p.chash}))
+
+    assert rounds.check() is None
+    finish(plans[0])
+    finish(plans[1], chash="stale")
+    assert rounds.check() is None
+    finish(plans[1])
+    assert rounds.check() == ("fold(s) 0 of every (task, method) of this run done: `python -m bench table "
+                              f"--dataset toy --results {tmp_path}` shows every row now, from 1 of 3 folds")
+    assert rounds.check() is None  # said once
+    for p in plans[2:4]:
+        finish(p)
+    assert rounds.check().startswith("fold(s) 0, 1 of every")
+    for p in plans[4:]:
+        finish(p)
+    assert rounds.check() is None  # the last round is the run's end, not announced
+    late = runner.Rounds(plans, store)  # a process that finds the whole run done says nothing either
+    assert late.check() is None

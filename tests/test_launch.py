@@ -221,6 +221,8 @@ def test_grid_order_hand_written():
     assert show("method") == ["stA0", "stA1", "suA0", "suA1", "suA2", "stB0", "stB1", "suB0", "suB1", "suB2"]
     assert show("fold") == ["stA0", "stB0", "suA0", "suB0", "stA1", "stB1", "suA1", "suB1", "suA2", "suB2"]
     assert show("fold", folds=[2, 0]) == ["stA0", "stB0", "suA0", "suB0", "suA2", "suB2"]
+    assert [f"{t[:2]}{names[id(v)]}{k}" for t, v, k in grid_order(["staging", "survival"], [a, b], {
+        "staging": 2, "survival": 3}, None)] == show("fold")  # the default
     with pytest.raises(ValueError, match="unknown order 'random'; choose one of task, method, fold"):
         show("random")
 

@@ -46,9 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="training option override (epochs, lr, ...)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE",
                    help="model constructor override for every row (e.g. d_state=4 for a quick try)")
-    p.add_argument("--order", choices=("task", "method", "fold"), default="task",
-                   help="order units run in (as `bench run --order`): fold = fold 0 of every value first, "
-                        "so the table has every row early")
+    p.add_argument("--order", choices=("fold", "task", "method"), default="fold",
+                   help="order units run in (as `bench run --order`): fold (default) = fold 0 of every value "
+                        "first, so the table has every row early; task; method")
     p.add_argument("--table-only", action="store_true", help="do not train: write the table from finished units")
     p.add_argument("--force", action="store_true",
                    help="train even when two values give the model the same input size, regions and Region "

@@ -18,7 +18,7 @@ EPILOG = """examples:
   python -m bench run --methods 'meanmil.resnet50,maxmil.resnet50,abmil.resnet50' --dataset demo
   python -m bench run --methods 'abmil.*' --dataset luad --tasks survival
   python -m bench run --methods all --dataset blca --folds 0,1 --set epochs=5
-  python -m bench run --methods all --dataset luad --order fold   # every row after fold 0, then refine
+  python -m bench run --methods all --dataset luad --order task   # one task's units at a time
   python -m bench run --methods abmil.conch --dataset luad --tuned    # after `bench tune`
   python -m bench run --methods 'abmil.*' --dataset luad --launcher submitit --partition gpu --gpus 1 --time 240
   python -m bench run --methods pixelmamba-6m --dataset luad --nproc 8      # DDP, one slide per rank
@@ -58,10 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto",
                    help="where models train: auto (CUDA when present; under --nproc/torchrun each rank's GPU), "
                         "cpu, cuda, cuda:N")
-    p.add_argument("--order", choices=("task", "method", "fold"), default="task",
-                   help="order units run in: task = each task's units together (default); method = a "
-                        "method's every unit before the next method; fold = fold 0 of everything first, "
-                        "then fold 1, ... (every table row early, from fewer folds)")
+    p.add_argument("--order", choices=("fold", "task", "method"), default="fold",
+                   help="order units run in: fold = fold 0 of everything first, then fold 1, ... (default: "
+                        "every table row early, from fewer folds, and an ETA that holds from the first "
+                        "round); task = each task's units together; method = a method's every unit "
+                        "before the next method")
     p.add_argument("--tuned", action="store_true",
                    help="use the best parameters `bench tune` found for each outer fold (rows marked 'tuned')")
     p.add_argument("--init", type=Path, metavar="CHECKPOINT",

@@ -49,7 +49,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
         model_overrides: dict[str, Any] | None = None, input_overrides: dict[str, Any] | None = None,
         progress: bool = True, tuned: bool = False, dry_run: bool = False, init: Path | str | None = None,
-        from_scratch: bool = False, order: str = "task", variant: str | None = None,
+        from_scratch: bool = False, order: str = "fold", variant: str | None = None,
         protocol: str | None = None, row_check: bool = True, device: str = "auto", jobs: int = 1,
         worker_command: Sequence[str] | None = None, worker_of: float | None = None) -> RunReport:
     """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet
@@ -64,7 +64,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     ``tuned``: each unit uses the best hyper-parameters that ``bench tune`` found for its outer fold
     (a unit without them fails, naming the command to run). ``dry_run``: plan and classify units
     (done / to do, in ``report.todo``) without training anything.
-    ``order``: the order units run in (``grid_order``): ``task`` (default), ``method`` or ``fold``.
+    ``order``: the order units run in (``grid_order``): ``fold`` (default), ``task`` or ``method``.
     ``row_check``: refuse a run that would leave a table row mixing configurations (a launcher's
     one-unit jobs skip it: their submitter checked the whole grid).
     ``device``: where models train (``auto``: this rank's under torchrun, else CUDA when present).
@@ -177,6 +177,36 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], folds
     return plans
 
 
+class Rounds:
+    """Which folds every unit of a run has finished, for the "every row now" line: a round is one
+    fold index of every (task, method) in ``todo``. ``check()`` returns a line when another leading
+    round is complete (by any process), except the last one (the run's own end says that)."""
+
+    def __init__(self, todo: list[UnitPlan], store: ResultsStore) -> None:
+        self.store = store
+        folds = sorted({p.unit.fold for p in todo})
+        self.pending = [(k, [p for p in todo if p.unit.fold == k]) for k in folds]
+        self.n_folds = len(folds)
+        self.done: list[int] = []
+        self.dataset = todo[0].unit.dataset if todo else ""
+
+    def _open(self, units: list) -> list:
+        units[:] = [p for p in units if not finished_now(self.store.unit_dir(p.unit), p.chash)]
+        return units
+
+    def check(self) -> str | None:
+        grew = False
+        while len(self.pending) > 1 and not self._open(self.pending[0][1]):
+            self.done.append(self.pending.pop(0)[0])
+            grew = True
+        if not grew or (len(self.pending) == 1 and not self._open(self.pending[0][1])):
+            return None  # nothing new, or the whole run is done (other processes finished it meanwhile)
+        results = "" if self.store.root == Path("results") else f" --results {self.store.root}"
+        return (f"fold(s) {', '.join(map(str, self.done))} of every (task, method) of this run done: "
+                f"`python -m bench table --dataset {self.dataset}{results}` shows every row now, "
+                f"from {len(self.done)} of {self.n_folds} folds")
+
+
 def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report: RunReport,
                           progress: bool, t0: float, device: Any, jobs: int, command: list[str], results: Path,
                           started_at: float) -> None:
@@ -191,6 +221,7 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
         return sum(finished_now(store.unit_dir(p.unit), p.chash) for p in todo)
 
     last = [-1]
+    rounds = Rounds(todo, store)
 
     def line() -> None:
         done = count_done()
@@ -200,10 +231,13 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
             eta = elapsed / done * (len(todo) - done) if done else float("nan")
             log.info("[%d/%d] units finished by %d processes (elapsed %s, ETA %s)", done, len(todo), n,
                      _clock(time.perf_counter() - t0), _clock(eta) if done else "?")
+            if (first_look := rounds.check()) is not None:
+                log.info("%s", first_look)
 
     workers.start()
     try:
-        _execute(todo, planner, store, report, progress, t0, device, count_done, failed_since=started_at)
+        _execute(todo, planner, store, report, progress, t0, device, count_done, failed_since=started_at,
+                 rounds=rounds)
         if workers.running():
             log.info("waiting for %d worker(s) to finish their units", sum(p.poll() is None for p in workers.procs))
         workers.wait(poll=line)
@@ -222,11 +256,13 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
 
 def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report: RunReport, progress: bool,
              t0: float, device: Any, count_done: Callable[[], int] | None = None,
-             failed_since: float | None = None) -> None:
+             failed_since: float | None = None, rounds: Rounds | None = None) -> None:
     """Train the units in ``todo`` that no other process holds. ``count_done``: the units of ``todo``
     finished so far by any process (--jobs), for the progress line. ``failed_since``: a unit that
-    failed at or after this time (another process of this ``--jobs`` run tried it) is not tried again."""
+    failed at or after this time (another process of this ``--jobs`` run tried it) is not tried again.
+    ``rounds``: says when every unit of a leading fold is done (default: over ``todo``)."""
     extracted: set[str] = set()
+    rounds = rounds if rounds is not None else Rounds(todo, store)
     started = time.perf_counter()
     for i, p in enumerate(todo):
         unit = p.unit
@@ -284,6 +320,8 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
             log.info("[%d/%d] %-44s %s = %s  (%.1f s; elapsed %s, ETA %s)%s", position, len(todo), str(unit),
                      record.primary_metric, _fmt(record.metrics.get(record.primary_metric)), record.train_seconds,
                      _clock(time.perf_counter() - t0), _clock(eta), why)
+            if D.is_main() and log.isEnabledFor(logging.INFO) and (first_look := rounds.check()) is not None:
+                log.info("%s", first_look)
         except OSError:
             raise  # disk full, unreadable cache...: stop; finished units stay done
         except Exception as exc:  # noqa: BLE001 — one unit's failure must not lose the others
@@ -327,15 +365,16 @@ ORDERS = ("task", "method", "fold")
 
 
 def grid_order(tasks: list[str], variants: list[Any], n_folds: dict[str, int], folds: list[int] | None,
-               order: str = "task") -> list[tuple[str, Any, int]]:
+               order: str = "fold") -> list[tuple[str, Any, int]]:
     """The (task, variant, fold) units of a run, in the order they are trained.
 
-    ``task`` (default): every unit of the first task, then the next task — each method's folds
-    together. ``method``: every unit of the first method (all its tasks and folds), then the next:
-    a method's row is complete in every table early. ``fold``: fold 0 of every (task, method), then
-    fold 1, ...: after the first round every table has every row, from one fold (marked ``1/5
-    folds``), and each further round tightens them all — the order for a first look at a long grid.
-    Which units exist does not depend on the order, and a resumed run skips done units in any order.
+    ``fold`` (default): fold 0 of every (task, method), then fold 1, ...: after the first round
+    every table has every row, from one fold (marked ``1/5 folds``), each further round tightens
+    them all, and the ETA, measured on a round's mix of methods, holds from the first round on.
+    ``task``: every unit of the first task, then the next task — each method's folds together.
+    ``method``: every unit of the first method (all its tasks and folds), then the next: a
+    method's row is complete in every table early. Which units exist does not depend on the
+    order, and a resumed run skips done units in any order.
     """
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
