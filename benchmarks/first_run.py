@@ -15,7 +15,8 @@ same for every task and fold. Demo generation, extraction and process start are 
 extrapolated (the sample extracts every slide, as the full run does). Extrapolated numbers are
 labelled as such.
 
-Printed: per-family and per-method unit time, seconds per training step, the time outside units
+Printed: per-family and per-method unit time, seconds per training step, when every unit's folds
+0..k were done (the table then has every row from k + 1 folds), the time outside units
 (demo generation, feature extraction, slide caches, start-up), the total and its ratio to the
 15-minute goal; and, since the machine may be shared, the load average before/after and the CPU
 time of the command (its processes together), so the numbers can be read.
@@ -66,7 +67,7 @@ def main() -> None:
     print("command:", " ".join(cmd), f"\nworkdir: {work}", flush=True)
 
     load0, up0 = os.getloadavg(), _uptime()
-    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    r0, t0, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter(), time.time()
     with open(work / "first_run.log", "w") as logf:
         rc = subprocess.run(cmd, env=env, cwd=work, stdout=logf, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
@@ -87,6 +88,12 @@ def main() -> None:
               f"{_clock(wall - in_units)}")
     else:
         print(f"  unit-seconds {_clock(in_units)} over {_clock(wall)} wall: {in_units / wall:.2f} unit(s) at once on average")
+
+    rounds = _rounds(records, started)
+    if len(rounds) > 1:  # units run fold by fold (bench run's default order): when each round was in the table
+        print("  every unit's fold(s) 0.." + ", ..".join(str(k) for k in rounds) + " done after "
+              + ", ".join(_clock(t) for t in rounds.values()))
+        out["rounds_done_s"] = {str(k): t for k, t in rounds.items()}
 
     full = _full_grid(env, records) if args.sample else None
     by_family: dict[str, list] = defaultdict(list)
@@ -130,6 +137,16 @@ def main() -> None:
         print(f"\nmeasured total {_clock(wall)} ({wall / GOAL_S:.2f}× the 15-minute goal)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
+
+
+def _rounds(records: list[dict], started: float) -> dict[int, float]:
+    """Seconds from the start until every unit of folds 0..k had finished (its record's ``finished``
+    stamp), for each fold k: when ``bench table`` had every row from k + 1 folds."""
+    out, last = {}, 0.0
+    for k in sorted({int(r["fold"]) for r in records}):
+        last = max([last] + [float(r["finished"]) - started for r in records if int(r["fold"]) == k])
+        out[k] = last
+    return out
 
 
 def _full_grid(env: dict[str, str], records: list[dict]) -> dict[str, tuple[int, int, int]]:
