@@ -60,8 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "cpu, cuda, cuda:N")
     p.add_argument("--order", choices=("fold", "task", "method"), default="fold",
                    help="order units run in: fold = fold 0 of everything first, then fold 1, ... (default: "
-                        "every table row early, from fewer folds, and an ETA that holds from the first "
-                        "round); task = each task's units together; method = a method's every unit "
+                        "every table row early, from fewer folds, and an ETA measured on a mix of every "
+                        "method); task = each task's units together; method = a method's every unit "
                         "before the next method")
     p.add_argument("--tuned", action="store_true",
                    help="use the best parameters `bench tune` found for each outer fold (rows marked 'tuned')")

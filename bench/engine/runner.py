@@ -370,7 +370,9 @@ def grid_order(tasks: list[str], variants: list[Any], n_folds: dict[str, int], f
 
     ``fold`` (default): fold 0 of every (task, method), then fold 1, ...: after the first round
     every table has every row, from one fold (marked ``1/5 folds``), each further round tightens
-    them all, and the ETA, measured on a round's mix of methods, holds from the first round on.
+    them all, and the ETA is measured on a mix of every method (the first round also pays for the
+    feature extraction, so the ETA it gives is high: on the demo, 80 min predicted after round 1
+    of a run that took 60).
     ``task``: every unit of the first task, then the next task — each method's folds together.
     ``method``: every unit of the first method (all its tasks and folds), then the next: a
     method's row is complete in every table early. Which units exist does not depend on the
