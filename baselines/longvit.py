@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .checkpointing import checkpointing_option, recomputes
 from .dilated_attention import DEFAULT_RATIOS, DilatedAttention
 
 logger = logging.getLogger(__name__)
@@ -148,16 +149,12 @@ class LongViT(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool | str = True) -> None:
         """``True``/``False`` force it; ``"auto"`` restores the default (``checkpoints``)."""
-        if not (isinstance(enable, bool) or enable == "auto"):
-            raise ValueError(f"checkpointing must be True, False or 'auto', got {enable!r}")
-        self.checkpointing = enable
+        self.checkpointing = checkpointing_option(enable)
 
     def checkpoints(self, tokens: int) -> bool:
         """Whether a training pass over ``tokens`` tokens (batch included) recomputes its layers
         in backward."""
-        if self.checkpointing == "auto":
-            return tokens > UNCHECKPOINTED_TOKENS
-        return bool(self.checkpointing)
+        return recomputes(self.checkpointing, tokens, UNCHECKPOINTED_TOKENS)
 
     def tokens(self, x: Tensor, mask: Tensor | None = None) -> Tokens:
         """Patch tokens with positions ``(B, h·w, C)``, their padding mask ``(B, h·w)`` (True on

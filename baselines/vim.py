@@ -57,6 +57,8 @@ from torch.utils.checkpoint import checkpoint
 
 from pixelmamba.mixer import BiMambaMixer
 
+from .checkpointing import checkpointing_option, recomputes
+
 logger = logging.getLogger(__name__)
 
 # ``checkpointing="auto"`` keeps every block's internals for backward up to this many tokens
@@ -105,12 +107,6 @@ def _lecun_normal(w: Tensor) -> None:
     fan_in = w[0].numel()
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of a unit normal truncated at ±2
     nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
-
-
-def _checkpointing_option(enable: bool | str) -> bool | str:
-    if not (isinstance(enable, bool) or enable == "auto"):
-        raise ValueError(f"checkpointing must be True, False or 'auto', got {enable!r}")
-    return enable
 
 
 class VisionMamba(nn.Module):
@@ -168,14 +164,12 @@ class VisionMamba(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool | str = True) -> None:
         """``True``/``False`` force it; ``"auto"`` restores the default (``checkpoints``)."""
-        self.checkpointing = _checkpointing_option(enable)
+        self.checkpointing = checkpointing_option(enable)
 
     def checkpoints(self, tokens: int) -> bool:
         """Whether a training pass over ``tokens`` tokens (batch included) recomputes its blocks
         in backward."""
-        if self.checkpointing == "auto":
-            return tokens > UNCHECKPOINTED_TOKENS
-        return bool(self.checkpointing)
+        return recomputes(self.checkpointing, tokens, UNCHECKPOINTED_TOKENS)
 
     def positions(self, h: int, w: int) -> Tensor:
         """Position table of the patches for an ``h × w`` token grid, ``(1, h·w, C)`` row-major
