@@ -8,7 +8,9 @@ slides' headers and the models' own arithmetic, without reading pixels or traini
 * the **input size** a magnification gives (``Slide.read_at_mpp``'s rounding, from the level-0 size
   and mpp),
 * the **regions** a scan window cuts that input into (``pixelmamba.serialize.region_grid``),
-* Region Fusion's **schedule**, the regions left after each layer (``PixelMamba.plan``),
+* Region Fusion's **schedule**, the regions left after each layer, asked of the network the row
+  builds (its own ``PixelMamba.plan``, so every option that changes it — ``fusion_k_from`` under
+  ``--protocol paper`` — counts),
 
 and compares, slide by slide, what every grid row sees. Two rows that see the same thing on every
 slide do not ask the ablation's question there (for ``alpha``: the same network, the same numbers;
@@ -111,13 +113,14 @@ def input_size(dimensions: tuple[int, int], mpp: float, magnification: float) ->
     return max(1, round(h0 / ds)), max(1, round(w0 / ds))
 
 
-def schedule(n0: int, alpha: float, depth: int) -> tuple[int, ...]:
-    """Regions left after each layer (what ``PixelMamba.plan`` gives as ``n_regions``)."""
+def schedule(n0: int, alpha: float, depth: int, k_from: str = "initial") -> tuple[int, ...]:
+    """Regions left after each layer of ``n0`` regions (what ``PixelMamba.plan`` gives as
+    ``n_regions``), for the advice's search over region counts without building a network."""
     from pixelmamba.layers import merge_count
 
     n, out = n0, []
     for _ in range(depth):
-        n -= merge_count(n0, alpha, depth, n)
+        n -= merge_count(n0, alpha, depth, n, k_from)
         out.append(n)
     return tuple(out)
 
@@ -132,8 +135,9 @@ def _slides(cohort: Any) -> list[tuple[str, tuple[int, int], float]]:
     return out
 
 
-def _view(spec: Any, opts: dict[str, Any], dims: tuple[int, int], mpp: float, plans: dict) -> dict[str, Any]:
-    """What ``spec`` built with model options ``opts`` sees of one slide."""
+def _view(recipe: Any, dims: tuple[int, int], mpp: float, networks: dict) -> dict[str, Any]:
+    """What the network of ``recipe`` (a ``bench.engine.recipe.UnitRecipe``) sees of one slide."""
+    spec, opts = recipe.spec, {**recipe.model, **recipe.inputs}
     view: dict[str, Any] = {"method": spec.name,
                             "options": tuple(sorted((k, repr(v)) for k, v in opts.items() if k not in EFFECT_OPTIONS))}
     if spec.input != "slide" or opts.get("regions"):
@@ -143,59 +147,54 @@ def _view(spec: Any, opts: dict[str, Any], dims: tuple[int, int], mpp: float, pl
     h, w = input_size(dims, mpp, float(opts.get("magnification", spec.magnification or 2.5)))
     view["size"] = (h, w)
     if spec.builder.endswith(":pixelmamba"):
-        key = (spec.kwargs.get("variant", "pixelmamba-6m"), opts.get("scan_window"), opts.get("alpha"))
-        if key not in plans:
-            plans[key] = _pixelmamba_config(*key)
-        cfg = plans[key]
+        key = (spec.name, tuple(sorted((k, repr(v)) for k, v in recipe.model.items())))
+        if key not in networks:  # the row's own network, built as the run builds it
+            networks[key] = recipe.model_recipe().build()
+        net = networks[key]
         from pixelmamba.serialize import region_grid
 
-        rows, cols = region_grid(h, w, cfg.scan_window)
-        view["regions"] = (rows, cols)
-        view["schedule"] = schedule(rows * cols, cfg.alpha, cfg.depth)
+        view["regions"] = region_grid(h, w, net.cfg.scan_window)
+        view["schedule"] = tuple(r.n_regions for r in net.plan(h, w))
     else:  # other end-to-end models: the method and the input size are what they see
         view["options"] += tuple(sorted((k, repr(v)) for k, v in opts.items() if k in ("scan_window", "alpha")))
     return view
 
 
-def _pixelmamba_config(variant: str, scan_window: Any, alpha: Any) -> Any:
-    from dataclasses import replace
-
-    from pixelmamba import CONFIGS
-
-    over = {k: v for k, v in (("scan_window", scan_window), ("alpha", alpha)) if v is not None}
-    return replace(CONFIGS[variant], **over)
-
-
-def check_ablation(ablation: Any, grid: Any, cohort: Any, model_overrides: dict[str, Any] | None = None
+def check_ablation(ablation: Any, grid: Any, cohort: Any, overrides: Any = None, protocol: str | None = None
                    ) -> AblationCheck:
-    """Compare what the rows of ``grid`` (``ablations.ablation_grid``) see on every slide of ``cohort``."""
-    from .engine.config import Variant, input_options, model_options
+    """Compare what the rows of ``grid`` (``ablations.ablation_grid``) see on every slide of ``cohort``.
+    Each row's network is resolved as ``bench run`` resolves it (``bench.engine.recipe``: the dataset,
+    the row's settings, ``overrides`` — the run's ``Overrides``, or a dict of model options, input
+    options among them — and the ``protocol`` preset) and asked for its own plan."""
+    from .engine.config import INPUT_OPTIONS, Variant
+    from .engine.recipe import Overrides, resolve_recipe
 
+    if not isinstance(overrides, Overrides):
+        over = dict(overrides or {})
+        overrides = Overrides(model={k: v for k, v in over.items() if k not in INPUT_OPTIONS},
+                              inputs={k: v for k, v in over.items() if k in INPUT_OPTIONS})
     # slide headers only matter to what slide-reading rows see; feature rows see their method and options
     slides = _slides(cohort) if any(getattr(getattr(v, "spec", v), "input", "") == "slide" for v in grid.variants) \
         else [(sid, (0, 0), 0.0) for sid in cohort.table["slide_id"]]
-    rows, views, plans, values = [], {}, {}, {}
+    rows, views, networks, values = [], {}, {}, {}
     for item, var in zip(grid.items, grid.variants):
         label = item.variant or item.method
         values[label] = item.value
-        spec = var.spec if isinstance(var, Variant) else var
-        over = dict(model_overrides or {})
-        inputs_over = {k: over.pop(k) for k in ("magnification", "regions") if k in over}
-        opts = {**model_options(spec, cohort, {**(var.model if isinstance(var, Variant) else {}), **over}),
-                **input_options(spec, cohort, {**(var.inputs if isinstance(var, Variant) else {}), **inputs_over})}
+        v = var if isinstance(var, Variant) else Variant(var)
+        recipe = resolve_recipe(v.spec, cohort, grid.task, variant=v, overrides=overrides, protocol=protocol)
         rows.append(label)
-        views[label] = [_view(spec, opts, dims, mpp, plans) for _, dims, mpp in slides]
+        views[label] = [_view(recipe, dims, mpp, networks) for _, dims, mpp in slides]
     pairs = []
     for i, a in enumerate(rows):
         for b in rows[i + 1:]:
             same = sum(va == vb for va, vb in zip(views[a], views[b]))
             pairs.append(PairCheck(a, b, same, len(slides)))
     chk = AblationCheck(ablation.name, grid.dataset, ablation.override, rows, views, pairs, values)
-    chk.advice = _advice(chk, slides, plans)
+    chk.advice = _advice(chk, slides, [n.cfg for n in networks.values()])
     return chk
 
 
-def _advice(chk: AblationCheck, slides: list, plans: dict) -> list[str]:
+def _advice(chk: AblationCheck, slides: list, configs: list) -> list[str]:
     """How to make identical rows differ: which setting to raise, and to what."""
     same = chk.identical
     if not same:
@@ -205,8 +204,9 @@ def _advice(chk: AblationCheck, slides: list, plans: dict) -> list[str]:
     if chk.override == "alpha":
         v0 = chk.views[chk.rows[0]]
         n_now = sorted({r * c for v in v0 for (r, c) in [v["regions"]]})
-        cfg = next(iter(plans.values()))
-        need = _regions_needed([(float(chk.values[p.a]), float(chk.values[p.b])) for p in same], cfg.depth)
+        cfg = configs[0]
+        need = _regions_needed([(float(chk.values[p.a]), float(chk.values[p.b])) for p in same], cfg.depth,
+                               cfg.fusion_k_from)
         window = cfg.scan_window
         side = math.ceil(math.sqrt(need))  # regions per side for a square slide
 
@@ -243,9 +243,9 @@ def _pairs(pairs: list[PairCheck]) -> str:
     return "; ".join(" = ".join(g) for g in groups)
 
 
-def _regions_needed(alphas: list[tuple[float, float]], depth: int) -> int:
+def _regions_needed(alphas: list[tuple[float, float]], depth: int, k_from: str = "initial") -> int:
     """The fewest initial regions at which every identical alpha pair gets different schedules."""
     for n0 in range(1, _MAX_N0):
-        if all(schedule(n0, a, depth) != schedule(n0, b, depth) for a, b in alphas):
+        if all(schedule(n0, a, depth, k_from) != schedule(n0, b, depth, k_from) for a, b in alphas):
             return n0
     return _MAX_N0

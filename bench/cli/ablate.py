@@ -46,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="training option override (epochs, lr, ...)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE",
                    help="model constructor override for every row (e.g. d_state=4 for a quick try)")
+    p.add_argument("--input", action="append", metavar="KEY=VALUE",
+                   help="input option override for every row (magnification for end-to-end rows)")
     p.add_argument("--order", choices=("fold", "task", "method"), default="fold",
                    help="order units run in (as `bench run --order`): fold (default) = fold 0 of every value "
                         "first, so the table has every row early; task; method")
@@ -80,18 +82,21 @@ def main(args: argparse.Namespace) -> int:
     grid = ablation_grid(ablation, dataset, args.task, parse_values(args.values))
     for note in grid.notes:
         print(f"{grid.dataset}: {note}")
-    common = dict(tasks=[grid.task], folds=parse_int_list(args.folds), results=args.results, cache=args.cache,
-                  n_folds=args.n_folds, seed=args.seed, train_overrides=parse_sets(args.set),
-                  model_overrides=parse_sets(args.model), progress=not args.quiet, order=args.order)
+    from ..engine.options import RunOptions, Settings
+
+    opts = RunOptions.create(dataset, tasks=[grid.task], folds=parse_int_list(args.folds), results=args.results,
+                             cache=args.cache, n_folds=args.n_folds, seed=args.seed,
+                             train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
+                             input_overrides=parse_sets(args.input), progress=not args.quiet, order=args.order, settings=Settings.from_env())
     failed: dict = {}
-    if not args.table_only and not _values_differ(ablation, grid, dataset, common["model_overrides"], args.force):
+    if not args.table_only and not _values_differ(ablation, grid, opts, args.force):
         return 2
     if args.table_only:
         pass
     elif args.launcher == "submitit":
         from ..engine.launch import submit
 
-        rep = submit(grid.variants, dataset, cluster_options(args), **common)
+        rep = submit(grid.variants, opts, cluster_options(args))
         print_launch_report(rep, args)
         failed = rep.failed
         if args.no_wait and rep.submitted:
@@ -101,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         from ..engine.runner import run
 
-        report = run(grid.variants, dataset, **common)
+        report = run(grid.variants, opts)
         if not report.ran and not report.failed and not report.busy:
             print(f"nothing to do: all {len(report.done_before)} unit(s) already done")
         else:
@@ -125,13 +130,14 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _values_differ(ablation, grid, dataset: str, model_overrides: dict, force: bool) -> bool:
+def _values_differ(ablation, grid, opts, force: bool) -> bool:
     """The check before training (bench/ablation_check.py): print what each row sees; False (do not
-    train) when two rows would see the same on every slide, unless ``force``."""
+    train) when two rows would see the same on every slide, unless ``force``. It resolves each row's
+    network as the run will (``opts``: the run's options, overrides and protocol)."""
     from ..ablation_check import check_ablation
     from ..data.datasets import load_cohort
 
-    chk = check_ablation(ablation, grid, load_cohort(dataset), model_overrides)
+    chk = check_ablation(ablation, grid, load_cohort(opts.dataset), opts.overrides, protocol=opts.protocol)
     print(f"{grid.dataset}: what each value gives the model (from the slides' headers, before training):")
     for line in chk.summary():
         print(line)

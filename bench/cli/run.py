@@ -7,10 +7,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine.protocol import list_protocols
 from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
                      parse_sets, print_failed, print_launch_report, resolve_dataset)
+
+if TYPE_CHECKING:
+    from ..engine.options import RunOptions
 
 log = logging.getLogger("bench")
 
@@ -100,7 +104,7 @@ def _jobs(args: argparse.Namespace) -> int:
     (``bench.engine.jobs.auto_jobs``; one process for DDP ranks, scheduler jobs and --jobs workers)."""
     from ..engine import distributed as D
     from ..engine.executor import resolve_device
-    from ..engine.jobs import JOBS_ENV, auto_jobs, parse_jobs, worker_of
+    from ..engine.jobs import JOBS_ENV, auto_jobs, parse_jobs
 
     jobs = args.jobs
     if jobs is None:  # read when the command runs, not when the parser is built
@@ -110,7 +114,7 @@ def _jobs(args: argparse.Namespace) -> int:
             raise SystemExit(f"${JOBS_ENV}: {err}") from None
     if jobs != "auto":
         return jobs
-    if args.nproc > 1 or args.launcher == "submitit" or D.launched() or worker_of() is not None:
+    if args.nproc > 1 or args.launcher == "submitit" or D.launched():
         return 1
     n, why = auto_jobs(cuda=resolve_device(args.device).type == "cuda")
     if n > 1:
@@ -118,22 +122,30 @@ def _jobs(args: argparse.Namespace) -> int:
     return n
 
 
+def run_options(args: argparse.Namespace) -> "RunOptions":
+    """The run's options, built once from the command line and the environment (``Settings``)."""
+    from ..engine.options import RunOptions, Settings
+
+    return RunOptions.create(
+        resolve_dataset(args.dataset), tasks=args.tasks.split(",") if args.tasks else None,
+        folds=parse_int_list(args.folds), results=args.results, cache=args.cache, n_folds=args.n_folds,
+        seed=args.seed, train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
+        input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned, init=args.init,
+        from_scratch=args.from_scratch, order=args.order, variant=args.variant, device=args.device,
+        protocol=args.protocol, jobs=args.jobs, settings=Settings.from_env())
+
+
 def main(args: argparse.Namespace) -> int:
     from ..engine import distributed as D
     from ..registry import resolve_methods
     from ..engine.runner import run
 
-    from ..engine.jobs import worker_of
-
     args.jobs = _jobs(args)
     if args.jobs > 1 and (args.nproc > 1 or args.launcher == "submitit"):
         raise SystemExit("--jobs runs several units at once on this machine; it does not combine with --nproc "
                          "(DDP: the ranks train each unit together) or --launcher submitit (one job per unit)")
-    if args.nproc > 1 and not D.launched():
-        return _torchrun(args)
     D.init_from_env()
-    parent_start = worker_of()
-    if not D.is_main() or parent_start is not None:  # one voice: rank 0 (the --jobs parent) logs and prints
+    if not D.is_main():  # one voice: rank 0 logs and prints
         logging.getLogger().setLevel(logging.WARNING)
         args.quiet = True
 
@@ -143,19 +155,14 @@ def main(args: argparse.Namespace) -> int:
                                                                                    "BENCH_CACHE")):
         check_writable(root, what, f"point --{what.split()[0]} (or ${env}) at a directory you can write", create=False)
     methods = resolve_methods(args.methods)
-    dataset = resolve_dataset(args.dataset)
-    log.info("dataset %s; %d method(s): %s", dataset, len(methods), ", ".join(m.name for m in methods))
-    common = dict(tasks=args.tasks.split(",") if args.tasks else None, folds=parse_int_list(args.folds),
-                  results=args.results, cache=args.cache, n_folds=args.n_folds, seed=args.seed,
-                  train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                  input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned,
-                  init=args.init, from_scratch=args.from_scratch, order=args.order, variant=args.variant,
-                  device=args.device, protocol=args.protocol)
+    opts = run_options(args)
+    if args.nproc > 1 and not D.launched():
+        return _torchrun(args.nproc, methods, opts)
+    log.info("dataset %s; %d method(s): %s", opts.dataset, len(methods), ", ".join(m.name for m in methods))
     if args.launcher == "submitit":
-        return _submit(args, methods, dataset, common)
-    report = run(methods, dataset, **common, jobs=args.jobs, worker_of=parent_start,
-                 worker_command=[sys.executable, "-m", "bench", *args.argv, "--jobs", str(args.jobs)])
-    if not D.is_main() or parent_start is not None:
+        return _submit(args, methods, opts)
+    report = run(methods, opts)
+    if not D.is_main():
         return 1 if report.failed else 0
     if not report.ran and not report.failed and not report.busy:
         print(f"nothing to do: all {len(report.done_before)} unit(s) already done in "
@@ -168,28 +175,28 @@ def main(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _torchrun(args: argparse.Namespace) -> int:
-    """Re-run this very command under ``torch.distributed.run`` with ``--nproc`` processes."""
+def _torchrun(nproc: int, methods: list, opts: "RunOptions") -> int:
+    """Run ``opts`` under ``torch.distributed.run`` on ``nproc`` processes: each rank receives the run
+    serialised (``bench.engine.worker``)."""
     import subprocess
+    import time
 
-    argv, skip = [], False
-    for a in args.argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            argv.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-           "-m", "bench", *argv]
-    log.info("launching %d processes: %s", args.nproc, " ".join(cmd))
-    return subprocess.run(cmd).returncode
+    from ..engine.config import Variant
+    from ..engine.jobs import SPEC_ENV
+    from ..engine.worker import write_worker_spec
+
+    spec = write_worker_spec(Path(opts.results) / "logs" / f"ddp-{time.strftime('%Y%m%d-%H%M%S')}", opts,
+                             [Variant(m) for m in methods], None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "bench.engine.worker"]
+    log.info("launching %d processes: %s (the run: %s)", nproc, " ".join(cmd), spec)
+    return subprocess.run(cmd, env={**os.environ, SPEC_ENV: str(spec)}).returncode
 
 
-def _submit(args: argparse.Namespace, methods: list, dataset: str, common: dict) -> int:
+def _submit(args: argparse.Namespace, methods: list, opts: "RunOptions") -> int:
     from ..engine.launch import submit
 
-    rep = submit(methods, dataset, cluster_options(args), **common)
+    rep = submit(methods, opts, cluster_options(args))
     print_launch_report(rep, args)
     print_failed(rep.failed)
     return 1 if rep.failed else 0

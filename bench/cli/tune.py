@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..engine.protocol import list_protocols
 from .common import Formatter, add_dataset, add_paths, parse_int_list, parse_sets, resolve_dataset
 
 log = logging.getLogger("bench")
@@ -47,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", action="append", metavar="KEY=VALUE", help="fix an input option (magnification)")
     p.add_argument("--init", type=Path, metavar="CHECKPOINT",
                    help="start every trial's network from these weights, as `bench run --init`")
+    p.add_argument("--protocol", choices=list_protocols(), default=None,
+                   help="protocol preset, as `bench run --protocol` (default: the dataset YAML's `protocol:`, else "
+                        "the method config's, else wsi-bench); `run --tuned` must use the same one")
     p.set_defaults(func=main)
 
 
@@ -63,12 +67,13 @@ def main(args: argparse.Namespace) -> int:
                   n_folds=args.n_folds, seed=args.seed, inner=args.inner_folds, prune=args.prune,
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
                   progress=not args.quiet, timeout=args.timeout, init=args.init,
-                  input_overrides=parse_sets(args.input))
+                  input_overrides=parse_sets(args.input), protocol=args.protocol)
     for f in report.folds:
         added = f.n_after - f.n_before
         val = "–" if f.best_value is None else f"{f.best_value:.4f}"
         print(f"{f.task} outer fold {f.fold}: {f.n_after} trial(s) ({added} new), best inner-CV {val} "
               f"{f.best_params}  -> {f.path / 'best.json'}")
+    proto = f" --protocol {args.protocol}" if args.protocol else ""
     print(f"tuned {spec.name} on {report.dataset} in {report.seconds:.1f} s; "
-          f"`python -m bench run --methods {spec.name} --dataset {dataset} --tuned` trains with these")
+          f"`python -m bench run --methods {spec.name} --dataset {dataset} --tuned{proto}` trains with these")
     return 0

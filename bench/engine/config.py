@@ -52,6 +52,17 @@ class Variant:
     def settings(self) -> dict[str, Any]:
         return {"model": dict(self.model), "inputs": dict(self.inputs), "train": dict(self.train)}
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the method by its registered name, the variant's name and settings."""
+        return {"method": self.spec.name, "name": self.name, **self.settings}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Variant":
+        from ..registry import get_method
+
+        return cls(get_method(d["method"]), d.get("name"), dict(d.get("model") or {}), dict(d.get("train") or {}),
+                   dict(d.get("inputs") or {}))
+
 
 def unit_seed(seed: int, *parts: Any) -> int:
     h = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).hexdigest()

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # set by the parent in a worker's environment: the wall time (time.time()) its run started, so a
 # worker knows which failures are this run's (it does not retry a unit another process just failed)
 WORKER_ENV = "BENCH_RUN_WORKER"
+SPEC_ENV = "BENCH_RUN_SPEC"  # the file holding the run a worker does (bench.engine.worker)
 
 
 def worker_of() -> float | None:
@@ -106,8 +107,10 @@ def validate_jobs(jobs: int) -> int:
 class Workers:
     """The N - 1 worker processes of a ``--jobs N`` run."""
 
-    def __init__(self, command: Sequence[str], n: int, threads: int, started_at: float, log_dir: Path) -> None:
+    def __init__(self, command: Sequence[str], n: int, threads: int, started_at: float, log_dir: Path,
+                 spec: Path | None = None) -> None:
         self.command, self.n, self.threads, self.log_dir = list(command), n, threads, log_dir
+        self.spec = spec  # the run the workers do, serialised (bench.engine.worker)
         self.started_at = started_at
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
@@ -115,6 +118,8 @@ class Workers:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, WORKER_ENV: repr(self.started_at), "OMP_NUM_THREADS": str(self.threads)}
+        if self.spec is not None:
+            env[SPEC_ENV] = str(self.spec)
         for i in range(self.n):
             path = self.log_dir / f"worker{i + 1}.log"
             with open(path, "w") as out:  # the child keeps its own descriptor

@@ -15,15 +15,18 @@ runs the jobs in this process (submitit's DebugExecutor), for debugging.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..registry import MethodSpec
 from ..report.results import Unit
+from .config import Variant
+from .options import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +71,23 @@ class LaunchReport:
     seconds: float = 0.0
 
 
-def run_unit_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Body of one job: ``bench run`` on exactly one unit. Runs in the worker process."""
+def run_unit_job(job: str) -> dict[str, Any]:
+    """Body of one job: ``bench run`` on exactly one unit. Runs in the worker process; ``job`` is the
+    JSON the submitter wrote (the unit's :class:`RunOptions` and its method or variant)."""
     from .runner import run
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    rep = run([job["entry"]], job["dataset"], tasks=[job["task"]], folds=[job["fold"]],
-              results=job["results"], cache=job["cache"], n_folds=job["n_folds"], seed=job["seed"],
-              train_overrides=job["train_overrides"], model_overrides=job["model_overrides"],
-              input_overrides=job["input_overrides"], progress=False, tuned=job["tuned"], init=job["init"],
-              from_scratch=job["from_scratch"], protocol=job["protocol"], row_check=False)
+    data = json.loads(job)
+    rep = run([Variant.from_dict(data["method"])], RunOptions.from_dict(data["options"]))
     status = ("ran" if rep.ran else "failed" if rep.failed else "busy" if rep.busy else "done")
     return {"status": status, "message": "; ".join(rep.failed.values()), "seconds": rep.seconds}
+
+
+def job_spec(opts: RunOptions, variant: Variant, task: str, fold: int) -> str:
+    """What one job receives: its unit's options (paths made absolute, as a job may start in another
+    working directory) and its method or variant (with the variant's own settings), as JSON."""
+    return json.dumps({"options": opts.for_job(task, fold).to_dict(), "method": variant.to_dict()}, sort_keys=True)
 
 
 def make_executor(opts: ClusterOptions, folder: Path, n_jobs: int) -> Any:
@@ -110,44 +117,30 @@ def make_executor(opts: ClusterOptions, folder: Path, n_jobs: int) -> Any:
     return executor
 
 
-def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, results: Path | str = "results",
-           cache: Path | str = "cache", tasks: list[str] | None = None, folds: list[int] | None = None,
-           n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
-           model_overrides: dict[str, Any] | None = None, input_overrides: dict[str, Any] | None = None,
-           tuned: bool = False, progress: bool = True, order: str = "task", init: Path | str | None = None,
-           from_scratch: bool = False, variant: str | None = None, protocol: str | None = None,
-           device: str = "auto") -> LaunchReport:
-    """Submit every unit not yet done as one job array; wait for it unless ``opts.wait`` is False.
+def submit(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, cluster: ClusterOptions,
+           **kw: Any) -> LaunchReport:
+    """Submit every unit not yet done as one job array; wait for it unless ``cluster.wait`` is False.
 
-    ``order`` (``runner.grid_order``) orders the array's tasks: with ``array_parallelism`` below
-    the array's size, SLURM starts them in that order."""
+    ``options``: the run's :class:`RunOptions` (or a dataset with ``runner.run``'s keyword options);
+    each job receives them whole, restricted to its unit (``device`` included). ``options.order``
+    (``runner.grid_order``) orders the array's tasks: with ``array_parallelism`` below the array's
+    size, SLURM starts them in that order."""
     from .runner import run
 
     _submitit()  # fail before any work when it is missing
+    opts = options if isinstance(options, RunOptions) else RunOptions.create(options, **{"order": "task", **kw})
     t0 = time.perf_counter()
-    plan = run(methods, dataset, tasks=tasks, folds=folds, results=results, cache=cache, n_folds=n_folds,
-               seed=seed, train_overrides=train_overrides, model_overrides=model_overrides,
-               input_overrides=input_overrides, progress=progress, tuned=tuned, dry_run=True, order=order,
-               init=init, from_scratch=from_scratch, variant=variant, protocol=protocol)
+    plan = run(methods, replace(opts, dry_run=True))
     report = LaunchReport(dataset=plan.dataset, done_before=list(plan.done_before), failed=dict(plan.failed))
     if not plan.todo:
         report.seconds = time.perf_counter() - t0
         return report
-    folder = Path(opts.folder or Path(results) / "submitit" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    folder = Path(cluster.folder or Path(opts.results) / "submitit" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     report.folder = folder
-    # resolve paths: a job may start in another working directory (SLURM's is the submit directory,
-    # but a --chdir or a node-local one would silently write elsewhere)
-    base = {"dataset": dataset if not str(dataset).endswith((".yaml", ".yml")) else str(Path(dataset).resolve()),
-            "results": str(Path(results).resolve()), "cache": str(Path(cache).resolve()), "n_folds": n_folds,
-            "seed": seed, "train_overrides": dict(train_overrides or {}),
-            "model_overrides": dict(model_overrides or {}), "input_overrides": dict(input_overrides or {}),
-            "tuned": tuned, "init": str(Path(init).resolve()) if init is not None else None,
-            "from_scratch": from_scratch, "protocol": protocol}
-    # the job runs exactly the planned unit's variant (pickled, so its own settings travel with it)
-    jobs_args = [{**base, "task": p.unit.task, "method": p.unit.method, "fold": p.unit.fold,
-                  "entry": p.variant} for p in plan.todo]
-    executor = make_executor(opts, folder, len(jobs_args))
+    # the job runs exactly the planned unit's variant (its own settings travel with it)
+    jobs_args = [job_spec(opts, p.variant, p.unit.task, p.unit.fold) for p in plan.todo]
+    executor = make_executor(cluster, folder, len(jobs_args))
     jobs = []
     with executor.batch():  # one SLURM job array
         for a in jobs_args:
@@ -156,8 +149,8 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
     report.submitted = units
     report.job_ids = [str(j.job_id) for j in jobs]
     log.info("submitted %d job(s): %s", len(jobs), ", ".join(report.job_ids[:5]) + (" …" if len(jobs) > 5 else ""))
-    if opts.wait:
-        _wait(jobs, units, report, progress)
+    if cluster.wait:
+        _wait(jobs, units, report, opts.progress)
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -19,7 +19,8 @@ No library does this for PyTorch's CPU tensors (PyTorch has no CPU caching alloc
 configure), hence the few lines of ``ctypes`` here. Elsewhere than glibc this does nothing.
 
 Override with the environment variable ``BENCH_MMAP_THRESHOLD`` (bytes; ``0`` keeps glibc's
-dynamic default), e.g. ``BENCH_MMAP_THRESHOLD=0 python -m bench run ...``.
+dynamic default), e.g. ``BENCH_MMAP_THRESHOLD=0 python -m bench run ...``: the CLI reads it once
+(``bench.engine.options.Settings``) and the unit executor enters :func:`unit_memory_policy` with it.
 
 Below the threshold, freed tensors stay in glibc's heap, resident, and a small long-lived
 allocation among them keeps the heap from shrinking: on Pixel-Mamba-6M at 1024² the resident size
@@ -31,7 +32,10 @@ each pass of Region Fusion/Token Expansion: ``pixelmamba.streaming.set_release_h
 layer's own stages leave several MB of freed pages behind each (measured at 512²: 98.7 vs 112.7
 B/px, 7% more CPU time; ``bench/engine/models.py``), and for inputs below ~1M tokens between the pieces
 of a block's backward too (``PixelMamba._release_pieces``; 512²: 84–85 → 78–80 B/px).
-``BENCH_TRIM_LAYERS=0`` turns all of it off.
+``BENCH_TRIM_LAYERS=0`` turns all of it off. Nothing here is installed for the whole process: the
+unit executor enters the policy for an end-to-end unit and leaves it afterwards
+(:func:`unit_memory_policy`); outside it the layer hooks do nothing and pixelmamba's release hook is
+the one that was there before.
 """
 
 from __future__ import annotations
@@ -40,9 +44,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +58,14 @@ GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 _applied: int | None = None  # the threshold pinned now, None when the heap is not bounded
 
 
-def bound_heap_growth(threshold: int | None = None) -> int | None:
+def bound_heap_growth(threshold: int = DEFAULT_MMAP_THRESHOLD) -> int | None:
     """Pin glibc's mmap threshold so large freed tensors go back to the system.
 
-    ``threshold`` in bytes (default: ``$BENCH_MMAP_THRESHOLD`` or 1 MiB; 0 leaves malloc alone).
-    Returns the threshold now in force, or None when nothing was changed (not glibc, or 0).
-    Idempotent; safe to call from any thread before training starts.
+    ``threshold`` in bytes (0 leaves malloc alone). Returns the threshold now in force, or None when
+    nothing was changed (not glibc, or 0). Idempotent; safe to call from any thread before training
+    starts.
     """
     global _applied
-    if threshold is None:
-        env = os.environ.get("BENCH_MMAP_THRESHOLD", "").strip()
-        try:
-            threshold = int(env) if env else DEFAULT_MMAP_THRESHOLD
-        except ValueError:
-            raise ValueError(f"BENCH_MMAP_THRESHOLD must be a number of bytes (or 0 to disable), "
-                             f"got {env!r}") from None
     if threshold <= 0 or not sys.platform.startswith("linux"):
         return None
     if _applied == threshold:
@@ -111,14 +107,14 @@ def unbound_heap_growth() -> bool:
 
 
 @contextlib.contextmanager
-def bounded_heap(active: bool = True) -> Iterator[int | None]:
+def bounded_heap(active: bool = True, threshold: int = DEFAULT_MMAP_THRESHOLD) -> Iterator[int | None]:
     """Pin the mmap threshold (:func:`bound_heap_growth`) while the block runs when ``active``, and
     release it afterwards (:func:`unbound_heap_growth`): ``bench run`` bounds the heap for each
     end-to-end unit only. Yields the threshold in force (None: none)."""
     if not active:
         yield None
         return
-    threshold = bound_heap_growth()
+    threshold = bound_heap_growth(threshold)
     # glibc maps a block afresh only when its heap has no free room for it (sysmalloc): hand the free
     # top of the heap back first, or the unit's first large tensors would still come from the heap
     release_free_memory()
@@ -140,26 +136,27 @@ def release_free_memory() -> bool:
 
 def release_between_layers(layers, when=None) -> list:
     """Return the heap's free pages to the system (``release_free_memory``) at the start of every
-    module in ``layers`` (an iterable of ``torch.nn.Module``): when its forward starts (also when a
-    checkpointed segment is recomputed in backward) and when the gradient of its first output
-    arrives (its backward starts). ``when(args)``, if given, is called with the module's
-    positional inputs and the trims happen only if it returns True (for the backward, as decided
-    in the forward): each trim costs the page faults of reusing the returned pages, about 10% of
-    the CPU time on Pixel-Mamba's unstreamed 224² batches, where there is nothing to gain.
-    Returns the hook handles (``.remove()`` undoes it). Does nothing (returns ``[]``) where
-    ``malloc_trim`` does not exist or ``$BENCH_TRIM_LAYERS`` is ``0``."""
-    if not trimming_enabled():
+    module in ``layers`` (an iterable of ``torch.nn.Module``), while a :func:`trimming` policy is
+    in force: when its forward starts (also when a checkpointed segment is recomputed in backward)
+    and when the gradient of its first output arrives (its backward starts). ``when(args)``, if
+    given, is called with the module's positional inputs and the trims happen only if it returns
+    True (for the backward, as decided in the forward): each trim costs the page faults of reusing
+    the returned pages, about 10% of the CPU time on Pixel-Mamba's unstreamed 224² batches, where
+    there is nothing to gain. Returns the hook handles (``.remove()`` undoes it); ``[]`` where
+    ``malloc_trim`` does not exist."""
+    if _glibc() is None:
         return []
 
     def trim(*_args) -> None:
-        release_free_memory()
+        if _trimming:
+            release_free_memory()
 
     def on_input(_module, args) -> None:
-        if when is None or when(args):
+        if _trimming and (when is None or when(args)):
             trim()
 
     def on_output(_module, args, out) -> None:
-        if when is not None and not when(args):
+        if not _trimming or (when is not None and not when(args)):
             return
         first = next((t for t in (out if isinstance(out, (tuple, list)) else (out,))
                       if getattr(t, "requires_grad", False)), None)
@@ -173,13 +170,43 @@ def release_between_layers(layers, when=None) -> list:
     return handles
 
 
-def trimming_enabled() -> bool:
-    """Whether to hand free heap pages back during training: glibc's ``malloc_trim`` exists and
-    ``$BENCH_TRIM_LAYERS`` is not ``0``."""
-    env = os.environ.get("BENCH_TRIM_LAYERS", "1").strip()
-    if env not in ("0", "1"):
-        raise ValueError(f"BENCH_TRIM_LAYERS must be 0 or 1, got {env!r}")
-    return env == "1" and _glibc() is not None
+_trimming = False  # whether a trimming() policy is in force
+
+
+@contextlib.contextmanager
+def trimming(enabled: bool = True) -> Iterator[bool]:
+    """Hand free heap pages back while the block runs: at the layer starts hooked by
+    :func:`release_between_layers`, and at every stage of pixelmamba's streamed path
+    (``pixelmamba.streaming.set_release_hook``). Both are undone on leaving. Yields whether trimming
+    is on (``enabled`` and glibc's ``malloc_trim`` exists)."""
+    global _trimming
+    on = bool(enabled) and _glibc() is not None
+    before = _trimming
+    previous_hook = None
+    if on:
+        from pixelmamba.streaming import set_release_hook
+
+        previous_hook = set_release_hook(release_free_memory)
+    _trimming = on
+    try:
+        yield on
+    finally:
+        _trimming = before
+        if on:
+            set_release_hook(previous_hook)
+
+
+@contextlib.contextmanager
+def unit_memory_policy(end_to_end: bool, settings: Any) -> Iterator[None]:
+    """The memory policy one unit trains under, entered and left by the unit executor: for an
+    end-to-end unit the heap is bounded (``settings.mmap_threshold``) and free pages are trimmed
+    between layers and stages (``settings.trim_layers``); a MIL unit runs under glibc's defaults.
+    ``settings``: a ``bench.engine.options.Settings``."""
+    if not end_to_end:
+        yield
+        return
+    with bounded_heap(True, settings.mmap_threshold), trimming(settings.trim_layers):
+        yield
 
 
 _LIBC: ctypes.CDLL | None | bool = False  # False: not looked up yet

@@ -18,8 +18,9 @@ def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> 
     (docs/pixelmamba.md, "Memory"). The library's ``checkpointing="auto"`` streams slides of more
     than four 224² regions and runs smaller ones (where none of this memory matters, and segments
     do not apply) on the faster plain autograd path. On the streamed path the heap's free pages
-    go back to the system whenever a layer or a stage inside a streamed layer starts
-    (``release_pixelmamba_heap``; ``BENCH_TRIM_LAYERS=0`` turns it off)."""
+    go back to the system whenever a layer or a stage inside a streamed layer starts, while the
+    unit executor's memory policy is in force (``release_pixelmamba_heap``; ``BENCH_TRIM_LAYERS=0``
+    turns it off)."""
     from pixelmamba import create_model
 
     model = create_model(variant, num_classes=n_out, **{"act_dtype": "bfloat16", "segment": 2, **overrides})
@@ -28,21 +29,15 @@ def pixelmamba(n_out: int, variant: str = "pixelmamba-6m", **overrides: Any) -> 
 
 
 def release_pixelmamba_heap(model: torch.nn.Module) -> list:
-    """``bench``'s heap policy for Pixel-Mamba's streamed path (``bench/engine/memory.py``): free heap
-    pages go back to the system whenever one of ``model``'s layers starts, forward, recomputed
-    or backward (``release_between_layers``), and whenever a stage inside a streamed layer starts
-    (``pixelmamba.streaming.set_release_hook``: process-wide; the plain path of 224² batches has
-    no such stages; inputs below ~1M tokens also between the pieces of a block's backward,
-    ``PixelMamba._release_pieces``). Nothing where ``release_between_layers`` does nothing (not glibc, or
-    ``BENCH_TRIM_LAYERS=0``). Returns the layer hooks' handles."""
-    from pixelmamba.streaming import set_release_hook
+    """``bench``'s heap policy for Pixel-Mamba's streamed path (``bench/engine/memory.py``): hooks on
+    ``model``'s layers that hand free heap pages back to the system whenever a layer starts on the
+    streamed path, forward, recomputed or backward (``release_between_layers``). They act only
+    inside ``memory.trimming`` (entered by the unit executor, which also sets pixelmamba's stage
+    hook for that time); building a model changes no process-wide state. Returns the hooks'
+    handles."""
+    from .memory import release_between_layers
 
-    from .memory import release_between_layers, release_free_memory, trimming_enabled
-
-    handles = release_between_layers(model.layers, when=streamed_layer_call)
-    if trimming_enabled():
-        set_release_hook(release_free_memory)
-    return handles
+    return release_between_layers(model.layers, when=streamed_layer_call)
 
 
 def streamed_layer_call(args: tuple) -> bool:

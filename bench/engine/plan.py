@@ -12,12 +12,13 @@ from ..registry import MethodSpec
 from ..report.records import WeightsProvenance
 from ..report.results import Unit
 from .. import tasks as T
-from .config import (INPUT_OPTIONS, OptionError, Variant, input_options, method_defaults, method_train_config,
-                     model_options, protocol_of, resolved_model_options, unit_seed)
+from .config import OptionError, Variant, method_defaults, unit_seed
 from .executor import ModelRecipe
 from .identity import NUMERICS_VERSION, digest, labels_of, slide_identities
 from .inputs import Inputs, inputs_key, make_inputs
 from .pretrain import init_identity
+from .protocol import DEFAULT as DEFAULT_PROTOCOL
+from .recipe import Overrides, UnitRecipe, resolve_recipe
 from .train import TrainConfig
 
 
@@ -75,40 +76,28 @@ class Planner:
         return key, self.inputs[key]
 
     def plan(self, task: str, v: Variant, k: int, unit: Unit, tuned_info: dict[str, Any] | None,
-             train_overrides: dict[str, Any], model_overrides: dict[str, Any],
-             input_overrides: dict[str, Any]) -> UnitPlan:
+             overrides: Overrides) -> UnitPlan:
         spec, dataset = v.spec, self.cohort.spec.name
-        tuned_train, tuned_model = {}, {}
+        r = resolve_recipe(spec, self.cohort, task, variant=v, overrides=overrides,
+                           tuned=tuned_info["params"] if tuned_info is not None else None, protocol=self.protocol,
+                           init=self.init, init_sha256=self.init_id["sha256"] if self.init_id else None)
         if tuned_info is not None:
-            from .tuning import split_params
-
-            tuned_train, tuned_model = split_params(tuned_info["params"])
-        proto = protocol_of(spec, self.cohort, self.protocol)
-        # CLI > the variant's setting (what an ablation varies) > tuned values > dataset > preset > defaults
-        model_set = model_options(spec, self.cohort, {**tuned_model, **v.model, **model_overrides}, proto)
-        in_model = sorted(set(model_set) & set(INPUT_OPTIONS))
-        if in_model:
-            raise OptionError(f"{', '.join(in_model)} chooses the inputs of {spec.name}, not its network: "
-                              f"use --input {in_model[0]}=... instead of --model")
-        input_opts = input_options(spec, self.cohort, {**v.inputs, **input_overrides})
-        key, fi = self.get_inputs(spec, input_opts)
-        train_cfg = method_train_config(spec, {**tuned_train, **v.train, **train_overrides}, self.cohort.spec.train,
-                                        proto)
+            check_tuned_protocol(tuned_info, r.protocol.name, unit)
+        key, fi = self.get_inputs(spec, dict(r.inputs))
         # same seed for every variant of a method: an ablation compares settings, not initialisations
-        train_cfg["seed"] = unit_seed(self.seed, spec.name, task, k)
+        train_cfg = r.train_options(unit_seed(self.seed, spec.name, task, k))
         if spec.family == "end-to-end" and self.init is None and not self.from_scratch \
                 and not self.cohort.spec.allow_random_weights:
             raise OptionError(
                 f"{spec.name} would train from random initialisation on dataset {dataset!r}, which does not allow "
                 "random weights: start it from a checkpoint (--init CHECKPOINT, e.g. from `bench pretrain`) or "
                 "say so explicitly with --from-scratch (its table row is then marked)")
-        recipe = ModelRecipe(spec, T.get_task(task).n_out(), model_set, dict(getattr(fi, "model_kwargs", {})),
-                             self.init if spec.family == "end-to-end" or self.init else None,
-                             self.init_id["sha256"] if self.init_id else None)
+        recipe = r.model_recipe(getattr(fi, "model_kwargs", {}))
         weights = fi.provenance() + recipe.provenance()
         if self.from_scratch and spec.family == "end-to-end" and self.init is None:
             weights = [WeightsProvenance("model", "scratch", "random initialisation (--from-scratch)")]
         sp = self.splits[task]
+        input_opts = dict(r.inputs)
         config = {
             "dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
             "variant": unit.variant, "variant_settings": v.settings,
@@ -116,20 +105,35 @@ class Planner:
             "labels": self.labels(task), "slides": self.slides(task),
             "mpp_override": self.cohort.spec.mpp_override,
             "inputs": {**fi.identity, **input_opts},
-            "model": resolved_model_options(spec, model_set), "train": train_cfg,
+            "model": r.resolved_model(), "train": train_cfg,
             "weights": [asdict(w) for w in weights], "init": self.init_id,
-            "protocol": proto.name, "numerics_version": NUMERICS_VERSION,
+            "protocol": r.protocol.name, "numerics_version": NUMERICS_VERSION,
         }
         if tuned_info is not None:
             config["tuned"] = {k2: tuned_info.get(k2) for k2 in ("params", "value", "metric", "study_name",
                                                                  "n_trials", "inner_folds")}
-        # what differs from the method's defaults under its preset (the table notes it on the row; the
-        # preset itself is named by the protocol mark)
-        base_train = {**TrainConfig().to_dict(), **method_defaults(spec), **proto.train_options(spec.family)}
-        preset_model = proto.model_options(spec.name, spec.family)
-        non_default = {**{k2: v2 for k2, v2 in model_set.items() if preset_model.get(k2, object()) != v2},
-                       **{k2: v2 for k2, v2 in input_opts.items()
-                          if not (k2 == "magnification" and spec.magnification == v2)},
-                       **{k2: v2 for k2, v2 in train_cfg.items() if k2 != "seed" and base_train.get(k2) != v2}}
         return UnitPlan(unit, spec, v, recipe, train_cfg, input_opts, key, config, digest(config),
-                        config.get("tuned"), non_default)
+                        config.get("tuned"), non_default(r, train_cfg))
+
+
+def non_default(r: UnitRecipe, train_cfg: dict[str, Any]) -> dict[str, Any]:
+    """What differs from the method's defaults under its preset (the table notes it on the row; the
+    preset itself is named by the protocol mark)."""
+    spec, proto = r.spec, r.protocol
+    base_train = {**TrainConfig().to_dict(), **method_defaults(spec), **proto.train_options(spec.family)}
+    preset_model = proto.model_options(spec.name, spec.family)
+    return {**{k: v for k, v in r.model.items() if preset_model.get(k, object()) != v},
+            **{k: v for k, v in r.inputs.items() if not (k == "magnification" and spec.magnification == v)},
+            **{k: v for k, v in train_cfg.items() if k != "seed" and base_train.get(k) != v}}
+
+
+def check_tuned_protocol(tuned_info: dict[str, Any], protocol: str, unit: Unit) -> None:
+    """``run --tuned`` trains the recipe the study searched: the tuned values of another protocol
+    preset were found for another network or training recipe. (A ``best.json`` without a protocol was
+    written when ``bench tune`` searched the default preset.)"""
+    tuned_under = tuned_info.get("protocol") or DEFAULT_PROTOCOL
+    if tuned_under != protocol:
+        raise OptionError(f"its tuned parameters were searched under protocol {tuned_under!r}, this run "
+                          f"uses {protocol!r}: rerun `python -m bench tune --method {unit.method} --dataset "
+                          f"{unit.dataset} --task {unit.task} --protocol {protocol}` (or run with --protocol "
+                          f"{tuned_under})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,11 +28,13 @@ from ..report.tables import human_count
 from . import distributed as D
 from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
+from .worker import default_worker_command, write_worker_spec
 from .executor import fit_and_score, resolve_device
 from .identity import NUMERICS_VERSION, digest
 from .jobs import Workers, finished_now, threads_per_job, validate_jobs
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
-from .memory import bounded_heap
+from .memory import unit_memory_policy
+from .options import RunOptions
 from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, unit_variant
 from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
@@ -44,74 +47,51 @@ __all__ = ["run", "grid_order", "RunReport", "UnitPlan", "Variant", "INPUT_OPTIO
            "method_train_config", "model_options"]
 
 
-def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] | None = None,
-        folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
-        n_folds: int = 5, seed: int = 0, train_overrides: dict[str, Any] | None = None,
-        model_overrides: dict[str, Any] | None = None, input_overrides: dict[str, Any] | None = None,
-        progress: bool = True, tuned: bool = False, dry_run: bool = False, init: Path | str | None = None,
-        from_scratch: bool = False, order: str = "fold", variant: str | None = None,
-        protocol: str | None = None, row_check: bool = True, device: str = "auto", jobs: int = 1,
-        worker_command: Sequence[str] | None = None, worker_of: float | None = None) -> RunReport:
-    """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet
-    done, or whose identity changed since it was done.
+def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *,
+        worker_command: Sequence[str] | None = None, worker_of: float | None = None, **kw: Any) -> RunReport:
+    """Run every (task, method[, variant], fold) unit of ``options.dataset`` (a name or a YAML path)
+    not yet done, or whose identity changed since it was done.
 
+    ``options``: a :class:`RunOptions` (what the CLI builds), or a dataset with the options as
+    keyword arguments (``tasks``, ``folds``, ``results``, ``train_overrides``, ``model_overrides``,
+    ``input_overrides``, ``tuned``, ``init``, ...; see :class:`RunOptions`), turned into one here.
     ``methods`` may hold :class:`Variant` s (an ablation's values), each stored under its name;
-    ``variant`` names the run's own settings as a variant (``--variant``), so an experiment is a
-    row of its own instead of replacing the method's.
-    ``init``: a checkpoint every end-to-end unit's model starts from (``bench.engine.pretrain.load_init``;
-    its content hash enters the unit's identity); ``from_scratch``: train end-to-end models from
-    random initialisation on a dataset that does not allow random weights (their rows are marked).
-    ``tuned``: each unit uses the best hyper-parameters that ``bench tune`` found for its outer fold
-    (a unit without them fails, naming the command to run). ``dry_run``: plan and classify units
-    (done / to do, in ``report.todo``) without training anything.
-    ``order``: the order units run in (``grid_order``): ``fold`` (default), ``task`` or ``method``.
-    ``row_check``: refuse a run that would leave a table row mixing configurations (a launcher's
-    one-unit jobs skip it: their submitter checked the whole grid).
-    ``device``: where models train (``auto``: this rank's under torchrun, else CUDA when present).
-    ``protocol``: the preset of every unit (``bench.engine.protocol``; default: the dataset YAML's,
-    else the method config's, else ``wsi-bench``); its name enters each unit's identity.
+    ``options.variant`` names the run's own settings as a variant (``--variant``), so an experiment
+    is a row of its own instead of replacing the method's.
+    ``init``: a checkpoint every end-to-end unit's model starts from (its content hash enters the
+    unit's identity); ``from_scratch``: train end-to-end models from random initialisation on a
+    dataset that does not allow random weights (their rows are marked). ``tuned``: each unit uses
+    the best hyper-parameters ``bench tune`` found for its outer fold. ``dry_run``: plan and
+    classify units (done / to do, in ``report.todo``) without training anything. ``order``: see
+    :func:`grid_order`. ``row_check``: refuse a run that would leave a table row mixing
+    configurations. ``device``: where models train (``auto``: this rank's under torchrun, else CUDA
+    when present). ``protocol``: the preset of every unit (``bench.engine.protocol``).
     ``jobs``: train independent units on this many processes at once (``bench.engine.jobs``): the
-    N - 1 others run ``worker_command`` (this very command) as workers: ``worker_of`` is then the wall
-    time the parent run started; a worker trains, skips units another process of the run failed,
-    and leaves the summary to the parent.
+    N - 1 others run ``worker_command`` (default: ``bench.engine.worker``), which receives these
+    options serialised; ``worker_of`` is then the wall time the parent run started: a worker trains,
+    skips units another process of the run failed, and leaves the summary to the parent.
     """
+    if isinstance(options, RunOptions):
+        if kw:
+            raise TypeError(f"run() got RunOptions and keyword options {sorted(kw)}: put them in the RunOptions")
+        opts = options
+    else:
+        opts = RunOptions.create(options, **kw)
     t0 = time.perf_counter()
-    validate_jobs(jobs)
-    if jobs > 1 and D.active():
+    validate_jobs(opts.jobs)
+    if opts.jobs > 1 and D.active():
         raise OptionError("--jobs trains several units at once on one machine; under torchrun (--nproc) the "
                           "ranks train each unit together: use one or the other")
-    started_at = time.time() if worker_of is None else worker_of
-    if jobs > 1 and worker_of is None and worker_command is None:
-        raise ValueError("jobs > 1 needs the worker_command that runs this run in another process")
     variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
-    if variant:
-        variants = [Variant(v.spec, "+".join(p for p in (v.name, variant) if p), v.model, v.train, v.inputs)
+    if opts.variant:
+        variants = [Variant(v.spec, "+".join(p for p in (v.name, opts.variant) if p), v.model, v.train, v.inputs)
                     for v in variants]
-    store = ResultsStore(results)
-    cohort = load_cohort(dataset)
-    dataset = cohort.spec.name  # a dataset given as a YAML path is named by its file stem
-    for line in cohort.report():
-        log.info(line)
-    tasks = [t for t in (tasks or cohort.spec.tasks)]
-    for t in tasks:
-        if t not in cohort.spec.tasks:
-            raise ValueError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
-    cohort.require_folds(tasks, n_folds)  # the verdict `bench doctor` gives: enough cases for the folds
-    manager = SplitManager(Path(results) / "splits")
-    with D.main_first():  # under torchrun, rank 0 writes the split files, the others read them
-        splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed)
-                                     for t in tasks}
-    planner = Planner(cohort, splits, cache, progress, seed, Path(init) if init is not None else None,
-                      from_scratch, protocol)
-    report = RunReport(dataset=dataset)
-    plans = _plan_all(planner, variants, tasks, folds, order, tuned, results, n_folds, seed,
-                      dict(train_overrides or {}), dict(model_overrides or {}), dict(input_overrides or {}), report)
-    if init is not None and not dry_run:
-        check_init(plans, Path(init))
-    status = classify(plans, store, report, dry_run)
-    if row_check:
+    planner, plans, report = _prepare(variants, opts)
+    store = ResultsStore(opts.results)
+    status = classify(plans, store, report, opts.dry_run)
+    if opts.row_check:
         check_rows(plans, store, status)
-    if dry_run:
+    if opts.dry_run:
         report.seconds = time.perf_counter() - t0
         return report
     todo = [p for p in plans if status[p.unit] in ("run", "slides")]
@@ -120,52 +100,87 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
                  f"; {len(report.done_before)} of {len(plans)} already done (resuming)" if report.done_before else "")
     else:
         log.info("nothing to do: all %d unit(s) already done", len(report.done_before))
-    if worker_of is not None or (jobs > 1 and len(todo) > 1):
+    ex = _Execution(planner, store, report, opts, t0)
+    if worker_of is not None or (opts.jobs > 1 and len(todo) > 1):
         import torch
 
-        torch.set_num_threads(threads_per_job(jobs))  # jobs × threads ≤ cores
+        torch.set_num_threads(threads_per_job(opts.jobs))  # jobs × threads ≤ cores
     if worker_of is not None:
-        _execute(todo, planner, store, report, progress, t0, device, failed_since=worker_of)
-    elif jobs == 1 or len(todo) < 2:
-        _execute(todo, planner, store, report, progress, t0, device)
-    else:
-        _execute_with_workers(todo, planner, store, report, progress, t0, device, jobs, list(worker_command or []),
-                              Path(results), started_at)
-    if worker_of is not None:  # the process that started this worker writes the summary, once every worker is done
+        _execute(todo, ex, failed_since=worker_of)
         report.seconds = time.perf_counter() - t0
-        return report
+        return report  # the process that started this worker writes the summary, once every worker is done
+    if opts.jobs == 1 or len(todo) < 2:
+        _execute(todo, ex)
+    else:
+        _execute_with_workers(todo, ex, variants, list(worker_command or default_worker_command()))
     if (report.ran or report.by_workers) and D.is_main():
         try:
-            store.summarize(dataset, ddof=int(load_protocol(resolve_protocol(protocol, cohort.spec.protocol))
-                                              .report.get("std_ddof", 0)))
+            store.summarize(planner.cohort.spec.name, ddof=int(
+                load_protocol(resolve_protocol(opts.protocol, planner.cohort.spec.protocol)).report.get("std_ddof", 0)))
         except MixedRowError as exc:
             log.warning("%s", exc)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], folds: list[int] | None, order: str,
-              tuned: bool, results: Path | str, n_folds: int, seed: int, train_overrides: dict[str, Any],
-              model_overrides: dict[str, Any], input_overrides: dict[str, Any], report: RunReport) -> list[UnitPlan]:
+@dataclass(frozen=True)
+class _Execution:
+    """What every unit of one run shares while it trains."""
+
+    planner: Planner
+    store: ResultsStore
+    report: RunReport
+    opts: RunOptions
+    t0: float
+
+
+def _prepare(variants: list[Variant], opts: RunOptions) -> tuple[Planner, list[UnitPlan], RunReport]:
+    """Load the cohort, write or read the splits, and plan every unit (options validated, --init
+    checked) before anything is touched."""
+    cohort = load_cohort(opts.dataset)
+    dataset = cohort.spec.name  # a dataset given as a YAML path is named by its file stem
+    for line in cohort.report():
+        log.info(line)
+    tasks = list(opts.tasks or cohort.spec.tasks)
+    for t in tasks:
+        if t not in cohort.spec.tasks:
+            raise ValueError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
+    cohort.require_folds(tasks, opts.n_folds)  # the verdict `bench doctor` gives: enough cases for the folds
+    manager = SplitManager(Path(opts.results) / "splits")
+    with D.main_first():  # under torchrun, rank 0 writes the split files, the others read them
+        splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=opts.n_folds,
+                                                    seed=opts.seed) for t in tasks}
+    planner = Planner(cohort, splits, opts.cache, opts.progress, opts.seed, opts.init_path, opts.from_scratch,
+                      opts.protocol)
+    report = RunReport(dataset=dataset)
+    plans = _plan_all(planner, variants, tasks, opts, report)
+    if opts.init is not None and not opts.dry_run:
+        check_init(plans, Path(opts.init))
+    return planner, plans, report
+
+
+def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], opts: RunOptions,
+              report: RunReport) -> list[UnitPlan]:
     """Every unit's plan. Option errors stop the run here, before anything is touched; an unavailable
     input (an encoder without weights) fails its units only."""
     splits = planner.splits
-    grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, order)
+    folds = list(opts.folds) if opts.folds is not None else None
+    grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, opts.order)
     plans, input_errors = [], set()
     for task, v, k in grid:
-        unit = Unit(planner.cohort.spec.name, task, v.spec.name, k, unit_variant(v.name, tuned, seed, n_folds))
+        unit = Unit(planner.cohort.spec.name, task, v.spec.name, k,
+                    unit_variant(v.name, opts.tuned, opts.seed, opts.n_folds))
         tuned_info = None
-        if tuned:
+        if opts.tuned:
             from .tuning import TuningError, load_best
 
             try:
-                tuned_info = load_best(results, planner.cohort.spec.name, task, v.spec.name, k)
+                tuned_info = load_best(opts.results, planner.cohort.spec.name, task, v.spec.name, k)
             except TuningError as exc:
                 report.failed[unit] = str(exc)
                 continue
         try:
-            plans.append(planner.plan(task, v, k, unit, tuned_info, train_overrides, model_overrides,
-                                      input_overrides))
+            plans.append(planner.plan(task, v, k, unit, tuned_info, opts.overrides))
         except (OptionError, TypeError) as exc:
             raise OptionError(f"{unit}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 — an unavailable encoder fails its units, not the run
@@ -207,14 +222,16 @@ class Rounds:
                 f"from {len(self.done)} of {self.n_folds} folds")
 
 
-def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report: RunReport,
-                          progress: bool, t0: float, device: Any, jobs: int, command: list[str], results: Path,
-                          started_at: float) -> None:
+def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[Variant], command: list[str]) -> None:
     """``--jobs N``: start N - 1 workers over the same store, train units here too, wait for the workers
-    and settle the units they trained (``bench.engine.jobs``)."""
-    n = min(jobs, len(todo))
-    workers = Workers(command, n - 1, threads_per_job(jobs), started_at,
-                      results / "logs" / f"jobs-{time.strftime('%Y%m%d-%H%M%S')}")
+    and settle the units they trained (``bench.engine.jobs``). The workers receive the run's options
+    and methods serialised (``bench.engine.worker``)."""
+    store, report, opts = ex.store, ex.report, ex.opts
+    n = min(opts.jobs, len(todo))
+    started_at = time.time() - (time.perf_counter() - ex.t0)
+    log_dir = Path(opts.results) / "logs" / f"jobs-{time.strftime('%Y%m%d-%H%M%S')}"
+    workers = Workers(command, n - 1, threads_per_job(opts.jobs), started_at, log_dir,
+                      write_worker_spec(log_dir, opts, variants, started_at))
     started = time.perf_counter()
 
     def count_done() -> int:
@@ -230,14 +247,13 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
             elapsed = time.perf_counter() - started
             eta = elapsed / done * (len(todo) - done) if done else float("nan")
             log.info("[%d/%d] units finished by %d processes (elapsed %s, ETA %s)", done, len(todo), n,
-                     _clock(time.perf_counter() - t0), _clock(eta) if done else "?")
+                     _clock(time.perf_counter() - ex.t0), _clock(eta) if done else "?")
             if (first_look := rounds.check()) is not None:
                 log.info("%s", first_look)
 
     workers.start()
     try:
-        _execute(todo, planner, store, report, progress, t0, device, count_done, failed_since=started_at,
-                 rounds=rounds)
+        _execute(todo, ex, count_done, failed_since=started_at, rounds=rounds)
         if workers.running():
             log.info("waiting for %d worker(s) to finish their units", sum(p.poll() is None for p in workers.procs))
         workers.wait(poll=line)
@@ -254,97 +270,125 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
         report.busy.remove(u)
 
 
-def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report: RunReport, progress: bool,
-             t0: float, device: Any, count_done: Callable[[], int] | None = None,
+def _claim(p: UnitPlan, ex: _Execution, failed_since: float | None) -> tuple[str, Any, str | None]:
+    """(status, lock, failure) of a unit about to run: ``run`` (claimed here), ``busy`` (another
+    process holds it), ``done`` (finished meanwhile) or ``failed`` (another process of this run
+    failed it). Rank 0 decides; every rank follows."""
+    lock, failure, st = None, None, None
+    if D.is_main():
+        lock = ex.store.try_claim(p.unit)
+        st = "busy" if lock is None else ("done" if done_meanwhile(ex.store, p) else "run")
+        failure = _failed_since(ex.store, p.unit, failed_since) if st == "run" and failed_since is not None else None
+        if failure is not None:  # --jobs: another process of this run tried it and it failed
+            st = "failed"
+    return D.broadcast(st if D.is_main() else None), lock, failure
+
+
+def _skip(p: UnitPlan, ex: _Execution, st: str, failure: str | None, with_workers: bool) -> None:
+    report = ex.report
+    if st == "busy":
+        log.log(logging.DEBUG if with_workers else logging.INFO, "%s: claimed by another process, skipping", p.unit)
+        report.busy.append(p.unit)
+    elif st == "failed":
+        report.failed[p.unit] = failure or "failed in another process"
+    else:  # finished meanwhile by another process: under --jobs, one of this run's workers
+        (report.by_workers if with_workers else report.done_before).append(p.unit)
+
+
+def _execute(todo: list[UnitPlan], ex: _Execution, count_done: Callable[[], int] | None = None,
              failed_since: float | None = None, rounds: Rounds | None = None) -> None:
     """Train the units in ``todo`` that no other process holds. ``count_done``: the units of ``todo``
     finished so far by any process (--jobs), for the progress line. ``failed_since``: a unit that
     failed at or after this time (another process of this ``--jobs`` run tried it) is not tried again.
     ``rounds``: says when every unit of a leading fold is done (default: over ``todo``)."""
     extracted: set[str] = set()
-    rounds = rounds if rounds is not None else Rounds(todo, store)
+    rounds = rounds if rounds is not None else Rounds(todo, ex.store)
     started = time.perf_counter()
     for i, p in enumerate(todo):
-        unit = p.unit
-        lock = None
-        if D.is_main():
-            lock = store.try_claim(unit)
-            st = "busy" if lock is None else ("done" if done_meanwhile(store, p) else "run")
-            failure = _failed_since(store, unit, failed_since) if st == "run" and failed_since is not None else None
-            if failure is not None:  # --jobs: another process of this run tried it and it failed
-                st = "failed"
-        st = D.broadcast(st if D.is_main() else None)
+        st, lock, failure = _claim(p, ex, failed_since)
         if st != "run":
-            if st == "busy":
-                log.log(logging.INFO if count_done is None else logging.DEBUG,
-                        "%s: claimed by another process, skipping", unit)
-                report.busy.append(unit)
-            elif st == "failed":
-                report.failed[unit] = failure
-            else:  # finished meanwhile by another process: under --jobs, one of this run's workers
-                (report.by_workers if count_done is not None else report.done_before).append(unit)
+            _skip(p, ex, st, failure, count_done is not None)
             if lock is not None:
                 lock.release()
             continue
-        fi = planner.inputs[p.inputs_key]
         try:
-            if p.inputs_key not in extracted:
-                with D.main_first():  # rank 0 fills the cache, the others then find it
-                    fi.ensure()
-                extracted.add(p.inputs_key)
-            if p.unit in report.redone and only_slides_changed(store.done_config(unit) or {}, p.config):
-                gone = changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
-                if gone:
-                    log.warning("%s: slide(s) %s changed on disk and cannot be read now; the finished result, made "
-                                "from their earlier version, is kept. Fix the file(s) and rerun to redo it",
-                                unit, ", ".join(gone))
-                    report.redone.pop(unit)
-                    report.done_before.append(unit)
-                    continue
-            if D.is_main():
-                store.prepare(unit, p.config, p.chash)
-            # end-to-end units only: resident memory stays at one layer's working set, while the MIL
-            # units' small steps would pay page faults for nothing (bench/engine/memory.py)
-            with bounded_heap(p.spec.family == "end-to-end"):
-                pred, train_log, record = _run_unit(p, planner, fi, progress, device)
-            if D.is_main():
-                store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])))
-            why = f" -- {record.metrics['undefined']}" if "undefined" in record.metrics else ""
-            report.ran.append(unit)
-            done, elapsed = len(report.ran), time.perf_counter() - started
-            eta = elapsed / done * (len(todo) - i - 1)
-            position = i + 1
-            if count_done is not None:  # every process's finished units, and the ETA they give together
-                position = count_done()
-                eta = elapsed / max(position, 1) * (len(todo) - position)
-            log.info("[%d/%d] %-44s %s = %s  (%.1f s; elapsed %s, ETA %s)%s", position, len(todo), str(unit),
-                     record.primary_metric, _fmt(record.metrics.get(record.primary_metric)), record.train_seconds,
-                     _clock(time.perf_counter() - t0), _clock(eta), why)
-            if D.is_main() and log.isEnabledFor(logging.INFO) and (first_look := rounds.check()) is not None:
-                log.info("%s", first_look)
+            record = _train_one(p, ex, extracted)
+            if record is not None:
+                _progress(p, ex, record, i, len(todo), started, count_done, rounds)
         except OSError:
             raise  # disk full, unreadable cache...: stop; finished units stay done
         except Exception as exc:  # noqa: BLE001 — one unit's failure must not lose the others
-            msg = f"{type(exc).__name__}: {exc}"
-            if D.active():
-                # Under DDP the ranks train each unit together: a rank that skipped to the next
-                # unit would leave the others blocked in this unit's collectives until the process
-                # group's timeout (30 min). Stop this process instead; torchrun then tears the
-                # whole group down, and a rerun resumes at this unit.
-                log.error("rank %d: %s failed: %s -- stopping every rank (a DDP group cannot skip a unit "
-                          "on one rank only); finished units are kept, rerun the same command to resume",
-                          D.rank(), unit, msg)
-                if D.is_main():
-                    store.fail(unit, msg)
-                raise
-            log.error("%s failed: %s%s", unit, msg,
-                      " (its previous result stays in place)" if unit in report.redone else "")
-            if D.is_main():
-                store.fail(unit, msg)
-            report.failed[unit] = msg
+            _unit_failed(p, ex, exc)
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _train_one(p: UnitPlan, ex: _Execution, extracted: set[str]) -> UnitRecord | None:
+    """Prepare a claimed unit's inputs, train it and store its result; None when a finished result
+    made from a slide that can no longer be read is kept instead."""
+    unit, store, report, planner = p.unit, ex.store, ex.report, ex.planner
+    fi = planner.inputs[p.inputs_key]
+    if p.inputs_key not in extracted:
+        with D.main_first():  # rank 0 fills the cache, the others then find it
+            fi.ensure()
+        extracted.add(p.inputs_key)
+    if unit in report.redone and only_slides_changed(store.done_config(unit) or {}, p.config):
+        gone = changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
+        if gone:
+            log.warning("%s: slide(s) %s changed on disk and cannot be read now; the finished result, made "
+                        "from their earlier version, is kept. Fix the file(s) and rerun to redo it",
+                        unit, ", ".join(gone))
+            report.redone.pop(unit)
+            report.done_before.append(unit)
+            return None
+    if D.is_main():
+        store.prepare(unit, p.config, p.chash)
+    # end-to-end units only: resident memory stays at one layer's working set, while the MIL
+    # units' small steps would pay page faults for nothing (bench/engine/memory.py)
+    with unit_memory_policy(p.spec.family == "end-to-end", ex.opts.settings):
+        pred, train_log, record = _run_unit(p, planner, fi, ex.opts.progress, ex.opts.device)
+    if D.is_main():
+        store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])))
+    report.ran.append(unit)
+    return record
+
+
+def _progress(p: UnitPlan, ex: _Execution, record: UnitRecord, i: int, n: int, started: float,
+              count_done: Callable[[], int] | None, rounds: Rounds) -> None:
+    """The one line per finished unit, and the "every row now" line after a round of folds."""
+    why = f" -- {record.metrics['undefined']}" if "undefined" in record.metrics else ""
+    done, elapsed = len(ex.report.ran), time.perf_counter() - started
+    eta = elapsed / done * (n - i - 1)
+    position = i + 1
+    if count_done is not None:  # every process's finished units, and the ETA they give together
+        position = count_done()
+        eta = elapsed / max(position, 1) * (n - position)
+    log.info("[%d/%d] %-44s %s = %s  (%.1f s; elapsed %s, ETA %s)%s", position, n, str(p.unit),
+             record.primary_metric, _fmt(record.metrics.get(record.primary_metric)), record.train_seconds,
+             _clock(time.perf_counter() - ex.t0), _clock(eta), why)
+    if D.is_main() and log.isEnabledFor(logging.INFO) and (first_look := rounds.check()) is not None:
+        log.info("%s", first_look)
+
+
+def _unit_failed(p: UnitPlan, ex: _Execution, exc: Exception) -> None:
+    unit, store = p.unit, ex.store
+    msg = f"{type(exc).__name__}: {exc}"
+    if D.active():
+        # Under DDP the ranks train each unit together: a rank that skipped to the next unit would
+        # leave the others blocked in this unit's collectives until the process group's timeout
+        # (30 min). Stop this process instead; torchrun then tears the whole group down, and a
+        # rerun resumes at this unit.
+        log.error("rank %d: %s failed: %s -- stopping every rank (a DDP group cannot skip a unit "
+                  "on one rank only); finished units are kept, rerun the same command to resume",
+                  D.rank(), unit, msg)
+        if D.is_main():
+            store.fail(unit, msg)
+        raise exc
+    log.error("%s failed: %s%s", unit, msg, " (its previous result stays in place)" if unit in ex.report.redone else "")
+    if D.is_main():
+        store.fail(unit, msg)
+    ex.report.failed[unit] = msg
 
 
 def _failed_since(store: ResultsStore, unit: Unit, since: float) -> str | None:

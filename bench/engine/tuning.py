@@ -45,16 +45,15 @@ from ..resources import config_path
 from ..io import atomic_write_json, atomic_write_text, safe_name
 from ..registry import MethodSpec
 from ..report.results import config_hash
-from .config import input_options, method_train_config, model_options, unit_seed
-from .executor import ModelRecipe, fit_and_score
+from .config import unit_seed
+from .executor import fit_and_score
 from .inputs import inputs_key, make_inputs
 from .pretrain import init_identity
-from .train import TrainConfig
+from .recipe import MODEL_PREFIX, Overrides, UnitRecipe, resolve_recipe, split_params  # noqa: F401 (public here too)
 from ..data.splits import SplitManager, make_folds
 
 log = logging.getLogger(__name__)
 
-MODEL_PREFIX = "model."
 COUNTED = ("COMPLETE", "PRUNED")  # trial states that count towards --trials
 
 
@@ -120,13 +119,6 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         else:
             params[name] = trial.suggest_categorical(name, list(d["choices"]))
     return params
-
-
-def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``{"lr": .., "model.dropout": ..}`` → (training options, model options)."""
-    train = {k: v for k, v in params.items() if not k.startswith(MODEL_PREFIX)}
-    model = {k[len(MODEL_PREFIX):]: v for k, v in params.items() if k.startswith(MODEL_PREFIX)}
-    return train, model
 
 
 # ------------------------------------------------------------------------------ locations
@@ -197,45 +189,45 @@ class TuneReport:
 
 class Objective:
     """Mean inner-CV validation metric of one parameter set, on one outer fold's training cases.
-    Each inner fold is one call of the unit executor — the model ``bench run --tuned`` evaluates."""
+    Each trial's recipe is resolved by the one resolver (``bench.engine.recipe``) with the trial's
+    parameters as tuned values — exactly what ``bench run --tuned`` resolves from ``best.json`` —
+    and each inner fold is one call of the unit executor."""
 
     def __init__(self, spec: MethodSpec, task: str, cases: pd.DataFrame, inner: pd.DataFrame, inputs: Any,
-                 space: dict[str, Any], base_train: dict[str, Any], base_model: dict[str, Any], cohort: Cohort,
-                 seed: int, outer_fold: int, prune: bool, init: Path | None = None) -> None:
+                 space: dict[str, Any], overrides: Overrides, cohort: Cohort, seed: int, outer_fold: int,
+                 prune: bool, init: Path | None = None, protocol: str | None = None) -> None:
         self.spec, self.task, self.inputs, self.space = spec, task, inputs, space
         self.cases = cases.set_index("case_id")
         self.inner = inner
-        self.base_train, self.base_model = base_train, base_model
+        self.overrides, self.protocol = overrides, protocol
         self.cohort, self.seed, self.outer_fold, self.prune = cohort, seed, outer_fold, prune
         self.init = init
+        self.init_sha = init_identity(init)["sha256"] if init is not None else None
         self.metric = T.get_task(task).metric
 
     def samples(self, case_ids: list[str]) -> list[Any]:
         cols = T.get_task(self.task).label_columns
         return [self.inputs.sample(c, {k: float(self.cases.loc[c, k]) for k in cols}) for c in case_ids]
 
-    def recipe(self, model_opts: dict[str, Any]) -> ModelRecipe:
-        """The network of a trial: the same builder arguments, second-stage weights and ``--init``
-        as the run's (``bench.engine.plan.Planner.plan``)."""
-        init_sha = init_identity(self.init)["sha256"] if self.init is not None else None
-        return ModelRecipe(self.spec, T.get_task(self.task).n_out(), model_opts,
-                           dict(getattr(self.inputs, "model_kwargs", {})), self.init, init_sha)
+    def recipe(self, params: dict[str, Any]) -> UnitRecipe:
+        """The recipe of a trial with ``params``: the run's resolver, the run's overrides and protocol."""
+        return resolve_recipe(self.spec, self.cohort, self.task, overrides=self.overrides, tuned=params,
+                              protocol=self.protocol, init=self.init, init_sha256=self.init_sha)
 
     def __call__(self, trial: Any) -> float:
         optuna = _optuna()
         params = suggest(trial, self.space)
-        tr, mo = split_params(params)
-        train_cfg = method_train_config(self.spec, {**tr, **self.base_train}, self.cohort.spec.train)
-        recipe = self.recipe({**self.base_model, **mo})
+        r = self.recipe(params)
+        model = r.model_recipe(getattr(self.inputs, "model_kwargs", {}))
+        trial.set_user_attr("recipe", r.describe())
         scores = []
         n_inner = int(self.inner["fold"].max()) + 1
         for j in range(n_inner):
             val_ids = sorted(self.inner.loc[self.inner["fold"] == j, "case_id"])
             tr_ids = sorted(self.inner.loc[self.inner["fold"] != j, "case_id"])
             # the seed depends on the fold, not the trial: trials differ by their parameters only
-            cfg = TrainConfig.from_dict({**train_cfg, "seed": unit_seed(self.seed, self.spec.name, self.task,
-                                                                       self.outer_fold, "inner", j)})
-            out = fit_and_score(recipe, self.task, self.samples(tr_ids), self.samples(val_ids), cfg, progress=False)
+            cfg = r.train_config(unit_seed(self.seed, self.spec.name, self.task, self.outer_fold, "inner", j))
+            out = fit_and_score(model, self.task, self.samples(tr_ids), self.samples(val_ids), cfg, progress=False)
             v = out.scores.get(self.metric, float("nan"))
             scores.append(float(v) if v is not None else float("nan"))
             trial.set_user_attr(f"inner{j}", scores[-1])
@@ -249,15 +241,52 @@ class Objective:
         return float(np.nanmean(scores))
 
 
+@dataclass(frozen=True)
+class TuneSetup:
+    """What every study of one ``bench tune`` shares: the method, cohort, search space, the fixed
+    options (CLI overrides), the protocol and the inputs."""
+
+    spec: MethodSpec
+    cohort: Cohort
+    space: dict[str, Any]
+    n_inner: int
+    overrides: Overrides
+    protocol: str | None
+    base: UnitRecipe  # the recipe with no tuned values (its model options and protocol enter the study key)
+    inputs: Any
+    init: Path | None
+    seed: int
+    prune: bool
+
+
+def _setup(spec: MethodSpec, cohort: Cohort, task: str, overrides: Overrides, protocol: str | None,
+           inner: int | None, cache: Path | str, progress: bool, init: Path | None, seed: int,
+           prune: bool) -> TuneSetup:
+    sp = load_space(spec)
+    space = {k: v for k, v in sp["space"].items()
+             if k not in overrides.train and not (k.startswith(MODEL_PREFIX) and k[len(MODEL_PREFIX):] in overrides.model)}
+    for k in set(sp["space"]) - set(space):
+        log.info("%s is fixed by --set/--model: not searched", k)
+    if not space:
+        raise TuningError("every parameter of the search space is fixed by --set/--model: nothing to tune")
+    n_inner = int(inner or sp["inner_folds"])
+    if n_inner < 2:
+        raise TuningError(f"inner folds must be >= 2, got {n_inner}")
+    base = resolve_recipe(spec, cohort, task, overrides=overrides, protocol=protocol, init=init)
+    inputs = make_inputs(spec, cohort, cache, dict(base.inputs), progress)
+    return TuneSetup(spec, cohort, space, n_inner, overrides, protocol, base, inputs, init, seed, prune)
+
+
 def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | None = None,
          folds: list[int] | None = None, results: Path | str = "results", cache: Path | str = "cache",
          storage: str | None = None, n_folds: int = 5, seed: int = 0, inner: int | None = None,
          prune: bool = False, train_overrides: dict[str, Any] | None = None,
          model_overrides: dict[str, Any] | None = None, progress: bool = True,
          timeout: float | None = None, init: Path | str | None = None,
-         input_overrides: dict[str, Any] | None = None) -> TuneReport:
+         input_overrides: dict[str, Any] | None = None, protocol: str | None = None) -> TuneReport:
     """Tune ``spec`` on every (task, outer fold) of ``dataset`` up to ``n_trials`` finished trials each.
-    ``init``: the checkpoint every trial's network starts from, as ``bench run --init``."""
+    ``init``: the checkpoint every trial's network starts from, as ``bench run --init``;
+    ``protocol``: the preset, as ``bench run --protocol`` (default: the dataset's, the method's, wsi-bench)."""
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
@@ -267,74 +296,67 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
     for t in tasks:
         if t not in cohort.spec.tasks:
             raise TuningError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
-    sp = load_space(spec)
-    fixed_train = dict(train_overrides or {})
-    fixed_model = dict(model_overrides or {})
-    space = {k: v for k, v in sp["space"].items()
-             if k not in fixed_train and not (k.startswith(MODEL_PREFIX) and k[len(MODEL_PREFIX):] in fixed_model)}
-    for k in set(sp["space"]) - set(space):
-        log.info("%s is fixed by --set/--model: not searched", k)
-    if not space:
-        raise TuningError("every parameter of the search space is fixed by --set/--model: nothing to tune")
-    n_inner = int(inner or sp["inner_folds"])
-    if n_inner < 2:
-        raise TuningError(f"inner folds must be >= 2, got {n_inner}")
+    overrides = Overrides(train_overrides or {}, model_overrides or {}, input_overrides or {})
+    init = Path(init) if init is not None else None
+    setup = _setup(spec, cohort, tasks[0], overrides, protocol, inner, cache, progress, init, seed, prune)
     manager = SplitManager(Path(results) / "splits")
     report = TuneReport(dataset=dataset, method=spec.name)
-    base_model = model_options(spec, cohort, fixed_model)
-    input_opts = input_options(spec, cohort, input_overrides)
-    inputs = make_inputs(spec, cohort, cache, input_opts, progress)
-    init = Path(init) if init is not None else None
     for task in tasks:
-        all_cases = cohort.cases(task)
-        splits = manager.get(dataset, task, all_cases, n_folds=n_folds, seed=seed)
+        splits = manager.get(dataset, task, cohort.cases(task), n_folds=n_folds, seed=seed)
         for k in range(splits.n_folds):
-            if folds is not None and k not in folds:
-                continue
-            outer_train_ids = splits.train_cases(k)
-            # only the outer fold's training slides are ever prepared or read
-            inputs.ensure(outer_train_ids)
-            usable = [c for c in outer_train_ids if inputs.has(c)]
-            if len(usable) < len(outer_train_ids):
-                log.warning("%s fold %d: %d training case(s) have no input and are left out of tuning", task, k,
-                            len(outer_train_ids) - len(usable))
-            train_cases = all_cases[all_cases["case_id"].isin(set(usable))]
-            inner_split = inner_folds(train_cases, task, n_inner, unit_seed_inner(seed, k))
-            key = {"split_hash": splits.hash, "outer_fold": k, "inner": inner_split.sort_values("case_id").to_dict("list"),
-                   "space": space, "fixed_train": fixed_train, "model": base_model, "inputs": inputs.identity,
-                   "input_key": inputs_key(spec, input_opts), "seed": seed,
-                   "init": init_identity(init) if init is not None else None}
-            study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{config_hash(key)[:8]}"
-            fd = fold_dir(results, dataset, task, spec.name, k)
-            fd.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(fd / "inner_folds.csv", inner_split.to_csv(index=False))
-            url = storage or default_storage(results, dataset, task, spec.name)
-            study = _study(optuna, url, study_name)
-            n_before = _n_counted(study)
-            todo = n_trials - n_before
-            log.info("%s %s outer fold %d: study %s has %d finished trial(s); %s", dataset, task, k, study_name,
-                     n_before, f"running {todo} more" if todo > 0 else "nothing to do")
-            if todo > 0:
-                objective = Objective(spec, task, train_cases, inner_split, inputs, space, fixed_train,
-                                      base_model, cohort, seed, k, prune, init)
-                study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(seed, study_name, study, storage))
-                # samplers and pruners are not stored with a study: every worker sets its own
-                study.pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if prune
-                                else optuna.pruners.NopPruner())
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-                    study.optimize(objective, n_trials=todo, timeout=timeout, gc_after_trial=True,
-                                   catch=(T.metrics.UndefinedMetric, _training_error()),
-                                   callbacks=[optuna.study.MaxTrialsCallback(
-                                       n_trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)),
-                                       _log_trial(task, k)],
-                                   show_progress_bar=progress)
-            best = _write_best(study, fd, url, study_name, task, k, n_inner, space, splits.hash,
-                               T.get_task(task).metric)
-            report.folds.append(FoldTuning(task, k, study_name, n_before, _n_counted(study),
-                                           best.get("value"), best.get("params", {}), fd))
+            if folds is None or k in folds:
+                report.folds.append(_tune_fold(optuna, setup, task, k, splits, results, storage, n_trials,
+                                               timeout, progress))
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _tune_fold(optuna: Any, s: TuneSetup, task: str, k: int, splits: Any, results: Path | str,
+               storage: str | None, n_trials: int, timeout: float | None, progress: bool) -> FoldTuning:
+    """Top the study of outer fold ``k`` up to ``n_trials`` finished trials and write its best.json."""
+    spec, dataset, inputs = s.spec, s.cohort.spec.name, s.inputs
+    all_cases = s.cohort.cases(task)
+    outer_train_ids = splits.train_cases(k)
+    # only the outer fold's training slides are ever prepared or read
+    inputs.ensure(outer_train_ids)
+    usable = [c for c in outer_train_ids if inputs.has(c)]
+    if len(usable) < len(outer_train_ids):
+        log.warning("%s fold %d: %d training case(s) have no input and are left out of tuning", task, k,
+                    len(outer_train_ids) - len(usable))
+    train_cases = all_cases[all_cases["case_id"].isin(set(usable))]
+    inner_split = inner_folds(train_cases, task, s.n_inner, unit_seed_inner(s.seed, k))
+    key = {"split_hash": splits.hash, "outer_fold": k, "inner": inner_split.sort_values("case_id").to_dict("list"),
+           "space": s.space, "fixed_train": dict(s.overrides.train), "model": dict(s.base.model),
+           "inputs": inputs.identity, "input_key": inputs_key(spec, dict(s.base.inputs)), "seed": s.seed,
+           "init": init_identity(s.init) if s.init is not None else None, "protocol": s.base.protocol.name}
+    study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{config_hash(key)[:8]}"
+    fd = fold_dir(results, dataset, task, spec.name, k)
+    fd.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(fd / "inner_folds.csv", inner_split.to_csv(index=False))
+    url = storage or default_storage(results, dataset, task, spec.name)
+    study = _study(optuna, url, study_name)
+    n_before = _n_counted(study)
+    todo = n_trials - n_before
+    log.info("%s %s outer fold %d: study %s has %d finished trial(s); %s", dataset, task, k, study_name,
+             n_before, f"running {todo} more" if todo > 0 else "nothing to do")
+    if todo > 0:
+        objective = Objective(spec, task, train_cases, inner_split, inputs, s.space, s.overrides, s.cohort,
+                              s.seed, k, s.prune, s.init, s.protocol)
+        study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(s.seed, study_name, study, storage))
+        # samplers and pruners are not stored with a study: every worker sets its own
+        study.pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if s.prune
+                        else optuna.pruners.NopPruner())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=todo, timeout=timeout, gc_after_trial=True,
+                           catch=(T.metrics.UndefinedMetric, _training_error()),
+                           callbacks=[optuna.study.MaxTrialsCallback(
+                               n_trials, states=tuple(getattr(optuna.trial.TrialState, st) for st in COUNTED)),
+                               _log_trial(task, k)],
+                           show_progress_bar=progress)
+    best = _write_best(study, fd, url, study_name, task, k, s.n_inner, s.space, splits.hash,
+                       T.get_task(task).metric, s.base.protocol.name)
+    return FoldTuning(task, k, study_name, n_before, _n_counted(study), best.get("value"), best.get("params", {}), fd)
 
 
 def unit_seed_inner(seed: int, outer_fold: int) -> int:
@@ -381,7 +403,9 @@ def _log_trial(task: str, k: int):
 
 
 def _write_best(study: Any, fd: Path, url: str, study_name: str, task: str, k: int, n_inner: int,
-                space: dict[str, Any], split_hash: str, metric: str) -> dict[str, Any]:
+                space: dict[str, Any], split_hash: str, metric: str, protocol: str) -> dict[str, Any]:
+    """best.json: the best trial's parameters and value, and the recipe it trained (its protocol,
+    network and training options, as ``bench run --tuned`` resolves them)."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if done:
         df = study.trials_dataframe()
@@ -394,6 +418,7 @@ def _write_best(study: Any, fd: Path, url: str, study_name: str, task: str, k: i
            "outer_fold": k, "inner_folds": n_inner, "n_trials": _n_counted(study), "study_name": study_name,
            "storage": _redact(url), "space": space, "split_hash": split_hash,
            "inner_values": {k2: v for k2, v in best.user_attrs.items() if k2.startswith("inner")},
+           "protocol": protocol, "recipe": best.user_attrs.get("recipe"),
            "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(fd / "best.json", out)
     return out

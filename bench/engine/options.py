@@ -1,0 +1,129 @@
+"""What one ``bench run`` was asked to do, as one frozen value.
+
+The CLI builds a :class:`RunOptions` once (from the command line and the environment, through
+:class:`Settings`) and it travels whole: through ``runner.run``, to the ``--jobs`` workers and to
+the submitit/SLURM jobs — serialised as JSON (:meth:`RunOptions.to_json`), never rebuilt from argv,
+so an option given to the submitter (``--device``) is the option the job sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .recipe import Overrides
+
+ORDERS = ("task", "method", "fold")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings that come from the environment, read once by the CLI (:meth:`from_env`)
+    and handed down; nothing below the CLI reads the environment for them.
+
+    ``mmap_threshold``: glibc's mmap threshold while an end-to-end unit trains (bytes; 0 leaves
+    malloc alone; ``$BENCH_MMAP_THRESHOLD``, default 1 MiB; ``bench.engine.memory``).
+    ``trim_layers``: hand free heap pages back between Pixel-Mamba's streamed layers and stages
+    (``$BENCH_TRIM_LAYERS``, 0 or 1, default 1).
+    """
+
+    mmap_threshold: int = 1 << 20
+    trim_layers: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        raw = env.get("BENCH_MMAP_THRESHOLD", "").strip()
+        try:
+            threshold = int(raw) if raw else cls.mmap_threshold
+        except ValueError:
+            raise ValueError(f"BENCH_MMAP_THRESHOLD must be a number of bytes (or 0 to disable), got {raw!r}") from None
+        trim = env.get("BENCH_TRIM_LAYERS", "1").strip()
+        if trim not in ("0", "1"):
+            raise ValueError(f"BENCH_TRIM_LAYERS must be 0 or 1, got {trim!r}")
+        return cls(mmap_threshold=threshold, trim_layers=trim == "1")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every option of a run but the methods. Paths are kept as given; :meth:`for_job` makes them
+    absolute for a job that may start in another directory."""
+
+    dataset: str
+    tasks: tuple[str, ...] | None = None
+    folds: tuple[int, ...] | None = None
+    results: str = "results"
+    cache: str = "cache"
+    n_folds: int = 5
+    seed: int = 0
+    overrides: Overrides = field(default_factory=Overrides)
+    progress: bool = True
+    tuned: bool = False
+    dry_run: bool = False
+    init: str | None = None
+    from_scratch: bool = False
+    order: str = "fold"
+    variant: str | None = None
+    protocol: str | None = None
+    row_check: bool = True  # a launcher's one-unit jobs skip it: their submitter checked the whole grid
+    device: str = "auto"
+    jobs: int = 1
+    settings: Settings = field(default_factory=Settings)
+
+    def __post_init__(self) -> None:
+        for name in ("tasks", "folds"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, tuple):
+                object.__setattr__(self, name, tuple(v))
+        for name in ("results", "cache", "dataset"):
+            object.__setattr__(self, name, str(getattr(self, name)))
+        if self.init is not None:
+            object.__setattr__(self, "init", str(self.init))
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
+
+    @classmethod
+    def create(cls, dataset: str | Path, *, train_overrides: Mapping[str, Any] | None = None,
+               model_overrides: Mapping[str, Any] | None = None, input_overrides: Mapping[str, Any] | None = None,
+               **kw: Any) -> "RunOptions":
+        """From keyword arguments named as ``runner.run``'s documented ones (``train_overrides``...)."""
+        unknown = set(kw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown run option(s) {sorted(unknown)}")
+        ov = Overrides(train_overrides or {}, model_overrides or {}, input_overrides or {})
+        return cls(str(dataset), overrides=ov, **kw)
+
+    @property
+    def init_path(self) -> Path | None:
+        return Path(self.init) if self.init is not None else None
+
+    def for_job(self, task: str, fold: int) -> "RunOptions":
+        """The options of one submitted unit: paths absolute (a job may start elsewhere), no progress
+        bars, no grid-wide row check, and no ``--variant`` (the job's variant already carries its name)."""
+        dataset = str(Path(self.dataset).resolve()) if self.dataset.endswith((".yaml", ".yml")) else self.dataset
+        return replace(self, dataset=dataset, tasks=(task,), folds=(fold,), results=str(Path(self.results).resolve()),
+                       cache=str(Path(self.cache).resolve()),
+                       init=str(Path(self.init).resolve()) if self.init is not None else None,
+                       progress=False, dry_run=False, row_check=False, jobs=1, variant=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overrides"] = self.overrides.as_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunOptions":
+        d = dict(d)
+        d["overrides"] = Overrides(**d.get("overrides", {}))
+        d["settings"] = Settings(**d.get("settings", {}))
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunOptions":
+        return cls.from_dict(json.loads(text))
