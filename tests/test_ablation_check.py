@@ -92,3 +92,27 @@ def test_the_demo_refuses_alpha_before_training_and_says_what_would_differ(tiny)
     chk = check_ablation(a, ablation_grid(a, str(path)), cohort)
     assert not chk.ok and len(chk.identical) == 6  # every pair of the four values
     assert "They differ from n0 >= 97 regions" in chk.advice[0] and "--input magnification=" in chk.advice[0]
+
+
+def test_the_check_asks_the_network_the_protocol_builds(tiny, tmp_path):
+    """Under ``protocol: paper`` Pixel-Mamba's Region Fusion takes k from the *current* region count
+    (``fusion_k_from: current``): the check resolves each row as the run does and asks that network's
+    own plan, so its schedules are the paper network's, not the default one's."""
+    from pixelmamba import create_model
+
+    path, _ = tiny
+    data = yaml.safe_load(path.read_text())
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(yaml.safe_dump({**data, "protocol": "paper"}))
+    a = get_ablation("scan-window")
+    chk = check_ablation(a, ablation_grid(a, str(paper), values=[32, 64]), load_cohort(str(paper)),
+                         {"magnification": 2.5})  # 2.5x: 64-100 regions of 32 px, where the two rules differ
+    differs = 0
+    for v in chk.views["scan_window=32"]:
+        h, w = v["size"]
+        as_paper = create_model("pixelmamba-6m", num_classes=4, scan_window=32, fusion_k_from="current",
+                                bidirectional_merge="sum").plan(h, w)
+        as_default = create_model("pixelmamba-6m", num_classes=4, scan_window=32).plan(h, w)
+        assert v["schedule"] == tuple(r.n_regions for r in as_paper)
+        differs += tuple(r.n_regions for r in as_paper) != tuple(r.n_regions for r in as_default)
+    assert differs == len(chk.views["scan_window=32"])  # the case tells the two networks apart
