@@ -18,6 +18,7 @@ from ..registry import MethodSpec, build_model, count_parameters, count_trainabl
 from ..report.records import WeightsProvenance
 from .. import tasks as T
 from .pretrain import load_init
+from .steps import resolve_device  # noqa: F401 (where the CLI and the runner find it)
 from .train import Sample, TrainConfig, train_and_predict
 
 log = logging.getLogger(__name__)
@@ -62,22 +63,6 @@ class Outcome:
     peak_rss_mb: float | None
     peak_cuda_mb: float | None
     loaded: list[dict[str, Any]] = field(default_factory=list)  # what the network's build loaded (file, sha256, key map)
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """``auto``: this rank's device under torchrun, else the first CUDA device when there is one, else
-    the CPU."""
-    from . import distributed as D
-
-    if device in (None, "auto"):
-        if D.active():
-            return D.device()
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is visible here (torch {torch.__version__}, "
-                         f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu")
-    return dev
 
 
 def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test: Sequence[Sample],

@@ -16,7 +16,6 @@ stopped; ``load_init`` reads the model part into any model (``bench run --init``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import time
@@ -31,6 +30,7 @@ from feature_cache.weights import WeightsError, WeightsProvenance, file_sha256, 
 
 from ..io import atomic_path
 from . import distributed as D
+from .steps import StepLoop, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -179,27 +179,24 @@ def _atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def pretrain(data: Path | str, out: Path | str, cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Pre-train ``cfg.model`` on the ImageFolder ``data``; checkpoints in ``out``. Resumes from
-    ``out/last.pt`` when it exists. Returns a summary (steps, last loss, val top-1 if any)."""
+@dataclass
+class _Data:
+    """Pre-training's data side: the ImageFolder, its loader and sampler, mixup and the loss."""
+
+    train_set: Any
+    loader: Any
+    sampler: Any
+    gen: torch.Generator
+    mixup: Any
+    criterion: Any
+
+
+def _data(cfg: PretrainConfig, train_dir: Path, world: int) -> _Data:
     from timm.data import Mixup, create_transform
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from torch.utils.data import DataLoader, DistributedSampler
     from torchvision.datasets import ImageFolder
-    from tqdm.auto import tqdm
 
-    import pixelmamba
-
-    from .train import _lr_lambda
-
-    train_dir, val_dir = _folders(Path(data))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    world = D.world_size()
-    if cfg.batch_size % (cfg.micro_batch * world):
-        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch {cfg.micro_batch} "
-                         f"x {world} process(es)")
-    accum = cfg.batch_size // (cfg.micro_batch * world)
     mix_on = cfg.mixup > 0 or cfg.cutmix > 0
     if mix_on and cfg.micro_batch % 2:
         raise ValueError(f"mixup pairs images inside a micro-batch: micro_batch must be even, got {cfg.micro_batch}")
@@ -209,105 +206,128 @@ def pretrain(data: Path | str, out: Path | str, cfg: PretrainConfig, *, progress
     if len(train_set) < cfg.micro_batch * world:
         raise ValueError(f"{train_dir} has {len(train_set)} images, fewer than one micro-batch "
                          f"({cfg.micro_batch} x {world}); lower --set micro_batch=...")
-    n_classes = len(train_set.classes)
-    torch.manual_seed(cfg.seed)
-    model = pixelmamba.create_model(cfg.model, num_classes=n_classes,
-                                    **{"checkpointing": False, **cfg.model_options})
-    dev = D.device() if world > 1 else torch.device("cpu")
-    model.to(dev)
-    net: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and not getattr(p, "_no_weight_decay", False)]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and not getattr(p, "_no_weight_decay", False))]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999))
     sampler = DistributedSampler(train_set, seed=cfg.seed, drop_last=True) if world > 1 else None
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.micro_batch, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, drop_last=True, generator=gen, persistent_workers=False)
-    steps_per_epoch = max(1, len(loader) // accum)
-    total = steps_per_epoch * cfg.epochs
-    floor = cfg.min_lr / cfg.lr
-    base = _lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: floor + (1 - floor) * base(s))
+    n_classes = len(train_set.classes)
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                   num_classes=n_classes) if mix_on else None
     criterion = SoftTargetCrossEntropy() if mix_on else LabelSmoothingCrossEntropy(cfg.smoothing)
+    return _Data(train_set, loader, sampler, gen, mixup, criterion)
 
-    step, start_epoch = 0, 0
+
+def _resume(last: Path, cfg: PretrainConfig, loop: StepLoop, classes: list[str], train_dir: Path) -> int:
+    """The optimizer step ``out/last.pt`` reached (its model, optimizer and schedule restored), else 0."""
+    if not last.is_file():
+        return 0
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    if ck.get("format") != CHECKPOINT_FORMAT or ck.get("arch") != cfg.model:
+        raise ValueError(f"{last} is not a {cfg.model} pre-training checkpoint of this version; "
+                         "move it away or pick another --out")
+    if ck.get("classes") != classes:
+        raise ValueError(f"{last} was trained on other classes than {train_dir}; pick another --out")
+    loop.model.load_state_dict(ck["model"])
+    loop.opt.load_state_dict(ck["optimizer"])
+    loop.sched.load_state_dict(ck["scheduler"])
+    return int(ck["step"])
+
+
+def pretrain(data: Path | str, out: Path | str, cfg: PretrainConfig, *, progress: bool = True,
+             device: str = "auto") -> dict[str, Any]:
+    """Pre-train ``cfg.model`` on the ImageFolder ``data``; checkpoints in ``out``. Resumes from
+    ``out/last.pt`` when it exists. Returns a summary (steps, last loss, val top-1 if any).
+    ``device``: ``auto`` trains on this rank's GPU under torchrun, else on the first GPU when there
+    is one, else on the CPU (``steps.resolve_device``)."""
+    import pixelmamba
+
+    train_dir, val_dir = _folders(Path(data))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = D.world_size()
+    if cfg.batch_size % (cfg.micro_batch * world):
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch {cfg.micro_batch} "
+                         f"x {world} process(es)")
+    accum = cfg.batch_size // (cfg.micro_batch * world)
+    d = _data(cfg, train_dir, world)
+    torch.manual_seed(cfg.seed)
+    model = pixelmamba.create_model(cfg.model, num_classes=len(d.train_set.classes),
+                                    **{"checkpointing": False, **cfg.model_options})
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and not getattr(p, "_no_weight_decay", False)]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and not getattr(p, "_no_weight_decay", False))]
+    steps_per_epoch = max(1, len(d.loader) // accum)
+    loop = StepLoop(model, resolve_device(device), [{"params": decay, "weight_decay": cfg.weight_decay},
+                                                    {"params": rest, "weight_decay": 0.0}],
+                    lr=cfg.lr, weight_decay=cfg.weight_decay, accum=accum, betas=(0.9, 0.999),
+                    total_steps=steps_per_epoch * cfg.epochs, warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
+                    floor=cfg.min_lr / cfg.lr)
     last = out / "last.pt"
-    if last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        if ck.get("format") != CHECKPOINT_FORMAT or ck.get("arch") != cfg.model:
-            raise ValueError(f"{last} is not a {cfg.model} pre-training checkpoint of this version; "
-                             "move it away or pick another --out")
-        if ck.get("classes") != train_set.classes:
-            raise ValueError(f"{last} was trained on other classes than {train_dir}; pick another --out")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step = int(ck["step"])
-        start_epoch = step // steps_per_epoch
-        log.info("resuming from %s at step %d (epoch %d)", last, step, start_epoch + 1)
+    step = _resume(last, cfg, loop, d.train_set.classes, train_dir)
+    if step:
+        log.info("resuming from %s at step %d (epoch %d)", last, step, step // steps_per_epoch + 1)
+    t0 = time.perf_counter()
+    step, loss_val = _pretrain_steps(loop, d, cfg, step, steps_per_epoch, last, progress)
+    summary: dict[str, Any] = {"steps": step, "last_loss": loss_val, "seconds": time.perf_counter() - t0,
+                               "checkpoint": str(last), "classes": len(d.train_set.classes)}
+    if val_dir is not None and D.is_main():
+        summary["val_top1"] = evaluate(model, val_dir, cfg, d.train_set.class_to_idx)
+    return summary
+
+
+def _pretrain_steps(loop: StepLoop, d: _Data, cfg: PretrainConfig, step: int, steps_per_epoch: int, last: Path,
+                    progress: bool) -> tuple[int, float]:
+    """Optimizer steps from ``step`` on, a checkpoint every ``cfg.save_every`` steps and at every
+    epoch's end. Returns (steps done, last loss)."""
+    from tqdm.auto import tqdm
 
     def save() -> None:
         if D.is_main():
-            _atomic_save({"format": CHECKPOINT_FORMAT, "arch": cfg.model, "classes": train_set.classes,
+            _atomic_save({"format": CHECKPOINT_FORMAT, "arch": cfg.model, "classes": d.train_set.classes,
                           "step": step, "epoch": step / steps_per_epoch, "config": asdict(cfg),
-                          "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict()}, last)
+                          "model": loop.model.state_dict(), "optimizer": loop.opt.state_dict(),
+                          "scheduler": loop.sched.state_dict()}, last)
 
-    limit = total if cfg.max_steps is None else min(total, cfg.max_steps)
+    limit = min(steps_per_epoch * cfg.epochs, cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.epochs)
     bar = tqdm(total=limit, initial=step, desc=f"pretrain {cfg.model}", unit="step",
                disable=None if progress and D.is_main() else True, dynamic_ncols=True)
-    loss_val, t0 = float("nan"), time.perf_counter()
+    loss_val, accum = float("nan"), loop.accum
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(step // steps_per_epoch, cfg.epochs):
             if step >= limit:
                 break
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            gen.manual_seed(cfg.seed + epoch)  # the same order when an epoch is resumed
+            if d.sampler is not None:
+                d.sampler.set_epoch(epoch)
+            d.gen.manual_seed(cfg.seed + epoch)  # the same order when an epoch is resumed
             skip = (step - epoch * steps_per_epoch) * accum  # micro-batches already done in this epoch
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            for i, (x, y) in enumerate(loader):
+            loop.model.train()
+            loop.opt.zero_grad(set_to_none=True)
+            for i, (x, y) in enumerate(d.loader):
                 if i < skip:
                     continue
                 if i // accum >= steps_per_epoch or step >= limit:
                     break
-                x, y = x.to(dev), y.to(dev)
-                if mixup is not None:
-                    x, y = mixup(x, y)
+                x, y = x.to(loop.device), y.to(loop.device)
+                if d.mixup is not None:
+                    x, y = d.mixup(x, y)
                 sync = (i + 1) % accum == 0
-                with net.no_sync() if world > 1 and not sync else contextlib.nullcontext():
-                    loss = criterion(net(x), y)
-                    if D.any_rank(not bool(torch.isfinite(loss))):
-                        raise FloatingPointError(f"pre-training loss became {loss.item()} at step {step}: "
-                                                 "lower --set lr=... (the last checkpoint is kept)")
-                    (loss / accum).backward()
+                with loop.pass_(sync):
+                    loss = d.criterion(loop.net(x), y)
+                    loop.backward(loss, lambda _here, loss=loss: FloatingPointError(
+                        f"pre-training loss became {loss.item()} at step {step}: lower --set lr=... "
+                        "(the last checkpoint is kept)"))
                 if not sync:
                     continue
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                loop.step()
                 step += 1
                 loss_val = loss.item()
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{loop.last_lr():.2e}")
                 if step % cfg.save_every == 0:
                     save()
             save()
     finally:
         bar.close()
-    summary: dict[str, Any] = {"steps": step, "last_loss": loss_val, "seconds": time.perf_counter() - t0,
-                               "checkpoint": str(last), "classes": n_classes}
-    if val_dir is not None and D.is_main():
-        summary["val_top1"] = evaluate(model, val_dir, cfg, train_set.class_to_idx)
-    return summary
+    return step, loss_val
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ fold, a defect of several public pipelines.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from baselines.bag import Bag
 
 from . import distributed as D
+from .steps import StepLoop
 from .. import tasks as T
 from ..tasks import weighted_cross_entropy  # noqa: F401  (public here since the trainer introduced it)
 
@@ -170,16 +170,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 def validation_split(task: str, labels: Sequence[dict[str, float]], fraction: float, seed: int) -> list[int]:
     """Positions of the training cases held out for early stopping: stratified by the task's
     strata (as the folds are), seeded, about ``fraction`` of the cases and at least one. The
@@ -220,87 +210,88 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
         held = set(validation_split(task, [s.labels for s in train], cfg.val_fraction, cfg.seed))
         val = [s for i, s in enumerate(train) if i in held]
         train = [s for i, s in enumerate(train) if i not in held]
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val loss, epoch, weights)
-
     world = D.world_size()
     dev = D.device() if world > 1 else next(model.parameters()).device
-    model.to(dev)
-    net: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
-    fitted.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_rank = len(D.shard(list(range(len(train)))))
     steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch)))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rows = []
+    loop = StepLoop(model, dev, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, accum=cfg.grad_accum,
+                    total_steps=steps_per_epoch * cfg.epochs, warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
+                    grad_clip=cfg.grad_clip, before_step=before_step)
+    fitted.to(dev)
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.epochs * per_rank, desc=desc or "train", unit="case",
                disable=None if progress and D.is_main() else True, leave=False, dynamic_ncols=True)
     try:
-        for epoch in range(cfg.epochs):
-            model.train()
-            order = D.shard(torch.randperm(len(train), generator=gen).tolist())  # same on every rank
-            losses = []
-            opt.zero_grad(set_to_none=True)
-            for i, idx in enumerate(order):
-                s = train[idx]
-                last = i == len(order) - 1
-                sync = (i + 1) % cfg.grad_accum == 0 or last
-                with net.no_sync() if world > 1 and not sync else contextlib.nullcontext():
-                    x = s.load()
-                    if cfg.max_patches:
-                        x = _at_most(x, cfg.max_patches, gen)
-                    logits = net(_to(x, dev))
-                    loss = fitted.loss(logits, fitted.target(s.labels, dev))
-                    if D.any_rank(not bool(torch.isfinite(loss))):
-                        where = f"case {s.case_id}" if not torch.isfinite(loss) else f"another rank's case"
-                        raise TrainingError(f"loss became non-finite at epoch {epoch + 1}, {where}: "
-                                            "lower the learning rate (--set lr=...) or check this case's input")
-                    (loss / cfg.grad_accum).backward()
-                losses.append(loss.item())
-                if sync:
-                    if before_step is not None:
-                        before_step(model)
-                    if cfg.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                bar.update(1)
-            epoch_loss = float(np.mean([v for r in D.all_gather(losses) for v in r]))
-            rows.append({"epoch": epoch + 1, "loss": epoch_loss, "lr": sched.get_last_lr()[0],
-                         "seconds": time.perf_counter() - t0})
-            if val:
-                rows[-1]["val_loss"] = v = _val_loss(model, val, fitted, dev)
-                if best is None or v < best[0]:
-                    best = (v, epoch + 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
-                elif epoch + 1 - best[1] >= cfg.patience and epoch + 1 > cfg.min_epochs:
-                    break
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
+        rows, best = _epochs(loop, train, val, fitted, cfg, bar, t0)
     finally:
         bar.close()
     if best is not None:
         model.load_state_dict(best[2])
     train_seconds = time.perf_counter() - t0
-    mine = list(range(len(test)))[D.rank()::world]
-    part = predict(model, task, [test[i] for i in mine], fitted)
-    if world > 1:
-        parts = D.all_gather((mine, part))
-        concat = [i for idx, _ in parts for i in idx]  # test index of each gathered row
-        pred = pd.concat([p for _, p in parts], ignore_index=True)
-        pred = pred.iloc[np.argsort(concat, kind="stable")].reset_index(drop=True)
-    else:
-        pred = part
+    pred = _predict_shared(model, task, test, fitted, world)
     info = {"train_seconds": train_seconds, "train_cases": len(train), "test_cases": len(test),
             "world_size": world, **fitted.info()}
     if val:
         info.update(val_cases=len(val), best_epoch=best[1] if best else None, epochs_run=len(rows))
     return pred, pd.DataFrame(rows), info
+
+
+def _epochs(loop: StepLoop, train: Sequence[Sample], val: Sequence[Sample], fitted: T.FittedTask, cfg: TrainConfig,
+            bar: Any, t0: float) -> tuple[list[dict[str, Any]], tuple[float, int, dict[str, torch.Tensor]] | None]:
+    """The epochs of one unit: one case per forward pass, ``cfg.grad_accum`` cases per optimizer step;
+    with early stopping, the weights of the epoch with the lowest validation loss. Returns the train
+    log's rows and (val loss, epoch, weights) of the best epoch (None without validation)."""
+    model, dev = loop.model, loop.device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = D.shard(torch.randperm(len(train), generator=gen).tolist())  # same on every rank
+        losses = []
+        loop.opt.zero_grad(set_to_none=True)
+        for i, idx in enumerate(order):
+            s = train[idx]
+            sync = (i + 1) % cfg.grad_accum == 0 or i == len(order) - 1
+            with loop.pass_(sync):
+                x = s.load()
+                if cfg.max_patches:
+                    x = _at_most(x, cfg.max_patches, gen)
+                loss = fitted.loss(loop.net(_to(x, dev)), fitted.target(s.labels, dev))
+                loop.backward(loss, lambda here, s=s, e=epoch: _non_finite(e, s.case_id, here))
+            losses.append(loss.item())
+            if sync:
+                loop.step()
+            bar.update(1)
+        rows.append({"epoch": epoch + 1, "loss": float(np.mean([v for r in D.all_gather(losses) for v in r])),
+                     "lr": loop.last_lr(), "seconds": time.perf_counter() - t0})
+        if val:
+            rows[-1]["val_loss"] = v = _val_loss(model, val, fitted, dev)
+            if best is None or v < best[0]:
+                best = (v, epoch + 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
+            elif epoch + 1 - best[1] >= cfg.patience and epoch + 1 > cfg.min_epochs:
+                break
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
+    return rows, best
+
+
+def _non_finite(epoch: int, case_id: str, here: bool) -> TrainingError:
+    where = f"case {case_id}" if here else "another rank's case"
+    return TrainingError(f"loss became non-finite at epoch {epoch + 1}, {where}: "
+                         "lower the learning rate (--set lr=...) or check this case's input")
+
+
+def _predict_shared(model: torch.nn.Module, task: str, test: Sequence[Sample], fitted: T.FittedTask,
+                    world: int) -> pd.DataFrame:
+    """Predictions of ``test``: each rank predicts its share, gathered in the test order."""
+    mine = list(range(len(test)))[D.rank()::world]
+    part = predict(model, task, [test[i] for i in mine], fitted)
+    if world == 1:
+        return part
+    parts = D.all_gather((mine, part))
+    concat = [i for idx, _ in parts for i in idx]  # test index of each gathered row
+    pred = pd.concat([p for _, p in parts], ignore_index=True)
+    return pred.iloc[np.argsort(concat, kind="stable")].reset_index(drop=True)
 
 
 @torch.no_grad()
