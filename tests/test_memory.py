@@ -12,9 +12,10 @@ from bench.engine.memory import bound_heap_growth
 CHILD = textwrap.dedent("""
     import os, torch
     from bench.engine.memory import bound_heap_growth
+    from bench.engine.options import Settings
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    print(bound_heap_growth())
+    print(bound_heap_growth(Settings.from_env().mmap_threshold))
     base = rss()
     for _ in range(3):          # 16 MB: first freed by munmap, which (by default) raises the
         t = torch.ones(4 << 20)  # threshold so the next ones come from the heap and stay resident
@@ -40,25 +41,33 @@ def test_pinned_threshold_returns_freed_tensors_to_the_system():
     assert dynamic > 12, dynamic  # glibc's dynamic threshold kept one in the heap
 
 
-def test_bad_environment_value_names_the_variable(monkeypatch):
-    monkeypatch.setenv("BENCH_MMAP_THRESHOLD", "1MB")
+def test_bad_environment_value_names_the_variable():
+    from bench.engine.options import Settings
+
     with pytest.raises(ValueError, match="BENCH_MMAP_THRESHOLD"):
-        bound_heap_growth()
+        Settings.from_env({"BENCH_MMAP_THRESHOLD": "1MB"})
+    assert Settings.from_env({}) == Settings(1 << 20, True)
+    assert Settings.from_env({"BENCH_MMAP_THRESHOLD": "0", "BENCH_TRIM_LAYERS": "0"}) == Settings(0, False)
 
 
-def test_importing_bench_makes_openmp_threads_wait_passively_unless_the_user_chose():
-    code = "import bench, os; print(os.environ['OMP_WAIT_POLICY'])"
+def test_the_command_line_makes_openmp_threads_wait_passively_unless_the_user_chose():
+    """Importing bench (or its registry) changes no process-wide state; the command line sets the
+    policy for its process and the processes it starts."""
+    imported = "import bench, bench.registry, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    cli = "import os, bench.cli as c; c.passive_openmp(); print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", imported], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"
+    out = subprocess.run([sys.executable, "-c", cli], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "PASSIVE"
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+    out = subprocess.run([sys.executable, "-c", cli], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
 
 
 TRIM_CHILD = textwrap.dedent("""
     import os, torch
-    from bench.engine.memory import bound_heap_growth, release_between_layers, release_free_memory
+    from bench.engine.memory import bound_heap_growth, release_between_layers, release_free_memory, trimming
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     bound_heap_growth()
@@ -81,10 +90,11 @@ TRIM_CHILD = textwrap.dedent("""
     x = torch.ones(4, requires_grad=True)
     release_free_memory()
     base = rss()
-    y = layers[1](layers[0](x))
-    after_fwd = rss() - base
-    y.register_hook(lambda g: seen.update(bwd=rss()))  # runs after the layer's own hook
-    y.sum().backward()
+    with trimming(os.environ["BENCH_TRIM_LAYERS"] == "1"):  # the policy the unit executor enters
+        y = layers[1](layers[0](x))
+        after_fwd = rss() - base
+        y.register_hook(lambda g: seen.update(bwd=rss()))  # runs after the layer's own hook
+        y.sum().backward()
     print(seen["fwd"] - base, after_fwd, seen["bwd"] - base)
 """)
 
@@ -99,7 +109,7 @@ def _trim_child(flag: str) -> list[float]:
 def test_release_between_layers_returns_freed_heap_pages_at_each_layer():
     n_on, at_layer2_on, _, at_bwd_on = _trim_child("1")
     n_off, at_layer2_off, _, at_bwd_off = _trim_child("0")
-    assert (n_on, n_off) == (4, 0)  # a pre-hook and a forward hook per layer; none when off
+    assert (n_on, n_off) == (4, 4)  # a pre-hook and a forward hook per layer; they act inside the policy only
     # off: the 48 MB of freed heap tensors are still resident when layer 2 starts and when the
     # backward starts
     assert at_layer2_off > 40 and at_bwd_off > 40, (at_layer2_off, at_bwd_off)
@@ -107,12 +117,11 @@ def test_release_between_layers_returns_freed_heap_pages_at_each_layer():
     assert at_layer2_on < 10 and at_bwd_on < 10, (at_layer2_on, at_bwd_on)
 
 
-def test_bad_trim_flag_names_the_variable(monkeypatch):
-    from bench.engine.memory import release_between_layers
+def test_bad_trim_flag_names_the_variable():
+    from bench.engine.options import Settings
 
-    monkeypatch.setenv("BENCH_TRIM_LAYERS", "yes")
     with pytest.raises(ValueError, match="BENCH_TRIM_LAYERS"):
-        release_between_layers([])
+        Settings.from_env({"BENCH_TRIM_LAYERS": "yes"})
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
@@ -121,28 +130,33 @@ def test_bench_pixelmamba_trims_on_the_streamed_path_only(monkeypatch):
     and backward: 3 x 24 layer starts at segment 2, less one: the backward trim waits for the
     gradient of a layer's output tokens, and the last layer's tokens get none, only its CLS feeds
     the head) and when a stage inside a streamed layer starts (pixelmamba's release hook), not on
-    the plain path of small inputs, where it only costs time; BENCH_TRIM_LAYERS=0 sets neither."""
+    the plain path of small inputs, where it only costs time; and only inside the policy the unit
+    executor enters (``memory.trimming``): building the model sets nothing process-wide, leaving
+    the policy restores pixelmamba's hook, and trimming off sets neither."""
     import torch
 
     import bench.engine.memory as mem
-    import pixelmamba.streaming as streaming
     from bench.engine.models import pixelmamba
+    from pixelmamba.streaming import set_release_hook
 
     calls: list[int] = []
     monkeypatch.setattr(mem, "release_free_memory", lambda: calls.append(1) or True)
-    monkeypatch.setattr(streaming, "_release_hook", None)  # restored after the test
-    monkeypatch.setenv("BENCH_TRIM_LAYERS", "0")
-    pixelmamba(2, scan_window=32)
-    assert streaming._release_hook is None
-    monkeypatch.setenv("BENCH_TRIM_LAYERS", "1")
+    before = set_release_hook(None)
     torch.manual_seed(0)
     model = pixelmamba(2, scan_window=32)
-    assert streaming._release_hook is mem.release_free_memory
+    assert set_release_hook(None) is None  # the build installed no process-wide hook
+    model(torch.randn(1, 3, 64, 96)).sum().backward()  # streamed, outside the policy: no trims
+    with mem.trimming(False):
+        model(torch.randn(1, 3, 64, 96)).sum().backward()
+        assert set_release_hook(None) is None
+    assert calls == []
     stages: list[int] = []
-    monkeypatch.setattr(streaming, "_release_hook", lambda: stages.append(1))
-    model(torch.randn(1, 3, 32, 32)).sum().backward()  # one region: the plain path
-    assert calls == [] and stages == []
-    model(torch.randn(1, 3, 64, 96)).sum().backward()  # six regions: streamed
+    with mem.trimming(True):
+        assert set_release_hook(lambda: stages.append(1)) is mem.release_free_memory
+        model(torch.randn(1, 3, 32, 32)).sum().backward()  # one region: the plain path
+        assert calls == [] and stages == []
+        model(torch.randn(1, 3, 64, 96)).sum().backward()  # six regions: streamed
+    assert set_release_hook(before) is None  # left: the hook that was there before is back
     assert len(calls) == 3 * 24 - 1
     # each layer: forward and recomputation, 3 stages each (two sweeps, one fusion pass); its
     # backward 3 more (two sweeps, the fusion's backward), less the last layer's fusion backward
@@ -209,13 +223,13 @@ def test_runner_bounds_the_heap_for_end_to_end_units_only(monkeypatch, tmp_path)
     from bench.engine import runner
 
     seen = []
-    real = runner.bounded_heap
+    real = runner.unit_memory_policy
 
-    def spy(active=True):
-        seen.append(active)
-        return real(False)  # record the decision, leave this test process's malloc alone
+    def spy(end_to_end, settings):
+        seen.append(end_to_end)
+        return real(False, settings)  # record the decision, leave this test process's malloc alone
 
-    monkeypatch.setattr(runner, "bounded_heap", spy)
+    monkeypatch.setattr(runner, "unit_memory_policy", spy)
     from fake_inputs import BagInputs, write_toy_cohort
 
     spec, _ = write_toy_cohort(tmp_path, 20, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
