@@ -238,3 +238,25 @@ def test_run_plans_units_in_the_requested_order(cohort):
     got = [(p.unit.fold, p.unit.task, p.unit.method) for p in plan.todo]
     assert got == [(k, t, m) for k in (0, 1) for t in ("staging", "survival")
                    for m in ("meanmil.resnet50", "maxmil.resnet50")]
+
+
+@pytest.mark.slow  # a job process imports torch: ~1 min quiet
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_reaches_the_slurm_job(cohort, tmp_path, monkeypatch, capsys):
+    """``--device`` travels to the job with the rest of the options: ``--device cuda`` on a machine
+    without CUDA fails in the job, naming the option (a dropped option would train on the CPU)."""
+    import os
+
+    import fake_slurm
+
+    spec, root = cohort
+    bin_dir = fake_slurm.install(tmp_path / "slurm")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    results = tmp_path / "results-device"
+    args = ["run", "--methods", "meanmil.resnet50", "--dataset", str(spec), "--results", str(results),
+            "--cache", str(root / "cache"), "--tasks", "staging", "--folds", "0", "--set", "epochs=1",
+            "--launcher", "submitit", "--cluster", "slurm", "--time", "30", "--device", "cuda", "-q"]
+    assert cli(args) == 1
+    out = capsys.readouterr().out
+    assert "submitted 1 job(s)" in out and "--device cuda: no CUDA device is visible" in out, out
+    assert not (results / "runs" / "toy" / "staging" / "meanmil.resnet50" / "fold0" / "metrics.json").exists()
