@@ -138,11 +138,15 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     import torch
 
     import pixelmamba
-    from bench.engine.memory import bound_heap_growth, release_free_memory
+    from bench.engine.memory import bound_heap_growth, release_free_memory, trimming
     from bench.engine.models import release_pixelmamba_heap
+    from bench.engine.options import Settings
     from pixelmamba.serialize import region_grid
 
-    bound_heap_growth()  # as `bench run` does: resident size follows the live tensors (bench/engine/memory.py)
+    settings = Settings.from_env()  # BENCH_MMAP_THRESHOLD, BENCH_TRIM_LAYERS, as the CLI reads them
+    bound_heap_growth(settings.mmap_threshold)  # as `bench run` does: resident size follows the live tensors
+    # the trim policy `bench run` enters for each end-to-end unit; this child process is one measurement
+    trimming(settings.trim_layers).__enter__()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # Warm-up on a tiny image (two 224² regions after padding, far below the measured sizes):
@@ -152,7 +156,7 @@ def child_memory(size: int, args: argparse.Namespace) -> dict:
     # would not run before the base is taken, and the ~1.2 MB of library code its first call pages
     # in (~5 B/px at 512²) would count against the image like a kernel compiled late.
     net = pixelmamba.create_model(args.model, num_classes=4, **_model_kwargs(args))
-    release_pixelmamba_heap(net)  # as bench's adapter does (bench/engine/models.py)
+    release_pixelmamba_heap(net)  # as bench's adapter does (bench/engine/models.py); acts under trimming()
     mode = net.checkpointing  # the warm-up takes the path the measured image takes ("auto" would not)
     net.set_grad_checkpointing(net.streams(math.prod(region_grid(size, size, net.cfg.scan_window))))
     warm = torch.randn(1, 3, 32, net.cfg.scan_window + 32)

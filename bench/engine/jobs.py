@@ -2,9 +2,10 @@
 
 The results store already lets several processes share one results directory (a lock per unit,
 the staging directory ``fold<k>.next``, the done-marker written last), and the feature cache one
-cache (a lock per slide). So ``--jobs N`` is N copies of the same command over the same store: the
+cache (a lock per slide). So ``--jobs N`` is N copies of the same run over the same store: the
 parent plans and checks the run (splits written, options validated, rows checked), then starts
-N - 1 *workers* — the same command, marked as workers — and trains units itself. Every process
+N - 1 *workers* — ``python -m bench.engine.worker``, given the run's options and methods as JSON
+(``bench.engine.worker``) and marked as workers — and trains units itself. Every process
 walks the same unit list and trains the units nobody holds; a slide's features are extracted once,
 by whichever process reaches it first. Workers print nothing but warnings and errors; the parent
 prints one overall progress line (units finished by any process, elapsed, ETA), waits for its
