@@ -132,9 +132,29 @@ def test_cli_jobs_default_is_auto_and_resolves_per_machine(monkeypatch):
     assert cli._jobs(args) == 1  # $BENCH_JOBS sets the default
     args, cli = _parsed(["--device", "cpu", "--jobs", "3"], monkeypatch, env="1")
     assert cli._jobs(args) == 3  # the option wins over the environment
-    args, cli = _parsed(["--device", "cpu", "--jobs", "auto"], monkeypatch)
-    monkeypatch.setenv(jobs.WORKER_ENV, "1700000000.5")
-    assert cli._jobs(args) == 1  # a --jobs worker never starts workers of its own
+
+
+def test_workers_receive_the_run_serialised(tmp_path):
+    """A --jobs worker (and a DDP rank) reads the run from JSON, not from a command line: the options
+    and the methods, variants with their own settings, come back equal."""
+    from bench.engine.config import Variant
+    from bench.engine.options import RunOptions, Settings
+    from bench.engine.worker import read_worker_spec, write_worker_spec
+
+    opts = RunOptions.create("demo", tasks=["staging"], folds=[0, 2], results=tmp_path, device="cpu", jobs=2,
+                             train_overrides={"epochs": 1, "lr": 1e-4}, model_overrides={"alpha": 0.4},
+                             input_overrides={"magnification": 1.25}, protocol="paper", tuned=True,
+                             settings=Settings(0, False))
+    variants = [Variant(get_method("meanmil.resnet50")),
+                Variant(get_method("pixelmamba-6m"), "alpha=0.4", {"alpha": 0.4}, {"epochs": 2}, {"magnification": 1.25})]
+    path = write_worker_spec(tmp_path / "logs", opts, variants, 1700000000.5)
+    back, methods, started = read_worker_spec(path)
+    assert back == opts and started == 1700000000.5
+    assert [(v.spec.name, v.name, v.model, v.train, v.inputs) for v in methods] == \
+        [(v.spec.name, v.name, v.model, v.train, v.inputs) for v in variants]
+    job = opts.for_job("staging", 2)
+    assert job.folds == (2,) and job.tasks == ("staging",) and job.device == "cpu" and not job.progress
+    assert RunOptions.from_json(job.to_json()) == job
 
 
 def test_bad_bench_jobs_is_refused_naming_the_variable(monkeypatch):
