@@ -139,7 +139,7 @@ def test_workers_receive_the_run_serialised(tmp_path):
     and the methods, variants with their own settings, come back equal."""
     from bench.engine.config import Variant
     from bench.engine.options import RunOptions, Settings
-    from bench.engine.worker import read_worker_spec, write_worker_spec
+    from bench.engine.jobs import read_worker_spec, write_worker_spec
 
     opts = RunOptions.create("demo", tasks=["staging"], folds=[0, 2], results=tmp_path, device="cpu", jobs=2,
                              train_overrides={"epochs": 1, "lr": 1e-4}, model_overrides={"alpha": 0.4},

@@ -182,8 +182,7 @@ def _torchrun(nproc: int, methods: list, opts: "RunOptions") -> int:
     import time
 
     from ..engine.config import Variant
-    from ..engine.jobs import SPEC_ENV
-    from ..engine.worker import write_worker_spec
+    from ..engine.jobs import SPEC_ENV, write_worker_spec
 
     spec = write_worker_spec(Path(opts.results) / "logs" / f"ddp-{time.strftime('%Y%m%d-%H%M%S')}", opts,
                              [Variant(m) for m in methods], None)

@@ -21,8 +21,13 @@ import logging
 import os
 import subprocess
 import time
+import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
+
+from ..io import atomic_write_json
+from .config import Variant
+from .options import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +163,28 @@ class Workers:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def default_worker_command() -> list[str]:
+    return [sys.executable, "-m", "bench.engine.worker"]
+
+
+def write_worker_spec(log_dir: Path, opts: RunOptions, variants: list[Variant], started_at: float | None) -> Path:
+    """Write what a worker runs (options, methods, a ``--jobs`` parent's start time); returns the file."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / "run.json"
+    atomic_write_json(path, {"options": opts.to_dict(), "methods": [v.to_dict() for v in variants],
+                             "started_at": started_at})
+    return path
+
+
+def read_worker_spec(path: Path | str) -> tuple[RunOptions, list[Variant], float | None]:
+    try:
+        data: dict[str, Any] = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the run a --jobs worker was given ({exc})") from exc
+    return (RunOptions.from_dict(data["options"]), [Variant.from_dict(v) for v in data["methods"]],
+            None if data.get("started_at") is None else float(data["started_at"]))
 
 
 def finished_now(unit_dir: Path, chash: str) -> bool:

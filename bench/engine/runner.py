@@ -28,10 +28,9 @@ from ..report.tables import human_count
 from . import distributed as D
 from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
-from .worker import default_worker_command, write_worker_spec
 from .executor import fit_and_score, resolve_device
 from .identity import NUMERICS_VERSION, digest
-from .jobs import Workers, finished_now, threads_per_job, validate_jobs
+from .jobs import Workers, default_worker_command, finished_now, threads_per_job, validate_jobs, write_worker_spec
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import unit_memory_policy
 from .options import RunOptions

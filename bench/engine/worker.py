@@ -10,40 +10,12 @@ whole run with its group. Nothing is re-parsed from a command line.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
-from ..io import atomic_write_json
-from .config import Variant
-from .jobs import SPEC_ENV
-from .options import RunOptions
-
-
-def default_worker_command() -> list[str]:
-    return [sys.executable, "-m", "bench.engine.worker"]
-
-
-def write_worker_spec(log_dir: Path, opts: RunOptions, variants: list[Variant], started_at: float | None) -> Path:
-    """Write what a worker runs (options, methods, a ``--jobs`` parent's start time); returns the file."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / "run.json"
-    atomic_write_json(path, {"options": opts.to_dict(), "methods": [v.to_dict() for v in variants],
-                             "started_at": started_at})
-    return path
-
-
-def read_worker_spec(path: Path | str) -> tuple[RunOptions, list[Variant], float | None]:
-    try:
-        data: dict[str, Any] = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the run a --jobs worker was given ({exc})") from exc
-    return (RunOptions.from_dict(data["options"]), [Variant.from_dict(v) for v in data["methods"]],
-            None if data.get("started_at") is None else float(data["started_at"]))
+from .jobs import SPEC_ENV, read_worker_spec
 
 
 def main() -> int:
