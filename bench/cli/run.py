@@ -101,7 +101,7 @@ def _jobs_arg(value: str) -> int | str:
 
 def _jobs(args: argparse.Namespace) -> int:
     """The processes this run trains on: ``--jobs``, else ``$BENCH_JOBS``, else ``auto``
-    (``bench.engine.jobs.auto_jobs``; one process for DDP ranks, scheduler jobs and --jobs workers)."""
+    (``bench.engine.jobs.auto_jobs``; one process for DDP ranks and scheduler jobs)."""
     from ..engine import distributed as D
     from ..engine.executor import resolve_device
     from ..engine.jobs import JOBS_ENV, auto_jobs, parse_jobs
