@@ -1,7 +1,7 @@
 """A unit's identity: everything that changes its numbers, hashed into its ``config_hash``.
 
-It covers the labels of the unit's cases for its task, each slide's identity (size and a cheap
-content fingerprint, so a rescan under the same file name is seen), mpp overrides, the split set
+It covers the labels of the unit's cases for its task, each slide's identity
+(:func:`feature_cache.slide.slide_fingerprint`, so a rescan under the same file name is seen), mpp overrides, the split set
 (seed, n_folds), the resolved input, model and training options, the fingerprint of every
 pretrained part (encoder, second stage, ``--init``), the protocol and the version of the numerical
 code path. When a finished unit's identity differs from the one a rerun computes, the unit is redone
@@ -12,53 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
+from feature_cache.slide import slide_fingerprint
+
 # Bump when a change to training, prediction or scoring code changes the numbers a unit produces:
 # every finished unit is then redone on the next run (the reason names this version).
 NUMERICS_VERSION = 1
-
-_HEAD_TAIL = 1 << 16  # bytes read at each end of a slide file for its content fingerprint
-_fp_cache: dict[tuple[str, int, int], str] = {}
-
-
-def _file_fingerprint(path: Path) -> tuple[int, str]:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _fp_cache:
-        h = hashlib.sha256(str(st.st_size).encode())
-        with open(path, "rb") as f:
-            h.update(f.read(_HEAD_TAIL))
-            if st.st_size > 2 * _HEAD_TAIL:
-                f.seek(-_HEAD_TAIL, os.SEEK_END)
-                h.update(f.read(_HEAD_TAIL))
-        _fp_cache[key] = h.hexdigest()[:16]
-    return st.st_size, _fp_cache[key]
-
-
-def slide_fingerprint(path: str | Path) -> str:
-    """``<size>:<sha256 of size, first and last 64 KiB>`` of a slide file, or of every file of a
-    slide directory (DICOM, MIRAX data folder beside the .mrxs). Cheap (128 KiB per file), and
-    changes when the slide is rescanned or replaced. The modification time is not part of it: a
-    copy to another disk keeps its identity."""
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(q for q in p.rglob("*") if q.is_file())
-    else:
-        files = [p]
-        sidecar = p.with_suffix("")  # MIRAX: slide.mrxs + slide/ (Slidedat.ini, Data*.dat)
-        if p.suffix.lower() == ".mrxs" and sidecar.is_dir():
-            files += sorted(q for q in sidecar.rglob("*") if q.is_file())
-    if not files:
-        return "missing"
-    parts = [_file_fingerprint(f) for f in files]
-    size = sum(s for s, _ in parts)
-    h = hashlib.sha256("|".join(fp for _, fp in parts).encode()).hexdigest()[:16]
-    return f"{size}:{h}"
 
 
 def slide_identities(table: pd.DataFrame, cases: Iterable[str]) -> dict[str, list[str]]:
