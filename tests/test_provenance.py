@@ -349,3 +349,27 @@ def test_a_row_never_mixes_protocols(tmp_path):
                      make_record(fold=k, protocol=proto))
     with pytest.raises(RecordError, match=r"fold 1 differs from fold 0 in protocol"):
         store.summarize("demo")
+
+
+def test_one_weights_provenance_from_load_to_record(tmp_path):
+    """The provenance a weights load records is the class the unit record holds; a record written
+    before the class gained ``dropped``/``n_keys`` reads unchanged, and so does an encoder load
+    remembered with the ``component`` spelling."""
+    import feature_cache.weights as fw
+    from bench.report import records
+    from record_factory import make_record
+
+    assert records.WeightsProvenance is fw.WeightsProvenance
+    old = make_record().to_dict()
+    assert old["weights"] == [{"part": "encoder resnet50", "source": "pretrained", "label": "pretrained (hub)",
+                               "path": None, "sha256": "abc", "mapping": None}]  # the schema-2 entry, as written
+    assert records.UnitRecord.from_dict(json.loads(json.dumps(old))).to_dict() == old
+    loaded = fw.WeightsProvenance("--init", "explicit", path="a.pt", sha256="ff", mapping="name-for-name",
+                                  dropped=("head.weight",), n_keys=411)
+    rec = make_record(weights=[loaded])
+    back = records.UnitRecord.from_json(json.dumps(rec.to_dict()))
+    assert back.weights == [loaded] and not back.random_weights
+    remembered = {"component": "encoder conch", "source": "hub", "path": "/h/conch.bin", "sha256": "01",
+                  "mapping": "open_clip", "dropped": ["text.x"], "n_keys": 3}
+    assert fw.WeightsProvenance.from_dict(remembered) == fw.WeightsProvenance(
+        "encoder conch", "hub", "", "/h/conch.bin", "01", "open_clip", ("text.x",), 3)

@@ -428,7 +428,7 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
         protocol=cfg["protocol"], split=SplitIdentity(**cfg["split"]),
         identity={"labels": digest(cfg["labels"]), "slides": digest(cfg["slides"]),
                   "mpp_override": str(cfg["mpp_override"])},
-        weights=[WeightsProvenance(**w) for w in cfg["weights"]], config_hash=p.chash,
+        weights=[WeightsProvenance.from_dict(w) for w in cfg["weights"]], config_hash=p.chash,
         code_version=_code_version(), numerics_version=NUMERICS_VERSION, primary_metric=task.metric,
         higher_is_better=bool(getattr(task, "higher_is_better", True)), metrics=out.scores, params=out.params, trainable_params=out.trainable_params,
         n_train=len(train), n_test=len(test), cases_without_input=without, predictions_sha256="",
@@ -445,7 +445,7 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
 def _encoder_loads(fi: Inputs) -> list[dict[str, Any]]:
     """What the patch encoder's weights were loaded from (file, sha256, key map), when it has a record."""
     enc = getattr(fi, "encoder", None)
-    return [w.as_dict() for w in getattr(enc, "weights_provenance", None) or [] if hasattr(w, "as_dict")]
+    return [w.to_dict() for w in enc.weights_provenance] if enc is not None else []
 
 
 def _registry_position(name: str) -> int:

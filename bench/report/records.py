@@ -13,6 +13,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from feature_cache.weights import WeightsProvenance
+
+__all__ = ["SCHEMA_VERSION", "RecordError", "InputSpec", "SplitIdentity", "UnitRecord", "WeightsProvenance"]
+
 SCHEMA_VERSION = 2
 
 
@@ -38,22 +42,6 @@ class InputSpec:
         if self.kind == "slide":
             return f"slide@{float(self.magnification or 0):g}x"
         return f"{self.kind}:{self.encoder}"
-
-
-@dataclass(frozen=True)
-class WeightsProvenance:
-    """Where the weights of one pretrained part of a unit's model came from."""
-
-    part: str  # "encoder resnet50", "slide_encoder", "vit4k", "model (--init)", "model"
-    source: str  # explicit | env | hub | init | random | scratch | standin
-    label: str  # for humans and table footnotes: "ImageNet (resnet50 weights, sha256 …)"
-    path: str | None = None
-    sha256: str | None = None
-    mapping: str | None = None  # the release layout's key map used to load it (feature_cache.weights)
-
-    @property
-    def random(self) -> bool:
-        return self.source in ("random", "scratch", "standin")
 
 
 @dataclass(frozen=True)
@@ -126,7 +114,7 @@ class UnitRecord:
 
     # --- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "weights": [w.to_dict() for w in self.weights]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "metrics.json") -> "UnitRecord":
@@ -146,7 +134,7 @@ class UnitRecord:
             kw["input"] = InputSpec(**d["input"])
             kw["default_input"] = InputSpec(**d["default_input"])
             kw["split"] = SplitIdentity(**d["split"])
-            kw["weights"] = [WeightsProvenance(**w) for w in d["weights"]]
+            kw["weights"] = [WeightsProvenance.from_dict(w) for w in d["weights"]]
         except TypeError as exc:
             raise RecordError(f"{where}: malformed nested entry ({exc})") from exc
         return cls(**kw)
