@@ -20,7 +20,7 @@ from ..registry import MethodSpec
 from feature_cache.weights import WeightsProvenance
 
 from ..report.records import InputSpec
-from .identity import digest
+from ..results.identity import digest
 from .train import Bag, Sample
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from .. import tasks as T
 from .config import (INPUT_OPTIONS, OptionError, Variant, input_options, method_defaults, method_train_config,
                      model_options, protocol_of, resolved_model_options, unit_seed)
 from .executor import ModelRecipe
-from .identity import NUMERICS_VERSION, digest, labels_of, slide_identities
+from ..results.identity import digest
+from .identity import NUMERICS_VERSION, labels_of, slide_identities
 from .inputs import Inputs, inputs_key, make_inputs
 from .pretrain import init_identity
 from .train import TrainConfig

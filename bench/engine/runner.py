@@ -28,7 +28,8 @@ from . import distributed as D
 from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
 from .executor import fit_and_score, resolve_device
-from .identity import NUMERICS_VERSION, digest
+from ..results.identity import digest
+from .identity import NUMERICS_VERSION
 from .jobs import Workers, finished_now, threads_per_job, validate_jobs
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import bounded_heap

@@ -145,14 +145,3 @@ class UnitRecord:
             return cls.from_dict(json.loads(text), where)
         except json.JSONDecodeError as exc:
             raise RecordError(f"{where} is not valid JSON ({exc}): rerun the `bench run` command to redo it") from exc
-
-    def row_signature(self) -> dict[str, Any]:
-        """What must be equal across the folds of one table row: everything but the fold itself and
-        the per-fold training seed."""
-        tuned = set((self.tuned or {}).get("params", {}))  # tuned per outer fold: may differ by design
-        train = {k: v for k, v in self.train.items() if k != "seed" and k not in tuned}
-        model = {k: v for k, v in self.model.items() if f"model.{k}" not in tuned}
-        return {"method": self.method, "variant": self.variant, "task": self.task, "input": asdict(self.input),
-                "model": model, "train": train, "identity": self.identity, "protocol": self.protocol, "split": asdict(self.split),
-                "weights": [(w.part, w.source, w.sha256) for w in self.weights], "tuned": bool(self.tuned),
-                "numerics_version": self.numerics_version}
