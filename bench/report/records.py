@@ -4,7 +4,7 @@ document. ``metrics.json`` is its serialisation, written last and atomically (it
 the live registry, never a string they parse back.
 
 Besides the scores it holds the unit's *identity* — everything that changes its numbers — so a
-rerun can tell exactly which units are stale and why (``bench.engine.identity``).
+rerun can tell exactly which units are stale and why (``bench.results.identity``).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class UnitRecord:
     split: SplitIdentity
     identity: dict[str, str]  # hashes of what the unit read: its cases' labels, its slides, mpp
     weights: list[WeightsProvenance]
-    config_hash: str  # the identity hash (bench.engine.identity)
+    config_hash: str  # digest of the identity (bench.results.identity.digest)
     code_version: str  # git commit of the checkout (or package version)
     numerics_version: int  # bumped when a numerical code path changes
     primary_metric: str

@@ -1,7 +1,7 @@
 """The results store: one directory per unit of work, its record (``metrics.json``) written last.
 
     results/runs/<dataset>/<task>/<method>[/<variant>]/fold<k>/
-        config.json       the unit's identity (bench.engine.identity), its hash, code version, environment
+        config.json       the unit's identity (bench.engine.plan; bench.results.identity), its hash, code version, environment
         predictions.csv   one row per test case: labels and prediction / risk
         train_log.csv     one row per epoch
         metrics.json      the unit record (bench.report.records), written last and atomically:
