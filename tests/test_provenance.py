@@ -15,8 +15,8 @@ from bench.engine.config import OptionError
 from bench.engine.runner import run, unit_variant
 from bench.engine.train import Sample
 from bench.registry import get_method
-from bench.report.records import RecordError
-from bench.report.results import ResultsStore
+from bench.results.records import RecordError
+from bench.results.store import ResultsStore
 from fake_inputs import FakeFeatureInputs, write_toy_cohort
 
 N_CASES = 20
@@ -270,7 +270,7 @@ class _SecondStageInputs(StageInputs):
 
     def provenance(self):
         return super().provenance() + [
-            __import__("bench.report.records", fromlist=["WeightsProvenance"]).WeightsProvenance(
+            __import__("bench.results.records", fromlist=["WeightsProvenance"]).WeightsProvenance(
                 "slide_encoder", "pretrained", "slide_encoder.pth", "/weights/slide_encoder.pth", "ab")]
 
 
@@ -338,7 +338,7 @@ def test_run_on_an_unwritable_results_root_names_it(cohort, tmp_path, capsys):
 
 
 def test_a_row_never_mixes_protocols(tmp_path):
-    from bench.report.results import Unit
+    from bench.results.store import Unit
     from record_factory import make_record
 
     store = ResultsStore(tmp_path)
@@ -356,7 +356,7 @@ def test_one_weights_provenance_from_load_to_record(tmp_path):
     before the class gained ``dropped``/``n_keys`` reads unchanged, and so does an encoder load
     remembered with the ``component`` spelling."""
     import feature_cache.weights as fw
-    from bench.report import records
+    from bench.results import records
     from record_factory import make_record
 
     assert records.WeightsProvenance is fw.WeightsProvenance
@@ -377,7 +377,7 @@ def test_one_weights_provenance_from_load_to_record(tmp_path):
 
 def _finished_row(store, configs):
     """One row's finished folds, each with its identity (``configs[k]``) and one identical record."""
-    from bench.report.results import Unit
+    from bench.results.store import Unit
     from record_factory import make_record
 
     for k, config in enumerate(configs):
@@ -399,8 +399,8 @@ def test_the_summary_and_the_pre_run_check_compare_one_row_signature(tmp_path):
     from types import SimpleNamespace
 
     from bench.engine.status import check_rows
-    from bench.report.results import Unit
-    from bench.report.results import MixedRowError
+    from bench.results.store import Unit
+    from bench.results.store import MixedRowError
     from bench.results.identity import digest, row_signature
 
     other = {**IDENTITY, "inputs": {**IDENTITY["inputs"], "max_instances": 512}}

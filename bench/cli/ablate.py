@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
         failed = report.failed
     print_failed(failed)
     from ..report.ablation_tables import write_ablation_tables
-    from ..report.results import ResultsStore
+    from ..results.store import ResultsStore
 
     from dataclasses import replace
 

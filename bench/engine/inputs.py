@@ -19,7 +19,7 @@ from feature_cache.cache import FeatureFileCorrupt
 from ..registry import MethodSpec
 from feature_cache.weights import WeightsProvenance
 
-from ..report.records import InputSpec
+from ..results.records import InputSpec
 from ..results.identity import digest
 from .train import Bag, Sample
 

@@ -10,7 +10,7 @@ from ..data.datasets import Cohort
 from ..data.splits import Splits, split_set_name
 from ..registry import MethodSpec
 from feature_cache.weights import WeightsProvenance
-from ..report.results import Unit
+from ..results.store import Unit
 from .. import tasks as T
 from .config import (INPUT_OPTIONS, OptionError, Variant, input_options, method_defaults, method_train_config,
                      model_options, protocol_of, resolved_model_options, unit_seed)

@@ -21,8 +21,8 @@ import pandas as pd
 from ..data.datasets import load_cohort
 from ..data.splits import SplitManager, Splits
 from ..registry import ENCODERS, SOURCE_PARAMS, MethodSpec
-from ..report.records import InputSpec, SplitIdentity, UnitRecord, WeightsProvenance
-from ..report.results import MixedRowError, ResultsStore, Unit
+from ..results.records import InputSpec, SplitIdentity, UnitRecord, WeightsProvenance
+from ..results.store import MixedRowError, ResultsStore, Unit
 from ..report.tables import human_count
 from . import distributed as D
 from .. import tasks as T
@@ -485,6 +485,6 @@ def _frozen_params(spec: MethodSpec, total: int, trainable: int, weights: list[W
 
 
 def _code_version() -> str:
-    from ..report.results import code_version
+    from ..results.store import code_version
 
     return code_version()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..report.results import ResultsStore, Unit
+from ..results.store import ResultsStore, Unit
 from ..results.identity import BOOKKEEPING, digest, explain, row_signature
 from . import distributed as D
 from .config import OptionError

@@ -378,7 +378,7 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
                  ddof: int = 0, ablation_rows: bool = False, stats: bool = False, n_boot: int = 1000,
                  alpha: float = 0.05, compute: bool = False, figures: bool = True) -> list[str]:
     """Table 2 (and the classification table of every dataset that has one, and Kaplan–Meier
-    figures) from ``store`` (a :class:`~bench.report.results.ResultsStore`); returns what to print."""
+    figures) from ``store`` (a :class:`~bench.results.store.ResultsStore`); returns what to print."""
     from pathlib import Path
 
     from ..io import atomic_write_text

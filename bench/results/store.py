@@ -4,7 +4,7 @@
         config.json       the unit's identity (bench.engine.plan; bench.results.identity), its hash, code version, environment
         predictions.csv   one row per test case: labels and prediction / risk
         train_log.csv     one row per epoch
-        metrics.json      the unit record (bench.report.records), written last and atomically:
+        metrics.json      the unit record (bench.results.records), written last and atomically:
                           its presence is what "done" means
 
 A unit being (re)done is written into ``fold<k>.next/``; only when its record is written does it
@@ -34,7 +34,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from ..io import atomic_write_json, atomic_write_text, safe_name
-from ..results.identity import digest, explain, row_signature
+from .identity import digest, explain, row_signature
 from .records import RecordError, UnitRecord
 
 log = logging.getLogger(__name__)
