@@ -166,7 +166,7 @@ def check_ablation(ablation: Any, grid: Any, cohort: Any, overrides: Any = None,
     Each row's network is resolved as ``bench run`` resolves it (``bench.engine.recipe``: the dataset,
     the row's settings, ``overrides`` — the run's ``Overrides``, or a dict of model options, input
     options among them — and the ``protocol`` preset) and asked for its own plan."""
-    from .engine.config import INPUT_OPTIONS, Variant
+    from .engine.config import INPUT_OPTIONS, Variant, grid_variants
     from .engine.recipe import Overrides, resolve_recipe
 
     if not isinstance(overrides, Overrides):
@@ -174,10 +174,10 @@ def check_ablation(ablation: Any, grid: Any, cohort: Any, overrides: Any = None,
         overrides = Overrides(model={k: v for k, v in over.items() if k not in INPUT_OPTIONS},
                               inputs={k: v for k, v in over.items() if k in INPUT_OPTIONS})
     # slide headers only matter to what slide-reading rows see; feature rows see their method and options
-    slides = _slides(cohort) if any(getattr(getattr(v, "spec", v), "input", "") == "slide" for v in grid.variants) \
+    slides = _slides(cohort) if any(getattr(getattr(v, "spec", v), "input", "") == "slide" for v in grid_variants(grid.items)) \
         else [(sid, (0, 0), 0.0) for sid in cohort.table["slide_id"]]
     rows, views, networks, values = [], {}, {}, {}
-    for item, var in zip(grid.items, grid.variants):
+    for item, var in zip(grid.items, grid_variants(grid.items)):
         label = item.variant or item.method
         values[label] = item.value
         v = var if isinstance(var, Variant) else Variant(var)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import MethodSpec
-from ..report.results import Unit
+from ..results.store import Unit
 from .config import Variant
 from .options import RunOptions
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..report.results import ResultsStore
+from ..results.store import ResultsStore
 from .jobs import finished_now
 from .plan import UnitPlan
 

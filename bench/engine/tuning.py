@@ -44,7 +44,7 @@ from ..data.datasets import Cohort, load_cohort
 from ..resources import config_path
 from ..io import atomic_write_json, atomic_write_text, safe_name
 from ..registry import MethodSpec
-from ..report.results import config_hash
+from ..results.identity import digest
 from .config import unit_seed
 from .executor import fit_and_score
 from .inputs import inputs_key, make_inputs
@@ -329,7 +329,7 @@ def _tune_fold(optuna: Any, s: TuneSetup, task: str, k: int, splits: Any, result
            "space": s.space, "fixed_train": dict(s.overrides.train), "model": dict(s.base.model),
            "inputs": inputs.identity, "input_key": inputs_key(spec, dict(s.base.inputs)), "seed": s.seed,
            "init": init_identity(s.init) if s.init is not None else None, "protocol": s.base.protocol.name}
-    study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{config_hash(key)[:8]}"
+    study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{digest(key)[:8]}"
     fd = fold_dir(results, dataset, task, spec.name, k)
     fd.mkdir(parents=True, exist_ok=True)
     atomic_write_text(fd / "inner_folds.csv", inner_split.to_csv(index=False))
