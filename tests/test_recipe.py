@@ -98,3 +98,17 @@ def test_tune_and_run_tuned_train_what_run_trains_under_the_datasets_protocol(pa
     # tuned values searched under one preset are not trained under another
     assert cli(["run", "--methods", METHOD, "--tasks", "staging", "--tuned", "--protocol", "wsi-bench", *common]) == 2
     assert "searched under protocol 'paper'" in capsys.readouterr().err
+
+
+def test_doctor_reports_the_recipe_run_resolves(paper_cohort, capsys):
+    """`bench doctor --methods` prints the recipe of the one resolver: the dataset's protocol preset
+    (the paper's CLAM early stopping, plain cross-entropy), or the preset named on the command line."""
+    from bench.cli.doctor import check_recipes
+
+    spec, _ = paper_cohort
+    assert check_recipes(str(spec), METHOD)
+    out = capsys.readouterr().out
+    assert f"{METHOD} staging: protocol paper; early_stopping schedule" in out and "class weights none" in out
+    assert check_recipes(str(spec), METHOD, protocol="wsi-bench")
+    out = capsys.readouterr().out
+    assert f"{METHOD} staging: protocol wsi-bench; fixed schedule" in out and "inverse_frequency" in out

@@ -8,12 +8,15 @@ import os
 import platform
 from pathlib import Path
 
+from ..engine.protocol import list_protocols
 from .common import Formatter
 
 EPILOG = """examples:
   python -m bench doctor
   python -m bench doctor --dataset luad            # + every unreadable slide and every dropped case
   python -m bench doctor --dataset luad --tissue   # + slides without tissue (reads each thumbnail)
+  python -m bench doctor --dataset blca --methods 'abmil.*,pixelmamba-6m' --protocol paper
+                                                   # + the recipe `run` resolves for each method
 """
 
 
@@ -30,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --dataset: the feature cache root `run` will use (checked writable)")
     p.add_argument("--tissue", action="store_true",
                    help="with --dataset: also find slides without tissue (segments each thumbnail)")
+    p.add_argument("--methods", help="with --dataset: resolve these methods' recipes as `run` does (protocol, "
+                                     "training schedule, options validated); `all`, comma lists, globs")
+    p.add_argument("--protocol", choices=list_protocols(), default=None,
+                   help="with --methods: the preset `run --protocol` would use (default: the dataset's, the method's)")
     p.set_defaults(func=main)
 
 
@@ -79,8 +86,37 @@ def main(args: argparse.Namespace) -> int:
     if args.dataset:
         ok &= check_dataset(args.dataset, tissue=args.tissue, n_folds=args.n_folds,
                             results=args.results, cache=args.cache)
+        if args.methods:
+            ok &= check_recipes(args.dataset, args.methods, args.protocol)
     print("ready" if ok else "something required is missing (see above)")
     return 0 if ok else 1
+
+
+def check_recipes(dataset: str, methods: str, protocol: str | None = None) -> bool:
+    """The recipe ``run`` resolves for each method on each task of ``dataset`` (the one resolver,
+    ``bench.engine.recipe.resolve_recipe``): its protocol preset and training schedule, or the option
+    error that would stop the run. False when a recipe cannot be resolved."""
+    from ..data.datasets import load_cohort
+    from ..engine.config import OptionError
+    from ..engine.recipe import resolve_recipe
+    from ..registry import resolve_methods
+
+    cohort = load_cohort(dataset)
+    ok = True
+    for spec in resolve_methods(methods):
+        for task in cohort.spec.tasks:
+            try:
+                r = resolve_recipe(spec, cohort, task, protocol=protocol)
+            except (OptionError, ValueError) as exc:
+                print(f"recipe      {spec.name} {task}: error: {exc}")
+                ok = False
+                continue
+            t = r.train
+            print(f"recipe      {spec.name} {task}: protocol {r.protocol.name}; {t['schedule']} schedule, "
+                  f"{t['epochs']} epochs, lr {t['lr']:g}, class weights {t['class_weights']}"
+                  + (f"; network options {dict(r.model)}" if r.model else "")
+                  + (f"; inputs {dict(r.inputs)}" if r.inputs else ""))
+    return ok
 
 
 def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: str | None = None,
