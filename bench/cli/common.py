@@ -48,6 +48,17 @@ def resolve_dataset(name: str | None, preferred: str = PREFERRED_DATASET) -> str
     return "demo"
 
 
+def dataset_name(arg: str) -> str:
+    """The name results are stored under for ``--dataset arg``: a dataset YAML given by path is
+    stored under its spec's name (its ``name:`` key, else the file's stem), as ``bench run`` stores it."""
+    path = Path(arg.strip())
+    if path.suffix not in (".yaml", ".yml"):
+        return arg.strip()
+    from ..data.datasets import load_spec
+
+    return load_spec(str(path)).name
+
+
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``--set lr=1e-4 --set epochs=5`` → {"lr": 1e-4, "epochs": 5} (values parsed as YAML scalars)."""
     import yaml

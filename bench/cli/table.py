@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import Formatter, add_paths
+from .common import Formatter, add_paths, dataset_name
 
 log = logging.getLogger("bench")
 
@@ -29,7 +29,8 @@ defaults (and --init checkpoints); each is explained under the table.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table", help="write the LaTeX/Markdown tables and KM figures", epilog=EPILOG,
                        formatter_class=Formatter)
-    p.add_argument("--dataset", help="comma list of datasets (default: every dataset with results)")
+    p.add_argument("--dataset", help="comma list of datasets, by name or by the path of the YAML file given to "
+                                     "`bench run` (default: every dataset with results)")
     add_paths(p)
     p.add_argument("--out", type=Path, help="LaTeX output file (default results/tables/table2[_<datasets>].tex)")
     p.add_argument("--methods", help="rows the table must list (all, comma lists, globs as in `bench run`); "
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     from ..report.tables import write_tables
 
     store = ResultsStore(args.results)
-    datasets = args.dataset.split(",") if args.dataset else store.datasets()
+    datasets = [dataset_name(d) for d in args.dataset.split(",")] if args.dataset else store.datasets()
     suffix = "" if not args.dataset else "_" + "_".join(datasets)
     expected = [m.name for m in resolve_methods(args.methods)] if args.methods else None
     for line in write_tables(store, datasets, args.out or args.results / "tables" / f"table2{suffix}.tex",
