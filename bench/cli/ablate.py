@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, check_names, cluster_options, parse_int_list,
                      parse_sets, print_failed, print_launch_report, resolve_dataset)
 
 log = logging.getLogger("bench")
@@ -76,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
         print("run one: python -m bench ablate <name> [--dataset X] (see --help)")
         return 0
     ablation = get_ablation(args.name)
+    check_names(dataset=args.dataset, tasks=[args.task] if args.task else None)
     dataset = resolve_dataset(args.dataset, preferred=ablation.dataset)
     grid = ablation_grid(ablation, dataset, args.task, parse_values(args.values))
     for note in grid.notes:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..engine.protocol import list_protocols
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, check_names, cluster_options, parse_int_list,
                      parse_sets, print_failed, print_launch_report, resolve_dataset)
 
 log = logging.getLogger("bench")
@@ -119,6 +119,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_names(args.methods, args.dataset, tasks=args.tasks.split(",") if args.tasks else None)
     from ..engine import distributed as D
     from ..registry import resolve_methods
     from ..engine.runner import run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import Formatter, add_dataset, add_paths, resolve_dataset
+from .common import Formatter, add_dataset, check_names, add_paths, resolve_dataset
 
 log = logging.getLogger("bench")
 
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_names(dataset=args.dataset, tasks=[args.task] if args.task else None)
     from ..data.datasets import load_cohort
     from ..data.splits import SplitManager
 
