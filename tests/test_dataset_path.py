@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -65,3 +66,21 @@ def test_dataset_by_path_is_the_dataset_by_name(command, toy, monkeypatch, capsy
     assert seen["path"] == seen["name"]
     if command == "table":
         assert seen["path"][0] == 0 and "ABMIL" in seen["path"][1] and "0.5500 ± 0.1000" in seen["path"][1], seen["path"][1]
+
+
+@pytest.mark.parametrize("name", ["luad", "blca", "brca"])
+def test_missing_data_message_names_the_yaml_to_edit(name, tmp_path, monkeypatch):
+    """The download help says which clinical settings to change "in" the dataset's YAML: it names
+    that file (the shipped one, or the copy given by path), never "this file"."""
+    from bench.data.datasets import DatasetError, load_cohort, load_spec
+
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path / "data"))
+    shipped = load_spec(name).config_file
+    assert shipped.endswith(f"datasets/{name}.yaml") and Path(shipped).is_file()
+    copy = tmp_path / f"my{name}.yaml"
+    shutil.copy(shipped, copy)
+    for dataset, file in ((name, shipped), (str(copy), str(copy))):
+        with pytest.raises(DatasetError) as exc:
+            load_cohort(dataset)
+        msg = str(exc.value)
+        assert f"clinical_format: cbioportal in {file};" in msg and "this file" not in msg, msg
