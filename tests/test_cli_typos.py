@@ -36,6 +36,7 @@ TYPOS = {  # argv -> what the error must suggest
     "ablate alpah": "'alpha'",
     "ablate alpha --dataset dmo": "'demo'",
     "extract --encoders resnet50,gigapth --dataset demo": "'gigapath'",
+    "extract --encoders resnet50 --dataset lad": "'luad'",
     "splits --dataset lua": "'luad'",
     "table --methods pixelmamba-6": "pixelmamba-6m",
 }

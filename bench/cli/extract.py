@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    check_names(dataset=args.dataset, encoders=[e.strip() for e in args.encoders.split(",") if e.strip()])
+    check_names(encoders=[e.strip() for e in args.encoders.split(",") if e.strip()])  # load_cohort checks the dataset
     from feature_cache import FeatureCache, get_encoder, import_features
 
     from ..data.datasets import load_cohort
