@@ -134,3 +134,71 @@ def test_cli_import_prints_counts_lists_missing_and_writes_the_set(tmp_path, cap
     df.to_csv(f, index=False)
     assert main(argv) == 2
     assert "already holds a different split set 'mambamil'" in capsys.readouterr().err
+
+
+def test_an_imported_set_gives_each_fold_its_roles_and_its_own_variant(tmp_path):
+    from bench.data.splits import SplitManager
+    from bench.data.split_import import write_split_set
+    from bench.engine.plan import unit_variant
+
+    root = tmp_path / "splits"
+    tsv = tmp_path / "k=all.tsv"
+    df = pd.DataFrame({"case_id": CASES})
+    for k in range(5):
+        df[f"fold_{k}"] = ["test" if i % 5 == k else "val" if i % 5 == (k + 1) % 5 else "train" for i in range(N)]
+    df.to_csv(tsv, sep="\t", index=False)
+    imp = check_against_cohort(read_split_file(tsv, "patho-bench"), "pb", "staging", _cases())
+    write_split_set(root, "toy", imp, tsv, "patho-bench")
+    s = SplitManager(root).get("toy", "staging", _cases(), name="pb")
+    assert s.name == "pb" and s.n_folds == 5
+    assert s.test_cases(1) == ["CASE-001", "CASE-006"] and s.val_cases(1) == ["CASE-002", "CASE-007"]
+    assert s.train_cases(1) == ["CASE-000", "CASE-003", "CASE-004", "CASE-005", "CASE-008", "CASE-009"]
+    assert s.hash != SplitManager(tmp_path / "seeded").get("toy", "staging", _cases()).hash
+    assert SplitManager(tmp_path / "seeded").get("toy", "staging", _cases()).val_cases(1) == []
+    assert unit_variant(None, False, 0, 5, "pb") == "splits-pb" and unit_variant(None, False, 0, 5) is None
+    with pytest.raises(SplitError, match=r"no split set 'mm' for toy/staging.*--import FILE"):
+        SplitManager(root).get("toy", "staging", _cases(), name="mm")
+    with pytest.raises(SplitError, match=r"no longer in the cohort \(e.g. CASE-009\)"):
+        SplitManager(root).get("toy", "staging", _cases().iloc[:-1], name="pb")
+
+
+@pytest.mark.slow  # real ResNet-50 (random weights) extraction of a small generated cohort (~2 min on 2 cores)
+def test_mambamil_file_for_generated_cases_runs_meanmil_and_the_table_names_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path
+    spec = root / "mini.yaml"
+    spec.write_text(f"generator: demo\ngenerator_args: {{n_cases: 10, seed: 3}}\nroot: {root / 'data'}\n"
+                    "slides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\nclinical_format: normalized\n"
+                    "tasks: [staging, survival]\nallow_random_weights: true\n")
+    env = {**os.environ, "BENCH_CACHE": str(root / "cache"), "BENCH_RESULTS": str(root / "results")}
+
+    def bench(*args):
+        p = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], env=env, cwd=root, capture_output=True,
+                           text=True, timeout=900)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    bench("splits", "--dataset", spec, "--task", "staging")  # generates the cohort
+    cases = sorted(pd.read_csv(root / "data" / "clinical.csv", dtype={"case_id": str})["case_id"])
+    rows = [{"Study": "TCGA-MINI", "ID": c, "Event": 1.0, "Status": 0.0, "WSI": "", "RNA": "",
+             **{f"Fold {k}": ("val: complete" if i % 5 == k else "train: complete") for k in range(5)}}
+            for i, c in enumerate(cases)]
+    pd.DataFrame(rows).to_csv(root / "MINI_Splits.csv", index=False)
+    out = bench("splits", "--dataset", spec, "--task", "staging", "--import", root / "MINI_Splits.csv",
+                "--format", "mambamil", "--name", "mambamil")
+    assert "0 case(s) in the cohort but not in the file" in out
+    bench("run", "--methods", "meanmil.resnet50", "--dataset", spec, "--tasks", "staging", "--splits", "mambamil",
+          "--set", "epochs=2", "-q")
+    folds = sorted((root / "results" / "runs" / "mini" / "staging" / "meanmil.resnet50" / "splits-mambamil").glob(
+        "fold*/metrics.json"))
+    assert len(folds) == 5
+    for k, f in enumerate(folds):
+        rec = json.loads(f.read_text())
+        assert rec["split"]["name"] == "mambamil" and rec["n_test"] == 2, rec["split"]
+        pred = pd.read_csv(f.parent / "predictions.csv", dtype={"case_id": str})
+        assert sorted(pred["case_id"]) == [c for i, c in enumerate(cases) if i % 5 == k]
+    table = bench("table", "--dataset", spec, "--no-figures")
+    assert "MeanMIL (splits-mambamil)" in table, table

@@ -51,7 +51,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         progress: bool = True, tuned: bool = False, dry_run: bool = False, init: Path | str | None = None,
         from_scratch: bool = False, order: str = "fold", variant: str | None = None,
         protocol: str | None = None, row_check: bool = True, device: str = "auto", jobs: int = 1,
-        worker_command: Sequence[str] | None = None, worker_of: float | None = None) -> RunReport:
+        worker_command: Sequence[str] | None = None, worker_of: float | None = None,
+        splits_name: str | None = None) -> RunReport:
     """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet
     done, or whose identity changed since it was done.
 
@@ -99,8 +100,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     cohort.require_folds(tasks, n_folds)  # the verdict `bench doctor` gives: enough cases for the folds
     manager = SplitManager(Path(results) / "splits")
     with D.main_first():  # under torchrun, rank 0 writes the split files, the others read them
-        splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed)
-                                     for t in tasks}
+        splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed,
+                                                    name=splits_name) for t in tasks}
     planner = Planner(cohort, splits, cache, progress, seed, Path(init) if init is not None else None,
                       from_scratch, protocol)
     report = RunReport(dataset=dataset)
@@ -153,7 +154,8 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], folds
     grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, order)
     plans, input_errors = [], set()
     for task, v, k in grid:
-        unit = Unit(planner.cohort.spec.name, task, v.spec.name, k, unit_variant(v.name, tuned, seed, n_folds))
+        unit = Unit(planner.cohort.spec.name, task, v.spec.name, k, unit_variant(v.name, tuned, seed, n_folds,
+                                                                                   planner.splits[task].name))
         tuned_info = None
         if tuned:
             from .tuning import TuningError, load_best
@@ -411,10 +413,12 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
              if c not in without]
     test = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold)
             if c not in without]
+    val = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.val_cases(unit.fold)
+           if c not in without]
     name = spec.name + (f"[{unit.variant}]" if unit.variant else "")
     t_unit = time.perf_counter()
     out = fit_and_score(p.recipe, unit.task, train, test, TrainConfig.from_dict(p.train), progress=progress,
-                        desc=f"{name} {unit.task} fold {unit.fold}", device=device)
+                        desc=f"{name} {unit.task} fold {unit.fold}", device=device, val=val)
     unit_seconds = time.perf_counter() - t_unit  # build + train + predict + score (benchmarks/first_run.py)
     task = T.get_task(unit.task)
     cfg = p.config
