@@ -18,6 +18,7 @@ EPILOG = """examples:
   python -m bench table --compute              # + peak memory and training time per slide
   python -m bench table --std-ddof 1           # sample standard deviation instead of population
   python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
+  python -m bench table --dataset blca --published pixel-mamba   # + the paper's numbers, differences
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
 Marks: † random weights of a pretrained part, ‡ stand-in encoder, ¶ end-to-end from random
@@ -50,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--alpha-level", type=float, default=0.05, help="significance level (default %(default)s)")
     g.add_argument("--compute", action="store_true",
                    help="add columns: peak memory (GB) and training time per slide (s), from metrics.json")
+    p.add_argument("--published", metavar="SOURCE",
+                   help="print beside each row the published mean ± std, the difference and the protocol "
+                        "differences the records know (shipped source: pixel-mamba; docs/splits.md)")
     p.add_argument("--no-figures", action="store_true", help="skip the Kaplan–Meier figures")
     p.set_defaults(func=main)
 
@@ -59,6 +63,10 @@ def main(args: argparse.Namespace) -> int:
     from ..report.results import ResultsStore
     from ..report.tables import write_tables
 
+    if args.published:
+        from ..report.published import load_published
+
+        load_published(args.published)  # an unknown source is reported before any table is written
     store = ResultsStore(args.results)
     datasets = [dataset_name(d) for d in args.dataset.split(",")] if args.dataset else store.datasets()
     suffix = "" if not args.dataset else "_" + "_".join(datasets)
@@ -68,4 +76,13 @@ def main(args: argparse.Namespace) -> int:
                              ablation_rows=args.ablation_rows, stats=args.stats, n_boot=args.n_boot,
                              alpha=args.alpha_level, compute=args.compute, figures=not args.no_figures):
         print(line)
+    if args.published:
+        import pandas as pd
+
+        from ..report.published import comparison_lines
+
+        for d in datasets:
+            if store.summary_path(d).is_file():
+                for line in comparison_lines(pd.read_csv(store.summary_path(d)), args.published, d):
+                    print(line)
     return 0
