@@ -37,7 +37,7 @@ def toy(tmp_path_factory):
 
 
 def _finished_units(results) -> None:
-    from bench.report.results import ResultsStore, Unit
+    from bench.results.store import ResultsStore, Unit
     from record_factory import make_record
 
     store = ResultsStore(results)

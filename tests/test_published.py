@@ -11,7 +11,7 @@ from bench.report.published import load_published
 
 
 def _rows(results, dataset, method="abmil.resnet50", vals=(0.5, 0.6, 0.7, 0.4, 0.55)):
-    from bench.report.results import ResultsStore, Unit
+    from bench.results.store import ResultsStore, Unit
     from record_factory import make_record
 
     store = ResultsStore(results)

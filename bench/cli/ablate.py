@@ -68,7 +68,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..ablations import ablation_grid, get_ablation, list_ablations, parse_values
-    from ..engine.config import grid_variants
 
     if not args.name:
         for a in list_ablations():
@@ -78,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     ablation = get_ablation(args.name)
     check_names(dataset=args.dataset, tasks=[args.task] if args.task else None)
+    from ..engine.config import grid_variants  # torch: after the names are known to be right
     dataset = resolve_dataset(args.dataset, preferred=ablation.dataset)
     grid = ablation_grid(ablation, dataset, args.task, parse_values(args.values))
     for note in grid.notes:
