@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..engine.protocol import list_protocols
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, check_names, cluster_options, parse_int_list,
                      parse_sets, print_failed, print_launch_report, resolve_dataset)
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ EPILOG = """examples:
   python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
   python -m bench run --methods 'abmil.*,pixelmamba-6m' --dataset blca --protocol paper   # docs/protocol.md
   python -m bench run --methods all --dataset demo --jobs 1      # one process (default: auto, one per core)
+  python -m bench run --methods meanmil.resnet50 --dataset blca --splits mambamil   # an imported split set
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its record (metrics.json) exists with the same identity:
 the labels of its cases, its slides' fingerprints, the split set (--seed, --n-folds), every option
@@ -54,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", metavar="KEY=VALUE", help="network option override (scan_window, alpha, ...)")
     p.add_argument("--input", action="append", metavar="KEY=VALUE",
                    help="input option override (magnification for end-to-end rows)")
+    p.add_argument("--splits", metavar="NAME",
+                   help="train and test on the imported split set NAME (`bench splits --import`, docs/splits.md) "
+                        "instead of the seeded folds; stored as variant splits-NAME, a row of its own")
     p.add_argument("--variant", metavar="NAME",
                    help="store this run's settings as a row of its own (<method>/<NAME>/) instead of the method's")
     p.add_argument("--from-scratch", action="store_true",
@@ -132,10 +136,11 @@ def run_options(args: argparse.Namespace) -> "RunOptions":
         seed=args.seed, train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
         input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned, init=args.init,
         from_scratch=args.from_scratch, order=args.order, variant=args.variant, device=args.device,
-        protocol=args.protocol, jobs=args.jobs, settings=Settings.from_env())
+        protocol=args.protocol, jobs=args.jobs, splits_name=args.splits, settings=Settings.from_env())
 
 
 def main(args: argparse.Namespace) -> int:
+    check_names(args.methods, args.dataset, tasks=args.tasks.split(",") if args.tasks else None)
     from ..engine import distributed as D
     from ..registry import resolve_methods
     from ..engine.runner import run
@@ -195,6 +200,9 @@ def _torchrun(nproc: int, methods: list, opts: "RunOptions") -> int:
 def _submit(args: argparse.Namespace, methods: list, opts: "RunOptions") -> int:
     from ..engine.launch import submit
 
+    if opts.splits_name:
+        raise ValueError("--splits does not combine with --launcher submitit yet: run with --launcher local (or "
+                         "--jobs N on one machine)")
     rep = submit(methods, opts, cluster_options(args))
     print_launch_report(rep, args)
     print_failed(rep.failed)

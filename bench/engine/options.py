@@ -71,6 +71,7 @@ class RunOptions:
     row_check: bool = True  # a launcher's one-unit jobs skip it: their submitter checked the whole grid
     device: str = "auto"
     jobs: int = 1
+    splits_name: str | None = None  # an imported split set (`bench splits --import`) instead of the seeded folds
     settings: Settings = field(default_factory=Settings)
 
     def __post_init__(self) -> None:

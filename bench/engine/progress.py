@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..results.store import ResultsStore
 from .jobs import finished_now
@@ -43,3 +46,7 @@ class Rounds:
 def clock(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def metric_text(v: Any) -> str:
+    return "undefined" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"

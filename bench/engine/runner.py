@@ -35,7 +35,7 @@ from .jobs import Workers, default_worker_command, finished_now, threads_per_job
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import unit_memory_policy
 from .options import RunOptions
-from .progress import Rounds, clock as _clock
+from .progress import Rounds, clock as _clock, metric_text as _fmt
 from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, unit_variant
 from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
@@ -150,7 +150,7 @@ def _prepare(variants: list[Variant], opts: RunOptions) -> tuple[Planner, list[U
     manager = SplitManager(Path(opts.results) / "splits")
     with D.main_first():  # under torchrun, rank 0 writes the split files, the others read them
         splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=opts.n_folds,
-                                                    seed=opts.seed) for t in tasks}
+                                                    seed=opts.seed, name=opts.splits_name) for t in tasks}
     planner = Planner(cohort, splits, opts.cache, opts.progress, opts.seed, opts.init_path, opts.from_scratch,
                       opts.protocol)
     report = RunReport(dataset=dataset)
@@ -170,7 +170,8 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], opts:
     plans, input_errors = [], set()
     for task, v, k in grid:
         unit = Unit(planner.cohort.spec.name, task, v.spec.name, k,
-                    unit_variant(v.name, opts.tuned, opts.seed, opts.n_folds))
+                    unit_variant(v.name, opts.tuned, opts.seed, opts.n_folds,
+                                 planner.splits[task].name))
         tuned_info = None
         if opts.tuned:
             from .tuning import TuningError, load_best
@@ -399,10 +400,6 @@ def grid_order(tasks: list[str], variants: list[Any], n_folds: dict[str, int], f
     return sorted(keep, key=key)
 
 
-def _fmt(v: Any) -> str:
-    return "undefined" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
-
-
 def sample_labels(row: pd.Series, task: str) -> dict[str, float]:
     return {c: float(row[c]) for c in T.get_task(task).label_columns}
 
@@ -421,10 +418,12 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
              if c not in without]
     test = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold)
             if c not in without]
+    val = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.val_cases(unit.fold)
+           if c not in without]
     name = spec.name + (f"[{unit.variant}]" if unit.variant else "")
     t_unit = time.perf_counter()
     out = fit_and_score(p.recipe, unit.task, train, test, TrainConfig.from_dict(p.train), progress=progress,
-                        desc=f"{name} {unit.task} fold {unit.fold}", device=device)
+                        desc=f"{name} {unit.task} fold {unit.fold}", device=device, val=val)
     unit_seconds = time.perf_counter() - t_unit  # build + train + predict + score (benchmarks/first_run.py)
     task = T.get_task(unit.task)
     cfg = p.config
