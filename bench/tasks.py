@@ -63,11 +63,12 @@ class Task:
     name: str
     label_columns: tuple[str, ...]
     metric: str  # the primary metric: the table's figure, the tuner's objective
-    title: str  # the column group of Table 2
+    title: str  # the column group of Table 2 (the table adds the fold count and the metric)
     metric_name: str  # the metric as a table header writes it
     suffix: str  # the paper's model-name suffix (Pixel-Mamba-Surv)
     outputs: int
     higher_is_better: bool = True
+    label_arrays: tuple[str, ...] = ("y",)  # the keys of :meth:`columns` that hold labels, not predictions
 
     def n_out(self, n_bins: int = N_BINS) -> int:
         return self.outputs
@@ -297,6 +298,7 @@ class Classification(_ClassTask):
 @dataclass(frozen=True)
 class Survival(Task):
     absent_effect: str = "those folds are reported as undefined and left out of the mean"
+    label_arrays: tuple[str, ...] = ("time", "event")
 
     def n_out(self, n_bins: int = N_BINS) -> int:
         return n_bins
@@ -389,11 +391,11 @@ class _FittedSurvival(FittedTask):
 
 
 TASKS: dict[str, Task] = {
-    "staging": Staging("staging", ("stage",), "macro_f1", "Tumor Staging (5 Fold - Macro F1 Score)", "Macro-F1",
+    "staging": Staging("staging", ("stage",), "macro_f1", "Tumor Staging", "Macro-F1",
                        "Stage", N_STAGES, label="stage"),
-    "survival": Survival("survival", ("time", "event"), "c_index", "Survival Analysis (5 Fold - C-index)",
+    "survival": Survival("survival", ("time", "event"), "c_index", "Survival Analysis",
                          "C-index", "Surv", N_BINS),
-    "classification": Classification("classification", ("label",), "auc", "Classification (AUC)", "AUC", "Cls", 2,
+    "classification": Classification("classification", ("label",), "auc", "Classification", "AUC", "Cls", 2,
                                      label="label"),
 }
 

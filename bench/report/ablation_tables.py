@@ -19,7 +19,8 @@ import pandas as pd
 from ..ablations import Ablation, GridItem, _fmt, _lookup
 from .render import Cell, Column, Row as TableRow, Table, Tex, mean_std_cell, to_latex as render_latex, \
     to_markdown as render_markdown
-from .tables import METRIC_NAMES, Marks, _ddof_and_folds, _metric, spread_phrase, two_sig
+from ..tasks import get_task
+from .tables import Marks, _ddof_and_folds, spread_phrase, two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
 PAPER_NAMES = {"ViT-S": "LongViT", "Vim-Ti": "Vision-Mamba", "Pixel-Mamba": "Pixel-Mamba"}
@@ -117,15 +118,14 @@ def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str,
     """The table model in the paper's layout. ``similar``: row indices not significantly different
     from the best (≈). ``published``: a last column with the paper's figure (the Markdown form)."""
     similar = similar or set()
-    metric_name = _metric(summary, task)
+    metric_name = get_task(task).metric_name
     prim = summary[(summary["task"] == task) & summary["primary"].astype(bool)] if not summary.empty else summary
     hib = bool(prim["higher_is_better"].iloc[0]) if len(prim) and "higher_is_better" in prim else True
     marks = Marks(skip_options=[ablation.override] if ablation.override else [])
     columns, keys = [], _columns(ablation, compute)
     for c in keys:
         if c == "metric":
-            columns.append(Column(METRIC_NAMES.get(metric_name, metric_name).replace("macro-F1", "Macro-F1"), "c",
-                                  rank=True, higher_is_better=hib))
+            columns.append(Column(metric_name, "c", rank=True, higher_is_better=hib))
         else:
             h = ablation.table.get("headers", {}).get(c) or HEADERS.get(c, c.replace("_", " ").capitalize())
             columns.append(Column(Tex(h, _plain_tex(h)) if "$" in h else h, "l"))
@@ -143,7 +143,7 @@ def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str,
     ddof, n_folds = _ddof_and_folds(prim) if len(prim) else (0, None)
     what = Tex(ablation.caption, _plain_tex(ablation.caption)) if ablation.caption else ablation.description
     layout = f"; layout of the paper's Table {ablation.paper_table}" if ablation.paper_table else ""
-    caption: list[str | Tex] = [what, f"on {dataset.upper()} ({task}, {METRIC_NAMES.get(metric_name, metric_name)}: "
+    caption: list[str | Tex] = [what, f"on {dataset.upper()} ({task}, {metric_name}: "
                                       f"{spread_phrase(ddof, n_folds)}{layout})."]
     caption += [n[0].upper() + n[1:] + "." for n in notes or []]
     todo = sum(1 for r in rows if r.summary is None)

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from ..tasks import get_task
 from .render import Cell, Column, ColumnGroup, Footnotes, Row, Table, Tex, latex_escape, mean_std_cell
 
-# the paper's column titles and caption words, keyed by the summary's task and metric names
-TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
-               "survival": "Survival Analysis (5 Fold - C-index)",
-               "classification": "Classification (AUC)"}
-TASK_CAPTION = {"staging": "tumor staging", "survival": "survival analysis", "classification": "classification"}
-METRIC_NAMES = {"macro_f1": "macro-F1", "c_index": "C-index", "auc": "AUC", "accuracy": "accuracy"}
 # Table 2's sections: MIL rows by patch encoder in the paper's order, then hierarchical, end-to-end
 PAPER_ENCODER_ORDER = ("resnet50", "gigapath", "conch")
 PENDING_SECTION = "Still to run"
@@ -32,6 +28,8 @@ RANDOM_MARK = "\u2020"  # † a pretrained part of a two-stage row randomly init
 STANDIN_MARK = "\u2021"  # ‡ a small stand-in architecture replaced the encoder
 SCRATCH_MARK = "\u00b6"  # ¶ an end-to-end network trained from random initialisation
 PROTOCOL_MARK = "\u00a7"  # § a protocol other than the paper's (§§ for a second one)
+CHANCE_MARK = "\u2218"  # ∘ not distinguishable from chance (permutation test)
+LAYOUTS = ("compact", "split", "landscape")  # --latex-layout
 TUNED_NOTE = ("(tuned): hyper-parameters chosen for each outer fold by nested cross-validation (Optuna, "
               "inner folds made from that fold's training cases only).")
 
@@ -149,11 +147,30 @@ class Marks:
         return out
 
 
-def spread_phrase(ddof: int, n_folds: int | None) -> str:
-    """What ± means, with the ddof it was computed with."""
+def spread_phrase(ddof: int, n_folds: int | None, complete_rows: bool = False) -> str:
+    """What ± means, with the ddof it was computed with. ``complete_rows``: the fold count is that
+    of the rows with every fold (a table that also shows partial rows)."""
     kind = "population" if ddof == 0 else "sample"
     folds = f"the {n_folds} patient-level test folds" if n_folds else "the patient-level test folds"
-    return f"mean ± standard deviation ({kind}, ddof={ddof}) over {folds}"
+    return f"mean ± standard deviation ({kind}, ddof={ddof}) over {folds}" + (" of each complete row" if complete_rows else "")
+
+
+def task_folds(summary: pd.DataFrame | None, task: str) -> str:
+    """The fold count a column header states: "5-fold" when every complete row of ``task`` has 5
+    folds, "3/5-fold" for rows from split sets of different sizes, "1–2 of 5 folds" when no row is
+    complete yet."""
+    if summary is None or summary.empty:
+        return ""
+    prim = summary[(summary["task"] == task) & summary["primary"].astype(bool)]
+    n = pd.concat([prim["n_folds"], prim.get("n_defined", prim["n_folds"])], axis=1).min(axis=1).astype(int)
+    exp = prim["expected_folds"].astype(int)
+    done = sorted(set(exp[n >= exp]))
+    if done:
+        return "/".join(map(str, done)) + "-fold"
+    if prim.empty:
+        return ""
+    lo, hi, of = int(n.min()), int(n.max()), "/".join(map(str, sorted(set(exp))))
+    return f"{lo if lo == hi else f'{lo}–{hi}'} of {of} folds"
 
 
 def _ddof_and_folds(frame: pd.DataFrame) -> tuple[int, int | None]:
@@ -271,40 +288,61 @@ def pending_note(wide: pd.DataFrame) -> str:
 
 def table2(wide: pd.DataFrame, cols: list[tuple[str, str]], summary: pd.DataFrame | None = None,
            label: str = "tab:main", similar: dict[tuple[str, str], set[int]] | None = None,
-           stats_note: str = "", compute: bool = False) -> Table:
+           stats_note: str = "", compute: bool = False, chance: dict[tuple[str, str], set[int]] | None = None,
+           chance_note: str = "", layout: str = "compact") -> Table:
     """The table model of Table 2. ``summary`` (for ddof and fold counts in the caption; else
     population std over 5 folds). ``similar``: per column, the row indices not significantly
-    different from the best (marked ≈; ``stats_note`` states the test). ``compute``: peak memory
-    and training time per slide columns after Params."""
-    similar = similar or {}
+    different from the best (marked ≈; ``stats_note`` states the test). ``chance``: per column,
+    the row indices not distinguishable from chance (marked ∘; ``chance_note`` states the test).
+    ``compute``: peak memory and training time per slide columns after Params. ``layout``
+    (:data:`LAYOUTS`): ``compact`` a full-width ``table*`` with the spread under the mean in a smaller
+    font; ``split`` the same one-line cells a table per task (call once per task's ``cols``);
+    ``landscape`` a rotated full-page ``sidewaystable``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown LaTeX layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    similar, chance = similar or {}, chance or {}
     fixed = [Column("Methods", "l", md_header="Method"), Column("Backbone", "l"), Column("Params.", "r", md_header="Params")]
     if compute:
         fixed += [Column("Peak mem. (GB)", "r"), Column("Train s/slide", "r")]
-    hib = {}
-    if summary is not None and not summary.empty and "higher_is_better" in summary:
-        prim = summary[summary["primary"].astype(bool)]
-        hib = {(t, d): bool(g["higher_is_better"].iloc[0]) for (t, d), g in prim.groupby(["task", "dataset"])}
-    columns = fixed + [Column(d.upper(), "c", rank=True, higher_is_better=hib.get((t, d), True), md_header=f"{t} {d}")
-                       for t, d in cols]
+    columns = fixed + [Column(d.upper(), "c", rank=True, higher_is_better=get_task(t).higher_is_better,
+                              md_header=f"{t} {d}") for t, d in cols]
     groups = [ColumnGroup("Tasks", len(fixed), rule=False, align="l")]
-    for t in dict.fromkeys(t for t, _ in cols):
-        groups.append(ColumnGroup(TASK_TITLES.get(t, t), sum(1 for tt, _ in cols if tt == t)))
+    tasks = list(dict.fromkeys(t for t, _ in cols))
+    for t in tasks:
+        folds = task_folds(summary, t)
+        head = f"{get_task(t).title} ({folds + ' - ' if folds else ''}{get_task(t).metric_name})"
+        span = sum(1 for tt, _ in cols if tt == t)
+        if layout == "compact" and span < 3:  # a narrow group: the title over two lines
+            head = Tex(r"\begin{tabular}[b]{@{}c@{}}" + latex_escape(get_task(t).title) + r"\\"
+                       + latex_escape(head[len(get_task(t).title) + 1:]) + r"\end{tabular}", head)
+        groups.append(ColumnGroup(head, span))
     marks = Marks()
     rows = []
     for i, r in wide.iterrows():
         cells: list[Cell | str] = [row_name(r), r["backbone"], params_text(r)] + (_compute_text(r) if compute else [])
         for c in cols:
             cell = r[c] if r[c] is not None else Cell("–")
-            if i in similar.get(c, ()):
-                cell = Cell(cell.text, cell.value, cell.marks + ("≈",))
-            cells.append(cell)
+            extra = ("≈",) * (i in similar.get(c, ())) + (CHANCE_MARK,) * (i in chance.get(c, ()))
+            cells.append(replace(cell, marks=cell.marks + extra) if extra else cell)
         rows.append(Row(cells, marks.of(r), r["group"]))
+    caption = _table2_caption(wide, summary, tasks, compute, similar, stats_note)
+    notes = list(marks.footnotes())
+    if any(chance.values()):
+        notes.append((CHANCE_MARK, chance_note + "."))
+    return Table(columns, rows, caption, notes, [], groups, label, wide=True,
+                 tabcolsep="3pt" if layout == "compact" else "4pt", font=r"\footnotesize",
+                 stack=layout == "compact", env="sidewaystable" if layout == "landscape" else None)
+
+
+def _table2_caption(wide: pd.DataFrame, summary: pd.DataFrame | None, tasks: list[str], compute: bool,
+                    similar: dict, stats_note: str) -> list[str | Tex]:
     ddof, n_folds = _ddof_and_folds(summary) if summary is not None and not summary.empty else (0, 5)
-    tasks = list(dict.fromkeys(t for t, _ in cols))
-    what = " and ".join(f"{TASK_CAPTION.get(t, t)} ({METRIC_NAMES.get(_metric(summary, t), _metric(summary, t))})"
-                        for t in tasks)
-    caption: list[str | Tex] = [(what[:1].upper() + what[1:] + ": " if what else "") + spread_phrase(ddof, n_folds) + "."]
-    if marks.tuned or (not wide.empty and wide["tuned"].any()):
+    what = " and ".join(f"{get_task(t).title.lower()} ({get_task(t).metric_name})" for t in tasks)
+    partial = any(isinstance(r[c], Cell) and r[c].partial for _, r in wide.iterrows() for c in wide.columns
+                  if isinstance(c, tuple))
+    caption: list[str | Tex] = [(what[:1].upper() + what[1:] + ": " if what else "")
+                                + spread_phrase(ddof, n_folds, complete_rows=partial) + "."]
+    if not wide.empty and wide["tuned"].any():
         caption.append("Rows marked " + TUNED_NOTE)
     pend = pending_note(wide)
     if pend:
@@ -315,17 +353,7 @@ def table2(wide: pd.DataFrame, cols: list[tuple[str, str]], summary: pd.DataFram
     if stats_note or any(similar.values()):
         plain = "≈ not significantly different from the best of its column (paired patient-level bootstrap)."
         caption.append(Tex(stats_note or latex_escape(plain), plain))
-    return Table(columns, rows, caption, marks.footnotes(), [], groups, label, wide=True,
-                 tabcolsep="4pt")
-
-
-def _metric(summary: pd.DataFrame | None, task: str) -> str:
-    """The primary metric of ``task`` as the summary names it."""
-    defaults = {"staging": "macro_f1", "survival": "c_index", "classification": "auc"}
-    if summary is None or summary.empty:
-        return defaults.get(task, task)
-    hit = summary[(summary["task"] == task) & summary["primary"].astype(bool)]
-    return str(hit["metric"].iloc[0]) if len(hit) else defaults.get(task, task)
+    return caption
 
 
 def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], label: str = "tab:main", **kw: Any) -> str:
