@@ -12,7 +12,7 @@ from bench.report.records import InputSpec, WeightsProvenance
 from bench.report.render import Cell, Column, Row, Table, latex_escape, to_latex as render_latex, \
     to_markdown as render_markdown
 from bench.report.results import ResultsStore, Unit
-from bench.report.tables import build_table, classification_table, human_count, table2, to_latex, to_markdown, \
+from bench.report.tables import build_table, classification, human_count, table2, to_latex, to_markdown, \
     two_sig
 
 G_RESNET = "Two-stage MIL; patch features: ResNet-50 (ImageNet)"
@@ -225,7 +225,7 @@ def test_classification_table_from_records(tmp_path):
         u = Unit("cam", "classification", rec.method, fold)
         s.prepare(u, {}, "h")
         s.finish(u, PRED, pd.DataFrame(), rec)
-    tex, md = classification_table(s.summarize("cam"), "cam")
+    tex, md = (lambda t: (render_latex(t), render_markdown(t)))(classification(s.summarize("cam"), "cam"))
     assert md.splitlines()[0] == "| Method | AUC | ACC |"
     assert "| Pixel-Mamba-6M ¶§¹ | *0.8500 ± 0.0500 (2/5 folds)* | *0.7000 (2/5 folds)* |" in md  # partial: not ranked
     assert "¹ regions=(magnification=5, n=2, size=64)." in md
@@ -259,3 +259,51 @@ def test_two_sig_never_prints_exponents() -> None:
     cases = {0.0042: "0.0042", 0.99: "0.99", 2.0: "2.0", 1.14: "1.1", 23.4: "23", 123.4: "120",
              9.96: "10", 1449.0: "1400", 0.0: "0"}
     assert {v: two_sig(v) for v in cases} == cases
+
+
+# --- LaTeX that fits the page -------------------------------------------------------------------------
+PREAMBLE = r"""\documentclass[10pt,twocolumn]{article}
+\usepackage[margin=0.75in]{geometry}
+\usepackage{booktabs,xcolor,rotating}
+\begin{document}
+"""
+
+
+def compile_log(tmp_path, tex: str, name: str) -> str:
+    """pdflatex's log of ``tex`` in a two-column article (the paper's layout)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("pdflatex"):
+        pytest.skip("pdflatex not installed: apt-get install -y texlive-latex-recommended texlive-latex-extra")
+    (tmp_path / f"{name}.tex").write_text(PREAMBLE + tex + "\n\\end{document}\n")
+    p = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    log = (tmp_path / f"{name}.log").read_text(errors="replace")
+    assert p.returncode == 0, log[-3000:]
+    return log
+
+
+@pytest.mark.parametrize("layout", ["compact", "split", "landscape"])
+def test_each_latex_layout_compiles_without_overfull_boxes(store, tmp_path, layout):
+    summary = store.summarize("demo")
+    wide, cols = build_table(summary, expected=["transmil.resnet50"])
+    tex = "\n".join(render_latex(table2(wide, c, summary, label=f"tab:{layout}{i}", layout=layout))
+                    for i, c in enumerate([cols] if layout != "split" else [[c] for c in cols]))
+    if layout == "landscape":
+        assert r"\begin{sidewaystable}" in tex
+    log = compile_log(tmp_path, tex, layout)
+    assert "Overfull \\hbox" not in log, [ln for ln in log.splitlines() if "Overfull" in ln]
+
+
+def test_paper_scale_table2_fits_a_two_column_page(store, tmp_path):
+    """Three cohorts × two tasks (the paper's Table 2): the default compact layout still fits, the
+    one-line form of the same table would not."""
+    summary = pd.concat([store.summarize("demo").assign(dataset=d) for d in ("blca", "brca", "luad")])
+    wide, cols = build_table(summary)
+    assert len(cols) == 6
+    log = compile_log(tmp_path, render_latex(table2(wide, cols, summary, layout="compact")), "paper")
+    assert "Overfull \\hbox" not in log, [ln for ln in log.splitlines() if "Overfull" in ln]
+    t = table2(wide, cols, summary, layout="compact")
+    t.stack = False
+    assert "Overfull \\hbox" in compile_log(tmp_path, render_latex(t), "oneline")  # the check can fail

@@ -23,8 +23,13 @@ from typing import Sequence, Union
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
             "±": r"$\pm$", "≈": r"$\approx$", "α": r"$\alpha$", "×": r"$\times$"}
-_MARKS_TEX = {"†": r"\dagger", "‡": r"\ddagger", "§": r"\S", "¶": r"\P", "≈": r"\approx", "*": r"\ast"}
+_MARKS_TEX = {"†": r"\dagger", "‡": r"\ddagger", "§": r"\S", "¶": r"\P", "≈": r"\approx", "*": r"\ast",
+              "∘": r"\circ"}
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+# Table 2's LaTeX layouts (``bench table --latex-layout``) and the packages each needs in the preamble
+LAYOUTS = ("compact", "split", "landscape")
+LATEX_PACKAGES = {"compact": ("booktabs", "xcolor"), "split": ("booktabs", "xcolor"),
+                  "landscape": ("booktabs", "xcolor", "rotating")}
 
 
 def latex_escape(s: object) -> str:

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..tasks import get_task
-from .render import Cell, Column, ColumnGroup, Footnotes, Row, Table, Tex, latex_escape, mean_std_cell
+from .render import (LATEX_PACKAGES, LAYOUTS, Cell, Column, ColumnGroup, Footnotes, Row, Table, Tex, latex_escape,  # noqa: F401
+                     mean_std_cell)
 
 # Table 2's sections: MIL rows by patch encoder in the paper's order, then hierarchical, end-to-end
 PAPER_ENCODER_ORDER = ("resnet50", "gigapath", "conch")
@@ -29,7 +30,6 @@ STANDIN_MARK = "\u2021"  # ‡ a small stand-in architecture replaced the encode
 SCRATCH_MARK = "\u00b6"  # ¶ an end-to-end network trained from random initialisation
 PROTOCOL_MARK = "\u00a7"  # § a protocol other than the paper's (§§ for a second one)
 CHANCE_MARK = "\u2218"  # ∘ not distinguishable from chance (permutation test)
-LAYOUTS = ("compact", "split", "landscape")  # --latex-layout
 TUNED_NOTE = ("(tuned): hyper-parameters chosen for each outer fold by nested cross-validation (Optuna, "
               "inner folds made from that fold's training cases only).")
 
@@ -372,14 +372,6 @@ def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]], **kw: Any) -> s
 CLASSIFICATION_METRICS = (("auc", "AUC"), ("accuracy", "ACC"))
 
 
-def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]:
-    """(LaTeX, Markdown) of :func:`classification`."""
-    from .render import to_latex as latex, to_markdown as markdown
-
-    t = classification(summary, dataset)
-    return latex(t), markdown(t)
-
-
 def classification(summary: pd.DataFrame, dataset: str) -> Table:
     """The classification results of ``dataset`` in the layout of the Pixel-Mamba supplement's
     Table 4: Method | AUC | ACC, mean ± std over folds."""
@@ -410,14 +402,53 @@ def classification(summary: pd.DataFrame, dataset: str) -> Table:
 # --- writing the tables of a results store ---------------------------------------------------------
 def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "tab:table2", *, expected: Sequence[str] | None = None,
                  ddof: int = 0, ablation_rows: bool = False, stats: bool = False, n_boot: int = 1000,
-                 alpha: float = 0.05, compute: bool = False, figures: bool = True) -> list[str]:
+                 alpha: float = 0.05, compute: bool = False, figures: bool = True, layout: str = "compact",
+                 n_perm: int = 1000, km_panel: Sequence[str] = ()) -> list[str]:
     """Table 2 (and the classification table of every dataset that has one, and Kaplan–Meier
-    figures) from ``store`` (a :class:`~bench.report.results.ResultsStore`); returns what to print."""
+    figures) from ``store`` (a :class:`~bench.report.results.ResultsStore`); returns what to print.
+    Every cell is tested against chance (``n_perm`` permutations, :mod:`bench.report.chance`)."""
     from pathlib import Path
 
     from ..io import atomic_write_text
+    from .chance import chance_marks, write_chance_csv
+    from .plots import km_figures
     from .render import to_latex as latex, to_markdown as markdown
+    from .stats import chance_note
 
+    summary = _summaries(store, datasets, ddof, ablation_rows)
+    wide, cols = build_table(summary, expected=expected)
+    out = Path(out)
+    similar: dict = {}
+    note = ""
+    chance, frame = chance_marks(store, wide, cols, n_perm=n_perm, alpha=alpha)
+    printed = [f"chance: {write_chance_csv(frame, out)}"]
+    if stats:
+        similar, note, csv = _significance(store, wide, cols, n_boot, alpha, out, frame)
+        printed.append(f"stats: {csv}")
+    kw = dict(similar=similar, stats_note=note, compute=compute, chance=chance, chance_note=chance_note(n_perm, alpha))
+    t = table2(wide, cols, summary, label=label, layout=layout, **kw)
+    tasks = list(dict.fromkeys(t for t, _ in cols))
+    tex = latex(t)
+    if layout == "split" and len(tasks) > 1:  # one table per task, each with its own label
+        tex = "\n".join(latex(table2(wide, [c for c in cols if c[0] == task], summary, label=f"{label}_{task}",
+                                     layout=layout, **kw)) for task in tasks)
+    atomic_write_text(out, tex)
+    md = markdown(t)
+    atomic_write_text(out.with_suffix(".md"), md)
+    printed += [md, f"LaTeX ({layout} layout; needs \\usepackage{{{','.join(LATEX_PACKAGES[layout])}}}): {out}"]
+    for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
+        if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
+            c = classification(summary, d)
+            cout = store.root / "tables" / f"classification_{d}.tex"
+            atomic_write_text(cout, latex(c))
+            atomic_write_text(cout.with_suffix(".md"), markdown(c))
+            printed += [markdown(c), f"LaTeX: {cout}"]
+    if figures:
+        printed += km_figures(store, summary, datasets, km_panel)
+    return printed
+
+
+def _summaries(store: Any, datasets: Sequence[str], ddof: int, ablation_rows: bool) -> pd.DataFrame:
     if not datasets:
         raise ValueError(f"no results under {store.root}/runs; run `python -m bench run` first")
     parts = []
@@ -433,49 +464,11 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
         if summary.empty:
             raise ValueError("these results hold only ablation variants: `python -m bench ablate <name> "
                              "--table-only` writes their tables, or add --ablation-rows")
-    wide, cols = build_table(summary, expected=expected)
-    out = Path(out)
-    similar: dict = {}
-    note = ""
-    printed = []
-    if stats:
-        similar, note, csv = _significance(store, wide, cols, n_boot, alpha, out)
-        printed.append(f"stats: {csv}")
-    t = table2(wide, cols, summary, label=label, similar=similar, stats_note=note, compute=compute)
-    atomic_write_text(out, latex(t))
-    md = markdown(t)
-    atomic_write_text(out.with_suffix(".md"), md)
-    printed += [md, f"LaTeX: {out}"]
-    for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
-        if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
-            c = classification(summary, d)
-            cout = store.root / "tables" / f"classification_{d}.tex"
-            atomic_write_text(cout, latex(c))
-            atomic_write_text(cout.with_suffix(".md"), markdown(c))
-            printed += [markdown(c), f"LaTeX: {cout}"]
-    if figures:
-        printed += _km_figures(store, summary, datasets)
-    return printed
+    return summary
 
 
-def _km_figures(store: Any, summary: pd.DataFrame, datasets: Sequence[str]) -> list[str]:
-    from .plots import km_figure
-
-    printed = []
-    for d in datasets:
-        for method in summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique():
-            pred = store.predictions(d, "survival", method)
-            if pred.empty:
-                continue
-            fig = store.root / "figures" / d / f"km_{method}.png"
-            p = km_figure(pred, f"{method} — {d} (out-of-fold, {pred['fold'].nunique()} folds)", fig)
-            km_figure(pred, f"{method} — {d}", fig.with_suffix(".pdf"))
-            printed.append(f"KM: {fig}  log-rank p = {'undefined' if p != p else f'{p:.3g}'}")
-    return printed
-
-
-def _significance(store: Any, wide: pd.DataFrame, cols: list[tuple[str, str]], n_boot: int, alpha: float, out: Any
-                  ) -> tuple[dict, str, Any]:
+def _significance(store: Any, wide: pd.DataFrame, cols: list[tuple[str, str]], n_boot: int, alpha: float, out: Any,
+                  chance: pd.DataFrame | None = None) -> tuple[dict, str, Any]:
     """Per (task, dataset) column: compare every row with the column's best on shared folds."""
     from ..io import atomic_write_text
     from .stats import caption_note, compare_to_best, comparisons_frame
@@ -494,5 +487,8 @@ def _significance(store: Any, wide: pd.DataFrame, cols: list[tuple[str, str]], n
         if comps:
             frames.append(comparisons_frame(comps, name).assign(task=task, dataset=dataset))
     csv = out.with_name(out.stem + "_stats.csv")
-    atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "")
+    both = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if chance is not None and not chance.empty and not both.empty:  # each row's test against chance beside it
+        both = both.merge(chance[["row", "task", "dataset", "p_chance"]], on=["row", "task", "dataset"], how="left")
+    atomic_write_text(csv, both.to_csv(index=False) if frames else "")
     return similar, caption_note(n_boot, alpha), csv
