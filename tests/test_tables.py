@@ -307,3 +307,28 @@ def test_paper_scale_table2_fits_a_two_column_page(store, tmp_path):
     t = table2(wide, cols, summary, layout="compact")
     t.stack = False
     assert "Overfull \\hbox" in compile_log(tmp_path, render_latex(t), "oneline")  # the check can fail
+
+
+def test_a_row_with_every_fold_outranks_a_better_partial_row(tmp_path):
+    s = ResultsStore(tmp_path)
+    put(s, mil("ilra.gigapath", "ILRA-MIL", "gigapath", 0), "survival", [0.8571])  # 1 of 5 folds
+    put(s, mil("transmil.resnet50", "TransMIL", "resnet50", 1), "survival", [0.70, 0.62])  # 2 of 5 folds
+    put(s, mil("maxmil.resnet50", "MaxMIL", "resnet50", 2), "survival", FIVE(0.6))
+    put(s, mil("abmil.resnet50", "ABMIL", "resnet50", 3), "survival", FIVE(0.5))
+    summary = s.summarize("demo")
+    wide, cols = build_table(summary)
+    md = to_markdown(wide, cols, summary=summary)
+    assert "| **0.6000 ± 0.0283** |" in md and "| _0.5000 ± 0.0283_ |" in md  # complete rows ranked
+    assert "| *0.8571 (1/5 folds)* |" in md and "| *0.6600 ± 0.0400 (2/5 folds)* |" in md  # shown, not ranked
+    assert "over the 5 patient-level test folds of each complete row" in md and "not ranked" in md
+    tex = to_latex(wide, cols, summary=summary, layout="split")
+    assert r"Survival Analysis (5-fold - C-index)" in tex
+    assert r"\textcolor{gray}{\itshape 0.8571 (1/5 folds)}" in tex
+    # no complete row yet: the header says how many folds the rows have, never "5-fold"
+    s2 = ResultsStore(tmp_path / "partial")
+    put(s2, mil("ilra.gigapath", "ILRA-MIL", "gigapath", 0), "survival", [0.8571])
+    put(s2, mil("transmil.resnet50", "TransMIL", "resnet50", 1), "survival", [0.70, 0.62])
+    summary = s2.summarize("demo")
+    tex = to_latex(*build_table(summary), summary=summary, layout="split")
+    assert r"Survival Analysis (1–2 of 5 folds - C-index)" in tex and "5-fold" not in tex
+    assert r"\textbf" not in tex.split(r"\caption")[0]

@@ -91,21 +91,23 @@ def _footer(fig: Any) -> None:
              "median (high: above it). Bands: 95% CI; ticks: censored; mo: months.", fontsize=6, ha="left", va="bottom")
 
 
-def km_figure(pred: pd.DataFrame, title: str, out: Path | str) -> float:
+def km_figure(pred: pd.DataFrame, title: str, *out: Path | str) -> float:
     """Draw the KM curves of the high- and low-risk halves of ``pred`` (columns fold, time, event,
-    risk) and write ``out`` (PNG or PDF by suffix). Returns the log-rank p-value (NaN if undefined)."""
+    risk) once and write it to each ``out`` (PNG or PDF by suffix). Returns the log-rank p-value
+    (NaN if undefined)."""
     fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=200)
     try:
         p = _draw(ax, pred, title)
         fig.tight_layout(rect=(0, 0.03, 1, 1))
         _footer(fig)
-        _save(fig, out)
+        for o in out:
+            _save(fig, o)
     finally:
         plt.close(fig)
     return p
 
 
-def km_panel(preds: Sequence[tuple[str, pd.DataFrame]], out: Path | str) -> list[float]:
+def km_panel(preds: Sequence[tuple[str, pd.DataFrame]], *out: Path | str) -> list[float]:
     """Several methods side by side on one dataset with shared axes (the paper's Figure 4)."""
     fig, axes = plt.subplots(1, len(preds), figsize=(3.6 * len(preds), 4.4), dpi=200, sharex=True, sharey=True,
                              squeeze=False)
@@ -115,7 +117,8 @@ def km_panel(preds: Sequence[tuple[str, pd.DataFrame]], out: Path | str) -> list
             ax.set_ylabel("")
         fig.tight_layout(rect=(0, 0.03, 1, 1))
         _footer(fig)
-        _save(fig, out)
+        for o in out:
+            _save(fig, o)
     finally:
         plt.close(fig)
     return ps
@@ -136,22 +139,20 @@ def km_figures(store: Any, summary: pd.DataFrame, datasets: Sequence[str], panel
     for d in datasets:
         rows = summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique()
         preds = {m: store.predictions(d, "survival", m) for m in rows}
+        missing = [m for m in panel if preds.get(m) is None or preds[m].empty]
+        if missing:  # before drawing anything
+            raise ValueError(f"--km-panel: no survival results for {', '.join(missing)} on dataset {d!r} "
+                             f"(have: {', '.join(preds) or 'none'}); run them or pick others")
         for method, pred in preds.items():
             if pred.empty:
                 continue
             fig = store.root / "figures" / d / f"km_{method}.png"
             title = f"{method} — {d} (out-of-fold, {folds_text(pred['fold'].nunique())})"
-            p = km_figure(pred, title, fig)
-            km_figure(pred, title, fig.with_suffix(".pdf"))
+            p = km_figure(pred, title, fig, fig.with_suffix(".pdf"))
             printed.append(f"KM: {fig}  log-rank p = {'undefined' if p != p else f'{p:.3g}'}")
         if panel:
-            missing = [m for m in panel if preds.get(m) is None or preds[m].empty]
-            if missing:
-                raise ValueError(f"--km-panel: no survival results for {', '.join(missing)} on dataset {d!r} "
-                                 f"(have: {', '.join(preds) or 'none'}); run them or pick others")
             fig = store.root / "figures" / d / f"km_panel_{'_'.join(panel)}.png"
             chosen = [(m, preds[m]) for m in panel]
-            km_panel(chosen, fig)
-            km_panel(chosen, fig.with_suffix(".pdf"))
+            km_panel(chosen, fig, fig.with_suffix(".pdf"))
             printed.append(f"KM panel: {fig}")
     return printed
