@@ -19,6 +19,9 @@ G_RESNET = "Two-stage MIL; patch features: ResNet-50 (ImageNet)"
 G_CONCH = "Two-stage MIL; patch features: VL-FM (CONCH)"
 G_GIGA = "Two-stage MIL; patch features: V-FM (GigaPath)"
 PRED = pd.DataFrame({"case_id": ["A", "B"], "label": [0, 1], "pred": [0, 1]})
+PREDS = {"staging": pd.DataFrame({"case_id": ["A", "B"], "stage": [0, 1], "pred": [0, 1]}),
+         "survival": pd.DataFrame({"case_id": ["A", "B"], "time": [5.0, 9.0], "event": [1, 0], "risk": [1.0, 0.0]}),
+         "classification": PRED}
 METRIC = {"staging": "macro_f1", "survival": "c_index", "classification": "auc"}
 
 
@@ -52,7 +55,7 @@ def put(store: ResultsStore, kw: dict, task: str, values: list[float], dataset: 
                              "metrics": {METRIC[task]: v}, **kw})
         u = Unit(rec.dataset, rec.task, rec.method, fold, rec.variant)
         store.prepare(u, {}, "h")
-        store.finish(u, PRED, pd.DataFrame(), rec)
+        store.finish(u, PREDS[task], pd.DataFrame(), rec)
 
 
 FIVE = lambda m: [m - 0.04, m - 0.02, m, m + 0.02, m + 0.04]  # noqa: E731  mean m, population std 0.0283

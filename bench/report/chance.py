@@ -38,7 +38,12 @@ def chance_marks(store: ResultsStore, wide: pd.DataFrame, cols: list[tuple[str, 
             pred = preds[dataset].get((task, row["method"], row["variant"] or ""))
             if row[(task, dataset)] is None or pred is None or pred.empty:
                 continue
-            c = chance_test(pred, task, n_perm=n_perm, alpha=alpha)
+            try:
+                c = chance_test(pred, task, n_perm=n_perm, alpha=alpha)
+            except KeyError as exc:
+                raise ValueError(f"predictions of {dataset}/{task}/{row['method']} lack the column {exc}, which the "
+                                 f"{task} metric needs: redo the row with `python -m bench run --methods "
+                                 f"{row['method']} --dataset {dataset} --tasks {task}`") from exc
             if c.at_chance:
                 marks[(task, dataset)].add(i)
             lines.append({"row": row["method"] + (f"/{row['variant']}" if row["variant"] else ""), "task": task,
