@@ -52,7 +52,7 @@ def _median_text(kmf: Any) -> str:
     return f"median {num(kmf.median_survival_time_)} mo (95% CI {num(ci[0])}–{num(ci[1])})"
 
 
-def _draw(ax: Any, pred: pd.DataFrame, title: str) -> float:
+def _draw(ax: Any, pred: pd.DataFrame, title: str, risk_labels: bool = True) -> float:
     """One panel: both risk groups with bands, censoring ticks, the at-risk table, the legend above."""
     from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
@@ -82,13 +82,21 @@ def _draw(ax: Any, pred: pd.DataFrame, title: str) -> float:
     handles = [h for h in ax.get_lines() if not h.get_label().startswith("_")]
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.01), fontsize=6.5, frameon=False,
               title=f"{title}; {ptxt}", title_fontsize=7.5, alignment="left", borderaxespad=0)
-    add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"], xticks=None, fontsize=6.5)
+    add_at_risk_counts(*fitters, ax=ax, rows_to_show=["At risk"], xticks=None, fontsize=6.5,
+                       labels=None if risk_labels else [""] * len(fitters))
     return p
 
 
-def _footer(fig: Any) -> None:
-    fig.text(0.01, 0.005, "Risk groups: each method's out-of-fold risks (every test fold) pooled and split at their "
-             "median (high: above it). Bands: 95% CI; ticks: censored; mo: months.", fontsize=6, ha="left", va="bottom")
+FOOTER = ("Risk groups: each method's out-of-fold risks (every test fold) pooled and split at their median "
+          "(high: above it). Bands: 95% CI; ticks: censored; mo: months.")
+
+
+def _footer(ax: Any, width: int) -> None:
+    """The split rule under the at-risk table of ``ax`` (wrapped to ``width`` characters)."""
+    import textwrap
+
+    ax.text(0, -0.5, textwrap.fill(FOOTER, width), transform=ax.transAxes, fontsize=6, ha="left", va="top",
+            clip_on=False)
 
 
 def km_figure(pred: pd.DataFrame, title: str, *out: Path | str) -> float:
@@ -98,8 +106,8 @@ def km_figure(pred: pd.DataFrame, title: str, *out: Path | str) -> float:
     fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=200)
     try:
         p = _draw(ax, pred, title)
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        _footer(fig)
+        fig.tight_layout()
+        _footer(ax, 80)  # after the layout, which it would squeeze
         for o in out:
             _save(fig, o)
     finally:
@@ -112,11 +120,13 @@ def km_panel(preds: Sequence[tuple[str, pd.DataFrame]], *out: Path | str) -> lis
     fig, axes = plt.subplots(1, len(preds), figsize=(3.6 * len(preds), 4.4), dpi=200, sharex=True, sharey=True,
                              squeeze=False)
     try:
-        ps = [_draw(ax, pred, f"{name} ({folds_text(pred['fold'].nunique())})") for ax, (name, pred) in zip(axes[0], preds)]
+        # the at-risk rows are named once, under the first panel (the colours match across panels)
+        ps = [_draw(ax, pred, f"{name} ({folds_text(pred['fold'].nunique())})", risk_labels=i == 0)
+              for i, (ax, (name, pred)) in enumerate(zip(axes[0], preds))]
         for ax in axes[0][1:]:
             ax.set_ylabel("")
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        _footer(fig)
+        fig.tight_layout()
+        _footer(axes[0][0], 200)  # after the layout, which it would squeeze
         for o in out:
             _save(fig, o)
     finally:
@@ -139,6 +149,9 @@ def km_figures(store: Any, summary: pd.DataFrame, datasets: Sequence[str], panel
     for d in datasets:
         rows = summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique()
         preds = {m: store.predictions(d, "survival", m) for m in rows}
+        names = {r["method"]: r["label"] + (f" ({r['encoder_label']})" if isinstance(r.get("encoder_label"), str)
+                                            and r["encoder_label"] else "")
+                 for _, r in summary[(summary["dataset"] == d) & (summary["task"] == "survival")].iterrows()}
         missing = [m for m in panel if preds.get(m) is None or preds[m].empty]
         if missing:  # before drawing anything
             raise ValueError(f"--km-panel: no survival results for {', '.join(missing)} on dataset {d!r} "
@@ -147,12 +160,12 @@ def km_figures(store: Any, summary: pd.DataFrame, datasets: Sequence[str], panel
             if pred.empty:
                 continue
             fig = store.root / "figures" / d / f"km_{method}.png"
-            title = f"{method} — {d} (out-of-fold, {folds_text(pred['fold'].nunique())})"
+            title = f"{names[method]} — {d} (out-of-fold, {folds_text(pred['fold'].nunique())})"
             p = km_figure(pred, title, fig, fig.with_suffix(".pdf"))
             printed.append(f"KM: {fig}  log-rank p = {'undefined' if p != p else f'{p:.3g}'}")
         if panel:
             fig = store.root / "figures" / d / f"km_panel_{'_'.join(panel)}.png"
-            chosen = [(m, preds[m]) for m in panel]
+            chosen = [(names[m], preds[m]) for m in panel]
             km_panel(chosen, fig, fig.with_suffix(".pdf"))
             printed.append(f"KM panel: {fig}")
     return printed

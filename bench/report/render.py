@@ -22,7 +22,8 @@ from typing import Sequence, Union
 
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-            "±": r"$\pm$", "≈": r"$\approx$", "α": r"$\alpha$", "×": r"$\times$"}
+            "±": r"$\pm$", "≈": r"$\approx$", "α": r"$\alpha$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
+            "∘": r"$\circ$"}
 _MARKS_TEX = {"†": r"\dagger", "‡": r"\ddagger", "§": r"\S", "¶": r"\P", "≈": r"\approx", "*": r"\ast",
               "∘": r"\circ"}
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
