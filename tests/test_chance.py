@@ -142,3 +142,17 @@ def test_the_atomic_writer_gives_the_mode_of_a_plain_open(tmp_path, mask, mode):
     assert stat.S_IMODE((tmp_path / "sub" / "a.txt").stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "sub").stat().st_mode) == 0o777 & ~mask
+
+
+def test_the_fast_survival_null_equals_the_generic_one():
+    """Survival moves the risks by the inverse permutation instead of the labels: the same values."""
+    from bench.tasks import Task, get_task
+
+    t = get_task("survival")
+    f = frame("survival", "perfect").assign(risk=RNG.normal(size=N).round(1))  # with ties
+    cols = t.columns(f)
+    perms = np.random.default_rng(3).permuted(np.broadcast_to(np.arange(N), (50, N)), axis=1)
+    fast = t.permuted_metric(cols, perms, chunk_cells=5000)
+    generic = Task.permuted_metric(t, cols, perms)
+    assert np.allclose(fast, generic)
+    assert generic[0] == pytest.approx(c_index(f["time"], f["event"], f["risk"].to_numpy()[np.argsort(perms[0])]))

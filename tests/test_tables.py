@@ -243,6 +243,7 @@ def test_cli_lists_expected_rows_and_switches_ddof(store, capsys):
     out = capsys.readouterr().out
     assert "| transmil.resnet50 |" in out and "| transmil.conch |" in out and "| hipt |" not in out  # hipt ran
     assert "(sample, ddof=1)" in out and "3 of 11 rows still to run" in out
+    assert f"no --dataset: using every dataset with results under {store.root / 'runs'}: demo" in out
     assert "| *Still to run* |" in (store.root / "tables" / "table2.md").read_text()
 
 

@@ -223,7 +223,7 @@ def chance_test(pred: pd.DataFrame, task: str, *, n_perm: int = N_PERM, alpha: f
     """Permutation test of one row's pooled out-of-fold predictions (every fold's test cases as one
     set) against shuffled labels, scored with the task's primary metric. The labels of all cases
     are permuted together (survival: time and event stay paired); the predictions stay in place.
-    Vectorised: all permutations in one (chunked) numpy pass of ``Task.batched_metric``."""
+    Vectorised: all permutations in one (chunked) numpy pass (``Task.permuted_metric``)."""
     t = get_task(task)
     d = pred.drop_duplicates(["fold", "case_id"]) if {"fold", "case_id"} <= set(pred.columns) else pred
     cols = t.columns(d.reset_index(drop=True))
@@ -233,15 +233,7 @@ def chance_test(pred: pd.DataFrame, task: str, *, n_perm: int = N_PERM, alpha: f
         return Chance(observed, float("nan"), float("nan"), n_perm, m, alpha)
     rng = np.random.default_rng(seed)
     perm = rng.permuted(np.broadcast_to(np.arange(m), (n_perm, m)), axis=1)  # (P, m)
-    step = max(1, chunk_cells // max(1, m * m))
-    null = []
-    for b in range(0, n_perm, step):
-        pb = perm[b:b + step]
-        # the b-th resample pairs labels[pb[b]] with predictions in place: flatten into one long
-        # column set and address it with consecutive positions
-        flat = {k: (v[pb] if k in t.label_arrays else np.broadcast_to(v, pb.shape)).reshape(-1) for k, v in cols.items()}
-        null.append(t.batched_metric(flat, np.arange(pb.size).reshape(pb.shape)))
-    null_v = np.concatenate(null)
+    null_v = t.permuted_metric(cols, perm, chunk_cells)
     null_v = null_v[np.isfinite(null_v)]
     if len(null_v) == 0:
         return Chance(observed, float("nan"), float("nan"), n_perm, m, alpha)
