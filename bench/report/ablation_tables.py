@@ -10,7 +10,7 @@ shows ``–``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -20,7 +20,7 @@ from ..ablations import Ablation, GridItem, _fmt, _lookup
 from .render import Cell, Column, Row as TableRow, Table, Tex, mean_std_cell, to_latex as render_latex, \
     to_markdown as render_markdown
 from ..tasks import get_task
-from .tables import Marks, _ddof_and_folds, spread_phrase, two_sig
+from .tables import CHANCE_MARK, Marks, _ddof_and_folds, spread_phrase, two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
 PAPER_NAMES = {"ViT-S": "LongViT", "Vim-Ti": "Vision-Mamba", "Pixel-Mamba": "Pixel-Mamba"}
@@ -114,10 +114,12 @@ def _columns(ablation: Ablation, compute: bool) -> list[str]:
 
 def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str, summary: pd.DataFrame,
                    notes: list[str] | None = None, similar: set[int] | None = None, stats_note: str = "",
-                   compute: bool = False, published: bool = False) -> Table:
+                   compute: bool = False, published: bool = False, chance: set[int] | None = None,
+                   chance_note: str = "") -> Table:
     """The table model in the paper's layout. ``similar``: row indices not significantly different
-    from the best (≈). ``published``: a last column with the paper's figure (the Markdown form)."""
-    similar = similar or set()
+    from the best (≈). ``chance``: row indices not distinguishable from chance (∘, ``chance_note``
+    states the test). ``published``: a last column with the paper's figure (the Markdown form)."""
+    similar, chance = similar or set(), chance or set()
     metric_name = get_task(task).metric_name
     prim = summary[(summary["task"] == task) & summary["primary"].astype(bool)] if not summary.empty else summary
     hib = bool(prim["higher_is_better"].iloc[0]) if len(prim) and "higher_is_better" in prim else True
@@ -134,8 +136,9 @@ def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str,
     trows = []
     for i, r in enumerate(rows):
         m = r.metric
-        if i in similar:
-            m = Cell(m.text, m.value, m.marks + ("≈",))
+        extra = ("≈",) * (i in similar) + (CHANCE_MARK,) * (i in chance)
+        if extra:
+            m = replace(m, marks=m.marks + extra)
         cells: list[Cell | str] = [m if c == "metric" else r.cells.get(c, "–") for c in keys]
         if published:
             cells.append("–" if r.published is None else f"{r.published:.4f}")
@@ -155,7 +158,8 @@ def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str,
     if stats_note or similar:
         plain = "≈ not significantly different from the best (paired patient-level bootstrap)."
         caption.append(Tex(stats_note, plain) if stats_note else plain)
-    return Table(columns, trows, caption, marks.footnotes(), label=f"tab:ablation-{ablation.name}-{dataset}-{task}",
+    foot = marks.footnotes() + ([(CHANCE_MARK, chance_note + ".")] if chance else [])
+    return Table(columns, trows, caption, foot, label=f"tab:ablation-{ablation.name}-{dataset}-{task}",
                  transpose=bool(ablation.table.get("transpose")))
 
 
@@ -182,7 +186,7 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
     """LaTeX + Markdown (and the stats CSV with ``stats``) under ``results/<dataset>/tables/``;
     returns the paths written and the Markdown."""
     from ..io import atomic_write_text
-    from .stats import caption_note, comparisons_frame, compare_to_best
+    from .stats import N_PERM, caption_note, chance_note, comparisons_frame, compare_to_best
 
     summary = store.summarize(dataset, ddof=ddof)
     options: dict[tuple[str, str | None], dict[str, Any]] = {}
@@ -198,6 +202,8 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
     note = ""
     out = store.root / dataset / "tables" / f"{ablation.name}_{task}.tex"
     paths = [out, out.with_suffix(".md")]
+    chance, chance_csv = _chance(store, rows, dataset, task, alpha, out)
+    paths.append(chance_csv)
     if stats:
         preds = {r.item.key: store.predictions(dataset, task, r.item.method, r.item.stored_variant) for r in rows}
         comps = compare_to_best(preds, task, n_boot=n_boot, alpha=alpha)
@@ -207,11 +213,33 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
         csv = out.with_name(out.stem + "_stats.csv")
         atomic_write_text(csv, comparisons_frame(comps, lambda k: k[0] + (f"/{k[1]}" if k[1] else "")).to_csv(index=False))
         paths.append(csv)
-    kw = dict(notes=notes, similar=similar, stats_note=note, compute=compute)
+    kw = dict(notes=notes, similar=similar, stats_note=note, compute=compute, chance=chance,
+              chance_note=chance_note(N_PERM, alpha))
     atomic_write_text(out, to_latex(ablation, rows, dataset, task, summary, **kw))
     md = to_markdown(ablation, rows, dataset, task, summary, **kw)
     atomic_write_text(out.with_suffix(".md"), md)
     return paths, md
+
+
+def _chance(store: Any, rows: list[Row], dataset: str, task: str, alpha: float, out: Path) -> tuple[set[int], Path]:
+    """Every row with results against chance (:func:`bench.report.stats.chance_test`): the indices
+    of the rows at chance, and the CSV of the p-values beside the table."""
+    from .chance import write_chance_csv
+    from .stats import chance_test
+
+    at, lines = set(), []
+    for k, r in enumerate(rows):
+        pred = store.predictions(dataset, task, r.item.method, r.item.stored_variant) if r.n else None
+        if pred is None or pred.empty:
+            continue
+        c = chance_test(pred, task, alpha=alpha)
+        if c.at_chance:
+            at.add(k)
+        lines.append({"row": r.item.method + (f"/{r.item.stored_variant}" if r.item.stored_variant else ""),
+                      "task": task, "dataset": dataset, "pooled_metric": c.observed, "shuffled_mean": c.null_mean,
+                      "p_chance": c.p, "at_chance": c.at_chance, "n_cases": c.n_cases, "n_permutations": c.n_perm,
+                      "alpha": alpha})
+    return at, write_chance_csv(pd.DataFrame(lines), out)
 
 
 def identical_rows(store: Any, dataset: str, task: str, rows: list[Row]) -> list[str]:
