@@ -156,3 +156,9 @@ def test_the_fast_survival_null_equals_the_generic_one():
     generic = Task.permuted_metric(t, cols, perms)
     assert np.allclose(fast, generic)
     assert generic[0] == pytest.approx(c_index(f["time"], f["event"], f["risk"].to_numpy()[np.argsort(perms[0])]))
+
+
+def test_fold_counts_in_figure_titles_are_grammatical():
+    from bench.report.plots import folds_text
+
+    assert (folds_text(1), folds_text(5)) == ("1 fold", "5 folds")
