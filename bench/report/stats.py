@@ -224,6 +224,8 @@ def chance_test(pred: pd.DataFrame, task: str, *, n_perm: int = N_PERM, alpha: f
     set) against shuffled labels, scored with the task's primary metric. The labels of all cases
     are permuted together (survival: time and event stay paired); the predictions stay in place.
     Vectorised: all permutations in one (chunked) numpy pass (``Task.permuted_metric``)."""
+    if n_perm < 1:
+        raise ValueError(f"the test against chance needs at least 1 permutation, got --n-perm {n_perm} (default {N_PERM})")
     t = get_task(task)
     d = pred.drop_duplicates(["fold", "case_id"]) if {"fold", "case_id"} <= set(pred.columns) else pred
     cols = t.columns(d.reset_index(drop=True))
