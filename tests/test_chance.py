@@ -11,7 +11,7 @@ import pytest
 from record_factory import make_record
 
 from bench.metrics import c_index, macro_f1
-from bench.report.results import ResultsStore, Unit
+from bench.results.store import ResultsStore, Unit
 from bench.report.stats import chance_test
 from bench.report.tables import write_tables
 

@@ -11,7 +11,7 @@ from typing import Any, Hashable
 
 import pandas as pd
 
-from .results import ResultsStore, Unit
+from ..results.store import ResultsStore, Unit
 from .stats import ALPHA, N_PERM, chance_test
 
 
