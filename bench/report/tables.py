@@ -415,10 +415,10 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
     similar: dict = {}
     note = ""
     chance, frame = chance_marks(store, wide, cols, n_perm=n_perm, alpha=alpha)
-    printed = [f"chance: {write_chance_csv(frame, out)}"]
+    files = [f"chance: {write_chance_csv(frame, out)}"]
     if stats:
         similar, note, csv = _significance(store, wide, cols, n_boot, alpha, out, frame)
-        printed.append(f"stats: {csv}")
+        files.append(f"stats: {csv}")
     kw = dict(similar=similar, stats_note=note, compute=compute, chance=chance, chance_note=chance_note(n_perm, alpha))
     t = table2(wide, cols, summary, label=label, layout=layout, **kw)
     tasks = list(dict.fromkeys(t for t, _ in cols))
@@ -429,7 +429,7 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
     atomic_write_text(out, tex)
     md = markdown(t)
     atomic_write_text(out.with_suffix(".md"), md)
-    printed += [md, f"LaTeX ({layout} layout; needs \\usepackage{{{','.join(LATEX_PACKAGES[layout])}}}): {out}"]
+    printed = [md, f"LaTeX ({layout} layout; needs \\usepackage{{{','.join(LATEX_PACKAGES[layout])}}}): {out}", *files]
     for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
         if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
             c = classification(summary, d)
