@@ -72,8 +72,14 @@ def classify(plans: list[UnitPlan], store: ResultsStore, report: RunReport, dry_
         st = None
         if D.is_main():
             rec = store.done_record(p.unit)
-            if rec is not None and rec.config_hash == p.chash:
+            if rec is not None and rec.config_hash == p.chash and not (store.redo_without_weights
+                                                                       and "weights_file" not in rec.info):
                 st = "done"
+            elif rec is not None and rec.config_hash == p.chash:
+                st = "run"
+                report.redone[p.unit] = ["its trained weights were not kept (--keep-weights)"]
+                log.info("%s: finished without keeping its trained weights; it will be redone (--keep-weights), "
+                         "the previous result is kept until the new one has finished", p.unit)
             else:
                 st = "run"
                 if rec is not None or (store.unit_dir(p.unit) / "metrics.json").is_file():
