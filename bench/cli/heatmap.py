@@ -158,8 +158,9 @@ def score_case(ld: Loaded, case: str, target_of: Callable[[Any], Any], occlusion
     out = []
     if ld.rec.family == "end-to-end":
         views = list(s.views() if s.views is not None else [s.load()])
-        with torch.no_grad():
-            target = target_of(torch.stack([ld.model(v).float() for v in views]).mean(0))
+        with torch.no_grad():  # a case is predicted from the mean logits of its slides
+            logits = torch.stack([ld.model(v).float() for v in views]).mean(0)
+        target = target_of(logits)
         for u, img in zip(units, views):
             sc = H.SlideScores(u["slide_id"], u["coords"], u["side"])
             sc.scores["gradxinput"], sc.notes["gradxinput"] = H.image_grad_x_input(ld.model, img, u["grid"],
@@ -170,21 +171,26 @@ def score_case(ld: Loaded, case: str, target_of: Callable[[Any], Any], occlusion
                 sc.notes["occlusion"] = "target(slide) - target(slide with the tile painted background)"
             keep = _tissue(u["rgb"], u["grid"], u["tile_in"])
             out.append(_subset(sc, keep))
-        return out, target, float(target(ld.model(views[0]))[0])
+        return out, target, float(target(logits)[0])
     x = s.load()
     with torch.no_grad():
-        target = target_of(ld.model(x).float())
-    fam, how = H.family_scores(ld.model, x, target)
+        logits = ld.model(x).float()
+    target = target_of(logits)
+    try:
+        fam, how = H.family_scores(ld.model, x, target)
+    except ValueError as exc:  # no score of its own for this model: occlusion only
+        log.warning("%s", exc)
+        fam, how = None, ""
     occ = H.occlusion_scores(ld.model, x, target, batch, on_batch) if occlusion else None
     for u in units:
         sc = H.SlideScores(u["slide_id"], u["coords"], u["side"])
-        sc.scores["family"], sc.notes["family"] = fam[u["rows"]], how
+        if fam is not None:
+            sc.scores["family"], sc.notes["family"] = fam[u["rows"]], how
         if occ is not None:
             sc.scores["occlusion"] = occ[u["rows"]]
             sc.notes["occlusion"] = "target(bag) - target(bag without the tile)"
         out.append(sc)
-    with torch.no_grad():
-        return out, target, float(target(ld.model(x))[0])
+    return out, target, float(target(logits)[0])
 
 
 def _tissue(rgb: np.ndarray, grid: np.ndarray, tile: int) -> np.ndarray:
@@ -247,3 +253,28 @@ def write_case_all(ld: Loaded, cases: list[str], out: Path, args: argparse.Names
             n += write_case(ld, c, out, args, target_of, lambda k: None)
             bar.update(len(ld.fi.slides_of[c]))
     return n
+
+
+def truth_auroc(ld: Loaded, cases: list[str], truth: Callable[[str], Any], batch: int = 16,
+                tile_um: float = 128.0) -> dict[str, Any]:
+    """Occlusion maps of ``cases`` against known tumour masks (``truth(slide_id)`` -> an object with
+    ``tissue`` and ``tumour`` masks at ``tissue_downsample``): AUROC of tumour tiles (>= 50 % tumour)
+    over non-tumour tissue tiles (<= 10 % tumour, >= 25 % tissue), percentile ranks per slide."""
+    from ..report.heatmaps import mask_fraction, tumour_auroc
+
+    target_of = _target_of(ld.rec.task, ld.n_out, None)
+    scores, labels = [], []
+    for c in cases:
+        slides, _, _ = score_case(ld, c, target_of, True, tile_um, batch, lambda k: None)
+        for sc in slides:
+            t = truth(sc.slide_id)
+            tum = mask_fraction(t.tumour, t.tissue_downsample, sc.coords, sc.tile_size)
+            tis = mask_fraction(t.tissue, t.tissue_downsample, sc.coords, sc.tile_size)
+            keep = (tum >= 0.5) | ((tum <= 0.1) & (tis >= 0.25))
+            if keep.sum() >= 2:
+                scores.append(sc.scores["occlusion"][keep])
+                labels.append(tum[keep] >= 0.5)
+    n_t = int(sum(int(b.sum()) for b in labels))
+    n_all = int(sum(len(b) for b in labels))
+    return {"auroc": tumour_auroc(scores, labels) if scores else float("nan"), "tumour_tiles": n_t,
+            "other_tissue_tiles": n_all - n_t, "slides": len(scores)}

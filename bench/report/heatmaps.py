@@ -34,7 +34,7 @@ from ..losses import survival_risk
 log = logging.getLogger(__name__)
 
 __all__ = ["Target", "SlideScores", "occlusion_scores", "occlusion_image", "family_scores",
-           "percentile_rank", "grid_tiles", "tumour_auroc"]
+           "percentile_rank", "grid_tiles", "tumour_auroc", "mask_fraction"]
 
 
 @dataclass(frozen=True)
@@ -154,13 +154,16 @@ def occlusion_image(model: torch.nn.Module, img: torch.Tensor, tiles: np.ndarray
 # ----------------------------------------------------------------------------- the families' own scores
 
 
-def _grad_x_input(model: torch.nn.Module, x: torch.Tensor | Bag, target: Target) -> torch.Tensor:
+def _grad_x_input(model: torch.nn.Module, x: torch.Tensor | Bag, target: Target) -> torch.Tensor | None:
     """Gradient x input of the target w.r.t. the input features (or pixels), not yet pooled."""
     feats = (x.features if isinstance(x, Bag) else x).detach().float().clone().requires_grad_(True)
     inp = x.map_features(lambda _: feats) if isinstance(x, Bag) else feats
     with torch.enable_grad():
-        target(model(inp))[0].backward()
-    return (feats.grad * feats).detach()
+        out = target(model(inp))[0]
+        if not out.requires_grad:
+            return None
+        out.backward()
+    return None if feats.grad is None else (feats.grad * feats).detach()
 
 
 def _abmil(model: Any, x: torch.Tensor, target: Target) -> tuple[np.ndarray, str]:
@@ -215,15 +218,32 @@ def _transmil(model: Any, x: torch.Tensor, target: Target) -> tuple[np.ndarray, 
     return att.numpy(), "TransMIL CLS attention of the last layer (Nystrom approximation, mean over heads)"
 
 
+def _hipt(model: Any, x: Bag, target: Target) -> tuple[np.ndarray, str]:
+    h = model.global_phi(model.region_embeddings(x))  # (M, dim)
+    h = model.global_transformer(h.unsqueeze(0))[0]
+    a = torch.softmax(model.global_attn_pool(h).squeeze(-1), dim=0)  # (M,)
+    return a.numpy(), "HIPT region attention (gated attention pooling over the 4096-px regions)"
+
+
+def _gigapath(model: Any, x: Bag, target: Target) -> tuple[np.ndarray, str] | None:
+    if model.variant == "cls":
+        return None  # the CLS token reads every tile through LongNet: no one pooling weight per tile
+    tiles = torch.cat([s[0, 1:] for s in model.encode(x)], dim=-1)  # (N, layers * E)
+    a = torch.softmax(model.attention(model.fc(tiles)).squeeze(-1), dim=0)
+    return a.numpy(), "Prov-GigaPath tile attention (ABMIL pooling over the slide encoder's tile states)"
+
+
 def _family_scorer(model: torch.nn.Module) -> Callable[..., tuple[np.ndarray, str]] | None:
     from baselines.mil.abmil import ABMIL
     from baselines.mil.pooling import MaxMIL, MeanMIL
 
     table: list[tuple[type, Callable[..., tuple[np.ndarray, str]]]] = [(ABMIL, _abmil), (MeanMIL, _meanmil),
                                                                        (MaxMIL, _maxmil)]
+    from baselines.hipt import HIPT
     from baselines.mil.transmil import TransMIL
+    from baselines.prov_gigapath import ProvGigaPath
 
-    table.append((TransMIL, _transmil))
+    table += [(TransMIL, _transmil), (HIPT, _hipt), (ProvGigaPath, _gigapath)]
     return next((f for cls, f in table if isinstance(model, cls)), None)
 
 
@@ -232,9 +252,13 @@ def family_scores(model: torch.nn.Module, x: torch.Tensor | Bag, target: Target)
     """The family's own per-tile score of a bag (first axis), with how it was computed."""
     model.eval()
     f = _family_scorer(model)
-    if f is not None and isinstance(x, torch.Tensor):
-        return f(model, x, target)
+    got = f(model, x, target) if f is not None else None
+    if got is not None:
+        return got
     g = _grad_x_input(model, x, target)
+    if g is None:
+        raise ValueError(f"{type(model).__name__}: no gradient reaches its input (a frozen first stage) and it "
+                         "has no per-tile weight of its own: only the occlusion score applies")
     while g.dim() > 1:
         g = g.sum(dim=-1)
     return g.numpy(), "gradient x input, summed over feature channels"
@@ -261,3 +285,15 @@ def tumour_auroc(scores: Iterable[np.ndarray], tumour: Iterable[np.ndarray]) -> 
     if t.all() or not t.any():
         return float("nan")
     return float(roc_auc_score(t, s))
+
+
+def mask_fraction(mask: np.ndarray, downsample: float, coords: np.ndarray, tile: int) -> np.ndarray:
+    """The share of each level-0 tile (top-left ``coords``, side ``tile``) that a mask drawn at
+    ``downsample`` covers."""
+    out = np.zeros(len(coords))
+    for i, (x, y) in enumerate(np.asarray(coords)):
+        x0, y0 = int(x // downsample), int(y // downsample)
+        x1, y1 = int(np.ceil((x + tile) / downsample)), int(np.ceil((y + tile) / downsample))
+        win = mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+        out[i] = float(win.sum()) / max((y1 - y0) * (x1 - x0), 1)  # outside the mask counts as not covered
+    return out
