@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from .common import Formatter, add_dataset, add_paths, resolve_dataset
 
 log = logging.getLogger("bench")
@@ -116,6 +114,8 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
 def _slide_units(ld: Loaded, case: str, tile_um: float) -> list[dict[str, Any]]:
     """Per slide of a case: its id, path, tile coords (level 0), tile side (level 0) and how its
     tiles index the case's model input."""
+    import numpy as np
+
     from feature_cache import open_slide
 
     fi = ld.fi
@@ -195,6 +195,8 @@ def score_case(ld: Loaded, case: str, target_of: Callable[[Any], Any], occlusion
 
 def _tissue(rgb: np.ndarray, grid: np.ndarray, tile: int) -> np.ndarray:
     """Tiles with tissue: at least 10 % of pixels away from the background colour."""
+    import numpy as np
+
     bg = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
     far = np.abs(rgb.astype(np.int16) - bg.astype(np.int16)).max(axis=-1) > 20
     return np.array([far[y:y + tile, x:x + tile].mean() >= 0.1 for x, y in grid], bool)

@@ -8,8 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 log = logging.getLogger("bench")
 
 
@@ -61,7 +59,8 @@ def write_case(ld: Any, case: str, out: Path, args: argparse.Namespace, target_o
     return len(slides)
 
 
-def _thumbnail(path: str, mpp: float | None, size: int = 1024) -> tuple[np.ndarray, float]:
+def _thumbnail(path: str, mpp: float | None, size: int = 1024) -> tuple[Any, float]:
+    import numpy as np
     from feature_cache import open_slide
 
     with open_slide(path, mpp=mpp) as sl:
@@ -70,6 +69,7 @@ def _thumbnail(path: str, mpp: float | None, size: int = 1024) -> tuple[np.ndarr
 
 
 def _gallery(path: Path, slide_path: str, sc: Any, name: str, k: int, title: str, mpp: float | None) -> None:
+    import numpy as np
     from feature_cache import open_slide
 
     from ..report.heatmap_files import draw_gallery

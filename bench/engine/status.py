@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..report.records import UnitRecord
 from ..report.results import ResultsStore, Unit
 from . import distributed as D
 from .config import OptionError
@@ -72,8 +73,7 @@ def classify(plans: list[UnitPlan], store: ResultsStore, report: RunReport, dry_
         st = None
         if D.is_main():
             rec = store.done_record(p.unit)
-            if rec is not None and rec.config_hash == p.chash and not (store.redo_without_weights
-                                                                       and "weights_file" not in rec.info):
+            if is_done(store, rec, p):
                 st = "done"
             elif rec is not None and rec.config_hash == p.chash:
                 st = "run"
@@ -162,6 +162,11 @@ def check_rows(plans: list[UnitPlan], store: ResultsStore, status: dict[Unit, st
                     "(drop --folds), or make this experiment a row of its own with --variant NAME")
 
 
+def is_done(store: ResultsStore, rec: UnitRecord | None, p: UnitPlan) -> bool:
+    """Finished with the plan's identity (and with its weights kept, when the store asks for them)."""
+    return rec is not None and rec.config_hash == p.chash and not (
+        store.redo_without_weights and "weights_file" not in rec.info)
+
+
 def done_meanwhile(store: ResultsStore, p: UnitPlan) -> bool:
-    rec = store.done_record(p.unit)
-    return rec is not None and rec.config_hash == p.chash  # finished by another worker meanwhile
+    return is_done(store, store.done_record(p.unit), p)  # finished by another worker meanwhile
