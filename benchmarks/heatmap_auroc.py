@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--cache", type=Path, default=Path("cache"))
+    ap.add_argument("--absolute", action="store_true", help="rank tiles by |occlusion| (the size of the change)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     from bench.cli.heatmap import load_unit, truth_auroc
@@ -48,7 +49,7 @@ def main() -> None:
             except SystemExit as exc:
                 print(f"{spec.name} fold {k}: {exc}")
                 continue
-            r = truth_auroc(ld, ld.test_cases, lambda s: demo_truth(root, s))
+            r = truth_auroc(ld, ld.test_cases, lambda s: demo_truth(root, s), absolute=a.absolute)
             f1.append(ld.rec.metrics["macro_f1"])
             au.append(r["auroc"])
             nt, no = nt + r["tumour_tiles"], no + r["other_tissue_tiles"]

@@ -258,10 +258,13 @@ def write_case_all(ld: Loaded, cases: list[str], out: Path, args: argparse.Names
 
 
 def truth_auroc(ld: Loaded, cases: list[str], truth: Callable[[str], Any], batch: int = 16,
-                tile_um: float = 128.0) -> dict[str, Any]:
+                tile_um: float = 128.0, absolute: bool = False) -> dict[str, Any]:
     """Occlusion maps of ``cases`` against known tumour masks (``truth(slide_id)`` -> an object with
     ``tissue`` and ``tumour`` masks at ``tissue_downsample``): AUROC of tumour tiles (>= 50 % tumour)
-    over non-tumour tissue tiles (<= 10 % tumour, >= 25 % tissue), percentile ranks per slide."""
+    over non-tumour tissue tiles (<= 10 % tumour, >= 25 % tissue), percentile ranks per slide.
+    ``absolute``: rank by the size of the change, whichever its sign."""
+    import numpy as np
+
     from ..report.heatmaps import mask_fraction, tumour_auroc
 
     target_of = _target_of(ld.rec.task, ld.n_out, None)
@@ -274,7 +277,8 @@ def truth_auroc(ld: Loaded, cases: list[str], truth: Callable[[str], Any], batch
             tis = mask_fraction(t.tissue, t.tissue_downsample, sc.coords, sc.tile_size)
             keep = (tum >= 0.5) | ((tum <= 0.1) & (tis >= 0.25))
             if keep.sum() >= 2:
-                scores.append(sc.scores["occlusion"][keep])
+                occ = sc.scores["occlusion"][keep]
+                scores.append(np.abs(occ) if absolute else occ)
                 labels.append(tum[keep] >= 0.5)
     n_t = int(sum(int(b.sum()) for b in labels))
     n_all = int(sum(len(b) for b in labels))
