@@ -17,7 +17,7 @@ from baselines.bag import Bag
 from bench.registry import build_model, list_methods
 from bench.report import heatmaps as H
 from bench.report.heatmap_files import read_geojson_tiles, shown, write_geojson, write_h5
-from bench.report.results import MissingWeightsError, ResultsStore, Unit, load_weights
+from bench.results.store import MissingWeightsError, ResultsStore, Unit, load_weights
 from record_factory import make_record
 from test_model_face import N_OUT, TINY, tiny_input
 

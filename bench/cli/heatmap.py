@@ -73,7 +73,7 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
     from ..engine.runner import sample_labels
     from ..engine.train import zscore_samples
     from ..registry import resolve_methods
-    from ..report.results import ResultsStore, Unit, load_weights
+    from ..results.store import ResultsStore, Unit, load_weights
 
     cohort = load_cohort(dataset)
     task = task or cohort.spec.tasks[0]
