@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import Formatter, add_paths
+from .common import Formatter, add_paths, dataset_name
 
 log = logging.getLogger("bench")
 
@@ -20,6 +20,7 @@ EPILOG = """examples:
   python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
   python -m bench table --latex-layout split   # one table per task instead of one full-width table*
   python -m bench table --km-panel meanmil.resnet50,abmil.resnet50,transmil.resnet50,pixelmamba-6m
+  python -m bench table --dataset blca --published pixel-mamba   # + the paper's numbers, differences
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
 Every cell is tested against chance (permutation test of the row's pooled out-of-fold predictions
@@ -34,7 +35,8 @@ defaults (and --init checkpoints); each is explained under the table.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table", help="write the LaTeX/Markdown tables and KM figures", epilog=EPILOG,
                        formatter_class=Formatter)
-    p.add_argument("--dataset", help="comma list of datasets (default: every dataset with results)")
+    p.add_argument("--dataset", help="comma list of datasets, by name or by the path of the YAML file given to "
+                                     "`bench run` (default: every dataset with results)")
     add_paths(p)
     p.add_argument("--out", type=Path, help="LaTeX output file (default results/tables/table2[_<datasets>].tex)")
     p.add_argument("--methods", help="rows the table must list (all, comma lists, globs as in `bench run`); "
@@ -61,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "Default %(default)s")
     g.add_argument("--n-perm", type=int, default=1000,
                    help="permutations of the test against chance that every cell gets (default %(default)s)")
+    p.add_argument("--published", metavar="SOURCE",
+                   help="print beside each row the published mean ± std, the difference and the protocol "
+                        "differences the records know (shipped source: pixel-mamba; docs/splits.md)")
     p.add_argument("--no-figures", action="store_true", help="skip the Kaplan–Meier figures")
     p.add_argument("--km-panel", metavar="M1,M2,...",
                    help="also draw these methods' Kaplan–Meier curves side by side with shared axes "
@@ -73,8 +78,12 @@ def main(args: argparse.Namespace) -> int:
     from ..results.store import ResultsStore
     from ..report.tables import write_tables
 
+    if args.published:
+        from ..report.published import load_published
+
+        load_published(args.published)  # an unknown source is reported before any table is written
     store = ResultsStore(args.results)
-    datasets = args.dataset.split(",") if args.dataset else store.datasets()
+    datasets = [dataset_name(d) for d in args.dataset.split(",")] if args.dataset else store.datasets()
     if not args.dataset and datasets:
         print(f"no --dataset: using every dataset with results under {args.results / 'runs'}: {', '.join(datasets)}")
     suffix = "" if not args.dataset else "_" + "_".join(datasets)
@@ -86,4 +95,13 @@ def main(args: argparse.Namespace) -> int:
                              layout=args.latex_layout, n_perm=args.n_perm,
                              km_panel=[m for m in (args.km_panel or "").split(",") if m]):
         print(line)
+    if args.published:
+        import pandas as pd
+
+        from ..report.published import comparison_lines
+
+        for d in datasets:
+            if store.summary_path(d).is_file():
+                for line in comparison_lines(pd.read_csv(store.summary_path(d)), args.published, d):
+                    print(line)
     return 0
