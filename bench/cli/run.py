@@ -87,6 +87,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "line counts every process's units; workers log to <results>/logs/jobs-*/. auto (the "
                         "default, or $BENCH_JOBS): one process per core on the CPU (at most one per 4 GB of "
                         "memory), 1 on a GPU, with --nproc or with --launcher submitit")
+    p.add_argument("--keep-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="write each finished unit's trained weights to model.pt beside its record, sha256 in the "
+                        "record (what `bench heatmap` loads). Default: kept for the units this run trains; "
+                        "--keep-weights also redoes finished units that did not keep them; --no-keep-weights "
+                        "keeps none (the cost, per unit, is the model's size: docs/heatmaps.md)")
     g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train each unit on N processes with DDP (one slide per rank, gradient accumulation), "
@@ -136,7 +141,8 @@ def run_options(args: argparse.Namespace) -> "RunOptions":
         seed=args.seed, train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
         input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned, init=args.init,
         from_scratch=args.from_scratch, order=args.order, variant=args.variant, device=args.device,
-        protocol=args.protocol, jobs=args.jobs, splits_name=args.splits, settings=Settings.from_env())
+        protocol=args.protocol, jobs=args.jobs, splits_name=args.splits,
+        keep_weights=args.keep_weights, settings=Settings.from_env())
 
 
 def main(args: argparse.Namespace) -> int:

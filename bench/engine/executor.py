@@ -63,6 +63,7 @@ class Outcome:
     peak_rss_mb: float | None
     peak_cuda_mb: float | None
     loaded: list[dict[str, Any]] = field(default_factory=list)  # what the network's build loaded (file, sha256, key map)
+    state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the trained (final) weights
 
 
 def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test: Sequence[Sample],
@@ -78,7 +79,8 @@ def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test:
     loaded = [w.to_dict() for w in getattr(model, "weights_provenance", [])]  # feature_cache.weights.record
     return Outcome(pred, train_log, T.score(task, pred), info, count_parameters(model),
                    count_trainable_parameters(model),
-                   info["train_seconds"] / steps if steps else None, **_peak_memory(), loaded=loaded)
+                   info["train_seconds"] / steps if steps else None, **_peak_memory(), loaded=loaded,
+                   state_dict=model.state_dict())
 
 
 def _reset_peak_memory() -> None:

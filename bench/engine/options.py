@@ -72,6 +72,7 @@ class RunOptions:
     device: str = "auto"
     jobs: int = 1
     splits_name: str | None = None  # an imported split set (`bench splits --import`) instead of the seeded folds
+    keep_weights: bool | None = None  # each finished unit's trained weights to model.pt (None: the store's default)
     settings: Settings = field(default_factory=Settings)
 
     def __post_init__(self) -> None:

@@ -70,6 +70,8 @@ def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *
     N - 1 others run ``worker_command`` (default: ``bench.engine.worker``), which receives these
     options serialised; ``worker_of`` is then the wall time the parent run started: a worker trains,
     skips units another process of the run failed, and leaves the summary to the parent.
+    ``keep_weights``: each finished unit's trained weights go to ``model.pt`` beside its record
+    (None, the default; True also redoes finished units that did not keep them; False: none kept).
     """
     if isinstance(options, RunOptions):
         if kw:
@@ -87,7 +89,7 @@ def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *
         variants = [Variant(v.spec, "+".join(p for p in (v.name, opts.variant) if p), v.model, v.train, v.inputs)
                     for v in variants]
     planner, plans, report = _prepare(variants, opts)
-    store = ResultsStore(opts.results)
+    store = ResultsStore(opts.results, opts.keep_weights)
     status = classify(plans, store, report, opts.dry_run)
     if opts.row_check:
         check_rows(plans, store, status)
@@ -318,9 +320,9 @@ def _train_one(p: UnitPlan, ex: _Execution, extracted: set[str]) -> UnitRecord |
     # end-to-end units only: resident memory stays at one layer's working set, while the MIL
     # units' small steps would pay page faults for nothing (bench/engine/memory.py)
     with unit_memory_policy(p.spec.family == "end-to-end", ex.opts.settings):
-        pred, train_log, record = _run_unit(p, planner, fi, ex.opts.progress, ex.opts.device)
+        pred, train_log, record, weights = _run_unit(p, planner, fi, ex.opts.progress, ex.opts.device)
     if D.is_main():
-        store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])))
+        store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])), weights=weights)
     report.ran.append(unit)
     return record
 
@@ -404,7 +406,7 @@ def sample_labels(row: pd.Series, task: str) -> dict[str, float]:
 
 
 def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device: Any
-              ) -> tuple[pd.DataFrame, pd.DataFrame, UnitRecord]:
+              ) -> tuple[pd.DataFrame, pd.DataFrame, UnitRecord, dict[str, Any] | None]:
     unit, spec, cohort = p.unit, p.spec, planner.cohort
     device = resolve_device(device)
     splits = planner.splits[unit.task]
@@ -447,7 +449,7 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
               "unit_seconds": unit_seconds,
               "order": _registry_position(spec.name)},
     )
-    return out.predictions, out.train_log, record
+    return out.predictions, out.train_log, record, out.state_dict
 
 
 def _encoder_loads(fi: Inputs) -> list[dict[str, Any]]:
