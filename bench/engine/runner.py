@@ -262,8 +262,7 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
     """Train the units in ``todo`` that no other process holds. ``count_done``: the units of ``todo``
     finished so far by any process (--jobs), for the progress line. ``failed_since``: a unit that
     failed at or after this time (another process of this ``--jobs`` run tried it) is not tried again.
-    ``rounds``: says when every unit of a leading fold is done (default: over ``todo``). ``eta``: the
-    ETA, told how long each input took to prepare (``bench.engine.eta``)."""
+    ``rounds``: says when every unit of a leading fold is done (default: over ``todo``); ``eta``: the ETA."""
     extracted: set[str] = set()
     rounds = rounds if rounds is not None else Rounds(todo, store)
     eta = eta if eta is not None else Eta(p.inputs_key for p in todo)
