@@ -25,3 +25,12 @@ def test_eta_under_jobs_uses_the_pools_units() -> None:
     eta.ensured("a", 20.0)
     one, two = eta.left(120.0, 2, 6), eta.left(120.0, 4, 4)
     assert (one, two) == (50.0 * 6, 25.0 * 4)
+
+
+def test_eta_text_as_the_progress_line_prints_it() -> None:
+    from bench.engine.eta import clock
+
+    eta = Eta(["a", "a"])
+    assert eta.text(3.0, 0, 2) == "?"
+    assert eta.text(249.0, 1, 1) == clock(249.0) == "4m09s"
+    assert clock(3900.0) == "1h05m"

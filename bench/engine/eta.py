@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["Eta"]
+__all__ = ["Eta", "clock"]
 
 
 class Eta:
@@ -40,3 +40,14 @@ class Eta:
         training = max(elapsed - self.extract_seconds, 0.0) / done * remaining
         per_input = self.extract_seconds / self.prepared if self.prepared else 0.0
         return training + per_input * len(self.pending)
+
+    def text(self, elapsed: float, done: int, remaining: int) -> str:
+        """``left`` as the progress line prints it: ``clock``, or "?" before the first unit."""
+        left = self.left(elapsed, done, remaining)
+        return "?" if left is None else clock(left)
+
+
+def clock(seconds: float) -> str:
+    """4m09s, 1h05m."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
