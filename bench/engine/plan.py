@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.datasets import Cohort
 from ..data.splits import Splits, split_set_name
+from ..io import name_component
 from ..registry import MethodSpec
 from ..report.records import WeightsProvenance
 from ..report.results import Unit
@@ -43,6 +45,24 @@ def unit_variant(name: str | None, tuned: bool, seed: int, n_folds: int) -> str 
     not the default one (``seed1-k3``) — results of different split sets never share a row."""
     parts = [p for p in (name, "tuned" if tuned else None, split_set_name(seed, n_folds) or None) if p]
     return "+".join(parts) or None
+
+
+_RESERVED = re.compile(r"tuned|seed\d+-k\d+")
+
+
+def check_variant_name(name: str) -> str:
+    """A ``--variant`` name: not empty, not over-long, and none of the parts the harness adds itself
+    (``tuned``, a split set's ``seed<s>-k<n>``), so a user's row never takes the place of another."""
+    try:
+        name_component(name, "variant")
+    except ValueError as exc:
+        raise OptionError(f"--variant {name!r}: {exc}") from None
+    reserved = [p for p in name.split("+") if _RESERVED.fullmatch(p)]
+    if reserved:
+        raise OptionError(f"--variant {name!r}: {reserved[0]!r} is reserved (the harness names rows of another split "
+                          "set seed<s>-k<n>, and tuned rows 'tuned'). Fix: choose another name, or use --seed/"
+                          "--n-folds/--tuned for those rows")
+    return name
 
 
 class Planner:

@@ -33,7 +33,7 @@ from .jobs import Workers, finished_now, threads_per_job, validate_jobs
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import bounded_heap
 from .protocol import load_protocol, resolve_protocol
-from .plan import Planner, UnitPlan, unit_variant
+from .plan import Planner, UnitPlan, check_variant_name, unit_variant
 from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
                      only_slides_changed)
 from .train import TrainConfig
@@ -84,7 +84,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     if jobs > 1 and worker_of is None and worker_command is None:
         raise ValueError("jobs > 1 needs the worker_command that runs this run in another process")
     variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
-    if variant:
+    if variant is not None:
+        check_variant_name(variant)
         variants = [Variant(v.spec, "+".join(p for p in (v.name, variant) if p), v.model, v.train, v.inputs)
                     for v in variants]
     store = ResultsStore(results)
@@ -150,6 +151,11 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], folds
     """Every unit's plan. Option errors stop the run here, before anything is touched; an unavailable
     input (an encoder without weights) fails its units only."""
     splits = planner.splits
+    for t in tasks:
+        bad = sorted(k for k in folds or [] if not 0 <= k < splits[t].n_folds)
+        if bad:
+            raise OptionError(f"--folds {','.join(map(str, bad))}: the {t} split set has folds 0..{splits[t].n_folds - 1}. "
+                              f"Fix: use fold indices below {splits[t].n_folds}, or another split set (--n-folds)")
     grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, order)
     plans, input_errors = [], set()
     for task, v, k in grid:
