@@ -68,8 +68,12 @@ class Ablation:
 
     @classmethod
     def load(cls, path: Path) -> "Ablation":
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
+        from .data.schema import ConfigError, load_yaml
+
+        try:
+            d = dict(load_yaml(Path(str(path)), "ablation").data)
+        except ConfigError as exc:
+            raise AblationError(str(exc)) from None
         d.setdefault("name", path.stem)
         known = set(cls.__dataclass_fields__) - {"path"}
         unknown = set(d) - known

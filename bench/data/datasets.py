@@ -109,6 +109,9 @@ def _spec_path(name: str) -> tuple[str, Path]:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path.stem, path
+    if path.suffix in (".yaml", ".yml") or "/" in name or os.sep in name:
+        raise DatasetError(f"dataset file {path} does not exist{' (it is a directory)' if path.is_dir() else ''}. "
+                           f"Fix: give the path of a dataset YAML file, or a dataset name ({', '.join(list_datasets())})")
     path = config_path("datasets", name)
     if not path.is_file():
         raise DatasetError(f"unknown dataset {name!r}{did_you_mean(name, list_datasets())}; known: "
@@ -146,6 +149,8 @@ def validate_spec(src: Source) -> dict[str, Any]:
     fmt = check_choice(data.get("clinical_format", "normalized"), FORMATS, w("clinical_format"))
     check_choice(data.get("endpoint", "OS"), ENDPOINTS[fmt], w("endpoint"))
     check_choice(data.get("case_id", "tcga"), ("tcga", "stem"), w("case_id"))
+    if data.get("protocol") is not None:
+        check_choice(data["protocol"], list_configs("protocols"), w("protocol"))
     for key in ("allow_random_weights", "random_encoder_standin"):
         if key in data:
             check_type(data[key], bool, w(key))
