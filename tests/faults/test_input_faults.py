@@ -82,3 +82,24 @@ def test_doctor_runs_the_checks_run_does(tmp_path: Path, data: Path, damage, mes
         damage(f)
     ok, out = _doctor(_yaml(tmp_path, data, rel), tmp_path)
     assert not ok and message in out and "11 of 12 slides have a valid file" in out, out
+
+
+def test_non_finite_logits_are_never_scored() -> None:
+    """An inf logit saturates the survival sigmoid into a finite risk (-0.0, S = 0); it is refused."""
+    import torch
+
+    from bench.engine.train import Sample, TrainingError, predict
+
+    class Saturated(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (1, 4)
+            return x.sum() * torch.ones(1, 4) + self.w
+
+    ok = Sample("TCGA-FA-0001", lambda: torch.ones(3, 8), {"time": 10.0, "event": 1.0})
+    assert len(predict(Saturated(), "survival", [ok])) == 1
+    bad = Sample("TCGA-FA-0002", lambda: torch.full((3, 8), float("inf")), {"time": 10.0, "event": 1.0})
+    with pytest.raises(TrainingError, match="NaN/inf logits for case TCGA-FA-0002"):
+        predict(Saturated(), "survival", [ok, bad])
