@@ -283,6 +283,13 @@ def _stages(raw: pd.DataFrame, out: pd.DataFrame, fmt: str, ov: Mapping[str, str
     if col is None:
         return pd.Series(np.nan, index=out.index)
     smap = {str(k).strip().lower(): v for k, v in (stage_map or {}).items()}
+    col_digits = sorted({str(v).strip() for v in raw[col] if str(v).strip().isdigit()}, key=int)
+    mapped = {k for k in smap if k.isdigit()}
+    if mapped and set(col_digits) - mapped:
+        raise DatasetError(f"{path}: `stage_map` maps the digit(s) {', '.join(sorted(mapped, key=int))} but column "
+                           f"{col!r} also holds {', '.join(d for d in col_digits if d not in mapped)}, which would be "
+                           f"read as 0-based stages. Fix: map every digit, e.g. `stage_map: {_digit_map(col_digits)}` "
+                           "(for 1-based AJCC stages I..IV)")
     vals, bad, digits = [], [], []
     for i, v in raw[col].items():
         s = str(v).strip()
@@ -301,8 +308,7 @@ def _stages(raw: pd.DataFrame, out: pd.DataFrame, fmt: str, ov: Mapping[str, str
             bad.append(f"row {out.loc[i, 'row']} ({out.loc[i, 'case_id']}): {str(v)!r}")
     if digits:
         seen = sorted({d for _, d in digits}, key=int)
-        example = "{" + ", ".join(f"{d}: {_STAGE_NAMES[int(d) - 1]}" if 1 <= int(d) <= 4 else f"{d}: ..."
-                                  for d in seen) + "}"
+        example = _digit_map(col_digits)  # every digit of the column: a partial map would shift the others
         raise DatasetError(f"{path}: column {col!r} writes stages as digits ({', '.join(seen)}; e.g. row "
                            f"{digits[0][0]}: {digits[0][1]!r}), which could be 0-based or 1-based. Fix: say "
                            f"what they mean with `stage_map: {example}` in the dataset config (for 1-based "
@@ -312,6 +318,12 @@ def _stages(raw: pd.DataFrame, out: pd.DataFrame, fmt: str, ov: Mapping[str, str
                     "AJCC stages (Stage I..IV, IA, IIIB, ...) or an NA marker ('--, Not Reported) in that "
                     "column, or map them with `stage_map` in the dataset config.", path, len(bad), _some(bad))
     return pd.Series(vals, index=out.index, dtype=float)
+
+
+def _digit_map(digits: list[str]) -> str:
+    """The ``stage_map`` that reads ``digits`` as 1-based AJCC stages: ``{1: I, 2: II, 3: III, 4: IV}``."""
+    return "{" + ", ".join(f"{d}: {_STAGE_NAMES[int(d) - 1]}" if 1 <= int(d) <= 4 else f"{d}: ..."
+                           for d in digits) + "}"
 
 
 def parse_label(value: Any, label_map: Mapping[str, int] | None, where: str) -> float:

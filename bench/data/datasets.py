@@ -307,15 +307,25 @@ class Cohort:
 
     def fold_problems(self, tasks: list[str] | None = None, n_folds: int = 5) -> list[str]:
         """Why ``run`` cannot make ``n_folds`` patient-level folds for a task (empty: it can)."""
+        from ..tasks import get_task
+
         out = []
-        for t in tasks or self.spec.tasks:
+        tasks = list(tasks or self.spec.tasks)
+        for t in tasks:
             n = len(self.cases(t))
-            if n < n_folds:
+            others = [o for o in self.spec.tasks if o != t]
+            why = get_task(t).degenerate(self.cases(t))
+            if why:
+                out.append(f"{t}: {why}. Fix: check the clinical table {self.spec.path(self.spec.clinical)} (its "
+                           "columns, `columns:` and `stage_map:` in the dataset config)"
+                           + (f", or run the other tasks: --tasks {','.join(others)}" if others else ""))
+            elif n < n_folds:
                 out.append(f"{t}: {n} of {self.n_cases} joined cases have its labels, fewer than the {n_folds} "
                            f"folds ({self.n_clinical} cases in {self.spec.path(self.spec.clinical)}, "
                            f"{self.n_slides_kept} {'feature files' if self.source == 'features' else 'slides'} "
                            "found). Fix: see what was left out above (`bench doctor --dataset "
-                           f"{self.spec.name}`), or lower --folds")
+                           f"{self.spec.name}`), or lower --folds"
+                           + (f", or run the other tasks: --tasks {','.join(others)}" if others else ""))
         return out
 
     def require_folds(self, tasks: list[str] | None = None, n_folds: int = 5) -> None:
