@@ -249,6 +249,8 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
         workers.wait(poll=line)
     except BaseException:
         workers.stop()
+        log.warning("stopped: %d of %d unit(s) of this run are finished and kept; its workers are ended",
+                    count_done(), len(todo))
         raise
     for u in list(report.busy):  # units another process held when this one reached them
         p = next(p for p in todo if p.unit == u)

@@ -187,6 +187,10 @@ class ResultsStore:
             lk.acquire(timeout=0)
         except Timeout:
             return None
+        try:  # who holds it, for the parent of a --jobs run to name a stuck worker's unit
+            atomic_write_json(f"{lk.lock_file}.info", {"pid": os.getpid(), "unit": str(u), "since": time.time()})
+        except OSError:
+            pass
         return lk
 
     def prepare(self, u: Unit, config: dict[str, Any], chash: str) -> Path:
