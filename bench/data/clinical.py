@@ -152,12 +152,17 @@ def read_table(path: Path) -> tuple[pd.DataFrame, int]:
         skip += 1
     if skip >= len(lines):
         raise DatasetError(f"{path}: no header line (the file is empty{' but for # lines' if skip else ''})")
-    sep = "\t" if "\t" in lines[skip] else ","
+    header = lines[skip]
+    # a European spreadsheet export separates with ';' and writes decimal commas (12,5)
+    sep = "\t" if "\t" in header else ";" if ";" in header and "," not in header else ","
     try:
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skiprows=skip,
                          encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot parse clinical table {path}: {exc}") from exc
+    if sep == ";":
+        log.info("%s: read as ';'-separated with decimal commas (a spreadsheet export)", path)
+        df = df.apply(lambda col: col.str.replace(r"^\s*(-?\d+),(\d+)\s*$", r"\1.\2", regex=True))
     return df, skip + 2
 
 
@@ -245,6 +250,12 @@ def load_clinical(path: str | Path, fmt: str, columns: Mapping[str, str] | None 
         time_unit = "days"
     else:
         ev, tm = (_find(raw, k, fmt, ov, endpoint, path) for k in ("event", "time"))
+        missing = [(k, COLUMNS[fmt].get(k, [])) for k, c in (("event", ev), ("time", tm)) if c is None]
+        if missing and (ev or tm or fmt != "normalized"):
+            log.warning("%s: no %s for format %r, so no case has survival labels. Fix: add the column, or name "
+                        "it with `columns: {%s: <column>}` in the dataset config", path,
+                        " and no ".join(f"{k} column (looked for {', '.join(c.replace('{E}', endpoint) for c in cands)})"
+                                        for k, cands in missing), fmt, missing[0][0])
         out["event"] = raw.loc[idx, ev].map(parse_event).astype(float) if ev else np.nan
         t = numbers(tm)
         if fmt == "tcga-cdr":

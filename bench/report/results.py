@@ -337,6 +337,9 @@ class ResultsStore:
         df = pd.DataFrame(out)
         if not df.empty:
             p = self.summary_path(dataset)
+            if p.is_dir():
+                raise RecordError(f"{p} is a directory, so the summary cannot be written there. Fix: move it away "
+                                  f"(e.g. `mv {p} {p}.old`) and rerun")
             p.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(p, df.to_csv(index=False))
         return df
