@@ -56,7 +56,7 @@ def test_bad_input_is_one_clean_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_summary_csv_that_is_a_directory(tmp_path: Path) -> None:
     from record_factory import make_record
 
-    from bench.report.results import RecordError, ResultsStore, Unit
+    from bench.results.store import RecordError, ResultsStore, Unit
 
     store = ResultsStore(tmp_path)
     rec = make_record()

@@ -8,7 +8,7 @@ import json
 import shutil
 
 from bench.io import name_component
-from bench.report.results import IntegrityError, PlaceError, ResultsStore, Unit
+from bench.results.store import IntegrityError, PlaceError, ResultsStore, Unit
 
 from conftest import METHOD
 
