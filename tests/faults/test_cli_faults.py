@@ -60,10 +60,9 @@ def test_summary_csv_that_is_a_directory(tmp_path: Path) -> None:
 
     store = ResultsStore(tmp_path)
     rec = make_record()
-    d = store.unit_dir(Unit(rec.dataset, rec.task, rec.method, rec.fold))
-    d.mkdir(parents=True)
-    store.finish(Unit(rec.dataset, rec.task, rec.method, rec.fold), pd.DataFrame({"case_id": ["a"]}),
-                 pd.DataFrame(), rec)
+    u = Unit(rec.dataset, rec.task, rec.method, rec.fold)
+    store.prepare(u, {"fold": 0}, rec.config_hash)
+    store.finish(u, pd.DataFrame({"case_id": ["a"]}), pd.DataFrame(), rec)
     store.summary_path("demo").mkdir(parents=True)
     with pytest.raises(RecordError, match=r"summary.csv is a directory, so the summary cannot be written there"):
         store.summarize("demo")
