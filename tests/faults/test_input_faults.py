@@ -103,3 +103,19 @@ def test_non_finite_logits_are_never_scored() -> None:
     bad = Sample("TCGA-FA-0002", lambda: torch.full((3, 8), float("inf")), {"time": 10.0, "event": 1.0})
     with pytest.raises(TrainingError, match="NaN/inf logits for case TCGA-FA-0002"):
         predict(Saturated(), "survival", [ok, bad])
+
+
+def test_weights_with_nan_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    """Before, `extract` reported every slide extracted (all-NaN features) and `run` blamed the cache."""
+    import torch
+    import torchvision
+
+    from feature_cache.encoders import get_encoder
+    from feature_cache.weights import WeightsError
+
+    sd = torchvision.models.resnet50().state_dict()  # the torchvision layout ImageNet weights ship in
+    sd["layer2.1.conv2.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "resnet50-nan.pth"
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=r"resnet50-nan.pth: 1 tensor\(s\) of .* hold NaN/inf \(.*layer2.1.conv2"):
+        get_encoder("resnet50", weights=path)
