@@ -50,7 +50,7 @@ def unit_variant(name: str | None, tuned: bool, seed: int, n_folds: int, splits:
     return "+".join(parts) or None
 
 
-_RESERVED = re.compile(r"tuned|seed\d+-k\d+")
+_RESERVED = re.compile(r"tuned|seed\d+-k\d+|splits-.*")
 
 
 def check_variant_name(name: str) -> str:
@@ -63,7 +63,7 @@ def check_variant_name(name: str) -> str:
     reserved = [p for p in name.split("+") if _RESERVED.fullmatch(p)]
     if reserved:
         raise OptionError(f"--variant {name!r}: {reserved[0]!r} is reserved (the harness names rows of another split "
-                          "set seed<s>-k<n>, and tuned rows 'tuned'). Fix: choose another name, or use --seed/"
+                          "set seed<s>-k<n> or splits-<name>, and tuned rows 'tuned'). Fix: choose another name, or use --seed/"
                           "--n-folds/--tuned for those rows")
     return name
 
