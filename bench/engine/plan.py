@@ -68,6 +68,15 @@ def check_variant_name(name: str) -> str:
     return name
 
 
+def check_folds(folds: list[int] | None, n_folds: dict[str, int]) -> None:
+    """``--folds`` within every task's split set (a fold beyond it would make a run with nothing to do)."""
+    for t, n in n_folds.items():
+        bad = sorted(k for k in folds or [] if not 0 <= k < n)
+        if bad:
+            raise OptionError(f"--folds {','.join(map(str, bad))}: the {t} split set has folds 0..{n - 1}. "
+                              f"Fix: use fold indices below {n}, or another split set (--n-folds)")
+
+
 class Planner:
     """Resolves units of one run: options, inputs (shared between methods that consume the same
     thing), identities."""
