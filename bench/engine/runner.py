@@ -35,7 +35,7 @@ from .jobs import Workers, finished_now, threads_per_job, validate_jobs
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import bounded_heap
 from .protocol import load_protocol, resolve_protocol
-from .plan import Planner, UnitPlan, unit_variant
+from .plan import Planner, UnitPlan, check_folds, check_variant_name, unit_variant
 from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
                      only_slides_changed)
 from .train import TrainConfig
@@ -89,8 +89,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     if jobs > 1 and worker_of is None and worker_command is None:
         raise ValueError("jobs > 1 needs the worker_command that runs this run in another process")
     variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
-    if variant:
-        variants = [Variant(v.spec, "+".join(p for p in (v.name, variant) if p), v.model, v.train, v.inputs)
+    if variant is not None:
+        variants = [Variant(v.spec, "+".join(p for p in (v.name, check_variant_name(variant)) if p), v.model, v.train, v.inputs)
                     for v in variants]
     store = ResultsStore(results, keep_weights)
     cohort = load_cohort(dataset)
@@ -155,6 +155,7 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], folds
     """Every unit's plan. Option errors stop the run here, before anything is touched; an unavailable
     input (an encoder without weights) fails its units only."""
     splits = planner.splits
+    check_folds(folds, {t: splits[t].n_folds for t in tasks})
     grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, order)
     plans, input_errors = [], set()
     for task, v, k in grid:
@@ -248,6 +249,7 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
         workers.wait(poll=line)
     except BaseException:
         workers.stop()
+        log.warning("stopped: %d of %d unit(s) of this run are finished and kept; its workers are ended", count_done(), len(todo))
         raise
     for u in list(report.busy):  # units another process held when this one reached them
         p = next(p for p in todo if p.unit == u)
