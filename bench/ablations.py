@@ -64,13 +64,25 @@ class Ablation:
     values: list[Any] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     published: dict[Any, float] = field(default_factory=dict)
+    # what a value of the swept setting may be, checked before anything is built:
+    # {type: number|integer, min: ..., max: ..., multiple_of: ...}
+    valid: dict[str, Any] = field(default_factory=dict)
     caption: str = ""
     table: dict[str, Any] = field(default_factory=dict)
 
+    def check_value(self, v: Any) -> None:
+        """A value of the swept setting, against the ablation's ``valid:`` rule (if it has one)."""
+        if self.valid:
+            _check_value(self.name, str(self.override), v, self.valid)
+
     @classmethod
     def load(cls, path: Path) -> "Ablation":
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
+        from .data.schema import ConfigError, load_yaml
+
+        try:
+            d = dict(load_yaml(Path(str(path)), "ablation").data)
+        except ConfigError as exc:
+            raise AblationError(str(exc)) from None
         d.setdefault("name", path.stem)
         known = set(cls.__dataclass_fields__) - {"path"}
         unknown = set(d) - known
@@ -117,6 +129,7 @@ class Ablation:
         mapped = []
         for v in grid:
             used = _lookup(mapping, v)
+            self.check_value(used)
             if used != v:
                 mapped.append(f"{_fmt(v)} -> {_fmt(used)}")
             items.append(GridItem(self.method, f"{self.override}={_fmt(used)}", used, v,  # type: ignore[arg-type]
@@ -128,11 +141,30 @@ class Ablation:
         return items, notes
 
 
-def _lookup(mapping: dict[Any, Any], v: Any) -> Any:
+_SAME = object()
+
+
+def _check_value(name: str, setting: str, v: Any, rule: dict[str, Any]) -> None:
+    kind = rule.get("type", "number")
+    lo, hi, step = rule.get("min"), rule.get("max"), rule.get("multiple_of")
+    what = ("an integer" if kind == "integer" else "a number") + (
+        f" in [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "") + (
+        f", a multiple of {step}" if step else "")
+    number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if (not number or (kind == "integer" and not float(v).is_integer()) or (lo is not None and v < lo)
+            or (hi is not None and v > hi) or (step and int(v) % int(step))):
+        raise AblationError(f"ablation {name}: {setting}={v!r} cannot run: {setting} must be {what}. "
+                            f"Fix: give such values with --values (the paper's grid is the default)")
+
+
+def _lookup(mapping: dict[Any, Any], v: Any, default: Any = _SAME) -> Any:
+    """``mapping[v]`` (numbers compared with isclose); absent: ``default``, else ``v`` itself (a value
+    a dataset's mapping does not change). A published figure passes ``default=None``: a setting
+    absent from the paper's grid has no paper figure."""
     for k, used in mapping.items():
         if k == v or (isinstance(k, (int, float)) and isinstance(v, (int, float)) and math.isclose(k, v)):
             return used
-    return v
+    return v if default is _SAME else default
 
 
 def _fmt(v: Any) -> str:
@@ -163,11 +195,22 @@ def get_ablation(name: str) -> Ablation:
     raise KeyError(f"unknown ablation {name!r}{hint}; known: {', '.join(known)}")
 
 
+def _scalar(text: str) -> Any:
+    """A YAML scalar, with the numbers YAML 1.1 reads as strings (``1e9``, ``nan``) as numbers."""
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 def parse_values(text: str | None) -> list[Any] | None:
     """``--values 0.4,0.6`` → [0.4, 0.6]; ``--values vim-ti,pixelmamba-6m`` → names (YAML scalars)."""
     if text is None:
         return None
-    out = [yaml.safe_load(x.strip()) for x in text.split(",") if x.strip()]
+    out = [_scalar(x.strip()) for x in text.split(",") if x.strip()]
     if not out:
         raise AblationError("--values is empty")
     return out

@@ -3,6 +3,7 @@ re-exported here), safe names for ids that become paths, and a check that a root
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -25,6 +26,32 @@ def safe_name(name: str) -> str:
     if not s:
         raise ValueError(f"id {name!r} cannot be made into a file name")
     return s
+
+
+NAME_LIMIT = 100  # characters of a dataset, task, method or variant name
+
+
+def name_component(name: str, what: str = "name", limit: int = NAME_LIMIT) -> str:
+    """The directory of a dataset, task, method or variant name in the results store.
+
+    A name that is already a safe file name keeps its form (an ablation variant's ``=`` is written
+    ``_``: ``depth=1`` -> ``depth_1``); any other name gets its safe form plus a hash of the raw name
+    (``a/b`` -> ``a_b-<hash>``, ``lu ad`` -> ``lu_ad-<hash>``, ``α1`` -> ``1-<hash>``), so two names
+    never share a directory. The one overlap left (``a=b`` and ``a_b``) is refused by the results
+    store, which compares the raw name every record keeps. Empty and over-long names are refused.
+    """
+    name = str(name)
+    if not name.strip():
+        raise ValueError(f"the {what} name is empty. Fix: give a name with at least one letter or digit "
+                         "(an empty shell variable?)")
+    if len(name) > limit:
+        raise ValueError(f"the {what} name {name[:40]!r}... is {len(name)} characters long; the limit is {limit}. "
+                         "Fix: choose a shorter name")
+    s = _SAFE.sub("_", name).strip("._")
+    if s and s == name.replace("=", "_"):
+        return s
+    tag = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{s}-{tag}" if s else tag
 
 
 class UnwritableError(ValueError):

@@ -1,7 +1,8 @@
 """Where the YAML configs come from: the one resolver every part reads them through.
 
-Two places, looked up in this order (a file in the first wins over a file of the same name in the
-second; files are not merged):
+Two places, looked up in this order (a method config of the overlay is merged over the shipped
+file of the same name key by key, see :func:`config_layers`; a file of any other kind replaces the
+shipped one of its name):
 
 1. the **user overlay**: ``$BENCH_CONFIG`` when set, else ``./configs`` when that directory exists
    in the working directory. It has the shipped layout: ``<overlay>/datasets/<name>.yaml``,
@@ -15,6 +16,7 @@ Imports nothing beyond the standard library, so ``bench ls`` and ``--help`` stay
 
 from __future__ import annotations
 
+import difflib
 import os
 from importlib import resources
 from importlib.abc import Traversable
@@ -44,8 +46,29 @@ def overlay_dir() -> Path | None:
         if not path.is_dir():
             raise ConfigError(f"${ENV}={env} is not a directory; create it (with datasets/, methods/, "
                               f"ablations/ or tuning/ inside) or unset {ENV}")
-        return path
-    return DEFAULT_OVERLAY if DEFAULT_OVERLAY.is_dir() else None
+        return check_overlay(path)
+    return check_overlay(DEFAULT_OVERLAY) if DEFAULT_OVERLAY.is_dir() else None
+
+
+def check_overlay(path: Path) -> Path:
+    """Every folder of the overlay is a config kind and every file in one ends in ``.yaml``: a
+    ``method/`` folder or a ``mil.yml`` file would otherwise be ignored without a word."""
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and entry.name not in KINDS:
+            close = difflib.get_close_matches(entry.name, KINDS, n=1)
+            raise ConfigError(f"{entry}: the config overlay has no folder {entry.name!r}"
+                              f"{f' (did you mean {close[0]!r}?)' if close else ''}; its folders are "
+                              f"{', '.join(KINDS)}. Fix: rename or remove it")
+        if entry.is_dir():
+            for f in sorted(entry.iterdir()):
+                if f.is_file() and not f.name.startswith(".") and f.suffix != SUFFIX:
+                    raise ConfigError(f"{f}: config files end in {SUFFIX}, so this one would be ignored. Fix: "
+                                      f"rename it to {f.stem}{SUFFIX}" if f.suffix in (".yml", ".YAML") else
+                                      f"{f}: config files end in {SUFFIX}, so this one would be ignored. Fix: "
+                                      f"remove it from {entry}")
+    return path
 
 
 def shipped_dir(kind: str) -> Traversable:
@@ -70,6 +93,30 @@ def config_path(kind: str, name: str) -> Path | Traversable:
         if candidate.is_file():
             return candidate
     return _as_path(shipped_dir(kind).joinpath(f"{name}{SUFFIX}"))
+
+
+def config_layers(kind: str, name: str) -> list[Path | Traversable]:
+    """The files config ``name`` of ``kind`` is read from, in the order they apply: the shipped one,
+    then the overlay's. Method configs are merged over these key by key (the overlay's
+    ``train: {lr: 1e-3}`` changes lr and keeps the shipped file's other training options)."""
+    _check_kind(kind)
+    shipped = _as_path(shipped_dir(kind).joinpath(f"{name}{SUFFIX}"))
+    overlay = overlay_dir()
+    mine = overlay / kind / f"{name}{SUFFIX}" if overlay is not None else None
+    return [p for p in (shipped, mine) if p is not None and p.is_file()]
+
+
+def overlay_files() -> list[tuple[Path, str]]:
+    """The overlay's config files and how each is used (``merged over`` / ``replaces`` the shipped
+    file of its name, or ``adds``), for ``bench ls``."""
+    overlay = overlay_dir()
+    out = []
+    for kind in KINDS if overlay is not None else ():
+        for p in sorted((overlay / kind).glob(f"*{SUFFIX}")) if (overlay / kind).is_dir() else ():
+            shipped = shipped_dir(kind).joinpath(p.name).is_file()
+            out.append((p, ("merged over" if kind == "methods" else "replaces") + " the shipped one" if shipped
+                        else "adds"))
+    return out
 
 
 def list_configs(kind: str) -> list[str]:

@@ -80,6 +80,11 @@ class Task:
             return cohort.iloc[0:0]
         return cohort.dropna(subset=cols)
 
+    def degenerate(self, cases: pd.DataFrame) -> str | None:
+        """Why the task's metric cannot be computed on these labelled cases at all (one class, no
+        event), else None."""
+        return None
+
     # training ---------------------------------------------------------------------------------
     def fit(self, train_labels: Sequence[Mapping[str, float]], n_out: int | None = None, *,
             class_weights: str = "inverse_frequency", survival_bins_closed: str = "right") -> "FittedTask":
@@ -191,6 +196,13 @@ class _ClassTask(Task):
 
     def unfitted(self):
         return _FittedClass(self, None)
+
+    def degenerate(self, cases):
+        values = cases[self.label].dropna().unique() if self.label in cases else []
+        if len(cases) and len(values) < 2:
+            return (f"every one of its {len(cases)} cases has {self.label} = {values[0]:g} (one class), so "
+                    f"{self.metric_name} measures nothing")
+        return None
 
     def _pred(self, pred: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
         return pred[self.label].astype(int), pred["pred"].astype(int)
@@ -326,6 +338,11 @@ class Survival(Task):
 
     def unfitted(self):
         return _FittedSurvival(self, None)
+
+    def degenerate(self, cases):
+        if len(cases) and "event" in cases and not (cases["event"] == 1).any():
+            return f"none of its {len(cases)} cases has an observed event (event = 1), so the C-index is undefined"
+        return None
 
     def _score(self, pred, out):
         from . import metrics

@@ -51,7 +51,7 @@ from filelock import FileLock
 
 from feature_cache.encoders import Encoder
 from feature_cache.loader import default_threads, default_workers
-from feature_cache.io import atomic_path, atomic_write_text
+from feature_cache.io import atomic_path, atomic_write_text, non_finite_rows
 from feature_cache.locks import acquire_talking, release_talking
 from feature_cache.slide import SlideError, mag_to_mpp, mpp_to_mag, open_slide, slide_fingerprint, slide_stat
 from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue
@@ -214,8 +214,8 @@ class FeatureCache:
             feats = np.asarray(f["features"], dtype=np.float32)
             coords = np.asarray(f["coords"], dtype=np.int64)
             want = f.attrs.get("arrays_sha256")
-        if len(feats) and not np.isfinite(feats).all():
-            raise FeatureFileCorrupt(path, "contain NaN/inf")
+        if non_finite_rows(feats):
+            raise FeatureFileCorrupt(path, f"contain NaN/inf (in {non_finite_rows(feats)})")
         if want is not None and arrays_sha256(feats, coords) != str(want):
             raise FeatureFileCorrupt(path, "do not match the checksum written with them (the file was changed)")
         return feats, coords

@@ -28,6 +28,8 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
+from .io import non_finite_rows
+
 __all__ = ["ImportReport", "ImportError_", "import_features", "find_feature_files", "PreExtracted",
            "ReleaseEncoder", "release_files"]
 
@@ -139,8 +141,8 @@ def _validate(sid: str, origin: Path, feats: np.ndarray, coords: np.ndarray,
     if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(feats):
         raise bad(f"coords have shape {coords.shape} for {len(feats)} feature rows",
                   "use the coords written with these features")
-    if not np.isfinite(feats).all():
-        raise bad("features contain NaN or inf", "re-extract this slide")
+    if non_finite_rows(feats):
+        raise bad(f"features contain NaN or inf in {non_finite_rows(feats)}", "re-extract this slide")
     if not np.all(np.asarray(coords) == np.round(coords)) or (coords < 0).any():
         raise bad("coords are not non-negative integers (level-0 pixels)", "re-extract this slide")
     if "patch_size_level0" in attrs and side0 is not None and int(attrs["patch_size_level0"]) != side0:
@@ -335,6 +337,7 @@ class PreExtracted:
                               "use the release's per-slide .h5 files (TRIDENT/CLAM layout)")
                 fshape, cshape = f["features"].shape, f["coords"].shape
                 attrs = {**dict(f.attrs), **dict(f["features"].attrs), **dict(f["coords"].attrs)}
+                nonfinite = non_finite_rows(np.asarray(f["features"], dtype=np.float32))
         except OSError as err:
             raise bad(f"not a readable HDF5 file ({err}); it may be truncated",
                       "download it again") from err
@@ -347,6 +350,8 @@ class PreExtracted:
         if len(cshape) != 2 or cshape[1] != 2 or cshape[0] != fshape[0]:
             raise bad(f"coords have shape {cshape} for {fshape[0]} feature rows",
                       "use the coords written with these features")
+        if nonfinite:
+            raise bad(f"features contain NaN/inf in {nonfinite}", "download that file again (or leave the slide out)")
         name = _attr(attrs, "encoder", "patch_encoder", "encoder_name")
         if name is not None and str(name).lower() != enc.release.lower():
             raise bad(f"made with encoder {name!r}, the dataset declares {enc.release!r}",
@@ -382,6 +387,10 @@ class PreExtracted:
             coords = np.asarray(f["coords"], dtype=np.int64)
         while feats.ndim == 3 and feats.shape[0] == 1:
             feats = feats[0]
+        bad = non_finite_rows(feats)
+        if bad:
+            raise ImportError_(f"{self.path_for(slide_id)} (slide {slide_id!r}): features contain NaN/inf in {bad}. "
+                               "Fix: download that file again (or leave the slide out).")
         return feats, coords
 
     def load_attrs(self, slide_id: str, encoder: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:

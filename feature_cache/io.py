@@ -110,3 +110,16 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def non_finite_rows(feats: Any) -> str:
+    """``''`` when every value is finite, else the rows that are not (``rows 3, 17 of 200``)."""
+    import numpy as np
+
+    while feats.ndim == 3 and feats.shape[0] == 1:  # TRIDENT/CLAM batch axis
+        feats = feats[0]
+    if feats.size == 0 or np.isfinite(feats).all():
+        return ""
+    rows = np.flatnonzero(~np.isfinite(feats.reshape(len(feats), -1) if feats.ndim > 1 else feats[:, None]).all(1))
+    shown = ", ".join(map(str, rows[:5])) + (f" (+{len(rows) - 5} more)" if len(rows) > 5 else "")
+    return f"row{'s' if len(rows) > 1 else ''} {shown} of {len(feats)}"

@@ -442,6 +442,11 @@ def match_state_dict(own: Mapping[str, Any], obj: Any, keymaps: tuple[KeyMap, ..
             continue
         state, dropped, unexpected, missing, reshaped, init_only, defaulted = _problems(own, sd, keymap)
         if not (unexpected or missing or reshaped):
+            bad = [k for k, t in state.items() if hasattr(t, "is_floating_point") and t.is_floating_point()
+                   and not t.is_meta and not bool(t.isfinite().all())]
+            if bad:  # every feature made with them would be NaN
+                raise WeightsError(f"{where}: {len(bad)} tensor(s) of {what} hold NaN/inf ({_first(bad)}), so every "
+                                   f"output would be NaN. Fix: {fix or 'download the weights again'}")
             return Matched(state, keymap, container, dropped, init_only, defaulted)
         n = len(unexpected) + len(missing) + len(reshaped)
         parts = [f"{where} does not fit {what} (layout {keymap.name!r}"

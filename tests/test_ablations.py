@@ -165,6 +165,23 @@ def test_table_details_compute_partial_marks_and_options(tmp_path):
     assert "Macro-F1" in tex and "Pixel-Mamba-Stage" in tex and "(population, ddof=0)" in tex
 
 
+def test_published_column_is_empty_for_values_the_paper_did_not_run(tmp_path):
+    """A dataset's grid with values the paper has no figure for (the demo's scan windows 64 and 96):
+    their "paper" cell is –, never the value itself; 32, which the paper ran, keeps 0.6083."""
+    store = ResultsStore(tmp_path)
+    a = get_ablation("scan-window")
+    items, _ = a.grid(dataset_options={"values": [32, 64, 96]})
+    for it in items:
+        put_row(store, "pixelmamba-6m", it.variant, 6_265_750, 0.5, 0.1, weights=RANDOM, protocol="wsi-bench",
+                non_default=dict(it.model), options=dict(it.model))
+    summary = store.summarize("blca")
+    rows = build_rows(a, items, summary, "survival")
+    assert [r.published for r in rows] == [0.6083, None, None]
+    md = to_markdown(a, rows, "demo", "survival", summary)
+    assert "64.0000" not in md and "96.0000" not in md and "| 0.6083 |" in md
+    assert [line.rstrip().endswith("| – |") for line in md.splitlines() if "| 64 |" in line or "| 96 |" in line] == [True, True]
+
+
 def test_rows_at_chance_are_marked_with_the_test_stated(tmp_path):
     store = ResultsStore(tmp_path)
     put_row(store, "pixelmamba-6m", "", 6_265_750, 0.5, 0.1)

@@ -141,6 +141,11 @@ def test_bench_pixelmamba_trims_on_the_streamed_path_only(monkeypatch):
 
     calls: list[int] = []
     monkeypatch.setattr(mem, "release_free_memory", lambda: calls.append(1) or True)
+    import pixelmamba.model as pm_model
+
+    # the paper's "small input" threshold (four 224² regions) scaled to four 32² regions, so that
+    # six 32² regions below are a slide (the streamed path)
+    monkeypatch.setattr(pm_model, "UNPIECED_TOKENS", 4 * 32**2)
     before = set_release_hook(None)
     torch.manual_seed(0)
     model = pixelmamba(2, scan_window=32)

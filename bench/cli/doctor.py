@@ -180,6 +180,7 @@ def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: st
         for sid, msg in list(report.failed.items())[:10]:
             print(f"    {sid}: {msg}")
     unusable = set(bad) | set(empty) | (set(no_mpp) if spec.mpp_override is None else set())
+    unusable |= set().union(*feature_bad.values()) if feature_bad else set()
     slides_of = cohort.slides_of()
     dead = sorted(c for c, sl in slides_of.items() if all(s in unusable for s in sl))
     drops: list[tuple[str, str, str]] = []  # (case or slide, task, why)
@@ -211,7 +212,7 @@ def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: st
         print(f"  run would fail: {p}")
     if not problems:
         print(f"  folds: every task fills {n_folds} folds")
-    return ok and not bad and not problems
+    return ok and not bad and not problems and not any(feature_bad.values())
 
 
 def _split_problems(cohort, results: str) -> list[str]:

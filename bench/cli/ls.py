@@ -50,9 +50,13 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {name:28s} {e.dim:>4d}-d  {e.patch_size}px@{e.magnification:g}x  {e.description}")
     if what in ("all", "datasets"):
         from ..data.datasets import list_datasets, load_spec
-        from ..resources import config_path, overlay_dir
+        from ..resources import config_path, overlay_dir, overlay_files
 
         overlay = overlay_dir()
+        if overlay is not None:
+            print(f"config overlay {overlay}:")
+            for path, how in overlay_files():
+                print(f"  {path.relative_to(overlay)}  ({how})")
         print("datasets:" + (f" (config overlay: {overlay})" if overlay else ""))
         for name in filter(match, list_datasets()):
             spec = load_spec(name)

@@ -152,12 +152,17 @@ def read_table(path: Path) -> tuple[pd.DataFrame, int]:
         skip += 1
     if skip >= len(lines):
         raise DatasetError(f"{path}: no header line (the file is empty{' but for # lines' if skip else ''})")
-    sep = "\t" if "\t" in lines[skip] else ","
+    header = lines[skip]
+    # a European spreadsheet export separates with ';' and writes decimal commas (12,5)
+    sep = "\t" if "\t" in header else ";" if ";" in header and "," not in header else ","
     try:
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skiprows=skip,
                          encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot parse clinical table {path}: {exc}") from exc
+    if sep == ";":
+        log.info("%s: read as ';'-separated with decimal commas (a spreadsheet export)", path)
+        df = df.apply(lambda col: col.str.replace(r"^\s*(-?\d+),(\d+)\s*$", r"\1.\2", regex=True))
     return df, skip + 2
 
 
@@ -245,6 +250,12 @@ def load_clinical(path: str | Path, fmt: str, columns: Mapping[str, str] | None 
         time_unit = "days"
     else:
         ev, tm = (_find(raw, k, fmt, ov, endpoint, path) for k in ("event", "time"))
+        missing = [(k, COLUMNS[fmt].get(k, [])) for k, c in (("event", ev), ("time", tm)) if c is None]
+        if missing and (ev or tm or fmt != "normalized"):
+            log.warning("%s: no %s for format %r, so no case has survival labels. Fix: add the column, or name "
+                        "it with `columns: {%s: <column>}` in the dataset config", path,
+                        " and no ".join(f"{k} column (looked for {', '.join(c.replace('{E}', endpoint) for c in cands)})"
+                                        for k, cands in missing), fmt, missing[0][0])
         out["event"] = raw.loc[idx, ev].map(parse_event).astype(float) if ev else np.nan
         t = numbers(tm)
         if fmt == "tcga-cdr":
@@ -283,6 +294,13 @@ def _stages(raw: pd.DataFrame, out: pd.DataFrame, fmt: str, ov: Mapping[str, str
     if col is None:
         return pd.Series(np.nan, index=out.index)
     smap = {str(k).strip().lower(): v for k, v in (stage_map or {}).items()}
+    col_digits = sorted({str(v).strip() for v in raw[col] if str(v).strip().isdigit()}, key=int)
+    mapped = {k for k in smap if k.isdigit()}
+    if mapped and set(col_digits) - mapped:
+        raise DatasetError(f"{path}: `stage_map` maps the digit(s) {', '.join(sorted(mapped, key=int))} but column "
+                           f"{col!r} also holds {', '.join(d for d in col_digits if d not in mapped)}, which would be "
+                           f"read as 0-based stages. Fix: map every digit, e.g. `stage_map: {_digit_map(col_digits)}` "
+                           "(for 1-based AJCC stages I..IV)")
     vals, bad, digits = [], [], []
     for i, v in raw[col].items():
         s = str(v).strip()
@@ -301,8 +319,7 @@ def _stages(raw: pd.DataFrame, out: pd.DataFrame, fmt: str, ov: Mapping[str, str
             bad.append(f"row {out.loc[i, 'row']} ({out.loc[i, 'case_id']}): {str(v)!r}")
     if digits:
         seen = sorted({d for _, d in digits}, key=int)
-        example = "{" + ", ".join(f"{d}: {_STAGE_NAMES[int(d) - 1]}" if 1 <= int(d) <= 4 else f"{d}: ..."
-                                  for d in seen) + "}"
+        example = _digit_map(col_digits)  # every digit of the column: a partial map would shift the others
         raise DatasetError(f"{path}: column {col!r} writes stages as digits ({', '.join(seen)}; e.g. row "
                            f"{digits[0][0]}: {digits[0][1]!r}), which could be 0-based or 1-based. Fix: say "
                            f"what they mean with `stage_map: {example}` in the dataset config (for 1-based "
@@ -312,6 +329,12 @@ def _stages(raw: pd.DataFrame, out: pd.DataFrame, fmt: str, ov: Mapping[str, str
                     "AJCC stages (Stage I..IV, IA, IIIB, ...) or an NA marker ('--, Not Reported) in that "
                     "column, or map them with `stage_map` in the dataset config.", path, len(bad), _some(bad))
     return pd.Series(vals, index=out.index, dtype=float)
+
+
+def _digit_map(digits: list[str]) -> str:
+    """The ``stage_map`` that reads ``digits`` as 1-based AJCC stages: ``{1: I, 2: II, 3: III, 4: IV}``."""
+    return "{" + ", ".join(f"{d}: {_STAGE_NAMES[int(d) - 1]}" if 1 <= int(d) <= 4 else f"{d}: ..."
+                           for d in digits) + "}"
 
 
 def parse_label(value: Any, label_map: Mapping[str, int] | None, where: str) -> float:

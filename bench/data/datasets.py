@@ -111,6 +111,9 @@ def _spec_path(name: str) -> tuple[str, Path]:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path.stem, path
+    if path.suffix in (".yaml", ".yml") or "/" in name or os.sep in name:
+        raise DatasetError(f"dataset file {path} does not exist{' (it is a directory)' if path.is_dir() else ''}. "
+                           f"Fix: give the path of a dataset YAML file, or a dataset name ({', '.join(list_datasets())})")
     path = config_path("datasets", name)
     if not path.is_file():
         raise DatasetError(f"unknown dataset {name!r}{did_you_mean(name, list_datasets())}; known: "
@@ -148,6 +151,8 @@ def validate_spec(src: Source) -> dict[str, Any]:
     fmt = check_choice(data.get("clinical_format", "normalized"), FORMATS, w("clinical_format"))
     check_choice(data.get("endpoint", "OS"), ENDPOINTS[fmt], w("endpoint"))
     check_choice(data.get("case_id", "tcga"), ("tcga", "stem"), w("case_id"))
+    if data.get("protocol") is not None:
+        check_choice(data["protocol"], list_configs("protocols"), w("protocol"))
     for key in ("allow_random_weights", "random_encoder_standin"):
         if key in data:
             check_type(data[key], bool, w(key))
@@ -304,15 +309,25 @@ class Cohort:
 
     def fold_problems(self, tasks: list[str] | None = None, n_folds: int = 5) -> list[str]:
         """Why ``run`` cannot make ``n_folds`` patient-level folds for a task (empty: it can)."""
+        from ..tasks import get_task
+
         out = []
-        for t in tasks or self.spec.tasks:
+        tasks = list(tasks or self.spec.tasks)
+        for t in tasks:
             n = len(self.cases(t))
-            if n < n_folds:
+            others = [o for o in self.spec.tasks if o != t]
+            why = get_task(t).degenerate(self.cases(t))
+            if why:
+                out.append(f"{t}: {why}. Fix: check the clinical table {self.spec.path(self.spec.clinical)} (its "
+                           "columns, `columns:` and `stage_map:` in the dataset config)"
+                           + (f", or run the other tasks: --tasks {','.join(others)}" if others else ""))
+            elif n < n_folds:
                 out.append(f"{t}: {n} of {self.n_cases} joined cases have its labels, fewer than the {n_folds} "
                            f"folds ({self.n_clinical} cases in {self.spec.path(self.spec.clinical)}, "
                            f"{self.n_slides_kept} {'feature files' if self.source == 'features' else 'slides'} "
                            "found). Fix: see what was left out above (`bench doctor --dataset "
-                           f"{self.spec.name}`), or lower --folds")
+                           f"{self.spec.name}`), or lower --folds"
+                           + (f", or run the other tasks: --tasks {','.join(others)}" if others else ""))
         return out
 
     def require_folds(self, tasks: list[str] | None = None, n_folds: int = 5) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from ..tasks import get_task
-from ..io import atomic_write_text, safe_name
+from ..io import atomic_write_text, name_component, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class SplitManager:
         self.root = Path(root)
 
     def path(self, dataset: str, task: str, seed: int = 0, n_folds: int = 5) -> Path:
-        d = self.root / safe_name(dataset)
+        d = self.root / name_component(dataset, "dataset")
         sub = split_set_name(seed, n_folds)
         return (d / sub if sub else d) / f"{safe_name(task)}.csv"
 

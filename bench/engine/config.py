@@ -9,14 +9,14 @@ import hashlib
 import inspect
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 
 from ..data.datasets import Cohort
-from ..data.schema import ConfigError, check_keys
+from ..data.schema import ConfigError, check_keys, load_yaml
 from ..registry import MethodSpec, _import, get_method
-from ..resources import config_path
+from ..resources import config_layers
 from .protocol import Protocol, load_protocol, resolve_protocol
 from .train import TrainConfig
 
@@ -75,13 +75,26 @@ def unit_seed(seed: int, *parts: Any) -> int:
     return int(h[:8], 16)
 
 
+METHOD_CONFIG_KEYS = ("train", "protocol")
+
+
 def method_config(spec: MethodSpec) -> dict[str, Any]:
-    """configs/methods/<config>.yaml of a method ({} without one)."""
-    path = config_path("methods", spec.config) if spec.config else None
-    if path is None or not path.is_file():
-        return {}
-    with open(path) as f:
-        return dict(yaml.safe_load(f) or {})
+    """configs/methods/<config>.yaml of a method ({} without one): the shipped file with the overlay's
+    file of the same name merged over it key by key (one level down: ``train: {lr: ...}`` changes lr
+    only). Unknown keys are an error naming the file and line."""
+    out: dict[str, Any] = {}
+    for path in config_layers("methods", spec.config) if spec.config else []:
+        try:
+            src = load_yaml(Path(str(path)), "method config")
+            check_keys(src.data, METHOD_CONFIG_KEYS, str(path))
+        except ConfigError as exc:
+            raise OptionError(str(exc)) from None
+        for key, val in src.data.items():
+            if isinstance(val, dict) and isinstance(out.get(key), dict):
+                out[key] = {**out[key], **val}
+            else:
+                out[key] = val
+    return out
 
 
 def method_defaults(spec: MethodSpec) -> dict[str, Any]:

@@ -16,10 +16,13 @@ Threads: each process gets ``cores // N`` torch threads (at least one), so N × 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
+import sys
 import time
 import sys
 from pathlib import Path
@@ -110,6 +113,45 @@ def validate_jobs(jobs: int) -> int:
     return jobs
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux ``prctl``), even
+    by SIGKILL, so no worker trains on alone re-parented to init."""
+    def set_pdeathsig() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(143)
+    return set_pdeathsig
+
+
+def stopped_since(pid: int, seen: dict[int, float]) -> float | None:
+    """Seconds since ``pid`` was first seen stopped (SIGSTOP, Ctrl-Z, a debugger), None when it runs."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    if state not in ("T", "t"):
+        seen.pop(pid, None)
+        return None
+    return time.time() - seen.setdefault(pid, time.time())
+
+
+def units_held_by(pid: int, results: Path) -> list[str]:
+    """The units whose lock ``pid`` holds (the ``.info`` written beside each unit lock)."""
+    out = []
+    for info in (results / "runs").rglob(".fold*.lock.info"):
+        try:
+            d = json.loads(info.read_text())
+        except (OSError, ValueError):
+            continue
+        if d.get("pid") == pid:
+            out.append(str(d.get("unit")))
+    return out
+
+
 class Workers:
     """The N - 1 worker processes of a ``--jobs N`` run."""
 
@@ -130,7 +172,7 @@ class Workers:
             path = self.log_dir / f"worker{i + 1}.log"
             with open(path, "w") as out:  # the child keeps its own descriptor
                 self.procs.append(subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL))
+                                                   stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(os.getpid())))
             self.logs.append(path)
         log.info("--jobs %d: %d worker process(es) started (pid %s; %d torch thread(s) each; logs in %s)",
                  self.n + 1, self.n, ", ".join(str(p.pid) for p in self.procs), self.threads, self.log_dir)
@@ -141,10 +183,22 @@ class Workers:
     def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0) -> list[int]:
         """Wait for every worker, calling ``poll()`` every ``every`` seconds meanwhile. Returns the exit
         codes; a worker that failed is reported with the tail of its log."""
+        stall = float(os.environ.get("BENCH_STALL_REPORT_S", "300"))
+        seen: dict[int, float] = {}
+        said: dict[int, float] = {}
         while self.running():
             time.sleep(every)
             if poll is not None:
                 poll()
+            for p in self.procs:
+                held = stopped_since(p.pid, seen) if p.poll() is None else None
+                if held is not None and held >= stall and held - said.get(p.pid, -stall) >= stall:
+                    said[p.pid] = held
+                    units = units_held_by(p.pid, self.log_dir.parents[1])
+                    log.warning("worker pid %d has been stopped for %.0f s (SIGSTOP, Ctrl-Z or a debugger), holding "
+                                "%s; this run waits for it. Fix: resume it (`kill -CONT %d`) or end it (`kill %d`): "
+                                "its unit is then left to the next run", p.pid, held,
+                                ", ".join(units) or "no unit", p.pid, p.pid)
         codes = [p.wait() for p in self.procs]
         for code, path in zip(codes, self.logs):
             if code != 0:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.datasets import Cohort
 from ..data.splits import Splits, split_set_name
+from ..io import name_component
 from ..registry import MethodSpec
 from feature_cache.weights import WeightsProvenance
 from ..results.store import Unit
@@ -47,6 +49,33 @@ def unit_variant(name: str | None, tuned: bool, seed: int, n_folds: int, splits:
     sset = f"splits-{splits}" if splits else split_set_name(seed, n_folds) or None
     parts = [p for p in (name, "tuned" if tuned else None, sset) if p]
     return "+".join(parts) or None
+
+
+_RESERVED = re.compile(r"tuned|seed\d+-k\d+|splits-.*")
+
+
+def check_variant_name(name: str) -> str:
+    """A ``--variant`` name: not empty, not over-long, and none of the parts the harness adds itself
+    (``tuned``, a split set's ``seed<s>-k<n>``), so a user's row never takes the place of another."""
+    try:
+        name_component(name, "variant")
+    except ValueError as exc:
+        raise OptionError(f"--variant {name!r}: {exc}") from None
+    reserved = [p for p in name.split("+") if _RESERVED.fullmatch(p)]
+    if reserved:
+        raise OptionError(f"--variant {name!r}: {reserved[0]!r} is reserved (the harness names rows of another split "
+                          "set seed<s>-k<n> or splits-<name>, and tuned rows 'tuned'). Fix: choose another name, or use --seed/"
+                          "--n-folds/--tuned for those rows")
+    return name
+
+
+def check_folds(folds: list[int] | None, n_folds: dict[str, int]) -> None:
+    """``--folds`` within every task's split set (a fold beyond it would make a run with nothing to do)."""
+    for t, n in n_folds.items():
+        bad = sorted(k for k in folds or [] if not 0 <= k < n)
+        if bad:
+            raise OptionError(f"--folds {','.join(map(str, bad))}: the {t} split set has folds 0..{n - 1}. "
+                              f"Fix: use fold indices below {n}, or another split set (--n-folds)")
 
 
 class Planner:

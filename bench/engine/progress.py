@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..results.store import ResultsStore
+from ..results.store import ResultsStore, Unit
 from .jobs import finished_now
 from .plan import UnitPlan
 
@@ -50,3 +51,12 @@ def clock(seconds: float) -> str:
 
 def metric_text(v: Any) -> str:
     return "undefined" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def failed_since(store: ResultsStore, unit: Unit, since: float) -> str | None:
+    """The error of ``unit`` if it failed at or after ``since`` (its staging error.json), else None."""
+    try:
+        err = json.loads((store.staging_dir(unit) / "error.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return str(err.get("error")) if float(err.get("time", 0)) >= since else None

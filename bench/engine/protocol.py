@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..resources import config_path, list_configs
 
 DEFAULT = "wsi-bench"
@@ -59,8 +57,12 @@ def load_protocol(name: str | None = None) -> Protocol:
     path = config_path("protocols", name)
     if not path.is_file():
         raise ProtocolError(f"unknown protocol {name!r}; protocols are {', '.join(list_protocols())}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    from ..data.schema import ConfigError, load_yaml
+
+    try:
+        data = dict(load_yaml(Path(str(path)), "protocol preset").data)
+    except ConfigError as exc:
+        raise ProtocolError(str(exc)) from None
     known = {"description", "train", "model", "report"}
     if set(data) - known:
         raise ProtocolError(f"{path}: unknown keys {sorted(set(data) - known)}; allowed: {sorted(known)}")

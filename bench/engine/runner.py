@@ -9,7 +9,6 @@ are not done (or whose identity changed, saying why) through the one unit execut
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from ..report.tables import human_count
 from . import distributed as D
 from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
+from .eta import Eta, clock as _clock
 from .executor import fit_and_score, resolve_device
 from ..results.identity import digest
 from .identity import NUMERICS_VERSION
@@ -34,9 +34,9 @@ from .jobs import Workers, default_worker_command, finished_now, threads_per_job
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import unit_memory_policy
 from .options import RunOptions
-from .progress import Rounds, clock as _clock, metric_text as _fmt
+from .progress import Rounds, failed_since as _failed_since, metric_text as _fmt
 from .protocol import load_protocol, resolve_protocol
-from .plan import Planner, UnitPlan, unit_variant
+from .plan import Planner, UnitPlan, check_folds, check_variant_name, unit_variant
 from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
                      only_slides_changed)
 from .train import TrainConfig
@@ -85,8 +85,9 @@ def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *
         raise OptionError("--jobs trains several units at once on one machine; under torchrun (--nproc) the "
                           "ranks train each unit together: use one or the other")
     variants = [m if isinstance(m, Variant) else Variant(m) for m in methods]
-    if opts.variant:
-        variants = [Variant(v.spec, "+".join(p for p in (v.name, opts.variant) if p), v.model, v.train, v.inputs)
+    if opts.variant is not None:
+        variants = [Variant(v.spec, "+".join(p for p in (v.name, check_variant_name(opts.variant)) if p), v.model,
+                            v.train, v.inputs)
                     for v in variants]
     planner, plans, report = _prepare(variants, opts)
     store = ResultsStore(opts.results, opts.keep_weights)
@@ -167,6 +168,7 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], opts:
     input (an encoder without weights) fails its units only."""
     splits = planner.splits
     folds = list(opts.folds) if opts.folds is not None else None
+    check_folds(folds, {t: splits[t].n_folds for t in tasks})
     grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, opts.order)
     plans, input_errors = [], set()
     for task, v, k in grid:
@@ -212,26 +214,28 @@ def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[V
 
     last = [-1]
     rounds = Rounds(todo, store)
+    eta = Eta(p.inputs_key for p in todo)
+    eta = Eta(p.inputs_key for p in todo)
 
     def line() -> None:
         done = count_done()
         if done != last[0]:
             last[0] = done
-            elapsed = time.perf_counter() - started
-            eta = elapsed / done * (len(todo) - done) if done else float("nan")
             log.info("[%d/%d] units finished by %d processes (elapsed %s, ETA %s)", done, len(todo), n,
-                     _clock(time.perf_counter() - ex.t0), _clock(eta) if done else "?")
+                     _clock(time.perf_counter() - ex.t0), eta.text(time.perf_counter() - started, done, len(todo) - done))
             if (first_look := rounds.check()) is not None:
                 log.info("%s", first_look)
 
     workers.start()
     try:
-        _execute(todo, ex, count_done, failed_since=started_at, rounds=rounds)
+        _execute(todo, ex, count_done, failed_since=started_at, rounds=rounds, eta=eta)
         if workers.running():
             log.info("waiting for %d worker(s) to finish their units", sum(p.poll() is None for p in workers.procs))
         workers.wait(poll=line)
     except BaseException:
         workers.stop()
+        log.warning("stopped: %d of %d unit(s) of this run are finished and kept; its workers are ended",
+                    count_done(), len(todo))
         raise
     for u in list(report.busy):  # units another process held when this one reached them
         p = next(p for p in todo if p.unit == u)
@@ -269,11 +273,12 @@ def _skip(p: UnitPlan, ex: _Execution, st: str, failure: str | None, with_worker
 
 
 def _execute(todo: list[UnitPlan], ex: _Execution, count_done: Callable[[], int] | None = None,
-             failed_since: float | None = None, rounds: Rounds | None = None) -> None:
+             failed_since: float | None = None, rounds: Rounds | None = None, eta: Eta | None = None) -> None:
     """Train the units in ``todo`` that no other process holds. ``count_done``: the units of ``todo``
     finished so far by any process (--jobs), for the progress line. ``failed_since``: a unit that
     failed at or after this time (another process of this ``--jobs`` run tried it) is not tried again.
-    ``rounds``: says when every unit of a leading fold is done (default: over ``todo``)."""
+    ``rounds``: says when every unit of a leading fold is done (default: over ``todo``); ``eta``: the ETA."""
+    eta = eta if eta is not None else Eta(p.inputs_key for p in todo)
     extracted: set[str] = set()
     rounds = rounds if rounds is not None else Rounds(todo, ex.store)
     started = time.perf_counter()
@@ -285,9 +290,9 @@ def _execute(todo: list[UnitPlan], ex: _Execution, count_done: Callable[[], int]
                 lock.release()
             continue
         try:
-            record = _train_one(p, ex, extracted)
+            record = _train_one(p, ex, extracted, eta)
             if record is not None:
-                _progress(p, ex, record, i, len(todo), started, count_done, rounds)
+                _progress(p, ex, record, i, len(todo), started, count_done, rounds, eta)
         except OSError:
             raise  # disk full, unreadable cache...: stop; finished units stay done
         except Exception as exc:  # noqa: BLE001 — one unit's failure must not lose the others
@@ -297,15 +302,17 @@ def _execute(todo: list[UnitPlan], ex: _Execution, count_done: Callable[[], int]
                 lock.release()
 
 
-def _train_one(p: UnitPlan, ex: _Execution, extracted: set[str]) -> UnitRecord | None:
+def _train_one(p: UnitPlan, ex: _Execution, extracted: set[str], eta: Eta) -> UnitRecord | None:
     """Prepare a claimed unit's inputs, train it and store its result; None when a finished result
     made from a slide that can no longer be read is kept instead."""
     unit, store, report, planner = p.unit, ex.store, ex.report, ex.planner
     fi = planner.inputs[p.inputs_key]
     if p.inputs_key not in extracted:
+        prepare = time.perf_counter()  # extraction, if the cache misses: the ETA's second part
         with D.main_first():  # rank 0 fills the cache, the others then find it
             fi.ensure()
         extracted.add(p.inputs_key)
+        eta.ensured(p.inputs_key, time.perf_counter() - prepare)
     if unit in report.redone and only_slides_changed(store.done_config(unit) or {}, p.config):
         gone = changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
         if gone:
@@ -328,18 +335,15 @@ def _train_one(p: UnitPlan, ex: _Execution, extracted: set[str]) -> UnitRecord |
 
 
 def _progress(p: UnitPlan, ex: _Execution, record: UnitRecord, i: int, n: int, started: float,
-              count_done: Callable[[], int] | None, rounds: Rounds) -> None:
+              count_done: Callable[[], int] | None, rounds: Rounds, eta: Eta) -> None:
     """The one line per finished unit, and the "every row now" line after a round of folds."""
     why = f" -- {record.metrics['undefined']}" if "undefined" in record.metrics else ""
-    done, elapsed = len(ex.report.ran), time.perf_counter() - started
-    eta = elapsed / done * (n - i - 1)
-    position = i + 1
-    if count_done is not None:  # every process's finished units, and the ETA they give together
-        position = count_done()
-        eta = elapsed / max(position, 1) * (n - position)
+    position = i + 1 if count_done is None else count_done()  # --jobs: every process's finished units
+    left = eta.text(time.perf_counter() - started, len(ex.report.ran) if count_done is None else max(position, 1),
+                    n - position)
     log.info("[%d/%d] %-44s %s = %s  (%.1f s; elapsed %s, ETA %s)%s", position, n, str(p.unit),
              record.primary_metric, _fmt(record.metrics.get(record.primary_metric)), record.train_seconds,
-             _clock(time.perf_counter() - ex.t0), _clock(eta), why)
+             _clock(time.perf_counter() - ex.t0), left, why)
     if D.is_main() and log.isEnabledFor(logging.INFO) and (first_look := rounds.check()) is not None:
         log.info("%s", first_look)
 
@@ -362,15 +366,6 @@ def _unit_failed(p: UnitPlan, ex: _Execution, exc: Exception) -> None:
     if D.is_main():
         store.fail(unit, msg)
     ex.report.failed[unit] = msg
-
-
-def _failed_since(store: ResultsStore, unit: Unit, since: float) -> str | None:
-    """The error of ``unit`` if it failed at or after ``since`` (its staging error.json), else None."""
-    try:
-        err = json.loads((store.staging_dir(unit) / "error.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return str(err.get("error")) if float(err.get("time", 0)) >= since else None
 
 
 ORDERS = ("task", "method", "fold")

@@ -342,6 +342,9 @@ def predict(model: torch.nn.Module, task: str, samples: Sequence[Sample], fitted
             rows.append(row)
             continue
         logits = torch.stack([model(_to(x, dev)).float().cpu() for x in xs]).mean(dim=0)
+        if not torch.isfinite(logits).all():  # a saturated sigmoid would turn inf into a finite risk
+            raise TrainingError(f"the model predicted NaN/inf logits for case {s.case_id}; it is not scored. "
+                                "Fix: check that case's input (`bench doctor --dataset ...`)")
         row.update(fitted.row(logits, s.labels))
         if not all(np.isfinite(v) for k, v in row.items() if isinstance(v, float) and k not in s.labels):
             raise TrainingError(f"the model predicted NaN/inf for case {s.case_id}")

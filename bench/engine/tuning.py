@@ -42,7 +42,7 @@ import yaml
 from .. import tasks as T
 from ..data.datasets import Cohort, load_cohort
 from ..resources import config_path
-from ..io import atomic_write_json, atomic_write_text, safe_name
+from ..io import atomic_write_json, atomic_write_text, name_component, safe_name
 from ..registry import MethodSpec
 from ..results.identity import digest
 from .config import unit_seed
@@ -123,7 +123,7 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ locations
 def method_dir(results: Path | str, dataset: str, task: str, method: str) -> Path:
-    return Path(results) / "tuning" / safe_name(dataset) / safe_name(task) / safe_name(method)
+    return Path(results) / "tuning" / name_component(dataset, "dataset") / safe_name(task) / safe_name(method)
 
 
 def fold_dir(results: Path | str, dataset: str, task: str, method: str, fold: int) -> Path:

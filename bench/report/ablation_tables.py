@@ -85,7 +85,7 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
             n = int(h["n_folds"]) if pd.isna(h.get("n_defined")) else min(int(h["n_folds"]), int(h["n_defined"]))
         metric = (mean_std_cell(float(h["mean"]), float(h["std"]), n, int(h.get("expected_folds", 5)))
                   if h is not None else Cell("–"))
-        pub = _lookup(ablation.published, it.paper_value if it.variant else it.method) if ablation.published else None
+        pub = _lookup(ablation.published, it.paper_value if it.variant else it.method, None) if ablation.published else None
         rows.append(Row(it, cells, metric, n, h,
                         pub if isinstance(pub, (int, float)) and not isinstance(pub, bool) else None))
     return rows

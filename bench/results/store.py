@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from ..io import atomic_write_json, atomic_write_text, safe_name
+from ..io import atomic_write_json, atomic_write_text, name_component
 from .identity import digest, explain, row_signature
 from .records import RecordError, UnitRecord
 
@@ -88,6 +89,19 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def metrics_sha256(metrics: dict[str, Any]) -> str:
+    """The hash of a record's metrics as they read back from metrics.json (numpy scalars as numbers)."""
+    plain = json.loads(json.dumps(metrics, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    return sha256_text(json.dumps(plain, sort_keys=True))
+
+
+class PlaceError(RecordError):
+    """A record that is not where its own dataset, task, method, variant and fold put it."""
+
+
+FOLD_DIR = re.compile(r"fold(\d+)")
+
+
 WEIGHTS_FILE = "model.pt"
 
 
@@ -101,9 +115,10 @@ class ResultsStore:
 
     # --- layout ---------------------------------------------------------------------------
     def unit_dir(self, u: Unit) -> Path:
-        d = self.root / "runs" / safe_name(u.dataset) / safe_name(u.task) / safe_name(u.method)
-        if u.variant:
-            d = d / safe_name(u.variant)
+        d = (self.root / "runs" / name_component(u.dataset, "dataset") / name_component(u.task, "task")
+             / name_component(u.method, "method"))
+        if u.variant is not None:
+            d = d / name_component(u.variant, "variant")
         return d / f"fold{int(u.fold)}"
 
     def staging_dir(self, u: Unit) -> Path:
@@ -111,7 +126,7 @@ class ResultsStore:
         return d.with_name(d.name + ".next")
 
     def summary_path(self, dataset: str) -> Path:
-        return self.root / safe_name(dataset) / "summary.csv"
+        return self.root / name_component(dataset, "dataset") / "summary.csv"
 
     # --- state ----------------------------------------------------------------------------
     def _promote_finished_staging(self, u: Unit) -> None:
@@ -137,6 +152,11 @@ class ResultsStore:
         except (OSError, RecordError) as exc:
             log.warning("%s: %s; the unit will be redone", u, exc)
             return None
+        theirs = Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant)
+        if theirs != u:
+            raise PlaceError(f"{u} and the finished unit {theirs} share the directory {p.parent}; running it would "
+                             f"replace that result. Fix: give this run another name (e.g. another --variant), or "
+                             f"move {p.parent} away if it does not belong there")
         return rec
 
     def done_config(self, u: Unit) -> dict[str, Any] | None:
@@ -155,6 +175,10 @@ class ResultsStore:
         if got != rec.predictions_sha256:
             raise IntegrityError(f"{p} does not match its record (sha256 {got[:12]} != {rec.predictions_sha256[:12]}): "
                                  "it was edited or truncated after the unit finished")
+        want = rec.info.get("metrics_sha256")
+        if want is not None and metrics_sha256(rec.metrics) != want:
+            raise IntegrityError(f"the metrics in {p.with_name('metrics.json')} do not match the ones computed from "
+                                 "its predictions (they were edited after the unit finished)")
 
     def lock(self, u: Unit) -> FileLock:
         d = self.unit_dir(u)
@@ -168,6 +192,10 @@ class ResultsStore:
             lk.acquire(timeout=0)
         except Timeout:
             return None
+        try:  # who holds it, for the parent of a --jobs run to name a stuck worker's unit
+            atomic_write_json(f"{lk.lock_file}.info", {"pid": os.getpid(), "unit": str(u), "since": time.time()})
+        except OSError:
+            pass
         return lk
 
     def prepare(self, u: Unit, config: dict[str, Any], chash: str) -> Path:
@@ -191,6 +219,7 @@ class ResultsStore:
             record.info["weights_file"] = save_weights(nxt / WEIGHTS_FILE, weights)
         text = predictions.to_csv(index=False)
         record.predictions_sha256 = sha256_text(text)
+        record.info["metrics_sha256"] = metrics_sha256(record.metrics)
         atomic_write_text(nxt / "predictions.csv", text)
         atomic_write_text(nxt / "train_log.csv", train_log.to_csv(index=False))
         atomic_write_json(nxt / "metrics.json", record.to_dict())  # the done-marker
@@ -223,20 +252,35 @@ class ResultsStore:
         """Every finished unit's record. A record that cannot be read, or whose predictions do not
         match it, is an error naming the file and the command that redoes it."""
         base = self.root / "runs"
-        pattern = f"{safe_name(dataset)}/*/*/**/metrics.json" if dataset else "*/*/*/**/metrics.json"
+        pattern = f"{name_component(dataset, 'dataset')}/*/*/**/metrics.json" if dataset else "*/*/*/**/metrics.json"
         for p in sorted(base.glob(pattern)):
             if ".superseded-" in str(p) or p.parent.name.endswith(".next"):
+                continue
+            if not FOLD_DIR.fullmatch(p.parent.name):
+                log.warning("%s is not read: only fold<k> directories hold results (a backup copy? move it out "
+                            "of %s)", p.parent, base)
                 continue
             try:
                 rec = UnitRecord.from_json(p.read_text(), str(p))
             except OSError as exc:
                 raise RecordError(f"cannot read {p}: {exc}") from exc
+            self.check_place(p, rec)
             if verify:
                 try:
                     self.check_predictions(Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant), rec)
                 except IntegrityError as exc:
                     raise IntegrityError(f"{exc}. Redo it: {redo_command(rec)}") from exc
             yield rec
+
+    def check_place(self, p: Path, rec: UnitRecord) -> None:
+        """A record counts only where its own dataset, task, method, variant and fold put it, and for a
+        fold of its split set: a record copied from another dataset or method is refused."""
+        u = Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant)
+        want = self.unit_dir(u)
+        if want.absolute() != p.parent.absolute() or not 0 <= rec.fold < rec.split.n_folds:
+            raise PlaceError(f"{p} is the record of {u} (dataset {rec.dataset!r}, variant {rec.variant!r}, fold "
+                             f"{rec.fold} of {rec.split.n_folds}), whose place is {want}: it was copied or moved. "
+                             f"Fix: move {p.parent} back to its place, or out of {self.root / 'runs'}")
 
     def row_config(self, rec: UnitRecord) -> dict[str, Any]:
         """The identity (config.json) a finished unit was run with; an error naming the file when it
@@ -316,6 +360,9 @@ class ResultsStore:
         df = pd.DataFrame(out)
         if not df.empty:
             p = self.summary_path(dataset)
+            if p.is_dir():
+                raise RecordError(f"{p} is a directory, so the summary cannot be written there. Fix: move it away "
+                                  f"(e.g. `mv {p} {p}.old`) and rerun")
             p.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(p, summary_csv(df))
         return df

@@ -1,0 +1,80 @@
+"""`bench run --jobs 2` and its worker process: the worker dies with its parent (SIGTERM or SIGKILL
+to the parent), a SIGTERM ends the run with a line saying what is kept, and a worker stopped while
+it holds a unit is named (pid, unit, how long)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start(cohort, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, list[str]]:
+    proc = cohort.spawn("--jobs", "2", *extra, quiet=False, env=env or cohort.env())
+    lines: list[str] = []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        m = re.search(r"worker process\(es\) started \(pid (\d+)", line)
+        if m:
+            return proc, int(m.group(1)), lines
+        assert line or proc.poll() is None, "".join(lines)
+    raise AssertionError("no worker started:\n" + "".join(lines))
+
+
+@pytest.mark.slow  # ~40 s: two real runs of two processes
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_worker_dies_with_its_parent(cohort, sig: int) -> None:
+    proc, worker, lines = _start(cohort, "--set", "epochs=40")
+    time.sleep(3)  # both processes training
+    assert _alive(worker)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    deadline = time.time() + 10
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker) and not _alive(proc.pid), "".join(lines) + out
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "terminated (SIGTERM); finished units are kept" in out, out
+        assert re.search(r"stopped: \d+ of 10 unit\(s\) of this run are finished and kept", out), out
+        assert "Traceback" not in out
+
+
+@pytest.mark.slow  # ~90 s
+def test_stopped_worker_is_named(cohort) -> None:
+    env = {**cohort.env(), "BENCH_STALL_REPORT_S": "2"}
+    from bench.engine.jobs import units_held_by
+
+    proc, worker, lines = _start(cohort, "--set", "epochs=60", env=env)
+    deadline = time.time() + 120
+    while not units_held_by(worker, cohort.results) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if f"worker pid {worker} has been stopped for" in line:
+                break
+        text = "".join(lines)
+        assert f"worker pid {worker} has been stopped for" in text, text
+        assert re.search(r"holding faults/staging/meanmil.resnet50/fold\d", text), text
+        assert f"`kill -CONT {worker}`" in text
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
