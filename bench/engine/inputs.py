@@ -72,6 +72,9 @@ class FeatureInputs:
                  progress: bool, standin: bool = False) -> None:
         from feature_cache import get_encoder
 
+        from ..encoders import ensure_registered
+
+        ensure_registered([encoder_name])  # a declaration in the overlay, read now
         self.cohort = cohort
         release = pre_extracted(cohort.spec, encoder_name)  # a public feature release the dataset declares
         # features are extracted on the GPU when there is one (bf16 autocast where the encoder allows it:
