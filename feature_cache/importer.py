@@ -335,6 +335,7 @@ class PreExtracted:
                               "use the release's per-slide .h5 files (TRIDENT/CLAM layout)")
                 fshape, cshape = f["features"].shape, f["coords"].shape
                 attrs = {**dict(f.attrs), **dict(f["features"].attrs), **dict(f["coords"].attrs)}
+                finite = bool(np.isfinite(np.asarray(f["features"], dtype=np.float32)).all())
         except OSError as err:
             raise bad(f"not a readable HDF5 file ({err}); it may be truncated",
                       "download it again") from err
@@ -344,6 +345,8 @@ class PreExtracted:
             raise bad(f"features have shape {fshape}, expected (N, {enc.dim}) for encoder {enc.name!r}",
                       f"point `features: {{{enc.name}: {{path: ...}}}}` at a release made with {enc.name} "
                       "(its dim must match the methods that read it)")
+        if not finite:
+            raise bad("features hold NaN or infinite values", "download the file again, or leave the slide out")
         if len(cshape) != 2 or cshape[1] != 2 or cshape[0] != fshape[0]:
             raise bad(f"coords have shape {cshape} for {fshape[0]} feature rows",
                       "use the coords written with these features")

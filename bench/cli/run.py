@@ -118,6 +118,18 @@ def _jobs(args: argparse.Namespace) -> int:
     return n
 
 
+def _declare_releases(dataset: str) -> None:
+    """The dataset's feature releases under names no encoder declares become encoders
+    (``abmil.<name>``) before ``--methods`` is resolved."""
+    from ..data.datasets import DatasetError, load_spec
+    from ..data.features import register_releases
+
+    try:
+        register_releases(load_spec(dataset))
+    except DatasetError:
+        return  # reported by the run itself, with the fix
+
+
 def main(args: argparse.Namespace) -> int:
     from ..engine import distributed as D
     from ..registry import resolve_methods
@@ -142,8 +154,9 @@ def main(args: argparse.Namespace) -> int:
     for root, what, env in ((args.results, "results directory", "BENCH_RESULTS"), (args.cache, "cache directory",
                                                                                    "BENCH_CACHE")):
         check_writable(root, what, f"point --{what.split()[0]} (or ${env}) at a directory you can write", create=False)
-    methods = resolve_methods(args.methods)
     dataset = resolve_dataset(args.dataset)
+    _declare_releases(dataset)
+    methods = resolve_methods(args.methods)
     log.info("dataset %s; %d method(s): %s", dataset, len(methods), ", ".join(m.name for m in methods))
     common = dict(tasks=args.tasks.split(",") if args.tasks else None, folds=parse_int_list(args.folds),
                   results=args.results, cache=args.cache, n_folds=args.n_folds, seed=args.seed,

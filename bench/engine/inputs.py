@@ -119,6 +119,8 @@ class FeatureInputs:
         if e.random_weights:
             return [WeightsProvenance(f"encoder {e.name}", "random",
                                       f"random initialisation (no {e.name} weights found)", sha256=e.fingerprint)]
+        if getattr(e, "release", None):  # a public feature release read in place: no weights ran here
+            return [WeightsProvenance(f"encoder {e.name}", "release", e.weights_label, e.source, e.fingerprint)]
         loaded = (getattr(e, "weights_provenance", None) or [None])[0]  # feature_cache.weights' record
         path = getattr(loaded, "path", None) or getattr(e, "_weights_file", None)
         return [WeightsProvenance(f"encoder {e.name}", "pretrained",

@@ -45,7 +45,7 @@ class WeightsProvenance:
     """Where the weights of one pretrained part of a unit's model came from."""
 
     part: str  # "encoder resnet50", "slide_encoder", "vit4k", "model (--init)", "model"
-    source: str  # explicit | env | hub | init | random | scratch | standin
+    source: str  # explicit | env | hub | init | random | scratch | standin | release (pre-extracted features)
     label: str  # for humans and table footnotes: "ImageNet (resnet50 weights, sha256 …)"
     path: str | None = None
     sha256: str | None = None
