@@ -184,6 +184,12 @@ register_aggregator("abmil", "ABMIL", "baselines.mil.abmil:ABMIL")
 register_aggregator("transmil", "TransMIL", "baselines.mil.transmil:TransMIL")
 register_aggregator("ilra", "ILRA-MIL", "baselines.mil.ilra:ILRA")
 register_aggregator("mambamil", "MambaMIL", "baselines.mil.mambamil:MambaMIL")
+# pooled-embedding baselines (Patho-Bench's floor): outside the paper's grid, crossed by name
+# (`linear.uni_v2`, `coxnet.*`) and in `all-encoders`
+register_aggregator("linear", "Linear probe (mean-pooled)", "baselines.pooled:LinearProbe", config="pooled",
+                    encoders=())
+register_aggregator("coxnet", "CoxNet (mean-pooled)", "baselines.pooled:CoxNetProbe", config="pooled",
+                    encoders=())
 
 # Hierarchical rows (Table 2, "Two-stage hierarchical representation"): a frozen first stage whose
 # outputs are cached, then a pretrained second stage (ViT-4K / LongNet slide encoder) and a head.

@@ -42,7 +42,7 @@ def overlay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "encoders" / "tinyvit.yaml").write_text(TINY_VIT)
     demo = (Path(str(R.config_path("datasets", "demo")))).read_text()
     (root / "datasets" / "tinydemo.yaml").write_text(
-        demo.replace("root: demo", f"root: {tmp_path / 'demo'}") + "generator_args: {n_cases: 8, seed: 0}\n")
+        demo.replace("root: demo", f"root: {tmp_path / 'demo'}") + "generator_args: {n_cases: 16, seed: 0}\n")
     monkeypatch.setenv(R.ENV, str(root))
     monkeypatch.setenv("BENCH_STATE_DIR", str(tmp_path / "state"))
     return root
@@ -76,3 +76,77 @@ def test_user_declared_encoder_runs_abmil_on_the_demo(overlay: Path, tmp_path: P
     row = next(line for line in out.splitlines() if "ABMIL" in line)
     assert "\u2020" in row, out  # random encoder weights are marked
     assert "TinyViT (mine)" in out  # the row group is the encoder's pretraining line
+
+
+def _trident_release(folder: Path, slides: list[str], dim: int = 1536) -> None:
+    """One .h5 per slide as TRIDENT writes them (features_<encoder>/<slide>.h5: features (N, D),
+    coords (N, 2) with patch attributes), from an encoder no declaration names."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for sid in slides:
+        with h5py.File(folder / f"{sid}.h5", "w") as f:
+            f["features"] = rng.normal(size=(5, dim)).astype(np.float32)
+            c = f.create_dataset("coords", data=np.array([[256 * k, 0] for k in range(5)], np.int64))
+            c.attrs.update({"patch_size": 256, "target_magnification": 20, "patch_size_level0": 256})
+            f["features"].attrs["encoder"] = "myfm_v1"
+
+
+def test_release_of_an_undeclared_encoder_runs_abmil_and_pooled_baselines(overlay: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    from bench.cli import main
+    from bench.data.datasets import load_cohort
+    from bench.data.features import register_releases
+    from bench.engine.runner import run
+
+    cohort = load_cohort("tinydemo")  # generates the small demo cohort
+    release = tmp_path / "trident" / "20x_256px_0px_overlap" / "features_myfm_v1"
+    _trident_release(release, sorted(cohort.table["slide_id"]))
+    ds = overlay / "datasets" / "tinydemo.yaml"
+    ds.write_text(ds.read_text() + f"features:\n  myfm: {{path: {release}, encoder: myfm_v1, patch_size: 256, "
+                                   "magnification: 20}\n")
+    from bench.data.datasets import load_spec
+
+    register_releases(load_spec("tinydemo"))
+    assert get_method("abmil.myfm").feature_dim == 1536 and get_method("linear.myfm").feature_dim == 1536
+    common = dict(folds=[0], results=tmp_path / "res", cache=tmp_path / "cache", train_overrides={"epochs": 1},
+                  progress=False)
+    report = run([get_method("abmil.myfm"), get_method("linear.myfm")], "tinydemo", tasks=["staging"], **common)
+    assert not report.failed and len(report.ran) == 2, report.failed
+    report = run([get_method("coxnet.myfm")], "tinydemo", tasks=["survival"], **common)
+    assert not report.failed and len(report.ran) == 1, report.failed
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.h5"))  # read in place
+    assert main(["table", "--dataset", "tinydemo", "--results", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "features from a release: pre-extracted myfm_v1 features" in out, out
+    rows = [line for line in out.splitlines() if "ABMIL" in line or "Linear probe" in line or "CoxNet" in line]
+    assert len(rows) == 3 and all("\u2020" not in r for r in rows), out  # a release is not random weights
+
+
+def test_release_mismatches_are_refused_naming_the_file(overlay: Path, tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    from bench.data.datasets import DatasetError, load_cohort, load_spec
+    from bench.data.features import pre_extracted
+
+    cohort = load_cohort("tinydemo")
+    slides = sorted(cohort.table["slide_id"])
+    release = tmp_path / "rel"
+    _trident_release(release, slides)
+    with h5py.File(release / f"{slides[1]}.h5", "r+") as f:
+        f["features"][0, 0] = np.nan
+    ds = overlay / "datasets" / "tinydemo.yaml"
+    base = ds.read_text()
+    ds.write_text(base + f"features:\n  myfm: {{path: {release}, encoder: myfm_v1, patch_size: 256, "
+                         "magnification: 20, dim: 1024}\n")
+    with pytest.raises(DatasetError, match=r"dim 1024 declared, but .*\.h5 has 1536-d features"):
+        pre_extracted(load_spec("tinydemo"), "myfm")
+    ds.write_text(base + f"features:\n  myfm: {{path: {release}, encoder: other_v2, patch_size: 224, "
+                         "magnification: 20}\n")
+    rel = pre_extracted(load_spec("tinydemo"), "myfm")
+    report = rel.extract({s: None for s in slides})
+    assert f"{slides[1]}.h5" in report.failed[slides[1]] and "NaN" in report.failed[slides[1]]
+    assert "made with encoder 'myfm_v1', the dataset declares 'other_v2'" in report.failed[slides[0]]
