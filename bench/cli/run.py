@@ -38,7 +38,9 @@ place until its replacement has finished. Options and --init are checked before 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and evaluate methods (resumable)", epilog=EPILOG,
                        formatter_class=Formatter)
-    p.add_argument("--methods", required=True, help="`all`, comma list, globs")
+    p.add_argument("--methods", required=True,
+                   help="`all` (= `paper`: the paper's grid), `all-encoders` (every aggregator, linear and coxnet over "
+                        "every declared encoder and feature release), a comma list, globs (`'*.virchow2'`)")
     add_dataset(p)
     add_paths(p)
     p.add_argument("--tasks", help="comma list (default: every task of the dataset)")
