@@ -14,6 +14,7 @@ Reading the table parses YAML only (no torch), so ``bench ls encoders`` stays in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,14 +146,15 @@ def ensure_registered(names: Any = None) -> None:
         if names is not None and name not in names:
             continue
         known = registered_spec(name)
+        content = json.dumps(info.decl, sort_keys=True, default=str)  # the declaration as read now
         if known is not None and known.extra.get("declared_in") == info.declared_in \
-                and known.extra.get("decl_id") == id(info.decl):
+                and known.extra.get("declaration") == content:
             continue
         try:
             spec = spec_from_declaration(info.decl, name, info.declared_in)
         except DeclarationError as err:
             raise ConfigError(str(err)) from None
-        spec.extra["decl_id"] = id(info.decl)
+        spec.extra["declaration"] = content
         register_encoder(spec, replace=True)
 
 

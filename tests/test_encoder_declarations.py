@@ -168,3 +168,33 @@ def test_overlay_declaration_wins_and_bad_ones_are_named(tmp_path: Path, monkeyp
         "std: [0.5, 0.5, 0.5]\nsource: test\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: builder\.kind must be one of timm, open_clip"):
         ensure_registered()
+
+
+# fingerprints and a feature digest of the four encoders written in Python before they became
+# declarations, computed by that code (random seeded weights; torch 2.14.1, timm 1.0.31): the
+# declarations build the same networks, so caches keep their keys and the features their bits
+BEFORE = {("resnet50", False): ("144906029a16ea2f", "565a5f9d436db812"),
+          ("conch", True): ("19e117557a4f22c4", "204593a32edc5335"),
+          ("gigapath", True): ("259ecbe43b62574f", "2c031c028e8624de"),
+          ("hipt-vit256", True): ("c5af900d15a05f9a", "ef72a1e896d1b638"),
+          ("hipt-vit256", False): ("c1838bf48255a62d", "5423f001482feb8b")}
+
+
+@pytest.mark.parametrize("name,standin", sorted(BEFORE))
+def test_moved_encoders_keep_fingerprints_and_features(name: str, standin: bool, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    import numpy as np
+    import timm
+
+    if (torch.__version__.split("+")[0], timm.__version__) != ("2.14.1", "1.0.31"):
+        pytest.skip("the digests were recorded with torch 2.14.1 and timm 1.0.31 (seeded random init)")
+    monkeypatch.setenv("BENCH_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("BENCH_WEIGHTS_RESNET50", "BENCH_WEIGHTS_CONCH", "BENCH_WEIGHTS_GIGAPATH", "BENCH_WEIGHTS_HIPT_VIT256"):
+        monkeypatch.delenv(var, raising=False)
+    enc = E.get_encoder(name, allow_random=True, standin=standin)
+    batch = np.random.default_rng(0).integers(0, 255, size=(2, 256, 256, 3), dtype=np.uint8)
+    digest = hashlib.sha256(enc(batch).numpy().tobytes()).hexdigest()[:16]
+    assert (enc.fingerprint, digest) == BEFORE[(name, standin)]
