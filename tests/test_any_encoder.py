@@ -4,6 +4,7 @@ and the table marks the row; named method sets and globs resolve from the encode
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,7 @@ def _trident_release(folder: Path, slides: list[str], dim: int = 1536) -> None:
 
 
 def test_release_of_an_undeclared_encoder_runs_abmil_and_pooled_baselines(overlay: Path, tmp_path: Path,
-                                                                          capsys) -> None:
+                                                                          capsys, caplog) -> None:
     from bench.cli import main
     from bench.data.datasets import load_cohort
     from bench.data.features import register_releases
@@ -103,7 +104,7 @@ def test_release_of_an_undeclared_encoder_runs_abmil_and_pooled_baselines(overla
 
     cohort = load_cohort("tinydemo")  # generates the small demo cohort
     release = tmp_path / "trident" / "20x_256px_0px_overlap" / "features_myfm_v1"
-    _trident_release(release, sorted(cohort.table["slide_id"]))
+    _trident_release(release, sorted(cohort.table["slide_id"]) + ["TCGA-ZZ-0000-01Z-00-DX1"])  # one stray
     ds = overlay / "datasets" / "tinydemo.yaml"
     ds.write_text(ds.read_text() + f"features:\n  myfm: {{path: {release}, encoder: myfm_v1, patch_size: 256, "
                                    "magnification: 20}\n")
@@ -113,8 +114,10 @@ def test_release_of_an_undeclared_encoder_runs_abmil_and_pooled_baselines(overla
     assert get_method("abmil.myfm").feature_dim == 1536 and get_method("linear.myfm").feature_dim == 1536
     common = dict(folds=[0], results=tmp_path / "res", cache=tmp_path / "cache", train_overrides={"epochs": 1},
                   progress=False)
-    report = run([get_method("abmil.myfm"), get_method("linear.myfm")], "tinydemo", tasks=["staging"], **common)
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        report = run([get_method("abmil.myfm"), get_method("linear.myfm")], "tinydemo", tasks=["staging"], **common)
     assert not report.failed and len(report.ran) == 2, report.failed
+    assert f"not in the cohort tinydemo (not used): {release / 'TCGA-ZZ-0000-01Z-00-DX1.h5'}" in caplog.text
     report = run([get_method("coxnet.myfm")], "tinydemo", tasks=["survival"], **common)
     assert not report.failed and len(report.ran) == 1, report.failed
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.h5"))  # read in place

@@ -62,6 +62,15 @@ def _slide_paths(cohort: Cohort, cases: Iterable[str] | None = None) -> dict[str
     return dict(zip(t["slide_id"], t["slide_path"]))
 
 
+def _report_strays(release: Any, cohort: Cohort, name: str) -> None:
+    """A release's files for slides outside the cohort are left out, and said so by file."""
+    stray = sorted(set(release.files) - set(cohort.table["slide_id"]))
+    if stray:
+        files = ", ".join(str(release.files[s]) for s in stray[:5]) + (" ..." if len(stray) > 5 else "")
+        log.warning("features %s: %d file(s) of the release are for slides not in the cohort %s (not used): %s",
+                    name, len(stray), cohort.spec.name, files)
+
+
 class FeatureInputs:
     """Two-stage inputs: one bag per case = the cached features of all its slides, concatenated
     (a case's slides are all used, not only the first)."""
@@ -83,6 +92,8 @@ class FeatureInputs:
             encoder_name, allow_random=allow_random, standin=standin,
             device="cuda" if torch.cuda.is_available() else "cpu")
         log.info("%s features: %s weights", encoder_name, self.encoder.weights_label)
+        if release:
+            _report_strays(release, cohort, encoder_name)
         self.cache = release or self._make_cache(cache_root)
         self.progress = progress
         self.slides_of = cohort.slides_of()
