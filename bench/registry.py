@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .encoders import PAPER_ENCODERS, EncoderTable, ensure_registered
+from .resources import ConfigError
 
 if TYPE_CHECKING:  # torch is imported only when a model is built, so `bench ls` stays instant
     import torch
@@ -177,7 +178,10 @@ def count_trainable_parameters(model: "torch.nn.Module") -> int:
 
 
 # --- the methods -------------------------------------------------------------------------------
-ensure_registered()  # the declared encoders become feature_cache specs (overlay files re-read on use)
+try:  # the declared encoders become feature_cache specs (overlay files are re-read where used)
+    ensure_registered()
+except ConfigError:
+    pass  # a broken overlay declaration is reported, with its file, by the command that reads it
 register_aggregator("meanmil", "MeanMIL", "baselines.mil.pooling:MeanMIL")
 register_aggregator("maxmil", "MaxMIL", "baselines.mil.pooling:MaxMIL")
 register_aggregator("abmil", "ABMIL", "baselines.mil.abmil:ABMIL")
