@@ -51,6 +51,7 @@ class MethodSpec:
     # end-to-end: the model takes raw uint8 RGB and normalises it itself (a slide held as 3 bytes
     # per pixel instead of 12: part of Pixel-Mamba's memory budget, docs/pixelmamba.md)
     raw_rgb: bool = False
+    tasks: tuple[str, ...] = ()  # the tasks it is defined for (empty: every task); runs skip the others
 
     @property
     def feature_dim(self) -> int | None:
@@ -64,7 +65,7 @@ class MethodSpec:
 
 _METHODS: dict[str, MethodSpec] = {}
 # aggregator name -> (label, builder, config, kwargs): crossed with any encoder on demand
-_AGGREGATORS: dict[str, tuple[str, str, str, dict[str, Any]]] = {}
+_AGGREGATORS: dict[str, tuple[str, str, str, dict[str, Any], tuple[str, ...]]] = {}
 _CROSSED: dict[str, MethodSpec] = {}  # `<aggregator>.<encoder>` outside the paper grid, built on demand
 # named method sets `--methods` accepts besides globs and names
 SETS = {"all": "the paper's grid (Table 2's methods: aggregators x resnet50, conch, gigapath; "
@@ -84,16 +85,17 @@ def register(spec: MethodSpec) -> MethodSpec:
 
 
 def _crossed(aggregator: str, encoder: str) -> MethodSpec:
-    label, builder, config, kwargs = _AGGREGATORS[aggregator]
+    label, builder, config, kwargs, tasks = _AGGREGATORS[aggregator]
     return MethodSpec(name=f"{aggregator}.{encoder}", family="two-stage", builder=builder, label=label,
-                      encoder=encoder, input="features", config=config, kwargs=dict(kwargs))
+                      encoder=encoder, input="features", config=config, kwargs=dict(kwargs), tasks=tasks)
 
 
 def register_aggregator(aggregator: str, label: str, builder: str, config: str = "mil",
-                        encoders: Iterable[str] = PAPER_ENCODERS, **kwargs: Any) -> None:
+                        encoders: Iterable[str] = PAPER_ENCODERS, tasks: tuple[str, ...] = (),
+                        **kwargs: Any) -> None:
     """Register ``<aggregator>.<encoder>`` for the paper's encoders; any other declared encoder
     (or feature release) is crossed on demand by :func:`get_method`."""
-    _AGGREGATORS[aggregator] = (label, builder, config, dict(kwargs))
+    _AGGREGATORS[aggregator] = (label, builder, config, dict(kwargs), tuple(tasks))
     for enc in encoders:
         register(_crossed(aggregator, enc))
 
@@ -191,9 +193,9 @@ register_aggregator("mambamil", "MambaMIL", "baselines.mil.mambamil:MambaMIL")
 # pooled-embedding baselines (Patho-Bench's floor): outside the paper's grid, crossed by name
 # (`linear.uni_v2`, `coxnet.*`) and in `all-encoders`
 register_aggregator("linear", "Linear probe (mean-pooled)", "baselines.pooled:LinearProbe", config="pooled",
-                    encoders=())
+                    encoders=(), tasks=("staging", "classification"))
 register_aggregator("coxnet", "CoxNet (mean-pooled)", "baselines.pooled:CoxNetProbe", config="pooled",
-                    encoders=())
+                    encoders=(), tasks=("survival",))
 
 # Hierarchical rows (Table 2, "Two-stage hierarchical representation"): a frozen first stage whose
 # outputs are cached, then a pretrained second stage (ViT-4K / LongNet slide encoder) and a head.

@@ -114,12 +114,14 @@ def test_release_of_an_undeclared_encoder_runs_abmil_and_pooled_baselines(overla
     assert get_method("abmil.myfm").feature_dim == 1536 and get_method("linear.myfm").feature_dim == 1536
     common = dict(folds=[0], results=tmp_path / "res", cache=tmp_path / "cache", train_overrides={"epochs": 1},
                   progress=False)
+    methods = [get_method(m) for m in ("abmil.myfm", "linear.myfm", "coxnet.myfm")]
     with caplog.at_level(logging.WARNING, logger="bench"):
-        report = run([get_method("abmil.myfm"), get_method("linear.myfm")], "tinydemo", tasks=["staging"], **common)
-    assert not report.failed and len(report.ran) == 2, report.failed
+        report = run(methods, "tinydemo", tasks=["staging", "survival"], **common)
+    assert not report.failed, report.failed
+    # linear is defined for staging, coxnet for survival: 2 + 1 + 1 units
+    assert sorted((u.task, u.method) for u in report.ran) == [
+        ("staging", "abmil.myfm"), ("staging", "linear.myfm"), ("survival", "abmil.myfm"), ("survival", "coxnet.myfm")]
     assert f"not in the cohort tinydemo (not used): {release / 'TCGA-ZZ-0000-01Z-00-DX1.h5'}" in caplog.text
-    report = run([get_method("coxnet.myfm")], "tinydemo", tasks=["survival"], **common)
-    assert not report.failed and len(report.ran) == 1, report.failed
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.h5"))  # read in place
     assert main(["table", "--dataset", "tinydemo", "--results", str(tmp_path / "res")]) == 0
     out = capsys.readouterr().out
