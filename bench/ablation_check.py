@@ -169,13 +169,13 @@ def _pixelmamba_config(variant: str, scan_window: Any, alpha: Any) -> Any:
 def check_ablation(ablation: Any, grid: Any, cohort: Any, model_overrides: dict[str, Any] | None = None
                    ) -> AblationCheck:
     """Compare what the rows of ``grid`` (``ablations.ablation_grid``) see on every slide of ``cohort``."""
-    from .engine.config import Variant, input_options, model_options
+    from .engine.config import Variant, grid_variants, input_options, model_options
 
     # slide headers only matter to what slide-reading rows see; feature rows see their method and options
-    slides = _slides(cohort) if any(getattr(getattr(v, "spec", v), "input", "") == "slide" for v in grid.variants) \
+    slides = _slides(cohort) if any(getattr(getattr(v, "spec", v), "input", "") == "slide" for v in grid_variants(grid.items)) \
         else [(sid, (0, 0), 0.0) for sid in cohort.table["slide_id"]]
     rows, views, plans, values = [], {}, {}, {}
-    for item, var in zip(grid.items, grid.variants):
+    for item, var in zip(grid.items, grid_variants(grid.items)):
         label = item.variant or item.method
         values[label] = item.value
         spec = var.spec if isinstance(var, Variant) else var

@@ -179,7 +179,6 @@ class AblationGrid:
     task: str
     items: list[GridItem]
     notes: list[str]
-    variants: list[Any]  # config.Variant
 
 
 def ablation_grid(ablation: Ablation, dataset: str, task: str | None = None,
@@ -187,8 +186,6 @@ def ablation_grid(ablation: Ablation, dataset: str, task: str | None = None,
     """``ablation`` on ``dataset`` (a name or a YAML path): ``task`` defaults to the ablation's,
     ``values`` replace its grid; the dataset's mapping (``ablations:`` in its YAML) applies."""
     from .data.datasets import load_spec
-    from .registry import get_method
-    from .engine.config import Variant
 
     spec = load_spec(dataset)
     task = task or ablation.task
@@ -196,8 +193,7 @@ def ablation_grid(ablation: Ablation, dataset: str, task: str | None = None,
         raise AblationError(f"dataset {spec.name!r} has no task {task!r} (it has {spec.tasks}); pick one with --task")
     items, notes = ablation.grid(values, spec.ablations.get(ablation.name))
     _dataset_model_options(ablation, items, notes, spec.ablations.get(ablation.name))
-    variants = [Variant(get_method(i.method), i.variant, dict(i.model)) for i in items]
-    return AblationGrid(spec.name, task, items, notes, variants)
+    return AblationGrid(spec.name, task, items, notes)
 
 
 def _dataset_model_options(ablation: Ablation, items: list[GridItem], notes: list[str],

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from feature_cache.slide import Slide, SlideError, mag_to_mpp, mpp_to_mag, open_slide, slide_files
+from feature_cache.slide import (Slide, SlideError, mag_to_mpp, mpp_to_mag, open_slide, slide_files,
+                                 slide_fingerprint)
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "mag_to_mpp",
     "mpp_to_mag",
     "slide_files",
+    "slide_fingerprint",
     "segment_tissue",
     "patch_grid",
     "get_encoder",

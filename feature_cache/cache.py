@@ -21,9 +21,9 @@ Why each piece:
   locked moves on and comes back to it at the end, then skips it if the other worker finished it.
 * A worker waiting on a slide lock says who holds it, every ``$BENCH_LOCK_REPORT_S`` s
   (``feature_cache.locks``); a dead holder's lock is broken.
-* Each file records the slide's size, mtime and a hash of its first and last MiB; a cached file
-  made from a different file under the same id (a regenerated demo, a re-scanned slide) is
-  extracted again instead of being trusted.
+* Each file records the slide's fingerprint (:func:`feature_cache.slide.slide_fingerprint`: size,
+  first and last 64 KiB of each file); a cached file made from a different file under the same id
+  (a regenerated demo, a re-scanned slide) is extracted again instead of being trusted.
 * A slide with no tissue gets an empty-but-valid file: ``features`` (0, D), ``coords`` (0, 2) and
   the attribute ``no_tissue=True``. It counts as done (a rerun does not segment it again), it is
   listed in ``ExtractReport.no_tissue`` on every run, and :meth:`FeatureCache.load` returns the
@@ -53,7 +53,7 @@ from feature_cache.encoders import Encoder
 from feature_cache.loader import default_threads, default_workers
 from feature_cache.io import atomic_path, atomic_write_text
 from feature_cache.locks import acquire_talking, release_talking
-from feature_cache.slide import SlideError, mag_to_mpp, mpp_to_mag, open_slide
+from feature_cache.slide import SlideError, mag_to_mpp, mpp_to_mag, open_slide, slide_fingerprint, slide_stat
 from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue
 
 __all__ = ["FeatureCache", "ExtractReport", "CacheMissError", "CACHE_FORMAT_VERSION"]
@@ -110,7 +110,7 @@ class ExtractReport:
         return f"{'; '.join(parts)} in {self.seconds:.1f}s -> {self.cache_dir}"
 
 
-def _check_id(slide_id: str) -> str:
+def slide_stem(slide_id: str) -> str:
     """The file stem of a slide id (DESIGN §6: ids never become paths unsanitized).
 
     A plain id (letters, digits, '.', '_', '-', not starting with '.') is its own stem, as CLAM and
@@ -174,7 +174,7 @@ class FeatureCache:
 
     def path_for(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
                  magnification: float | None = None, min_tissue: float = 0.5) -> Path:
-        return self.dir_for(encoder, patch_size, magnification, min_tissue) / f"{_check_id(slide_id)}.h5"
+        return self.dir_for(encoder, patch_size, magnification, min_tissue) / f"{slide_stem(slide_id)}.h5"
 
     @staticmethod
     def _done_count(path: Path) -> int | None:
@@ -270,7 +270,7 @@ class FeatureCache:
         items = []
         for sid, p in slides.items():
             try:
-                _check_id(sid)
+                slide_stem(sid)
             except ValueError as err:
                 if not skip_errors:
                     raise
@@ -314,7 +314,7 @@ class FeatureCache:
                    min_tissue: float, batch_size: int, skip_errors: bool,
                    report: ExtractReport, out_dir: Path, *, blocking: bool) -> bool:
         """Process one slide under its lock; False if the lock is held and ``blocking`` is off."""
-        out = out_dir / f"{_check_id(sid)}.h5"
+        out = out_dir / f"{slide_stem(sid)}.h5"
         if self._skip_if_done(sid, out, report, path):
             self._overview(sid, path, ps, mag, min_tissue, report)
             return True
@@ -361,7 +361,7 @@ class FeatureCache:
         n = self._done_count(out)
         if n is None:
             return False
-        if not _same_slide(out, slide_path):
+        if not same_slide(out, slide_path):
             log.warning("%s: cached features were made from a different file than %s (the slide "
                         "changed); extracting again", out, slide_path)
             return False
@@ -388,7 +388,7 @@ class FeatureCache:
             attrs = {
                 "slide_id": sid,
                 "slide_path": str(Path(path).resolve()),
-                **_slide_identity(Path(path)),
+                **slide_identity_attrs(Path(path)),
                 "encoder": encoder.name,
                 "encoder_fingerprint": encoder.fingerprint,
                 "weights_source": encoder.weights_source,
@@ -418,50 +418,30 @@ class FeatureCache:
         return len(coords)
 
 
-def _partial_hash(path: Path, block: int = 1 << 20) -> str:
-    """SHA-256 of a file's size, first and last MiB: cheap on huge slides, survives copying
-    (unlike mtime), and changes when a slide is replaced by different content. For a MIRAX slide
-    the same over each of :func:`~feature_cache.slide.slide_files` in turn."""
-    from feature_cache.slide import slide_files
-
-    h = hashlib.sha256()
-    for f_path in slide_files(path):
-        size = f_path.stat().st_size
-        h.update(str(size).encode())
-        with open(f_path, "rb") as f:
-            h.update(f.read(block))
-            if size > block:
-                f.seek(max(block, size - block))
-                h.update(f.read(block))
-    return h.hexdigest()[:16]
-
-
-def _slide_identity(path: Path) -> dict[str, Any]:
-    from feature_cache.slide import slide_stat
-
+def slide_identity_attrs(path: Path) -> dict[str, Any]:
+    """The slide attributes of a feature file: its content identity
+    (:func:`~feature_cache.slide.slide_fingerprint`), with size and mtime for people."""
     size, mtime_ns = slide_stat(path)
-    return {"slide_size": size, "slide_mtime_ns": mtime_ns, "slide_hash": _partial_hash(path)}
+    return {"slide_size": size, "slide_mtime_ns": mtime_ns, "slide_fingerprint": slide_fingerprint(path)}
 
 
-def _same_slide(out: Path, slide_path: Path) -> bool:
-    """Was ``out`` extracted from this very file? Size, then mtime (fast path), then the partial
-    hash. Files without the attributes (imported from elsewhere) are trusted."""
-    from feature_cache.slide import slide_stat
-
+def same_slide(out: Path, slide_path: Path) -> bool:
+    """Was ``out`` extracted from this very file? Its stored slide fingerprint against the slide's
+    now. A file written before fingerprints (``slide_hash`` only) is trusted while the slide's size
+    and mtime are unchanged, so it is not extracted again for nothing. Files without slide
+    attributes (imported from elsewhere) are trusted."""
     try:
         with h5py.File(out, "r") as f:
-            size, mtime, digest = (f.attrs.get(k) for k in
-                                   ("slide_size", "slide_mtime_ns", "slide_hash"))
+            stored, size, mtime = (f.attrs.get(k) for k in ("slide_fingerprint", "slide_size", "slide_mtime_ns"))
+            legacy = f.attrs.get("slide_hash")
+        if stored is not None:
+            return str(stored) == slide_fingerprint(slide_path)
         now_size, now_mtime = slide_stat(slide_path)
     except OSError:
         return True  # slide unreachable now: the extraction step reports that, not the cache
-    if size is None or digest is None:
+    if legacy is None or size is None:
         return True
-    if int(size) != now_size:
-        return False
-    if mtime is not None and int(mtime) == now_mtime:
-        return True
-    return str(digest) == _partial_hash(slide_path)
+    return int(size) == now_size and mtime is not None and int(mtime) == now_mtime
 
 
 def _code_version() -> str:

@@ -170,8 +170,8 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
     need the slide (coordinates inside it, patch size in level-0 px) and the slide identity that
     re-extracts when a slide file changes. Files already cached are left alone.
     """
-    from feature_cache.cache import (CACHE_FORMAT_VERSION, _check_id, _code_version,
-                                     _slide_identity, _write_h5)
+    from feature_cache.cache import (CACHE_FORMAT_VERSION, slide_stem, _code_version,
+                                     slide_identity_attrs, _write_h5)
     from feature_cache.slide import SlideError, mag_to_mpp, open_slide
     from feature_cache.tissue import patch_size_level0
 
@@ -194,7 +194,7 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
     else:
         todo = sorted(found)
     for sid in todo:
-        out = out_dir / f"{_check_id(sid)}.h5"
+        out = out_dir / f"{slide_stem(sid)}.h5"
         if cache._is_done(out):
             report.skipped.append(sid)
             continue
@@ -207,7 +207,7 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
                 with open_slide(spath, mpp=mpp) as s:
                     slide_size = s.dimensions
                     side0 = patch_size_level0(s, ps, mag)
-                    extra = {"slide_path": str(spath.resolve()), **_slide_identity(spath),
+                    extra = {"slide_path": str(spath.resolve()), **slide_identity_attrs(spath),
                              "mpp": float(s.require_mpp()), "patch_size_level0": side0}
             feats, coords = _validate(sid, origin, feats, coords, attrs, encoder.dim, encoder.name,
                                       ps, mag, slide_size, side0)

@@ -34,8 +34,8 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from feature_cache.cache import (CACHE_FORMAT_VERSION, CacheMissError, FeatureCache, _check_id,
-                                 _code_version, _read_batches, _slide_identity)
+from feature_cache.cache import (CACHE_FORMAT_VERSION, CacheMissError, FeatureCache, slide_stem,
+                                 _code_version, _read_batches, slide_identity_attrs)
 from feature_cache.encoders import Encoder
 from feature_cache.slide import mag_to_mpp, mpp_to_mag, open_slide
 from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue, tissue_fractions
@@ -119,7 +119,7 @@ class RegionFeatureCache(FeatureCache):
                 feats[region_of[j], slots[j]] = encoder(batch).numpy()  # (B, D)
             mask[region_of, slots] = True
             attrs = {
-                "slide_id": sid, "slide_path": str(Path(path).resolve()), **_slide_identity(Path(path)),
+                "slide_id": sid, "slide_path": str(Path(path).resolve()), **slide_identity_attrs(Path(path)),
                 "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint,
                 "weights_source": encoder.weights_source, "random_weights": bool(encoder.random_weights),
                 "patch_size": ps, "magnification": mag, "region_size": self.region_size,
@@ -138,7 +138,7 @@ class RegionFeatureCache(FeatureCache):
 def _write_regions(out: Path, feats: np.ndarray, mask: np.ndarray, coords: np.ndarray,
                    attrs: Mapping[str, Any]) -> None:
     """Write to ``<out>.tmp`` and rename: the final name only ever holds a complete file."""
-    _check_id(out.stem)
+    slide_stem(out.stem)
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         f.create_dataset("features", data=feats)

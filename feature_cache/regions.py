@@ -17,7 +17,7 @@ The CAMELYON16 protocol of the Pixel-Mamba supplement feeds an end-to-end model 
 * **Determinism.** The generator is seeded by ``(seed, sha256(slide_id))``: the same slide and seed
   give the same regions in every process, whatever else is in the cohort.
 
-:class:`RegionCache` stores, per (slide, n, size, magnification, min_tissue, seed, file identity),
+:class:`RegionCache` stores, per (slide, n, size, magnification, min_tissue, seed, slide fingerprint),
 the coordinates (``.json``) and the pixels (``.npy``, ``(n, size, size, 3)`` uint8, memory-mapped —
 1.26 GB per slide for 100 regions of 2048²; ``cache_pixels=False`` keeps only the coordinates and
 reads the pixels from the slide at each use).
@@ -34,8 +34,9 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from feature_cache.slide import Slide, SlideError, mag_to_mpp, open_slide, slide_stat
-from feature_cache.slide_cache import save_npy_atomic
+from feature_cache.io import atomic_write_bytes
+from feature_cache.slide import Slide, SlideError, mag_to_mpp, open_slide
+from feature_cache.slide_cache import cached_array, slide_cache_stem
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +128,12 @@ class RegionCache:
         return self.root / (f"n{self.n}_s{self.size}_mag{self.magnification:g}_t{self.min_tissue:g}_seed{self.seed}"
                             f"-v{FORMAT_VERSION}")
 
-    def _stem(self, slide_id: str, slide_path: str | Path) -> Path:
-        from feature_cache.cache import _check_id  # the feature cache's id -> file-stem rule
-
-        name = _check_id(slide_id)
-        size, mtime_ns = slide_stat(slide_path)  # MIRAX: its Slidedat.ini and Index.dat too
-        ident = hashlib.sha256(f"{size}:{mtime_ns}".encode()).hexdigest()[:10]
-        return self.dir() / f"{name}.{ident}"
+    def _file(self, slide_id: str, slide_path: str | Path, suffix: str) -> Path:
+        return slide_cache_stem(self.dir(), slide_id, slide_path, suffix)
 
     def coords(self, slide_id: str, slide_path: str | Path, mpp_override: float | None = None) -> np.ndarray:
         """The slide's region corners (level-0 x, y), sampled once."""
-        stem = self._stem(slide_id, slide_path)
-        p = stem.with_suffix(".json")
+        p = self._file(slide_id, slide_path, ".json")
         if not p.is_file():
             p.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(p) + ".lock"):
@@ -150,7 +145,7 @@ class RegionCache:
                                 "magnification": self.magnification, "min_tissue": self.min_tissue,
                                 "seed": self.seed, "side_level0": region_side_level0(s, self.size, self.magnification),
                                 "mpp": s.require_mpp()}
-                    _atomic_write(p, json.dumps(meta).encode())
+                    atomic_write_bytes(p, json.dumps(meta).encode())
         return np.asarray(json.loads(p.read_text())["coords"], dtype=np.int64).reshape(-1, 2)
 
     def regions(self, slide_id: str, slide_path: str | Path, mpp_override: float | None = None) -> np.ndarray:
@@ -159,14 +154,12 @@ class RegionCache:
         if not self.cache_pixels:
             with open_slide(slide_path, mpp=mpp_override) as s:
                 return np.stack([read_region_at(s, tuple(c), self.size, self.magnification) for c in xy])
-        p = self._stem(slide_id, slide_path).with_suffix(".npy")
-        if not p.is_file():
-            with FileLock(str(p) + ".lock"):
-                if not p.is_file():
-                    with open_slide(slide_path, mpp=mpp_override) as s:
-                        arr = np.stack([read_region_at(s, tuple(c), self.size, self.magnification) for c in xy])
-                    save_npy_atomic(p, arr)
-        return np.load(p, mmap_mode="r")
+
+        def read() -> np.ndarray:
+            with open_slide(slide_path, mpp=mpp_override) as s:
+                return np.stack([read_region_at(s, tuple(c), self.size, self.magnification) for c in xy])
+
+        return cached_array(self._file(slide_id, slide_path, ".npy"), read)
 
     def ensure(self, slides: dict[str, str | Path], progress: bool = True,
                mpp_override: float | None = None) -> dict[str, str]:
@@ -183,8 +176,3 @@ class RegionCache:
                 failed[sid] = str(exc)
         return failed
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    from feature_cache.io import atomic_write_bytes
-
-    atomic_write_bytes(path, data)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 from filelock import FileLock
 
-from feature_cache.slide import SlideError, mag_to_mpp, open_slide, slide_stat
+from feature_cache.slide import SlideError, mag_to_mpp, open_slide, slide_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +35,17 @@ class SlideImageCache:
         return self.root / f"mag{magnification:g}-v{FORMAT_VERSION}"
 
     def path(self, slide_id: str, magnification: float, slide_path: str | Path) -> Path:
-        """The cache file names the slide file's identity (size, mtime), so a slide replaced under
-        the same id is read again instead of served stale."""
-        from feature_cache.cache import _check_id  # the feature cache's id -> file-stem rule
-
-        stem = _check_id(slide_id)
-        size, mtime_ns = slide_stat(slide_path)  # MIRAX: its Slidedat.ini and Index.dat too
-        ident = hashlib.sha256(f"{size}:{mtime_ns}".encode()).hexdigest()[:10]
-        return self.dir_for(magnification) / f"{stem}.{ident}.npy"
+        """The cache file of a slide at ``magnification`` (:func:`slide_cache_stem`)."""
+        return slide_cache_stem(self.dir_for(magnification), slide_id, slide_path, ".npy")
 
     def get(self, slide_id: str, slide_path: str | Path, magnification: float,
             mpp_override: float | None = None) -> np.ndarray:
         """(H, W, 3) uint8 of the slide at ``magnification`` (20× ≡ 0.5 µm/px), memory-mapped."""
-        p = self.path(slide_id, magnification, slide_path)
-        if not p.is_file():
-            p.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(p) + ".lock"):
-                if not p.is_file():
-                    with open_slide(slide_path, mpp=mpp_override) as s:
-                        arr = s.read_at_mpp(mag_to_mpp(magnification))
-                    save_npy_atomic(p, np.ascontiguousarray(arr, dtype=np.uint8))
-        return np.load(p, mmap_mode="r")
+        def read() -> np.ndarray:
+            with open_slide(slide_path, mpp=mpp_override) as s:
+                return np.ascontiguousarray(s.read_at_mpp(mag_to_mpp(magnification)), dtype=np.uint8)
+
+        return cached_array(self.path(slide_id, magnification, slide_path), read)
 
     def mask(self, slide_id: str, slide_path: str | Path, magnification: float,
              mpp_override: float | None = None) -> np.ndarray:
@@ -63,15 +53,13 @@ class SlideImageCache:
         from feature_cache.tissue import tissue_mask_from_rgb
 
         img_path = self.path(slide_id, magnification, slide_path)
-        p = img_path.with_name(img_path.name[: -len(".npy")] + ".mask.npy")
-        if not p.is_file():
+
+        def compute() -> np.ndarray:
             img = self.get(slide_id, slide_path, magnification, mpp_override)
-            with FileLock(str(p) + ".lock"):
-                if not p.is_file():
-                    m = tissue_mask_from_rgb(np.asarray(img), mag_to_mpp(magnification),
-                                             name=f"{slide_id} at {magnification:g}x")
-                    save_npy_atomic(p, m)
-        return np.load(p)
+            return tissue_mask_from_rgb(np.asarray(img), mag_to_mpp(magnification),
+                                        name=f"{slide_id} at {magnification:g}x")
+
+        return cached_array(img_path.with_name(img_path.name[: -len(".npy")] + ".mask.npy"), compute, mmap=False)
 
     def ensure(self, slides: Mapping[str, str | Path], magnification: float, progress: bool = True,
                mpp_override: float | None = None) -> dict[str, str]:
@@ -93,6 +81,27 @@ class SlideImageCache:
                 log.warning("slide %s skipped: %s", sid, exc)
                 failed[sid] = str(exc)
         return failed
+
+
+def slide_cache_stem(directory: Path, slide_id: str, slide_path: str | Path, suffix: str) -> Path:
+    """``<directory>/<id stem>.<10 hex><suffix>``: the slide's file stem (:func:`feature_cache.cache.slide_stem`)
+    and a hash of its content identity (:func:`feature_cache.slide.slide_fingerprint`), so a slide
+    replaced under the same id is read again instead of served stale, and a copy keeps its cache."""
+    from feature_cache.cache import slide_stem
+
+    ident = hashlib.sha256(slide_fingerprint(slide_path).encode()).hexdigest()[:10]
+    return directory / f"{slide_stem(slide_id)}.{ident}{suffix}"
+
+
+def cached_array(path: Path, compute: Callable[[], np.ndarray], mmap: bool = True) -> np.ndarray:
+    """The array stored at ``path``, computed and saved first (atomically, under a per-file lock,
+    so concurrent workers compute it once) when absent; memory-mapped unless ``mmap`` is False."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not path.is_file():
+                save_npy_atomic(path, compute())
+    return np.load(path, mmap_mode="r" if mmap else None)
 
 
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:

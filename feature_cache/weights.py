@@ -103,27 +103,54 @@ class WeightsSource:
 
 @dataclass(frozen=True)
 class WeightsProvenance:
-    """What one pretrained part was loaded from. ``source`` is ``explicit``, ``env``, ``hub`` or
-    ``random``; ``path``/``sha256``/``mapping`` are None for random weights; ``n_keys`` counts the
-    tensors taken from the file and ``dropped`` the release keys deliberately left out (both None
-    when the file has not been matched yet, e.g. an encoder named from a remembered fingerprint)."""
+    """Where the weights of one pretrained part came from: what a module carries in
+    ``weights_provenance`` after a load, and what a unit record lists for every pretrained part of
+    its model (table footnotes and random-weights marks read it).
 
-    component: str
+    ``source``: how the file was found (``explicit``, ``env``, ``hub``), or ``pretrained``, ``init``
+    (``--init``), ``random``, ``scratch`` (``--from-scratch``), ``standin`` (a random stand-in
+    architecture), ``release`` (features read from a public release: no weights ran). ``path``/``sha256``/``mapping`` are None for random weights; ``n_keys`` counts the
+    tensors taken from the file and ``dropped`` the release keys deliberately left out (both None
+    when the file has not been matched, e.g. an encoder named from a remembered fingerprint)."""
+
+    part: str  # "encoder resnet50", "vit4k", "model", "--init", a release's component name
     source: str
+    label: str = ""  # for humans and table footnotes: "pretrained (hub; fingerprint ...)"
     path: str | None = None
     sha256: str | None = None
-    mapping: str | None = None
+    mapping: str | None = None  # the release layout's key map used to load it
     dropped: tuple[str, ...] | None = None
     n_keys: int | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    @property
+    def random(self) -> bool:
+        return self.source in ("random", "scratch", "standin")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form. ``dropped`` and ``n_keys`` appear only when known, so a unit identity that
+        lists provenances without them keeps its hash."""
         d = asdict(self)
-        d["dropped"] = None if self.dropped is None else list(self.dropped)
+        for key in ("dropped", "n_keys"):
+            if d[key] is None:
+                del d[key]
+        if self.dropped is not None:
+            d["dropped"] = list(self.dropped)
         return d
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "WeightsProvenance":
+        """Inverse of :meth:`to_dict`; also reads the ``component`` spelling of ``part`` that
+        remembered encoder loads were written with."""
+        kw = dict(d)
+        if "component" in kw and "part" not in kw:
+            kw["part"] = kw.pop("component")
+        if kw.get("dropped") is not None:
+            kw["dropped"] = tuple(kw["dropped"])
+        return cls(**kw)
 
-def random_provenance(component: str) -> WeightsProvenance:
-    return WeightsProvenance(component=component, source="random")
+
+def random_provenance(part: str) -> WeightsProvenance:
+    return WeightsProvenance(part=part, source="random")
 
 
 # ------------------------------------------------------------------------ transforms
@@ -445,7 +472,7 @@ def load_release(module: "torch.nn.Module", path: str | os.PathLike, source: Wei
                                fix=f"use {' or '.join(source.files)} from {source.official}.")
     missing, unexpected = module.load_state_dict(matched.state, strict=False)
     assert not unexpected and set(missing) <= set(matched.init_only), (missing, unexpected)
-    prov = WeightsProvenance(component=source.component, source=kind, path=str(path),
+    prov = WeightsProvenance(part=source.component, source=kind, path=str(path),
                              sha256=file_sha256(path), mapping=matched.keymap.name,
                              dropped=tuple(matched.dropped), n_keys=len(matched.state))
     record(module, prov)

@@ -1,7 +1,7 @@
 """A stand-in for ``bench.engine.inputs.FeatureInputs`` in fast tests: synthetic bags instead of the
 HDF5 feature cache, with the same face (identity, spec, provenance, ensure, has, sample)."""
 
-from bench.report.records import InputSpec, WeightsProvenance
+from bench.results.records import InputSpec, WeightsProvenance
 
 
 class FakeFeatureInputs:

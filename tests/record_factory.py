@@ -1,7 +1,7 @@
 """Unit records for tests of the readers (tables, stats, ablation tables): every field filled with a
 plausible default, any of them overridden by keyword."""
 
-from bench.report.records import InputSpec, SplitIdentity, UnitRecord, WeightsProvenance
+from bench.results.records import InputSpec, SplitIdentity, UnitRecord, WeightsProvenance
 
 
 def make_record(**kw) -> UnitRecord:

@@ -11,9 +11,9 @@ from record_factory import make_record
 
 from bench.ablations import Ablation, AblationError, GridItem, get_ablation, list_ablations, parse_values
 from bench.report.ablation_tables import Row, build_rows, identical_rows, to_latex, to_markdown
-from bench.report.records import InputSpec, WeightsProvenance
+from bench.results.records import InputSpec, WeightsProvenance
 from bench.report.render import Cell
-from bench.report.results import ResultsStore, Unit
+from bench.results.store import ResultsStore, Unit
 
 
 def test_every_ablation_loads_with_the_papers_grid():

@@ -150,7 +150,7 @@ inputs:
 def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkeypatch):
     from bench import registry
     from bench.engine import runner
-    from bench.report.results import ResultsStore
+    from bench.results.store import ResultsStore
     from bench.report.tables import build_table, classification_table, to_markdown
 
     spec, root = binary_cohort

@@ -95,7 +95,7 @@ def test_pretrain_21m_checkpoint_starts_a_slide_model(tmp_path: Path) -> None:
     report = load_init(model, tmp_path / "ck" / "last.pt")
     assert set(report.shape_mismatch) == {"head.weight", "head.bias"} and not report.unexpected
     prov = model.weights_provenance[-1]
-    assert prov.component == "--init" and prov.n_keys == len(report.loaded) and len(prov.sha256) == 64
+    assert prov.part == "--init" and prov.n_keys == len(report.loaded) and len(prov.sha256) == 64
 
 
 @pytest.mark.slow

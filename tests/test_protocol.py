@@ -144,7 +144,7 @@ def test_survival_bins_closed_moves_only_cases_on_an_edge() -> None:
 
 
 def test_std_ddof_option(tmp_path) -> None:
-    from bench.report.results import ResultsStore, Unit
+    from bench.results.store import ResultsStore, Unit
     from record_factory import make_record
 
     store = ResultsStore(tmp_path)

@@ -15,8 +15,8 @@ from bench.engine.config import OptionError
 from bench.engine.runner import run, unit_variant
 from bench.engine.train import Sample
 from bench.registry import get_method
-from bench.report.records import RecordError
-from bench.report.results import ResultsStore
+from bench.results.records import RecordError
+from bench.results.store import ResultsStore
 from fake_inputs import FakeFeatureInputs, write_toy_cohort
 
 N_CASES = 20
@@ -270,7 +270,7 @@ class _SecondStageInputs(StageInputs):
 
     def provenance(self):
         return super().provenance() + [
-            __import__("bench.report.records", fromlist=["WeightsProvenance"]).WeightsProvenance(
+            __import__("bench.results.records", fromlist=["WeightsProvenance"]).WeightsProvenance(
                 "slide_encoder", "pretrained", "slide_encoder.pth", "/weights/slide_encoder.pth", "ab")]
 
 
@@ -338,14 +338,114 @@ def test_run_on_an_unwritable_results_root_names_it(cohort, tmp_path, capsys):
 
 
 def test_a_row_never_mixes_protocols(tmp_path):
-    from bench.report.results import Unit
+    from bench.results.store import Unit
     from record_factory import make_record
 
     store = ResultsStore(tmp_path)
     for k, proto in enumerate(("wsi-bench", "paper")):
         u = Unit("demo", "staging", "abmil.resnet50", k)
-        store.prepare(u, {}, "h")
+        store.prepare(u, {"fold": k, "protocol": proto}, "h")  # the unit's identity, as the planner writes it
         store.finish(u, pd.DataFrame({"case_id": ["a"], "stage": [1], "pred": [1]}), pd.DataFrame(),
                      make_record(fold=k, protocol=proto))
     with pytest.raises(RecordError, match=r"fold 1 differs from fold 0 in protocol"):
         store.summarize("demo")
+
+
+def test_one_weights_provenance_from_load_to_record(tmp_path):
+    """The provenance a weights load records is the class the unit record holds; a record written
+    before the class gained ``dropped``/``n_keys`` reads unchanged, and so does an encoder load
+    remembered with the ``component`` spelling."""
+    import feature_cache.weights as fw
+    from bench.results import records
+    from record_factory import make_record
+
+    assert records.WeightsProvenance is fw.WeightsProvenance
+    old = make_record().to_dict()
+    assert old["weights"] == [{"part": "encoder resnet50", "source": "pretrained", "label": "pretrained (hub)",
+                               "path": None, "sha256": "abc", "mapping": None}]  # the schema-2 entry, as written
+    assert records.UnitRecord.from_dict(json.loads(json.dumps(old))).to_dict() == old
+    loaded = fw.WeightsProvenance("--init", "explicit", path="a.pt", sha256="ff", mapping="name-for-name",
+                                  dropped=("head.weight",), n_keys=411)
+    rec = make_record(weights=[loaded])
+    back = records.UnitRecord.from_json(json.dumps(rec.to_dict()))
+    assert back.weights == [loaded] and not back.random_weights
+    remembered = {"component": "encoder conch", "source": "hub", "path": "/h/conch.bin", "sha256": "01",
+                  "mapping": "open_clip", "dropped": ["text.x"], "n_keys": 3}
+    assert fw.WeightsProvenance.from_dict(remembered) == fw.WeightsProvenance(
+        "encoder conch", "hub", "", "/h/conch.bin", "01", "open_clip", ("text.x",), 3)
+
+
+def _finished_row(store, configs):
+    """One row's finished folds, each with its identity (``configs[k]``) and one identical record."""
+    from bench.results.store import Unit
+    from record_factory import make_record
+
+    for k, config in enumerate(configs):
+        u = Unit("demo", "staging", "abmil.resnet50", k)
+        store.prepare(u, config, f"h{k}")
+        store.finish(u, pd.DataFrame({"case_id": ["a"], "stage": [1], "pred": [1]}), pd.DataFrame(),
+                     make_record(fold=k))
+
+
+IDENTITY = {"dataset": "demo", "task": "staging", "method": "abmil.resnet50", "variant": None,
+            "inputs": {"kind": "features", "encoder": "resnet50", "max_instances": None},
+            "model": {"dropout": 0.25}, "train": {"epochs": 20, "lr": 2e-4}, "protocol": "wsi-bench",
+            "split": {"hash": "s", "seed": 0, "n_folds": 2}}
+
+
+def test_the_summary_and_the_pre_run_check_compare_one_row_signature(tmp_path):
+    """Folds whose identities differ only in an input option (which the record's own fields do not
+    show) are refused by both checks: before a run that would finish the row so, and when it is read."""
+    from types import SimpleNamespace
+
+    from bench.engine.status import check_rows
+    from bench.results.store import Unit
+    from bench.results.store import MixedRowError
+    from bench.results.identity import digest, row_signature
+
+    other = {**IDENTITY, "inputs": {**IDENTITY["inputs"], "max_instances": 512}}
+    assert digest(row_signature({**IDENTITY, "fold": 0, "train": {**IDENTITY["train"], "seed": 7}})) == \
+        digest(row_signature({**IDENTITY, "fold": 3, "train": {**IDENTITY["train"], "seed": 9}}))
+    assert digest(row_signature(IDENTITY)) != digest(row_signature(other))
+    store = ResultsStore(tmp_path)
+    _finished_row(store, [{**IDENTITY, "fold": 0}])
+    plan = SimpleNamespace(unit=Unit("demo", "staging", "abmil.resnet50", 1), config={**other, "fold": 1})
+    with pytest.raises(OptionError, match=r"fold 0 is finished with others \(inputs: max_instances None -> 512\)"):
+        check_rows([plan], store, {plan.unit: "run"})
+    same = SimpleNamespace(unit=plan.unit, config={**IDENTITY, "fold": 1, "train": {**IDENTITY["train"], "seed": 3}})
+    check_rows([same], store, {same.unit: "run"})  # only the fold and its seed differ: one row
+    _finished_row(store, [{**IDENTITY, "fold": 0}, {**other, "fold": 1}])
+    with pytest.raises(MixedRowError, match=r"fold 1 differs from fold 0 in inputs: max_instances None -> 512"):
+        store.summarize("demo")
+
+
+def test_the_mixed_row_message_names_only_real_differences(tmp_path):
+    """Two folds run on the same commit at different times (another start time, host, config hash)
+    are one configuration; a real change is named, and nothing else."""
+    store = ResultsStore(tmp_path)
+    _finished_row(store, [{**IDENTITY, "fold": 0}, {**IDENTITY, "fold": 1}])
+    assert not store.summarize("demo").empty  # started/environment/config_hash differ: still one row
+    store2 = ResultsStore(tmp_path / "b")
+    _finished_row(store2, [{**IDENTITY, "fold": 0}, {**IDENTITY, "fold": 1, "train": {"epochs": 5, "lr": 2e-4}}])
+    with pytest.raises(RecordError) as err:
+        store2.summarize("demo")
+    msg = str(err.value)
+    assert "train: epochs 20 -> 5" in msg
+    for noise in ("code_version", "environment", "started", "config_hash", "lr"):
+        assert noise not in msg, noise
+
+
+def test_a_variant_named_like_a_setting_is_a_row_of_the_table(cohort, tmp_path):
+    """``bench run --variant 'lr=1e-3'`` is a user's variant, not an ablation value: Table 2 shows
+    it. Which rows are ablation values is the records' typed variant settings, not a name's '='."""
+    from bench.report.tables import write_tables
+
+    spec, results, _ = cohort
+    _run(spec, results, tasks=["staging"], variant="lr=1e-3", train_overrides={"epochs": 1, "lr": 1e-3})
+    printed = write_tables(ResultsStore(results), ["toy"], tmp_path / "t.tex", figures=False)
+    assert "MeanMIL (lr=1e-3)" in printed[0]
+    summary = ResultsStore(results).summarize("toy")
+    assert set(summary["variant"]) == {"lr=1e-3"} and not summary["ablation"].any()
+    assert isinstance(summary["folds"].iloc[0], list) and len(summary["folds"].iloc[0]) == 5
+    csv = pd.read_csv(results / "toy" / "summary.csv")  # the output for people: folds ';'-joined, JSON
+    assert csv["folds"].iloc[0].count(";") == 4 and json.loads(csv["provenance"].iloc[0])[0]["part"]

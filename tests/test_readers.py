@@ -415,21 +415,21 @@ def test_mirax_rescan_is_a_changed_slide(img: np.ndarray, tmp_path: Path,
     scan (new SLIDE_ID in Slidedat.ini, new Index.dat) and not serve the old features."""
     import os
 
-    from feature_cache.cache import _same_slide, _slide_identity
+    from feature_cache.cache import same_slide, slide_identity_attrs
 
     path = write_mrxs(tmp_path / "scan.mrxs", img)
     out = tmp_path / "feat.h5"
     import h5py
 
     with h5py.File(out, "w") as f:
-        f.attrs.update(_slide_identity(path))
-    assert _same_slide(out, path)
+        f.attrs.update(slide_identity_attrs(path))
+    assert same_slide(out, path)
     stub = path.read_bytes()
     write_mrxs(path, img)  # the scanner run again: same stub, new slide id and index
     assert path.read_bytes() == stub
     for f in fc.slide_files(path):
         os.utime(f, ns=(0, 0))  # and the copy kept no usable mtime
-    assert not _same_slide(out, path)
+    assert not same_slide(out, path)
     assert [f.name for f in fc.slide_files(path)] == ["scan.mrxs", "Slidedat.ini", "Index.dat"]
 
 

@@ -7,7 +7,7 @@ import logging
 
 from bench.engine import runner
 from bench.registry import get_method
-from bench.report.results import ResultsStore, Unit
+from bench.results.store import ResultsStore, Unit
 from fake_inputs import BagInputs, write_toy_cohort
 
 

@@ -8,10 +8,10 @@ import golden_check
 from golden_check import assert_golden
 from record_factory import make_record
 
-from bench.report.records import InputSpec, WeightsProvenance
+from bench.results.records import InputSpec, WeightsProvenance
 from bench.report.render import Cell, Column, Row, Table, latex_escape, to_latex as render_latex, \
     to_markdown as render_markdown
-from bench.report.results import ResultsStore, Unit
+from bench.results.store import ResultsStore, Unit
 from bench.report.tables import build_table, classification_table, human_count, table2, to_latex, to_markdown, \
     two_sig
 

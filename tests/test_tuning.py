@@ -149,7 +149,7 @@ def test_missing_tuning_result_names_the_command(tmp_path):
 
 
 def test_table_marks_tuned_rows(cohort):
-    from bench.report.results import ResultsStore
+    from bench.results.store import ResultsStore
     from bench.report.tables import build_table, to_latex, to_markdown
 
     spec, results = cohort

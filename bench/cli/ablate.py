@@ -68,6 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..ablations import ablation_grid, get_ablation, list_ablations, parse_values
+    from ..engine.config import grid_variants
 
     if not args.name:
         for a in list_ablations():
@@ -91,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     elif args.launcher == "submitit":
         from ..engine.launch import submit
 
-        rep = submit(grid.variants, dataset, cluster_options(args), **common)
+        rep = submit(grid_variants(grid.items), dataset, cluster_options(args), **common)
         print_launch_report(rep, args)
         failed = rep.failed
         if args.no_wait and rep.submitted:
@@ -101,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         from ..engine.runner import run
 
-        report = run(grid.variants, dataset, **common)
+        report = run(grid_variants(grid.items), dataset, **common)
         if not report.ran and not report.failed and not report.busy:
             print(f"nothing to do: all {len(report.done_before)} unit(s) already done")
         else:
@@ -109,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
         failed = report.failed
     print_failed(failed)
     from ..report.ablation_tables import write_ablation_tables
-    from ..report.results import ResultsStore
+    from ..results.store import ResultsStore
 
     from dataclasses import replace
 

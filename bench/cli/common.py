@@ -108,7 +108,7 @@ def cluster_options(args: argparse.Namespace) -> Any:
 
 def print_launch_report(rep: Any, args: argparse.Namespace) -> None:
     """What ``launch.submit`` did, for ``bench run`` and ``bench ablate``."""
-    from ..report.results import ResultsStore
+    from ..results.store import ResultsStore
 
     if not rep.submitted:
         print(f"nothing to submit: {len(rep.done_before)} unit(s) already done"

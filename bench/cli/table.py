@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..registry import resolve_methods
-    from ..report.results import ResultsStore
+    from ..results.store import ResultsStore
     from ..report.tables import write_tables
 
     store = ResultsStore(args.results)

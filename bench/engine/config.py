@@ -9,13 +9,13 @@ import hashlib
 import inspect
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
 from ..data.datasets import Cohort
 from ..data.schema import ConfigError, check_keys
-from ..registry import MethodSpec, _import
+from ..registry import MethodSpec, _import, get_method
 from ..resources import config_path
 from .protocol import Protocol, load_protocol, resolve_protocol
 from .train import TrainConfig
@@ -51,6 +51,12 @@ class Variant:
     @property
     def settings(self) -> dict[str, Any]:
         return {"model": dict(self.model), "inputs": dict(self.inputs), "train": dict(self.train)}
+
+
+def grid_variants(items: Iterable[Any]) -> list[Variant]:
+    """The method variants that run an ablation's rows (``bench.ablations.GridItem``: a method, or a
+    value of its swept setting)."""
+    return [Variant(get_method(i.method), i.variant, dict(i.model)) for i in items]
 
 
 def unit_seed(seed: int, *parts: Any) -> int:

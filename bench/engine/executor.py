@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ..registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
-from ..report.records import WeightsProvenance
+from feature_cache.weights import WeightsProvenance
 from .. import tasks as T
 from .pretrain import load_init
 from .train import Sample, TrainConfig, train_and_predict
@@ -95,7 +95,7 @@ def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test:
     else:
         pred, train_log, info = train_and_predict(model, task, train, test, cfg, progress=progress, desc=desc)
     steps = cfg.epochs * info["train_cases"]  # one slide (or one case's bag) per forward pass
-    loaded = [w.as_dict() if hasattr(w, "as_dict") else dict(w) for w in getattr(model, "weights_provenance", [])]
+    loaded = [w.to_dict() for w in getattr(model, "weights_provenance", [])]  # feature_cache.weights.record
     return Outcome(pred, train_log, T.score(task, pred), info, count_parameters(model),
                    count_trainable_parameters(model),
                    info["train_seconds"] / steps if steps else None, **_peak_memory(), loaded=loaded)

@@ -17,8 +17,10 @@ from ..data.features import pre_extracted
 from ..data.schema import check_keys
 from feature_cache.cache import FeatureFileCorrupt
 from ..registry import MethodSpec
-from ..report.records import InputSpec, WeightsProvenance
-from .identity import digest
+from feature_cache.weights import WeightsProvenance
+
+from ..results.records import InputSpec
+from ..results.identity import digest
 from .train import Bag, Sample
 
 log = logging.getLogger(__name__)
@@ -132,12 +134,11 @@ class FeatureInputs:
                                       f"random initialisation (no {e.name} weights found)", sha256=e.fingerprint)]
         if getattr(e, "release", None):  # a public feature release read in place: no weights ran here
             return [WeightsProvenance(f"encoder {e.name}", "release", e.weights_label, e.source, e.fingerprint)]
-        loaded = (getattr(e, "weights_provenance", None) or [None])[0]  # feature_cache.weights' record
-        path = getattr(loaded, "path", None) or getattr(e, "_weights_file", None)
+        loaded = e.weights_provenance[0]  # what feature_cache.weights recorded of the load
+        path = loaded.path or e.weights_file
         return [WeightsProvenance(f"encoder {e.name}", "pretrained",
                                   f"pretrained ({e.weights_source}; fingerprint {e.fingerprint})",
-                                  str(path) if path else None, getattr(loaded, "sha256", None) or e.fingerprint,
-                                  getattr(loaded, "mapping", None))]
+                                  str(path) if path else None, loaded.sha256 or e.fingerprint, loaded.mapping)]
 
     def ensure(self, cases: Iterable[str] | None = None) -> None:
         """Features of every slide (of ``cases`` only, when given) are cached."""

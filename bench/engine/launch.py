@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import MethodSpec
-from ..report.results import Unit
+from ..results.store import Unit
 
 log = logging.getLogger(__name__)
 

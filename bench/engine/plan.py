@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.datasets import Cohort
 from ..data.splits import Splits, split_set_name
 from ..registry import MethodSpec
-from ..report.records import WeightsProvenance
-from ..report.results import Unit
+from feature_cache.weights import WeightsProvenance
+from ..results.store import Unit
 from .. import tasks as T
 from .config import (INPUT_OPTIONS, OptionError, Variant, input_options, method_defaults, method_train_config,
                      model_options, protocol_of, resolved_model_options, unit_seed)
 from .executor import ModelRecipe
-from .identity import NUMERICS_VERSION, digest, labels_of, slide_identities
+from ..results.identity import digest
+from .identity import NUMERICS_VERSION, labels_of, slide_identities
 from .inputs import Inputs, inputs_key, make_inputs
 from .pretrain import init_identity
 from .train import TrainConfig
@@ -117,7 +118,7 @@ class Planner:
             "mpp_override": self.cohort.spec.mpp_override,
             "inputs": {**fi.identity, **input_opts},
             "model": resolved_model_options(spec, model_set), "train": train_cfg,
-            "weights": [asdict(w) for w in weights], "init": self.init_id,
+            "weights": [w.to_dict() for w in weights], "init": self.init_id,
             "protocol": proto.name, "numerics_version": NUMERICS_VERSION,
         }
         if tuned_info is not None:

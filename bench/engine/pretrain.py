@@ -48,7 +48,7 @@ class InitReport:
     shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # in the model, absent from the checkpoint
     unexpected: list[str] = field(default_factory=list)  # in the checkpoint, absent from the model
-    provenance: Any = None  # feature_cache.weights.WeightsProvenance (also on model.weights_provenance)
+    provenance: WeightsProvenance | None = None  # also appended to model.weights_provenance
 
     def summary(self) -> str:
         parts = [f"init from {self.path}: {len(self.loaded)} tensors loaded"]
@@ -115,8 +115,10 @@ def load_init(model: torch.nn.Module, path: Path | str) -> InitReport:
                          f"{_names(list(state), 3)}; the model has e.g. {_names(list(own), 3)}): "
                          "a checkpoint of another architecture?")
     model.load_state_dict(usable, strict=False)
-    report.provenance = WeightsProvenance("--init", "explicit", str(path), file_sha256(path), "name-for-name",
-                                          tuple(report.unexpected + list(report.shape_mismatch)), len(usable))
+    report.provenance = WeightsProvenance("--init", "explicit", path=str(path), sha256=file_sha256(path),
+                                          mapping="name-for-name",
+                                          dropped=tuple(report.unexpected + list(report.shape_mismatch)),
+                                          n_keys=len(usable))
     record(model, report.provenance)
     return report
 

@@ -21,14 +21,15 @@ import pandas as pd
 from ..data.datasets import load_cohort
 from ..data.splits import SplitManager, Splits
 from ..registry import ENCODERS, SOURCE_PARAMS, MethodSpec
-from ..report.records import InputSpec, SplitIdentity, UnitRecord, WeightsProvenance
-from ..report.results import MixedRowError, ResultsStore, Unit
+from ..results.records import InputSpec, SplitIdentity, UnitRecord, WeightsProvenance
+from ..results.store import MixedRowError, ResultsStore, Unit
 from ..report.tables import human_count
 from . import distributed as D
 from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
 from .executor import fit_and_score, resolve_device
-from .identity import NUMERICS_VERSION, digest
+from ..results.identity import digest
+from .identity import NUMERICS_VERSION
 from .jobs import Workers, finished_now, threads_per_job, validate_jobs
 from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import bounded_heap
@@ -436,7 +437,7 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
         protocol=cfg["protocol"], split=SplitIdentity(**cfg["split"]),
         identity={"labels": digest(cfg["labels"]), "slides": digest(cfg["slides"]),
                   "mpp_override": str(cfg["mpp_override"])},
-        weights=[WeightsProvenance(**w) for w in cfg["weights"]], config_hash=p.chash,
+        weights=[WeightsProvenance.from_dict(w) for w in cfg["weights"]], config_hash=p.chash,
         code_version=_code_version(), numerics_version=NUMERICS_VERSION, primary_metric=task.metric,
         higher_is_better=bool(getattr(task, "higher_is_better", True)), metrics=out.scores, params=out.params, trainable_params=out.trainable_params,
         n_train=len(train), n_test=len(test), cases_without_input=without, predictions_sha256="",
@@ -453,7 +454,7 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
 def _encoder_loads(fi: Inputs) -> list[dict[str, Any]]:
     """What the patch encoder's weights were loaded from (file, sha256, key map), when it has a record."""
     enc = getattr(fi, "encoder", None)
-    return [w.as_dict() for w in getattr(enc, "weights_provenance", None) or [] if hasattr(w, "as_dict")]
+    return [w.to_dict() for w in enc.weights_provenance] if enc is not None else []
 
 
 def _registry_position(name: str) -> int:
@@ -492,6 +493,6 @@ def _frozen_params(spec: MethodSpec, total: int, trainable: int, weights: list[W
 
 
 def _code_version() -> str:
-    from ..report.results import code_version
+    from ..results.store import code_version
 
     return code_version()

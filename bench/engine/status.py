@@ -11,10 +11,10 @@ from typing import Any
 
 import pandas as pd
 
-from ..report.results import ResultsStore, Unit
+from ..results.store import ResultsStore, Unit
+from ..results.identity import BOOKKEEPING, digest, explain, row_signature
 from . import distributed as D
 from .config import OptionError
-from .identity import digest, explain
 from .inputs import Inputs
 from .plan import UnitPlan
 
@@ -96,7 +96,7 @@ def classify(plans: list[UnitPlan], store: ResultsStore, report: RunReport, dry_
 
 
 def only_slides_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    strip = ("slides", "config_hash", "code_version", "environment", "started")
+    strip = ("slides", *BOOKKEEPING)
     return digest({k: v for k, v in old.items() if k not in strip}) == digest(
         {k: v for k, v in new.items() if k not in strip})
 
@@ -109,22 +109,6 @@ def changed_slides_unreadable(p: UnitPlan, old: dict[str, Any], fi: Inputs, tabl
     slides = [str(s) for s, c in zip(table["slide_id"], table["case_id"]) if c in cases]
     missing = getattr(fi, "missing", set())
     return slides if slides and all(s in missing for s in slides) else []
-
-
-def row_signature(config: dict[str, Any]) -> str:
-    c = dict(config)
-    c.pop("fold", None)
-    c["train"] = {k: v for k, v in (c.get("train") or {}).items() if k != "seed"}
-    if c.get("tuned"):  # tuned per outer fold: the searched values may differ by design
-        c.pop("tuned")
-        for name in (config.get("tuned") or {}).get("params", {}):
-            if name.startswith("model."):
-                c["model"] = {k: v for k, v in c["model"].items() if k != name[len("model."):]}
-            else:
-                c["train"].pop(name, None)
-    for key in ("config_hash", "code_version", "environment", "started"):
-        c.pop(key, None)
-    return digest(c)
 
 
 def check_rows(plans: list[UnitPlan], store: ResultsStore, status: dict[Unit, str]) -> None:
@@ -147,8 +131,8 @@ def check_rows(plans: list[UnitPlan], store: ResultsStore, status: dict[Unit, st
             if store.done_record(u, verify=False) is None:
                 continue
             old = store.done_config(u) or {}
-            if row_signature(old) != sig:
-                why = "; ".join(explain({**old, "fold": k}, {**changing[0].config, "fold": k}))
+            if digest(row_signature(old)) != digest(sig):
+                why = "; ".join(explain(row_signature(old), sig))
                 raise OptionError(
                     f"{u.dataset}/{task}/{method}{'[' + var + ']' if var else ''}: running fold(s) "
                     f"{sorted(p.unit.fold for p in changing)} with these settings would mix configurations in one "

@@ -44,7 +44,7 @@ from ..data.datasets import Cohort, load_cohort
 from ..resources import config_path
 from ..io import atomic_write_json, atomic_write_text, safe_name
 from ..registry import MethodSpec
-from ..report.results import config_hash
+from ..results.identity import digest
 from .config import input_options, method_train_config, model_options, unit_seed
 from .executor import ModelRecipe, fit_and_score
 from .inputs import inputs_key, make_inputs
@@ -304,7 +304,7 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
                    "space": space, "fixed_train": fixed_train, "model": base_model, "inputs": inputs.identity,
                    "input_key": inputs_key(spec, input_opts), "seed": seed,
                    "init": init_identity(init) if init is not None else None}
-            study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{config_hash(key)[:8]}"
+            study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{digest(key)[:8]}"
             fd = fold_dir(results, dataset, task, spec.name, k)
             fd.mkdir(parents=True, exist_ok=True)
             atomic_write_text(fd / "inner_folds.csv", inner_split.to_csv(index=False))

@@ -9,7 +9,6 @@ shows ``–``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable
@@ -57,9 +56,6 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
         hit = prim[(prim["method"] == it.method) & (prim["variant"].fillna("") == (it.stored_variant or ""))] \
             if not prim.empty else prim
         h = hit.iloc[0].to_dict() if len(hit) else None
-        if h is not None:
-            h["provenance"] = json.loads(h.get("provenance") or "[]")
-            h["non_default"] = json.loads(h.get("non_default") or "{}")
         cells: dict[str, str] = {}
         for col in ablation.table["columns"]:
             if col == "metric":

@@ -103,7 +103,7 @@ def compare_to_best(preds: dict[Hashable, pd.DataFrame], task: str, *, n_boot: i
     """Compare every row's out-of-fold predictions with the best row's.
 
     ``preds`` maps a row key to its predictions (``case_id``, ``fold``, the task's labels and
-    ``risk`` / ``pred`` / ``prob1``; :meth:`bench.report.results.ResultsStore.predictions` gives them).
+    ``risk`` / ``pred`` / ``prob1``; :meth:`bench.results.store.ResultsStore.predictions` gives them).
     The best row is the table's: the highest mean of its own per-fold metrics. Each other row is
     paired with it on the (fold, case) pairs both have (a row with fewer finished folds is compared
     on those). Returns a :class:`Comparison` for every row but the best.

@@ -10,7 +10,6 @@ protocol other than the paper's, and every option that differs from the method's
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -77,10 +76,6 @@ def _number(v: object) -> float:
 
 def _text(v: object) -> str:
     return v if isinstance(v, str) else ""
-
-
-def _json(v: object, empty: Any) -> Any:
-    return json.loads(v) if isinstance(v, str) and v else empty
 
 
 # --- marks -----------------------------------------------------------------------------------------
@@ -193,8 +188,8 @@ def build_table(summary: pd.DataFrame, tasks: Iterable[str] = ("staging", "survi
                    "trainable_params": _number(first.get("trainable_params")),
                    "frozen_params_text": _text(first.get("frozen_params_text")),
                    "tuned": bool(g["tuned"].astype(bool).any()), "protocol": _text(first.get("protocol")),
-                   "provenance": _json(first.get("provenance"), []),
-                   "non_default": _json(first.get("non_default"), {}), "order": _number(first.get("order")),
+                   "provenance": list(first.get("provenance") or []),
+                   "non_default": dict(first.get("non_default") or {}), "order": _number(first.get("order")),
                    "pending": False, **_compute_cells(g)}
             for t, d in cols:
                 hit = g[(g["task"] == t) & (g["dataset"] == d)]
@@ -362,8 +357,7 @@ def classification(summary: pd.DataFrame, dataset: str) -> Table:
     rows = []
     for (_, variant), g in sub.groupby(["method", "variant"], sort=False):
         first = g.iloc[0]
-        row = {**first.to_dict(), "variant": variant, "provenance": _json(first.get("provenance"), []),
-               "non_default": _json(first.get("non_default"), {}), "tuned": bool(g["tuned"].astype(bool).any())}
+        row = {**first.to_dict(), "variant": variant, "tuned": bool(g["tuned"].astype(bool).any())}
         name = row_name(row)
         if first["family"] == "two-stage" and _text(first.get("encoder_label")):
             name = f"{first['encoder_label']}+{name}"
@@ -385,7 +379,7 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
                  ddof: int = 0, ablation_rows: bool = False, stats: bool = False, n_boot: int = 1000,
                  alpha: float = 0.05, compute: bool = False, figures: bool = True) -> list[str]:
     """Table 2 (and the classification table of every dataset that has one, and Kaplan–Meier
-    figures) from ``store`` (a :class:`~bench.report.results.ResultsStore`); returns what to print."""
+    figures) from ``store`` (a :class:`~bench.results.store.ResultsStore`); returns what to print."""
     from pathlib import Path
 
     from ..io import atomic_write_text
@@ -401,8 +395,8 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
                              f"run `python -m bench run --dataset {d}` first")
         parts.append(s.assign(dataset=d))
     summary = pd.concat(parts, ignore_index=True)
-    if not ablation_rows:  # ablation values (variants "<setting>=<value>") have their own tables
-        summary = summary[~summary["variant"].fillna("").astype(str).str.contains("=")]
+    if not ablation_rows:  # ablation values (variants with settings of their own) have their own tables
+        summary = summary[~summary["ablation"].astype(bool)]
         if summary.empty:
             raise ValueError("these results hold only ablation variants: `python -m bench ablate <name> "
                              "--table-only` writes their tables, or add --ablation-rows")

@@ -196,7 +196,7 @@ class Encoder:
         # what the weights were loaded from (feature_cache.weights.WeightsProvenance), one entry;
         # completed (mapping, dropped keys, tensor count) when the network is built
         self.weights_provenance: list[WeightsProvenance] = [
-            provenance or WeightsProvenance(component=f"encoder {spec.name}",
+            provenance or WeightsProvenance(part=f"encoder {spec.name}",
                                             source="random" if random_weights else "explicit")]
         self.device = torch.device(device)
         self.precision = cuda_precision(spec) if self.device.type == "cuda" else "fp32"
@@ -216,6 +216,11 @@ class Encoder:
                 on_fingerprint(self.fingerprint)
         else:
             self.fingerprint = fingerprint
+
+    @property
+    def weights_file(self) -> Path | None:
+        """The checkpoint the encoder's weights come from (None: random or a stand-in)."""
+        return self._weights_file
 
     @property
     def weights_label(self) -> str:

@@ -131,7 +131,7 @@ def _build_loaded(spec: EncoderSpec, path: Path, kind: str = "explicit") -> "tor
             model = spec.build()
         model.load_state_dict(found, strict=True)
     model.weights_provenance = [WeightsProvenance(
-        component=f"encoder {spec.name}", source=kind, path=str(path), sha256=file_sha256(path),
+        part=f"encoder {spec.name}", source=kind, path=str(path), sha256=file_sha256(path),
         mapping=matched.keymap.name, dropped=tuple(matched.dropped), n_keys=len(found))]
     return model
 
@@ -186,15 +186,14 @@ def _build_and_remember(spec: EncoderSpec, path: Path, kind: str, ident: str) ->
     """:func:`_build_loaded`, remembering the load's provenance beside the fingerprint, so an
     encoder named later without building knows which keys the file gave and dropped."""
     model = _build_loaded(spec, path, kind)
-    _remember_fingerprint(f"{ident}|provenance", model.weights_provenance[0].as_dict())
+    _remember_fingerprint(f"{ident}|provenance", model.weights_provenance[0].to_dict())
     return model
 
 
 def _remembered_provenance(ident: str) -> WeightsProvenance | None:
     try:
         value = json.loads(_fingerprint_store().read_text(encoding="utf-8")).get(f"{ident}|provenance")
-        value["dropped"] = tuple(value["dropped"])
-        return WeightsProvenance(**value)
+        return WeightsProvenance.from_dict(value)
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
         return None
 
@@ -265,7 +264,7 @@ def get_encoder(name: str, weights: str | os.PathLike | None = None, allow_rando
         log.info("encoder %s: pretrained weights from %s (%s)", name, source, how)
         # until the file is matched (first build), the record knows where, not which keys
         prov = _remembered_provenance(ident) or WeightsProvenance(
-            component=f"encoder {name}", source=kind_of(how), path=str(source), sha256=file_sha256(source))
+            part=f"encoder {name}", source=kind_of(how), path=str(source), sha256=file_sha256(source))
         kwargs: dict[str, Any] = dict(random_weights=False, weights_source=f"{how}: {source}",
                                       weights_file=source, provenance=prov)
     elif allow_random:
@@ -281,7 +280,7 @@ def get_encoder(name: str, weights: str | os.PathLike | None = None, allow_rando
         build = _seeded(spec.standin_build if use_standin else spec.build)  # type: ignore[arg-type]
         kwargs = dict(random_weights=True, weights_source="random",
                       standin=spec.standin_arch if use_standin else "",
-                      provenance=WeightsProvenance(component=f"encoder {name}", source="random",
+                      provenance=WeightsProvenance(part=f"encoder {name}", source="random",
                                                    mapping=f"stand-in {spec.standin_arch}" if use_standin else None))
     else:
         repos = " ".join(dict.fromkeys(r for r, _ in spec.hub_files)) or "its hub repository"

@@ -109,7 +109,7 @@ def test_f20_ids_that_would_escape_are_sanitised_or_refused(cohort, tmp_path):
     from feature_cache import FeatureCache
     from feature_cache.slide_cache import SlideImageCache
 
-    from bench.report.results import ResultsStore, Unit
+    from bench.results.store import ResultsStore, Unit
     from bench.data.splits import SplitManager
 
     assert cohort.run("--folds", "0").code == 0

@@ -1,10 +1,10 @@
 """The results store: one directory per unit of work, its record (``metrics.json``) written last.
 
     results/runs/<dataset>/<task>/<method>[/<variant>]/fold<k>/
-        config.json       the unit's identity (bench.engine.identity), its hash, code version, environment
+        config.json       the unit's identity (bench.engine.plan; bench.results.identity), its hash, code version, environment
         predictions.csv   one row per test case: labels and prediction / risk
         train_log.csv     one row per epoch
-        metrics.json      the unit record (bench.report.records), written last and atomically:
+        metrics.json      the unit record (bench.results.records), written last and atomically:
                           its presence is what "done" means
 
 A unit being (re)done is written into ``fold<k>.next/``; only when its record is written does it
@@ -25,7 +25,7 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,14 +34,10 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from ..io import atomic_write_json, atomic_write_text, safe_name
+from .identity import digest, explain, row_signature
 from .records import RecordError, UnitRecord
 
 log = logging.getLogger(__name__)
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    blob = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def code_version() -> str:
@@ -230,6 +226,16 @@ class ResultsStore:
                     raise IntegrityError(f"{exc}. Redo it: {redo_command(rec)}") from exc
             yield rec
 
+    def row_config(self, rec: UnitRecord) -> dict[str, Any]:
+        """The identity (config.json) a finished unit was run with; an error naming the file when it
+        is gone, since its row could not be checked for one configuration."""
+        u = Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant)
+        config = self.done_config(u)
+        if config is None:
+            raise RecordError(f"{self.unit_dir(u) / 'config.json'} is missing or unreadable, so the row's folds "
+                              f"cannot be checked for one configuration. Redo it: {redo_command(rec)}")
+        return config
+
     def datasets(self) -> list[str]:
         base = self.root / "runs"
         return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
@@ -246,16 +252,20 @@ class ResultsStore:
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
     def summarize(self, dataset: str, ddof: int = 0) -> pd.DataFrame:
-        """Aggregate finished folds -> one row per (method, variant, task, metric); writes summary.csv.
-        The folds of a row must share one configuration (:meth:`UnitRecord.row_signature`): a row
-        that mixes configurations is an error naming its folds and the fix."""
+        """Aggregate finished folds -> one row per (method, variant, task, metric), in memory with
+        typed values (``folds`` a list, ``provenance`` a list of dicts, ``non_default`` a dict,
+        ``ablation``: the row is a value of an ablation, i.e. its variant sets options of its own);
+        also writes summary.csv, an output only (:func:`summary_csv`).
+        The folds of a row must share one configuration (:func:`bench.results.identity.row_signature`
+        of their ``config.json``): a row that mixes configurations is an error naming its folds, what
+        differs and the fix."""
         groups: dict[tuple[str, str, str], list[UnitRecord]] = {}
         for rec in self.records(dataset):
             groups.setdefault((rec.method, rec.variant or "", rec.task), []).append(rec)
         out = []
         for (method, variant, task), recs in sorted(groups.items()):
             recs = sorted(recs, key=lambda r: r.fold)
-            check_one_configuration(recs)
+            check_one_configuration(recs, [self.row_config(r) for r in recs])
             first = recs[0]
             for metric in first.metrics:
                 if metric == "undefined":
@@ -275,7 +285,7 @@ class ResultsStore:
                     "std": float(np.std(defined, ddof=ddof)) if len(defined) > ddof else float("nan"),
                     "ddof": ddof, "n_folds": len(recs), "n_defined": len(defined),
                     "expected_folds": first.split.n_folds,
-                    "folds": ";".join("nan" if np.isnan(v) else f"{v:.4f}" for v in vals),
+                    "folds": vals,
                     "random_weights": any(r.random_weights for r in recs),
                     "weights": first.weights_label,
                     "random_parts": "; ".join(sorted({w.part for r in recs for w in r.weights if w.random})),
@@ -284,8 +294,9 @@ class ResultsStore:
                     "split_seed": first.split.seed,
                     "input": first.input.label(), "default_input": first.default_input.label(),
                     "magnification": first.input.magnification,
-                    "provenance": json.dumps([asdict(w) for w in first.weights], sort_keys=True),
-                    "non_default": json.dumps(_fixed_options(first), sort_keys=True, default=str),
+                    "provenance": [w.to_dict() for w in first.weights],
+                    "non_default": _fixed_options(first),
+                    "ablation": any(bool(v) for v in first.variant_settings.values()),
                     "order": first.info.get("order"),
                     "train_seconds": float(np.mean([r.train_seconds for r in recs])),
                     **_compute(recs),
@@ -294,8 +305,18 @@ class ResultsStore:
         if not df.empty:
             p = self.summary_path(dataset)
             p.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(p, df.to_csv(index=False))
+            atomic_write_text(p, summary_csv(df))
         return df
+
+
+def summary_csv(summary: pd.DataFrame) -> str:
+    """summary.csv, for people and spreadsheets (never read back): the per-fold values ``;``-joined
+    with 4 decimals, provenance and options as JSON."""
+    return summary.assign(
+        folds=[";".join("nan" if np.isnan(v) else f"{v:.4f}" for v in vals) for vals in summary["folds"]],
+        provenance=[json.dumps(p, sort_keys=True) for p in summary["provenance"]],
+        non_default=[json.dumps(o, sort_keys=True, default=str) for o in summary["non_default"]],
+    ).to_csv(index=False)
 
 
 def _fixed_options(rec: UnitRecord) -> dict[str, Any]:
@@ -316,18 +337,15 @@ class MixedRowError(RecordError):
     """The finished folds of one table row were run with different configurations."""
 
 
-def check_one_configuration(recs: list[UnitRecord]) -> None:
-    """A table row is one configuration: refuse folds whose row signatures differ, naming them."""
-    sigs = [json.dumps(r.row_signature(), sort_keys=True, default=str) for r in recs]
-    if len(set(sigs)) <= 1:
+def check_one_configuration(recs: list[UnitRecord], configs: list[dict[str, Any]]) -> None:
+    """A table row is one configuration: refuse folds whose row signatures (computed from their
+    ``configs``) differ, naming the folds and what differs."""
+    sigs = [row_signature(c) for c in configs]
+    hashes = [digest(sig) for sig in sigs]
+    if len(set(hashes)) <= 1:
         return
-    base = recs[0].row_signature()
-    diffs = []
-    for r, s in zip(recs[1:], sigs[1:]):
-        if s != sigs[0]:
-            other = r.row_signature()
-            keys = [k for k in base if base[k] != other.get(k)]
-            diffs.append(f"fold {r.fold} differs from fold {recs[0].fold} in {', '.join(keys)}")
+    diffs = [f"fold {r.fold} differs from fold {recs[0].fold} in {'; '.join(explain(sigs[0], sig))}"
+             for r, sig, h in zip(recs[1:], sigs[1:], hashes[1:]) if h != hashes[0]]
     first = recs[0]
     raise MixedRowError(
         f"{first.dataset}/{first.task}/{first.method}{'[' + first.variant + ']' if first.variant else ''}: the "

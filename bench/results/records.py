@@ -4,7 +4,7 @@ document. ``metrics.json`` is its serialisation, written last and atomically (it
 the live registry, never a string they parse back.
 
 Besides the scores it holds the unit's *identity* — everything that changes its numbers — so a
-rerun can tell exactly which units are stale and why (``bench.engine.identity``).
+rerun can tell exactly which units are stale and why (``bench.results.identity``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from feature_cache.weights import WeightsProvenance
+
+__all__ = ["SCHEMA_VERSION", "RecordError", "InputSpec", "SplitIdentity", "UnitRecord", "WeightsProvenance"]
 
 SCHEMA_VERSION = 2
 
@@ -38,22 +42,6 @@ class InputSpec:
         if self.kind == "slide":
             return f"slide@{float(self.magnification or 0):g}x"
         return f"{self.kind}:{self.encoder}"
-
-
-@dataclass(frozen=True)
-class WeightsProvenance:
-    """Where the weights of one pretrained part of a unit's model came from."""
-
-    part: str  # "encoder resnet50", "slide_encoder", "vit4k", "model (--init)", "model"
-    source: str  # explicit | env | hub | init | random | scratch | standin | release (pre-extracted features)
-    label: str  # for humans and table footnotes: "ImageNet (resnet50 weights, sha256 …)"
-    path: str | None = None
-    sha256: str | None = None
-    mapping: str | None = None  # the release layout's key map used to load it (feature_cache.weights)
-
-    @property
-    def random(self) -> bool:
-        return self.source in ("random", "scratch", "standin")
 
 
 @dataclass(frozen=True)
@@ -94,7 +82,7 @@ class UnitRecord:
     split: SplitIdentity
     identity: dict[str, str]  # hashes of what the unit read: its cases' labels, its slides, mpp
     weights: list[WeightsProvenance]
-    config_hash: str  # the identity hash (bench.engine.identity)
+    config_hash: str  # digest of the identity (bench.results.identity.digest)
     code_version: str  # git commit of the checkout (or package version)
     numerics_version: int  # bumped when a numerical code path changes
     primary_metric: str
@@ -126,7 +114,7 @@ class UnitRecord:
 
     # --- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "weights": [w.to_dict() for w in self.weights]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "metrics.json") -> "UnitRecord":
@@ -146,7 +134,7 @@ class UnitRecord:
             kw["input"] = InputSpec(**d["input"])
             kw["default_input"] = InputSpec(**d["default_input"])
             kw["split"] = SplitIdentity(**d["split"])
-            kw["weights"] = [WeightsProvenance(**w) for w in d["weights"]]
+            kw["weights"] = [WeightsProvenance.from_dict(w) for w in d["weights"]]
         except TypeError as exc:
             raise RecordError(f"{where}: malformed nested entry ({exc})") from exc
         return cls(**kw)
@@ -157,14 +145,3 @@ class UnitRecord:
             return cls.from_dict(json.loads(text), where)
         except json.JSONDecodeError as exc:
             raise RecordError(f"{where} is not valid JSON ({exc}): rerun the `bench run` command to redo it") from exc
-
-    def row_signature(self) -> dict[str, Any]:
-        """What must be equal across the folds of one table row: everything but the fold itself and
-        the per-fold training seed."""
-        tuned = set((self.tuned or {}).get("params", {}))  # tuned per outer fold: may differ by design
-        train = {k: v for k, v in self.train.items() if k != "seed" and k not in tuned}
-        model = {k: v for k, v in self.model.items() if f"model.{k}" not in tuned}
-        return {"method": self.method, "variant": self.variant, "task": self.task, "input": asdict(self.input),
-                "model": model, "train": train, "identity": self.identity, "protocol": self.protocol, "split": asdict(self.split),
-                "weights": [(w.part, w.source, w.sha256) for w in self.weights], "tuned": bool(self.tuned),
-                "numerics_version": self.numerics_version}
