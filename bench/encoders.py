@@ -139,10 +139,16 @@ class EncoderTable(Mapping):
 def ensure_registered(names: Any = None) -> None:
     """Turn the declarations (of ``names``, default all) into ``feature_cache`` encoder specs; a
     changed declaration (the overlay's file) replaces the registered spec."""
-    from feature_cache.encoders.base import register_encoder, registered_spec
+    from feature_cache.encoders.base import list_encoders, register_encoder, registered_spec, unregister_encoder
     from feature_cache.encoders.declared import DeclarationError, spec_from_declaration
 
-    for name, info in _declarations().items():
+    declared = _declarations()
+    if names is None:  # a declaration gone from the overlay is gone from the registry
+        for name in list_encoders():
+            spec = registered_spec(name)
+            if spec is not None and "declaration" in spec.extra and name not in declared:
+                unregister_encoder(name)
+    for name, info in declared.items():
         if names is not None and name not in names:
             continue
         known = registered_spec(name)

@@ -168,6 +168,10 @@ def test_overlay_declaration_wins_and_bad_ones_are_named(tmp_path: Path, monkeyp
         "std: [0.5, 0.5, 0.5]\nsource: test\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: builder\.kind must be one of timm, open_clip"):
         ensure_registered()
+    monkeypatch.delenv("BENCH_CONFIG")
+    monkeypatch.chdir(tmp_path)  # no ./configs either
+    ensure_registered()
+    assert "mine" not in E.list_encoders() and "mine" not in encoder_table()
 
 
 # fingerprints and a feature digest of the four encoders written in Python before they became

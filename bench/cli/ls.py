@@ -43,7 +43,9 @@ def main(args: argparse.Namespace) -> int:
     if what in ("all", "encoders"):
         # the declarations (configs/encoders) and the releases of loaded datasets; reading them and
         # looking for weights imports no torch
-        from ..encoders import encoder_table, weights_found
+        from ..encoders import encoder_table, ensure_registered, weights_found
+
+        ensure_registered()  # the registry follows the declarations as they are now
 
         print("encoders:")  # name, output dim, label, weights (where found, or the variable to set), source
         for name, info in encoder_table().items():

@@ -99,6 +99,11 @@ def register_encoder(spec: EncoderSpec, replace: bool = False) -> EncoderSpec:
     return spec
 
 
+def unregister_encoder(name: str) -> None:
+    """Forget ``name`` (a declaration that no longer exists); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
+
+
 def registered_spec(name: str) -> EncoderSpec | None:
     """The spec registered under ``name``, or None (no "did you mean": callers decide)."""
     return _REGISTRY.get(name)
