@@ -15,6 +15,7 @@ ablation's YAML says which, and ``bench.report.ablation_tables`` renders it.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,10 @@ def get_ablation(name: str) -> Ablation:
     for a in list_ablations():
         if a.name == name:
             return a
-    raise KeyError(f"unknown ablation {name!r}; known: {', '.join(a.name for a in list_ablations())}")
+    known = [a.name for a in list_ablations()]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise KeyError(f"unknown ablation {name!r}{hint}; known: {', '.join(known)}")
 
 
 def parse_values(text: str | None) -> list[Any] | None:

@@ -79,3 +79,20 @@ def test_class_weights_act_on_single_case_steps():
     two = weighted_cross_entropy(logits.repeat(2, 1), torch.tensor([0, 1]), w)
     ce0 = math.log(math.exp(2.0) + 3.0) - 2.0
     assert abs(two.item() - (0.5 * ce0 + 3.0 * ce) / 2) < 1e-5
+
+
+def test_a_given_early_stopping_set_replaces_the_carved_one_and_is_never_tested():
+    """An imported split set's val cases: under early stopping they are the validation set (all of
+    the training cases are trained on); under a fixed schedule they are left out; never predicted."""
+    train, test, val = bags(12, 0), bags(4, 1), bags(5, 2)
+    cfg = dict(epochs=2, lr=1e-2, feature_norm="zscore")
+    _, log, info = train_and_predict(build_model("meanmil.resnet50", 4), "staging", train, test,
+                                     TrainConfig(**cfg, schedule="early_stopping"), progress=False, val=val)
+    assert info["val_cases"] == 5 and info["train_cases"] == 12 and "val_loss" in log
+    pred, _, info = train_and_predict(build_model("meanmil.resnet50", 4), "staging", train, test,
+                                      TrainConfig(**cfg), progress=False, val=val)
+    assert info["train_cases"] == 12 and "val_cases" not in info
+    assert sorted(pred["case_id"]) == sorted(s.case_id for s in test)
+    _, _, carved = train_and_predict(build_model("meanmil.resnet50", 4), "staging", train, test,
+                                     TrainConfig(**cfg, schedule="early_stopping"), progress=False)
+    assert carved["train_cases"] < 12  # without a given set, validation is carved from the training cases

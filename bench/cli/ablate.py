@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, check_names, cluster_options, parse_int_list,
                      parse_sets, print_failed, print_launch_report, resolve_dataset)
 
 log = logging.getLogger("bench")
@@ -68,7 +68,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..ablations import ablation_grid, get_ablation, list_ablations, parse_values
-    from ..engine.config import grid_variants
 
     if not args.name:
         for a in list_ablations():
@@ -77,6 +76,8 @@ def main(args: argparse.Namespace) -> int:
         print("run one: python -m bench ablate <name> [--dataset X] (see --help)")
         return 0
     ablation = get_ablation(args.name)
+    check_names(dataset=args.dataset, tasks=[args.task] if args.task else None)
+    from ..engine.config import grid_variants  # torch: after the names are known to be right
     dataset = resolve_dataset(args.dataset, preferred=ablation.dataset)
     grid = ablation_grid(ablation, dataset, args.task, parse_values(args.values))
     for note in grid.notes:

@@ -48,6 +48,44 @@ def resolve_dataset(name: str | None, preferred: str = PREFERRED_DATASET) -> str
     return "demo"
 
 
+def check_names(methods: str | None = None, dataset: str | None = None, encoders: list[str] | None = None,
+                tasks: list[str] | None = None) -> None:
+    """A typo in a method, dataset, encoder or task name reported at once, with its did-you-mean:
+    the registries and YAML read here import no deep-learning library, so the error comes before a
+    command pays seconds for torch. Raises KeyError/ValueError (one line from the CLI)."""
+    from feature_cache.encoders import list_encoders
+
+    from ..data.schema import did_you_mean
+    from ..registry import resolve_methods
+
+    if methods:
+        resolve_methods(methods)
+    known = list_encoders()
+    for name in encoders or []:
+        if name not in known:
+            raise KeyError(f"unknown encoder {name!r}{did_you_mean(name, known)}; known: {', '.join(known)} "
+                           "(`python -m bench ls encoders` lists them)")
+    if dataset:
+        from ..data.datasets import load_spec
+
+        spec = load_spec(dataset)
+        for task in tasks or []:
+            if task not in spec.tasks:
+                raise ValueError(f"dataset {spec.name!r} has no task {task!r}{did_you_mean(task, spec.tasks)}; "
+                                 f"it has {', '.join(spec.tasks)}")
+
+
+def dataset_name(arg: str) -> str:
+    """The name results are stored under for ``--dataset arg``: a dataset YAML given by path is
+    stored under its spec's name (its ``name:`` key, else the file's stem), as ``bench run`` stores it."""
+    path = Path(arg.strip())
+    if path.suffix not in (".yaml", ".yml"):
+        return arg.strip()
+    from ..data.datasets import load_spec
+
+    return load_spec(str(path)).name
+
+
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``--set lr=1e-4 --set epochs=5`` → {"lr": 1e-4, "epochs": 5} (values parsed as YAML scalars)."""
     import yaml

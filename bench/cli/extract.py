@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import Formatter, add_dataset, add_paths, resolve_dataset
+from .common import Formatter, add_dataset, check_names, add_paths, resolve_dataset
 
 log = logging.getLogger("bench")
 
@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_names(encoders=[e.strip() for e in args.encoders.split(",") if e.strip()])  # load_cohort checks the dataset
     from feature_cache import FeatureCache, get_encoder, import_features
 
     from ..data.datasets import load_cohort

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..engine.protocol import list_protocols
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, cluster_options, parse_int_list,
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, check_names, cluster_options, parse_int_list,
                      parse_sets, print_failed, print_launch_report, resolve_dataset)
 
 log = logging.getLogger("bench")
@@ -26,6 +26,7 @@ EPILOG = """examples:
   python -m bench run --methods pixelmamba-6m --dataset luad --init results/pretrain/pixelmamba-6m/last.pt
   python -m bench run --methods 'abmil.*,pixelmamba-6m' --dataset blca --protocol paper   # docs/protocol.md
   python -m bench run --methods all --dataset demo --jobs 1      # one process (default: auto, one per core)
+  python -m bench run --methods meanmil.resnet50 --dataset blca --splits mambamil   # an imported split set
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its record (metrics.json) exists with the same identity:
 the labels of its cases, its slides' fingerprints, the split set (--seed, --n-folds), every option
@@ -52,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", metavar="KEY=VALUE", help="network option override (scan_window, alpha, ...)")
     p.add_argument("--input", action="append", metavar="KEY=VALUE",
                    help="input option override (magnification for end-to-end rows)")
+    p.add_argument("--splits", metavar="NAME",
+                   help="train and test on the imported split set NAME (`bench splits --import`, docs/splits.md) "
+                        "instead of the seeded folds; stored as variant splits-NAME, a row of its own")
     p.add_argument("--variant", metavar="NAME",
                    help="store this run's settings as a row of its own (<method>/<NAME>/) instead of the method's")
     p.add_argument("--from-scratch", action="store_true",
@@ -81,6 +85,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "line counts every process's units; workers log to <results>/logs/jobs-*/. auto (the "
                         "default, or $BENCH_JOBS): one process per core on the CPU (at most one per 4 GB of "
                         "memory), 1 on a GPU, with --nproc or with --launcher submitit")
+    p.add_argument("--keep-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="write each finished unit's trained weights to model.pt beside its record, sha256 in the "
+                        "record (what `bench heatmap` loads). Default: kept for the units this run trains; "
+                        "--keep-weights also redoes finished units that did not keep them; --no-keep-weights "
+                        "keeps none (the cost, per unit, is the model's size: docs/heatmaps.md)")
     g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train each unit on N processes with DDP (one slide per rank, gradient accumulation), "
@@ -133,6 +142,7 @@ def _declare_releases(dataset: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_names(args.methods, args.dataset, tasks=args.tasks.split(",") if args.tasks else None)
     from ..engine import distributed as D
     from ..registry import resolve_methods
     from ..engine.runner import run
@@ -165,7 +175,8 @@ def main(args: argparse.Namespace) -> int:
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
                   input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned,
                   init=args.init, from_scratch=args.from_scratch, order=args.order, variant=args.variant,
-                  device=args.device, protocol=args.protocol)
+                  device=args.device, protocol=args.protocol, splits_name=args.splits,
+                  keep_weights=args.keep_weights)
     if args.launcher == "submitit":
         return _submit(args, methods, dataset, common)
     report = run(methods, dataset, **common, jobs=args.jobs, worker_of=parent_start,
@@ -204,6 +215,9 @@ def _torchrun(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace, methods: list, dataset: str, common: dict) -> int:
     from ..engine.launch import submit
 
+    if common.pop("splits_name", None):
+        raise ValueError("--splits does not combine with --launcher submitit yet: run with --launcher local (or "
+                         "--jobs N on one machine)")
     rep = submit(methods, dataset, cluster_options(args), **common)
     print_launch_report(rep, args)
     print_failed(rep.failed)

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import Formatter, add_paths
+from .common import Formatter, add_paths, dataset_name
 
 log = logging.getLogger("bench")
 
@@ -18,6 +18,7 @@ EPILOG = """examples:
   python -m bench table --compute              # + peak memory and training time per slide
   python -m bench table --std-ddof 1           # sample standard deviation instead of population
   python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
+  python -m bench table --dataset blca --published pixel-mamba   # + the paper's numbers, differences
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
 Marks: † random weights of a pretrained part, ‡ stand-in encoder, ¶ end-to-end from random
@@ -29,7 +30,8 @@ defaults (and --init checkpoints); each is explained under the table.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table", help="write the LaTeX/Markdown tables and KM figures", epilog=EPILOG,
                        formatter_class=Formatter)
-    p.add_argument("--dataset", help="comma list of datasets (default: every dataset with results)")
+    p.add_argument("--dataset", help="comma list of datasets, by name or by the path of the YAML file given to "
+                                     "`bench run` (default: every dataset with results)")
     add_paths(p)
     p.add_argument("--out", type=Path, help="LaTeX output file (default results/tables/table2[_<datasets>].tex)")
     p.add_argument("--methods", help="rows the table must list (all, comma lists, globs as in `bench run`); "
@@ -49,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--alpha-level", type=float, default=0.05, help="significance level (default %(default)s)")
     g.add_argument("--compute", action="store_true",
                    help="add columns: peak memory (GB) and training time per slide (s), from metrics.json")
+    p.add_argument("--published", metavar="SOURCE",
+                   help="print beside each row the published mean ± std, the difference and the protocol "
+                        "differences the records know (shipped source: pixel-mamba; docs/splits.md)")
     p.add_argument("--no-figures", action="store_true", help="skip the Kaplan–Meier figures")
     p.set_defaults(func=main)
 
@@ -58,8 +63,12 @@ def main(args: argparse.Namespace) -> int:
     from ..results.store import ResultsStore
     from ..report.tables import write_tables
 
+    if args.published:
+        from ..report.published import load_published
+
+        load_published(args.published)  # an unknown source is reported before any table is written
     store = ResultsStore(args.results)
-    datasets = args.dataset.split(",") if args.dataset else store.datasets()
+    datasets = [dataset_name(d) for d in args.dataset.split(",")] if args.dataset else store.datasets()
     suffix = "" if not args.dataset else "_" + "_".join(datasets)
     expected = [m.name for m in resolve_methods(args.methods)] if args.methods else None
     for line in write_tables(store, datasets, args.out or args.results / "tables" / f"table2{suffix}.tex",
@@ -67,4 +76,13 @@ def main(args: argparse.Namespace) -> int:
                              ablation_rows=args.ablation_rows, stats=args.stats, n_boot=args.n_boot,
                              alpha=args.alpha_level, compute=args.compute, figures=not args.no_figures):
         print(line)
+    if args.published:
+        import pandas as pd
+
+        from ..report.published import comparison_lines
+
+        for d in datasets:
+            if store.summary_path(d).is_file():
+                for line in comparison_lines(pd.read_csv(store.summary_path(d)), args.published, d):
+                    print(line)
     return 0

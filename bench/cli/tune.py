@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import Formatter, add_dataset, add_paths, parse_int_list, parse_sets, resolve_dataset
+from .common import Formatter, add_dataset, check_names, add_paths, parse_int_list, parse_sets, resolve_dataset
 
 log = logging.getLogger("bench")
 
@@ -51,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_names(args.method, args.dataset, tasks=args.tasks.split(",") if args.tasks else None)
     from ..registry import get_method
     from ..engine.tuning import tune
 

@@ -58,6 +58,8 @@ class DatasetSpec:
     generator_args: dict[str, Any] = field(default_factory=dict)  # e.g. {n_cases: 12, seed: 0}
     root: str = ""  # relative to $BENCH_DATA
     download: str = ""
+    # the YAML this spec was read from (set by load_spec, not a YAML key): messages name it
+    config_file: str = field(default="", compare=False, repr=False)
     mpp_override: float | None = None
     # DataLoader worker processes decoding tiles during feature extraction (None: cores - 1, 1 to
     # 4; 0: threads in the main process); `bench extract --workers` wins
@@ -126,7 +128,7 @@ def load_spec(name: str) -> DatasetSpec:
     except ConfigError as exc:
         raise DatasetError(str(exc)) from None
     data.setdefault("name", name)
-    return DatasetSpec(**data)
+    return DatasetSpec(**data, config_file=str(path))
 
 
 def validate_spec(src: Source) -> dict[str, Any]:
@@ -136,7 +138,7 @@ def validate_spec(src: Source) -> dict[str, Any]:
 
     data = dict(src.data)
     w = src.where
-    check_keys(data, DatasetSpec.__dataclass_fields__, w())
+    check_keys(data, [k for k in DatasetSpec.__dataclass_fields__ if k != "config_file"], w())
     for key in ("name", "description", "slides", "clinical", "root", "download"):
         if key in data:
             check_type(data[key], str, w(key))
@@ -250,7 +252,7 @@ def _filter_desc(flt: SlideFilter | None) -> str:
 def _missing_message(spec: DatasetSpec, what: str) -> str:
     msg = f"dataset {spec.name!r}: {what} (BENCH_DATA={os.environ.get('BENCH_DATA', '<unset>, using ./data')})."
     if spec.download:
-        msg += "\n" + spec.download.strip()
+        msg += "\n" + spec.download.strip().replace("in this file", f"in {spec.config_file or 'its YAML file'}")
     return msg
 
 

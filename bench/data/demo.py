@@ -70,6 +70,7 @@ __all__ = [
     "render_slide",
     "is_demo_complete",
     "demo_label",
+    "demo_truth",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ class RenderedSlide:
     tissue: np.ndarray  # (ceil(H/2), ceil(W/2)) bool: the true tissue mask at downsample 2
     n_foci: int
     tissue_downsample: int = 2
+    tumour: np.ndarray | None = None  # same grid as ``tissue``: the region whose nuclei carry the stage
 
 
 def render_slide(spec: SlideSpec) -> RenderedSlide:
@@ -328,7 +330,7 @@ def render_slide(spec: SlideSpec) -> RenderedSlide:
             k = stamp.shape[0] // 2
             win = img[y - k : y + k + 1, x - k : x + k + 1]
             win[:] = win + stamp * (color - win)
-    return RenderedSlide(rgb=img, tissue=tissue_h, n_foci=n_foci)
+    return RenderedSlide(rgb=img, tissue=tissue_h, n_foci=n_foci, tumour=tumour_h)
 
 
 # --------------------------------------------------------------------------- writing
@@ -400,6 +402,24 @@ def is_demo_complete(root: Path, seed: int = 0, n_cases: int = 48, binary_label:
     if any(manifest.get(k) != v for k, v in key.items()) or bool(manifest.get("binary_label")) != binary_label:
         return False
     return all((root / rel).is_file() for rel in manifest.get("files", {}))
+
+
+def demo_truth(root: Path, slide_id: str) -> RenderedSlide:
+    """A demo slide's ground truth (tissue and tumour masks at downsample 2), reproduced from the
+    seed and case count in ``root/MANIFEST.json`` (the generator is a pure function of them)."""
+    path = Path(root) / "MANIFEST.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        seed, n_cases = int(manifest["seed"]), int(manifest["n_cases"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: not a demo manifest ({exc}); regenerate the demo (`bench doctor --dataset demo`)")
+    if str(manifest.get("version")) != DEMO_VERSION:
+        raise ValueError(f"{path}: demo version {manifest.get('version')!r}, this code draws version {DEMO_VERSION}: "
+                         "its masks cannot be reproduced; regenerate the demo")
+    for spec in _slide_specs(seed, demo_specs(seed, n_cases)):
+        if spec.slide_id == slide_id:
+            return render_slide(spec)
+    raise KeyError(f"slide {slide_id!r} is not in the demo at {root}")
 
 
 def demo_label(case: CaseSpec) -> str:

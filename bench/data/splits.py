@@ -81,20 +81,40 @@ class Splits:
     folds: pd.DataFrame  # case_id, fold
     path: Path
     seed: int = 0  # the seed that made the set
+    # an imported split set (bench.data.split_import): its name and its fold, case_id, role table
+    # (train / val = early-stopping set / test); folds then holds each test set's cases
+    name: str = ""
+    roles: pd.DataFrame | None = None
 
     @property
     def n_folds(self) -> int:
-        return int(self.folds["fold"].max()) + 1
+        return int((self.folds if self.roles is None else self.roles)["fold"].max()) + 1
 
     @property
     def hash(self) -> str:
-        return split_hash(self.folds)
+        if self.roles is None:
+            return split_hash(self.folds)
+        rows = sorted(f"{c},{k},{r}" for c, k, r in zip(self.roles["case_id"], self.roles["fold"], self.roles["role"]))
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
+    def _role(self, k: int, role: str) -> list[str]:
+        r = self.roles
+        return sorted(r.loc[(r["fold"] == k) & (r["role"] == role), "case_id"]) if r is not None else []
 
     def test_cases(self, k: int) -> list[str]:
+        if self.roles is not None:
+            return self._role(k, "test")
         return sorted(self.folds.loc[self.folds["fold"] == k, "case_id"])
 
     def train_cases(self, k: int) -> list[str]:
+        if self.roles is not None:
+            return self._role(k, "train")
         return sorted(self.folds.loc[self.folds["fold"] != k, "case_id"])
+
+    def val_cases(self, k: int) -> list[str]:
+        """The early-stopping set the split set names for fold ``k`` (imported sets only; else none:
+        training carves its own from the training cases)."""
+        return self._role(k, "val")
 
     def audit(self, cases: pd.DataFrame, slides_of: dict[str, list[str]] | None = None) -> pd.DataFrame:
         """Per fold: test size, class (or event) counts, and the train/test overlap of cases and
@@ -139,7 +159,9 @@ class SplitManager:
         return (d / sub if sub else d) / f"{safe_name(task)}.csv"
 
     def get(self, dataset: str, task: str, cases: pd.DataFrame, n_folds: int = 5, seed: int = 0,
-            create: bool = True) -> Splits:
+            create: bool = True, name: str | None = None) -> Splits:
+        if name:
+            return self.imported(dataset, task, cases, name)
         path = self.path(dataset, task, seed, n_folds)
         if path.is_file():
             folds = pd.read_csv(path, dtype={"case_id": str, "fold": int})
@@ -158,6 +180,21 @@ class SplitManager:
         atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
         log.info("wrote %s (%d cases, %d folds, seed %d)", path, len(folds), n_folds, seed)
         return Splits(dataset, task, folds, path, seed=seed)
+
+    def imported(self, dataset: str, task: str, cases: pd.DataFrame, name: str) -> Splits:
+        """The split set ``name`` that ``bench splits --import`` stored for (dataset, task)."""
+        path = self.root / safe_name(dataset) / safe_name(name) / f"{safe_name(task)}.csv"
+        if not path.is_file():
+            raise SplitError(f"no split set {name!r} for {dataset}/{task} ({path} is missing): import it with "
+                             f"`python -m bench splits --dataset {dataset} --task {task} --import FILE --format "
+                             f"FORMAT --name {name}` (docs/splits.md)")
+        roles = pd.read_csv(path, dtype={"case_id": str, "fold": int, "role": str})
+        gone = sorted(set(roles["case_id"]) - set(cases["case_id"]))
+        if gone:
+            raise SplitError(f"the cohort changed since split set {name!r} was imported ({path}): {len(gone)} of its "
+                             f"case(s) are no longer in the cohort (e.g. {', '.join(gone[:3])}); import it again")
+        folds = roles.loc[roles["role"] == "test", ["case_id", "fold"]].reset_index(drop=True)
+        return Splits(dataset, task, folds, path, seed=0, name=name, roles=roles)
 
     @staticmethod
     def _check_same_set(path: Path, folds: pd.DataFrame, seed: int, n_folds: int) -> None:

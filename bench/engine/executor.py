@@ -62,6 +62,7 @@ class Outcome:
     peak_rss_mb: float | None
     peak_cuda_mb: float | None
     loaded: list[dict[str, Any]] = field(default_factory=list)  # what the network's build loaded (file, sha256, key map)
+    state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the trained (final) weights
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -82,9 +83,9 @@ def resolve_device(device: str | None = "auto") -> torch.device:
 
 def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test: Sequence[Sample],
                   cfg: TrainConfig, *, progress: bool = True, desc: str = "",
-                  device: torch.device | str | None = "auto") -> Outcome:
+                  device: torch.device | str | None = "auto", val: Sequence[Sample] | None = None) -> Outcome:
     """Train ``recipe``'s model on ``train`` from seed ``cfg.seed`` on ``device``, predict and score
-    ``test``."""
+    ``test`` (``val``: an imported split set's early-stopping set, see ``train_and_predict``)."""
     torch.manual_seed(cfg.seed)
     model = recipe.build().to(resolve_device(device) if not isinstance(device, torch.device) else device)
     _reset_peak_memory()
@@ -93,12 +94,14 @@ def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test:
 
         pred, train_log, info = fit_and_predict(model, task, train, test, cfg)
     else:
-        pred, train_log, info = train_and_predict(model, task, train, test, cfg, progress=progress, desc=desc)
+        pred, train_log, info = train_and_predict(model, task, train, test, cfg, progress=progress, desc=desc,
+                                                  val=val)
     steps = cfg.epochs * info["train_cases"]  # one slide (or one case's bag) per forward pass
     loaded = [w.to_dict() for w in getattr(model, "weights_provenance", [])]  # feature_cache.weights.record
     return Outcome(pred, train_log, T.score(task, pred), info, count_parameters(model),
                    count_trainable_parameters(model),
-                   info["train_seconds"] / steps if steps else None, **_peak_memory(), loaded=loaded)
+                   info["train_seconds"] / steps if steps else None, **_peak_memory(), loaded=loaded,
+                   state_dict=model.state_dict())
 
 
 def _reset_peak_memory() -> None:

@@ -78,7 +78,8 @@ def run_unit_job(job: dict[str, Any]) -> dict[str, Any]:
               results=job["results"], cache=job["cache"], n_folds=job["n_folds"], seed=job["seed"],
               train_overrides=job["train_overrides"], model_overrides=job["model_overrides"],
               input_overrides=job["input_overrides"], progress=False, tuned=job["tuned"], init=job["init"],
-              from_scratch=job["from_scratch"], protocol=job["protocol"], row_check=False)
+              from_scratch=job["from_scratch"], protocol=job["protocol"], row_check=False,
+              keep_weights=job.get("keep_weights"))
     status = ("ran" if rep.ran else "failed" if rep.failed else "busy" if rep.busy else "done")
     return {"status": status, "message": "; ".join(rep.failed.values()), "seconds": rep.seconds}
 
@@ -116,7 +117,7 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
            model_overrides: dict[str, Any] | None = None, input_overrides: dict[str, Any] | None = None,
            tuned: bool = False, progress: bool = True, order: str = "task", init: Path | str | None = None,
            from_scratch: bool = False, variant: str | None = None, protocol: str | None = None,
-           device: str = "auto") -> LaunchReport:
+           device: str = "auto", keep_weights: bool | None = None) -> LaunchReport:
     """Submit every unit not yet done as one job array; wait for it unless ``opts.wait`` is False.
 
     ``order`` (``runner.grid_order``) orders the array's tasks: with ``array_parallelism`` below
@@ -128,7 +129,7 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
     plan = run(methods, dataset, tasks=tasks, folds=folds, results=results, cache=cache, n_folds=n_folds,
                seed=seed, train_overrides=train_overrides, model_overrides=model_overrides,
                input_overrides=input_overrides, progress=progress, tuned=tuned, dry_run=True, order=order,
-               init=init, from_scratch=from_scratch, variant=variant, protocol=protocol)
+               init=init, from_scratch=from_scratch, variant=variant, protocol=protocol, keep_weights=keep_weights)
     report = LaunchReport(dataset=plan.dataset, done_before=list(plan.done_before), failed=dict(plan.failed))
     if not plan.todo:
         report.seconds = time.perf_counter() - t0
@@ -143,7 +144,7 @@ def submit(methods: list[MethodSpec], dataset: str, opts: ClusterOptions, *, res
             "seed": seed, "train_overrides": dict(train_overrides or {}),
             "model_overrides": dict(model_overrides or {}), "input_overrides": dict(input_overrides or {}),
             "tuned": tuned, "init": str(Path(init).resolve()) if init is not None else None,
-            "from_scratch": from_scratch, "protocol": protocol}
+            "from_scratch": from_scratch, "protocol": protocol, "keep_weights": keep_weights}
     # the job runs exactly the planned unit's variant (pickled, so its own settings travel with it)
     jobs_args = [{**base, "task": p.unit.task, "method": p.unit.method, "fold": p.unit.fold,
                   "entry": p.variant} for p in plan.todo]

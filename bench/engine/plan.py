@@ -39,10 +39,12 @@ class UnitPlan:
     non_default: dict[str, Any] = field(default_factory=dict)
 
 
-def unit_variant(name: str | None, tuned: bool, seed: int, n_folds: int) -> str | None:
+def unit_variant(name: str | None, tuned: bool, seed: int, n_folds: int, splits: str | None = None) -> str | None:
     """The stored variant of a unit: the variant's own name, ``tuned``, and the split set when it is
-    not the default one (``seed1-k3``) — results of different split sets never share a row."""
-    parts = [p for p in (name, "tuned" if tuned else None, split_set_name(seed, n_folds) or None) if p]
+    not the default one (``seed1-k3``, or ``splits-<name>`` for an imported set) — results of
+    different split sets never share a row."""
+    sset = f"splits-{splits}" if splits else split_set_name(seed, n_folds) or None
+    parts = [p for p in (name, "tuned" if tuned else None, sset) if p]
     return "+".join(parts) or None
 
 
@@ -113,7 +115,7 @@ class Planner:
         config = {
             "dataset": dataset, "task": task, "method": spec.name, "fold": k, "family": spec.family,
             "variant": unit.variant, "variant_settings": v.settings,
-            "split": {"hash": sp.hash, "seed": sp.seed, "n_folds": sp.n_folds},
+            "split": {"hash": sp.hash, "seed": sp.seed, "n_folds": sp.n_folds, **({"name": sp.name} if sp.name else {})},
             "labels": self.labels(task), "slides": self.slides(task),
             "mpp_override": self.cohort.spec.mpp_override,
             "inputs": {**fi.identity, **input_opts},

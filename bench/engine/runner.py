@@ -52,7 +52,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
         progress: bool = True, tuned: bool = False, dry_run: bool = False, init: Path | str | None = None,
         from_scratch: bool = False, order: str = "fold", variant: str | None = None,
         protocol: str | None = None, row_check: bool = True, device: str = "auto", jobs: int = 1,
-        worker_command: Sequence[str] | None = None, worker_of: float | None = None) -> RunReport:
+        worker_command: Sequence[str] | None = None, worker_of: float | None = None,
+        splits_name: str | None = None, keep_weights: bool | None = None) -> RunReport:
     """Run every (task, method[, variant], fold) unit of ``dataset`` (a name or a YAML path) not yet
     done, or whose identity changed since it was done.
 
@@ -75,6 +76,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     N - 1 others run ``worker_command`` (this very command) as workers: ``worker_of`` is then the wall
     time the parent run started; a worker trains, skips units another process of the run failed,
     and leaves the summary to the parent.
+    ``keep_weights``: each finished unit's trained weights go to ``model.pt`` beside its record
+    (None, the default; True also redoes finished units that did not keep them; False: none kept).
     """
     t0 = time.perf_counter()
     validate_jobs(jobs)
@@ -88,7 +91,7 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     if variant:
         variants = [Variant(v.spec, "+".join(p for p in (v.name, variant) if p), v.model, v.train, v.inputs)
                     for v in variants]
-    store = ResultsStore(results)
+    store = ResultsStore(results, keep_weights)
     cohort = load_cohort(dataset)
     dataset = cohort.spec.name  # a dataset given as a YAML path is named by its file stem
     for line in cohort.report():
@@ -100,8 +103,8 @@ def run(methods: list[MethodSpec | Variant], dataset: str, *, tasks: list[str] |
     cohort.require_folds(tasks, n_folds)  # the verdict `bench doctor` gives: enough cases for the folds
     manager = SplitManager(Path(results) / "splits")
     with D.main_first():  # under torchrun, rank 0 writes the split files, the others read them
-        splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed)
-                                     for t in tasks}
+        splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=n_folds, seed=seed,
+                                                    name=splits_name) for t in tasks}
     planner = Planner(cohort, splits, cache, progress, seed, Path(init) if init is not None else None,
                       from_scratch, protocol)
     report = RunReport(dataset=dataset)
@@ -154,7 +157,8 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], folds
     grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, order)
     plans, input_errors = [], set()
     for task, v, k in grid:
-        unit = Unit(planner.cohort.spec.name, task, v.spec.name, k, unit_variant(v.name, tuned, seed, n_folds))
+        unit = Unit(planner.cohort.spec.name, task, v.spec.name, k, unit_variant(v.name, tuned, seed, n_folds,
+                                                                                   planner.splits[task].name))
         tuned_info = None
         if tuned:
             from .tuning import TuningError, load_best
@@ -307,9 +311,10 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
             # end-to-end units only: resident memory stays at one layer's working set, while the MIL
             # units' small steps would pay page faults for nothing (bench/engine/memory.py)
             with bounded_heap(p.spec.family == "end-to-end"):
-                pred, train_log, record = _run_unit(p, planner, fi, progress, device)
+                pred, train_log, record, weights = _run_unit(p, planner, fi, progress, device)
             if D.is_main():
-                store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])))
+                store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])),
+                             weights=weights)
             why = f" -- {record.metrics['undefined']}" if "undefined" in record.metrics else ""
             report.ran.append(unit)
             done, elapsed = len(report.ran), time.perf_counter() - started
@@ -407,7 +412,7 @@ def sample_labels(row: pd.Series, task: str) -> dict[str, float]:
 
 
 def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device: Any
-              ) -> tuple[pd.DataFrame, pd.DataFrame, UnitRecord]:
+              ) -> tuple[pd.DataFrame, pd.DataFrame, UnitRecord, dict[str, Any] | None]:
     unit, spec, cohort = p.unit, p.spec, planner.cohort
     device = resolve_device(device)
     splits = planner.splits[unit.task]
@@ -420,10 +425,12 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
              if c not in without]
     test = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold)
             if c not in without]
+    val = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.val_cases(unit.fold)
+           if c not in without]
     name = spec.name + (f"[{unit.variant}]" if unit.variant else "")
     t_unit = time.perf_counter()
     out = fit_and_score(p.recipe, unit.task, train, test, TrainConfig.from_dict(p.train), progress=progress,
-                        desc=f"{name} {unit.task} fold {unit.fold}", device=device)
+                        desc=f"{name} {unit.task} fold {unit.fold}", device=device, val=val)
     unit_seconds = time.perf_counter() - t_unit  # build + train + predict + score (benchmarks/first_run.py)
     task = T.get_task(unit.task)
     cfg = p.config
@@ -448,7 +455,7 @@ def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device:
               "unit_seconds": unit_seconds,
               "order": _registry_position(spec.name)},
     )
-    return out.predictions, out.train_log, record
+    return out.predictions, out.train_log, record, out.state_dict
 
 
 def _encoder_loads(fi: Inputs) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..results.records import UnitRecord
 from ..results.store import ResultsStore, Unit
 from ..results.identity import BOOKKEEPING, digest, explain, row_signature
 from . import distributed as D
@@ -72,8 +73,13 @@ def classify(plans: list[UnitPlan], store: ResultsStore, report: RunReport, dry_
         st = None
         if D.is_main():
             rec = store.done_record(p.unit)
-            if rec is not None and rec.config_hash == p.chash:
+            if is_done(store, rec, p):
                 st = "done"
+            elif rec is not None and rec.config_hash == p.chash:
+                st = "run"
+                report.redone[p.unit] = ["its trained weights were not kept (--keep-weights)"]
+                log.info("%s: finished without keeping its trained weights; it will be redone (--keep-weights), "
+                         "the previous result is kept until the new one has finished", p.unit)
             else:
                 st = "run"
                 if rec is not None or (store.unit_dir(p.unit) / "metrics.json").is_file():
@@ -140,6 +146,11 @@ def check_rows(plans: list[UnitPlan], store: ResultsStore, status: dict[Unit, st
                     "(drop --folds), or make this experiment a row of its own with --variant NAME")
 
 
+def is_done(store: ResultsStore, rec: UnitRecord | None, p: UnitPlan) -> bool:
+    """Finished with the plan's identity (and with its weights kept, when the store asks for them)."""
+    return rec is not None and rec.config_hash == p.chash and not (
+        store.redo_without_weights and "weights_file" not in rec.info)
+
+
 def done_meanwhile(store: ResultsStore, p: UnitPlan) -> bool:
-    rec = store.done_record(p.unit)
-    return rec is not None and rec.config_hash == p.chash  # finished by another worker meanwhile
+    return is_done(store, store.done_record(p.unit), p)  # finished by another worker meanwhile

@@ -197,11 +197,27 @@ def validation_split(task: str, labels: Sequence[dict[str, float]], fraction: fl
     return sorted(int(i) for i in order[start::step]) or [int(order[0])]
 
 
+def _early_stopping_set(task: str, train: list[Sample], given: list[Sample], cfg: TrainConfig
+                        ) -> tuple[list[Sample], list[Sample]]:
+    """(cases to train on, early-stopping set): the given set (an imported split set's val cases),
+    else under ``early_stopping`` a share carved from the training fold, never the test fold."""
+    if cfg.schedule != "early_stopping":
+        return train, []
+    if given:
+        return train, given
+    held = set(validation_split(task, [s.labels for s in train], cfg.val_fraction, cfg.seed))
+    return [s for i, s in enumerate(train) if i not in held], [s for i, s in enumerate(train) if i in held]
+
+
 def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample], test: Sequence[Sample],
                       cfg: TrainConfig, *, progress: bool = True, desc: str = "",
                       before_step: Callable[[torch.nn.Module], None] | None = None,
+                      val: Sequence[Sample] | None = None,
                       ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Train on ``train``, predict ``test``. Returns (predictions, train log, info).
+
+    ``val``: an early-stopping set named by an imported split set; under the ``early_stopping``
+    schedule it replaces the set carved from ``train``, under a fixed schedule it is left out.
 
     Under torchrun (``bench.engine.distributed``) the model is wrapped in ``DistributedDataParallel``:
     each rank takes every ``world_size``-th case of the epoch's order (one case per forward
@@ -210,16 +226,14 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     ``before_step(model)`` is called before every optimizer step (gradients complete).
     """
     seed_everything(cfg.seed)
+    given = list(val or [])
     if cfg.feature_norm == "zscore":
-        train, test = zscore_samples(train, test)
+        train, rest = zscore_samples(train, [*test, *given])
+        test, given = rest[:len(test)], rest[len(test):]
     n_out = model.head.out_features if hasattr(model, "head") else None
     fitted = T.get_task(task).fit([s.labels for s in train], n_out or 4, class_weights=cfg.class_weights,
                                   survival_bins_closed=cfg.survival_bins_closed)
-    val: list[Sample] = []
-    if cfg.schedule == "early_stopping":  # held out of the training fold, never the test fold
-        held = set(validation_split(task, [s.labels for s in train], cfg.val_fraction, cfg.seed))
-        val = [s for i, s in enumerate(train) if i in held]
-        train = [s for i, s in enumerate(train) if i not in held]
+    train, val = _early_stopping_set(task, list(train), given, cfg)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (val loss, epoch, weights)
 
     world = D.world_size()

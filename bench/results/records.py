@@ -49,10 +49,11 @@ class SplitIdentity:
     hash: str
     seed: int
     n_folds: int
+    name: str = ""  # an imported split set (bench splits --import); "" for the seeded ones
 
     @property
     def default(self) -> bool:
-        return self.seed == 0 and self.n_folds == 5
+        return not self.name and self.seed == 0 and self.n_folds == 5
 
 
 @dataclass

@@ -4,6 +4,8 @@
         config.json       the unit's identity (bench.engine.plan; bench.results.identity), its hash, code version, environment
         predictions.csv   one row per test case: labels and prediction / risk
         train_log.csv     one row per epoch
+        model.pt          the trained network's final state_dict (``keep_weights``, the default), its
+                          sha256 and size in the record's ``info["weights_file"]``; what heatmaps load
         metrics.json      the unit record (bench.results.records), written last and atomically:
                           its presence is what "done" means
 
@@ -86,9 +88,16 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+WEIGHTS_FILE = "model.pt"
+
+
 class ResultsStore:
-    def __init__(self, root: Path | str = "results") -> None:
+    def __init__(self, root: Path | str = "results", keep_weights: bool | None = None) -> None:
+        """``keep_weights``: None (default) writes each unit it finishes's final weights (``model.pt``);
+        True also redoes finished units that did not keep them; False keeps none."""
         self.root = Path(root)
+        self.keep_weights = keep_weights is not False
+        self.redo_without_weights = keep_weights is True
 
     # --- layout ---------------------------------------------------------------------------
     def unit_dir(self, u: Unit) -> Path:
@@ -173,10 +182,13 @@ class ResultsStore:
         return d
 
     def finish(self, u: Unit, predictions: pd.DataFrame, train_log: pd.DataFrame, record: UnitRecord,
-               why: str = "") -> UnitRecord:
+               why: str = "", weights: dict[str, Any] | None = None) -> UnitRecord:
         """Write the unit's files into its staging directory, its record last, then let it replace
-        the previous result (kept aside as ``fold<k>.superseded-<hash>``)."""
+        the previous result (kept aside as ``fold<k>.superseded-<hash>``). ``weights``: the trained
+        model's state_dict, written as ``model.pt`` when the store keeps weights."""
         nxt, d = self.staging_dir(u), self.unit_dir(u)
+        if weights is not None and self.keep_weights:
+            record.info["weights_file"] = save_weights(nxt / WEIGHTS_FILE, weights)
         text = predictions.to_csv(index=False)
         record.predictions_sha256 = sha256_text(text)
         atomic_write_text(nxt / "predictions.csv", text)
@@ -331,6 +343,42 @@ def redo_command(rec: UnitRecord) -> str:
     if rec.variant and not rec.tuned:
         cmd += f"  (variant {rec.variant}: rerun the command that made it)"
     return cmd
+
+
+def save_weights(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Write a state_dict atomically (CPU tensors, loadable with ``weights_only=True``); return the
+    record entry: file name, sha256 and bytes."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    os.replace(tmp, path)
+    return {"file": path.name, "sha256": digest, "bytes": path.stat().st_size}
+
+
+class MissingWeightsError(RecordError):
+    """A finished unit whose trained weights were not kept, or do not match their record."""
+
+
+def load_weights(store: ResultsStore, rec: UnitRecord) -> dict[str, Any]:
+    """The unit's kept state_dict, its sha256 checked against the record."""
+    import torch
+
+    u = Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant)
+    entry = rec.info.get("weights_file")
+    path = store.unit_dir(u) / WEIGHTS_FILE
+    if not entry or not path.is_file():
+        raise MissingWeightsError(
+            f"{u}: no trained weights in {path.parent} (the unit finished without keeping them): redo it with "
+            f"`{redo_command(rec)}` and --keep-weights")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise MissingWeightsError(f"{path}: sha256 differs from its record's ({entry['sha256'][:12]}...): the file "
+                                  f"changed after the unit finished; redo it with `{redo_command(rec)}` and --keep-weights")
+    import io
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 class MixedRowError(RecordError):

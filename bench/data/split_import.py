@@ -1,0 +1,215 @@
+"""Split sets published by other projects, imported as named split sets.
+
+Each reader turns a project's split files into one long table ``fold, case_id, role`` (role:
+``train``, ``val`` = early-stopping set, ``test`` = the fold's evaluation set). Which column becomes
+``test`` is the format's rule, stated here and in docs/splits.md:
+
+- ``mambamil`` (MambaMIL ``csv/Cbioportal/<COHORT>_Splits.csv``): column ``ID``, columns ``Fold 0`` ..
+  ``Fold 4`` holding ``train: complete`` / ``val: complete`` (``...: missing`` = no slide, left out).
+  MambaMIL reports on its ``val`` fold, so ``val`` is the test set; there is no early-stopping set.
+- ``survpath`` (SurvPath/MCAT ``splits/5foldcv/tcga_<cohort>/splits_<k>.csv``): an index column, then
+  ``train`` and ``val`` columns of case ids. SurvPath reports on ``val``: it is the test set.
+- ``panther`` (PANTHER ``splits/survival/TCGA_<COHORT>_overall_survival_k=<k>/``): ``train.csv``,
+  ``test.csv`` and optionally ``val.csv``, each a table with a ``case_id`` column. ``test.csv`` is the
+  test set, ``val.csv`` the early-stopping set; a fold without ``test.csv`` is refused unless
+  ``val_as_test`` says the source reports on ``val.csv``.
+- ``patho-bench`` (Patho-Bench task TSV): ``case_id`` and ``fold_<k>`` columns holding ``train``,
+  ``val`` or ``test``.
+- ``csv``: ``case_id, fold`` (``fold`` = the case's test fold; the others train on it), or
+  ``case_id, fold, split`` with ``split`` in train/val/test.
+
+The imported set is checked against the cohort before anything is written: a case in two roles of
+one fold is refused (naming the fold and the cases); cases of the file missing from the cohort and
+cases of the cohort missing from the file are counted and listed, never silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..io import atomic_write_text, safe_name
+from .splits import SplitError
+
+FORMATS = ("mambamil", "panther", "survpath", "patho-bench", "csv")
+ROLES = ("train", "val", "test")
+
+
+def _long(rows: list[tuple[int, str, str]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["fold", "case_id", "role"])
+    df["case_id"] = df["case_id"].astype(str).str.strip()
+    return df[df["case_id"].ne("") & df["case_id"].ne("nan")].drop_duplicates().reset_index(drop=True)
+
+
+def _read_mambamil(path: Path, val_as_test: bool) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype=str)
+    folds = sorted((c for c in df.columns if re.fullmatch(r"Fold \d+", c)), key=lambda c: int(c.split()[1]))
+    if "ID" not in df.columns or not folds:
+        raise SplitError(f"{path}: not a MambaMIL split file (needs an 'ID' column and 'Fold 0'.. columns; "
+                         f"has {', '.join(df.columns[:8])})")
+    rows = []
+    for col in folds:
+        for cid, cell in zip(df["ID"], df[col].fillna("")):
+            role, _, status = str(cell).partition(":")
+            if status.strip() != "complete" or role.strip() not in ("train", "val"):
+                continue  # "...: missing" = no slide in MambaMIL's data; not a member of the fold
+            rows.append((int(col.split()[1]), cid, "test" if role.strip() == "val" else "train"))
+    return _long(rows)
+
+
+def _read_survpath(path: Path, val_as_test: bool) -> pd.DataFrame:
+    files = sorted(path.glob("splits_*.csv")) if path.is_dir() else [path]
+    rows = []
+    for f in files:
+        m = re.fullmatch(r"splits_(\d+)\.csv", f.name)
+        if not m:
+            raise SplitError(f"{f}: SurvPath split files are named splits_<k>.csv")
+        df = pd.read_csv(f, dtype=str)
+        if not {"train", "val"} <= set(df.columns):
+            raise SplitError(f"{f}: needs 'train' and 'val' columns (SurvPath layout); has {', '.join(df.columns)}")
+        for col, role in (("train", "train"), ("val", "test"), ("test", "test")):
+            if col in df.columns:
+                rows += [(int(m.group(1)), c, role) for c in df[col].dropna()]
+    if not files:
+        raise SplitError(f"{path}: no splits_<k>.csv inside (SurvPath layout: splits/5foldcv/tcga_<cohort>/)")
+    return _long(rows)
+
+
+def _read_panther(path: Path, val_as_test: bool) -> pd.DataFrame:
+    dirs = sorted(d for d in path.parent.glob(re.sub(r"k=\d+$", "k=*", path.name)) if d.is_dir()) \
+        if re.search(r"k=\d+$", path.name) else sorted(d for d in path.glob("*k=*") if d.is_dir())
+    if not dirs:
+        raise SplitError(f"{path}: no fold directories '<name>_k=<n>/' (PANTHER layout: "
+                         "splits/survival/TCGA_<COHORT>_overall_survival_k=0/train.csv ...)")
+    rows = []
+    for d in dirs:
+        k = int(d.name.rsplit("k=", 1)[1])
+        have = {p.stem: p for p in d.glob("*.csv")}
+        if "test" not in have and not (val_as_test and "val" in have):
+            raise SplitError(f"{d}: no test.csv (val.csv is the early-stopping set); if your source reports on "
+                             "val.csv, import with --val-as-test")
+        for stem, role in (("train", "train"), ("val", "test" if val_as_test and "test" not in have else "val"),
+                           ("test", "test")):
+            if stem in have:
+                df = pd.read_csv(have[stem], dtype=str)
+                if "case_id" not in df.columns:
+                    raise SplitError(f"{have[stem]}: no 'case_id' column")
+                rows += [(k, c, role) for c in df["case_id"]]
+    return _long(rows)
+
+
+def _read_patho_bench(path: Path, val_as_test: bool) -> pd.DataFrame:
+    df = pd.read_csv(path, sep="\t", dtype=str)
+    folds = [c for c in df.columns if re.fullmatch(r"fold_\d+", c)]
+    if "case_id" not in df.columns or not folds:
+        raise SplitError(f"{path}: not a Patho-Bench split TSV (needs 'case_id' and 'fold_0'.. columns)")
+    rows = [(int(col.split("_")[1]), c, str(v).strip()) for col in folds
+            for c, v in zip(df["case_id"], df[col]) if str(v).strip() in ROLES]
+    return _long(rows)
+
+
+def _read_csv(path: Path, val_as_test: bool) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"case_id": str})
+    if not {"case_id", "fold"} <= set(df.columns):
+        raise SplitError(f"{path}: needs 'case_id' and 'fold' columns (and optionally 'split': train/val/test)")
+    if "split" in df.columns:
+        bad = sorted(set(df["split"].astype(str)) - set(ROLES))
+        if bad:
+            raise SplitError(f"{path}: 'split' values must be train, val or test; found {', '.join(bad)}")
+        return _long(list(zip(df["fold"].astype(int), df["case_id"], df["split"].astype(str))))
+    folds = sorted(df["fold"].astype(int).unique())
+    return _long([(k, c, "test" if f == k else "train") for k in folds for c, f in zip(df["case_id"], df["fold"])])
+
+
+READERS = {"mambamil": _read_mambamil, "survpath": _read_survpath, "panther": _read_panther,
+           "patho-bench": _read_patho_bench, "csv": _read_csv}
+
+
+@dataclass
+class ImportedSplits:
+    """An imported split set for one task, checked against the cohort's cases."""
+
+    name: str
+    task: str
+    table: pd.DataFrame  # fold, case_id, role: only cases of the cohort
+    not_in_cohort: list[str] = field(default_factory=list)
+    not_in_file: list[str] = field(default_factory=list)
+
+    def fold_counts(self, cases: pd.DataFrame) -> pd.DataFrame:
+        """Per fold: train/val/test sizes and the test set's class or event counts."""
+        from ..tasks import get_task
+
+        lab = cases.drop_duplicates("case_id").set_index("case_id")
+        rows = []
+        for k, sub in self.table.groupby("fold"):
+            row: dict[str, object] = {"fold": int(k)}
+            row.update({f"n_{r}": int((sub["role"] == r).sum()) for r in ROLES})
+            row.update(get_task(self.task).fold_summary(lab.loc[sorted(sub.loc[sub["role"] == "test", "case_id"])]))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def read_split_file(path: Path | str, fmt: str, val_as_test: bool = False) -> pd.DataFrame:
+    """The file (or folder) in ``fmt`` as ``fold, case_id, role``; a case in two roles of one fold is
+    refused, naming them."""
+    path = Path(path)
+    if fmt not in READERS:
+        raise SplitError(f"unknown split format {fmt!r}; known: {', '.join(FORMATS)}")
+    if not path.exists():
+        raise SplitError(f"{path}: no such file or folder")
+    table = READERS[fmt](path, val_as_test)
+    if table.empty:
+        raise SplitError(f"{path}: no cases found in it as format {fmt!r}")
+    twice = table.groupby(["fold", "case_id"])["role"].nunique()
+    twice = twice[twice > 1]
+    if len(twice):
+        by_fold = {int(k): sorted(g.index.get_level_values("case_id")) for k, g in twice.groupby(level="fold")}
+        desc = "; ".join(f"fold {k}: {len(v)} case(s) ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"
+                         for k, v in by_fold.items())
+        raise SplitError(f"{path}: cases in two roles (train/val/test) of the same fold: {desc}. Such a split "
+                         "leaks training cases into evaluation; fix the file or use another split set")
+    return table
+
+
+def check_against_cohort(table: pd.DataFrame, name: str, task: str, cases: pd.DataFrame) -> ImportedSplits:
+    """Keep the cohort's cases; count and list the file's cases missing from the cohort and the
+    cohort's cases missing from the file. Every fold must keep a test set and a training set."""
+    have, want = set(table["case_id"]), set(cases["case_id"])
+    kept = table[table["case_id"].isin(want)].reset_index(drop=True)
+    imp = ImportedSplits(name, task, kept, sorted(have - want), sorted(want - have))
+    for k in sorted(table["fold"].unique()):
+        roles = set(kept.loc[kept["fold"] == k, "role"])
+        if not {"train", "test"} <= roles:
+            raise SplitError(f"split set {name!r}, task {task}: fold {k} has no "
+                             f"{'test' if 'test' not in roles else 'training'} case of this cohort left")
+    return imp
+
+
+def write_split_set(root: Path, dataset: str, imp: ImportedSplits, source: Path, fmt: str) -> Path:
+    """``<root>/<dataset>/<name>/<task>.csv`` (``fold, case_id, role``) and its ``.json`` (source,
+    format, sha256 of the source, what was left out). Refuses to replace a different set."""
+    if re.fullmatch(r"seed\d+-k\d+", imp.name) or safe_name(imp.name) != imp.name:
+        raise SplitError(f"split set name {imp.name!r}: use letters, digits, '-', '_' (not 'seed<s>-k<n>', which "
+                         "names the seeded sets)")
+    path = root / safe_name(dataset) / imp.name / f"{safe_name(imp.task)}.csv"
+    text = imp.table.sort_values(["fold", "role", "case_id"]).to_csv(index=False)
+    if path.is_file() and path.read_text() != text:
+        raise SplitError(f"{path} already holds a different split set {imp.name!r}: pick another --name, or move "
+                         "that folder away (results made on it stay valid only for it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    digest = hashlib.sha256()
+    for f in sorted(source.rglob("*")) if source.is_dir() else [source]:
+        if f.is_file():
+            digest.update(f.read_bytes())
+    meta = {"name": imp.name, "dataset": dataset, "task": imp.task, "format": fmt, "source": str(source),
+            "source_sha256": digest.hexdigest(), "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+            "n_folds": int(imp.table["fold"].nunique()), "not_in_cohort": imp.not_in_cohort,
+            "not_in_file": imp.not_in_file}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+    return path

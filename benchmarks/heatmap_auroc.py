@@ -1,0 +1,64 @@
+"""Occlusion heatmaps against the demo's known tumour region: per method, the AUROC of tumour tiles
+(>= 50 % tumour) over non-tumour tissue tiles (<= 10 % tumour) on each fold's test cases, beside the
+unit's macro-F1 (a map of a model that learned nothing means nothing). docs/heatmaps.md reports it.
+
+    python -m bench run --methods '*.resnet50' --dataset demo --tasks staging     # weights kept
+    python benchmarks/heatmap_auroc.py --dataset demo --methods '*.resnet50'
+
+Reads finished units of ``--results``; the masks come from ``bench.data.demo.demo_truth`` (the
+demo's manifest reproduces them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout first; before benchmarks/ (pixelmamba.py)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="demo")
+    ap.add_argument("--methods", default="*.resnet50")
+    ap.add_argument("--task", default="staging")
+    ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--cache", type=Path, default=Path("cache"))
+    ap.add_argument("--absolute", action="store_true", help="rank tiles by |occlusion| (the size of the change)")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    from bench.cli.heatmap import load_unit, truth_auroc
+    from bench.data.datasets import load_cohort
+    from bench.data.demo import demo_truth
+    from bench.registry import resolve_methods
+
+    root = load_cohort(a.dataset).spec.data_root
+    print(f"{'method':24s} {'folds':>5s} {'macro-F1':>9s} {'AUROC':>13s} {'tumour/other tiles':>19s} {'s':>6s}")
+    for spec in resolve_methods(a.methods):
+        f1, au, nt, no, t0 = [], [], 0, 0, time.perf_counter()
+        for k in (int(x) for x in a.folds.split(",")):
+            try:
+                ld = load_unit(a.dataset, spec.name, a.task, k, a.results, a.cache, progress=False)
+            except SystemExit as exc:
+                print(f"{spec.name} fold {k}: {exc}")
+                continue
+            r = truth_auroc(ld, ld.test_cases, lambda s: demo_truth(root, s), absolute=a.absolute)
+            f1.append(ld.rec.metrics["macro_f1"])
+            au.append(r["auroc"])
+            nt, no = nt + r["tumour_tiles"], no + r["other_tissue_tiles"]
+        if not au:
+            continue
+        ok = [x for x in au if not math.isnan(x)]
+        print(f"{spec.name:24s} {len(au):5d} {np.mean(f1):9.3f} {np.mean(ok):6.3f}±{np.std(ok):5.3f} "
+              f"{nt:>9d}/{no:<9d} {time.perf_counter() - t0:6.1f}")
+
+
+if __name__ == "__main__":
+    main()
