@@ -128,11 +128,16 @@ class Ablation:
         return items, notes
 
 
-def _lookup(mapping: dict[Any, Any], v: Any) -> Any:
+_SAME = object()
+
+
+def _lookup(mapping: dict[Any, Any], v: Any, default: Any = _SAME) -> Any:
+    """``mapping``'s entry for ``v`` (numbers compared with isclose); else ``default``, ``v`` itself
+    unless given (a value the dataset does not map runs as it is)."""
     for k, used in mapping.items():
         if k == v or (isinstance(k, (int, float)) and isinstance(v, (int, float)) and math.isclose(k, v)):
             return used
-    return v
+    return v if default is _SAME else default
 
 
 def _fmt(v: Any) -> str:

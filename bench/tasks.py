@@ -63,11 +63,12 @@ class Task:
     name: str
     label_columns: tuple[str, ...]
     metric: str  # the primary metric: the table's figure, the tuner's objective
-    title: str  # the column group of Table 2
+    title: str  # the column group of Table 2 (the table adds the fold count and the metric)
     metric_name: str  # the metric as a table header writes it
     suffix: str  # the paper's model-name suffix (Pixel-Mamba-Surv)
     outputs: int
     higher_is_better: bool = True
+    label_arrays: tuple[str, ...] = ("y",)  # the keys of :meth:`columns` that hold labels, not predictions
 
     def n_out(self, n_bins: int = N_BINS) -> int:
         return self.outputs
@@ -117,6 +118,20 @@ class Task:
     def batched_metric(self, cols: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
         """The primary metric on many resamples at once (see ``bench.report.stats``)."""
         raise NotImplementedError
+
+    def permuted_metric(self, cols: dict[str, np.ndarray], perms: np.ndarray, chunk_cells: int = 1 << 24) -> np.ndarray:
+        """The primary metric with the labels of case ``perms[b, i]`` paired with the predictions of
+        case ``i``, for every row ``b`` of ``perms`` (the permutation test against chance): the
+        resamples are laid end to end as one long column set for :meth:`batched_metric`."""
+        m = perms.shape[1]
+        step = max(1, chunk_cells // max(1, m * m))
+        out = []
+        for b in range(0, len(perms), step):
+            pb = perms[b:b + step]
+            flat = {k: (v[pb] if k in self.label_arrays else np.broadcast_to(v, pb.shape)).reshape(-1)
+                    for k, v in cols.items()}
+            out.append(self.batched_metric(flat, np.arange(pb.size).reshape(pb.shape)))
+        return np.concatenate(out) if out else np.empty(0)
 
     # splits -----------------------------------------------------------------------------------
     def strata(self, cases: pd.DataFrame, n_folds: int) -> np.ndarray:
@@ -297,6 +312,7 @@ class Classification(_ClassTask):
 @dataclass(frozen=True)
 class Survival(Task):
     absent_effect: str = "those folds are reported as undefined and left out of the mean"
+    label_arrays: tuple[str, ...] = ("time", "event")
 
     def n_out(self, n_bins: int = N_BINS) -> int:
         return n_bins
@@ -337,6 +353,26 @@ class Survival(Task):
         den = comp.sum((1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+    def permuted_metric(self, cols, perms, chunk_cells=1 << 24):
+        # the same null, faster: moving the labels by a permutation is moving the risks by its
+        # inverse, so the comparable pairs are found once and only the risks move
+        perms = np.argsort(perms, axis=1)
+        t, e, r = cols["time"], cols["event"], cols["risk"]
+        comp = e[:, None] & ((t[None, :] > t[:, None]) | ((t[None, :] == t[:, None]) & ~e[None, :]))
+        i, j = np.nonzero(comp)
+        if len(i) == 0:
+            return np.full(len(perms), np.nan)
+        # risks as dense ranks, values within 1e-8 of each other tied (as in batched_metric), so
+        # C = 1/2 + (concordant - discordant) / (2 * pairs) is a sum of signs of small integers
+        order = np.argsort(r, kind="stable")
+        rank = np.empty(len(r), np.int32)
+        rank[order] = np.cumsum(np.r_[0, np.diff(r[order]) > 1e-8])
+        out, step = [], max(1, chunk_cells // len(i))
+        for b in range(0, len(perms), step):
+            rp = rank[perms[b:b + step]]  # (step, m) risks moved to other cases
+            out.append(np.sign(rp[:, i] - rp[:, j]).sum(1, dtype=np.int64))
+        return 0.5 + np.concatenate(out) / (2 * len(i))
 
     def strata(self, cases, n_folds):
         event = cases["event"].astype(int).to_numpy()
@@ -389,11 +425,11 @@ class _FittedSurvival(FittedTask):
 
 
 TASKS: dict[str, Task] = {
-    "staging": Staging("staging", ("stage",), "macro_f1", "Tumor Staging (5 Fold - Macro F1 Score)", "Macro-F1",
+    "staging": Staging("staging", ("stage",), "macro_f1", "Tumor Staging", "Macro-F1",
                        "Stage", N_STAGES, label="stage"),
-    "survival": Survival("survival", ("time", "event"), "c_index", "Survival Analysis (5 Fold - C-index)",
+    "survival": Survival("survival", ("time", "event"), "c_index", "Survival Analysis",
                          "C-index", "Surv", N_BINS),
-    "classification": Classification("classification", ("label",), "auc", "Classification (AUC)", "AUC", "Cls", 2,
+    "classification": Classification("classification", ("label",), "auc", "Classification", "AUC", "Cls", 2,
                                      label="label"),
 }
 

@@ -2,7 +2,7 @@
 BENCH_DATA / BENCH_RESULTS / BENCH_CACHE in a temporary directory: demo generation, extraction for
 every encoder, every unit, the summary), timed as a user would run it.
 
-    python benchmarks/first_run.py                     # the whole cold main job (hours on 2 cores)
+    python benchmarks/first_run.py                     # the whole cold main job, one process
     python benchmarks/first_run.py --sample            # fold 0 of staging, 1 epoch, every method: extrapolated
     python benchmarks/first_run.py --sample --jobs 2   # the same sample with `--jobs 2`
     python benchmarks/first_run.py --jobs auto         # the cold main job as `bench run` runs it by default

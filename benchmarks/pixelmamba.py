@@ -325,7 +325,7 @@ def main() -> None:
                         help="layers per recomputed segment (default 2, as bench trains Pixel-Mamba)")
     parser.add_argument("--checkpointing", default="auto", choices=["auto", "on", "off"],
                         help="streamed blocks: 'auto' (the library default: plain autograd path for inputs of "
-                             "at most 4 regions, e.g. the 224² batch, streamed above), 'on' (always) or 'off'")
+                             "at most 4 x 224² pixels, e.g. the 224² batch, streamed above), 'on' (always) or 'off'")
     parser.add_argument("--no-checkpointing", action="store_true", help="same as --checkpointing off")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--batch", type=int, default=2, help="224² images per batch for the Vim comparison")

@@ -2,7 +2,8 @@
 
 A file that exists is complete: every write goes to a temporary file in the same directory, is
 flushed to disk and renamed over the target (``os.replace`` is atomic on POSIX), so a killed process
-leaves at most a stray ``.<name>.*.tmp`` that nothing reads as done. A full disk is reported as a
+leaves at most a stray ``.<name>.*.tmp`` that nothing reads as done. The finished file has the mode a
+plain ``open()`` would give it under the process's umask (``-rw-r--r--`` under 022). A full disk is reported as a
 :class:`DiskFullError` naming the target file.
 """
 
@@ -37,6 +38,27 @@ def disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the kernel reports it (Linux ≥ 4.7);
+    elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the umask. ``mkstemp`` creates
+    0o600 files, which a rename would otherwise carry into results collaborators cannot read."""
+    return 0o666 & ~umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside ``path`` to write to (with any library: h5py, tifffile, torch.save,
@@ -54,6 +76,7 @@ def atomic_path(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
+        os.chmod(tmp, plain_file_mode())  # the writer may have replaced the file: set the mode last
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

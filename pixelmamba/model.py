@@ -19,7 +19,7 @@ Memory, for gigapixel inputs: each layer runs under activation checkpointing (on
 kept for backward), the Mamba block can stream its sequence in chunks with carried state
 (``chunk_size``; the mixer then also checkpoints every chunk), and the activations passed between
 layers can be stored in bfloat16 (``act_dtype``) while every layer computes in float32. Small
-inputs (at most ``UNPIECED_REGIONS`` regions, batch included: a batch of 224² images) skip all
+inputs (at most ``UNPIECED_TOKENS`` pixels, batch included: a batch of four 224² images) skip all
 of that by default (``checkpointing="auto"``, ``chunk_size="auto"``): recomputation costs time
 and buys memory they do not need.
 """
@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20  # chunk_size="auto": working set of one piece in backward, at most
 CHUNK_BYTES_PER_TOKEN = 8  # ... and at most this much per token of the (padded) input: see piece_budget
-UNPIECED_REGIONS = 4  # "auto": inputs of at most this many regions (batch included) run unpieced and unstreamed
+UNPIECED_REGIONS = 4  # "auto": inputs of at most this many 224² regions' pixels (batch included) ...
+UNPIECED_TOKENS = UNPIECED_REGIONS * 224 * 224  # ... run unpieced and unstreamed, whatever the scan window
 
 
 def piece_budget(tokens: int) -> int:
@@ -164,13 +165,14 @@ class PixelMamba(nn.Module):
     (``streaming.streamed_block``); False: the plain autograd path, which keeps everything (about
     390 MB per 224² image for Pixel-Mamba-6M, 4x the streamed path) and is faster (no
     recomputation: measured 3.3 vs 4.2 CPU s for fwd+bwd of 2 x 224²). ``"auto"`` (default,
-    ``streams``): the plain path for inputs of at most ``UNPIECED_REGIONS`` regions, batch
-    included (a batch of up to four 224² images, a small slide), the streamed path for anything
+    ``streams``): the plain path for inputs of at most ``UNPIECED_TOKENS`` pixels after padding,
+    batch included (a batch of up to four 224² images, a small slide, at any scan window), the
+    streamed path for anything
     larger (whole slides; also without gradients, where it still spares the full-length float32
     copies of the sequence).
     ``chunk_size``: tokens per piece; ``"auto"`` (default, ``_chunk``) sizes pieces so that a
     piece's working set is about ``CHUNK_BYTES`` at every layer, and runs inputs of at most
-    ``UNPIECED_REGIONS`` regions (224² batches) unpieced; None: one piece.
+    ``UNPIECED_TOKENS`` pixels (224² batches) unpieced; None: one piece.
     ``act_dtype``: dtype of the activations kept between layers (``torch.bfloat16`` halves what
     is kept for backward; each layer still computes in float32, so the only loss is the rounding
     of the stored layer inputs and of the gradients passed between layers).
@@ -225,26 +227,33 @@ class PixelMamba(nn.Module):
     def streams(self, regions: int) -> bool:
         """Whether a forward pass over ``regions`` initial regions (batch included) runs the
         streamed blocks (``checkpointing``). ``"auto"``: when the input has more than
-        ``UNPIECED_REGIONS`` regions. Up to that (a 224² batch, a small slide) the plain
+        ``UNPIECED_TOKENS`` pixels (four 224² regions' worth), counted in pixels rather than
+        regions because memory scales with pixels: nine 32² regions are one small slide (the
+        streamed path measured 18x the plain path's CPU time on it, 4.5 vs 0.25 s per step of
+        Pixel-Mamba-6M at 78 x 88 px). Up to that (a 224² batch, a small slide) the plain
         autograd path's memory (~390 MB per 224² region for the 6M model) is not the limit and
         its speed is worth having: recomputing every block in backward costs ~30% more CPU time
         on 2 x 224². Above it, the streamed path also without gradients: it never builds the
         full-length float32 copies of the sequence that the plain path does."""
         if self.checkpointing == "auto":
-            return regions > UNPIECED_REGIONS
+            return self._tokens(regions) > UNPIECED_TOKENS
         return bool(self.checkpointing)
+
+    def _tokens(self, regions: int) -> int:
+        """Pixels of ``regions`` whole scan windows: what the memory of a forward pass scales with."""
+        return regions * self.cfg.scan_window ** 2
 
     def _chunk(self, layer: PixelMambaLayer, regions: int) -> int | None:
         """Tokens per piece of ``layer`` for an input of ``regions`` initial regions (batch
         included). ``"auto"``: ``auto_chunk`` with the budget ``piece_budget`` gives for the
         input's tokens (``regions`` whole scan windows), except that small inputs (at most
-        ``UNPIECED_REGIONS`` regions: a batch of 224² images) run in one piece — pieces cost time
+        ``UNPIECED_TOKENS`` pixels: a batch of 224² images) run in one piece — pieces cost time
         (the forward runs the forward branch once more for the boundary states, the backward
         recomputes and differentiates it once more for the state chain: about 4.5 instead of 3
         passes over the mixer, measured 24% more CPU time on 2 × 224²), which only pays when
         memory is the limit."""
         if self.chunk_size == "auto":
-            if regions <= UNPIECED_REGIONS:
+            if self._tokens(regions) <= UNPIECED_TOKENS:
                 return None
             return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand, self._budget(regions))
         return self.chunk_size  # type: ignore[return-value]
@@ -260,7 +269,7 @@ class PixelMamba(nn.Module):
 
     def _budget(self, regions: int) -> int:
         """``piece_budget`` of an input of ``regions`` whole scan windows (batch included)."""
-        return piece_budget(regions * self.cfg.scan_window ** 2)
+        return piece_budget(self._tokens(regions))
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x (B, 3, H, W)`` → pooled CLS ``(B, num_features)``.

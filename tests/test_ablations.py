@@ -144,7 +144,8 @@ def test_table_details_compute_partial_marks_and_options(tmp_path):
     tex = to_latex(a, rows, "demo", "survival", summary, notes=["scan_window mapped"], similar={2},
                    stats_note="STATS", compute=True)
     assert "Peak mem. (GB) & Train s/slide & C-index" in tex and "0.10 & 0.10 &" in tex
-    assert r"\textbf{0.6000 $\pm$ 0.1000 (2/5 folds)}$^{\approx}$" in tex and "longvit-s & – & – & – & – & –" in tex
+    # the only finished row has 2 of 5 folds: shown in grey italics, not ranked
+    assert r"\textcolor{gray}{\itshape 0.6000 $\pm$ 0.1000 (2/5 folds)$^{\approx}$}" in tex and "longvit-s & – & – & – & – & –" in tex
     assert r"Scan\_window mapped." in tex and tex.count("STATS") == 1 and "2 of 3 rows still to run" in tex
     md = to_markdown(a, rows, "demo", "survival", summary)
     assert "| Pixel-Mamba-Surv ¶§¹ | Pixel-Mamba | 6.3 |" in md
@@ -162,6 +163,34 @@ def test_table_details_compute_partial_marks_and_options(tmp_path):
     summary = store.summarize("blca")
     tex = to_latex(st, build_rows(st, st.grid()[0], summary, "staging"), "demo", "staging", summary)
     assert "Macro-F1" in tex and "Pixel-Mamba-Stage" in tex and "(population, ddof=0)" in tex
+
+
+def test_published_column_is_empty_for_values_the_paper_did_not_run(tmp_path):
+    """A dataset's grid with values the paper has no figure for (the demo's scan windows 64 and 96):
+    their "paper" cell is –, never the value itself; 32, which the paper ran, keeps 0.6083."""
+    store = ResultsStore(tmp_path)
+    a = get_ablation("scan-window")
+    items, _ = a.grid(dataset_options={"values": [32, 64, 96]})
+    for it in items:
+        put_row(store, "pixelmamba-6m", it.variant, 6_265_750, 0.5, 0.1, weights=RANDOM, protocol="wsi-bench",
+                non_default=dict(it.model), options=dict(it.model))
+    summary = store.summarize("blca")
+    rows = build_rows(a, items, summary, "survival")
+    assert [r.published for r in rows] == [0.6083, None, None]
+    md = to_markdown(a, rows, "demo", "survival", summary)
+    assert "64.0000" not in md and "96.0000" not in md and "| 0.6083 |" in md
+    assert [line.rstrip().endswith("| – |") for line in md.splitlines() if "| 64 |" in line or "| 96 |" in line] == [True, True]
+
+
+def test_rows_at_chance_are_marked_with_the_test_stated(tmp_path):
+    store = ResultsStore(tmp_path)
+    put_row(store, "pixelmamba-6m", "", 6_265_750, 0.5, 0.1)
+    summary = store.summarize("blca")
+    a = get_ablation("end-to-end")
+    rows = build_rows(a, a.grid()[0], summary, "survival")
+    md = to_markdown(a, rows, "blca", "survival", summary, chance={2}, chance_note="CHANCE TEST")
+    assert "| **0.5000 ± 0.1000** ∘ |" in md and "∘ CHANCE TEST." in md
+    assert "∘" not in to_markdown(a, rows, "blca", "survival", summary)
 
 
 def test_ablation_escapes_backslashes(tmp_path):
@@ -227,6 +256,8 @@ table: {columns: [method, backbone, depth, metric]}
     assert "(1/2 folds)" in md and "depth mapped for this dataset's size: 2 -> 3" in md
     assert (res / "tiny" / "tables" / "depth_staging.tex").is_file()
     assert len(pd.read_csv(res / "tiny" / "tables" / "depth_staging_stats.csv")) == 1
+    chance = pd.read_csv(res / "tiny" / "tables" / "depth_staging_chance.csv")  # every row against chance
+    assert sorted(chance["row"]) == ["vim-ti/depth_1", "vim-ti/depth_3"] and chance["p_chance"].between(0, 1).all()
 
     assert main(args) == 0  # rerun: nothing to do, nothing touched
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/fold0/metrics.json")} == done

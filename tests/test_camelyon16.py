@@ -151,7 +151,8 @@ def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkey
     from bench import registry
     from bench.engine import runner
     from bench.results.store import ResultsStore
-    from bench.report.tables import build_table, classification_table, to_markdown
+    from bench.report.render import to_latex as render_latex, to_markdown as render_markdown
+    from bench.report.tables import build_table, classification, to_markdown
 
     spec, root = binary_cohort
     monkeypatch.setitem(registry._METHODS, "tinycnn", registry.MethodSpec(
@@ -189,7 +190,7 @@ def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkey
     wide, cols = build_table(summary, tasks=["classification"])
     assert cols == [("classification", "camtoy")]
     assert "TinyCNN" in to_markdown(wide, cols) and "(2/5 folds)" in to_markdown(wide, cols)
-    tex, md = classification_table(summary, "camtoy")
+    tex, md = (lambda t: (render_latex(t), render_markdown(t)))(classification(summary, "camtoy"))
     auc = summary[(summary.metric == "auc")].iloc[0]
     acc = summary[(summary.metric == "accuracy")].iloc[0]
     assert md.splitlines()[0] == "| Method | AUC | ACC |"

@@ -131,6 +131,11 @@ def test_bench_pixelmamba_trims_on_the_streamed_path_only(monkeypatch):
     calls: list[int] = []
     monkeypatch.setattr(mem, "release_free_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(streaming, "_release_hook", None)  # restored after the test
+    import pixelmamba.model as pm_model
+
+    # the paper's "small input" threshold (four 224² regions) scaled to four 32² regions, so that
+    # six 32² regions below are a slide (the streamed path)
+    monkeypatch.setattr(pm_model, "UNPIECED_TOKENS", 4 * 32**2)
     monkeypatch.setenv("BENCH_TRIM_LAYERS", "0")
     pixelmamba(2, scan_window=32)
     assert streaming._release_hook is None

@@ -189,19 +189,26 @@ def test_streaming_and_segments_change_nothing(tiny: PixelMamba, image: torch.Te
 
 
 def test_auto_checkpointing_plain_for_small_inputs_streamed_for_slides(monkeypatch) -> None:
-    """``checkpointing="auto"`` (the default): at most ``UNPIECED_REGIONS`` regions, batch
-    included (two 32² regions here; a batch of two 224² images at the paper's window), take the
-    plain autograd path, more (six regions: a slide) the streamed blocks, with or without
-    gradients; forcing the other path gives the same logits and gradients."""
+    """``checkpointing="auto"`` (the default): inputs of at most ``UNPIECED_TOKENS`` pixels after
+    padding, batch included (a batch of four 224² images at the paper's window, at any window),
+    take the plain autograd path, more (a slide) the streamed blocks, with or without gradients;
+    forcing the other path gives the same logits and gradients. The rule is run here with the
+    threshold scaled to four 32² regions, so that six 32² regions are "a slide"."""
     import pixelmamba.model as pm_model
 
+    assert pm_model.UNPIECED_TOKENS == 4 * 224**2
+    paper, sw32 = create_model("pixelmamba-6m"), create_model("pixelmamba-6m", scan_window=32)
+    assert not paper.streams(2) and not paper.streams(4) and paper.streams(5)  # 224² images
+    # pixels, not regions: nine 32² regions (a 78 x 88 px demo slide) are far below four 224²
+    assert not sw32.streams(9) and sw32._chunk(sw32.layers[0], 9) is None
+    assert not sw32.streams(196) and sw32.streams(197)  # 196 x 32² = 4 x 224²
+    monkeypatch.setattr(pm_model, "UNPIECED_TOKENS", 4 * 32**2)
     calls: list[int] = []
     real = pm_model.streamed_block
     monkeypatch.setattr(pm_model, "streamed_block", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(0)
     model = create_model("pixelmamba-6m", num_classes=3, **TINY)
-    assert model.checkpointing == "auto" and pm_model.UNPIECED_REGIONS == 4
-    assert not create_model("pixelmamba-6m").streams(2)  # 2 x 224²: one region per image
+    assert model.checkpointing == "auto"
     small, slide = torch.randn(2, 3, 32, 32), torch.randn(1, 3, 64, 96)  # 2 and 6 regions
     for x, streamed, forced in [(small, False, True), (slide, True, False)]:
         calls.clear()

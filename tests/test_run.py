@@ -4,6 +4,7 @@ table and KM figures. Real subprocesses, real files."""
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -49,8 +50,15 @@ def metrics_files(results: Path, method: str) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (results / "runs" / "tiny").glob(f"*/{method}/fold*/metrics.json")}
 
 
+@pytest.fixture
+def umask022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
 @pytest.mark.slow  # the CLI end to end on a generated cohort with real ResNet-50 extraction (~150 s); in-process: test_provenance, test_camelyon16
-def test_run_rerun_table(tiny):
+def test_run_rerun_table(tiny, umask022):
     spec, env, root = tiny
     res = root / "results-a"
     p = bench("run", "--methods", "meanmil.resnet50,abmil.resnet50", "--dataset", spec, "--results", res,
@@ -93,6 +101,9 @@ def test_run_rerun_table(tiny):
     assert r"\toprule" in tex and "MeanMIL" in tex and "ABMIL" in tex
     assert (res / "figures" / "tiny" / "km_abmil.resnet50.png").stat().st_size > 1000
     assert "log-rank p" in p.stdout
+    # what collaborators on a shared server read: -rw-r--r-- under umask 022, like a plain open()
+    written = [res / "tiny" / "summary.csv", next(iter(done)), res / "tables" / "table2_tiny.tex"]
+    assert {stat.filemode(f.stat().st_mode) for f in written} == {"-rw-r--r--"}
     print(f"rerun took {rerun_seconds:.1f} s")
 
 

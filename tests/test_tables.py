@@ -12,13 +12,16 @@ from bench.results.records import InputSpec, WeightsProvenance
 from bench.report.render import Cell, Column, Row, Table, latex_escape, to_latex as render_latex, \
     to_markdown as render_markdown
 from bench.results.store import ResultsStore, Unit
-from bench.report.tables import build_table, classification_table, human_count, table2, to_latex, to_markdown, \
+from bench.report.tables import build_table, classification, human_count, table2, to_latex, to_markdown, \
     two_sig
 
 G_RESNET = "Two-stage MIL; patch features: ResNet-50 (ImageNet)"
 G_CONCH = "Two-stage MIL; patch features: VL-FM (CONCH)"
 G_GIGA = "Two-stage MIL; patch features: V-FM (GigaPath)"
 PRED = pd.DataFrame({"case_id": ["A", "B"], "label": [0, 1], "pred": [0, 1]})
+PREDS = {"staging": pd.DataFrame({"case_id": ["A", "B"], "stage": [0, 1], "pred": [0, 1]}),
+         "survival": pd.DataFrame({"case_id": ["A", "B"], "time": [5.0, 9.0], "event": [1, 0], "risk": [1.0, 0.0]}),
+         "classification": PRED}
 METRIC = {"staging": "macro_f1", "survival": "c_index", "classification": "auc"}
 
 
@@ -52,7 +55,7 @@ def put(store: ResultsStore, kw: dict, task: str, values: list[float], dataset: 
                              "metrics": {METRIC[task]: v}, **kw})
         u = Unit(rec.dataset, rec.task, rec.method, fold, rec.variant)
         store.prepare(u, {}, "h")
-        store.finish(u, PRED, pd.DataFrame(), rec)
+        store.finish(u, PREDS[task], pd.DataFrame(), rec)
 
 
 FIVE = lambda m: [m - 0.04, m - 0.02, m, m + 0.02, m + 0.04]  # noqa: E731  mean m, population std 0.0283
@@ -132,7 +135,7 @@ def test_best_bold_second_underlined_on_printed_rounding(tmp_path):
     for m, v in (("abmil.resnet50", 0.41231), ("meanmil.resnet50", 0.41234), ("maxmil.resnet50", 0.40)):
         put(s, mil(m, m, "resnet50", 0), "staging", [v] * 5)
     md = to_markdown(*build_table(s.summarize("demo")))
-    assert md.count("**0.4123 ± 0.0000**") == 2 and "_0.4000 ± 0.0000_" in md
+    assert md.count("**0.4123**") == 2 and "_0.4000_" in md  # identical folds: no "± 0.0000"
 
 
 def test_caption_names_only_the_columns_present(tmp_path):
@@ -140,11 +143,11 @@ def test_caption_names_only_the_columns_present(tmp_path):
     put(s, mil("abmil.resnet50", "ABMIL", "resnet50", 0), "staging", FIVE(0.5))
     tex = to_latex(*build_table(s.summarize("demo")), summary=s.summarize("demo"))
     cap = tex.split(r"\caption{")[1]
-    assert cap.startswith(r"Tumor staging (macro-F1): mean $\pm$ standard deviation (population, ddof=0) over the 5")
+    assert cap.startswith(r"Tumor staging (Macro-F1): mean $\pm$ standard deviation (population, ddof=0) over the 5")
     assert "survival" not in cap.lower() and "C-index" not in cap
     put(s, mil("abmil.resnet50", "ABMIL", "resnet50", 0), "survival", FIVE(0.6))
     tex = to_latex(*build_table(s.summarize("demo")), summary=s.summarize("demo"))
-    assert r"Tumor staging (macro-F1) and survival analysis (C-index): mean $\pm$" in tex
+    assert r"Tumor staging (Macro-F1) and survival analysis (C-index): mean $\pm$" in tex
 
 
 def test_a_single_fold_says_so_instead_of_a_zero_spread(store):
@@ -203,12 +206,13 @@ def test_stats_marks_and_compute_columns(store):
     wide, cols = build_table(summary)
     i = int(wide.index[wide["method"] == "abmil.resnet50"][0])
     tex = to_latex(wide, cols, summary=summary, similar={("survival", "demo"): {i}}, stats_note=r"$^{\approx}$NOTE",
-                   compute=True)
+                   compute=True, layout="split")
     assert r"\multicolumn{5}{l}{Tasks}" in tex and "Params. & Peak mem. (GB) & Train s/slide & DEMO" in tex
-    assert r"& 0.5813 $\pm$ 0.0283$^{\approx}$ \\" in tex and r"$^{\approx}$NOTE" in tex
+    # second now: the 1-fold Pixel-Mamba survival cell is not ranked
+    assert r"& \underline{0.5813 $\pm$ 0.0283}$^{\approx}$ \\" in tex and r"$^{\approx}$NOTE" in tex
     assert "& 0.10 & 0.10 &" in tex  # 100 MB peak, 0.1 s per slide (record_factory's)
     md = to_markdown(wide, cols, summary=summary, similar={("survival", "demo"): {i}}, compute=True)
-    assert "| 0.5813 ± 0.0283 ≈ |" in md and "≈ not significantly different" in md
+    assert "| _0.5813 ± 0.0283_ ≈ |" in md and "≈ not significantly different" in md
     plain = to_latex(wide, cols)
     assert "Peak mem." not in plain and r"\approx" not in plain
 
@@ -224,9 +228,9 @@ def test_classification_table_from_records(tmp_path):
         u = Unit("cam", "classification", rec.method, fold)
         s.prepare(u, {}, "h")
         s.finish(u, PRED, pd.DataFrame(), rec)
-    tex, md = classification_table(s.summarize("cam"), "cam")
+    tex, md = (lambda t: (render_latex(t), render_markdown(t)))(classification(s.summarize("cam"), "cam"))
     assert md.splitlines()[0] == "| Method | AUC | ACC |"
-    assert "| Pixel-Mamba-6M ¶§¹ | **0.8500 ± 0.0500 (2/5 folds)** | **0.7000 ± 0.0000 (2/5 folds)** |" in md
+    assert "| Pixel-Mamba-6M ¶§¹ | *0.8500 ± 0.0500 (2/5 folds)* | *0.7000 (2/5 folds)* |" in md  # partial: not ranked
     assert "¹ regions=(magnification=5, n=2, size=64)." in md
     assert r"\begin{tabular}{lcc}" in tex and "AUC and accuracy, mean $\\pm$ standard deviation (population, ddof=0)" in tex
 
@@ -239,6 +243,7 @@ def test_cli_lists_expected_rows_and_switches_ddof(store, capsys):
     out = capsys.readouterr().out
     assert "| transmil.resnet50 |" in out and "| transmil.conch |" in out and "| hipt |" not in out  # hipt ran
     assert "(sample, ddof=1)" in out and "3 of 11 rows still to run" in out
+    assert f"no --dataset: using every dataset with results under {store.root / 'runs'}: demo" in out
     assert "| *Still to run* |" in (store.root / "tables" / "table2.md").read_text()
 
 
@@ -258,3 +263,81 @@ def test_two_sig_never_prints_exponents() -> None:
     cases = {0.0042: "0.0042", 0.99: "0.99", 2.0: "2.0", 1.14: "1.1", 23.4: "23", 123.4: "120",
              9.96: "10", 1449.0: "1400", 0.0: "0"}
     assert {v: two_sig(v) for v in cases} == cases
+
+
+# --- LaTeX that fits the page -------------------------------------------------------------------------
+PREAMBLE = r"""\documentclass[10pt,twocolumn]{article}
+\usepackage[margin=0.75in]{geometry}
+\usepackage{booktabs,xcolor,rotating}
+\begin{document}
+"""
+
+
+def compile_log(tmp_path, tex: str, name: str) -> str:
+    """pdflatex's log of ``tex`` in a two-column article (the paper's layout)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("pdflatex"):
+        pytest.skip("pdflatex not installed: apt-get install -y texlive-latex-recommended texlive-latex-extra")
+    (tmp_path / f"{name}.tex").write_text(PREAMBLE + tex + "\n\\end{document}\n")
+    p = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    log = (tmp_path / f"{name}.log").read_text(errors="replace")
+    assert p.returncode == 0, log[-3000:]
+    assert "Missing character" not in log, [ln for ln in log.splitlines() if "Missing character" in ln]
+    return log
+
+
+@pytest.mark.parametrize("layout", ["compact", "split", "landscape"])
+def test_each_latex_layout_compiles_without_overfull_boxes(store, tmp_path, layout):
+    summary = store.summarize("demo")
+    wide, cols = build_table(summary, expected=["transmil.resnet50"])
+    from bench.report.stats import chance_note
+
+    marks = dict(similar={c: {1} for c in cols}, stats_note="", chance={c: {0} for c in cols},
+                 chance_note=chance_note())  # every mark and footnote the table can print
+    tex = "\n".join(render_latex(table2(wide, c, summary, label=f"tab:{layout}{i}", layout=layout, **marks))
+                    for i, c in enumerate([cols] if layout != "split" else [[c] for c in cols]))
+    if layout == "landscape":
+        assert r"\begin{sidewaystable}" in tex
+    log = compile_log(tmp_path, tex, layout)
+    assert "Overfull \\hbox" not in log, [ln for ln in log.splitlines() if "Overfull" in ln]
+
+
+def test_paper_scale_table2_fits_a_two_column_page(store, tmp_path):
+    """Three cohorts × two tasks (the paper's Table 2): the default compact layout still fits, the
+    one-line form of the same table would not."""
+    summary = pd.concat([store.summarize("demo").assign(dataset=d) for d in ("blca", "brca", "luad")])
+    wide, cols = build_table(summary)
+    assert len(cols) == 6
+    log = compile_log(tmp_path, render_latex(table2(wide, cols, summary, layout="compact")), "paper")
+    assert "Overfull \\hbox" not in log, [ln for ln in log.splitlines() if "Overfull" in ln]
+    t = table2(wide, cols, summary, layout="compact")
+    t.stack = False
+    assert "Overfull \\hbox" in compile_log(tmp_path, render_latex(t), "oneline")  # the check can fail
+
+
+def test_a_row_with_every_fold_outranks_a_better_partial_row(tmp_path):
+    s = ResultsStore(tmp_path)
+    put(s, mil("ilra.gigapath", "ILRA-MIL", "gigapath", 0), "survival", [0.8571])  # 1 of 5 folds
+    put(s, mil("transmil.resnet50", "TransMIL", "resnet50", 1), "survival", [0.70, 0.62])  # 2 of 5 folds
+    put(s, mil("maxmil.resnet50", "MaxMIL", "resnet50", 2), "survival", FIVE(0.6))
+    put(s, mil("abmil.resnet50", "ABMIL", "resnet50", 3), "survival", FIVE(0.5))
+    summary = s.summarize("demo")
+    wide, cols = build_table(summary)
+    md = to_markdown(wide, cols, summary=summary)
+    assert "| **0.6000 ± 0.0283** |" in md and "| _0.5000 ± 0.0283_ |" in md  # complete rows ranked
+    assert "| *0.8571 (1/5 folds)* |" in md and "| *0.6600 ± 0.0400 (2/5 folds)* |" in md  # shown, not ranked
+    assert "over the 5 patient-level test folds of each complete row" in md and "not ranked" in md
+    tex = to_latex(wide, cols, summary=summary, layout="split")
+    assert r"Survival Analysis (5-fold - C-index)" in tex
+    assert r"\textcolor{gray}{\itshape 0.8571 (1/5 folds)}" in tex
+    # no complete row yet: the header says how many folds the rows have, never "5-fold"
+    s2 = ResultsStore(tmp_path / "partial")
+    put(s2, mil("ilra.gigapath", "ILRA-MIL", "gigapath", 0), "survival", [0.8571])
+    put(s2, mil("transmil.resnet50", "TransMIL", "resnet50", 1), "survival", [0.70, 0.62])
+    summary = s2.summarize("demo")
+    tex = to_latex(*build_table(summary), summary=summary, layout="split")
+    assert r"Survival Analysis (1–2 of 5 folds - C-index)" in tex and "5-fold" not in tex
+    assert r"\textbf" not in tex.split(r"\caption")[0]

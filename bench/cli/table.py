@@ -18,9 +18,14 @@ EPILOG = """examples:
   python -m bench table --compute              # + peak memory and training time per slide
   python -m bench table --std-ddof 1           # sample standard deviation instead of population
   python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
+  python -m bench table --latex-layout split   # one table per task instead of one full-width table*
+  python -m bench table --km-panel meanmil.resnet50,abmil.resnet50,transmil.resnet50,pixelmamba-6m
   python -m bench table --dataset blca --published pixel-mamba   # + the paper's numbers, differences
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
+Every cell is tested against chance (permutation test of the row's pooled out-of-fold predictions
+against shuffled labels, same metric); cells with p >= 0.05 are marked ∘ and the p-values go to
+<table>_chance.csv. Bold/underline rank only rows with every fold; partial rows print grey italic.
 Marks: † random weights of a pretrained part, ‡ stand-in encoder, ¶ end-to-end from random
 initialisation, § protocol other than the paper's, numbers: options that differ from the method's
 defaults (and --init checkpoints); each is explained under the table.
@@ -51,10 +56,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--alpha-level", type=float, default=0.05, help="significance level (default %(default)s)")
     g.add_argument("--compute", action="store_true",
                    help="add columns: peak memory (GB) and training time per slide (s), from metrics.json")
+    p.add_argument("--latex-layout", choices=("compact", "split", "landscape"), default="compact",
+                   help="compact: both tasks in one full-width table* (\\footnotesize, the spread under the mean), "
+                        "fits a two-column paper; split: one full-width table per task, mean ± std on one line; "
+                        "landscape: both tasks in one rotated full-page sidewaystable (package rotating). "
+                        "Default %(default)s")
+    g.add_argument("--n-perm", type=int, default=1000,
+                   help="permutations of the test against chance that every cell gets (default %(default)s)")
     p.add_argument("--published", metavar="SOURCE",
                    help="print beside each row the published mean ± std, the difference and the protocol "
                         "differences the records know (shipped source: pixel-mamba; docs/splits.md)")
     p.add_argument("--no-figures", action="store_true", help="skip the Kaplan–Meier figures")
+    p.add_argument("--km-panel", metavar="M1,M2,...",
+                   help="also draw these methods' Kaplan–Meier curves side by side with shared axes "
+                        "(the paper's Figure 4): results/figures/<dataset>/km_panel_<methods>.png")
     p.set_defaults(func=main)
 
 
@@ -69,12 +84,16 @@ def main(args: argparse.Namespace) -> int:
         load_published(args.published)  # an unknown source is reported before any table is written
     store = ResultsStore(args.results)
     datasets = [dataset_name(d) for d in args.dataset.split(",")] if args.dataset else store.datasets()
+    if not args.dataset and datasets:
+        print(f"no --dataset: using every dataset with results under {args.results / 'runs'}: {', '.join(datasets)}")
     suffix = "" if not args.dataset else "_" + "_".join(datasets)
     expected = [m.name for m in resolve_methods(args.methods)] if args.methods else None
     for line in write_tables(store, datasets, args.out or args.results / "tables" / f"table2{suffix}.tex",
                              f"tab:table2{suffix}", expected=expected, ddof=args.std_ddof,
                              ablation_rows=args.ablation_rows, stats=args.stats, n_boot=args.n_boot,
-                             alpha=args.alpha_level, compute=args.compute, figures=not args.no_figures):
+                             alpha=args.alpha_level, compute=args.compute, figures=not args.no_figures,
+                             layout=args.latex_layout, n_perm=args.n_perm,
+                             km_panel=[m for m in (args.km_panel or "").split(",") if m]):
         print(line)
     if args.published:
         import pandas as pd

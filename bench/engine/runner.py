@@ -27,6 +27,7 @@ from ..report.tables import human_count
 from . import distributed as D
 from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
+from .eta import Eta, clock as _clock
 from .executor import fit_and_score, resolve_device
 from ..results.identity import digest
 from .identity import NUMERICS_VERSION
@@ -227,22 +228,21 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
 
     last = [-1]
     rounds = Rounds(todo, store)
+    eta = Eta(p.inputs_key for p in todo)
 
     def line() -> None:
         done = count_done()
         if done != last[0]:
             last[0] = done
-            elapsed = time.perf_counter() - started
-            eta = elapsed / done * (len(todo) - done) if done else float("nan")
             log.info("[%d/%d] units finished by %d processes (elapsed %s, ETA %s)", done, len(todo), n,
-                     _clock(time.perf_counter() - t0), _clock(eta) if done else "?")
+                     _clock(time.perf_counter() - t0), eta.text(time.perf_counter() - started, done, len(todo) - done))
             if (first_look := rounds.check()) is not None:
                 log.info("%s", first_look)
 
     workers.start()
     try:
         _execute(todo, planner, store, report, progress, t0, device, count_done, failed_since=started_at,
-                 rounds=rounds)
+                 rounds=rounds, eta=eta)
         if workers.running():
             log.info("waiting for %d worker(s) to finish their units", sum(p.poll() is None for p in workers.procs))
         workers.wait(poll=line)
@@ -261,13 +261,14 @@ def _execute_with_workers(todo: list[UnitPlan], planner: Planner, store: Results
 
 def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report: RunReport, progress: bool,
              t0: float, device: Any, count_done: Callable[[], int] | None = None,
-             failed_since: float | None = None, rounds: Rounds | None = None) -> None:
+             failed_since: float | None = None, rounds: Rounds | None = None, eta: Eta | None = None) -> None:
     """Train the units in ``todo`` that no other process holds. ``count_done``: the units of ``todo``
     finished so far by any process (--jobs), for the progress line. ``failed_since``: a unit that
     failed at or after this time (another process of this ``--jobs`` run tried it) is not tried again.
-    ``rounds``: says when every unit of a leading fold is done (default: over ``todo``)."""
+    ``rounds``: says when every unit of a leading fold is done (default: over ``todo``); ``eta``: the ETA."""
     extracted: set[str] = set()
     rounds = rounds if rounds is not None else Rounds(todo, store)
+    eta = eta if eta is not None else Eta(p.inputs_key for p in todo)
     started = time.perf_counter()
     for i, p in enumerate(todo):
         unit = p.unit
@@ -294,9 +295,11 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
         fi = planner.inputs[p.inputs_key]
         try:
             if p.inputs_key not in extracted:
+                prepare = time.perf_counter()  # extraction, if the cache misses: the ETA's second part
                 with D.main_first():  # rank 0 fills the cache, the others then find it
                     fi.ensure()
                 extracted.add(p.inputs_key)
+                eta.ensured(p.inputs_key, time.perf_counter() - prepare)
             if p.unit in report.redone and only_slides_changed(store.done_config(unit) or {}, p.config):
                 gone = changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
                 if gone:
@@ -315,17 +318,9 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
             if D.is_main():
                 store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])),
                              weights=weights)
-            why = f" -- {record.metrics['undefined']}" if "undefined" in record.metrics else ""
             report.ran.append(unit)
-            done, elapsed = len(report.ran), time.perf_counter() - started
-            eta = elapsed / done * (len(todo) - i - 1)
-            position = i + 1
-            if count_done is not None:  # every process's finished units, and the ETA they give together
-                position = count_done()
-                eta = elapsed / max(position, 1) * (len(todo) - position)
-            log.info("[%d/%d] %-44s %s = %s  (%.1f s; elapsed %s, ETA %s)%s", position, len(todo), str(unit),
-                     record.primary_metric, _fmt(record.metrics.get(record.primary_metric)), record.train_seconds,
-                     _clock(time.perf_counter() - t0), _clock(eta), why)
+            _log_finished(record, unit, i, len(todo), len(report.ran), time.perf_counter() - started, t0, eta,
+                          count_done)
             if D.is_main() and log.isEnabledFor(logging.INFO) and (first_look := rounds.check()) is not None:
                 log.info("%s", first_look)
         except OSError:
@@ -353,6 +348,17 @@ def _execute(todo: list[UnitPlan], planner: Planner, store: ResultsStore, report
                 lock.release()
 
 
+def _log_finished(record: UnitRecord, unit: Unit, i: int, total: int, ran: int, elapsed: float, t0: float,
+                  eta: Eta, count_done: Callable[[], int] | None) -> None:
+    """The line of a finished unit, the ``i``-th of ``total``; ``count_done``: every process's (--jobs)."""
+    why = f" -- {record.metrics['undefined']}" if "undefined" in record.metrics else ""
+    position = i + 1 if count_done is None else count_done()  # --jobs: every process's finished units
+    left = eta.text(elapsed, ran if count_done is None else max(position, 1), total - position)
+    log.info("[%d/%d] %-44s %s = %s  (%.1f s; elapsed %s, ETA %s)%s", position, total, str(unit),
+             record.primary_metric, _fmt(record.metrics.get(record.primary_metric)), record.train_seconds,
+             _clock(time.perf_counter() - t0), left, why)
+
+
 def _failed_since(store: ResultsStore, unit: Unit, since: float) -> str | None:
     """The error of ``unit`` if it failed at or after ``since`` (its staging error.json), else None."""
     try:
@@ -360,11 +366,6 @@ def _failed_since(store: ResultsStore, unit: Unit, since: float) -> str | None:
     except (OSError, ValueError):
         return None
     return str(err.get("error")) if float(err.get("time", 0)) >= since else None
-
-
-def _clock(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 ORDERS = ("task", "method", "fold")

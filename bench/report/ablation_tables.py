@@ -9,7 +9,7 @@ shows ``–``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -18,7 +18,8 @@ import pandas as pd
 from ..ablations import Ablation, GridItem, _fmt, _lookup
 from .render import Cell, Column, Row as TableRow, Table, Tex, mean_std_cell, to_latex as render_latex, \
     to_markdown as render_markdown
-from .tables import METRIC_NAMES, Marks, _ddof_and_folds, _metric, spread_phrase, two_sig
+from ..tasks import get_task
+from .tables import CHANCE_MARK, Marks, _ddof_and_folds, spread_phrase, two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
 PAPER_NAMES = {"ViT-S": "LongViT", "Vim-Ti": "Vision-Mamba", "Pixel-Mamba": "Pixel-Mamba"}
@@ -84,7 +85,7 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
             n = int(h["n_folds"]) if pd.isna(h.get("n_defined")) else min(int(h["n_folds"]), int(h["n_defined"]))
         metric = (mean_std_cell(float(h["mean"]), float(h["std"]), n, int(h.get("expected_folds", 5)))
                   if h is not None else Cell("–"))
-        pub = _lookup(ablation.published, it.paper_value if it.variant else it.method) if ablation.published else None
+        pub = _lookup(ablation.published, it.paper_value if it.variant else it.method, None)  # none for a value the paper has not
         rows.append(Row(it, cells, metric, n, h,
                         pub if isinstance(pub, (int, float)) and not isinstance(pub, bool) else None))
     return rows
@@ -109,19 +110,20 @@ def _columns(ablation: Ablation, compute: bool) -> list[str]:
 
 def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str, summary: pd.DataFrame,
                    notes: list[str] | None = None, similar: set[int] | None = None, stats_note: str = "",
-                   compute: bool = False, published: bool = False) -> Table:
+                   compute: bool = False, published: bool = False, chance: set[int] | None = None,
+                   chance_note: str = "") -> Table:
     """The table model in the paper's layout. ``similar``: row indices not significantly different
-    from the best (≈). ``published``: a last column with the paper's figure (the Markdown form)."""
-    similar = similar or set()
-    metric_name = _metric(summary, task)
+    from the best (≈). ``chance``: row indices not distinguishable from chance (∘, ``chance_note``
+    states the test). ``published``: a last column with the paper's figure (the Markdown form)."""
+    similar, chance = similar or set(), chance or set()
+    metric_name = get_task(task).metric_name
     prim = summary[(summary["task"] == task) & summary["primary"].astype(bool)] if not summary.empty else summary
     hib = bool(prim["higher_is_better"].iloc[0]) if len(prim) and "higher_is_better" in prim else True
     marks = Marks(skip_options=[ablation.override] if ablation.override else [])
     columns, keys = [], _columns(ablation, compute)
     for c in keys:
         if c == "metric":
-            columns.append(Column(METRIC_NAMES.get(metric_name, metric_name).replace("macro-F1", "Macro-F1"), "c",
-                                  rank=True, higher_is_better=hib))
+            columns.append(Column(metric_name, "c", rank=True, higher_is_better=hib))
         else:
             h = ablation.table.get("headers", {}).get(c) or HEADERS.get(c, c.replace("_", " ").capitalize())
             columns.append(Column(Tex(h, _plain_tex(h)) if "$" in h else h, "l"))
@@ -130,8 +132,9 @@ def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str,
     trows = []
     for i, r in enumerate(rows):
         m = r.metric
-        if i in similar:
-            m = Cell(m.text, m.value, m.marks + ("≈",))
+        extra = ("≈",) * (i in similar) + (CHANCE_MARK,) * (i in chance)
+        if extra:
+            m = replace(m, marks=m.marks + extra)
         cells: list[Cell | str] = [m if c == "metric" else r.cells.get(c, "–") for c in keys]
         if published:
             cells.append("–" if r.published is None else f"{r.published:.4f}")
@@ -139,7 +142,7 @@ def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str,
     ddof, n_folds = _ddof_and_folds(prim) if len(prim) else (0, None)
     what = Tex(ablation.caption, _plain_tex(ablation.caption)) if ablation.caption else ablation.description
     layout = f"; layout of the paper's Table {ablation.paper_table}" if ablation.paper_table else ""
-    caption: list[str | Tex] = [what, f"on {dataset.upper()} ({task}, {METRIC_NAMES.get(metric_name, metric_name)}: "
+    caption: list[str | Tex] = [what, f"on {dataset.upper()} ({task}, {metric_name}: "
                                       f"{spread_phrase(ddof, n_folds)}{layout})."]
     caption += [n[0].upper() + n[1:] + "." for n in notes or []]
     todo = sum(1 for r in rows if r.summary is None)
@@ -151,7 +154,8 @@ def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str,
     if stats_note or similar:
         plain = "≈ not significantly different from the best (paired patient-level bootstrap)."
         caption.append(Tex(stats_note, plain) if stats_note else plain)
-    return Table(columns, trows, caption, marks.footnotes(), label=f"tab:ablation-{ablation.name}-{dataset}-{task}",
+    foot = marks.footnotes() + ([(CHANCE_MARK, chance_note + ".")] if chance else [])
+    return Table(columns, trows, caption, foot, label=f"tab:ablation-{ablation.name}-{dataset}-{task}",
                  transpose=bool(ablation.table.get("transpose")))
 
 
@@ -178,7 +182,7 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
     """LaTeX + Markdown (and the stats CSV with ``stats``) under ``results/<dataset>/tables/``;
     returns the paths written and the Markdown."""
     from ..io import atomic_write_text
-    from .stats import caption_note, comparisons_frame, compare_to_best
+    from .stats import N_PERM, caption_note, chance_note, comparisons_frame, compare_to_best
 
     summary = store.summarize(dataset, ddof=ddof)
     options: dict[tuple[str, str | None], dict[str, Any]] = {}
@@ -194,6 +198,8 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
     note = ""
     out = store.root / dataset / "tables" / f"{ablation.name}_{task}.tex"
     paths = [out, out.with_suffix(".md")]
+    chance, chance_csv = _chance(store, rows, dataset, task, alpha, out)
+    paths.append(chance_csv)
     if stats:
         preds = {r.item.key: store.predictions(dataset, task, r.item.method, r.item.stored_variant) for r in rows}
         comps = compare_to_best(preds, task, n_boot=n_boot, alpha=alpha)
@@ -203,11 +209,33 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
         csv = out.with_name(out.stem + "_stats.csv")
         atomic_write_text(csv, comparisons_frame(comps, lambda k: k[0] + (f"/{k[1]}" if k[1] else "")).to_csv(index=False))
         paths.append(csv)
-    kw = dict(notes=notes, similar=similar, stats_note=note, compute=compute)
+    kw = dict(notes=notes, similar=similar, stats_note=note, compute=compute, chance=chance,
+              chance_note=chance_note(N_PERM, alpha))
     atomic_write_text(out, to_latex(ablation, rows, dataset, task, summary, **kw))
     md = to_markdown(ablation, rows, dataset, task, summary, **kw)
     atomic_write_text(out.with_suffix(".md"), md)
     return paths, md
+
+
+def _chance(store: Any, rows: list[Row], dataset: str, task: str, alpha: float, out: Path) -> tuple[set[int], Path]:
+    """Every row with results against chance (:func:`bench.report.stats.chance_test`): the indices
+    of the rows at chance, and the CSV of the p-values beside the table."""
+    from .chance import write_chance_csv
+    from .stats import chance_test
+
+    at, lines = set(), []
+    for k, r in enumerate(rows):
+        pred = store.predictions(dataset, task, r.item.method, r.item.stored_variant) if r.n else None
+        if pred is None or pred.empty:
+            continue
+        c = chance_test(pred, task, alpha=alpha)
+        if c.at_chance:
+            at.add(k)
+        lines.append({"row": r.item.method + (f"/{r.item.stored_variant}" if r.item.stored_variant else ""),
+                      "task": task, "dataset": dataset, "pooled_metric": c.observed, "shuffled_mean": c.null_mean,
+                      "p_chance": c.p, "at_chance": c.at_chance, "n_cases": c.n_cases, "n_permutations": c.n_perm,
+                      "alpha": alpha})
+    return at, write_chance_csv(pd.DataFrame(lines), out)
 
 
 def identical_rows(store: Any, dataset: str, task: str, rows: list[Row]) -> list[str]:

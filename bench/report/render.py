@@ -22,9 +22,15 @@ from typing import Sequence, Union
 
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-            "±": r"$\pm$", "≈": r"$\approx$", "α": r"$\alpha$", "×": r"$\times$"}
-_MARKS_TEX = {"†": r"\dagger", "‡": r"\ddagger", "§": r"\S", "¶": r"\P", "≈": r"\approx", "*": r"\ast"}
+            "±": r"$\pm$", "≈": r"$\approx$", "α": r"$\alpha$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
+            "∘": r"$\circ$"}
+_MARKS_TEX = {"†": r"\dagger", "‡": r"\ddagger", "§": r"\S", "¶": r"\P", "≈": r"\approx", "*": r"\ast",
+              "∘": r"\circ"}
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+# Table 2's LaTeX layouts (``bench table --latex-layout``) and the packages each needs in the preamble
+LAYOUTS = ("compact", "split", "landscape")
+LATEX_PACKAGES = {"compact": ("booktabs", "xcolor"), "split": ("booktabs", "xcolor"),
+                  "landscape": ("booktabs", "xcolor", "rotating")}
 
 
 def latex_escape(s: object) -> str:
@@ -59,6 +65,8 @@ class Cell:
     text: str = "–"
     value: float | None = None  # compared for best/second: the number as printed
     marks: tuple[str, ...] = ()  # superscripts after the cell (≈ for "not significantly different")
+    partial: bool = False  # fewer folds than its split set: grey italics, never ranked
+    lines: tuple[str, ...] = ()  # the text as (main, detail) for layouts that stack the detail below
 
 
 @dataclass
@@ -99,6 +107,9 @@ class Table:
     wide: bool = False  # table* (both columns of a two-column paper)
     tabcolsep: str | None = None
     transpose: bool = False  # LaTeX only: the columns become rows (the paper's Table 9)
+    font: str = r"\small"  # LaTeX size command of the whole table
+    stack: bool = False  # LaTeX only: a cell's detail (± std, fold count) on a second, smaller line
+    env: str | None = None  # LaTeX float environment (default table / table*; sidewaystable for landscape)
 
     def __post_init__(self) -> None:
         n = len(self.columns)
@@ -126,15 +137,19 @@ class Footnotes:
 
 def mean_std_cell(mean: float, std: float, n: int, expected: int, marks: tuple[str, ...] = ()) -> Cell:
     """``0.6507 ± 0.0485``; ``0.6000 ± 0.1000 (2/5 folds)`` for a row with fewer folds than its split
-    set; ``0.6000 (1/5 folds)`` for one fold (a single value has no spread); ``–`` without folds."""
+    set (partial: shown, never ranked); ``0.6000 (1/5 folds)`` for one fold (a single value has no
+    spread); ``0.5000`` when every fold gave the same value (no ``± 0.0000``); a spread that rounds
+    to zero prints ``± <0.0001``; ``–`` without folds."""
     if n <= 0 or mean is None or math.isnan(mean):
         return Cell("–", None, marks)
-    text = f"{mean:.4f}"
-    if n > 1 and std is not None and not math.isnan(std):
-        text += f" ± {std:.4f}"
-    if n < expected:
-        text += f" ({n}/{expected} folds)"
-    return Cell(text, round(float(mean), 4), marks)
+    main, detail = f"{mean:.4f}", []
+    if n > 1 and std is not None and not math.isnan(std) and std > 1e-12 * max(1.0, abs(mean)):  # not float noise
+        detail.append(f"± {std:.4f}" if round(std, 4) > 0 else "± <0.0001")
+    partial = n < expected
+    folds = f"{n}/{expected} folds" if partial else ""
+    text = " ".join([main, *detail]) + (f" ({folds})" if folds else "")
+    lines = (main, ", ".join(detail + [folds] if folds else detail))
+    return Cell(text, round(float(mean), 4), marks, partial, lines if lines[1] else ())
 
 
 def ranks(table: Table) -> dict[tuple[int, int], int]:
@@ -144,7 +159,7 @@ def ranks(table: Table) -> dict[tuple[int, int], int]:
         if not col.rank:
             continue
         vals = [(i, c.value) for i, r in enumerate(table.rows) for c in [r.cells[j]]
-                if isinstance(c, Cell) and c.value is not None and not math.isnan(c.value)]
+                if isinstance(c, Cell) and not c.partial and c.value is not None and not math.isnan(c.value)]
         distinct = sorted({v for _, v in vals}, reverse=col.higher_is_better)
         for i, v in vals:
             r = distinct.index(v) + 1
@@ -169,19 +184,27 @@ def _sup_md(marks: Sequence[str]) -> str:
     return "".join(m.translate(_SUPERSCRIPT) if m.isdigit() else m for m in marks)
 
 
-def _cell_tex(c: Cell | str, rank: int | None) -> str:
+def _cell_tex(c: Cell | str, rank: int | None, stack: bool = False) -> str:
     c = c if isinstance(c, Cell) else Cell(c)
-    txt = latex_escape(c.text)
+    stacked = stack and len(c.lines) == 2
+    txt = latex_escape(c.lines[0] if stacked else c.text)
     if rank == 1:
         txt = rf"\textbf{{{txt}}}"
     elif rank == 2:
         txt = rf"\underline{{{txt}}}"
-    return txt + _sup_tex(c.marks)
+    txt += _sup_tex(c.marks)
+    if stacked:
+        txt = rf"\begin{{tabular}}[t]{{@{{}}c@{{}}}}{txt}\\[-1pt]{{\scriptsize {latex_escape(c.lines[1])}}}\end{{tabular}}"
+    if c.partial:
+        txt = rf"\textcolor{{gray}}{{\itshape {txt}}}"
+    return txt
 
 
 def _cell_md(c: Cell | str, rank: int | None) -> str:
     c = c if isinstance(c, Cell) else Cell(c)
     txt = c.text.replace("|", "\\|")
+    if c.partial:
+        txt = f"*{txt}*"
     if rank == 1:
         txt = f"**{txt}**"
     elif rank == 2:
@@ -192,14 +215,18 @@ def _cell_md(c: Cell | str, rank: int | None) -> str:
 def _rank_phrase(table: Table, latex: bool) -> str:
     if not any(c.rank for c in table.columns):
         return ""
-    return (r"Best in \textbf{bold}, second \underline{underlined}." if latex
-            else "Best in **bold**, second _underlined_.")
+    out = (r"Best in \textbf{bold}, second \underline{underlined}." if latex
+           else "Best in **bold**, second _underlined_.")
+    if any(isinstance(c, Cell) and c.partial for r in table.rows for c in r.cells):
+        out += (r" Cells in \textcolor{gray}{\itshape grey italics}" if latex else " Cells in *italics*") + \
+            " have fewer finished folds than their split set (count shown) and are not ranked."
+    return out
 
 
 def _rows_tex(table: Table, rk: dict[tuple[int, int], int]) -> list[list[str]]:
     out = []
     for i, r in enumerate(table.rows):
-        cells = [_cell_tex(c, rk.get((i, j))) for j, c in enumerate(r.cells)]
+        cells = [_cell_tex(c, rk.get((i, j)), table.stack) for j, c in enumerate(r.cells)]
         cells[0] += _sup_tex(r.marks)
         out.append(cells)
     return out
@@ -207,8 +234,8 @@ def _rows_tex(table: Table, rk: dict[tuple[int, int], int]) -> list[list[str]]:
 
 def to_latex(table: Table) -> str:
     rk = ranks(table)
-    env = "table*" if table.wide else "table"
-    lines = [rf"\begin{{{env}}}[t]", r"\centering", r"\small"]
+    env = table.env or ("table*" if table.wide else "table")
+    lines = [rf"\begin{{{env}}}" + ("" if env.startswith("sideways") else "[t]"), r"\centering", table.font]
     if table.tabcolsep:
         lines.append(rf"\setlength{{\tabcolsep}}{{{table.tabcolsep}}}")
     body = _rows_tex(table, rk)

@@ -11,18 +11,15 @@ protocol other than the paper's, and every option that differs from the method's
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .render import Cell, Column, ColumnGroup, Footnotes, Row, Table, Tex, latex_escape, mean_std_cell
+from ..tasks import get_task
+from .render import (LATEX_PACKAGES, LAYOUTS, Cell, Column, ColumnGroup, Footnotes, Row, Table, Tex, latex_escape,  # noqa: F401
+                     mean_std_cell)
 
-# the paper's column titles and caption words, keyed by the summary's task and metric names
-TASK_TITLES = {"staging": "Tumor Staging (5 Fold - Macro F1 Score)",
-               "survival": "Survival Analysis (5 Fold - C-index)",
-               "classification": "Classification (AUC)"}
-TASK_CAPTION = {"staging": "tumor staging", "survival": "survival analysis", "classification": "classification"}
-METRIC_NAMES = {"macro_f1": "macro-F1", "c_index": "C-index", "auc": "AUC", "accuracy": "accuracy"}
 # Table 2's sections: MIL rows by patch encoder in the paper's order, then hierarchical, end-to-end
 PAPER_ENCODER_ORDER = ("resnet50", "gigapath", "conch")
 PENDING_SECTION = "Still to run"
@@ -31,6 +28,7 @@ RANDOM_MARK = "\u2020"  # † a pretrained part of a two-stage row randomly init
 STANDIN_MARK = "\u2021"  # ‡ a small stand-in architecture replaced the encoder
 SCRATCH_MARK = "\u00b6"  # ¶ an end-to-end network trained from random initialisation
 PROTOCOL_MARK = "\u00a7"  # § a protocol other than the paper's (§§ for a second one)
+CHANCE_MARK = "\u2218"  # ∘ not distinguishable from chance (permutation test)
 TUNED_NOTE = ("(tuned): hyper-parameters chosen for each outer fold by nested cross-validation (Optuna, "
               "inner folds made from that fold's training cases only).")
 
@@ -145,11 +143,30 @@ class Marks:
         return out
 
 
-def spread_phrase(ddof: int, n_folds: int | None) -> str:
-    """What ± means, with the ddof it was computed with."""
+def spread_phrase(ddof: int, n_folds: int | None, complete_rows: bool = False) -> str:
+    """What ± means, with the ddof it was computed with. ``complete_rows``: the fold count is that
+    of the rows with every fold (a table that also shows partial rows)."""
     kind = "population" if ddof == 0 else "sample"
     folds = f"the {n_folds} patient-level test folds" if n_folds else "the patient-level test folds"
-    return f"mean ± standard deviation ({kind}, ddof={ddof}) over {folds}"
+    return f"mean ± standard deviation ({kind}, ddof={ddof}) over {folds}" + (" of each complete row" if complete_rows else "")
+
+
+def task_folds(summary: pd.DataFrame | None, task: str) -> str:
+    """The fold count a column header states: "5-fold" when every complete row of ``task`` has 5
+    folds, "3/5-fold" for rows from split sets of different sizes, "1–2 of 5 folds" when no row is
+    complete yet."""
+    if summary is None or summary.empty:
+        return ""
+    prim = summary[(summary["task"] == task) & summary["primary"].astype(bool)]
+    n = pd.concat([prim["n_folds"], prim.get("n_defined", prim["n_folds"])], axis=1).min(axis=1).astype(int)
+    exp = prim["expected_folds"].astype(int)
+    done = sorted(set(exp[n >= exp]))
+    if done:
+        return "/".join(map(str, done)) + "-fold"
+    if prim.empty:
+        return ""
+    lo, hi, of = int(n.min()), int(n.max()), "/".join(map(str, sorted(set(exp))))
+    return f"{lo if lo == hi else f'{lo}–{hi}'} of {of} folds"
 
 
 def _ddof_and_folds(frame: pd.DataFrame) -> tuple[int, int | None]:
@@ -267,40 +284,61 @@ def pending_note(wide: pd.DataFrame) -> str:
 
 def table2(wide: pd.DataFrame, cols: list[tuple[str, str]], summary: pd.DataFrame | None = None,
            label: str = "tab:main", similar: dict[tuple[str, str], set[int]] | None = None,
-           stats_note: str = "", compute: bool = False) -> Table:
+           stats_note: str = "", compute: bool = False, chance: dict[tuple[str, str], set[int]] | None = None,
+           chance_note: str = "", layout: str = "compact") -> Table:
     """The table model of Table 2. ``summary`` (for ddof and fold counts in the caption; else
     population std over 5 folds). ``similar``: per column, the row indices not significantly
-    different from the best (marked ≈; ``stats_note`` states the test). ``compute``: peak memory
-    and training time per slide columns after Params."""
-    similar = similar or {}
+    different from the best (marked ≈; ``stats_note`` states the test). ``chance``: per column,
+    the row indices not distinguishable from chance (marked ∘; ``chance_note`` states the test).
+    ``compute``: peak memory and training time per slide columns after Params. ``layout``
+    (:data:`LAYOUTS`): ``compact`` a full-width ``table*`` with the spread under the mean in a smaller
+    font; ``split`` the same one-line cells a table per task (call once per task's ``cols``);
+    ``landscape`` a rotated full-page ``sidewaystable``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown LaTeX layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    similar, chance = similar or {}, chance or {}
     fixed = [Column("Methods", "l", md_header="Method"), Column("Backbone", "l"), Column("Params.", "r", md_header="Params")]
     if compute:
         fixed += [Column("Peak mem. (GB)", "r"), Column("Train s/slide", "r")]
-    hib = {}
-    if summary is not None and not summary.empty and "higher_is_better" in summary:
-        prim = summary[summary["primary"].astype(bool)]
-        hib = {(t, d): bool(g["higher_is_better"].iloc[0]) for (t, d), g in prim.groupby(["task", "dataset"])}
-    columns = fixed + [Column(d.upper(), "c", rank=True, higher_is_better=hib.get((t, d), True), md_header=f"{t} {d}")
-                       for t, d in cols]
+    columns = fixed + [Column(d.upper(), "c", rank=True, higher_is_better=get_task(t).higher_is_better,
+                              md_header=f"{t} {d}") for t, d in cols]
     groups = [ColumnGroup("Tasks", len(fixed), rule=False, align="l")]
-    for t in dict.fromkeys(t for t, _ in cols):
-        groups.append(ColumnGroup(TASK_TITLES.get(t, t), sum(1 for tt, _ in cols if tt == t)))
+    tasks = list(dict.fromkeys(t for t, _ in cols))
+    for t in tasks:
+        folds = task_folds(summary, t)
+        head = f"{get_task(t).title} ({folds + ' - ' if folds else ''}{get_task(t).metric_name})"
+        span = sum(1 for tt, _ in cols if tt == t)
+        if layout == "compact" and span < 3:  # a narrow group: the title over two lines
+            head = Tex(r"\begin{tabular}[b]{@{}c@{}}" + latex_escape(get_task(t).title) + r"\\"
+                       + latex_escape(head[len(get_task(t).title) + 1:]) + r"\end{tabular}", head)
+        groups.append(ColumnGroup(head, span))
     marks = Marks()
     rows = []
     for i, r in wide.iterrows():
         cells: list[Cell | str] = [row_name(r), r["backbone"], params_text(r)] + (_compute_text(r) if compute else [])
         for c in cols:
             cell = r[c] if r[c] is not None else Cell("–")
-            if i in similar.get(c, ()):
-                cell = Cell(cell.text, cell.value, cell.marks + ("≈",))
-            cells.append(cell)
+            extra = ("≈",) * (i in similar.get(c, ())) + (CHANCE_MARK,) * (i in chance.get(c, ()))
+            cells.append(replace(cell, marks=cell.marks + extra) if extra else cell)
         rows.append(Row(cells, marks.of(r), r["group"]))
+    caption = _table2_caption(wide, summary, tasks, compute, similar, stats_note)
+    notes = list(marks.footnotes())
+    if any(chance.values()):
+        notes.append((CHANCE_MARK, chance_note + "."))
+    return Table(columns, rows, caption, notes, [], groups, label, wide=True,
+                 tabcolsep="3pt" if layout == "compact" else "4pt", font=r"\footnotesize",
+                 stack=layout == "compact", env="sidewaystable" if layout == "landscape" else None)
+
+
+def _table2_caption(wide: pd.DataFrame, summary: pd.DataFrame | None, tasks: list[str], compute: bool,
+                    similar: dict, stats_note: str) -> list[str | Tex]:
     ddof, n_folds = _ddof_and_folds(summary) if summary is not None and not summary.empty else (0, 5)
-    tasks = list(dict.fromkeys(t for t, _ in cols))
-    what = " and ".join(f"{TASK_CAPTION.get(t, t)} ({METRIC_NAMES.get(_metric(summary, t), _metric(summary, t))})"
-                        for t in tasks)
-    caption: list[str | Tex] = [(what[:1].upper() + what[1:] + ": " if what else "") + spread_phrase(ddof, n_folds) + "."]
-    if marks.tuned or (not wide.empty and wide["tuned"].any()):
+    what = " and ".join(f"{get_task(t).title.lower()} ({get_task(t).metric_name})" for t in tasks)
+    partial = any(isinstance(r[c], Cell) and r[c].partial for _, r in wide.iterrows() for c in wide.columns
+                  if isinstance(c, tuple))
+    caption: list[str | Tex] = [(what[:1].upper() + what[1:] + ": " if what else "")
+                                + spread_phrase(ddof, n_folds, complete_rows=partial) + "."]
+    if not wide.empty and wide["tuned"].any():
         caption.append("Rows marked " + TUNED_NOTE)
     pend = pending_note(wide)
     if pend:
@@ -311,17 +349,7 @@ def table2(wide: pd.DataFrame, cols: list[tuple[str, str]], summary: pd.DataFram
     if stats_note or any(similar.values()):
         plain = "≈ not significantly different from the best of its column (paired patient-level bootstrap)."
         caption.append(Tex(stats_note or latex_escape(plain), plain))
-    return Table(columns, rows, caption, marks.footnotes(), [], groups, label, wide=True,
-                 tabcolsep="4pt")
-
-
-def _metric(summary: pd.DataFrame | None, task: str) -> str:
-    """The primary metric of ``task`` as the summary names it."""
-    defaults = {"staging": "macro_f1", "survival": "c_index", "classification": "auc"}
-    if summary is None or summary.empty:
-        return defaults.get(task, task)
-    hit = summary[(summary["task"] == task) & summary["primary"].astype(bool)]
-    return str(hit["metric"].iloc[0]) if len(hit) else defaults.get(task, task)
+    return caption
 
 
 def to_latex(wide: pd.DataFrame, cols: list[tuple[str, str]], label: str = "tab:main", **kw: Any) -> str:
@@ -338,14 +366,6 @@ def to_markdown(wide: pd.DataFrame, cols: list[tuple[str, str]], **kw: Any) -> s
 
 # --- the supplement's Table 4 layout: one classification dataset, AUC and accuracy -------------------
 CLASSIFICATION_METRICS = (("auc", "AUC"), ("accuracy", "ACC"))
-
-
-def classification_table(summary: pd.DataFrame, dataset: str) -> tuple[str, str]:
-    """(LaTeX, Markdown) of :func:`classification`."""
-    from .render import to_latex as latex, to_markdown as markdown
-
-    t = classification(summary, dataset)
-    return latex(t), markdown(t)
 
 
 def classification(summary: pd.DataFrame, dataset: str) -> Table:
@@ -377,14 +397,53 @@ def classification(summary: pd.DataFrame, dataset: str) -> Table:
 # --- writing the tables of a results store ---------------------------------------------------------
 def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "tab:table2", *, expected: Sequence[str] | None = None,
                  ddof: int = 0, ablation_rows: bool = False, stats: bool = False, n_boot: int = 1000,
-                 alpha: float = 0.05, compute: bool = False, figures: bool = True) -> list[str]:
+                 alpha: float = 0.05, compute: bool = False, figures: bool = True, layout: str = "compact",
+                 n_perm: int = 1000, km_panel: Sequence[str] = ()) -> list[str]:
     """Table 2 (and the classification table of every dataset that has one, and Kaplan–Meier
-    figures) from ``store`` (a :class:`~bench.results.store.ResultsStore`); returns what to print."""
+    figures) from ``store`` (a :class:`~bench.results.store.ResultsStore`); returns what to print.
+    Every cell is tested against chance (``n_perm`` permutations, :mod:`bench.report.chance`)."""
     from pathlib import Path
 
     from ..io import atomic_write_text
+    from .chance import chance_marks, write_chance_csv
+    from .plots import km_figures
     from .render import to_latex as latex, to_markdown as markdown
+    from .stats import chance_note
 
+    summary = _summaries(store, datasets, ddof, ablation_rows)
+    wide, cols = build_table(summary, expected=expected)
+    out = Path(out)
+    similar: dict = {}
+    note = ""
+    chance, frame = chance_marks(store, wide, cols, n_perm=n_perm, alpha=alpha)
+    files = [f"chance: {write_chance_csv(frame, out)}"]
+    if stats:
+        similar, note, csv = _significance(store, wide, cols, n_boot, alpha, out, frame)
+        files.append(f"stats: {csv}")
+    kw = dict(similar=similar, stats_note=note, compute=compute, chance=chance, chance_note=chance_note(n_perm, alpha))
+    t = table2(wide, cols, summary, label=label, layout=layout, **kw)
+    tasks = list(dict.fromkeys(t for t, _ in cols))
+    tex = latex(t)
+    if layout == "split" and len(tasks) > 1:  # one table per task, each with its own label
+        tex = "\n".join(latex(table2(wide, [c for c in cols if c[0] == task], summary, label=f"{label}_{task}",
+                                     layout=layout, **kw)) for task in tasks)
+    atomic_write_text(out, tex)
+    md = markdown(t)
+    atomic_write_text(out.with_suffix(".md"), md)
+    printed = [md, f"LaTeX ({layout} layout; needs \\usepackage{{{','.join(LATEX_PACKAGES[layout])}}}): {out}", *files]
+    for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
+        if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
+            c = classification(summary, d)
+            cout = store.root / "tables" / f"classification_{d}.tex"
+            atomic_write_text(cout, latex(c))
+            atomic_write_text(cout.with_suffix(".md"), markdown(c))
+            printed += [markdown(c), f"LaTeX: {cout}"]
+    if figures:
+        printed += km_figures(store, summary, datasets, km_panel)
+    return printed
+
+
+def _summaries(store: Any, datasets: Sequence[str], ddof: int, ablation_rows: bool) -> pd.DataFrame:
     if not datasets:
         raise ValueError(f"no results under {store.root}/runs; run `python -m bench run` first")
     parts = []
@@ -400,49 +459,11 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
         if summary.empty:
             raise ValueError("these results hold only ablation variants: `python -m bench ablate <name> "
                              "--table-only` writes their tables, or add --ablation-rows")
-    wide, cols = build_table(summary, expected=expected)
-    out = Path(out)
-    similar: dict = {}
-    note = ""
-    printed = []
-    if stats:
-        similar, note, csv = _significance(store, wide, cols, n_boot, alpha, out)
-        printed.append(f"stats: {csv}")
-    t = table2(wide, cols, summary, label=label, similar=similar, stats_note=note, compute=compute)
-    atomic_write_text(out, latex(t))
-    md = markdown(t)
-    atomic_write_text(out.with_suffix(".md"), md)
-    printed += [md, f"LaTeX: {out}"]
-    for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
-        if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
-            c = classification(summary, d)
-            cout = store.root / "tables" / f"classification_{d}.tex"
-            atomic_write_text(cout, latex(c))
-            atomic_write_text(cout.with_suffix(".md"), markdown(c))
-            printed += [markdown(c), f"LaTeX: {cout}"]
-    if figures:
-        printed += _km_figures(store, summary, datasets)
-    return printed
+    return summary
 
 
-def _km_figures(store: Any, summary: pd.DataFrame, datasets: Sequence[str]) -> list[str]:
-    from .plots import km_figure
-
-    printed = []
-    for d in datasets:
-        for method in summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique():
-            pred = store.predictions(d, "survival", method)
-            if pred.empty:
-                continue
-            fig = store.root / "figures" / d / f"km_{method}.png"
-            p = km_figure(pred, f"{method} — {d} (out-of-fold, {pred['fold'].nunique()} folds)", fig)
-            km_figure(pred, f"{method} — {d}", fig.with_suffix(".pdf"))
-            printed.append(f"KM: {fig}  log-rank p = {'undefined' if p != p else f'{p:.3g}'}")
-    return printed
-
-
-def _significance(store: Any, wide: pd.DataFrame, cols: list[tuple[str, str]], n_boot: int, alpha: float, out: Any
-                  ) -> tuple[dict, str, Any]:
+def _significance(store: Any, wide: pd.DataFrame, cols: list[tuple[str, str]], n_boot: int, alpha: float, out: Any,
+                  chance: pd.DataFrame | None = None) -> tuple[dict, str, Any]:
     """Per (task, dataset) column: compare every row with the column's best on shared folds."""
     from ..io import atomic_write_text
     from .stats import caption_note, compare_to_best, comparisons_frame
@@ -461,5 +482,8 @@ def _significance(store: Any, wide: pd.DataFrame, cols: list[tuple[str, str]], n
         if comps:
             frames.append(comparisons_frame(comps, name).assign(task=task, dataset=dataset))
     csv = out.with_name(out.stem + "_stats.csv")
-    atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False) if frames else "")
+    both = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if chance is not None and not chance.empty and not both.empty:  # each row's test against chance beside it
+        both = both.merge(chance[["row", "task", "dataset", "p_chance"]], on=["row", "task", "dataset"], how="left")
+    atomic_write_text(csv, both.to_csv(index=False) if frames else "")
     return similar, caption_note(n_boot, alpha), csv
