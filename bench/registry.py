@@ -57,6 +57,11 @@ class MethodSpec:
     def feature_dim(self) -> int | None:
         return ENCODERS[self.encoder].dim if self.encoder else None
 
+    def defined_for(self, task: str) -> bool:
+        """A method restricted to some tasks (``linear.*``: classification; ``coxnet.*``: survival) has
+        no units for the others."""
+        return not self.tasks or task in self.tasks
+
     @property
     def cache_encoder(self) -> str | None:
         """The patch encoder whose cached outputs this method reads."""
