@@ -13,19 +13,16 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from .encoders import PAPER_ENCODERS, EncoderTable, ensure_registered
+from .resources import ConfigError
+
 if TYPE_CHECKING:  # torch is imported only when a model is built, so `bench ls` stays instant
     import torch
 
-# Encoders the two-stage rows are crossed with. Dimensions are those of the public models
-# (REFERENCE.md); the feature_cache registry owns how they are built.
-ENCODERS: dict[str, dict[str, Any]] = {
-    "resnet50": {"dim": 1024, "label": "ResNet-50", "backbone": "ResNet-50", "params": "25M",
-                 "group": "Two-stage MIL; patch features: ResNet-50 (ImageNet)"},
-    "conch": {"dim": 512, "label": "CONCH", "backbone": "ViT-B", "params": "86M",
-              "group": "Two-stage MIL; patch features: VL-FM (CONCH)"},
-    "gigapath": {"dim": 1536, "label": "GigaPath", "backbone": "ViT-G", "params": "1.1G",
-                 "group": "Two-stage MIL; patch features: V-FM (GigaPath)"},
-}
+# Encoders the two-stage rows are crossed with: the declarations in configs/encoders/ (dim, label,
+# backbone, Params column, the pretraining line of the table group) and undeclared feature releases
+# datasets name (bench/encoders.py). The paper's grid crosses the aggregators with PAPER_ENCODERS.
+ENCODERS = EncoderTable()
 # Parameters of the feature_cache encoders that the hierarchical rows read (their frozen first
 # stage, which Table 2's Params column counts: "24M + 2.2M", "1.2G + 6.1K"). Kept here so tables
 # need not build a 1.1G-parameter network; tests compare them with the built encoders.
@@ -54,10 +51,16 @@ class MethodSpec:
     # end-to-end: the model takes raw uint8 RGB and normalises it itself (a slide held as 3 bytes
     # per pixel instead of 12: part of Pixel-Mamba's memory budget, docs/pixelmamba.md)
     raw_rgb: bool = False
+    tasks: tuple[str, ...] = ()  # the tasks it is defined for (empty: every task); runs skip the others
 
     @property
     def feature_dim(self) -> int | None:
-        return ENCODERS[self.encoder]["dim"] if self.encoder else None
+        return ENCODERS[self.encoder].dim if self.encoder else None
+
+    def defined_for(self, task: str) -> bool:
+        """A method restricted to some tasks (``linear.*``: classification; ``coxnet.*``: survival) has
+        no units for the others."""
+        return not self.tasks or task in self.tasks
 
     @property
     def cache_encoder(self) -> str | None:
@@ -66,6 +69,15 @@ class MethodSpec:
 
 
 _METHODS: dict[str, MethodSpec] = {}
+# aggregator name -> (label, builder, config, kwargs): crossed with any encoder on demand
+_AGGREGATORS: dict[str, tuple[str, str, str, dict[str, Any], tuple[str, ...]]] = {}
+_CROSSED: dict[str, MethodSpec] = {}  # `<aggregator>.<encoder>` outside the paper grid, built on demand
+# named method sets `--methods` accepts besides globs and names
+SETS = {"all": "the paper's grid (Table 2's methods: aggregators x resnet50, conch, gigapath; "
+               "hierarchical; end-to-end)",
+        "paper": "the same as all",
+        "all-encoders": "the paper's grid plus every aggregator and pooled-embedding baseline over every "
+                        "declared encoder and feature release"}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
@@ -77,13 +89,35 @@ def register(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
+def _crossed(aggregator: str, encoder: str) -> MethodSpec:
+    label, builder, config, kwargs, tasks = _AGGREGATORS[aggregator]
+    return MethodSpec(name=f"{aggregator}.{encoder}", family="two-stage", builder=builder, label=label,
+                      encoder=encoder, input="features", config=config, kwargs=dict(kwargs), tasks=tasks)
+
+
 def register_aggregator(aggregator: str, label: str, builder: str, config: str = "mil",
-                        encoders: Iterable[str] = tuple(ENCODERS), **kwargs: Any) -> None:
-    """Register ``<aggregator>.<encoder>`` for every encoder."""
+                        encoders: Iterable[str] = PAPER_ENCODERS, tasks: tuple[str, ...] = (),
+                        **kwargs: Any) -> None:
+    """Register ``<aggregator>.<encoder>`` for the paper's encoders; any other declared encoder
+    (or feature release) is crossed on demand by :func:`get_method`."""
+    _AGGREGATORS[aggregator] = (label, builder, config, dict(kwargs), tuple(tasks))
     for enc in encoders:
-        register(MethodSpec(name=f"{aggregator}.{enc}", family="two-stage", builder=builder,
-                            label=label, encoder=enc, input="features", config=config,
-                            kwargs=dict(kwargs), group=ENCODERS[enc]["group"]))
+        register(_crossed(aggregator, enc))
+
+
+def aggregators() -> list[str]:
+    return list(_AGGREGATORS)
+
+
+def _every_crossed() -> list[MethodSpec]:
+    """Every aggregator over every encoder outside the paper grid (registration order)."""
+    out = []
+    for agg in _AGGREGATORS:
+        for enc in ENCODERS:
+            name = f"{agg}.{enc}"
+            if name not in _METHODS:
+                out.append(_CROSSED.setdefault(name, _crossed(agg, enc)))
+    return out
 
 
 def list_methods(pattern: str = "*") -> list[MethodSpec]:
@@ -92,22 +126,30 @@ def list_methods(pattern: str = "*") -> list[MethodSpec]:
 
 
 def get_method(name: str) -> MethodSpec:
-    try:
+    if name in _METHODS:
         return _METHODS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_METHODS), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown method {name!r}.{hint} `python -m bench ls methods` lists them.") from None
+    aggregator, _, encoder = name.partition(".")
+    if aggregator in _AGGREGATORS and encoder in ENCODERS:  # any aggregator over any encoder
+        return _CROSSED.setdefault(name, _crossed(aggregator, encoder))
+    known = list(_METHODS) + [f"{a}.{e}" for a in _AGGREGATORS for e in ENCODERS]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"unknown method {name!r}.{hint} `python -m bench ls methods` lists them; "
+                   "`python -m bench ls encoders` lists the encoders an aggregator can read.")
 
 
 def resolve_methods(expr: str) -> list[MethodSpec]:
-    """``all``, a comma list, and globs (``'abmil.*'``, ``'*.gigapath'``), de-duplicated in order."""
+    """Named sets (:data:`SETS`: ``all`` = ``paper``, ``all-encoders``), a comma list, and globs,
+    de-duplicated in order. A glob matches the paper grid (``'abmil.*'``: its three rows); one that
+    matches nothing there matches every aggregator over every declared encoder (``'*.virchow2'``)."""
     out: list[MethodSpec] = []
     for part in [p.strip() for p in expr.split(",") if p.strip()]:
-        if part == "all":
+        if part in ("all", "paper"):
             found = list_methods("*")
+        elif part == "all-encoders":
+            found = list_methods("*") + _every_crossed()
         elif any(ch in part for ch in "*?["):
-            found = list_methods(part)
+            found = list_methods(part) or [s for s in _every_crossed() if fnmatch.fnmatchcase(s.name, part)]
             if not found:
                 raise KeyError(f"--methods {part!r} matches no method; `python -m bench ls methods` lists them.")
         else:
@@ -143,12 +185,22 @@ def count_trainable_parameters(model: "torch.nn.Module") -> int:
 
 
 # --- the methods -------------------------------------------------------------------------------
+try:  # the declared encoders become feature_cache specs (overlay files are re-read where used)
+    ensure_registered()
+except ConfigError:
+    pass  # a broken overlay declaration is reported, with its file, by the command that reads it
 register_aggregator("meanmil", "MeanMIL", "baselines.mil.pooling:MeanMIL")
 register_aggregator("maxmil", "MaxMIL", "baselines.mil.pooling:MaxMIL")
 register_aggregator("abmil", "ABMIL", "baselines.mil.abmil:ABMIL")
 register_aggregator("transmil", "TransMIL", "baselines.mil.transmil:TransMIL")
 register_aggregator("ilra", "ILRA-MIL", "baselines.mil.ilra:ILRA")
 register_aggregator("mambamil", "MambaMIL", "baselines.mil.mambamil:MambaMIL")
+# pooled-embedding baselines (Patho-Bench's floor): outside the paper's grid, crossed by name
+# (`linear.uni_v2`, `coxnet.*`) and in `all-encoders`
+register_aggregator("linear", "Linear probe (mean-pooled)", "baselines.pooled:LinearProbe", config="pooled",
+                    encoders=(), tasks=("staging", "classification"))
+register_aggregator("coxnet", "CoxNet (mean-pooled)", "baselines.pooled:CoxNetProbe", config="pooled",
+                    encoders=(), tasks=("survival",))
 
 # Hierarchical rows (Table 2, "Two-stage hierarchical representation"): a frozen first stage whose
 # outputs are cached, then a pretrained second stage (ViT-4K / LongNet slide encoder) and a head.

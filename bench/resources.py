@@ -6,7 +6,7 @@ shipped one of its name):
 
 1. the **user overlay**: ``$BENCH_CONFIG`` when set, else ``./configs`` when that directory exists
    in the working directory. It has the shipped layout: ``<overlay>/datasets/<name>.yaml``,
-   ``<overlay>/methods/``, ``<overlay>/ablations/``, ``<overlay>/tuning/``; any of them may be
+   ``<overlay>/methods/``, ``<overlay>/ablations/``, ``<overlay>/tuning/``, ``<overlay>/encoders/``; any may be
    missing. A user's own cohort is one file, ``configs/datasets/mycohort.yaml``.
 2. the **shipped configs**, ``bench/configs/<kind>/`` inside the installed package (package data,
    read with :mod:`importlib.resources`, so a wheel works as well as a checkout).
@@ -22,7 +22,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-KINDS = ("datasets", "methods", "ablations", "tuning", "protocols")
+KINDS = ("datasets", "methods", "ablations", "tuning", "protocols", "encoders")
 ENV = "BENCH_CONFIG"
 DEFAULT_OVERLAY = Path("configs")
 SUFFIX = ".yaml"

@@ -51,6 +51,7 @@ def main() -> None:
 
     import torch
 
+    import bench.registry  # noqa: F401 -- registers the declared encoders
     import feature_cache as fc
     from bench.data.demo import generate_demo
     from feature_cache.cache import _read_batches

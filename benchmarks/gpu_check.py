@@ -437,6 +437,7 @@ def section_cli(torch, args, clock: Clock, share: float, report: dict) -> list[d
 
 # ------------------------------------------------------------------------------------- extract
 def section_extract(torch, args, clock: Clock, share: float, report: dict) -> list[dict]:
+    import bench.registry  # noqa: F401 -- registers the declared encoders
     import feature_cache as fc
     from bench.data.demo import generate_demo
 

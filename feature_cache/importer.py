@@ -264,6 +264,11 @@ class ReleaseEncoder:
     def weights_source(self) -> str:
         return self.weights_label
 
+    @property
+    def weights_provenance(self) -> list[Any]:
+        """No weights were loaded: the features were read from the release (the encoders' face)."""
+        return []
+
 
 def release_files(root: Path) -> dict[str, Path]:
     """{slide id: .h5} under ``root`` at any depth (per-project folders, CLAM's ``h5_files/``,

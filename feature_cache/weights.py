@@ -109,7 +109,7 @@ class WeightsProvenance:
 
     ``source``: how the file was found (``explicit``, ``env``, ``hub``), or ``pretrained``, ``init``
     (``--init``), ``random``, ``scratch`` (``--from-scratch``), ``standin`` (a random stand-in
-    architecture). ``path``/``sha256``/``mapping`` are None for random weights; ``n_keys`` counts the
+    architecture), ``release`` (features read from a public release: no weights ran). ``path``/``sha256``/``mapping`` are None for random weights; ``n_keys`` counts the
     tensors taken from the file and ``dropped`` the release keys deliberately left out (both None
     when the file has not been matched, e.g. an encoder named from a remembered fingerprint)."""
 

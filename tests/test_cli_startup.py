@@ -54,16 +54,26 @@ def test_ls_imports_nothing_heavy(what, tmp_path):
     assert loaded == {f"ls {what}": []}, loaded
 
 
-def test_ls_encoders_comes_from_the_feature_cache_registry(capsys):
+def test_ls_encoders_comes_from_the_feature_cache_registry(capsys, tmp_path, monkeypatch):
     from feature_cache import list_encoders
 
     from bench.cli import main
 
     assert main(["ls", "encoders"]) == 0
-    lines = [x.split()[0] for x in capsys.readouterr().out.splitlines()[1:]]
-    assert lines == list_encoders() and {"resnet50", "conch", "gigapath", "hipt-vit256"} <= set(lines)
+    out = capsys.readouterr().out
+    lines = [x.split()[0] for x in out.splitlines()[1:]]
+    from bench.encoders import encoder_table
+
+    releases = {n for n, i in encoder_table().items() if i.release}  # feature releases datasets declared
+    assert [n for n in lines if n not in releases] == list_encoders()
+    assert {"resnet50", "conch", "gigapath", "hipt-vit256"} <= set(lines)
+    assert len(lines) >= 16 and "not found (set BENCH_WEIGHTS_UNI_V2)" in out and "hf MahmoodLab/UNI2-h" in out
     assert main(["ls", "encoders", "g*"]) == 0
     assert capsys.readouterr().out.split()[1:3] == ["gigapath", "1536-d"]
+    (tmp_path / "w.bin").write_bytes(b"x")
+    monkeypatch.setenv("BENCH_WEIGHTS_VIRCHOW2", str(tmp_path / "w.bin"))
+    assert main(["ls", "encoders", "virchow2"]) == 0
+    assert "2560-d" in (row := capsys.readouterr().out) and "weights: $BENCH_WEIGHTS_VIRCHOW2" in row
 
 
 def test_startup_benchmark_prints_the_ratio(tmp_path):

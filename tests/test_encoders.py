@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("open_clip")
 
+import bench.registry  # noqa: E402,F401 -- registers the declared encoders (configs/encoders)
 import feature_cache.encoders as E  # noqa: E402
 
 
@@ -25,8 +26,8 @@ def tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     a 1-block, 64-wide trunk, so loading code runs on real checkpoint layouts in milliseconds."""
     made = {}
     small_vit = dict(embed_dim=48, depth=1, num_heads=2)
-    for name, build in (("gigapath", partial(E._build_gigapath, **small_vit)),
-                        ("conch", partial(E._build_conch_visual, **small_vit))):
+    for name, build in (("gigapath", partial(E.build_gigapath, **small_vit)),
+                        ("conch", partial(E.build_conch_visual, **small_vit))):
         spec = dataclasses.replace(E._REGISTRY[name], name=f"tiny-{name}", build=build,
                                    weights_env=f"BENCH_WEIGHTS_TINY_{name.upper()}",
                                    dim=48 if name == "gigapath" else 512)
@@ -300,11 +301,11 @@ def with_standin(tiny, monkeypatch: pytest.MonkeyPatch):
 
     def full():
         builds["full"] += 1
-        return E._build_gigapath(embed_dim=48, depth=2, num_heads=2)
+        return E.build_gigapath(embed_dim=48, depth=2, num_heads=2)
 
     def standin():
         builds["standin"] += 1
-        return E._build_gigapath(embed_dim=32, depth=1, num_heads=2, num_classes=48, global_pool="avg",
+        return E.build_gigapath(embed_dim=32, depth=1, num_heads=2, num_classes=48, global_pool="avg",
                                  init_values=None)
 
     spec = dataclasses.replace(tiny["gigapath"], build=full, standin_build=standin,

@@ -329,6 +329,7 @@ def test_no_tissue_and_bad_slides_are_reported(tmp_path: Path, slides: dict[str,
 
 _WORKER = textwrap.dedent("""
     import dataclasses, json, sys, logging
+    import bench.registry  # registers the shipped encoder declarations
     import feature_cache as fc
     import feature_cache.encoders as E
     root, slides = sys.argv[1], json.loads(sys.argv[2])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bench.registry  # noqa: F401 -- registers the declared encoders (configs/encoders)
 import feature_cache as fc
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
+import bench.registry  # noqa: F401 -- registers the declared encoders (configs/encoders)
 import feature_cache as fc
 from feature_cache.tissue import patch_size_level0
 from mirax_writer import MiraxLayout, write_mirax

@@ -20,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
+import bench.registry  # noqa: E402,F401 -- registers the declared encoders (configs/encoders)
 import feature_cache.encoders as E  # noqa: E402
 from feature_cache.weights import WeightsError, WeightsProvenance, match_state_dict  # noqa: E402
 
@@ -369,7 +370,7 @@ def test_large_encoders_load_from_a_tiny_release(name: str, tmp_path: Path, monk
     from functools import partial
 
     small = dict(embed_dim=48, depth=1, num_heads=2)
-    build = partial(E._build_gigapath, **small) if name == "gigapath" else partial(E._build_conch_visual, **small)
+    build = partial(E.build_gigapath, **small) if name == "gigapath" else partial(E.build_conch_visual, **small)
     spec = dataclasses.replace(E._spec(name), name=f"tiny-{name}", build=build, weights_env="BENCH_WEIGHTS_TINY")
     monkeypatch.setitem(E._REGISTRY, spec.name, spec)
     release = _gigapath_release(**small) if name == "gigapath" else _conch_release(small)

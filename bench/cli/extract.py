@@ -58,7 +58,9 @@ def main(args: argparse.Namespace) -> int:
     from feature_cache import FeatureCache, get_encoder, import_features
 
     from ..data.datasets import load_cohort
+    from ..encoders import ensure_registered
 
+    ensure_registered()  # the declarations, the overlay's included (configs/encoders)
     dataset = resolve_dataset(args.dataset)
     cohort = load_cohort(dataset)
     paths = dict(zip(cohort.table["slide_id"], cohort.table["slide_path"]))

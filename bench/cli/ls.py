@@ -12,7 +12,7 @@ from .common import Formatter
 EPILOG = """examples:
   python -m bench ls                 # everything
   python -m bench ls methods 'abmil.*'
-  python -m bench ls encoders 'g*'
+  python -m bench ls encoders 'g*'   # dim, weights found or the variable to set, source
   python -m bench ls datasets        # shipped ones and those of the config overlay ($BENCH_CONFIG or ./configs)
 """
 
@@ -41,13 +41,18 @@ def main(args: argparse.Namespace) -> int:
                         else f"{s.input}:{s.cache_encoder}")
             print(f"  {s.name:28s} {s.family:11s} {consumes}")
     if what in ("all", "encoders"):
-        import feature_cache  # the encoder registry itself; building an encoder imports torch, listing does not
-        from feature_cache import encoders as E
+        # the declarations (configs/encoders) and the releases of loaded datasets; reading them and
+        # looking for weights imports no torch
+        from ..encoders import encoder_table, ensure_registered, weights_found
 
-        print("encoders:")
-        for name in feature_cache.list_encoders(pattern):
-            e = E._spec(name)
-            print(f"  {name:28s} {e.dim:>4d}-d  {e.patch_size}px@{e.magnification:g}x  {e.description}")
+        ensure_registered()  # the registry follows the declarations as they are now
+
+        print("encoders:")  # name, output dim, label, weights (where found, or the variable to set), source
+        for name, info in encoder_table().items():
+            if match(name):
+                found = weights_found(info) or f"not found (set {info.weights_env})"
+                print(f"  {name:14s} {info.dim:>5d}-d  {info.label:16s} weights: {found:42s} "
+                      f"{info.source.split(';')[0]}")
     if what in ("all", "datasets"):
         from ..data.datasets import list_datasets, load_spec
         from ..resources import config_path, overlay_dir, overlay_files

@@ -43,7 +43,9 @@ place until its replacement has finished. Options and --init are checked before 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and evaluate methods (resumable)", epilog=EPILOG,
                        formatter_class=Formatter)
-    p.add_argument("--methods", required=True, help="`all`, comma list, globs")
+    p.add_argument("--methods", required=True,
+                   help="`all` (= `paper`: the paper's grid), `all-encoders` (every aggregator, linear and coxnet over "
+                        "every declared encoder and feature release), a comma list, globs (`'*.virchow2'`)")
     add_dataset(p)
     add_paths(p)
     p.add_argument("--tasks", help="comma list (default: every task of the dataset)")
@@ -145,6 +147,18 @@ def run_options(args: argparse.Namespace) -> "RunOptions":
         keep_weights=args.keep_weights, settings=Settings.from_env())
 
 
+def _declare_releases(dataset: str) -> None:
+    """The dataset's feature releases under names no encoder declares become encoders
+    (``abmil.<name>``) before ``--methods`` is resolved."""
+    from ..data.datasets import DatasetError, load_spec
+    from ..data.features import register_releases
+
+    try:
+        register_releases(load_spec(dataset))
+    except DatasetError:
+        return  # reported by the run itself, with the fix
+
+
 def main(args: argparse.Namespace) -> int:
     check_names(args.methods, args.dataset, tasks=args.tasks.split(",") if args.tasks else None)
     from ..engine import distributed as D
@@ -165,8 +179,9 @@ def main(args: argparse.Namespace) -> int:
     for root, what, env in ((args.results, "results directory", "BENCH_RESULTS"), (args.cache, "cache directory",
                                                                                    "BENCH_CACHE")):
         check_writable(root, what, f"point --{what.split()[0]} (or ${env}) at a directory you can write", create=False)
-    methods = resolve_methods(args.methods)
     opts = run_options(args)
+    _declare_releases(opts.dataset)
+    methods = resolve_methods(args.methods)
     if args.nproc > 1 and not D.launched():
         return _torchrun(args.nproc, methods, opts)
     log.info("dataset %s; %d method(s): %s", opts.dataset, len(methods), ", ".join(m.name for m in methods))

@@ -74,7 +74,13 @@ def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test:
     torch.manual_seed(cfg.seed)
     model = recipe.build().to(resolve_device(device) if not isinstance(device, torch.device) else device)
     _reset_peak_memory()
-    pred, train_log, info = train_and_predict(model, task, train, test, cfg, progress=progress, desc=desc, val=val)
+    if getattr(model, "closed_form", False):  # pooled-embedding baselines: fitted by scikit-learn/-survival
+        from .closed_form import fit_and_predict
+
+        pred, train_log, info = fit_and_predict(model, task, train, test, cfg)
+    else:
+        pred, train_log, info = train_and_predict(model, task, train, test, cfg, progress=progress, desc=desc,
+                                                  val=val)
     steps = cfg.epochs * info["train_cases"]  # one slide (or one case's bag) per forward pass
     loaded = [w.to_dict() for w in getattr(model, "weights_provenance", [])]  # feature_cache.weights.record
     return Outcome(pred, train_log, T.score(task, pred), info, count_parameters(model),

@@ -64,6 +64,15 @@ def _slide_paths(cohort: Cohort, cases: Iterable[str] | None = None) -> dict[str
     return dict(zip(t["slide_id"], t["slide_path"]))
 
 
+def _report_strays(release: Any, cohort: Cohort, name: str) -> None:
+    """A release's files for slides outside the cohort are left out, and said so by file."""
+    stray = sorted(set(release.files) - set(cohort.table["slide_id"]))
+    if stray:
+        files = ", ".join(str(release.files[s]) for s in stray[:5]) + (" ..." if len(stray) > 5 else "")
+        log.warning("features %s: %d file(s) of the release are for slides not in the cohort %s (not used): %s",
+                    name, len(stray), cohort.spec.name, files)
+
+
 class FeatureInputs:
     """Two-stage inputs: one bag per case = the cached features of all its slides, concatenated
     (a case's slides are all used, not only the first)."""
@@ -74,6 +83,9 @@ class FeatureInputs:
                  progress: bool, standin: bool = False) -> None:
         from feature_cache import get_encoder
 
+        from ..encoders import ensure_registered
+
+        ensure_registered([encoder_name])  # a declaration in the overlay, read now
         self.cohort = cohort
         release = pre_extracted(cohort.spec, encoder_name)  # a public feature release the dataset declares
         # features are extracted on the GPU when there is one (bf16 autocast where the encoder allows it:
@@ -82,6 +94,8 @@ class FeatureInputs:
             encoder_name, allow_random=allow_random, standin=standin,
             device="cuda" if torch.cuda.is_available() else "cpu")
         log.info("%s features: %s weights", encoder_name, self.encoder.weights_label)
+        if release:
+            _report_strays(release, cohort, encoder_name)
         self.cache = release or self._make_cache(cache_root)
         self.progress = progress
         self.slides_of = cohort.slides_of()
@@ -118,6 +132,8 @@ class FeatureInputs:
         if e.random_weights:
             return [WeightsProvenance(f"encoder {e.name}", "random",
                                       f"random initialisation (no {e.name} weights found)", sha256=e.fingerprint)]
+        if getattr(e, "release", None):  # a public feature release read in place: no weights ran here
+            return [WeightsProvenance(f"encoder {e.name}", "release", e.weights_label, e.source, e.fingerprint)]
         loaded = e.weights_provenance[0]  # what feature_cache.weights recorded of the load
         path = loaded.path or e.weights_file
         return [WeightsProvenance(f"encoder {e.name}", "pretrained",

@@ -232,12 +232,26 @@ def write_worker_spec(log_dir: Path, opts: RunOptions, variants: list[Variant], 
     return path
 
 
+def declare_releases(dataset: str) -> None:
+    """Register the dataset's feature releases as encoders (``abmil.<name>``), as the CLI does before
+    resolving methods, so a worker or job finds the methods its run names."""
+    from ..data.datasets import DatasetError, load_spec
+    from ..data.features import register_releases
+
+    try:
+        register_releases(load_spec(dataset))
+    except DatasetError:
+        return  # reported by the run itself, with the fix
+
+
 def read_worker_spec(path: Path | str) -> tuple[RunOptions, list[Variant], float | None]:
     try:
         data: dict[str, Any] = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read the run a --jobs worker was given ({exc})") from exc
-    return (RunOptions.from_dict(data["options"]), [Variant.from_dict(v) for v in data["methods"]],
+    opts = RunOptions.from_dict(data["options"])
+    declare_releases(opts.dataset)
+    return (opts, [Variant.from_dict(v) for v in data["methods"]],
             None if data.get("started_at") is None else float(data["started_at"]))
 
 

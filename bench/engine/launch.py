@@ -78,8 +78,12 @@ def run_unit_job(job: str) -> dict[str, Any]:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from .jobs import declare_releases
+
     data = json.loads(job)
-    rep = run([Variant.from_dict(data["method"])], RunOptions.from_dict(data["options"]))
+    opts = RunOptions.from_dict(data["options"])
+    declare_releases(opts.dataset)
+    rep = run([Variant.from_dict(data["method"])], opts)
     status = ("ran" if rep.ran else "failed" if rep.failed else "busy" if rep.busy else "done")
     return {"status": status, "message": "; ".join(rep.failed.values()), "seconds": rep.seconds}
 

@@ -387,7 +387,8 @@ def grid_order(tasks: list[str], variants: list[Any], n_folds: dict[str, int], f
     """
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
-    keep = [(t, v, k) for t in tasks for v in variants for k in range(n_folds[t]) if folds is None or k in folds]
+    keep = [(t, v, k) for t in tasks for v in variants for k in range(n_folds[t])
+            if (folds is None or k in folds) and getattr(v, "spec", v).defined_for(t)]
     t_pos = {t: i for i, t in enumerate(tasks)}
     v_pos = {id(v): i for i, v in enumerate(variants)}
     key = {"task": lambda u: (t_pos[u[0]], v_pos[id(u[1])], u[2]),

@@ -117,6 +117,7 @@ class Marks:
             marks.append(PROTOCOL_MARK * (self.protocols.index(protocol) + 1))
         self.tuned = self.tuned or bool(row.get("tuned"))
         note = [w["label"] for w in prov if w["source"] == "init"]
+        note += [f"features from a release: {w['label']}" for w in prov if w["source"] == "release"]
         opts = {k: v for k, v in (row.get("non_default") or {}).items() if k not in self.skip}
         if opts:
             note.append(", ".join(f"{k}={fmt_value(v)}" for k, v in opts.items()))

@@ -91,11 +91,22 @@ STANDIN_VIT = dict(embed_dim=192, depth=2, num_heads=3)
 _REGISTRY: dict[str, EncoderSpec] = {}
 
 
-def register_encoder(spec: EncoderSpec) -> EncoderSpec:
-    if spec.name in _REGISTRY:
+def register_encoder(spec: EncoderSpec, replace: bool = False) -> EncoderSpec:
+    """Add ``spec`` (``replace``: over a spec of the same name, e.g. a re-read declaration)."""
+    if spec.name in _REGISTRY and not replace:
         raise ValueError(f"encoder {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def unregister_encoder(name: str) -> None:
+    """Forget ``name`` (a declaration that no longer exists); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
+
+
+def registered_spec(name: str) -> EncoderSpec | None:
+    """The spec registered under ``name``, or None (no "did you mean": callers decide)."""
+    return _REGISTRY.get(name)
 
 
 def list_encoders(pattern: str = "*") -> list[str]:

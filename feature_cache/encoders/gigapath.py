@@ -12,28 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from feature_cache.encoders.base import IMAGENET_MEAN, IMAGENET_STD, STANDIN_VIT, EncoderSpec, register_encoder
-from feature_cache.weights import KeyMap
+from feature_cache.encoders.base import STANDIN_VIT
 
 if TYPE_CHECKING:
     import torch
-
-GIGAPATH_TIMM_LAYOUT = KeyMap(name="gigapath timm hub", container=("",))
-# timm's _convert_dinov2 as data: the mask token is training-only; the SwiGLU halves are renamed
-GIGAPATH_DINOV2_LAYOUT = KeyMap(
-    name="gigapath dinov2 original",
-    container=("", "teacher", "model"),
-    renames=((r"^(module\.)?(backbone\.)?", ""), (r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1."),
-             (r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.")),
-    drop=(r"^mask_token$", r"^(dino|ibot)_head\.", r"^head\."),
-)
 
 
 GIGAPATH_TIMM = dict(img_size=224, in_chans=3, patch_size=16, embed_dim=1536, depth=40,
                      num_heads=24, init_values=1e-5, mlp_ratio=5.33334, num_classes=0)
 
 
-def _build_gigapath(**overrides: Any) -> "torch.nn.Module":
+def build_gigapath(**overrides: Any) -> "torch.nn.Module":
     """Prov-GigaPath tile encoder: timm ``vit_giant_patch14_dinov2`` with the hub config's
     arguments (patch 16, 1536-d, 40 blocks, 24 heads, LayerScale 1e-5), CLS token out."""
     import timm
@@ -42,7 +31,7 @@ def _build_gigapath(**overrides: Any) -> "torch.nn.Module":
                              **{**GIGAPATH_TIMM, **overrides})
 
 
-def _build_gigapath_standin() -> "torch.nn.Module":
+def build_gigapath_standin() -> "torch.nn.Module":
     """GigaPath's timm DINOv2-style ViT (patch 16, SwiGLU MLP) with 2 blocks of 192, average-pooled
     patch tokens and a linear head to 1536 (the real network's output dim).
 
@@ -50,31 +39,4 @@ def _build_gigapath_standin() -> "torch.nn.Module":
     timm ViT hardly depends on the image (measured: between-patch std / mean |x| = 1e-5 on demo
     patches, i.e. constant features), so the tokens are averaged instead; and LayerScale (1e-5 in
     GigaPath) is off so the random blocks contribute at all."""
-    return _build_gigapath(**STANDIN_VIT, init_values=None, num_classes=1536, global_pool="avg")
-
-
-register_encoder(EncoderSpec(
-    name="gigapath",
-    dim=1536,
-    patch_size=256,
-    magnification=20.0,
-    input_size=224,  # Resize(256, bicubic) + CenterCrop(224), as the GigaPath README
-    resize_size=256,
-    interpolation="bicubic",
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    build=_build_gigapath,
-    weights_env="BENCH_WEIGHTS_GIGAPATH",
-    hub_files=(("prov-gigapath/prov-gigapath", "pytorch_model.bin"),),
-    download=("prov-gigapath/prov-gigapath", "pytorch_model.bin"),
-    # bf16 on CUDA: fp16 (TRIDENT's choice, the fallback without bf16) can overflow in a 40-block
-    # ViT-g; bf16 has fp32's range
-    precision_cuda_fallback="fp16",
-    fingerprint_by="file",  # 1.1B parameters: never hash 4.5 GB of values per call
-    keymaps=(GIGAPATH_TIMM_LAYOUT, GIGAPATH_DINOV2_LAYOUT),
-    official="hf prov-gigapath/prov-gigapath (gated), pytorch_model.bin (timm hub format)",
-    description="Prov-GigaPath tile encoder (prov-gigapath/prov-gigapath pytorch_model.bin)",
-    extra={"gated": True},
-    standin_build=_build_gigapath_standin,
-    standin_arch="ViT/16 2x192, avg-pool + linear 1536",
-))
+    return build_gigapath(**STANDIN_VIT, init_values=None, num_classes=1536, global_pool="avg")

@@ -10,24 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from feature_cache.encoders.base import STANDIN_VIT, EncoderSpec, register_encoder
-from feature_cache.weights import KeyMap
+from feature_cache.encoders.base import STANDIN_VIT
 
 if TYPE_CHECKING:
     import torch
 
-# the git-LFS pointer of HIPT_4K/Checkpoints/vit256_small_dino.pth (704,238,867 bytes)
-VIT256_SHA256 = "6960cd5a8657dc8bb214671aa0c6dbd3f5b698e84386884955836487ddc89e24"
 
-HIPT_DINO_TEACHER = KeyMap(
-    name="hipt dino teacher",
-    container=("teacher",),
-    renames=((r"^(module\.)?backbone\.", ""),),
-    drop=(r"^(module\.)?head\.",),  # DINO's projection head (mlp.0/2/4, last_layer.weight_g/_v)
-)
-
-
-def _build_hipt_vit256() -> "torch.nn.Module":
+def build_hipt_vit256() -> "torch.nn.Module":
     """HIPT's ViT-256-16 (mahmoodlab/HIPT ``vit_small``, DINO): ViT-S/16, 384-d, 12 blocks, 6 heads,
     qkv bias, LayerNorm eps 1e-6, CLS token out. Its position table is for 224 px (14 × 14 + CLS,
     as the checkpoint's); timm resizes it bicubically for the 256-px patches HIPT feeds it."""
@@ -41,7 +30,7 @@ def _build_hipt_vit256() -> "torch.nn.Module":
                              norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
 
 
-def _build_hipt_vit256_standin() -> "torch.nn.Module":
+def build_hipt_vit256_standin() -> "torch.nn.Module":
     """HIPT ViT-256's family at 2 blocks of 192 (ViT/16 at 256 px, as ``STANDIN_VIT``), average-pooled
     patch tokens and a linear map to 384 (the real output dim): the same departures as GigaPath's
     stand-in, for the same reason (a random ViT's CLS token hardly depends on the image)."""
@@ -49,22 +38,3 @@ def _build_hipt_vit256_standin() -> "torch.nn.Module":
 
     return VisionTransformer(img_size=256, patch_size=16, qkv_bias=True, num_classes=384, global_pool="avg",
                              dynamic_img_size=True, **STANDIN_VIT)
-
-
-register_encoder(EncoderSpec(
-    name="hipt-vit256",
-    dim=384,
-    patch_size=256,
-    magnification=20.0,
-    input_size=256,  # HIPT feeds whole 256-px patches: ToTensor + Normalize(0.5, 0.5), no resize
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    build=_build_hipt_vit256,
-    weights_env="BENCH_WEIGHTS_HIPT_VIT256",
-    keymaps=(HIPT_DINO_TEACHER,),
-    official="github mahmoodlab/HIPT, HIPT_4K/Checkpoints/vit256_small_dino.pth (git LFS)",
-    published_sha256={"vit256_small_dino.pth": VIT256_SHA256},
-    description="HIPT ViT-256 (mahmoodlab/HIPT HIPT_4K/Checkpoints/vit256_small_dino.pth)",
-    standin_build=_build_hipt_vit256_standin,
-    standin_arch="ViT/16 2x192, avg-pool + linear 384",
-))
