@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
