@@ -9,9 +9,9 @@ import os
 import sys
 from typing import Sequence
 
-from . import ablate, doctor, extract, ls, pretrain, run, splits, table, tune, weights
+from . import ablate, compare, doctor, extract, ls, pretrain, run, splits, table, tune, weights
 
-COMMANDS = (ls, doctor, splits, extract, run, tune, pretrain, table, ablate, weights)
+COMMANDS = (ls, doctor, splits, extract, run, tune, pretrain, table, compare, ablate, weights)
 
 DESCRIPTION = """wsi-bench: end-to-end vs two-stage whole-slide models, under one split manager and one evaluator.
 
