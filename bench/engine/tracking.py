@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +173,7 @@ class TensorBoardRun(_RunBase):
         self.writer = SummaryWriter(log_dir=str(self.dir))
         flat = flatten(params)
         self.writer.add_text("params", json.dumps(flat, sort_keys=True), 0)
-        exp, ssi, sei = hparams({k: v for k, v in flat.items()}, {"test/metric": math.nan})
+        exp, ssi, sei = hparams(flat, {})
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)
 
@@ -189,8 +188,6 @@ class TensorBoardRun(_RunBase):
     def log_final(self, **metrics: float) -> None:
         for key, value in metrics.items():
             self.writer.add_scalar(f"test/{key}", value, 0)
-        if metrics:  # the HParams table's metric column
-            self.writer.add_scalar("test/metric", next(iter(metrics.values())), 0)
 
     def close(self) -> None:
         self.writer.close()
