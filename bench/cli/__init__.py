@@ -11,9 +11,9 @@ import sys
 import threading
 from typing import Sequence
 
-from . import ablate, doctor, extract, heatmap, ls, pretrain, run, splits, table, tune, weights
+from . import ablate, compare, doctor, extract, heatmap, ls, pretrain, run, splits, table, tune, weights
 
-COMMANDS = (ls, doctor, splits, extract, run, tune, pretrain, table, ablate, weights, heatmap)
+COMMANDS = (ls, doctor, splits, extract, run, tune, pretrain, table, compare, ablate, weights, heatmap)
 
 DESCRIPTION = """wsi-bench: end-to-end vs two-stage whole-slide models, under one split manager and one evaluator.
 

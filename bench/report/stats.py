@@ -176,6 +176,20 @@ def _compare_pair(task: str, fn: Callable[[pd.DataFrame], float], best_df: pd.Da
                       n_undefined=int((~ok).sum()), alpha=alpha)
 
 
+def compare_pair(task: str, a: pd.DataFrame, b: pd.DataFrame, *, names: tuple[Hashable, Hashable] = ("A", "B"),
+                 n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0, statistic: str = "folds") -> Comparison:
+    """Row ``a`` against row ``b`` on the (fold, case) pairs both have; ``diff`` = a − b in the
+    task's metric (the comparison :func:`compare_to_best` makes, for any two rows)."""
+    fn = _metric_fn(task)
+    idx = [_indexed(a), _indexed(b)]
+    return _compare_pair(task, fn, idx[0], idx[1], names[0], names[1], n_boot, alpha, seed, statistic)
+
+
+def _indexed(df: pd.DataFrame) -> pd.DataFrame:
+    d = df.assign(fold=df["fold"].astype(int), case_id=df["case_id"].astype(str))
+    return d.drop_duplicates(["fold", "case_id"]).set_index(["fold", "case_id"]).sort_index()
+
+
 def comparisons_frame(comps: dict[Hashable, Comparison], name: Callable[[Hashable], str] = str) -> pd.DataFrame:
     """One row per comparison, for the stats CSV written next to a table."""
     return pd.DataFrame([{
