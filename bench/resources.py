@@ -50,24 +50,30 @@ def overlay_dir() -> Path | None:
     return check_overlay(DEFAULT_OVERLAY) if DEFAULT_OVERLAY.is_dir() else None
 
 
+# overlay folders that hold data tables rather than YAML configs, and the suffix of their files
+DATA_FOLDERS = {"published": ".csv"}  # bench table --published SOURCE (bench/report/published.py)
+
+
 def check_overlay(path: Path) -> Path:
     """Every folder of the overlay is a config kind and every file in one ends in ``.yaml``: a
     ``method/`` folder or a ``mil.yml`` file would otherwise be ignored without a word."""
     for entry in sorted(path.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir() and entry.name not in KINDS:
-            close = difflib.get_close_matches(entry.name, KINDS, n=1)
+        folders = (*KINDS, *DATA_FOLDERS)
+        if entry.is_dir() and entry.name not in folders:
+            close = difflib.get_close_matches(entry.name, folders, n=1)
             raise ConfigError(f"{entry}: the config overlay has no folder {entry.name!r}"
                               f"{f' (did you mean {close[0]!r}?)' if close else ''}; its folders are "
-                              f"{', '.join(KINDS)}. Fix: rename or remove it")
+                              f"{', '.join(folders)}. Fix: rename or remove it")
         if entry.is_dir():
+            suffix = DATA_FOLDERS.get(entry.name, SUFFIX)
             for f in sorted(entry.iterdir()):
-                if f.is_file() and not f.name.startswith(".") and f.suffix != SUFFIX:
-                    raise ConfigError(f"{f}: config files end in {SUFFIX}, so this one would be ignored. Fix: "
-                                      f"rename it to {f.stem}{SUFFIX}" if f.suffix in (".yml", ".YAML") else
-                                      f"{f}: config files end in {SUFFIX}, so this one would be ignored. Fix: "
-                                      f"remove it from {entry}")
+                if f.is_file() and not f.name.startswith(".") and f.suffix != suffix:
+                    raise ConfigError(f"{f}: files in {entry.name}/ end in {suffix}, so this one would be ignored. "
+                                      f"Fix: rename it to {f.stem}{suffix}" if f.suffix.lower() in (".yml", ".yaml", ".csv")
+                                      else f"{f}: files in {entry.name}/ end in {suffix}, so this one would be "
+                                      f"ignored. Fix: remove it from {entry}")
     return path
 
 

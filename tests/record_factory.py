@@ -19,3 +19,15 @@ def make_record(**kw) -> UnitRecord:
         peak_rss_mb=100.0, peak_cuda_mb=None, finished=0.0, info={})
     base.update(kw)
     return UnitRecord(**base)
+
+
+def staging_predictions(n: int = 2):
+    """A staging ``predictions.csv`` frame as the executor writes it: the label, the predicted class
+    and each class's probability (the chance test and the KM figures read these columns)."""
+    import pandas as pd
+
+    stage = [k % 4 for k in range(n)]
+    out = pd.DataFrame({"case_id": [f"CASE-{k:03d}" for k in range(n)], "stage": stage, "pred": stage})
+    for c in range(4):
+        out[f"prob{c}"] = [1.0 if s == c else 0.0 for s in stage]
+    return out

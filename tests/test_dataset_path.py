@@ -38,13 +38,13 @@ def toy(tmp_path_factory):
 
 def _finished_units(results) -> None:
     from bench.results.store import ResultsStore, Unit
-    from record_factory import make_record
+    from record_factory import make_record, staging_predictions
 
     store = ResultsStore(results)
     for k, v in enumerate([0.5, 0.6, 0.7, 0.4, 0.55]):
         u = Unit("toy", "staging", "meanmil.resnet50", k)
         store.prepare(u, {}, "h")
-        store.finish(u, pd.DataFrame({"case_id": ["CASE-000"], "label": [0], "prediction": [0]}), pd.DataFrame(),
+        store.finish(u, staging_predictions(), pd.DataFrame(),
                      make_record(dataset="toy", task="staging", method="meanmil.resnet50", fold=k,
                                  metrics={"macro_f1": v}))
 

@@ -12,13 +12,13 @@ from bench.report.published import load_published
 
 def _rows(results, dataset, method="abmil.resnet50", vals=(0.5, 0.6, 0.7, 0.4, 0.55)):
     from bench.results.store import ResultsStore, Unit
-    from record_factory import make_record
+    from record_factory import make_record, staging_predictions
 
     store = ResultsStore(results)
     for k, v in enumerate(vals):
         u = Unit(dataset, "staging", method, k)
         store.prepare(u, {}, "h")
-        store.finish(u, pd.DataFrame({"case_id": ["c"], "label": [0], "prediction": [0]}), pd.DataFrame(),
+        store.finish(u, staging_predictions(), pd.DataFrame(),
                      make_record(dataset=dataset, method=method, fold=k, metrics={"macro_f1": v}))
 
 

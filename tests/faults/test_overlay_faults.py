@@ -50,7 +50,7 @@ def test_method_key_typo_is_an_error(overlay: Path) -> None:
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: (d / "methods" / "mil.yml").write_text("train: {lr: 1.0e-3}\n"),
-     "methods/mil.yml: config files end in .yaml, so this one would be ignored. Fix: rename it to mil.yaml"),
+     "methods/mil.yml: files in methods/ end in .yaml, so this one would be ignored. Fix: rename it to mil.yaml"),
     (lambda d: (d / "method").mkdir(),
      "the config overlay has no folder 'method' (did you mean 'methods'?)"),
 ])
