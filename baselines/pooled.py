@@ -53,11 +53,11 @@ class PooledLinear(nn.Module):
 class LinearProbe(PooledLinear):
     """Class-balanced logistic regression on the pooled embedding (staging, classification)."""
 
-    def fit(self, X: np.ndarray, y: np.ndarray, task: str, seed: int) -> dict[str, Any]:
+    def fit(self, X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
         from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
         from sklearn.model_selection import StratifiedKFold
 
-        if task == "survival":
+        if y.dtype.names:  # scikit-survival's structured (event, time) targets
             raise ValueError("linear.<encoder> is a classification probe; survival uses coxnet.<encoder>")
         Xs = self._standardise(X)
         classes, counts = np.unique(y, return_counts=True)
@@ -87,11 +87,11 @@ class CoxNetProbe(PooledLinear):
     """Elastic-net Cox model on the pooled embedding (survival): every hazard logit is the linear
     predictor, so the harness's risk (minus the summed survival) orders cases as the Cox risk does."""
 
-    def fit(self, X: np.ndarray, y: np.ndarray, task: str, seed: int) -> dict[str, Any]:
+    def fit(self, X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
         from sklearn.model_selection import GridSearchCV, StratifiedKFold
         from sksurv.linear_model import CoxnetSurvivalAnalysis
 
-        if task != "survival":
+        if not y.dtype.names:  # class labels, not scikit-survival's (event, time) targets
             raise ValueError("coxnet.<encoder> is a survival model; staging and classification use linear.<encoder>")
         Xs = self._standardise(X)
         path = CoxnetSurvivalAnalysis(l1_ratio=0.5, alpha_min_ratio=0.01, n_alphas=20).fit(Xs, y)

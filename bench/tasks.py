@@ -95,6 +95,11 @@ class Task:
         """Predicting without a training fold (nothing learnt: no weights, no bins)."""
         raise NotImplementedError
 
+    def estimator_targets(self, labels: Sequence[Mapping[str, float]]) -> Any:
+        """The training labels as scikit-learn (class labels) or scikit-survival (a structured
+        event/time array) estimators take them: the closed-form pooled baselines fit on these."""
+        return np.array([int(lab[self.label_columns[0]]) for lab in labels])
+
     # scoring ----------------------------------------------------------------------------------
     def score(self, pred: pd.DataFrame) -> dict[str, float | str]:
         """Metrics of one test fold from its predictions table (one row per case)."""
@@ -325,6 +330,11 @@ class Classification(_ClassTask):
 class Survival(Task):
     absent_effect: str = "those folds are reported as undefined and left out of the mean"
     label_arrays: tuple[str, ...] = ("time", "event")
+
+    def estimator_targets(self, labels: Sequence[Mapping[str, float]]) -> Any:
+        from sksurv.util import Surv
+
+        return Surv.from_arrays(event=[bool(lab["event"]) for lab in labels], time=[float(lab["time"]) for lab in labels])
 
     def n_out(self, n_bins: int = N_BINS) -> int:
         return n_bins

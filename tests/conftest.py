@@ -13,3 +13,7 @@ os.environ["BENCH_CONFIG"] = tempfile.mkdtemp(prefix="wsi-bench-test-configs-")
 # `bench run` subprocesses of the tests train on one process (the CLI's default is --jobs auto, one
 # process per core); tests/test_jobs.py runs --jobs 2 and tests the auto choice
 os.environ.setdefault("BENCH_JOBS", "1")
+
+# the shipped encoder declarations (bench/configs/encoders) enter feature_cache's registry when the
+# harness's registry is imported, as every `bench` command does; library-level tests need them too
+import bench.registry  # noqa: E402,F401

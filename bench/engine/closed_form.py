@@ -15,16 +15,6 @@ from .. import tasks as T
 from .train import Sample, TrainConfig, TrainingError, predict
 
 
-def _targets(task: str, train: Sequence[Sample]) -> Any:
-    if task == "survival":
-        from sksurv.util import Surv
-
-        return Surv.from_arrays(event=[bool(s.labels["event"]) for s in train],
-                                time=[float(s.labels["time"]) for s in train])
-    label = T.get_task(task).label  # type: ignore[attr-defined]
-    return np.array([int(s.labels[label]) for s in train])
-
-
 def fit_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample], test: Sequence[Sample],
                     cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Fit ``model`` on the pooled embeddings of ``train``, predict ``test``."""
@@ -35,7 +25,7 @@ def fit_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample], 
     with torch.no_grad():
         X = torch.stack([pooled(s.load()) for s in train]).double().numpy()  # (n_train, D)
     try:
-        chosen = model.fit(X, _targets(task, train), task, cfg.seed)
+        chosen = model.fit(X, T.get_task(task).estimator_targets([s.labels for s in train]), cfg.seed)
     except ValueError as err:
         raise TrainingError(str(err)) from None
     seconds = time.perf_counter() - t0

@@ -378,8 +378,7 @@ def grid_order(tasks: list[str], variants: list[Any], n_folds: dict[str, int], f
     ``fold`` (default): fold 0 of every (task, method), then fold 1, ...: after the first round
     every table has every row, from one fold (marked ``1/5 folds``), each further round tightens
     them all, and the ETA is measured on a mix of every method (the first round also pays for the
-    feature extraction, so the ETA it gives is high: on the demo, round 1 of 5 took 16 min, which
-    makes it 80 min for a run that took 60).
+    feature extraction, which the ETA counts apart from the units' training).
     ``task``: every unit of the first task, then the next task — each method's folds together.
     ``method``: every unit of the first method (all its tasks and folds), then the next: a
     method's row is complete in every table early. Which units exist does not depend on the

@@ -91,7 +91,8 @@ def test_f13b_nan_features_leave_the_slide_out(cohort):
         f["features"][0, :5] = np.nan
     r = cohort.run()
     assert r.code == 0, r.text
-    assert f"features of slide {slide_id(2)} contain NaN/inf ({h5} is corrupt)" in r.err
+    assert f"features of slide {slide_id(2)} contain NaN/inf (in row 0 of " in r.err  # the row is named
+    assert f"({h5} is corrupt)" in r.err
     assert "Fix: delete that file and rerun" in r.err
     cohort.assert_kept(before)
     cohort.assert_complete()
