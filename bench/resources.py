@@ -141,3 +141,28 @@ def list_configs(kind: str) -> list[str]:
 def config_paths(kind: str) -> list[Path | Traversable]:
     """The file of every config of ``kind`` (as :func:`config_path` resolves each name), by name."""
     return [config_path(kind, n) for n in list_configs(kind)]
+
+
+SETTINGS_FILE = "settings.yaml"
+SETTINGS_KEYS = ("tracker", "tracker_uri")
+
+
+def read_settings() -> dict[str, str]:
+    """The overlay's ``settings.yaml`` (command defaults such as ``tracker: mlflow``), or ``{}``.
+    Unknown keys are an error naming the file."""
+    overlay = overlay_dir()
+    path = overlay / SETTINGS_FILE if overlay is not None else None
+    if path is None or not path.is_file():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings ({', '.join(SETTINGS_KEYS)}), got a "
+                          f"{type(data).__name__}")
+    unknown = sorted(set(data) - set(SETTINGS_KEYS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], SETTINGS_KEYS, n=1)
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                          f"known: {', '.join(SETTINGS_KEYS)}")
+    return {k: str(v) for k, v in data.items() if v is not None}

@@ -3,6 +3,8 @@
 process trained which unit."""
 
 import json
+import bench.engine.inputs as inputs_mod
+import bench.engine.unit as unit_step
 import os
 import sys
 import time
@@ -31,7 +33,7 @@ def record_training(trained_log, wait_for_another=False):
     """Wrap the unit executor: one line per unit trained (pid, unit), appended atomically.
     ``wait_for_another``: the first unit waits (up to 3 min) until another process has started one,
     so both processes train whatever their start-up times (a worker imports torch afresh)."""
-    real = runner.fit_and_score
+    real = unit_step.fit_and_score
     first = [wait_for_another]
 
     def wrapper(recipe, task, train, test, cfg, **kw):
@@ -45,12 +47,12 @@ def record_training(trained_log, wait_for_another=False):
         first[0] = False
         return real(recipe, task, train, test, cfg, **kw)
 
-    runner.fit_and_score = wrapper
+    unit_step.fit_and_score = wrapper
 
 
 def main() -> None:
     kw = json.loads(sys.argv[1])
-    runner._FEATURE_INPUTS["features"] = SlowBags
+    inputs_mod.FEATURE_INPUTS["features"] = SlowBags
     record_training(kw.pop("trained_log"))
     from bench.engine.jobs import worker_of
 

@@ -2,6 +2,8 @@
 results are those of a one-process run. Fast: fake bags (tests/fake_inputs.py), MeanMIL/ABMIL."""
 
 import json
+import bench.engine.inputs as inputs_mod
+import bench.engine.unit as unit_step
 import os
 import sys
 from pathlib import Path
@@ -26,11 +28,11 @@ def _predictions(results):
 
 
 def _run(spec, results, trained_log, monkeypatch, jobs_n):
-    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", SlowBags)
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "features", SlowBags)
     kw = dict(results=str(results), tasks=["staging", "survival"], train_overrides={"epochs": 1})
     command = [sys.executable, str(TESTS / "jobs_worker.py"),
                json.dumps({**kw, "methods": METHODS, "dataset": str(spec), "trained_log": str(trained_log)})]
-    monkeypatch.setattr(runner, "fit_and_score", runner.fit_and_score)  # restored after the test
+    monkeypatch.setattr(unit_step, "fit_and_score", unit_step.fit_and_score)  # restored after the test
     record_training(trained_log, wait_for_another=jobs_n > 1)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]))
     return runner.run([get_method(m) for m in METHODS], str(spec), progress=False, jobs=jobs_n,

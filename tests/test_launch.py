@@ -13,6 +13,7 @@ import pytest
 
 submitit = pytest.importorskip("submitit")
 
+import bench.engine.inputs as inputs_mod
 from bench.cli import main as cli  # noqa: E402
 from bench.engine.launch import ClusterOptions, LaunchError, submit  # noqa: E402
 from bench.registry import get_method  # noqa: E402
@@ -148,7 +149,7 @@ def fake_cohort(tmp_path, monkeypatch):
     from bench.engine import runner
 
     spec, _ = write_toy_cohort(tmp_path, N_CASES, rows=lambda i: {"stage": i % 4, "time": 10.0 + i, "event": i % 2})
-    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", FakeInputs)  # what make_inputs builds
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "features", FakeInputs)  # what make_inputs builds
     return spec, tmp_path
 
 

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+import bench.engine.inputs as inputs_mod
 from bench.engine.memory import bound_heap_growth
 
 CHILD = textwrap.dedent("""
@@ -238,7 +239,7 @@ def test_runner_bounds_the_heap_for_end_to_end_units_only(monkeypatch, tmp_path)
     from fake_inputs import BagInputs, write_toy_cohort
 
     spec, _ = write_toy_cohort(tmp_path, 20, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
-    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", BagInputs)
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "features", BagInputs)
     from bench.registry import get_method
 
     runner.run([get_method("meanmil.resnet50")], str(spec), tasks=["staging"], folds=[0],

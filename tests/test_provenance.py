@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+import bench.engine.inputs as inputs_mod
+import bench.engine.unit as unit_step
 from bench.engine import runner
 from bench.engine.config import OptionError
 from bench.engine.runner import run, unit_variant
@@ -35,7 +37,7 @@ class StageInputs(FakeFeatureInputs):
 @pytest.fixture()
 def cohort(tmp_path, monkeypatch):
     spec, data = write_toy_cohort(tmp_path, N_CASES, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
-    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", StageInputs)
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "features", StageInputs)
     return spec, tmp_path / "results", data
 
 
@@ -137,7 +139,7 @@ def test_a_failed_replacement_leaves_the_previous_result_live(cohort, monkeypatc
     def boom(*a, **k):
         raise RuntimeError("killed mid-training")
 
-    monkeypatch.setattr(runner, "fit_and_score", boom)
+    monkeypatch.setattr(unit_step, "fit_and_score", boom)
     rep = _run(spec, results, tasks=["staging"], folds=[0], train_overrides={"epochs": 2}, variant=None)
     assert rep.failed and not rep.ran
     assert {p: p.read_text() for p in _mtimes(results)} == before  # still the finished result
@@ -282,12 +284,11 @@ class _FakeSlides(StageInputs):
 @pytest.mark.parametrize("method", ["abmil.resnet50", "prov-gigapath-cls", "pixelmamba-6m"])
 def test_tune_builds_the_network_run_builds(cohort, monkeypatch, tmp_path, method):
     pytest.importorskip("optuna")
-    import bench.engine.inputs as inputs_mod
     import bench.engine.tuning as tuning_mod
     from bench.engine.tuning import tune, split_params
 
     spec, results, _ = cohort
-    monkeypatch.setitem(runner._FEATURE_INPUTS, "tiles", _SecondStageInputs)
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "tiles", _SecondStageInputs)
     monkeypatch.setattr(inputs_mod, "SlideInputs", _FakeSlides)
     init = tmp_path / "init.pt"
     if get_method(method).family == "end-to-end":  # a checkpoint that fits (a few of the network's tensors)
@@ -303,7 +304,7 @@ def test_tune_builds_the_network_run_builds(cohort, monkeypatch, tmp_path, metho
             raise _Recorded(where)
         return fake
 
-    monkeypatch.setattr(runner, "fit_and_score", record("run"))
+    monkeypatch.setattr(unit_step, "fit_and_score", record("run"))
     monkeypatch.setattr(tuning_mod, "fit_and_score", record("tune"))
     m = get_method(method)
     e2e = m.family == "end-to-end"

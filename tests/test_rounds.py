@@ -5,6 +5,7 @@ Fast: fake bags (tests/fake_inputs.py), MeanMIL."""
 import json
 import logging
 
+import bench.engine.inputs as inputs_mod
 from bench.engine import runner
 from bench.registry import get_method
 from bench.results.store import ResultsStore, Unit
@@ -16,7 +17,7 @@ def test_every_row_line_after_each_round_of_folds_but_the_last(tmp_path, monkeyp
     that every row is in the table, from k + 1 of 5 folds, once per round, and not after the last
     round (the run's end says that)."""
     spec, _ = write_toy_cohort(tmp_path, 20, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
-    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", BagInputs)
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "features", BagInputs)
     with caplog.at_level(logging.INFO, logger="bench"):
         report = runner.run([get_method("meanmil.resnet50")], str(spec), results=str(tmp_path / "r"),
                             tasks=["staging", "survival"], train_overrides={"epochs": 1}, progress=False)

@@ -4,6 +4,7 @@ library's own reader (TensorBoard's EventAccumulator, mlflow.search_runs, the W&
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,9 @@ def test_wandb_offline_run_reads_back(tmp_path, monkeypatch):
     _fake_unit(settings, "demo/staging/abmil.resnet50/fold1")
     files = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2  # one run per unit, not the first unit's run continued
+    deadline = time.monotonic() + 60  # wandb's service may still be flushing the last records
+    while time.monotonic() < deadline and not all("test/c_index" in WR.summary(f) for f in files):
+        time.sleep(0.5)
     for f in files:
         rows = [r for r in WR.history(f) if "train/loss" in r]
         assert [r["train/loss"] for r in rows] == pytest.approx(LOSSES)

@@ -9,6 +9,7 @@ import torch
 
 optuna = pytest.importorskip("optuna")
 
+import bench.engine.inputs as inputs_mod
 from bench.engine import runner  # noqa: E402
 from fake_inputs import FakeFeatureInputs, write_toy_cohort  # noqa: E402
 from bench.cli import main as cli  # noqa: E402
@@ -51,7 +52,7 @@ class RecordingInputs(FakeFeatureInputs):
 def cohort(tmp_path, monkeypatch):
     """A 24-case dataset (empty slide files are enough: the fake inputs never open them)."""
     spec, _ = write_toy_cohort(tmp_path, N_CASES)
-    monkeypatch.setitem(runner._FEATURE_INPUTS, "features", RecordingInputs)  # what make_inputs builds
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "features", RecordingInputs)  # what make_inputs builds
     for v in RecordingInputs.log.values():
         v.clear()
     return spec, tmp_path / "results"
@@ -237,7 +238,7 @@ def test_tune_accepts_the_hierarchical_space(cohort, monkeypatch):
     """`bench tune` on prov-gigapath-feat with the hierarchical space (a toy-width slide encoder through
     --model): trials complete and the searched keys are the space's minus what --set fixes."""
     spec, results = cohort
-    monkeypatch.setitem(runner._FEATURE_INPUTS, "tiles", RecordingTiles)
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "tiles", RecordingTiles)
     small = {"embed_dim": 16, "depth": 2, "heads": 2, "feat_layers": [1, 2], "abmil_hidden": 8, "abmil_attn": 4}
     report = tune(get_method("prov-gigapath-feat"), str(spec), n_trials=2, tasks=["staging"], folds=[0], inner=2,
                   results=results, train_overrides={"epochs": 1}, model_overrides=small, progress=False)

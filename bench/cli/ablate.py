@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, check_names, cluster_options, parse_int_list,
-                     parse_sets, print_failed, print_launch_report, resolve_dataset)
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, add_tracker, check_names, cluster_options,
+                     parse_int_list, parse_sets, print_failed, print_launch_report, resolve_dataset, tracker_settings)
 
 log = logging.getLogger("bench")
 
@@ -56,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train even when two values give the model the same input size, regions and Region "
                         "Fusion schedule (the check before training says which and how to make them differ; "
                         "docs/ablations.md)")
+    add_tracker(p)
     add_launch_args(p)
     g = p.add_argument_group("table options")
     g.add_argument("--stats", action="store_true",
@@ -89,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
     opts = RunOptions.create(dataset, tasks=[grid.task], folds=parse_int_list(args.folds), results=args.results,
                              cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                              train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
-                             input_overrides=parse_sets(args.input), progress=not args.quiet, order=args.order, settings=Settings.from_env())
+                             input_overrides=parse_sets(args.input), progress=not args.quiet, order=args.order,
+                             settings=Settings.from_env(), tracker=tracker_settings(args))
     failed: dict = {}
     if not args.table_only and not _values_differ(ablation, grid, opts, args.force):
         return 2

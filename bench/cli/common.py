@@ -176,3 +176,27 @@ def print_failed(failed: dict) -> None:
             print(f"FAILED {units[0]}: {msg}")
         else:
             print(f"FAILED {len(units)} units ({', '.join(units)}): {msg}")
+
+
+def add_tracker(p: argparse.ArgumentParser) -> None:
+    """``--tracker`` / ``--tracker-uri`` (docs/tracking.md)."""
+    p.add_argument("--tracker", choices=("none", "tensorboard", "mlflow", "wandb"), default=None,
+                   help="one tracked run per unit: per-step loss and learning rate, per-epoch losses, the final "
+                        "test metric, the unit's resolved options as parameters (default: the overlay's "
+                        "settings.yaml `tracker:`, else tensorboard, written to <results>/tracking/)")
+    p.add_argument("--tracker-uri", default=None, metavar="URI",
+                   help="mlflow: a tracking server (default: the SQLite file <results>/tracking/mlflow.db)")
+
+
+def tracker_settings(args: argparse.Namespace) -> Any:
+    """The tracker of this command: ``--tracker``, else the overlay's ``settings.yaml``, else
+    TensorBoard; checked to be installed before any work. Reads the environment (W&B login) once."""
+    from ..engine.tracking import DEFAULT_TRACKER, TrackerSettings, check_available, wandb_mode
+    from ..resources import read_settings
+
+    file = read_settings()
+    kind = args.tracker or file.get("tracker") or DEFAULT_TRACKER
+    check_available(kind)
+    return TrackerSettings(kind=kind, root=str(Path(args.results) / "tracking"),
+                           uri=args.tracker_uri or file.get("tracker_uri"),
+                           wandb_mode=wandb_mode(os.environ, Path.home() / ".netrc") if kind == "wandb" else "offline")

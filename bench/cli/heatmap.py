@@ -70,7 +70,7 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
     from ..data.splits import SplitManager
     from ..engine.config import Variant
     from ..engine.plan import Planner
-    from ..engine.runner import sample_labels
+    from ..engine.unit import sample_labels
     from ..engine.train import zscore_samples
     from ..registry import resolve_methods
     from ..results.store import ResultsStore, Unit, load_weights

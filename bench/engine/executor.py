@@ -68,7 +68,8 @@ class Outcome:
 
 def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test: Sequence[Sample],
                   cfg: TrainConfig, *, progress: bool = True, desc: str = "",
-                  device: torch.device | str | None = "auto", val: Sequence[Sample] | None = None) -> Outcome:
+                  device: torch.device | str | None = "auto", val: Sequence[Sample] | None = None,
+                  tracker: Any = None) -> Outcome:
     """Train ``recipe``'s model on ``train`` from seed ``cfg.seed`` on ``device``, predict and score
     ``test`` (``val``: an imported split set's early-stopping set, see ``train_and_predict``)."""
     torch.manual_seed(cfg.seed)
@@ -80,7 +81,7 @@ def fit_and_score(recipe: ModelRecipe, task: str, train: Sequence[Sample], test:
         pred, train_log, info = fit_and_predict(model, task, train, test, cfg)
     else:
         pred, train_log, info = train_and_predict(model, task, train, test, cfg, progress=progress, desc=desc,
-                                                  val=val)
+                                                  val=val, tracker=tracker)
     steps = cfg.epochs * info["train_cases"]  # one slide (or one case's bag) per forward pass
     loaded = [w.to_dict() for w in getattr(model, "weights_provenance", [])]  # feature_cache.weights.record
     return Outcome(pred, train_log, T.score(task, pred), info, count_parameters(model),

@@ -427,13 +427,13 @@ def _normalise(arr: np.ndarray) -> torch.Tensor:
 
 
 Inputs = FeatureInputs | SlideInputs | RegionInputs
-_FEATURE_INPUTS: dict[str, type[FeatureInputs]] = {"features": FeatureInputs, "tiles": TileInputs,
+FEATURE_INPUTS: dict[str, type[FeatureInputs]] = {"features": FeatureInputs, "tiles": TileInputs,
                                                    "region_features": RegionFeatureInputs}
 
 
 def inputs_key(spec: MethodSpec, input_opts: dict[str, Any]) -> str:
     """Methods with the same key consume the same inputs (and share them within a run)."""
-    if spec.input in _FEATURE_INPUTS:
+    if spec.input in FEATURE_INPUTS:
         return f"{spec.input}:{spec.cache_encoder}"
     if input_opts.get("regions"):
         return "regions:" + digest(dict(input_opts["regions"])) + (":rgb" if spec.raw_rgb else "")
@@ -446,8 +446,8 @@ def make_inputs(spec: MethodSpec, cohort: Cohort, cache: Path | str, input_opts:
     """The inputs a method consumes (``input_opts``: ``bench.engine.config.input_options``): cached
     patch features of its encoder (a bag, tiles with positions, or HIPT's regions), whole slides
     at a magnification, or random tissue regions."""
-    if spec.input in _FEATURE_INPUTS:
-        return _FEATURE_INPUTS[spec.input](cohort, spec.cache_encoder, Path(cache),
+    if spec.input in FEATURE_INPUTS:
+        return FEATURE_INPUTS[spec.input](cohort, spec.cache_encoder, Path(cache),
                                            cohort.spec.allow_random_weights, progress,
                                            standin=cohort.spec.random_encoder_standin)
     if input_opts.get("regions"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .recipe import Overrides
+from .tracking import TrackerSettings
 
 ORDERS = ("task", "method", "fold")
 
@@ -74,6 +75,7 @@ class RunOptions:
     splits_name: str | None = None  # an imported split set (`bench splits --import`) instead of the seeded folds
     keep_weights: bool | None = None  # each finished unit's trained weights to model.pt (None: the store's default)
     settings: Settings = field(default_factory=Settings)
+    tracker: TrackerSettings | None = None  # one tracked run per unit (bench.engine.tracking); None: untracked
 
     def __post_init__(self) -> None:
         for name in ("tasks", "folds"):
@@ -124,6 +126,8 @@ class RunOptions:
         d = dict(d)
         d["overrides"] = Overrides(**d.get("overrides", {}))
         d["settings"] = Settings(**d.get("settings", {}))
+        if d.get("tracker") is not None:
+            d["tracker"] = TrackerSettings(**d["tracker"])
         return cls(**d)
 
     @classmethod

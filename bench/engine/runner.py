@@ -15,23 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pandas as pd
 
 from ..data.datasets import load_cohort
 from ..data.splits import SplitManager, Splits
-from ..registry import ENCODERS, SOURCE_PARAMS, MethodSpec
-from ..results.records import InputSpec, SplitIdentity, UnitRecord, WeightsProvenance
+from ..registry import MethodSpec
+from ..results.records import UnitRecord
 from ..results.store import MixedRowError, ResultsStore, Unit
-from ..report.tables import human_count
 from . import distributed as D
-from .. import tasks as T
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
 from .eta import Eta, clock as _clock
-from .executor import fit_and_score, resolve_device
-from ..results.identity import digest
-from .identity import NUMERICS_VERSION
 from .jobs import Workers, default_worker_command, finished_now, threads_per_job, validate_jobs, write_worker_spec
-from .inputs import _FEATURE_INPUTS, Inputs  # noqa: F401 (tests patch it)
 from .memory import unit_memory_policy
 from .options import RunOptions
 from .progress import Rounds, failed_since as _failed_since, metric_text as _fmt
@@ -39,7 +32,7 @@ from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, check_folds, check_variant_name, unit_variant
 from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
                      only_slides_changed)
-from .train import TrainConfig
+from . import unit as U
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +320,8 @@ def _train_one(p: UnitPlan, ex: _Execution, extracted: set[str], eta: Eta) -> Un
     # end-to-end units only: resident memory stays at one layer's working set, while the MIL
     # units' small steps would pay page faults for nothing (bench/engine/memory.py)
     with unit_memory_policy(p.spec.family == "end-to-end", ex.opts.settings):
-        pred, train_log, record, weights = _run_unit(p, planner, fi, ex.opts.progress, ex.opts.device)
+        pred, train_log, record, weights = U.run_unit(p, planner, fi, ex.opts.progress, ex.opts.device,
+                                                       ex.opts.tracker)
     if D.is_main():
         store.finish(unit, pred, train_log, record, why="; ".join(report.redone.get(unit, [])), weights=weights)
     report.ran.append(unit)
@@ -394,101 +388,3 @@ def grid_order(tasks: list[str], variants: list[Any], n_folds: dict[str, int], f
            "method": lambda u: (v_pos[id(u[1])], t_pos[u[0]], u[2]),
            "fold": lambda u: (u[2], t_pos[u[0]], v_pos[id(u[1])])}[order]
     return sorted(keep, key=key)
-
-
-def sample_labels(row: pd.Series, task: str) -> dict[str, float]:
-    return {c: float(row[c]) for c in T.get_task(task).label_columns}
-
-
-def _run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device: Any
-              ) -> tuple[pd.DataFrame, pd.DataFrame, UnitRecord, dict[str, Any] | None]:
-    unit, spec, cohort = p.unit, p.spec, planner.cohort
-    device = resolve_device(device)
-    splits = planner.splits[unit.task]
-    cases = cohort.cases(unit.task).set_index("case_id")
-    without = [c for c in cases.index if not fi.has(c)]
-    if without:
-        log.warning("%s: %d case(s) have no input and are left out (e.g. %s)", unit, len(without),
-                    ", ".join(without[:3]))
-    train = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.train_cases(unit.fold)
-             if c not in without]
-    test = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.test_cases(unit.fold)
-            if c not in without]
-    val = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.val_cases(unit.fold)
-           if c not in without]
-    name = spec.name + (f"[{unit.variant}]" if unit.variant else "")
-    t_unit = time.perf_counter()
-    out = fit_and_score(p.recipe, unit.task, train, test, TrainConfig.from_dict(p.train), progress=progress,
-                        desc=f"{name} {unit.task} fold {unit.fold}", device=device, val=val)
-    unit_seconds = time.perf_counter() - t_unit  # build + train + predict + score (benchmarks/first_run.py)
-    task = T.get_task(unit.task)
-    cfg = p.config
-    record = UnitRecord(
-        dataset=unit.dataset, task=unit.task, method=unit.method, fold=unit.fold, variant=unit.variant,
-        variant_settings=p.variant.settings, tuned=p.tuned, family=spec.family, label=spec.label,
-        group=_group(spec), backbone=ENCODERS[spec.encoder]["backbone"] if spec.encoder in ENCODERS else spec.backbone,
-        encoder=spec.cache_encoder, encoder_label=ENCODERS.get(spec.encoder or "", {}).get("label", ""),
-        frozen_params_text=_frozen_params(spec, out.params, out.trainable_params, fi.provenance()),
-        default_input=_default_input(spec, fi), input=fi.spec, model=cfg["model"], train=cfg["train"],
-        protocol=cfg["protocol"], split=SplitIdentity(**cfg["split"]),
-        identity={"labels": digest(cfg["labels"]), "slides": digest(cfg["slides"]),
-                  "mpp_override": str(cfg["mpp_override"])},
-        weights=[WeightsProvenance.from_dict(w) for w in cfg["weights"]], config_hash=p.chash,
-        code_version=_code_version(), numerics_version=NUMERICS_VERSION, primary_metric=task.metric,
-        higher_is_better=bool(getattr(task, "higher_is_better", True)), metrics=out.scores, params=out.params, trainable_params=out.trainable_params,
-        n_train=len(train), n_test=len(test), cases_without_input=without, predictions_sha256="",
-        train_seconds=out.info["train_seconds"], train_seconds_per_slide=out.train_seconds_per_slide,
-        peak_rss_mb=out.peak_rss_mb, peak_cuda_mb=out.peak_cuda_mb, finished=time.time(),
-        info={**{k: v for k, v in out.info.items() if k != "train_seconds"}, "non_default": p.non_default,
-              "device": str(device), "weights_loaded": out.loaded + _encoder_loads(fi),
-              "unit_seconds": unit_seconds,
-              "order": _registry_position(spec.name)},
-    )
-    return out.predictions, out.train_log, record, out.state_dict
-
-
-def _encoder_loads(fi: Inputs) -> list[dict[str, Any]]:
-    """What the patch encoder's weights were loaded from (file, sha256, key map), when it has a record."""
-    enc = getattr(fi, "encoder", None)
-    return [w.to_dict() for w in enc.weights_provenance] if enc is not None else []
-
-
-def _registry_position(name: str) -> int:
-    """Registration order = Table 2's row order; recorded so tables need not read the registry."""
-    from ..registry import list_methods
-
-    names = [s.name for s in list_methods()]
-    return names.index(name) if name in names else len(names)
-
-
-def _group(spec: MethodSpec) -> str:
-    if spec.family == "two-stage" and spec.encoder in ENCODERS:
-        return ENCODERS[spec.encoder]["group"]
-    return spec.group or ("End-to-end" if spec.family == "end-to-end" else "Two-stage")
-
-
-def _default_input(spec: MethodSpec, fi: Inputs) -> InputSpec:
-    if spec.input == "slide":
-        return InputSpec("slide", magnification=float(spec.magnification or 2.5))
-    return fi.spec
-
-
-def _frozen_params(spec: MethodSpec, total: int, trainable: int, weights: list[WeightsProvenance]) -> str:
-    """Table 2's frozen part of a two-stage row: a MIL row's patch encoder ("25M"); a hierarchical
-    row's first stage together with its frozen second stage ("24.4M", "1.2G"); a stand-in encoder is
-    named, not counted. "" for rows without a frozen part."""
-    standin = any(w.source == "standin" for w in weights)
-    if spec.family != "two-stage":
-        return ""
-    if spec.encoder in ENCODERS:
-        return "stand-in" if standin else ENCODERS[spec.encoder]["params"]
-    frozen = total - trainable
-    if standin:
-        return "stand-in" + (f" + {human_count(frozen)}" if frozen else "")
-    return human_count(frozen + SOURCE_PARAMS.get(spec.source or "", 0))
-
-
-def _code_version() -> str:
-    from ..results.store import code_version
-
-    return code_version()

@@ -67,6 +67,11 @@ class StepLoop:
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine_schedule(total_steps, warmup_steps, floor))
         self.grad_clip, self.before_step = grad_clip, before_step
+        # experiment tracking (bench.engine.tracking): the mean loss of each optimizer step's passes
+        # and the learning rate it stepped with, reported by the main rank; None: untracked
+        self.tracker: Any = None
+        self.n_steps = 0
+        self._step_losses: list[float] = []
 
     def pass_(self, sync: bool) -> ContextManager:
         """The context of one forward + backward: gradients are all-reduced only when ``sync``."""
@@ -79,15 +84,22 @@ class StepLoop:
         if D.any_rank(here):
             raise error(here)
         (loss / self.accum).backward()
+        if self.tracker is not None:
+            self._step_losses.append(float(loss.detach()))
 
     def step(self) -> None:
         if self.before_step is not None:
             self.before_step(self.model)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        lr = self.last_lr()
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
+        self.n_steps += 1
+        if self.tracker is not None and D.is_main():
+            losses, self._step_losses = self._step_losses, []
+            self.tracker.log_step(self.n_steps, loss=sum(losses) / max(1, len(losses)), lr=lr)
 
     def last_lr(self) -> float:
         return self.sched.get_last_lr()[0]

@@ -278,3 +278,27 @@ def open_run(settings: TrackerSettings | None, name: str, params: Mapping[str, A
     except Exception as exc:  # noqa: BLE001 — see the docstring
         log.warning("tracker %s could not open run %s (%s); this unit trains untracked", settings.kind, name, exc)
         return NullRun()
+
+
+def unit_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A unit's tracked parameters: its resolved identity (``config.json``) with the per-case labels
+    and per-slide fingerprints replaced by their digests (the tables of a cohort are not parameters)."""
+    from ..results.identity import digest
+
+    out = {k: v for k, v in config.items() if k not in ("labels", "slides")}
+    out["labels_digest"] = digest(config.get("labels", {}))
+    out["slides_digest"] = digest(config.get("slides", {}))
+    return out
+
+
+def open_unit_run(settings: TrackerSettings | None, dataset: str, task: str, method: str, fold: int,
+                  variant: str | None, config: Mapping[str, Any]) -> NullRun:
+    """The tracked run of one unit (see :func:`open_run`)."""
+    if settings is None or settings.kind == "none":
+        return NullRun()
+    return open_run(settings, run_name(dataset, task, method, fold, variant), unit_params(config))
+
+
+def tracks(run: NullRun) -> bool:
+    """Whether ``run`` records anything (the training loop skips its per-step bookkeeping if not)."""
+    return type(run) is not NullRun

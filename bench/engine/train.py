@@ -202,7 +202,7 @@ def _early_stopping_set(task: str, train: list[Sample], given: list[Sample], cfg
 def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample], test: Sequence[Sample],
                       cfg: TrainConfig, *, progress: bool = True, desc: str = "",
                       before_step: Callable[[torch.nn.Module], None] | None = None,
-                      val: Sequence[Sample] | None = None,
+                      val: Sequence[Sample] | None = None, tracker: Any = None,
                       ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Train on ``train``, predict ``test``. Returns (predictions, train log, info).
 
@@ -214,6 +214,8 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     pass), gradients are averaged across ranks once per optimizer step (``no_sync`` in between),
     and the predictions of the ranks' shares of ``test`` are gathered on every rank.
     ``before_step(model)`` is called before every optimizer step (gradients complete).
+    ``tracker``: the unit's tracked run (``bench.engine.tracking``): each optimizer step's loss and
+    learning rate, each epoch's losses.
     """
     seed_everything(cfg.seed)
     given = list(val or [])
@@ -231,6 +233,7 @@ def train_and_predict(model: torch.nn.Module, task: str, train: Sequence[Sample]
     loop = StepLoop(model, dev, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, accum=cfg.grad_accum,
                     total_steps=steps_per_epoch * cfg.epochs, warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
                     grad_clip=cfg.grad_clip, before_step=before_step)
+    loop.tracker = tracker
     fitted.to(dev)
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.epochs * per_rank, desc=desc or "train", unit="case",
@@ -285,6 +288,8 @@ def _epochs(loop: StepLoop, train: Sequence[Sample], val: Sequence[Sample], fitt
                 best = (v, epoch + 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
             elif epoch + 1 - best[1] >= cfg.patience and epoch + 1 > cfg.min_epochs:
                 break
+        if loop.tracker is not None and D.is_main():
+            loop.tracker.log_epoch(epoch + 1, **{k: rows[-1][k] for k in ("loss", "val_loss") if k in rows[-1]})
         bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
     return rows, best
 

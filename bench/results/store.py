@@ -19,6 +19,7 @@ can share one results directory. Reading a record verifies the sha256 of its pre
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -398,7 +399,13 @@ def save_weights(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+    try:
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError):  # torch reports a short write (a full disk) as a RuntimeError
+            raise OSError(errno.ENOSPC, f"short write: {exc}", str(path)) from exc
+        raise
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     os.replace(tmp, path)
     return {"file": path.name, "sha256": digest, "bytes": path.stat().st_size}

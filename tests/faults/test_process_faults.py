@@ -15,6 +15,8 @@ from pathlib import Path
 import h5py
 import pytest
 
+import bench.engine.unit as U
+
 from conftest import METHOD, N_FOLDS, REPO, TASKS, slide_id
 
 N_UNITS = len(TASKS) * N_FOLDS
@@ -209,7 +211,7 @@ def test_f21_unit_failure_under_ddp_stops_the_rank(cohort, monkeypatch, caplog):
     monkeypatch.setattr(D, "broadcast", lambda obj: obj)
     monkeypatch.setattr(D, "barrier", lambda: None)
     monkeypatch.setattr(D, "rank", lambda: 0)
-    real, calls = R._run_unit, []
+    real, calls = U.run_unit, []
 
     def failing(plan, *a, **k):
         calls.append(plan.unit)
@@ -217,7 +219,7 @@ def test_f21_unit_failure_under_ddp_stops_the_rank(cohort, monkeypatch, caplog):
             raise MemoryError("one rank's slide did not fit")
         return real(plan, *a, **k)
 
-    monkeypatch.setattr(R, "_run_unit", failing)
+    monkeypatch.setattr(U, "run_unit", failing)
     with pytest.raises(MemoryError):  # the process ends with the error (torchrun sees a failed worker)
         cohort.run("--tasks", "staging")
     msg = "\n".join(r.getMessage() for r in caplog.records)
