@@ -57,6 +57,10 @@ def main() -> None:
     from bench.engine.jobs import worker_of
 
     methods = [get_method(m) for m in kw.pop("methods")]
+    if kw.get("tracker") is not None:  # the parent's tracker settings, as RunOptions carries them
+        from bench.engine.tracking import TrackerSettings
+
+        kw["tracker"] = TrackerSettings(**kw["tracker"])
     runner.run(methods, kw.pop("dataset"), worker_of=worker_of(), progress=False, **kw)
 
 
