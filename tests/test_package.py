@@ -16,7 +16,8 @@ PACKAGES = ("bench", "feature_cache", "baselines", "pixelmamba")
 # import name -> distribution name, where they differ
 DIST = {"yaml": "pyyaml", "sklearn": "scikit-learn", "sksurv": "scikit-survival", "skimage": "scikit-image",
         "PIL": "pillow", "openslide": "openslide-python", "open_clip": "open-clip-torch",
-        "huggingface_hub": "huggingface-hub", "mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d"}
+        "huggingface_hub": "huggingface-hub", "mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d",
+        "mlflow": "mlflow-skinny"}
 
 
 def _pyproject() -> dict:
@@ -53,7 +54,9 @@ def test_every_third_party_import_is_declared_and_nothing_unused():
                   if DIST.get(m, m).lower().replace("_", "-") not in core | extras}
     assert not undeclared, f"imported but not in pyproject: {undeclared}"
     # runtime plugins used without an import statement: tifffile's codecs, OpenSlide's library
-    used = {DIST.get(m, m).lower().replace("_", "-") for m in imports} | {"imagecodecs", "openslide-bin"}
+    # loaded by other packages, never imported by name: tifffile codecs, the OpenSlide library, and
+    # TensorBoard (torch.utils.tensorboard writes its event files)
+    used = {DIST.get(m, m).lower().replace("_", "-") for m in imports} | {"imagecodecs", "openslide-bin", "tensorboard"}
     assert not core - used, f"core dependencies nothing imports: {sorted(core - used)}"
 
 

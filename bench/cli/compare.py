@@ -45,7 +45,7 @@ def _row(text: str) -> tuple[str, str | None]:
 
 def main(args: argparse.Namespace) -> int:
     from ..report.compare import compare_rows
-    from ..report.results import ResultsStore
+    from ..results.store import ResultsStore
     from ..tasks import get_task
 
     store = ResultsStore(args.results)
