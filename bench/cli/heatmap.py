@@ -252,7 +252,7 @@ def write_case_all(ld: Loaded, cases: list[str], out: Path, args: argparse.Names
     with tqdm(total=total, desc=f"heatmaps {ld.rec.method} fold {ld.rec.fold}", unit="slide",
               disable=True if args.quiet else None) as bar:
         for c in cases:
-            n += write_case(ld, c, out, args, target_of, lambda k: None)
+            n += write_case(ld, c, out, args, target_of, lambda k: None, score_case)
             bar.update(len(ld.fi.slides_of[c]))
     return n
 

@@ -28,9 +28,9 @@ def _done(path: Path, key: str) -> bool:
 
 
 def write_case(ld: Any, case: str, out: Path, args: argparse.Namespace, target_of: Callable[[Any], Any],
-               on_batch: Callable[[int], None]) -> int:
-    """Score and write every slide of ``case``; slides already written with the same key are skipped."""
-    from .heatmap import score_case
+               on_batch: Callable[[int], None], score_case: Callable[..., Any]) -> int:
+    """Score (with ``score_case``, the command's scorer) and write every slide of ``case``; slides
+    already written with the same key are skipped."""
     from ..report import heatmap_files as F
 
     key = _key(ld, args)

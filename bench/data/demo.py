@@ -371,10 +371,6 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float | None = MPP) -> 
             )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -481,7 +477,7 @@ def generate_demo(root: Path, seed: int = 0, n_cases: int = 48, binary_label: bo
                 "tissue_fraction": round(float(rendered.tissue.mean()), 4),
             }
         clinical = root / "clinical.csv"
-        _atomic_write_text(clinical, _clinical_csv(cases, binary_label))
+        atomic_write_text(clinical, _clinical_csv(cases, binary_label))
         files["clinical.csv"] = _sha256(clinical)
         for rel in old_files - set(files):
             stale = root / rel
@@ -499,6 +495,6 @@ def generate_demo(root: Path, seed: int = 0, n_cases: int = 48, binary_label: bo
             "slides": slide_truth,
             "files": files,
         }
-        _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     log.info("demo cohort written: %d slides", len(slide_truth))
     return root
