@@ -303,6 +303,7 @@ def test_each_latex_layout_compiles_without_overfull_boxes(store, tmp_path, layo
         assert r"\begin{sidewaystable}" in tex
     log = compile_log(tmp_path, tex, layout)
     assert "Overfull \\hbox" not in log, [ln for ln in log.splitlines() if "Overfull" in ln]
+    assert "Float too large" not in log, [ln for ln in log.splitlines() if "too large" in ln]
 
 
 def test_paper_scale_table2_fits_a_two_column_page(store, tmp_path):

@@ -327,7 +327,9 @@ def table2(wide: pd.DataFrame, cols: list[tuple[str, str]], summary: pd.DataFram
         notes.append((CHANCE_MARK, chance_note + "."))
     return Table(columns, rows, caption, notes, [], groups, label, wide=True,
                  tabcolsep="3pt" if layout == "compact" else "4pt", font=r"\footnotesize",
-                 stack=layout == "compact", env="sidewaystable" if layout == "landscape" else None)
+                 # the spread under the mean only where one line per cell would not fit the width: a
+                 # table of one cohort (two metric columns) keeps one line per row, so its height fits
+                 stack=layout == "compact" and len(cols) > 2, env="sidewaystable" if layout == "landscape" else None)
 
 
 def _table2_caption(wide: pd.DataFrame, summary: pd.DataFrame | None, tasks: list[str], compute: bool,
