@@ -262,8 +262,7 @@ def render_slide(spec: SlideSpec) -> RenderedSlide:
     s = 8
     hs, ws = h // s + 1, w // s + 1
     yy, xx = np.mgrid[0:hs, 0:ws].astype(np.float32)
-    xx = xx * s
-    yy = yy * s
+    xx, yy = xx * s, yy * s
     field = np.full((hs, ws), -1.0, np.float32)
     for cx, cy, a, b, ang in foci:
         c, si = np.cos(ang), np.sin(ang)
@@ -300,7 +299,14 @@ def render_slide(spec: SlideSpec) -> RenderedSlide:
     img = half.repeat(2, axis=0).repeat(2, axis=1)[:h, :w]  # (H, W, 3) uint8
     img = np.ascontiguousarray(img)
 
-    # Nuclei: soft dark disks alpha-blended one by one into their small windows.
+    _draw_nuclei(rng, img, tissue_h, tumour_h, case)
+    return RenderedSlide(rgb=img, tissue=tissue_h, n_foci=n_foci, tumour=tumour_h)
+
+
+def _draw_nuclei(rng: np.random.Generator, img: np.ndarray, tissue_h: np.ndarray, tumour_h: np.ndarray,
+                 case: CaseSpec) -> None:
+    """Soft dark nuclei alpha-blended one by one into ``img`` (in place), normal then tumour."""
+    h, w = img.shape[:2]
     pad = 12
     area_t = 4.0 * float(tumour_h.sum())
     area_n = 4.0 * float(tissue_h.sum()) - area_t
@@ -330,7 +336,6 @@ def render_slide(spec: SlideSpec) -> RenderedSlide:
             k = stamp.shape[0] // 2
             win = img[y - k : y + k + 1, x - k : x + k + 1]
             win[:] = win + stamp * (color - win)
-    return RenderedSlide(rgb=img, tissue=tissue_h, n_foci=n_foci, tumour=tumour_h)
 
 
 # --------------------------------------------------------------------------- writing
@@ -357,18 +362,9 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float | None = MPP) -> 
             ds = 4**i
             res = {} if mpp is None else {"resolution": (1e4 / mpp / ds, 1e4 / mpp / ds),
                                           "resolutionunit": "CENTIMETER"}
-            tw.write(
-                level,
-                tile=(TILE, TILE),
-                photometric="rgb",
-                planarconfig="contig",
-                compression="jpeg",
-                compressionargs={"level": JPEG_QUALITY},
-                **res,
-                subfiletype=0 if i == 0 else 1,
-                software="wsi-bench demo",
-                metadata=None,
-            )
+            tw.write(level, tile=(TILE, TILE), photometric="rgb", planarconfig="contig", compression="jpeg",
+                     compressionargs={"level": JPEG_QUALITY}, **res, subfiletype=0 if i == 0 else 1,
+                     software="wsi-bench demo", metadata=None)
 
 
 def _sha256(path: Path) -> str:
