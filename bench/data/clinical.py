@@ -226,6 +226,24 @@ def load_clinical(path: str | Path, fmt: str, columns: Mapping[str, str] | None 
     idx = out.index
 
     out["stage"] = _stages(raw.loc[idx], out, fmt, ov, endpoint, path, stage_map)
+    time_unit = _survival(raw, out, rows, ids, fmt, ov, endpoint, path)
+    if fmt == "normalized":
+        col = _find(raw, "label", fmt, ov, endpoint, path)
+        if col is not None:  # binary classification (e.g. CAMELYON16: normal / tumor)
+            out["label"] = [parse_label(v, label_map, f"{path}, row {rows[i]} ({col})")
+                            for i, v in raw.loc[idx, col].items()]
+    out = _merge_case_rows(out, path, time_unit)
+    _drop_bad_times(out, path, time_unit)
+    out.loc[out["time"].isna(), "event"] = np.nan
+    out.loc[out["event"].isna(), "time"] = np.nan
+    cols = ["case_id", "stage", "time", "event"] + (["label"] if "label" in out else [])
+    return out[cols].reset_index(drop=True)
+
+
+def _survival(raw: pd.DataFrame, out: pd.DataFrame, rows: pd.Series, ids: pd.Series, fmt: str,
+              ov: Mapping[str, str], endpoint: str, path: Path) -> str:
+    """Fill ``out``'s ``event`` and ``time`` (months) from ``raw``; return the unit the table writes."""
+    idx = out.index
     time_unit = "months"
     bad_numbers: list[str] = []
 
@@ -261,17 +279,15 @@ def load_clinical(path: str | Path, fmt: str, columns: Mapping[str, str] | None 
         if fmt == "tcga-cdr":
             t, time_unit = t / DAYS_PER_MONTH, "days"
         out["time"] = t
-    if fmt == "normalized":
-        col = _find(raw, "label", fmt, ov, endpoint, path)
-        if col is not None:  # binary classification (e.g. CAMELYON16: normal / tumor)
-            out["label"] = [parse_label(v, label_map, f"{path}, row {rows[i]} ({col})")
-                            for i, v in raw.loc[idx, col].items()]
     if bad_numbers:
         log.warning("%s: %d survival value(s) are not plain numbers; those cases are left out of survival "
                     "(%s). Fix: write plain numbers (%s, no thousands separators, no inf).", path,
                     len(bad_numbers), _some(bad_numbers), time_unit)
+    return time_unit
 
-    out = _merge_case_rows(out, path, time_unit)
+
+def _drop_bad_times(out: pd.DataFrame, path: Path, time_unit: str) -> None:
+    """Leave cases with a survival time <= 0 out of survival (in place), with a warning."""
     bad_time = out["time"].notna() & ~(out["time"] > 0)
     if bad_time.any():
         sel = out[bad_time]
@@ -282,10 +298,6 @@ def load_clinical(path: str | Path, fmt: str, columns: Mapping[str, str] | None 
                     "> 0).", path, int(bad_time.sum()), shown, " …" if bad_time.sum() > 10 else "",
                     ", ".join(sel["rows"].head(10)), time_unit, time_unit)
         out.loc[bad_time, ["time", "event"]] = np.nan
-    out.loc[out["time"].isna(), "event"] = np.nan
-    out.loc[out["event"].isna(), "time"] = np.nan
-    cols = ["case_id", "stage", "time", "event"] + (["label"] if "label" in out else [])
-    return out[cols].reset_index(drop=True)
 
 
 def _stages(raw: pd.DataFrame, out: pd.DataFrame, fmt: str, ov: Mapping[str, str], endpoint: str,
