@@ -129,18 +129,8 @@ def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: st
     or a slide cannot be opened. ``tissue`` also segments each slide's thumbnail."""
     from ..data.datasets import DatasetError, load_cohort
     from ..data.features import pre_extracted
-    from ..io import UnwritableError, check_writable
 
-    ok = True
-    for root, what, env in ((results, "results root", "BENCH_RESULTS"), (cache, "feature cache root", "BENCH_CACHE")):
-        if root is None:
-            continue
-        try:
-            check_writable(root, what, f"point --{what.split()[0 if what.startswith('results') else 1]} / {env} "
-                                       "at a directory you can write, or fix its permissions", create=False)
-        except UnwritableError as exc:
-            print(f"error: {exc}")
-            ok = False
+    ok = _roots_writable(results, cache)
     try:
         cohort = load_cohort(name)
     except (DatasetError, ValueError) as exc:
@@ -183,20 +173,7 @@ def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: st
     unusable |= set().union(*feature_bad.values()) if feature_bad else set()
     slides_of = cohort.slides_of()
     dead = sorted(c for c, sl in slides_of.items() if all(s in unusable for s in sl))
-    drops: list[tuple[str, str, str]] = []  # (case or slide, task, why)
-    for sid in cohort.dropped.get("slides without a clinical row", []):
-        drops.append((sid, "every task", "slide without a clinical row"))
-    for cid in cohort.dropped.get("cases in the clinical table without a slide", []):
-        drops.append((cid, "every task", "no slide"))
-    for cid in dead:
-        drops.append((cid, "every task", f"none of its slides is usable ({', '.join(slides_of[cid])})"))
-    for task in spec.tasks:
-        from ..tasks import get_task
-
-        cols = " and ".join(get_task(task).label_columns)
-        for cid in cohort.unlabelled(task):
-            if cid not in dead:
-                drops.append((cid, task, f"no valid {cols} (NA, unknown or invalid value; see warnings above)"))
+    drops = _drops(cohort, dead, slides_of)
     print(f"  will drop: {len(drops)}" + (" (nothing)" if not drops else ""))
     for item, task, why in drops:
         print(f"    {item:28s} from {task}: {why}")
@@ -213,6 +190,43 @@ def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: st
     if not problems:
         print(f"  folds: every task fills {n_folds} folds")
     return ok and not bad and not problems and not any(feature_bad.values())
+
+
+def _roots_writable(results: str | None, cache: str | None) -> bool:
+    """Print an error for each given root that cannot be written; False if any."""
+    from ..io import UnwritableError, check_writable
+
+    ok = True
+    for root, what, env in ((results, "results root", "BENCH_RESULTS"), (cache, "feature cache root", "BENCH_CACHE")):
+        if root is None:
+            continue
+        try:
+            check_writable(root, what, f"point --{what.split()[0 if what.startswith('results') else 1]} / {env} "
+                                       "at a directory you can write, or fix its permissions", create=False)
+        except UnwritableError as exc:
+            print(f"error: {exc}")
+            ok = False
+    return ok
+
+
+def _drops(cohort, dead: list[str], slides_of: dict[str, list[str]]) -> list[tuple[str, str, str]]:
+    """(case or slide, task, why) for everything ``run`` leaves out of a task."""
+    spec = cohort.spec
+    drops: list[tuple[str, str, str]] = []  # (case or slide, task, why)
+    for sid in cohort.dropped.get("slides without a clinical row", []):
+        drops.append((sid, "every task", "slide without a clinical row"))
+    for cid in cohort.dropped.get("cases in the clinical table without a slide", []):
+        drops.append((cid, "every task", "no slide"))
+    for cid in dead:
+        drops.append((cid, "every task", f"none of its slides is usable ({', '.join(slides_of[cid])})"))
+    for task in spec.tasks:
+        from ..tasks import get_task
+
+        cols = " and ".join(get_task(task).label_columns)
+        for cid in cohort.unlabelled(task):
+            if cid not in dead:
+                drops.append((cid, task, f"no valid {cols} (NA, unknown or invalid value; see warnings above)"))
+    return drops
 
 
 def _split_problems(cohort, results: str) -> list[str]:
