@@ -128,11 +128,11 @@ class Ablation:
         items = []
         mapped = []
         for v in grid:
-            used = _lookup(mapping, v)
+            used = lookup_value(mapping, v)
             self.check_value(used)
             if used != v:
-                mapped.append(f"{_fmt(v)} -> {_fmt(used)}")
-            items.append(GridItem(self.method, f"{self.override}={_fmt(used)}", used, v,  # type: ignore[arg-type]
+                mapped.append(f"{format_value(v)} -> {format_value(used)}")
+            items.append(GridItem(self.method, f"{self.override}={format_value(used)}", used, v,  # type: ignore[arg-type]
                                   {self.override: used}))
         if mapped:
             notes.append(f"{self.override} mapped for this dataset's size: " + ", ".join(mapped))
@@ -148,7 +148,7 @@ def _check_value(name: str, setting: str, v: Any, rule: dict[str, Any]) -> None:
     kind = rule.get("type", "number")
     lo, hi, step = rule.get("min"), rule.get("max"), rule.get("multiple_of")
     what = ("an integer" if kind == "integer" else "a number") + (
-        f" in [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else "") + (
+        f" in [{format_value(lo)}, {format_value(hi)}]" if lo is not None and hi is not None else "") + (
         f", a multiple of {step}" if step else "")
     number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if (not number or (kind == "integer" and not float(v).is_integer()) or (lo is not None and v < lo)
@@ -157,7 +157,7 @@ def _check_value(name: str, setting: str, v: Any, rule: dict[str, Any]) -> None:
                             f"Fix: give such values with --values (the paper's grid is the default)")
 
 
-def _lookup(mapping: dict[Any, Any], v: Any, default: Any = _SAME) -> Any:
+def lookup_value(mapping: dict[Any, Any], v: Any, default: Any = _SAME) -> Any:
     """``mapping[v]`` (numbers compared with isclose); absent: ``default``, else ``v`` itself (a value
     a dataset's mapping does not change). A published figure passes ``default=None``: a setting
     absent from the paper's grid has no paper figure."""
@@ -167,7 +167,7 @@ def _lookup(mapping: dict[Any, Any], v: Any, default: Any = _SAME) -> Any:
     return v if default is _SAME else default
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     """0.4 -> "0.4", 1.0 -> "1.0" (as the paper prints its grids), 0.3125 -> "0.3125", 32 -> "32"."""
     if isinstance(v, float):
         return f"{v:.1f}" if v.is_integer() else f"{v:g}"
@@ -175,7 +175,7 @@ def _fmt(v: Any) -> str:
 
 
 def _fmt_list(vs: list[Any]) -> str:
-    return "[" + ", ".join(_fmt(v) for v in vs) + "]"
+    return "[" + ", ".join(format_value(v) for v in vs) + "]"
 
 
 def list_ablations() -> list[Ablation]:
@@ -256,4 +256,4 @@ def _dataset_model_options(ablation: Ablation, items: list[GridItem], notes: lis
                             "the methods' plain runs (shared with Table 2)")
     for it in items:
         it.model = {**extra, **it.model}
-    notes.append("every row runs with " + ", ".join(f"{k}={_fmt(v)}" for k, v in extra.items()) + " on this dataset")
+    notes.append("every row runs with " + ", ".join(f"{k}={format_value(v)}" for k, v in extra.items()) + " on this dataset")

@@ -160,7 +160,7 @@ def resolve_methods(expr: str) -> list[MethodSpec]:
     return out
 
 
-def _import(target: str) -> Callable[..., "torch.nn.Module"]:
+def import_target(target: str) -> Callable[..., "torch.nn.Module"]:
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -171,7 +171,7 @@ def build_model(name: str, n_out: int, **overrides: Any) -> "torch.nn.Module":
     kwargs = {**spec.kwargs, **overrides}
     if spec.input == "features":
         kwargs.setdefault("in_dim", spec.feature_dim)
-    return _import(spec.builder)(n_out=n_out, **kwargs)
+    return import_target(spec.builder)(n_out=n_out, **kwargs)
 
 
 def count_parameters(model: "torch.nn.Module") -> int:

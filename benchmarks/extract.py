@@ -54,7 +54,7 @@ def main() -> None:
     import bench.registry  # noqa: F401 -- registers the declared encoders
     import feature_cache as fc
     from bench.data.demo import generate_demo
-    from feature_cache.cache import _read_batches
+    from feature_cache.cache import read_batches
     from feature_cache.tissue import patch_size_level0
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
@@ -108,7 +108,7 @@ def main() -> None:
             side0 = patch_size_level0(s, enc.patch_size, enc.magnification)
             level = s.best_level_for_downsample(side0 / enc.patch_size)
             read = round(side0 / s.level_downsamples[level])
-        batches += [b for _, b in _read_batches(path, {}, coords, level, read, enc.patch_size,
+        batches += [b for _, b in read_batches(path, {}, coords, level, read, enc.patch_size,
                                                 args.batch_size, enc, 0, 2)]
     load_c, t0 = os.getloadavg()[0], time.perf_counter()
     for b in batches:

@@ -382,7 +382,7 @@ class FeatureCache:
                 log.warning("%s (%s): no tissue patches at %gx; writing an empty feature file",
                             sid, path, mag)
             else:
-                for i, batch in _read_batches(path, getattr(self, "_open", {}), coords, level,
+                for i, batch in read_batches(path, getattr(self, "_open", {}), coords, level,
                                               read, ps, batch_size, encoder, *self._loader()):
                     feats[i : i + len(batch)] = encoder(batch).numpy()  # (B, D)
             attrs = {
@@ -401,7 +401,7 @@ class FeatureCache:
                 "patch_level": level,
                 "min_tissue": min_tissue,
                 "tissue_downsample": ds,
-                "code_version": _code_version(),
+                "code_version": cache_code_version(),
                 "cache_format": CACHE_FORMAT_VERSION,
                 "no_tissue": len(coords) == 0,
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -414,7 +414,7 @@ class FeatureCache:
                 "target_magnification": mag,
                 "overlap": 0,
             }
-        _write_h5(out, feats, coords, attrs, coord_attrs)
+        write_h5(out, feats, coords, attrs, coord_attrs)
         return len(coords)
 
 
@@ -444,13 +444,13 @@ def same_slide(out: Path, slide_path: Path) -> bool:
     return int(size) == now_size and mtime is not None and int(mtime) == now_mtime
 
 
-def _code_version() -> str:
+def cache_code_version() -> str:
     import feature_cache
 
     return feature_cache.__version__
 
 
-def _read_batches(path: Path, open_kwargs: Mapping[str, Any], coords: np.ndarray, level: int,
+def read_batches(path: Path, open_kwargs: Mapping[str, Any], coords: np.ndarray, level: int,
                   read: int, ps: int, batch_size: int, encoder: Encoder, workers: int = 0,
                   threads: int | None = None) -> Iterator[tuple[int, Any]]:
     """(start index, transformed float batch (B, 3, S, S)) in order, decoded by ``workers``
@@ -464,7 +464,7 @@ def _read_batches(path: Path, open_kwargs: Mapping[str, Any], coords: np.ndarray
                             and encoder.device.type == "cuda")
 
 
-def _write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any],
+def write_h5(out: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any],
               coord_attrs: Mapping[str, Any]) -> None:
     """Write through a temporary file and rename: the final name only ever holds a complete file."""
     try:

@@ -172,8 +172,8 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
     need the slide (coordinates inside it, patch size in level-0 px) and the slide identity that
     re-extracts when a slide file changes. Files already cached are left alone.
     """
-    from feature_cache.cache import (CACHE_FORMAT_VERSION, slide_stem, _code_version,
-                                     slide_identity_attrs, _write_h5)
+    from feature_cache.cache import (CACHE_FORMAT_VERSION, slide_stem, cache_code_version,
+                                     slide_identity_attrs, write_h5)
     from feature_cache.slide import SlideError, mag_to_mpp, open_slide
     from feature_cache.tissue import patch_size_level0
 
@@ -224,14 +224,14 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
             "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint,
             "weights_source": encoder.weights_source, "random_weights": False,
             "patch_size": ps, "magnification": mag, "target_mpp": mag_to_mpp(mag),
-            "min_tissue": min_tissue, "code_version": _code_version(),
+            "min_tissue": min_tissue, "code_version": cache_code_version(),
             "cache_format": CACHE_FORMAT_VERSION,
             "no_tissue": len(coords) == 0, "imported_from": str(origin.resolve()),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         coord_attrs = {k: v for k, v in attrs.items() if isinstance(v, (int, float, str, np.number))}
         coord_attrs.setdefault("target_magnification", mag)
-        _write_h5(out, feats, coords, file_attrs, coord_attrs)
+        write_h5(out, feats, coords, file_attrs, coord_attrs)
         report.imported.append(sid)
     report.seconds = time.perf_counter() - t0
     log.info("feature import: %s", report.summary())

@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from feature_cache.cache import (CACHE_FORMAT_VERSION, CacheMissError, FeatureCache, slide_stem,
-                                 _code_version, _read_batches, slide_identity_attrs)
+                                 cache_code_version, read_batches, slide_identity_attrs)
 from feature_cache.encoders import Encoder
 from feature_cache.slide import mag_to_mpp, mpp_to_mag, open_slide
 from feature_cache.tissue import patch_grid, patch_size_level0, segment_tissue, tissue_fractions
@@ -113,7 +113,7 @@ class RegionFeatureCache(FeatureCache):
             level = slide.best_level_for_downsample(side0 / ps)
             read = max(1, int(round(side0 / slide.level_downsamples[level])))
             coords = every[sel]
-            for i, batch in _read_batches(path, getattr(self, "_open", {}), coords, level, read, ps,
+            for i, batch in read_batches(path, getattr(self, "_open", {}), coords, level, read, ps,
                                           batch_size, encoder, *self._loader()):
                 j = slice(i, i + len(batch))
                 feats[region_of[j], slots[j]] = encoder(batch).numpy()  # (B, D)
@@ -125,7 +125,7 @@ class RegionFeatureCache(FeatureCache):
                 "patch_size": ps, "magnification": mag, "region_size": self.region_size,
                 "mpp": float(slide.require_mpp()), "target_mpp": mag_to_mpp(mag),
                 "patch_size_level0": side0, "region_size_level0": side0 * per, "patch_level": level,
-                "min_tissue": min_tissue, "tissue_downsample": ds, "code_version": _code_version(),
+                "min_tissue": min_tissue, "tissue_downsample": ds, "code_version": cache_code_version(),
                 "cache_format": CACHE_FORMAT_VERSION, "region_format": REGION_FORMAT_VERSION,
                 "no_tissue": len(region_xy) == 0, "n_patches": int(len(sel)),
                 "level0_magnification": mpp_to_mag(slide.require_mpp()),

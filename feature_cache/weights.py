@@ -256,7 +256,7 @@ def kind_of(how: str) -> str:
 # ------------------------------------------------------------------------ fingerprints
 
 
-def _sha_store() -> Path:
+def sha_store() -> Path:
     root = os.environ.get("BENCH_STATE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "wsi-bench")
     return Path(root) / "weights-sha256.json"
@@ -275,7 +275,7 @@ def file_sha256(path: str | os.PathLike) -> str:
         return real.name
     st = real.stat()
     ident = f"{real}|{st.st_size}|{st.st_mtime_ns}"
-    store = _sha_store()
+    store = sha_store()
     try:
         known = json.loads(store.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -108,7 +108,7 @@ def test_at_least_sixteen_encoders_are_shipped() -> None:
 def test_declaration_builds_the_published_network(name: str) -> None:
     if name in HF:
         pytest.importorskip("transformers")
-    spec = E._spec(name)
+    spec = E.encoder_spec(name)
     info = encoder_table()[name]
     module = E.build_module(name, device="meta")
     n = sum(p.numel() for p in module.parameters())
@@ -129,7 +129,7 @@ def test_declaration_builds_the_published_network(name: str) -> None:
 def test_renamed_or_reshaped_key_is_refused_by_name(name: str) -> None:
     if name in HF:
         pytest.importorskip("transformers")
-    spec = E._spec(name)
+    spec = E.encoder_spec(name)
     module = E.build_module(name, device="meta")
     official = _official(name, module)
     flat = official.get("model") or official.get("teacher") or official
@@ -162,7 +162,7 @@ def test_overlay_declaration_wins_and_bad_ones_are_named(tmp_path: Path, monkeyp
         "num_heads: 2, num_classes: 0}}\noutput: mean\ninput_size: 224\nmean: [0.5, 0.5, 0.5]\n"
         "std: [0.5, 0.5, 0.5]\nsource: test\n")
     ensure_registered()
-    assert E._spec("mine").dim == 64 and "mine" in encoder_table()
+    assert E.encoder_spec("mine").dim == 64 and "mine" in encoder_table()
     (tmp_path / "encoders" / "bad.yaml").write_text(
         "dim: 64\nbuilder: {kind: keras, arch: x}\noutput: mean\ninput_size: 224\nmean: [0.5, 0.5, 0.5]\n"
         "std: [0.5, 0.5, 0.5]\nsource: test\n")

@@ -28,10 +28,10 @@ def tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     small_vit = dict(embed_dim=48, depth=1, num_heads=2)
     for name, build in (("gigapath", partial(E.build_gigapath, **small_vit)),
                         ("conch", partial(E.build_conch_visual, **small_vit))):
-        spec = dataclasses.replace(E._REGISTRY[name], name=f"tiny-{name}", build=build,
+        spec = dataclasses.replace(E.REGISTRY[name], name=f"tiny-{name}", build=build,
                                    weights_env=f"BENCH_WEIGHTS_TINY_{name.upper()}",
                                    dim=48 if name == "gigapath" else 512)
-        monkeypatch.setitem(E._REGISTRY, spec.name, spec)
+        monkeypatch.setitem(E.REGISTRY, spec.name, spec)
         made[name] = spec
     monkeypatch.setenv("BENCH_STATE_DIR", str(tmp_path / "state"))  # remembered weight hashes
     return made
@@ -39,14 +39,14 @@ def tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 def test_registry_facts() -> None:
     assert {"resnet50", "conch", "gigapath"} <= set(E.list_encoders())
-    facts = {n: (E._spec(n).dim, E._spec(n).patch_size, E._spec(n).magnification,
-                 E._spec(n).input_size) for n in ("resnet50", "conch", "gigapath")}
+    facts = {n: (E.encoder_spec(n).dim, E.encoder_spec(n).patch_size, E.encoder_spec(n).magnification,
+                 E.encoder_spec(n).input_size) for n in ("resnet50", "conch", "gigapath")}
     assert facts == {"resnet50": (1024, 256, 20.0, 224), "conch": (512, 256, 20.0, 448),
                      "gigapath": (1536, 256, 20.0, 224)}
-    assert {n: (E._spec(n).precision_cuda, E._spec(n).precision_cuda_fallback)
+    assert {n: (E.encoder_spec(n).precision_cuda, E.encoder_spec(n).precision_cuda_fallback)
             for n in ("resnet50", "conch", "gigapath")} == {
         "resnet50": ("bf16", "fp32"), "conch": ("bf16", "fp32"), "gigapath": ("bf16", "fp16")}
-    assert E._spec("gigapath").fingerprint_by == "file"
+    assert E.encoder_spec("gigapath").fingerprint_by == "file"
 
 
 def test_full_size_shapes_on_meta() -> None:
@@ -130,7 +130,7 @@ def test_file_fingerprint_hashes_identity_once(tiny, tmp_path: Path, monkeypatch
 
 def test_resolution_order_env_cache_download(tiny, tmp_path: Path, monkeypatch) -> None:
     spec = tiny["gigapath"]
-    monkeypatch.setitem(E._REGISTRY, spec.name, dataclasses.replace(
+    monkeypatch.setitem(E.REGISTRY, spec.name, dataclasses.replace(
         spec, hub_files=(("tiny/repo", "pytorch_model.bin"),), download=("tiny/repo", "pytorch_model.bin")))
     w_env = _save(spec.build().state_dict(), tmp_path / "env.bin")
     w_hub = _save(spec.build().state_dict(), tmp_path / "hub.bin")
@@ -155,7 +155,7 @@ def test_resolution_order_env_cache_download(tiny, tmp_path: Path, monkeypatch) 
     assert "HF_HUB_OFFLINE" in msg and spec.weights_env in msg and "huggingface-cli download tiny/repo" in msg
     assert "HF_TOKEN" in msg  # gated repositories need an accepted licence
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(E.resolve, "_hub_unreachable", lambda: "")  # pretend the hub answers the probe
+    monkeypatch.setattr(E.resolve, "hub_unreachable", lambda: "")  # pretend the hub answers the probe
     enc = E.get_encoder(spec.name)
     assert downloads == ["tiny/repo"] and enc.weights_source.startswith("hub download")
 
@@ -184,7 +184,7 @@ def test_encoders_find_weights_as_every_component_does(name, tmp_path, monkeypat
     file, origin and error text for an explicit path, the env var and the hub / torch hub caches."""
     from feature_cache import weights as W
 
-    spec = E._spec(name)
+    spec = E.encoder_spec(name)
     source = spec.weights_source()
     monkeypatch.delenv(spec.weights_env, raising=False)
     monkeypatch.setattr(W, "hub_cache_file", lambda repo_id, filename: None)
@@ -196,7 +196,7 @@ def test_encoders_find_weights_as_every_component_does(name, tmp_path, monkeypat
         with pytest.raises(W.WeightsError) as generic:
             W.find_weights(explicit, source)
         with pytest.raises(E.EncoderWeightsError) as encoder:
-            E.resolve._resolve_weights(spec, explicit)
+            E.resolve.resolve_weights(spec, explicit)
         assert str(encoder.value) == str(generic.value), kind
         monkeypatch.delenv(spec.weights_env, raising=False)
     blob = tmp_path / "hub" / "blob.bin"
@@ -205,14 +205,14 @@ def test_encoders_find_weights_as_every_component_does(name, tmp_path, monkeypat
     if source.hub:
         repo_id, filename = source.hub[0]
         monkeypatch.setattr(W, "hub_cache_file", lambda r, f: blob if (r, f) == (repo_id, filename) else None)
-        path, how, _ = E.resolve._resolve_weights(spec, None)
+        path, how, _ = E.resolve.resolve_weights(spec, None)
         assert (path, how) == (blob, f"local hub cache {repo_id}") == W.find_weights(None, source)[::2]
     if source.torch_hub:
         monkeypatch.setattr(W, "hub_cache_file", lambda r, f: None)
         (tmp_path / "torch-hub").mkdir()
         hit = tmp_path / "torch-hub" / source.torch_hub[0]
         hit.write_bytes(b"x")
-        assert E.resolve._resolve_weights(spec, None)[:2] == (hit, "torch hub cache")
+        assert E.resolve.resolve_weights(spec, None)[:2] == (hit, "torch hub cache")
 
 
 def test_preprocessing_matches_the_authors_transforms(tiny) -> None:
@@ -283,10 +283,10 @@ def test_unreachable_hub_is_reported_without_downloading(monkeypatch) -> None:
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(E.resolve, "_hub_unreachable", lambda: "huggingface.co unreachable (test)")
+    monkeypatch.setattr(E.resolve, "hub_unreachable", lambda: "huggingface.co unreachable (test)")
     tried = []
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: tried.append(kw))
-    path, why = E._download(E._spec("resnet50"))
+    path, why = E.download_weights(E.encoder_spec("resnet50"))
     assert path is None and "unreachable" in why and tried == []
 
 
@@ -311,7 +311,7 @@ def with_standin(tiny, monkeypatch: pytest.MonkeyPatch):
     spec = dataclasses.replace(tiny["gigapath"], build=full, standin_build=standin,
                                standin_arch="ViT/16 1x32", hub_files=(("tiny/giga", "pytorch_model.bin"),),
                                download=("tiny/giga", "pytorch_model.bin"))
-    monkeypatch.setitem(E._REGISTRY, spec.name, spec)
+    monkeypatch.setitem(E.REGISTRY, spec.name, spec)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(spec.weights_env, raising=False)
     return spec, builds
@@ -369,7 +369,7 @@ def test_real_standins_keep_the_encoders_interface() -> None:
     """The registered stand-ins: same output dims as CONCH (512) and GigaPath (1536) at their
     own input sizes, a few million parameters instead of 90M / 1.1B."""
     for name, side, dim in (("conch", 448, 512), ("gigapath", 224, 1536), ("hipt-vit256", 256, 384)):
-        spec = E._spec(name)
+        spec = E.encoder_spec(name)
         with torch.device("meta"):
             m = spec.standin_build()
         assert tuple(m(torch.empty(2, 3, side, side, device="meta")).shape) == (2, dim)
@@ -399,7 +399,7 @@ def test_remembered_fingerprint_skips_the_build(with_standin, tmp_path: Path) ->
 def test_stale_remembered_fingerprint_is_caught(with_standin) -> None:
     spec, _ = with_standin
     good = E.get_encoder(spec.name, allow_random=True).fingerprint
-    store = E._fingerprint_store()
+    store = E.fingerprint_store()
     store.write_text(store.read_text().replace(good, "0" * 16))
     stale = E.get_encoder(spec.name, allow_random=True)
     assert stale.fingerprint == "0" * 16
@@ -411,9 +411,9 @@ def test_stale_remembered_fingerprint_is_caught(with_standin) -> None:
 def test_cuda_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert [E.cuda_precision(E._spec(n)) for n in ("resnet50", "conch", "gigapath")] == ["bf16"] * 3
+    assert [E.cuda_precision(E.encoder_spec(n)) for n in ("resnet50", "conch", "gigapath")] == ["bf16"] * 3
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
-    assert [E.cuda_precision(E._spec(n)) for n in ("resnet50", "conch", "gigapath")] == [
+    assert [E.cuda_precision(E.encoder_spec(n)) for n in ("resnet50", "conch", "gigapath")] == [
         "fp32", "fp32", "fp16"]
     enc = E.get_encoder("gigapath", allow_random=True, standin=True)  # on the CPU: never autocast
     assert enc.precision == "fp32"
@@ -425,8 +425,8 @@ def test_bf16_autocast_keeps_the_features(name: str) -> None:
     which rounds matmul inputs to bf16 as CUDA does) changes each feature by < 2 % of its norm,
     while different patches differ by far more. Small stand-ins of the ViT families, seeded."""
     torch.manual_seed(0)
-    model = E._spec(name).standin_build().eval()
-    side = E._spec(name).input_size
+    model = E.encoder_spec(name).standin_build().eval()
+    side = E.encoder_spec(name).input_size
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(3, 3, side, side, generator=gen) * 2 - 1
     x[1:] = x[1:] * 0.5 + x[:1] * 0.5  # patches that share half their content
@@ -446,7 +446,7 @@ def test_cuda_encoder_runs_bf16_and_matches_fp32() -> None:
 
     enc = fc.get_encoder("resnet50", allow_random=True, device="cuda")
     cpu = fc.get_encoder("resnet50", allow_random=True)
-    assert enc.precision == E.cuda_precision(E._spec("resnet50"))
+    assert enc.precision == E.cuda_precision(E.encoder_spec("resnet50"))
     x = np.random.default_rng(0).integers(0, 255, (4, 256, 256, 3), dtype=np.uint8)
     got, want = enc(x), cpu(x)
     assert got.dtype == torch.float32 and got.device.type == "cpu"

@@ -339,7 +339,7 @@ _WORKER = textwrap.dedent("""
         return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 16, 16), torch.nn.AdaptiveAvgPool2d(1),
                                    torch.nn.Flatten())
 
-    E._REGISTRY["tiny"] = dataclasses.replace(E._REGISTRY["resnet50"], name="tiny", dim=8, build=tiny)
+    E.REGISTRY["tiny"] = dataclasses.replace(E.REGISTRY["resnet50"], name="tiny", dim=8, build=tiny)
     enc = fc.get_encoder(sys.argv[4], allow_random=True)
     mag = float(sys.argv[3])
     rep = fc.FeatureCache(root).extract(slides, enc, magnification=mag, progress=False,

@@ -385,9 +385,9 @@ def tiny_stage1(monkeypatch: pytest.MonkeyPatch):
     from feature_cache import encoders
 
     for name, dim in (("hipt-vit256", 384), ("gigapath", 1536)):
-        spec = encoders._REGISTRY[name]
+        spec = encoders.REGISTRY[name]
         build = (lambda d=dim: nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, d)))
-        monkeypatch.setitem(encoders._REGISTRY, name, dataclasses.replace(spec, build=build))
+        monkeypatch.setitem(encoders.REGISTRY, name, dataclasses.replace(spec, build=build))
     for env in ("BENCH_WEIGHTS_HIPT_VIT256", "BENCH_WEIGHTS_GIGAPATH", "BENCH_WEIGHTS_HIPT_VIT4K",
                 "BENCH_WEIGHTS_GIGAPATH_SLIDE"):
         monkeypatch.delenv(env, raising=False)

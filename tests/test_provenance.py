@@ -246,12 +246,12 @@ def test_zeroed_feature_file_is_refused_on_read(tmp_path):
     import h5py
 
     from feature_cache import FeatureCache, FeatureFileCorrupt
-    from feature_cache.cache import _write_h5
+    from feature_cache.cache import write_h5
 
     cache, enc = FeatureCache(tmp_path), _fake_encoder()
     out = cache.path_for("S1", enc)
     out.parent.mkdir(parents=True)
-    _write_h5(out, np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32),
+    write_h5(out, np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32),
               np.arange(8).reshape(4, 2), {"slide_id": "S1"}, {})
     assert cache.load("S1", enc)[0].shape == (4, 8)
     with h5py.File(out, "r+") as f:

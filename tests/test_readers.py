@@ -357,8 +357,8 @@ def mean_colour_encoder(monkeypatch: pytest.MonkeyPatch) -> fc.Encoder:
 
     import feature_cache.encoders as E
 
-    spec = dataclasses.replace(E._REGISTRY["resnet50"], name="meancolour", dim=3, build=_mean_colour)
-    monkeypatch.setitem(E._REGISTRY, "meancolour", spec)
+    spec = dataclasses.replace(E.REGISTRY["resnet50"], name="meancolour", dim=3, build=_mean_colour)
+    monkeypatch.setitem(E.REGISTRY, "meancolour", spec)
     return fc.get_encoder("meancolour", allow_random=True)
 
 
@@ -371,7 +371,7 @@ def test_mirax_extract_path_matches_the_source_pixels(files: dict[str, Path], im
     normalised colour) equals the mean of the source pixels under that patch."""
     import feature_cache.encoders as E
 
-    enc, spec = mean_colour_encoder, E._REGISTRY["meancolour"]
+    enc, spec = mean_colour_encoder, E.REGISTRY["meancolour"]
     cache = fc.FeatureCache(tmp_path / "cache")
     kw = dict(magnification=10.0, min_tissue=0.0, progress=False, batch_size=4, num_workers=workers)
     rep = cache.extract({"MRXS": files["mirax"], "TIFF": files["tifffile-generic"]}, enc, **kw)

@@ -340,7 +340,7 @@ def test_full_size_release_key_sets_match_on_meta() -> None:
     ViT-B/16 at 448 px with its text tower, and the full-size slide encoder."""
     for name, release, n_dropped in (("gigapath", _gigapath_release(), 0), ("conch", _conch_release({}), None)):
         own = E.build_module(name, device="meta").state_dict()
-        m = match_state_dict(own, _meta(release), E._spec(name).keymaps, what=name)
+        m = match_state_dict(own, _meta(release), E.encoder_spec(name).keymaps, what=name)
         assert set(m.state) == set(own) and (n_dropped is None or len(m.dropped) == n_dropped)
     conch_dropped = set(m.dropped)
     assert {"logit_scale", "visual.proj_contrast", "text.token_embedding.weight"} <= conch_dropped
@@ -348,7 +348,7 @@ def test_full_size_release_key_sets_match_on_meta() -> None:
     dinov2 = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3."): v for k, v in _gigapath_release().items()}
     dinov2["mask_token"] = (1, 1536)
     own = E.build_module("gigapath", device="meta").state_dict()
-    m = match_state_dict(own, _meta(dinov2), E._spec("gigapath").keymaps, what="gigapath")
+    m = match_state_dict(own, _meta(dinov2), E.encoder_spec("gigapath").keymaps, what="gigapath")
     assert m.keymap.name == "gigapath dinov2 original" and m.dropped == ["mask_token"]
     assert own["blocks.0.mlp.fc1.weight"].shape == (8192, 1536)  # SwiGLU packed: 2 x 4096
 
@@ -371,8 +371,8 @@ def test_large_encoders_load_from_a_tiny_release(name: str, tmp_path: Path, monk
 
     small = dict(embed_dim=48, depth=1, num_heads=2)
     build = partial(E.build_gigapath, **small) if name == "gigapath" else partial(E.build_conch_visual, **small)
-    spec = dataclasses.replace(E._spec(name), name=f"tiny-{name}", build=build, weights_env="BENCH_WEIGHTS_TINY")
-    monkeypatch.setitem(E._REGISTRY, spec.name, spec)
+    spec = dataclasses.replace(E.encoder_spec(name), name=f"tiny-{name}", build=build, weights_env="BENCH_WEIGHTS_TINY")
+    monkeypatch.setitem(E.REGISTRY, spec.name, spec)
     release = _gigapath_release(**small) if name == "gigapath" else _conch_release(small)
     sd = _fill(release)
     torch.save(sd, tmp_path / "pytorch_model.bin")
@@ -398,5 +398,5 @@ def test_timm_resnet_layout_is_torchvisions() -> None:
     tv = resnet50_torchvision()
     assert {k: v for k, v in t.items() if not k.endswith("num_batches_tracked")} == tv
     own = E.build_module("resnet50").state_dict()
-    m = match_state_dict(own, _meta(t), E._spec("resnet50").keymaps, what="resnet50")
+    m = match_state_dict(own, _meta(t), E.encoder_spec("resnet50").keymaps, what="resnet50")
     assert not m.defaulted and len(m.dropped) == sum(k.startswith(("layer4.", "fc.")) for k in t)

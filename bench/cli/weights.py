@@ -49,14 +49,14 @@ class Part:
 def _parts(spec: Any) -> list[tuple[str, Any]]:
     """(label, WeightsSource or None) for a method's pretrained parts, from the registry's data."""
     from baselines.weights import source_for_builder
-    from feature_cache.encoders import _spec
+    from feature_cache.encoders import encoder_spec
 
     from ..encoders import encoder_table, ensure_registered
 
     parts: list[tuple[str, Any]] = []
     if spec.cache_encoder and not encoder_table()[spec.cache_encoder].release:  # a release has no weights
         ensure_registered([spec.cache_encoder])
-        parts.append((f"patch encoder {spec.cache_encoder}", _spec(spec.cache_encoder).weights_source()))
+        parts.append((f"patch encoder {spec.cache_encoder}", encoder_spec(spec.cache_encoder).weights_source()))
     second = source_for_builder(spec.builder, spec.kwargs)
     if second is not None:
         parts.append(("second stage" if spec.family == "two-stage" else "initialisation (--init)", second))

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from ..data.datasets import Cohort
 from ..data.schema import ConfigError, check_keys, load_yaml
-from ..registry import MethodSpec, _import, get_method
+from ..registry import MethodSpec, import_target, get_method
 from ..resources import config_layers
 from .protocol import Protocol, load_protocol, resolve_protocol
 from .train import TrainConfig
@@ -200,7 +200,7 @@ def resolved_model_options(spec: MethodSpec, options: dict[str, Any]) -> dict[st
     """The network's options as built: the builder's keyword defaults, the registry's kwargs, then
     ``options`` — so a record says what the network was, not only what was changed."""
     try:
-        sig = inspect.signature(_import(spec.builder))
+        sig = inspect.signature(import_target(spec.builder))
         defaults = {k: p.default for k, p in sig.parameters.items()
                     if p.default is not inspect.Parameter.empty and k not in ("n_out", "in_dim")
                     and _jsonable(p.default)}

@@ -15,11 +15,11 @@ from typing import Any, Hashable
 
 import pandas as pd
 
-from ..ablations import Ablation, GridItem, _fmt, _lookup
+from ..ablations import Ablation, GridItem, format_value, lookup_value
 from .render import Cell, Column, Row as TableRow, Table, Tex, mean_std_cell, to_latex as render_latex, \
     to_markdown as render_markdown
 from ..tasks import get_task
-from .tables import CHANCE_MARK, Marks, _ddof_and_folds, spread_phrase, two_sig
+from .tables import CHANCE_MARK, Marks, ddof_and_folds, spread_phrase, two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
 PAPER_NAMES = {"ViT-S": "LongViT", "Vim-Ti": "Vision-Mamba", "Pixel-Mamba": "Pixel-Mamba"}
@@ -70,22 +70,22 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
                 p = h["params"] if h is not None else None
                 cells[col] = "–" if p is None or pd.isna(p) else two_sig(float(p) / 1e6)
             elif col == ablation.override or col == "value":
-                cells[col] = _fmt(it.value) + ("x" if col == "magnification" else "")
+                cells[col] = format_value(it.value) + ("x" if col == "magnification" else "")
             elif col in ablation.table.get("cells", {}):
                 cells[col] = str(ablation.table["cells"][col].get(it.method, "–"))
             elif col == "magnification":
                 mag = h.get("magnification") if h is not None else None
-                cells[col] = "–" if mag is None or pd.isna(mag) else f"{_fmt(float(mag))}x"
+                cells[col] = "–" if mag is None or pd.isna(mag) else f"{format_value(float(mag))}x"
             else:
                 v = (options or {}).get(it.key, {}).get(col)
-                cells[col] = "–" if v is None else _fmt(v)
+                cells[col] = "–" if v is None else format_value(v)
         cells.update(_compute_cells(h))
         n = 0
         if h is not None:
             n = int(h["n_folds"]) if pd.isna(h.get("n_defined")) else min(int(h["n_folds"]), int(h["n_defined"]))
         metric = (mean_std_cell(float(h["mean"]), float(h["std"]), n, int(h.get("expected_folds", 5)))
                   if h is not None else Cell("–"))
-        pub = _lookup(ablation.published, it.paper_value if it.variant else it.method, None) if ablation.published else None
+        pub = lookup_value(ablation.published, it.paper_value if it.variant else it.method, None) if ablation.published else None
         rows.append(Row(it, cells, metric, n, h,
                         pub if isinstance(pub, (int, float)) and not isinstance(pub, bool) else None))
     return rows
@@ -139,7 +139,7 @@ def ablation_table(ablation: Ablation, rows: list[Row], dataset: str, task: str,
         if published:
             cells.append("–" if r.published is None else f"{r.published:.4f}")
         trows.append(TableRow(cells, marks.of(r.summary) if r.summary is not None else ()))
-    ddof, n_folds = _ddof_and_folds(prim) if len(prim) else (0, None)
+    ddof, n_folds = ddof_and_folds(prim) if len(prim) else (0, None)
     what = Tex(ablation.caption, _plain_tex(ablation.caption)) if ablation.caption else ablation.description
     layout = f"; layout of the paper's Table {ablation.paper_table}" if ablation.paper_table else ""
     caption: list[str | Tex] = [what, f"on {dataset.upper()} ({task}, {metric_name}: "

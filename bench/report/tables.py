@@ -169,7 +169,7 @@ def task_folds(summary: pd.DataFrame | None, task: str) -> str:
     return f"{lo if lo == hi else f'{lo}–{hi}'} of {of} folds"
 
 
-def _ddof_and_folds(frame: pd.DataFrame) -> tuple[int, int | None]:
+def ddof_and_folds(frame: pd.DataFrame) -> tuple[int, int | None]:
     ddof = int(frame["ddof"].dropna().iloc[0]) if "ddof" in frame and frame["ddof"].notna().any() else 0
     folds = set(pd.to_numeric(frame.get("expected_folds", pd.Series(dtype=float)), errors="coerce").dropna().astype(int))
     return ddof, (folds.pop() if len(folds) == 1 else None)
@@ -334,7 +334,7 @@ def table2(wide: pd.DataFrame, cols: list[tuple[str, str]], summary: pd.DataFram
 
 def _table2_caption(wide: pd.DataFrame, summary: pd.DataFrame | None, tasks: list[str], compute: bool,
                     similar: dict, stats_note: str) -> list[str | Tex]:
-    ddof, n_folds = _ddof_and_folds(summary) if summary is not None and not summary.empty else (0, 5)
+    ddof, n_folds = ddof_and_folds(summary) if summary is not None and not summary.empty else (0, 5)
     what = " and ".join(f"{get_task(t).title.lower()} ({get_task(t).metric_name})" for t in tasks)
     partial = any(isinstance(r[c], Cell) and r[c].partial for _, r in wide.iterrows() for c in wide.columns
                   if isinstance(c, tuple))
@@ -388,7 +388,7 @@ def classification(summary: pd.DataFrame, dataset: str) -> Table:
             hit = g[g["metric"] == metric]
             cells.append(_cell(hit.iloc[0]) if len(hit) else Cell("–"))
         rows.append(Row(cells, marks.of(row)))
-    ddof, n_folds = _ddof_and_folds(sub) if not sub.empty else (0, None)
+    ddof, n_folds = ddof_and_folds(sub) if not sub.empty else (0, None)
     columns = [Column("Method")] + [Column(h, "c", rank=True) for _, h in CLASSIFICATION_METRICS]
     caption: list[str | Tex] = [f"Classification on {dataset.upper()}: AUC and accuracy, {spread_phrase(ddof, n_folds)}."]
     if marks.tuned:

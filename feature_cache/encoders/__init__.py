@@ -16,13 +16,11 @@ Importing this package does not import torch; building an encoder does.
 from __future__ import annotations
 
 from feature_cache.encoders.base import (ENCODER_CODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN,
-                                         OPENAI_CLIP_STD, RANDOM_INIT_SEED, STANDIN_VIT, _REGISTRY, Encoder,
-                                         EncoderSpec, EncoderWeightsError, _fingerprint_store, _pooled, _spec,
-                                         build_module, cuda_precision, list_encoders, register_encoder,
+                                         OPENAI_CLIP_STD, RANDOM_INIT_SEED, REGISTRY, STANDIN_VIT, Encoder,
+                                         EncoderSpec, EncoderWeightsError, build_module, cuda_precision,
+                                         encoder_spec, fingerprint_store, list_encoders, register_encoder,
                                          registered_spec)
-from feature_cache.encoders.resolve import (_build_loaded, _download, _environment_id,
-                                            _fingerprint_ident, _hub_unreachable, _match_weights, _offline,
-                                            _resolve_weights, get_encoder)
+from feature_cache.encoders.resolve import download_weights, get_encoder
 from feature_cache.encoders.declared import DeclarationError, load_declaration, spec_from_declaration
 from feature_cache.encoders.resnet import build_resnet50_trunc
 from feature_cache.encoders.conch import build_conch_standin, build_conch_visual

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from feature_cache.loader import Preprocess
-from feature_cache.weights import KeyMap, WeightsError, WeightsProvenance, WeightsSource, _sha_store, file_sha256
+from feature_cache.weights import KeyMap, WeightsError, WeightsProvenance, WeightsSource, file_sha256, sha_store
 
 if TYPE_CHECKING:
     import torch
@@ -88,39 +88,39 @@ STANDIN_VIT = dict(embed_dim=192, depth=2, num_heads=3)
 # 448 px 0.17 patch/s and GigaPath ViT-g 38 s/patch with random weights, i.e. hours for the demo's
 # 1,176 patches -- for numbers that carry no pretrained meaning either way.
 
-_REGISTRY: dict[str, EncoderSpec] = {}
+REGISTRY: dict[str, EncoderSpec] = {}
 
 
 def register_encoder(spec: EncoderSpec, replace: bool = False) -> EncoderSpec:
     """Add ``spec`` (``replace``: over a spec of the same name, e.g. a re-read declaration)."""
-    if spec.name in _REGISTRY and not replace:
+    if spec.name in REGISTRY and not replace:
         raise ValueError(f"encoder {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
+    REGISTRY[spec.name] = spec
     return spec
 
 
 def unregister_encoder(name: str) -> None:
     """Forget ``name`` (a declaration that no longer exists); unknown names are ignored."""
-    _REGISTRY.pop(name, None)
+    REGISTRY.pop(name, None)
 
 
 def registered_spec(name: str) -> EncoderSpec | None:
     """The spec registered under ``name``, or None (no "did you mean": callers decide)."""
-    return _REGISTRY.get(name)
+    return REGISTRY.get(name)
 
 
 def list_encoders(pattern: str = "*") -> list[str]:
     """Registered encoder names matching a glob; cheap (imports no deep-learning library)."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def _spec(name: str) -> EncoderSpec:
+def encoder_spec(name: str) -> EncoderSpec:
     try:
-        return _REGISTRY[name]
+        return REGISTRY[name]
     except KeyError:
         import difflib
 
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        close = difflib.get_close_matches(name, list(REGISTRY), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}.{hint}") from None
 
@@ -132,13 +132,13 @@ def build_module(name: str, device: str = "meta") -> "torch.nn.Module":
     import torch
 
     with torch.device(device):
-        return _spec(name).build()
+        return encoder_spec(name).build()
 
 
 # ------------------------------------------------------------------------ the encoder
 
 
-def _pooled(model: "torch.nn.Module") -> "torch.nn.Module":
+def pooled(model: "torch.nn.Module") -> "torch.nn.Module":
     """timm features_only model -> global average pool -> (B, C). Defined inside a function so
     this module imports without torch."""
     import torch
@@ -258,7 +258,7 @@ class Encoder:
                     raise RuntimeError(
                         f"encoder {self.name!r}: the remembered fingerprint {self._remembered} does "
                         f"not match the built network's {actual} (stale entry in "
-                        f"{_fingerprint_store()}); it has been corrected. Fix: run the command again.")
+                        f"{fingerprint_store()}); it has been corrected. Fix: run the command again.")
         return self._model
 
     def _preproc_id(self) -> str:
@@ -321,6 +321,6 @@ class Encoder:
 
 
 
-def _fingerprint_store() -> Path:
-    return _sha_store().with_name("encoder-fingerprints.json")
+def fingerprint_store() -> Path:
+    return sha_store().with_name("encoder-fingerprints.json")
 

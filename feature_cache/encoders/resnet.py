@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from feature_cache.encoders.base import _pooled
+from feature_cache.encoders.base import pooled
 
 if TYPE_CHECKING:
     import torch
@@ -20,5 +20,5 @@ def build_resnet50_trunc() -> "torch.nn.Module":
     import timm
 
     # features_only + out_indices=(3,) keeps the network up to layer3: 1024 channels, stride 16
-    return _pooled(timm.create_model("resnet50", pretrained=False, features_only=True,
+    return pooled(timm.create_model("resnet50", pretrained=False, features_only=True,
                                      out_indices=(3,)))

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from feature_cache.encoders.base import (RANDOM_INIT_SEED, Encoder, EncoderSpec, EncoderWeightsError,
-                                         _fingerprint_store, _spec, cuda_precision)
+                                         fingerprint_store, encoder_spec, cuda_precision)
 from feature_cache.weights import (WeightsError, WeightsProvenance, file_sha256, find_weights, kind_of,
                                    match_state_dict, read_checkpoint)
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _match_weights(spec: EncoderSpec, model: "torch.nn.Module", path: Path) -> tuple[dict[str, Any], Any]:
+def match_weights(spec: EncoderSpec, model: "torch.nn.Module", path: Path) -> tuple[dict[str, Any], Any]:
     """The checkpoint's tensors under the model's own names, matched strictly with the spec's
     release key maps (checked before anything is loaded): the mapped state and the match."""
     try:
@@ -58,12 +58,12 @@ def _match_weights(spec: EncoderSpec, model: "torch.nn.Module", path: Path) -> t
     return matched.state, matched
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 @functools.lru_cache(maxsize=None)
-def _hub_unreachable() -> str:
+def hub_unreachable() -> str:
     """Why the hub cannot be reached ("" if it can): one quick TCP probe per process, because
     huggingface_hub retries for 23–47 s on a machine without network before giving up."""
     from urllib.parse import urlparse
@@ -76,14 +76,14 @@ def _hub_unreachable() -> str:
     return ""
 
 
-def _download(spec: EncoderSpec) -> tuple[Path | None, str]:
+def download_weights(spec: EncoderSpec) -> tuple[Path | None, str]:
     """(path, "") after a hub download, or (None, why not). Never raises: a failed download falls
     through to random weights (when allowed) or to the error listing every fix."""
     if spec.download is None:
         return None, "no download source"
-    if _offline():
+    if hub_offline():
         return None, "HF_HUB_OFFLINE is set"
-    unreachable = _hub_unreachable()
+    unreachable = hub_unreachable()
     if unreachable:
         return None, unreachable
     repo_id, filename = spec.download
@@ -96,7 +96,7 @@ def _download(spec: EncoderSpec) -> tuple[Path | None, str]:
         return None, f"download of {repo_id} failed ({type(err).__name__}: {err})"
 
 
-def _resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None
+def resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None
                      ) -> tuple[Path | None, str, str]:
     """(weights file or None, how it was found, why downloading did not help): explicit path, env
     var and local caches by the one finder every pretrained component uses
@@ -107,13 +107,13 @@ def _resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None
         raise EncoderWeightsError(str(err)) from err
     if source is not None:
         return source, how, ""
-    path, why = _download(spec)
+    path, why = download_weights(spec)
     if path is not None:
         return path, "hub download", ""
     return None, "", why
 
 
-def _build_loaded(spec: EncoderSpec, path: Path, kind: str = "explicit") -> "torch.nn.Module":
+def build_loaded(spec: EncoderSpec, path: Path, kind: str = "explicit") -> "torch.nn.Module":
     """Architecture + weights without a random init: built on the meta device and filled with the
     checkpoint's tensors (``assign=True``). For GigaPath this skips ~25 s of initialising 1.1B
     parameters that would be overwritten anyway. The model carries ``weights_provenance``."""
@@ -121,7 +121,7 @@ def _build_loaded(spec: EncoderSpec, path: Path, kind: str = "explicit") -> "tor
 
     with torch.device("meta"):
         model = spec.build()
-    found, matched = _match_weights(spec, model, path)
+    found, matched = match_weights(spec, model, path)
     model.load_state_dict(found, strict=True, assign=True)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
                  if t.is_meta]
@@ -145,7 +145,7 @@ def _callable_id(fn: Any) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _environment_id() -> str:
+def environment_id() -> str:
     """This package's source and the versions of the libraries that build and initialise the
     networks: any change means a remembered fingerprint is recomputed, never trusted."""
     from importlib import metadata
@@ -163,11 +163,11 @@ def _environment_id() -> str:
     return f"{code}|{'|'.join(versions)}"
 
 
-def _fingerprint_ident(spec: EncoderSpec, mode: str, source: Path | None, device: str) -> str:
+def fingerprint_ident(spec: EncoderSpec, mode: str, source: Path | None, device: str) -> str:
     """What determines an encoder's fingerprint without building it: the spec, how the weights
     were chosen (file identity by real path, size and mtime; or the seeded random init), the
-    device type (precision) and :func:`_environment_id`."""
-    parts = [spec.name, mode, str(device).split(":")[0], _environment_id(),
+    device type (precision) and :func:`environment_id`."""
+    parts = [spec.name, mode, str(device).split(":")[0], environment_id(),
              _callable_id(spec.standin_build if mode == "standin" else spec.build),
              f"{spec.dim}|{spec.input_size}|{spec.resize_size}|{spec.interpolation}|{spec.mean}|"
              f"{spec.std}|{spec.precision_cuda}|{spec.fingerprint_by}|{spec.keymaps!r}|"
@@ -183,16 +183,16 @@ def _fingerprint_ident(spec: EncoderSpec, mode: str, source: Path | None, device
 
 
 def _build_and_remember(spec: EncoderSpec, path: Path, kind: str, ident: str) -> "torch.nn.Module":
-    """:func:`_build_loaded`, remembering the load's provenance beside the fingerprint, so an
+    """:func:`build_loaded`, remembering the load's provenance beside the fingerprint, so an
     encoder named later without building knows which keys the file gave and dropped."""
-    model = _build_loaded(spec, path, kind)
+    model = build_loaded(spec, path, kind)
     _remember_fingerprint(f"{ident}|provenance", model.weights_provenance[0].to_dict())
     return model
 
 
 def _remembered_provenance(ident: str) -> WeightsProvenance | None:
     try:
-        value = json.loads(_fingerprint_store().read_text(encoding="utf-8")).get(f"{ident}|provenance")
+        value = json.loads(fingerprint_store().read_text(encoding="utf-8")).get(f"{ident}|provenance")
         return WeightsProvenance.from_dict(value)
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
         return None
@@ -200,7 +200,7 @@ def _remembered_provenance(ident: str) -> WeightsProvenance | None:
 
 def _remembered_fingerprint(ident: str) -> str | None:
     try:
-        value = json.loads(_fingerprint_store().read_text(encoding="utf-8")).get(ident)
+        value = json.loads(fingerprint_store().read_text(encoding="utf-8")).get(ident)
     except (OSError, ValueError, AttributeError):
         return None
     return str(value) if isinstance(value, str) else None
@@ -211,7 +211,7 @@ def _remember_fingerprint(ident: str, fingerprint: Any) -> None:
     at once). A read-only home only costs a rebuild next time."""
     from filelock import FileLock
 
-    store = _fingerprint_store()
+    store = fingerprint_store()
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(store) + ".lock", timeout=30):
@@ -254,11 +254,11 @@ def get_encoder(name: str, weights: str | os.PathLike | None = None, allow_rando
     ``$BENCH_STATE_DIR/encoder-fingerprints.json``, so naming an already-filled cache directory
     does not build the network.
     """
-    spec = _spec(name)
-    source, how, why_no_download = _resolve_weights(spec, weights)
+    spec = encoder_spec(name)
+    source, how, why_no_download = resolve_weights(spec, weights)
     if source is not None:
         mode = "weights"
-        ident = _fingerprint_ident(spec, mode, source, device)
+        ident = fingerprint_ident(spec, mode, source, device)
         build: Callable[[], torch.nn.Module] = functools.partial(_build_and_remember, spec, source,
                                                                  kind_of(how), ident)
         log.info("encoder %s: pretrained weights from %s (%s)", name, source, how)
@@ -293,7 +293,7 @@ def get_encoder(name: str, weights: str | os.PathLike | None = None, allow_rando
             f"the local hub cache has them; or allow random weights (the demo dataset does; "
             f"results are then marked 'random weights')."
         )
-    ident = _fingerprint_ident(spec, mode, source, device)
+    ident = fingerprint_ident(spec, mode, source, device)
     enc = Encoder(spec, build, device=device, fingerprint=_remembered_fingerprint(ident),
                   on_fingerprint=functools.partial(_remember_fingerprint, ident), **kwargs)
     log.info("encoder %s: %s, fingerprint %s", name, enc.weights_label, enc.fingerprint)
