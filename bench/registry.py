@@ -68,7 +68,7 @@ class MethodSpec:
         return self.source or self.encoder
 
 
-_METHODS: dict[str, MethodSpec] = {}
+METHODS: dict[str, MethodSpec] = {}
 # aggregator name -> (label, builder, config, kwargs): crossed with any encoder on demand
 _AGGREGATORS: dict[str, tuple[str, str, str, dict[str, Any], tuple[str, ...]]] = {}
 _CROSSED: dict[str, MethodSpec] = {}  # `<aggregator>.<encoder>` outside the paper grid, built on demand
@@ -81,11 +81,11 @@ SETS = {"all": "the paper's grid (Table 2's methods: aggregators x resnet50, con
 
 
 def register(spec: MethodSpec) -> MethodSpec:
-    if spec.name in _METHODS:
+    if spec.name in METHODS:
         raise ValueError(f"method {spec.name!r} is registered twice")
     if spec.family not in ("two-stage", "end-to-end"):
         raise ValueError(f"method {spec.name!r}: unknown family {spec.family!r}")
-    _METHODS[spec.name] = spec
+    METHODS[spec.name] = spec
     return spec
 
 
@@ -115,23 +115,23 @@ def _every_crossed() -> list[MethodSpec]:
     for agg in _AGGREGATORS:
         for enc in ENCODERS:
             name = f"{agg}.{enc}"
-            if name not in _METHODS:
+            if name not in METHODS:
                 out.append(_CROSSED.setdefault(name, _crossed(agg, enc)))
     return out
 
 
 def list_methods(pattern: str = "*") -> list[MethodSpec]:
     """Specs whose name matches a glob, in registration order."""
-    return [s for n, s in _METHODS.items() if fnmatch.fnmatchcase(n, pattern)]
+    return [s for n, s in METHODS.items() if fnmatch.fnmatchcase(n, pattern)]
 
 
 def get_method(name: str) -> MethodSpec:
-    if name in _METHODS:
-        return _METHODS[name]
+    if name in METHODS:
+        return METHODS[name]
     aggregator, _, encoder = name.partition(".")
     if aggregator in _AGGREGATORS and encoder in ENCODERS:  # any aggregator over any encoder
         return _CROSSED.setdefault(name, _crossed(aggregator, encoder))
-    known = list(_METHODS) + [f"{a}.{e}" for a in _AGGREGATORS for e in ENCODERS]
+    known = list(METHODS) + [f"{a}.{e}" for a in _AGGREGATORS for e in ENCODERS]
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise KeyError(f"unknown method {name!r}.{hint} `python -m bench ls methods` lists them; "

@@ -96,7 +96,7 @@ class Preprocess:
         return x.float()
 
 
-def _read_patches(slide: Slide, part: np.ndarray, level: int, read: int, ps: int) -> np.ndarray:
+def read_patches(slide: Slide, part: np.ndarray, level: int, read: int, ps: int) -> np.ndarray:
     """uint8 (B, ps, ps, 3): each patch read at ``level`` (``read`` px) and resized to ``ps``."""
     out = np.empty((len(part), ps, ps, 3), np.uint8)
     for j, (x, y) in enumerate(part):
@@ -140,7 +140,7 @@ class PatchBatches:
     def __getitem__(self, b: int) -> tuple[int, Any]:
         start = int(b) * self.batch_size
         try:
-            patches = _read_patches(self.open(), self.coords[start:start + self.batch_size],
+            patches = read_patches(self.open(), self.coords[start:start + self.batch_size],
                                     self.level, self.read, self.ps)
         except SlideError as err:
             return start, str(err)

@@ -89,7 +89,7 @@ def _stain_hued_ink(rgb: np.ndarray, *, purple_min_sat: float = 150.0,
     return red | purple
 
 
-def _artefacts(rgb: np.ndarray, *, max_dark: float = 60.0) -> np.ndarray:
+def artefact_mask(rgb: np.ndarray, *, max_dark: float = 60.0) -> np.ndarray:
     """Pixels that are ink or scanner artefacts rather than H&E tissue.
 
     H&E stains sit on the red side of the hue circle: eosin pink (~330-360 deg and 0-20 deg) and
@@ -153,7 +153,7 @@ def segment_tissue(
     fine enough that a 256-px patch at 20x spans many mask pixels, small enough to stay cheap on
     a 100k-px slide. A slide without tissue yields an all-False mask (and a logged warning).
 
-    Pen marks and scanner artefacts are removed before thresholding (see :func:`_artefacts`), so
+    Pen marks and scanner artefacts are removed before thresholding (see :func:`artefact_mask`), so
     they neither count as tissue nor drag Otsu's threshold: blue and green ink is as saturated as
     eosin and would otherwise be kept. Background shades (grey glass, vignetting) have low
     saturation whatever their brightness and fall below the threshold.
@@ -187,7 +187,7 @@ def tissue_mask_from_rgb(
     """The tissue mask of an RGB image whose pixels are ``um_per_px`` wide (the algorithm of
     :func:`segment_tissue`; also used on cached whole-slide images at a magnification)."""
     sat = ndi.median_filter(_saturation(rgb), size=5)
-    artefact = ndi.median_filter(_artefacts(rgb, max_dark=max_dark), size=3)
+    artefact = ndi.median_filter(artefact_mask(rgb, max_dark=max_dark), size=3)
     # a stroke's blurred rim is a paler mix of ink and glass/tissue that no colour rule catches,
     # and red/purple rims are tissue-coloured: grow those detections by ink_margin_um
     grow = max(1, int(round(ink_margin_um / um_per_px)))

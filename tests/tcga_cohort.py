@@ -29,12 +29,12 @@ def case_id(i: int) -> str:
     return f"TCGA-05-42{i:02d}"
 
 
-def _uuid(tag: str) -> str:
+def fake_uuid(tag: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, tag))
 
 
 def slide_name(i: int, sample: str = "01Z-00-DX1") -> str:
-    return f"{case_id(i)}-{sample}.{_uuid(case_id(i) + sample).upper()}"
+    return f"{case_id(i)}-{sample}.{fake_uuid(case_id(i) + sample).upper()}"
 
 
 def days(months: float) -> int:
@@ -57,7 +57,7 @@ def gdc_classic(rows: list[tuple[int, tuple[int, float, int]]]) -> str:
     lines = ["\t".join(head)]
     for i, (s, m, e) in rows:
         for treatment in ("Pharmaceutical Therapy, NOS", "Radiation Therapy, NOS"):  # one row per treatment
-            lines.append("\t".join([_uuid(case_id(i)), case_id(i), "TCGA-LUAD", "65",
+            lines.append("\t".join([fake_uuid(case_id(i)), case_id(i), "TCGA-LUAD", "65",
                                     "Dead" if e else "Alive", str(days(m)) if e else "'--",
                                     "'--" if e else str(days(m)), AJCC[s], "yes", treatment]))
     return "\n".join(lines) + "\n"
@@ -70,7 +70,7 @@ def gdc_2024(rows: list[tuple[int, tuple[int, float, int]]]) -> str:
     lines = ["\t".join(head)]
     for i, (s, m, e) in rows:
         for treatment in ("Chemotherapy", "Radiation Therapy, NOS", "Surgery, NOS"):
-            lines.append("\t".join(["TCGA-LUAD", _uuid(case_id(i)), "Informed Consent", case_id(i),
+            lines.append("\t".join(["TCGA-LUAD", fake_uuid(case_id(i)), "Informed Consent", case_id(i),
                                     "Dead" if e else "Alive", str(days(m)) if e else "'--", AJCC[s],
                                     str(days(m + 1.5)), treatment]))
     return "\n".join(lines) + "\n"
@@ -85,7 +85,7 @@ def cbioportal(rows: list[tuple[int, tuple[int, float, int]]]) -> str:
              "#STRING\tSTRING\tSTRING\tSTRING\tNUMBER\tSTRING\tNUMBER",
              "#1\t1\t1\t1\t1\t1\t1", "\t".join(cols)]
     for i, (s, m, e) in rows:
-        lines.append("\t".join([case_id(i), _uuid(case_id(i)), AJCC[s].upper(),
+        lines.append("\t".join([case_id(i), fake_uuid(case_id(i)), AJCC[s].upper(),
                                 "1:DECEASED" if e else "0:LIVING", f"{m:.2f}", "[Not Available]", ""]))
     return "\n".join(lines) + "\n"
 

@@ -71,9 +71,9 @@ def test_predict_votes_over_views():
 # ------------------------------------------------------------------------------------ regions
 @pytest.fixture(scope="module")
 def rendered_slide(tmp_path_factory):
-    from bench.data.demo import _slide_specs, demo_specs, render_slide, write_pyramid_tiff
+    from bench.data.demo import slide_specs, demo_specs, render_slide, write_pyramid_tiff
 
-    spec = _slide_specs(5, demo_specs(5, 4))[0]
+    spec = slide_specs(5, demo_specs(5, 4))[0]
     r = render_slide(spec)
     path = tmp_path_factory.mktemp("slide") / f"{spec.slide_id}.tiff"
     write_pyramid_tiff(path, r.rgb)
@@ -155,7 +155,7 @@ def test_tiny_classification_run_through_runner_and_tables(binary_cohort, monkey
     from bench.report.tables import build_table, classification, to_markdown
 
     spec, root = binary_cohort
-    monkeypatch.setitem(registry._METHODS, "tinycnn", registry.MethodSpec(
+    monkeypatch.setitem(registry.METHODS, "tinycnn", registry.MethodSpec(
         name="tinycnn", family="end-to-end", builder=f"{__name__}:TinyCNN", label="TinyCNN", input="slide",
         magnification=5.0, config="end_to_end", group="End-to-end", backbone="CNN"))
     cohort = load_cohort(str(spec))
@@ -204,7 +204,7 @@ def _camelyon16_layout(data: Path, n_per_class: int = 3) -> dict[str, int]:
     """$BENCH_DATA/camelyon16 as docs/camelyon16.md asks for it: slides under images/training/{normal,
     tumor}/, labels.csv with `slide_id,label` strings. Slides come from the demo renderer (tumor = its
     denser, darker stage III-IV nuclei); returns slide id -> label."""
-    from bench.data.demo import _slide_specs, demo_label, demo_specs, render_slide, write_pyramid_tiff
+    from bench.data.demo import slide_specs, demo_label, demo_specs, render_slide, write_pyramid_tiff
 
     root, truth, rows = data / "camelyon16", {}, ["slide_id,label"]
     for case in demo_specs(3, 4 * n_per_class):
@@ -215,7 +215,7 @@ def _camelyon16_layout(data: Path, n_per_class: int = 3) -> dict[str, int]:
         name = f"{lab}_{k:03d}"
         path = root / "images" / "training" / lab / f"{name}.tif"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_pyramid_tiff(path, render_slide(_slide_specs(3, [case])[0]).rgb)
+        write_pyramid_tiff(path, render_slide(slide_specs(3, [case])[0]).rgb)
         truth[name] = int(lab == "tumor")
         rows.append(f"{name},{lab}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from bench.data.demo import (
     DEMO_VERSION,
-    _slide_specs,
+    slide_specs,
     demo_specs,
     generate_demo,
     is_demo_complete,
@@ -172,7 +172,7 @@ def test_local_signal_nuclei_grow_with_stage() -> None:
     """Inside tumour tissue, dark nucleus pixels are more frequent at stage 3 than at stage 0."""
     cases = demo_specs(seed=0, n_cases=8)
     dark = {0: [], 3: []}
-    for spec in _slide_specs(0, cases):
+    for spec in slide_specs(0, cases):
         if spec.case.stage in dark:
             r = render_slide(spec)
             tissue = r.tissue.repeat(2, 0).repeat(2, 1)[: r.rgb.shape[0], : r.rgb.shape[1]]

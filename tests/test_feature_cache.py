@@ -22,7 +22,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import feature_cache as fc  # noqa: E402
-from bench.data.demo import _slide_specs, demo_specs, generate_demo, render_slide, write_pyramid_tiff  # noqa: E402
+from bench.data.demo import slide_specs, demo_specs, generate_demo, render_slide, write_pyramid_tiff  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_missing_mpp_fails_with_override_hint(tmp_path: Path) -> None:
 
 
 def test_tissue_mask_matches_generator(slides: dict[str, Path]) -> None:
-    specs = {sp.slide_id: sp for sp in _slide_specs(0, demo_specs(0, 6))}
+    specs = {sp.slide_id: sp for sp in slide_specs(0, demo_specs(0, 6))}
     ious = []
     for sid in list(slides)[:3]:
         truth = render_slide(specs[sid]).tissue

@@ -168,13 +168,13 @@ def test_red_and_purple_ink_are_not_tissue_but_purple_tissue_is(tmp_path: Path) 
 def test_stain_colours_are_never_ink() -> None:
     """Every H&E mixture of nuclei, eosin and glass -- flat or textured -- passes the ink rules;
     the markers' colours do not."""
-    from feature_cache.tissue import _artefacts
+    from feature_cache.tissue import artefact_mask
 
     glass = np.array([235, 235, 235])
     colours = [a * NUCLEI + b * EOSIN + (1 - a - b) * glass
                for a in np.linspace(0, 1, 11) for b in np.linspace(0, 1, 11) if a + b <= 1 + 1e-9]
     flat = np.repeat(np.array(colours, np.float32)[:, None, None], 9, 1).repeat(9, 2)  # (N, 9, 9, 3)
     flat = np.clip(flat, 0, 255).astype(np.uint8).reshape(-1, 9, 3)
-    assert not _artefacts(flat).any()
+    assert not artefact_mask(flat).any()
     for ink in (RED_INK, PURPLE_INK, (160, 30, 40), (120, 40, 170)):
-        assert _artefacts(np.full((9, 9, 3), ink, np.uint8)).all(), ink
+        assert artefact_mask(np.full((9, 9, 3), ink, np.uint8)).all(), ink

@@ -53,11 +53,11 @@ def test_every_source_joins_12_of_12(tmp_path, data, source, caplog):
 def test_gdc_uuid_column_is_never_the_case_id(tmp_path):
     p = tmp_path / "clinical.tsv"
     p.write_text("case_id\tproject_id\tvital_status\n" + "".join(
-        f"{T._uuid(str(i))}\tTCGA-LUAD\tAlive\n" for i in range(3)))
+        f"{T.fake_uuid(str(i))}\tTCGA-LUAD\tAlive\n" for i in range(3)))
     with pytest.raises(DatasetError, match=r"no case id column.*case_id holds GDC UUIDs.*columns: \{case_id"):
         load_clinical(p, "gdc")
     p2 = tmp_path / "c.csv"
-    p2.write_text("case_id,stage\n" + "".join(f"{T._uuid(str(i))},Stage I\n" for i in range(3)))
+    p2.write_text("case_id,stage\n" + "".join(f"{T.fake_uuid(str(i))},Stage I\n" for i in range(3)))
     with pytest.raises(DatasetError, match=r"holds UUIDs \(row 2"):
         load_clinical(p2, "normalized")
 
@@ -110,10 +110,10 @@ def test_digit_stages_need_a_stage_map(tmp_path, data):
 def test_conflicting_rows_name_case_and_values(tmp_path):
     p = tmp_path / "clinical.tsv"
     p.write_text("case_id\tcase_submitter_id\tajcc_pathologic_stage\tvital_status\tdays_to_death\tdays_to_last_follow_up\n"
-                 f"{T._uuid('a')}\tTCGA-05-4200\tStage I\tAlive\t'--\t1852\n"
-                 f"{T._uuid('a')}\tTCGA-05-4200\tStage I\tDead\t152\t'--\n"
-                 f"{T._uuid('b')}\tTCGA-05-4201\tStage II\tAlive\t'--\t100\n"
-                 f"{T._uuid('b')}\tTCGA-05-4201\tStage III\tAlive\t'--\t100\n")
+                 f"{T.fake_uuid('a')}\tTCGA-05-4200\tStage I\tAlive\t'--\t1852\n"
+                 f"{T.fake_uuid('a')}\tTCGA-05-4200\tStage I\tDead\t152\t'--\n"
+                 f"{T.fake_uuid('b')}\tTCGA-05-4201\tStage II\tAlive\t'--\t100\n"
+                 f"{T.fake_uuid('b')}\tTCGA-05-4201\tStage III\tAlive\t'--\t100\n")
     with pytest.raises(DatasetError) as e:
         load_clinical(p, "gdc")
     msg = str(e.value)

@@ -124,16 +124,16 @@ def _parsed(argv, monkeypatch, env=None):
 
 def test_cli_jobs_default_is_auto_and_resolves_per_machine(monkeypatch):
     args, cli = _parsed(["--device", "cpu"], monkeypatch)
-    assert args.jobs is None and cli._jobs(args) == 2  # unset: auto, one process per core
+    assert args.jobs is None and cli.resolve_jobs(args) == 2  # unset: auto, one process per core
     args, cli = _parsed(["--device", "cpu", "--nproc", "2"], monkeypatch)
-    assert cli._jobs(args) == 1  # DDP ranks train each unit together
+    assert cli.resolve_jobs(args) == 1  # DDP ranks train each unit together
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     args, cli = _parsed(["--device", "auto"], monkeypatch)
-    assert cli._jobs(args) == 1  # one process on the GPU
+    assert cli.resolve_jobs(args) == 1  # one process on the GPU
     args, cli = _parsed(["--device", "cpu"], monkeypatch, env="1")
-    assert cli._jobs(args) == 1  # $BENCH_JOBS sets the default
+    assert cli.resolve_jobs(args) == 1  # $BENCH_JOBS sets the default
     args, cli = _parsed(["--device", "cpu", "--jobs", "3"], monkeypatch, env="1")
-    assert cli._jobs(args) == 3  # the option wins over the environment
+    assert cli.resolve_jobs(args) == 3  # the option wins over the environment
 
 
 def test_workers_receive_the_run_serialised(tmp_path):

@@ -101,11 +101,11 @@ def test_early_stopping_never_sees_the_test_fold_and_keeps_the_best_weights() ->
     assert info["best_epoch"] == int(log.loc[log["val_loss"].idxmin(), "epoch"])
     assert not set(seen_ids) & {s.case_id for s in test}  # training and validation: training fold only
     # the model predicting the test fold is the best epoch's (its val loss recomputed)
-    from bench.engine.train import _val_loss
+    from bench.engine.train import validation_loss
 
     fitted = get_task("staging").fit([s.labels for s in train], 4)
     held = validation_split("staging", [s.labels for s in train], 0.2, cfg.seed)
-    v = _val_loss(model, [train[i] for i in held], fitted, torch.device("cpu"))
+    v = validation_loss(model, [train[i] for i in held], fitted, torch.device("cpu"))
     assert v == pytest.approx(log["val_loss"].min(), rel=1e-5)
 
 

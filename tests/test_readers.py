@@ -446,14 +446,14 @@ def test_a_crashed_decoding_worker_is_the_slides_error(img: np.ndarray, tmp_path
 
     import feature_cache.loader as L
 
-    real = L._read_patches
+    real = L.read_patches
 
     def read_or_die(slide, *args):
         if torch.utils.data.get_worker_info() is not None and slide.path.name == "crash.tif":
             os.kill(os.getpid(), signal.SIGKILL)
         return real(slide, *args)
 
-    monkeypatch.setattr(L, "_read_patches", read_or_die)
+    monkeypatch.setattr(L, "read_patches", read_or_die)
     crash = write_generic_tiff(tmp_path / "crash.tif", img, mpp=0.5)
     fine = write_generic_tiff(tmp_path / "fine.tif", img, mpp=0.5)
     cache = fc.FeatureCache(tmp_path / "cache")

@@ -52,14 +52,14 @@ def test_pixelmamba_gets_raw_rgb_slides():
     import torch
 
     from bench.registry import get_method
-    from bench.engine.inputs import _model_input, _normalise
+    from bench.engine.inputs import model_input, normalise_pixels
 
     assert get_method("pixelmamba-6m").raw_rgb and get_method("pixelmamba-21m").raw_rgb
     assert not get_method("vim-ti").raw_rgb and not get_method("longvit-s").raw_rgb
     arr = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    raw = _model_input(arr, True)
+    raw = model_input(arr, True)
     assert raw.dtype == torch.uint8 and raw.shape == (1, 3, 5, 7)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    torch.testing.assert_close((raw.float().div(255.0) - mean) / std, _normalise(arr), rtol=0, atol=0)
-    assert torch.equal(_model_input(arr, False), _normalise(arr))
+    torch.testing.assert_close((raw.float().div(255.0) - mean) / std, normalise_pixels(arr), rtol=0, atol=0)
+    assert torch.equal(model_input(arr, False), normalise_pixels(arr))

@@ -83,7 +83,7 @@ def test_batched_metric_equals_the_libraries(task):
     """The bootstrap's vectorized metrics are sksurv's / sklearn's, ties and duplicates included."""
     from sklearn.metrics import roc_auc_score
 
-    from bench.report.stats import _columns, batched_metric
+    from bench.report.stats import metric_columns, batched_metric
 
     rng = np.random.default_rng(7)
     n = 30
@@ -91,7 +91,7 @@ def test_batched_metric_equals_the_libraries(task):
                        "risk": rng.integers(0, 5, n).astype(float), "stage": rng.integers(0, 4, n),
                        "pred": rng.integers(0, 3, n), "label": rng.integers(0, 2, n), "prob1": rng.integers(0, 4, n) / 4})
     idx = rng.integers(0, n, size=(20, n))  # resamples with duplicates
-    got = batched_metric(task, _columns(task, df), idx)
+    got = batched_metric(task, metric_columns(task, df), idx)
     for b, ix in enumerate(idx):
         d = df.iloc[ix]
         if task == "survival":

@@ -111,7 +111,7 @@ def _jobs_arg(value: str) -> int | str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _jobs(args: argparse.Namespace) -> int:
+def resolve_jobs(args: argparse.Namespace) -> int:
     """The processes this run trains on: ``--jobs``, else ``$BENCH_JOBS``, else ``auto``
     (``bench.engine.jobs.auto_jobs``; one process for DDP ranks and scheduler jobs)."""
     from ..engine import distributed as D
@@ -166,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
     from ..registry import resolve_methods
     from ..engine.runner import run
 
-    args.jobs = _jobs(args)
+    args.jobs = resolve_jobs(args)
     if args.jobs > 1 and (args.nproc > 1 or args.launcher == "submitit"):
         raise SystemExit("--jobs runs several units at once on this machine; it does not combine with --nproc "
                          "(DDP: the ranks train each unit together) or --launcher submitit (one job per unit)")

@@ -171,7 +171,7 @@ def demo_specs(seed: int = 0, n_cases: int = 48) -> list[CaseSpec]:
     return cases
 
 
-def _slide_specs(seed: int, cases: list[CaseSpec]) -> list[SlideSpec]:
+def slide_specs(seed: int, cases: list[CaseSpec]) -> list[SlideSpec]:
     return [
         SlideSpec(slide_id=sid, case=c, rng_key=(seed, c.index, 1000 + k))
         for c in cases
@@ -408,7 +408,7 @@ def demo_truth(root: Path, slide_id: str) -> RenderedSlide:
     if str(manifest.get("version")) != DEMO_VERSION:
         raise ValueError(f"{path}: demo version {manifest.get('version')!r}, this code draws version {DEMO_VERSION}: "
                          "its masks cannot be reproduced; regenerate the demo")
-    for spec in _slide_specs(seed, demo_specs(seed, n_cases)):
+    for spec in slide_specs(seed, demo_specs(seed, n_cases)):
         if spec.slide_id == slide_id:
             return render_slide(spec)
     raise KeyError(f"slide {slide_id!r} is not in the demo at {root}")
@@ -459,7 +459,7 @@ def generate_demo(root: Path, seed: int = 0, n_cases: int = 48, binary_label: bo
         files: dict[str, str] = {}
         slide_truth = {}
         log.info("generating demo cohort: %d cases -> %s", n_cases, root)
-        for spec in _slide_specs(seed, cases):
+        for spec in slide_specs(seed, cases):
             rendered = render_slide(spec)
             path = slides_dir / f"{spec.slide_id}.tiff"
             write_pyramid_tiff(path, rendered.rgb)

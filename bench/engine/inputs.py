@@ -332,7 +332,7 @@ class SlideInputs:
 
     def _tensor(self, slide_id: str) -> torch.Tensor:
         arr = self.cache.get(slide_id, self.paths[slide_id], self.magnification)
-        return _model_input(arr, self.raw_rgb)
+        return model_input(arr, self.raw_rgb)
 
     def sample(self, case_id: str, labels: dict[str, float]) -> Sample:
         slides = self._slides(case_id)
@@ -391,8 +391,8 @@ class RegionInputs(SlideInputs):
     def _region(self, slide_id: str, i: int | None) -> torch.Tensor | list[torch.Tensor]:
         arr = self.regions.regions(slide_id, self.paths[slide_id], self.cohort.spec.mpp_override)
         if i is not None:
-            return _model_input(arr[i], self.raw_rgb)
-        return [_model_input(a, self.raw_rgb) for a in arr]
+            return model_input(arr[i], self.raw_rgb)
+        return [model_input(a, self.raw_rgb) for a in arr]
 
     def sample(self, case_id: str, labels: dict[str, float]) -> Sample:
         slides = self._slides(case_id)
@@ -410,15 +410,15 @@ class RegionInputs(SlideInputs):
         return Sample(case_id, one, labels, views=views, vote=self.opts["voting"])
 
 
-def _model_input(arr: np.ndarray, raw_rgb: bool) -> torch.Tensor:
+def model_input(arr: np.ndarray, raw_rgb: bool) -> torch.Tensor:
     """(H, W, 3) uint8 → (1, 3, H, W): as is (uint8) for a model that normalises itself, else
-    ``_normalise``d."""
+    ``normalise_pixels``d."""
     if raw_rgb:
         return torch.from_numpy(np.array(arr)).permute(2, 0, 1).unsqueeze(0).contiguous()
-    return _normalise(arr)
+    return normalise_pixels(arr)
 
 
-def _normalise(arr: np.ndarray) -> torch.Tensor:
+def normalise_pixels(arr: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 → (1, 3, H, W) float normalised with ImageNet statistics."""
     x = torch.from_numpy(np.array(arr)).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)

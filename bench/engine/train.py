@@ -283,7 +283,7 @@ def _epochs(loop: StepLoop, train: Sequence[Sample], val: Sequence[Sample], fitt
         rows.append({"epoch": epoch + 1, "loss": float(np.mean([v for r in D.all_gather(losses) for v in r])),
                      "lr": loop.last_lr(), "seconds": time.perf_counter() - t0})
         if val:
-            rows[-1]["val_loss"] = v = _val_loss(model, val, fitted, dev)
+            rows[-1]["val_loss"] = v = validation_loss(model, val, fitted, dev)
             if best is None or v < best[0]:
                 best = (v, epoch + 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
             elif epoch + 1 - best[1] >= cfg.patience and epoch + 1 > cfg.min_epochs:
@@ -314,7 +314,7 @@ def _predict_shared(model: torch.nn.Module, task: str, test: Sequence[Sample], f
 
 
 @torch.no_grad()
-def _val_loss(model: torch.nn.Module, val: Sequence[Sample], fitted: T.FittedTask, dev: torch.device) -> float:
+def validation_loss(model: torch.nn.Module, val: Sequence[Sample], fitted: T.FittedTask, dev: torch.device) -> float:
     """Mean loss over the validation cases (whole bags, eval mode), the same on every rank."""
     model.eval()
     out = float(np.mean([fitted.loss(model(_to(s.load(), dev)), fitted.target(s.labels, dev)).item() for s in val]))

@@ -70,7 +70,7 @@ def _fold_scores(df: pd.DataFrame, fn: Callable[[pd.DataFrame], float], folds: l
     return np.array([fn(df[df["fold"] == k]) for k in folds])
 
 
-def _columns(task: str, df: pd.DataFrame) -> dict[str, np.ndarray]:
+def metric_columns(task: str, df: pd.DataFrame) -> dict[str, np.ndarray]:
     return get_task(task).columns(df)
 
 
@@ -153,7 +153,7 @@ def _compare_pair(task: str, fn: Callable[[pd.DataFrame], float], best_df: pd.Da
     for k in folds:
         pos = np.flatnonzero(fold_of == k)
         fold_idx.append(pos[rng.integers(0, len(pos), size=(n_boot, len(pos)))])
-    d = _boot_stat(task, _columns(task, a), fold_idx, statistic) - _boot_stat(task, _columns(task, b), fold_idx, statistic)
+    d = _boot_stat(task, metric_columns(task, a), fold_idx, statistic) - _boot_stat(task, metric_columns(task, b), fold_idx, statistic)
     ok = np.isfinite(d)
     d = d[ok]
     if len(d) == 0:
