@@ -42,14 +42,14 @@ _FM = {"reassoc", "nsz", "contract"}  # vectorisable reductions/FMA; keeps inf/n
 _LN2_HI, _LN2_LO, _INV_LN2 = 0.6931471803691238, 1.9082149292705877e-10, 1.4426950408889634
 
 
-def _exp(x):
+def fast_exp(x):
     """exp that LLVM can vectorise (libm's exp is a scalar call, ~6x slower here)."""
     return math.exp(x)
 
 
 # Compiled as its own function (LLVM inlines it) *without* "reassoc": with it, LLVM folds the
 # Cody–Waite split k·ln2_hi + k·ln2_lo back into k·ln2 and the float32 result loses ~4 digits.
-@overload(_exp, jit_options={"fastmath": {"nsz", "contract"}})
+@overload(fast_exp, jit_options={"fastmath": {"nsz", "contract"}})
 def _exp_impl(x):
     """Cody–Waite reduction x = k·ln2 + r, |r| <= ln2/2, a Taylor polynomial for exp(r), and
     2^k assembled in the exponent bits. float64: degree 13 (max relative error vs numpy 2.4e-14
@@ -101,17 +101,17 @@ def _exp_impl(x):
     return impl64
 
 
-def _expm1(x):
+def fast_expm1(x):
     """exp(x) − 1 that LLVM can vectorise, accurate also near 0 (libm's expm1 is a scalar call:
     one per (step, channel) in the backward cost ~1 ns per state, a fifth of the kernel)."""
     return math.expm1(x)
 
 
-@overload(_expm1, jit_options={"fastmath": {"nsz", "contract"}})
+@overload(fast_expm1, jit_options={"fastmath": {"nsz", "contract"}})
 def _expm1_impl(x):
     """|x| < 1/2: Taylor series of e^x − 1, Horner form (float64: degree 16, truncation below
     1e-17 relative; float32: degree 9, below 2e-10), exact in its first term, so there is no
-    cancellation as x → 0; elsewhere ``_exp(x) − 1``, whose rounding error relative to
+    cancellation as x → 0; elsewhere ``fast_exp(x) − 1``, whose rounding error relative to
     |e^x − 1| ≥ 0.39 is a few ulps. Both branches are computed and one is selected (no branch
     in the vectorised loop)."""
     if x == numba.types.float32:
@@ -127,7 +127,7 @@ def _expm1_impl(x):
             p = p * x + f(1.0 / 6.0)
             p = p * x + f(0.5)
             small = x + x * x * p
-            big = _exp(x) - f(1.0)
+            big = fast_exp(x) - f(1.0)
             return small if abs(x) < f(0.5) else big
 
         return impl32
@@ -149,7 +149,7 @@ def _expm1_impl(x):
         p = p * x + 1.0 / 6.0
         p = p * x + 0.5
         small = x + x * x * p
-        big = _exp(x) - 1.0
+        big = fast_exp(x) - 1.0
         return small if abs(x) < 0.5 else big
 
     return impl64
@@ -205,7 +205,7 @@ def _fwd_kernel(
             Bv = Bt[b, g, t]
             Cv = Ct[b, g, t]
             for n in range(N):
-                hn = _exp(dtt * a[n]) * h[n] + du * Bv[n]
+                hn = fast_exp(dtt * a[n]) * h[n] + du * Bv[n]
                 h[n] = hn
                 acc += hn * Cv[n]
             out[b, d, t] = acc + Dd * ut
@@ -214,7 +214,7 @@ def _fwd_kernel(
             zr, outr = z[b, d], out[b, d]
             for t in range(L):
                 zt = zr[t]
-                outr[t] = outr[t] * zt / (one + _exp(-zt))
+                outr[t] = outr[t] * zt / (one + fast_exp(-zt))
 
 
 @numba.njit(nogil=True, fastmath=_FM, cache=True, inline="always")
@@ -223,7 +223,7 @@ def _bwd_body(
     gu, gdelta, gz, gA_bd, gD_bd, gbias_bd, gB_part, gC_part, gh0, lo, hi, p, N,
 ):  # pragma: no cover - compiled
     """Adjoint scan of work units [lo, hi); a unit is up to W channels of one (batch, group).
-    ``N`` is the state size (``A.shape[1]``), an argument so that ``_bwd_kernel_n16`` can
+    ``N`` is the state size (``A.shape[1]``), an argument so that ``bwd_kernel_n16`` can
     inline this body with a constant.
 
     Channels of a unit share B_t and C_t, so their B/C gradients are summed in registers and
@@ -273,7 +273,7 @@ def _bwd_body(
                     acc = _zero(dtt)
                     a, hp, hq, ek = A[d], hseg[k, w], hseg[k + 1, w], dAseg[k, w]
                     for n in range(N):
-                        e = _exp(dtt * a[n])
+                        e = fast_exp(dtt * a[n])
                         ek[n] = e
                         hn = e * hp[n] + du * Bv[n]
                         hq[n] = hn
@@ -287,7 +287,7 @@ def _bwd_body(
                     Dd = Dv[d] if has_D else _zero(one)
                     for t in range(t1 - t0):
                         zt = zr[t]
-                        s = one / (one + _exp(-zt))
+                        s = one / (one + fast_exp(-zt))
                         gyt = gor[t]
                         yt = ys[t] + Dd * ur[t]
                         gzr[t] = gyt * yt * s * (one + zt * (one - s))
@@ -346,7 +346,7 @@ def _bwd_body(
                 if softplus:  # over 3-D indexing (measured 1.2 vs 6.5 ns per element here)
                     dtr = dt[b, d, t0:t1]
                     for t in range(t1 - t0):
-                        gd = -gdr[t] * _expm1(-dtr[t])
+                        gd = -gdr[t] * fast_expm1(-dtr[t])
                         gdr[t] = gd
                         acc += gd
                 else:
@@ -361,7 +361,7 @@ def _bwd_body(
 
 
 @numba.njit(nogil=True, fastmath=_FM, cache=True)
-def _bwd_kernel(
+def bwd_kernel(
     u, dt, A, Bt, Ct, Dv, z, has_D, has_z, softplus, ckpt, gout, glast, K, W,
     gu, gdelta, gz, gA_bd, gD_bd, gbias_bd, gB_part, gC_part, gh0, lo, hi, p,
 ):  # pragma: no cover - compiled
@@ -371,7 +371,7 @@ def _bwd_kernel(
 
 
 @numba.njit(nogil=True, fastmath=_FM, cache=True)
-def _bwd_kernel_n16(
+def bwd_kernel_n16(
     u, dt, A, Bt, Ct, Dv, z, has_D, has_z, softplus, ckpt, gout, glast, K, W,
     gu, gdelta, gz, gA_bd, gD_bd, gbias_bd, gB_part, gC_part, gh0, lo, hi, p,
 ):  # pragma: no cover - compiled
@@ -391,7 +391,7 @@ def _np(t: Tensor) -> np.ndarray:
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _parallel(kernel, args: tuple, total: int, parts: int) -> None:
+def run_parallel(kernel, args: tuple, total: int, parts: int) -> None:
     """Run kernel(*args, lo, hi, [p]) over `parts` slices of [0, total) on Python threads.
 
     The kernels release the GIL (nogil), so plain threads run them in parallel; this avoids
@@ -399,7 +399,7 @@ def _parallel(kernel, args: tuple, total: int, parts: int) -> None:
     """
     global _POOL
     bounds = [(p * total // parts, (p + 1) * total // parts, p) for p in range(parts)]
-    with_p = kernel is _bwd_kernel or kernel is _bwd_kernel_n16
+    with_p = kernel is bwd_kernel or kernel is bwd_kernel_n16
     if parts == 1:
         lo, hi, p = bounds[0]
         kernel(*args, lo, hi, *((p,) if with_p else ()))
@@ -437,7 +437,7 @@ class _NumbaScan(torch.autograd.Function):
         args = (_np(u), dt.numpy(), _np(A), Bt.numpy(), Ct.numpy(), Dv.numpy(), z.numpy(),
                 _np(h0), D is not None, has_z, CKPT,
                 out.numpy(), last.numpy(), ckpt.numpy())
-        _parallel(_fwd_kernel, args, Bsz * Dm, _parts(Bsz * Dm))
+        run_parallel(_fwd_kernel, args, Bsz * Dm, _parts(Bsz * Dm))
         ctx.flags = (D is not None, has_z, softplus, delta_bias is not None)
         ctx.save_for_backward(u, dt, A, Bt, Ct, Dv, z, ckpt)
         return out, last
@@ -465,7 +465,7 @@ class _NumbaScan(torch.autograd.Function):
                 has_D, has_z, softplus, ckpt.numpy(), gout.numpy(), glast.numpy(), CKPT, W,
                 gu.numpy(), gdelta.numpy(), gz.numpy(), gA_bd.numpy(), gD_bd.numpy(),
                 gbias_bd.numpy(), gB_part.numpy(), gC_part.numpy(), gh0.numpy())
-        _parallel(_bwd_kernel_n16 if N == 16 else _bwd_kernel, args, units, P)
+        run_parallel(bwd_kernel_n16 if N == 16 else bwd_kernel, args, units, P)
         gB = gB_part.sum(0).transpose(-1, -2)  # (B, G, N, L)
         gC = gC_part.sum(0).transpose(-1, -2)
         return (gu, gdelta, gA_bd.sum(0), gB, gC, gD_bd.sum(0) if has_D else None,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pixelmamba.ops import resolve_backend, selective_scan
-from pixelmamba.ops._numba import _exp, _expm1
+from pixelmamba.ops._numba import fast_exp, fast_expm1
 from pixelmamba.ops.selective_scan import mamba_ssm_available
 
 # (rtol, atol), applied as max|got − want| <= atol + rtol · max|want| per tensor
@@ -245,16 +245,16 @@ def test_numba_several_threads_and_partial_blocks():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_numba_state_size_16_kernel(dtype, monkeypatch):
     """d_state 16 (Mamba's default, Vim's and Pixel-Mamba's) runs a backward kernel compiled for
-    it (``_bwd_kernel_n16``); it must match the reference as the generic one does (the other
+    it (``bwd_kernel_n16``); it must match the reference as the generic one does (the other
     tests use d_state 8), with partial channel blocks (20 channels in groups of 10)."""
     import pixelmamba.ops._numba as nb
 
     used = []
-    real = nb._parallel
-    monkeypatch.setattr(nb, "_parallel", lambda kernel, *args: used.append(kernel) or real(kernel, *args))
+    real = nb.run_parallel
+    monkeypatch.setattr(nb, "run_parallel", lambda kernel, *args: used.append(kernel) or real(kernel, *args))
     x = make_inputs({"groups": 2}, 300, dtype, dim=20, dstate=16)
     y, last, grads = run(clone(x), True, "numba")
-    assert nb._bwd_kernel_n16 in used and nb._bwd_kernel not in used
+    assert nb.bwd_kernel_n16 in used and nb.bwd_kernel not in used
     y_ref, last_ref, grads_ref = run(clone(x), True, "ref")
     check("out", y, y_ref, dtype)
     check("last_state", last, last_ref, dtype)
@@ -292,13 +292,13 @@ def test_auto_picks_per_device(monkeypatch):
 @numba.njit(fastmath={"reassoc", "nsz", "contract"}, cache=True)  # the kernels' flags
 def _vexp(x, out):  # pragma: no cover - compiled
     for i in range(x.shape[0]):
-        out[i] = _exp(x[i])
+        out[i] = fast_exp(x[i])
 
 
 @numba.njit(fastmath={"reassoc", "nsz", "contract"}, cache=True)  # the kernels' flags
 def _vexpm1(x, out):  # pragma: no cover - compiled
     for i in range(x.shape[0]):
-        out[i] = _expm1(x[i])
+        out[i] = fast_expm1(x[i])
 
 
 def _max_relative_error(compiled, x: np.ndarray, reference) -> float:
