@@ -180,7 +180,7 @@ def _one_impl(x):
 
 
 @numba.njit(nogil=True, fastmath=_FM, cache=True)
-def _fwd_kernel(
+def fwd_kernel(
     u, dt, A, Bt, Ct, Dv, z, h0, has_D, has_z, K, out, last, ckpt, lo, hi
 ):  # pragma: no cover - compiled
     """Scan the (batch, channel) pairs with flat index in [lo, hi); out = (y + D·u)·SiLU(z)."""
@@ -437,7 +437,7 @@ class _NumbaScan(torch.autograd.Function):
         args = (_np(u), dt.numpy(), _np(A), Bt.numpy(), Ct.numpy(), Dv.numpy(), z.numpy(),
                 _np(h0), D is not None, has_z, CKPT,
                 out.numpy(), last.numpy(), ckpt.numpy())
-        run_parallel(_fwd_kernel, args, Bsz * Dm, _parts(Bsz * Dm))
+        run_parallel(fwd_kernel, args, Bsz * Dm, _parts(Bsz * Dm))
         ctx.flags = (D is not None, has_z, softplus, delta_bias is not None)
         ctx.save_for_backward(u, dt, A, Bt, Ct, Dv, z, ckpt)
         return out, last

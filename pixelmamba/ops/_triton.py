@@ -54,7 +54,7 @@ def _combine(a_l, b_l, a_r, b_r):
 
 
 @triton.jit
-def _fwd_kernel(
+def fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, y_ptr, last_ptr, states_ptr,
     L, D, N, H, n_chunks,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l,
@@ -98,7 +98,7 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _bwd_kernel(
+def bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, states_ptr, gy_ptr, glast_ptr,
     gu_ptr, gdt_ptr, gA_ptr, gB_ptr, gC_ptr, gh0_ptr,
     L, D, N, H, G, n_chunks,
@@ -194,7 +194,7 @@ class _TritonScan(torch.autograd.Function):
         y = u.new_empty(Bsz, Dm, L)
         last = u.new_empty(Bsz, Dm, N)
         states = u.new_empty(Bsz, n_chunks, Dm, N) if save else u.new_empty(1)
-        _fwd_kernel[(Bsz, Dm // bd)](
+        fwd_kernel[(Bsz, Dm // bd)](
             u, dt, A, Bm, Cm, h0, y, last, states, L, Dm, N, H, n_chunks,
             *_strides(u, dt, Bm, Cm, h0),
             T=chunk, BD=bd, BN=triton.next_power_of_2(N), SAVE=save, num_warps=NUM_WARPS,
@@ -216,7 +216,7 @@ class _TritonScan(torch.autograd.Function):
         gB = u.new_zeros(Bsz, G, N, L)  # atomically summed over each group's channel blocks
         gC = u.new_zeros(Bsz, G, N, L)
         gh0 = u.new_empty(Bsz, Dm, N)
-        _bwd_kernel[(Bsz, Dm // ctx.bd)](
+        bwd_kernel[(Bsz, Dm // ctx.bd)](
             u, dt, A, Bm, Cm, states, gy, glast, gu, gdt, gA, gB, gC, gh0,
             L, Dm, N, Dm // G, G, states.shape[1],
             *_strides(u, dt, Bm, Cm),

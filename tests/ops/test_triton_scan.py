@@ -48,8 +48,8 @@ def triton_scan(request):
     if INTERPRET:
         from triton.runtime.interpreter import InterpretedFunction
 
-        assert isinstance(mod._fwd_kernel, InterpretedFunction)
-        assert isinstance(mod._bwd_kernel, InterpretedFunction)
+        assert isinstance(mod.fwd_kernel, InterpretedFunction)
+        assert isinstance(mod.bwd_kernel, InterpretedFunction)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mod, "CHUNK", CHUNK)
         yield request.param, mod
