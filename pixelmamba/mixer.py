@@ -108,12 +108,12 @@ class BiMambaMixer(nn.Module):
             xi = F.pad(xi, (pad_left, pad_right))
         return xi, z
 
-    def _conv(self, xi: Tensor, backward: bool = False) -> Tensor:
+    def causal_conv(self, xi: Tensor, backward: bool = False) -> Tensor:
         """SiLU(conv1d(xi)): (B, E, K−1 + l) with its halo first (scan order) → (B, E, l)."""
         conv: nn.Conv1d = getattr(self, "conv1d_b" if backward else "conv1d")
         return F.silu(F.conv1d(xi, conv.weight, conv.bias, groups=self.d_inner))
 
-    def _branch(
+    def scan_branch(
         self, xi: Tensor | None, z: Tensor, h0: Tensor | None, backward: bool, want_state: bool,
         xc: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
@@ -123,7 +123,7 @@ class BiMambaMixer(nn.Module):
         x_proj: nn.Linear = getattr(self, "x_proj" + sfx)
         dt_proj: nn.Linear = getattr(self, "dt_proj" + sfx)
         if xc is None:
-            xc = self._conv(xi, backward)  # (B, E, l)
+            xc = self.causal_conv(xi, backward)  # (B, E, l)
         x_dbl = x_proj(xc.transpose(1, 2))  # (B, l, R + 2N)
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, E, l)
@@ -142,7 +142,7 @@ class BiMambaMixer(nn.Module):
         """Forward-branch state after a piece; x holds the piece preceded by its conv halo."""
         xi, z = self._xz(x, pad_left, 0)
         k = self.d_conv - 1
-        return self._branch(xi, z[..., k - pad_left:], h0, False, True)[1]
+        return self.scan_branch(xi, z[..., k - pad_left:], h0, False, True)[1]
 
     def _forward_share(self, x: Tensor, pad_left: int, h0: Tensor | None) -> tuple[Tensor, Tensor]:
         """The forward branch's share of ``_piece``'s output, ``out_proj(scale * y_f)``, and its
@@ -151,7 +151,7 @@ class BiMambaMixer(nn.Module):
         entering state ``h0`` is this share's (the backward branch does not depend on ``h0``)."""
         xi, z = self._xz(x, pad_left, 0)
         k = self.d_conv - 1
-        y_f, h = self._branch(xi, z[..., k - pad_left:], h0, False, True)
+        y_f, h = self.scan_branch(xi, z[..., k - pad_left:], h0, False, True)
         return self.out_proj((y_f * self.scale).transpose(1, 2)), h
 
     def _piece(
@@ -164,12 +164,12 @@ class BiMambaMixer(nn.Module):
         xi, z = self._xz(x, pad_left, pad_right)  # xi: (B, E, k + l + k)
         z = z[..., k - pad_left: z.shape[-1] - (k - pad_right)]  # (B, E, l)
         if self.merge == "sum":  # one conv: the backward branch scans the reversed ψ(x)
-            xc = self._conv(xi[..., : xi.shape[-1] - k])  # (B, E, l)
-            y_f, h_f_out = self._branch(None, z, h_f, False, forward_state, xc=xc)
-            y_b, h_b = self._branch(None, z.flip(-1), h_b, True, True, xc=xc.flip(-1))
+            xc = self.causal_conv(xi[..., : xi.shape[-1] - k])  # (B, E, l)
+            y_f, h_f_out = self.scan_branch(None, z, h_f, False, forward_state, xc=xc)
+            y_b, h_b = self.scan_branch(None, z.flip(-1), h_b, True, True, xc=xc.flip(-1))
         else:
-            y_f, h_f_out = self._branch(xi[..., : xi.shape[-1] - k], z, h_f, False, forward_state)
-            y_b, h_b = self._branch(xi[..., k:].flip(-1), z.flip(-1), h_b, True, True)
+            y_f, h_f_out = self.scan_branch(xi[..., : xi.shape[-1] - k], z, h_f, False, forward_state)
+            y_b, h_b = self.scan_branch(xi[..., k:].flip(-1), z.flip(-1), h_b, True, True)
         y = (y_f + y_b.flip(-1)) * self.scale  # (B, E, l)
         out = self.out_proj(y.transpose(1, 2))
         return (out, h_b, h_f_out) if forward_state else (out, h_b)
@@ -184,13 +184,13 @@ class BiMambaMixer(nn.Module):
         if chunk_size is None or chunk_size >= L:
             xi, z = self._xz(x, k, 0)  # (B, E, k + L)
             if self.merge == "sum":  # Eq. 1: SSM_f(ψ(x)) ⊗ z + SSM_b(ψ(x)) ⊗ z, one ψ
-                xc = self._conv(xi)
-                y_f, _ = self._branch(None, z, None, False, False, xc=xc)
-                y_b, _ = self._branch(None, z.flip(-1), None, True, False, xc=xc.flip(-1))
+                xc = self.causal_conv(xi)
+                y_f, _ = self.scan_branch(None, z, None, False, False, xc=xc)
+                y_b, _ = self.scan_branch(None, z.flip(-1), None, True, False, xc=xc.flip(-1))
             else:
-                y_f, _ = self._branch(xi, z, None, False, False)
+                y_f, _ = self.scan_branch(xi, z, None, False, False)
                 xb = F.pad(xi[..., k:].flip(-1), (k, 0))
-                y_b, _ = self._branch(xb, z.flip(-1), None, True, False)
+                y_b, _ = self.scan_branch(xb, z.flip(-1), None, True, False)
             y = (y_f + y_b.flip(-1)) * self.scale  # (B, E, L)
             return self.out_proj(y.transpose(1, 2))
         if chunk_size < 1:

@@ -170,7 +170,7 @@ class PixelMamba(nn.Module):
     streamed path for anything
     larger (whole slides; also without gradients, where it still spares the full-length float32
     copies of the sequence).
-    ``chunk_size``: tokens per piece; ``"auto"`` (default, ``_chunk``) sizes pieces so that a
+    ``chunk_size``: tokens per piece; ``"auto"`` (default, ``layer_chunk``) sizes pieces so that a
     piece's working set is about ``CHUNK_BYTES`` at every layer, and runs inputs of at most
     ``UNPIECED_TOKENS`` pixels (224² batches) unpieced; None: one piece.
     ``act_dtype``: dtype of the activations kept between layers (``torch.bfloat16`` halves what
@@ -243,7 +243,7 @@ class PixelMamba(nn.Module):
         """Pixels of ``regions`` whole scan windows: what the memory of a forward pass scales with."""
         return regions * self.cfg.scan_window ** 2
 
-    def _chunk(self, layer: PixelMambaLayer, regions: int) -> int | None:
+    def layer_chunk(self, layer: PixelMambaLayer, regions: int) -> int | None:
         """Tokens per piece of ``layer`` for an input of ``regions`` initial regions (batch
         included). ``"auto"``: ``auto_chunk`` with the budget ``piece_budget`` gives for the
         input's tokens (``regions`` whole scan windows), except that small inputs (at most
@@ -258,7 +258,7 @@ class PixelMamba(nn.Module):
             return auto_chunk(layer.row.channels, self.cfg.d_state, self.cfg.expand, self._budget(regions))
         return self.chunk_size  # type: ignore[return-value]
 
-    def _release_pieces(self, regions: int) -> bool:
+    def releases_pieces(self, regions: int) -> bool:
         """Whether the streamed blocks call the release hook between the pieces of their
         backward's second sweep too (``streaming.set_release_hook``): for inputs whose
         ``"auto"`` pieces are below the 8 MB cap (``piece_budget``: below ~1M tokens). There a
@@ -295,12 +295,12 @@ class PixelMamba(nn.Module):
                 return normalise_rgb(tokens, valid, self.act_dtype), valid
             return tokens.to(self.act_dtype), valid
 
-        release = self._release_pieces(B * n0)
+        release = self.releases_pieces(B * n0)
 
         def run(first: int, tokens: Tensor, cls: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             for layer in self.layers[first: first + segment]:
                 k = self._merge_count(n0, tokens.shape[1])
-                tokens, cls, valid = layer(tokens, cls, valid, k, self._chunk(layer, B * n0), streaming, release)
+                tokens, cls, valid = layer(tokens, cls, valid, k, self.layer_chunk(layer, B * n0), streaming, release)
             return tokens, cls, valid
 
         def run_first(x: Tensor, mask: Tensor | None, cls: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -89,7 +89,7 @@ def test_checkpoint_layouts_load_and_reproduce(tiny, tmp_path: Path, fmt: str) -
         enc = E.get_encoder(spec.name, weights=path)
         assert not enc.random_weights and "explicit path" in enc.weights_source
         with torch.no_grad():
-            want = src(enc._preprocess(x))
+            want = src(enc.prepare_batch(x))
         got = enc(x)
         assert got.shape == (3, spec.dim) and got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -362,7 +362,7 @@ def test_weights_in_the_hub_cache_beat_the_standin(with_standin, tmp_path: Path,
     assert enc.weights_source.startswith("local hub cache") and enc.weights_label.startswith("pretrained")
     x = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)
     with torch.no_grad():
-        torch.testing.assert_close(enc(x), released(enc._preprocess(x)))
+        torch.testing.assert_close(enc(x), released(enc.prepare_batch(x)))
 
 
 def test_real_standins_keep_the_encoders_interface() -> None:

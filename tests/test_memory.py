@@ -167,9 +167,9 @@ def test_bench_pixelmamba_trims_on_the_streamed_path_only(monkeypatch):
     # each layer: forward and recomputation, 3 stages each (two sweeps, one fusion pass); its
     # backward 3 more (two sweeps, the fusion's backward), less the last layer's fusion backward
     # (its tokens get no gradient); and one before every piece but the first of the backward's
-    # second sweep (six 32² regions: pieces below the 8 MB cap, model._release_pieces)
-    assert model._release_pieces(6)
-    pieces = [-(-row.seq_len // model._chunk(layer, 6)) for layer, row in zip(model.layers, model.plan(64, 96))]
+    # second sweep (six 32² regions: pieces below the 8 MB cap, model.releases_pieces)
+    assert model.releases_pieces(6)
+    pieces = [-(-row.seq_len // model.layer_chunk(layer, 6)) for layer, row in zip(model.layers, model.plan(64, 96))]
     assert len(stages) == 24 * 9 - 1 + sum(p - 1 for p in pieces)
 
 

@@ -208,7 +208,7 @@ def test_srmamba_is_two_forward_scans_when_the_reorder_is_the_identity():
         mixer.D_b.copy_(mixer.D)
         h = torch.randn(1, 20, 16, dtype=torch.float64)
         x, z = mixer.in_proj(h).transpose(1, 2).chunk(2, dim=1)
-        want = mixer.out_proj(2 * mixer._branch(x, z, "").transpose(1, 2))
+        want = mixer.out_proj(2 * mixer.scan_branch(x, z, "").transpose(1, 2))
         torch.testing.assert_close(mixer(h), want)
 
 

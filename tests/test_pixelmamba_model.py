@@ -200,7 +200,7 @@ def test_auto_checkpointing_plain_for_small_inputs_streamed_for_slides(monkeypat
     paper, sw32 = create_model("pixelmamba-6m"), create_model("pixelmamba-6m", scan_window=32)
     assert not paper.streams(2) and not paper.streams(4) and paper.streams(5)  # 224² images
     # pixels, not regions: nine 32² regions (a 78 x 88 px demo slide) are far below four 224²
-    assert not sw32.streams(9) and sw32._chunk(sw32.layers[0], 9) is None
+    assert not sw32.streams(9) and sw32.layer_chunk(sw32.layers[0], 9) is None
     assert not sw32.streams(196) and sw32.streams(197)  # 196 x 32² = 4 x 224²
     monkeypatch.setattr(pm_model, "UNPIECED_TOKENS", 4 * 32**2)
     calls: list[int] = []
@@ -317,12 +317,12 @@ def test_piece_budget_and_auto_chunk_by_hand() -> None:
     assert auto_chunk(384, budget=1 << 16) == 16  # the floor's own floor
     model = create_model("pixelmamba-6m", num_classes=3)
     layer1, layer23 = model.layers[0], model.layers[22]  # 3 and 384 channels
-    assert (model._chunk(layer1, 9), model._chunk(layer23, 9)) == (2402, 55)
-    assert (model._chunk(layer1, 25), model._chunk(layer23, 25)) == (5577, 128)
-    assert model._chunk(layer1, 4) is None  # a 224² batch: one piece
+    assert (model.layer_chunk(layer1, 9), model.layer_chunk(layer23, 9)) == (2402, 55)
+    assert (model.layer_chunk(layer1, 25), model.layer_chunk(layer23, 25)) == (5577, 128)
+    assert model.layer_chunk(layer1, 4) is None  # a 224² batch: one piece
     # pieces below the cap: the release hook also between pieces (512² yes, 1024² no)
-    assert model._release_pieces(9) and not model._release_pieces(25)
-    assert not create_model("pixelmamba-6m", num_classes=3, chunk_size=100)._release_pieces(9)
+    assert model.releases_pieces(9) and not model.releases_pieces(25)
+    assert not create_model("pixelmamba-6m", num_classes=3, chunk_size=100).releases_pieces(9)
 
 
 def test_streamed_path_calls_the_release_hook_at_every_stage() -> None:

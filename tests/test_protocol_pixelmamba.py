@@ -137,9 +137,9 @@ def test_eq1_sum_has_one_conv_and_is_eq1() -> None:
     xz = summ.in_proj(x).transpose(1, 2)
     xi, z = xz.chunk(2, dim=1)
     k = summ.d_conv - 1
-    psi = summ._conv(torch.nn.functional.pad(xi, (k, 0)))
-    y_f, _ = summ._branch(None, z, None, False, False, xc=psi)
-    y_b, _ = summ._branch(None, z.flip(-1), None, True, False, xc=psi.flip(-1))
+    psi = summ.causal_conv(torch.nn.functional.pad(xi, (k, 0)))
+    y_f, _ = summ.scan_branch(None, z, None, False, False, xc=psi)
+    y_b, _ = summ.scan_branch(None, z.flip(-1), None, True, False, xc=psi.flip(-1))
     want = summ.out_proj((y_f + y_b.flip(-1)).transpose(1, 2))
     torch.testing.assert_close(summ(x), want, rtol=1e-12, atol=1e-12)
     # the mean mixer's forward branch is the same; its output is half the forward branch plus

@@ -87,7 +87,7 @@ class SRMamba(nn.Module):
             D._no_weight_decay = True
             setattr(self, "D" + sfx, D)
 
-    def _branch(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
+    def scan_branch(self, x: torch.Tensor, z: torch.Tensor, sfx: str) -> torch.Tensor:
         """One unidirectional Mamba scan: causal conv + SiLU, input-dependent Δ/B/C, gated by z.
 
         x, z: (B, E, L) in scan order -> (B, E, L).
@@ -108,9 +108,9 @@ class SRMamba(nn.Module):
         L = h.shape[1]
         xz = self.in_proj(h).transpose(1, 2)  # (B, 2E, L)
         x, z = xz.chunk(2, dim=1)  # (B, E, L) each
-        y = self._branch(x, z, "")
+        y = self.scan_branch(x, z, "")
         xz_r = sr_reorder(xz, self.rate)  # (B, 2E, P), zero tokens padded
-        y_r = self._branch(*xz_r.chunk(2, dim=1), "_b")  # (B, E, P) in reordered order
+        y_r = self.scan_branch(*xz_r.chunk(2, dim=1), "_b")  # (B, E, P) in reordered order
         y = y + sr_restore(y_r, self.rate, L)  # (B, E, L)
         return self.out_proj(y.transpose(1, 2))
 

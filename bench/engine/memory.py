@@ -31,7 +31,7 @@ and also whenever a stage inside a streamed layer starts (each sweep of a block 
 each pass of Region Fusion/Token Expansion: ``pixelmamba.streaming.set_release_hook``), since a
 layer's own stages leave several MB of freed pages behind each (measured at 512²: 98.7 vs 112.7
 B/px, 7% more CPU time; ``bench/engine/models.py``), and for inputs below ~1M tokens between the pieces
-of a block's backward too (``PixelMamba._release_pieces``; 512²: 84–85 → 78–80 B/px).
+of a block's backward too (``PixelMamba.releases_pieces``; 512²: 84–85 → 78–80 B/px).
 ``BENCH_TRIM_LAYERS=0`` turns all of it off. Nothing here is installed for the whole process: the
 unit executor enters the policy for an end-to-end unit and leaves it afterwards
 (:func:`unit_memory_policy`); outside it the layer hooks do nothing and pixelmamba's release hook is

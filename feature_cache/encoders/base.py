@@ -295,17 +295,17 @@ class Encoder:
                 h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         return h.hexdigest()[:16]
 
-    def _preprocess(self, batch: Any) -> "torch.Tensor":
+    def prepare_batch(self, batch: Any) -> "torch.Tensor":
         return self.preprocess(batch)
 
     def transform(self, image: Any) -> "torch.Tensor":
         """One patch (uint8 (H, W, 3) array or PIL image) -> normalized (3, S, S) tensor."""
-        return self._preprocess(np.asarray(image, dtype=np.uint8)[None])[0]
+        return self.prepare_batch(np.asarray(image, dtype=np.uint8)[None])[0]
 
     def __call__(self, batch: Any) -> "torch.Tensor":
         import torch
 
-        x = self._preprocess(batch).to(self.device, non_blocking=True)  # pinned by the loader on CUDA
+        x = self.prepare_batch(batch).to(self.device, non_blocking=True)  # pinned by the loader on CUDA
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.precision != "fp32":
