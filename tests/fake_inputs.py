@@ -64,3 +64,50 @@ class BagInputs(FakeFeatureInputs):
         g = torch.Generator().manual_seed(int(case_id[-3:]))
         x = torch.randn(6, 1024, generator=g)
         return Sample(case_id, lambda: x, labels)
+
+
+def write_cached_cohort(root, n_cases, yaml_extra=""):
+    """A cohort of ``n_cases`` empty slide files whose ResNet-50 features (random, 6 patches, the
+    stage planted in 8 dimensions) are already in ``<root>/cache``; its YAML is ``<root>/toy.yaml``
+    (``yaml_extra``: more lines, e.g. ``protocol: paper``). Returns the YAML's path."""
+    import h5py
+    import numpy as np
+    import pandas as pd
+    from feature_cache import FeatureCache, get_encoder
+
+    data = root / "data"
+    (data / "slides").mkdir(parents=True)
+    enc = get_encoder("resnet50", allow_random=True)
+    cache = FeatureCache(root / "cache")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_cases):
+        cid = f"CASE-{i:03d}"
+        (data / "slides" / f"{cid}.tiff").write_bytes(b"")
+        p = cache.path_for(cid, enc)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(p, "w") as f:
+            x = rng.normal(size=(6, enc.dim)).astype(np.float32)
+            x[:, :8] += i % 4
+            f["features"] = x
+            f["coords"] = np.stack([np.arange(6) * 256, np.zeros(6)], 1).astype(np.int64)
+        rows.append({"case_id": cid, "stage": i % 4, "time": 10.0 + i, "event": i % 2})
+    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
+    spec = root / "toy.yaml"
+    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
+                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
+                    f"allow_random_weights: true\n{yaml_extra}")
+    return spec
+
+
+def run_bench(*args, env=None, timeout=600, check=True):
+    """``python -m bench ARGS`` from the repository root; a failure raises with its output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=Path(__file__).resolve().parents[1],
+                       env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"bench {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p

@@ -6,9 +6,6 @@ the jobs train real MeanMIL units without extracting anything."""
 import json
 import sys
 
-import h5py
-import numpy as np
-import pandas as pd
 import pytest
 
 submitit = pytest.importorskip("submitit")
@@ -17,39 +14,15 @@ import bench.engine.inputs as inputs_mod
 from bench.cli import main as cli  # noqa: E402
 from bench.engine.launch import ClusterOptions, LaunchError, submit  # noqa: E402
 from bench.registry import get_method  # noqa: E402
-from fake_inputs import FakeFeatureInputs, write_toy_cohort  # noqa: E402
+from fake_inputs import FakeFeatureInputs, write_cached_cohort, write_toy_cohort  # noqa: E402
 
 N_CASES = 20
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from feature_cache import FeatureCache, get_encoder
-
     root = tmp_path_factory.mktemp("launch")
-    data = root / "data"
-    (data / "slides").mkdir(parents=True)
-    enc = get_encoder("resnet50", allow_random=True)
-    cache = FeatureCache(root / "cache")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(N_CASES):
-        cid = f"CASE-{i:03d}"
-        (data / "slides" / f"{cid}.tiff").write_bytes(b"")
-        p = cache.path_for(cid, enc)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(p, "w") as f:
-            x = rng.normal(size=(6, enc.dim)).astype(np.float32)
-            x[:, :8] += i % 4
-            f["features"] = x
-            f["coords"] = np.stack([np.arange(6) * 256, np.zeros(6)], 1).astype(np.int64)
-        rows.append({"case_id": cid, "stage": i % 4, "time": 10.0 + i, "event": i % 2})
-    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
-    spec = root / "toy.yaml"
-    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
-                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
-                    "allow_random_weights: true\n")
-    return spec, root
+    return write_cached_cohort(root, N_CASES, ""), root
 
 
 def _metrics(results, fold):

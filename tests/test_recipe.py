@@ -6,9 +6,6 @@ train real MeanMIL models on them without extracting anything."""
 
 import json
 
-import h5py
-import numpy as np
-import pandas as pd
 import pytest
 
 optuna = pytest.importorskip("optuna")
@@ -18,6 +15,7 @@ from bench.engine import tuning  # noqa: E402
 from bench.engine.config import resolved_model_options  # noqa: E402
 from bench.engine.recipe import split_params  # noqa: E402
 from bench.registry import get_method  # noqa: E402
+from fake_inputs import write_cached_cohort  # noqa: E402
 
 N_CASES = 16
 METHOD = "meanmil.resnet50"
@@ -26,32 +24,8 @@ METHOD = "meanmil.resnet50"
 @pytest.fixture(scope="module")
 def paper_cohort(tmp_path_factory):
     """16 cases with cached features, as a dataset whose YAML says ``protocol: paper``."""
-    from feature_cache import FeatureCache, get_encoder
-
     root = tmp_path_factory.mktemp("recipe")
-    data = root / "data"
-    (data / "slides").mkdir(parents=True)
-    enc = get_encoder("resnet50", allow_random=True)
-    cache = FeatureCache(root / "cache")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(N_CASES):
-        cid = f"CASE-{i:03d}"
-        (data / "slides" / f"{cid}.tiff").write_bytes(b"")
-        p = cache.path_for(cid, enc)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(p, "w") as f:
-            x = rng.normal(size=(6, enc.dim)).astype(np.float32)
-            x[:, :8] += i % 4
-            f["features"] = x
-            f["coords"] = np.stack([np.arange(6) * 256, np.zeros(6)], 1).astype(np.int64)
-        rows.append({"case_id": cid, "stage": i % 4, "time": 10.0 + i, "event": i % 2})
-    pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
-    spec = root / "toy.yaml"
-    spec.write_text(f"root: {data}\nslides: slides\nslide_glob: '*.tiff'\nclinical: clinical.csv\n"
-                    "clinical_format: normalized\ncase_id: stem\ntasks: [staging, survival]\n"
-                    "allow_random_weights: true\nprotocol: paper\n")
-    return spec, root
+    return write_cached_cohort(root, N_CASES, "protocol: paper\n"), root
 
 
 def _config(results, variant):

@@ -13,16 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fake_inputs import run_bench as bench
+
 REPO = Path(__file__).resolve().parent.parent
 N_UNITS = 2 * 5  # tasks × folds per method
 
-
-def bench(*args, env=None, timeout=600, check=True):
-    p = subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"bench {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -113,3 +113,21 @@ def test_missing_package_names_the_extra(monkeypatch):
 def test_none_tracks_nothing(tmp_path):
     _fake_unit(TR.TrackerSettings("none", root=str(tmp_path)), "x/y/z/fold0")
     assert not any(tmp_path.iterdir())
+
+
+def test_overlay_settings_choose_the_tracker_and_the_command_line_wins(tmp_path, monkeypatch):
+    import argparse
+
+    from bench.cli.common import tracker_settings
+    from bench.resources import ConfigError
+
+    monkeypatch.setenv("BENCH_CONFIG", str(tmp_path))
+    args = argparse.Namespace(tracker=None, tracker_uri=None, results=tmp_path / "results")
+    assert tracker_settings(args).kind == "tensorboard"  # no settings.yaml: the default
+    (tmp_path / "settings.yaml").write_text("tracker: mlflow\ntracker_uri: http://mlflow.lab:5000\n")
+    s = tracker_settings(args)
+    assert (s.kind, s.uri, s.root) == ("mlflow", "http://mlflow.lab:5000", str(tmp_path / "results" / "tracking"))
+    assert tracker_settings(argparse.Namespace(**{**vars(args), "tracker": "none"})).kind == "none"
+    (tmp_path / "settings.yaml").write_text("trackr: mlflow\n")
+    with pytest.raises(ConfigError, match=r"settings.yaml: unknown setting 'trackr' \(did you mean 'tracker'\?\)"):
+        tracker_settings(args)

@@ -153,15 +153,7 @@ def _safe_dir(name: str) -> str:
     return "/".join(re.sub(r"[^A-Za-z0-9._=+-]", "_", p) or "_" for p in name.split("/"))
 
 
-class _RunBase(NullRun):
-    def __enter__(self) -> "_RunBase":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class TensorBoardRun(_RunBase):
+class TensorBoardRun(NullRun):
     """Scalars ``train/loss``, ``train/lr`` per step, ``epoch/<name>`` per epoch, ``test/<metric>``
     at the end; the parameters as the HParams plugin's table and as JSON text (``params``)."""
 
@@ -193,7 +185,7 @@ class TensorBoardRun(_RunBase):
         self.writer.close()
 
 
-class MlflowRun(_RunBase):
+class MlflowRun(NullRun):
     """One MLflow run per unit in the experiment named after the dataset; parameters are the
     flattened identity (values cut to MLflow's 6,000-character limit)."""
 
@@ -235,7 +227,7 @@ class MlflowRun(_RunBase):
         self.client.set_terminated(self.run_id)
 
 
-class WandbRun(_RunBase):
+class WandbRun(NullRun):
     """A W&B run per unit (``reinit="create_new"``: several units in one process each get their
     own run, never a continuation of the first)."""
 

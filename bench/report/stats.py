@@ -114,10 +114,7 @@ def compare_to_best(preds: dict[Hashable, pd.DataFrame], task: str, *, n_boot: i
     if len(preds) < 2:
         return {}
     fn = _metric_fn(task)
-    clean = {}
-    for key, df in preds.items():
-        d = df.assign(fold=df["fold"].astype(int), case_id=df["case_id"].astype(str))
-        clean[key] = d.drop_duplicates(["fold", "case_id"]).set_index(["fold", "case_id"]).sort_index()
+    clean = {key: _indexed(df) for key, df in preds.items()}
     # the best row is the table's best: highest mean of its own per-fold metrics
     means = {}
     sign = 1.0 if get_task(task).higher_is_better else -1.0
@@ -181,11 +178,11 @@ def compare_pair(task: str, a: pd.DataFrame, b: pd.DataFrame, *, names: tuple[Ha
     """Row ``a`` against row ``b`` on the (fold, case) pairs both have; ``diff`` = a − b in the
     task's metric (the comparison :func:`compare_to_best` makes, for any two rows)."""
     fn = _metric_fn(task)
-    idx = [_indexed(a), _indexed(b)]
-    return _compare_pair(task, fn, idx[0], idx[1], names[0], names[1], n_boot, alpha, seed, statistic)
+    return _compare_pair(task, fn, _indexed(a), _indexed(b), names[0], names[1], n_boot, alpha, seed, statistic)
 
 
 def _indexed(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (fold, case), indexed by them and sorted (the pairing key of every comparison)."""
     d = df.assign(fold=df["fold"].astype(int), case_id=df["case_id"].astype(str))
     return d.drop_duplicates(["fold", "case_id"]).set_index(["fold", "case_id"]).sort_index()
 
