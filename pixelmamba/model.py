@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .configs import CONFIGS, LayerRow, PixelMambaConfig
-from .layers import PixelMambaBlock, fuse_and_expand, merge_count, region_fusion, token_expansion
+from .layers import PixelMambaBlock, fuse_and_expand, fusion_slots, merge_count, region_fusion, token_expansion
 from .serialize import deserialize, image_to_regions, region_grid, serialize
 from .streaming import streamed_block
 
@@ -128,7 +128,7 @@ class PixelMambaLayer(nn.Module):
 
     def forward(
         self, tokens: Tensor, cls: Tensor, valid: Tensor, k: int, chunk_size: int | None = None,
-        streaming: bool = True, release_pieces: bool = False,
+        streaming: bool = True, release_pieces: bool = False, slots: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``tokens (B, n, h, w, C)`` (any float dtype; computed in float32), ``cls (B, n, C)``,
         ``valid (B, n, h, w)`` → the same three after fusion and expansion; tokens come back in
@@ -137,22 +137,46 @@ class PixelMambaLayer(nn.Module):
         ``streaming``: run the Mamba block piece by piece straight from the region grid, keeping
         only its input for backward (``streaming.streamed_block``; ``release_pieces`` is passed
         on); otherwise serialize the whole sequence and let autograd keep everything (the plain
-        reference path)."""
+        reference path).
+
+        ``slots``: when a list, Region Fusion's choice is appended to it: the output region
+        ``(B, n)`` every input region went to (``PixelMamba.region_tokens`` follows them)."""
         store_dtype = tokens.dtype
         B, n, h, w, C = tokens.shape
         if streaming:  # the lean path: no full-size float32 intermediates after the block either
             # (the block's tokens go only to fuse_and_expand: their gradient is the block's own)
             tokens, cls = streamed_block(self.block, tokens, cls, valid, chunk_size, store_dtype, reuse_grad=True,
                                          release_pieces=release_pieces)
+            self._record(slots, cls, valid, k)
             return fuse_and_expand(tokens, cls, valid, k, self.row.expansion, store_dtype, self.partition)
         seq = serialize(tokens.float(), cls)  # (B, n*(h*w+1), C)
         seq = self.block(seq, chunk_size=chunk_size)
         tokens, cls = deserialize(seq, n, h, w)  # (B, n, h, w, C), (B, n, C)
+        self._record(slots, cls, valid, k)
         tokens = tokens * valid.unsqueeze(-1)  # padding stays zero outside the block
         tokens, cls, valid = region_fusion(tokens, cls, valid, k, self.partition)
         if self.row.expansion is not None:
             tokens, cls, valid = token_expansion(tokens, cls, valid, self.row.expansion)
         return tokens.to(store_dtype), cls, valid
+
+    def _record(self, slots: list[Tensor] | None, cls: Tensor, valid: Tensor, k: int) -> None:
+        """Append the slot of every region (Region Fusion's deterministic choice on these CLS tokens)."""
+        if slots is not None:
+            B, n = cls.shape[:2]
+            slots.append(fusion_slots(cls, valid, k, self.partition)[0] if k
+                         else torch.arange(n, device=cls.device).expand(B, n))
+
+
+@dataclass(frozen=True)
+class RegionTokens:
+    """The final region CLS tokens of ``PixelMamba.region_tokens``, before they are averaged into
+    the slide token: ``forward_features`` is the mean of ``cls`` over the ``real`` regions."""
+
+    cls: Tensor  # (B, m, C): after the final norm
+    real: Tensor  # (B, m) bool: regions holding real pixels
+    source: Tensor  # (B, n0) long: the final region each initial region (zigzag order) was fused into
+    grid: tuple[int, int]  # (rows, cols) of the initial regions of ``window`` px
+    window: int
 
 
 class PixelMamba(nn.Module):
@@ -282,6 +306,25 @@ class PixelMamba(nn.Module):
         different sizes padded onto one canvas); padding to a multiple of the scan window is
         handled without it.
         """
+        cls, real = self._final_cls(x, mask)
+        w = real.unsqueeze(-1).to(cls.dtype)  # (B, n_final, 1)
+        return (cls * w).sum(1) / w.sum(1).clamp(min=1)  # (B, C)
+
+    @torch.no_grad()
+    def region_tokens(self, x: Tensor, mask: Tensor | None = None) -> RegionTokens:
+        """The final region CLS tokens that ``forward_features`` averages, and which initial
+        regions each of them holds: Region Fusion's choices are recorded layer by layer and
+        composed (as ToMe traces the source of merged tokens). Without gradient."""
+        slots: list[Tensor] = []
+        cls, real = self._final_cls(x, mask, slots)
+        grid = region_grid(x.shape[2], x.shape[3], self.cfg.scan_window)
+        source = torch.arange(grid[0] * grid[1], device=cls.device).expand(x.shape[0], -1)
+        for slot in slots:
+            source = slot.gather(1, source)  # (B, n0)
+        return RegionTokens(cls, real, source, grid, self.cfg.scan_window)
+
+    def _final_cls(self, x: Tensor, mask: Tensor | None, slots: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Normed final CLS tokens ``(B, n_final, C)`` and which of them hold real pixels ``(B, n_final)``."""
         B, _, H, W = x.shape
         n_rows, n_cols = region_grid(H, W, self.cfg.scan_window)
         n0 = n_rows * n_cols
@@ -300,7 +343,8 @@ class PixelMamba(nn.Module):
         def run(first: int, tokens: Tensor, cls: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             for layer in self.layers[first: first + segment]:
                 k = self._merge_count(n0, tokens.shape[1])
-                tokens, cls, valid = layer(tokens, cls, valid, k, self.layer_chunk(layer, B * n0), streaming, release)
+                tokens, cls, valid = layer(tokens, cls, valid, k, self.layer_chunk(layer, B * n0), streaming, release,
+                                           slots)
             return tokens, cls, valid
 
         def run_first(x: Tensor, mask: Tensor | None, cls: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -319,9 +363,7 @@ class PixelMamba(nn.Module):
                 if first == 0:
                     tokens, valid = regions(x, mask)
                 tokens, cls, valid = run(first, tokens, cls, valid)
-        cls = self.norm(cls)  # (B, n_final, C)
-        real = valid.flatten(2).any(-1).unsqueeze(-1).to(cls.dtype)  # (B, n_final, 1)
-        return (cls * real).sum(1) / real.sum(1).clamp(min=1)  # (B, C)
+        return self.norm(cls), valid.flatten(2).any(-1)  # (B, n_final, C), (B, n_final)
 
     def forward_head(self, feats: Tensor) -> Tensor:
         return self.head(feats)

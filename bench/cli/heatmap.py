@@ -23,7 +23,8 @@ under --out (default <results>/heatmaps/<dataset>/<task>/<method>/fold<k>/):
   <slide>.geojson       a FeatureCollection of tile squares in level-0 pixels (QuPath: File > Import objects)
   <slide>.<score>.png/.pdf   overlay on the thumbnail with a colour bar; <slide>.gallery.png: top/bottom tiles
 Scores: `occlusion` (every method: output(full) - output(without the tile)) and the family's own (attention,
-instance logits, gradient x input ...). Staging maps the predicted class (or --class), survival the risk.
+instance logits, gradient x input ...; Pixel-Mamba also `regioncls`, each region CLS token's share of the
+slide token). Staging maps the predicted class (or --class), survival the risk.
 A slide whose .h5 exists for the same weights and target is not recomputed (resumable).
 """
 
@@ -150,6 +151,7 @@ def score_case(ld: Loaded, case: str, target_of: Callable[[Any], Any], occlusion
                batch: int, on_batch: Callable[[int], None]) -> tuple[list[Any], Any, float]:
     """Every slide's scores of one case, the target explained and its value on the whole input."""
     import torch
+    from pixelmamba import PixelMamba
 
     from ..report import heatmaps as H
 
@@ -165,6 +167,9 @@ def score_case(ld: Loaded, case: str, target_of: Callable[[Any], Any], occlusion
             sc = H.SlideScores(u["slide_id"], u["coords"], u["side"])
             sc.scores["gradxinput"], sc.notes["gradxinput"] = H.image_grad_x_input(ld.model, img, u["grid"],
                                                                                  u["tile_in"], target)
+            if isinstance(ld.model, PixelMamba):
+                sc.scores["regioncls"], sc.notes["regioncls"] = H.region_cls_scores(ld.model, img, u["grid"],
+                                                                                   u["tile_in"], target)
             if occlusion:
                 sc.scores["occlusion"] = H.occlusion_image(ld.model, img, u["grid"], u["tile_in"], target, batch,
                                                            on_batch)

@@ -10,11 +10,13 @@ from typing import Any, Callable
 
 log = logging.getLogger("bench")
 
+SCORES_VERSION = 2  # which scores a slide gets and how they are defined: a change rewrites written slides
+
 
 def _key(ld: Any, args: argparse.Namespace) -> str:
     """What a slide's finished .h5 must match to be reused: the weights, the class asked for, the scores."""
     return json.dumps({"weights": ld.rec.info.get("weights_file", {}).get("sha256"), "class": args.klass,
-                       "occlusion": not args.no_occlusion, "tile_um": args.tile_um})
+                       "occlusion": not args.no_occlusion, "tile_um": args.tile_um, "scores": SCORES_VERSION})
 
 
 def _done(path: Path, key: str) -> bool:

@@ -10,9 +10,11 @@ laid on the end-to-end model's input image:
   one forward per input when a model cannot be vmapped).
 * **the family's own score** (``family_scores``): ABMIL's attention weights, MeanMIL's per-instance
   contribution to the logit, MaxMIL's instance logits, TransMIL's CLS attention of its last layer
-  (through the Nystrom approximation), and gradient x input summed over feature channels (two-stage
+  (through the Nystrom approximation), ILRA-MIL's and MambaMIL's pooling attention, HIPT's and
+  Prov-GigaPath's region/tile attention, and gradient x input summed over feature channels (two-stage
   models without their own score) or pooled over each tile's pixels (end-to-end models); for
-  Pixel-Mamba also each region CLS token's contribution to the averaged slide token.
+  Pixel-Mamba also each region CLS token's contribution to the averaged slide token
+  (``region_cls_scores``).
 
 The output is a scalar per slide chosen by ``Target``: the probability of a class (staging: the
 predicted class or a chosen one) or the survival risk (-sum of the survival curve).
@@ -34,7 +36,8 @@ from ..losses import survival_risk
 log = logging.getLogger(__name__)
 
 __all__ = ["Target", "SlideScores", "occlusion_scores", "occlusion_image", "family_scores",
-           "percentile_rank", "grid_tiles", "tumour_auroc", "mask_fraction"]
+           "percentile_rank", "grid_tiles", "tumour_auroc", "mask_fraction", "region_cls_scores",
+           "regions_to_tiles"]
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,27 @@ def _transmil(model: Any, x: torch.Tensor, target: Target) -> tuple[np.ndarray, 
     return att.numpy(), "TransMIL CLS attention of the last layer (Nystrom approximation, mean over heads)"
 
 
+def _ilra(model: Any, x: torch.Tensor, target: Target) -> tuple[np.ndarray, str]:
+    h = model.as_bag(x).unsqueeze(0)  # (1, N, D)
+    for block in model.gab_blocks:
+        h = block(h)  # (1, N, hidden)
+    pool = model.pooling
+    _, w = pool.multihead_attn(pool.fc_q(model.query), pool.fc_k(h), pool.fc_v(h), need_weights=True,
+                               average_attn_weights=True)  # (1, 1, N)
+    return w[0, 0].numpy(), "ILRA-MIL pooling attention: the learnable query's softmax over the bag, mean over heads"
+
+
+def _mambamil(model: Any, x: torch.Tensor, target: Target) -> tuple[np.ndarray, str]:
+    seen: list[torch.Tensor] = []
+    hook = model.attention.register_forward_hook(lambda mod, args, out: seen.append(out))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    a = torch.softmax(seen[0].squeeze(-1), dim=0)  # (N,): the weights of its attention pooling
+    return a.numpy(), "MambaMIL attention pooling weights (softmax over the bag, after the SRMamba layers)"
+
+
 def _hipt(model: Any, x: Bag, target: Target) -> tuple[np.ndarray, str]:
     h = model.global_phi(model.region_embeddings(x))  # (M, dim)
     h = model.global_transformer(h.unsqueeze(0))[0]
@@ -240,10 +264,12 @@ def _family_scorer(model: torch.nn.Module) -> Callable[..., tuple[np.ndarray, st
     table: list[tuple[type, Callable[..., tuple[np.ndarray, str]]]] = [(ABMIL, _abmil), (MeanMIL, _meanmil),
                                                                        (MaxMIL, _maxmil)]
     from baselines.hipt import HIPT
+    from baselines.mil.ilra import ILRA
+    from baselines.mil.mambamil import MambaMIL
     from baselines.mil.transmil import TransMIL
     from baselines.prov_gigapath import ProvGigaPath
 
-    table += [(TransMIL, _transmil), (HIPT, _hipt), (ProvGigaPath, _gigapath)]
+    table += [(TransMIL, _transmil), (ILRA, _ilra), (MambaMIL, _mambamil), (HIPT, _hipt), (ProvGigaPath, _gigapath)]
     return next((f for cls, f in table if isinstance(model, cls)), None)
 
 
@@ -273,6 +299,58 @@ def image_grad_x_input(model: torch.nn.Module, img: torch.Tensor, tiles: np.ndar
     g = _grad_x_input(model, img, target)[0].sum(dim=0)  # (H, W)
     return (np.array([float(g[y:y + tile, x:x + tile].sum()) for x, y in tiles]),
             "gradient x input at the pixels, summed over channels and each tile")
+
+
+def _head_direction(head: torch.nn.Linear, feats: torch.Tensor, target: Target) -> torch.Tensor:
+    """The slide-token direction a map projects on: the class's row of the head (its logit), or for
+    the risk its gradient at this slide token (the risk's linearisation)."""
+    if target.klass is not None:
+        return head.weight[target.klass].detach().float()
+    f = feats.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        target(head(f[None])).sum().backward()
+    return f.grad
+
+
+def regions_to_tiles(values: np.ndarray, window: int, height: int, width: int, tiles: np.ndarray,
+                     tile: int) -> np.ndarray:
+    """Per-region totals ``(rows, cols)`` of ``window``-px regions spread evenly over each region's
+    pixels inside the ``height x width`` image, summed over each tile (top-left ``tiles``)."""
+    ys = np.minimum(np.arange(values.shape[0] + 1) * window, height)
+    xs = np.minimum(np.arange(values.shape[1] + 1) * window, width)
+    dens = values / np.maximum(np.outer(np.diff(ys), np.diff(xs)), 1)  # per pixel
+
+    def overlap(edges: np.ndarray, t0: int) -> np.ndarray:  # pixels of [t0, t0 + tile) in each region
+        return np.clip(np.minimum(edges[1:], t0 + tile) - np.maximum(edges[:-1], t0), 0, None)
+
+    return np.array([overlap(ys, y) @ dens @ overlap(xs, x) for x, y in tiles], dtype=float)
+
+
+def region_cls_scores(model: Any, img: torch.Tensor, tiles: np.ndarray, tile: int,
+                      target: Target) -> tuple[np.ndarray, str]:
+    """Pixel-Mamba: each final region CLS token's share of the slide token, projected on the head.
+
+    The slide token is the mean of the m final region CLS tokens, ``f = sum_j cls_j / m``, so a
+    class logit is ``W_c f + b_c = sum_j W_c cls_j / m + b_c``: region j contributes
+    ``d . cls_j / m`` with ``d = W_c`` (staging), or ``d`` = the risk's gradient at ``f`` (survival).
+    A final region that Region Fusion built from several initial regions splits its contribution
+    evenly among them, and each initial region's share is spread evenly over its pixels, then summed
+    per tile: the map sums to ``d . f`` (the logit minus its bias)."""
+    from pixelmamba.serialize import zigzag_indices
+
+    model.eval()
+    rt = model.region_tokens(img)
+    cls, real = rt.cls[0].float(), rt.real[0].float()  # (m, C), (m,)
+    feats = (cls * real[:, None]).sum(0) / real.sum().clamp(min=1)  # (C,): the slide token
+    contrib = (cls @ _head_direction(model.head, feats, target)) * real / real.sum().clamp(min=1)  # (m,)
+    members = torch.bincount(rt.source[0], minlength=len(contrib)).float()
+    share = (contrib / members.clamp(min=1))[rt.source[0]]  # (n0,) initial regions, zigzag order
+    grid = torch.empty_like(share)
+    grid[zigzag_indices(*rt.grid)] = share  # row-major
+    vals = regions_to_tiles(grid.view(*rt.grid).numpy(), rt.window, img.shape[2], img.shape[3], tiles, tile)
+    what = "logit" if target.klass is not None else "risk's gradient"
+    return vals, (f"Pixel-Mamba region CLS contribution to the slide token, projected on the head's {what}, "
+                  "shared by fused regions and their pixels")
 
 
 def tumour_auroc(scores: Iterable[np.ndarray], tumour: Iterable[np.ndarray]) -> float:
