@@ -174,3 +174,95 @@ def test_every_method_gets_occlusion_and_its_own_scores(name):
         assert len(occ) == len(own) == len(x)
     assert np.isfinite(occ).all() and np.isfinite(own).all() and how
     assert np.abs(occ).max() > 0  # removing a tile changes the output
+
+
+def _hooked(module: torch.nn.Module, run, inputs: bool = False):
+    """What ``module`` saw (its positional inputs) or returned during ``run()``."""
+    seen = []
+    h = module.register_forward_hook(lambda mod, args, out: seen.append(args if inputs else out))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        h.remove()
+    return seen[0]
+
+
+def test_ilra_scores_are_its_pooling_querys_attention_computed_by_hand():
+    torch.manual_seed(0)
+    m = build_model("ilra.resnet50", 4, hidden=16, heads=2).eval()
+    x = torch.randn(9, 1024)
+    mha = m.pooling.multihead_attn
+    q, k, _ = _hooked(mha, lambda: m(x), inputs=True)  # (1, 1, 16), (1, 9, 16) as the pooling saw them
+    Wq, Wk, _ = mha.in_proj_weight.detach().chunk(3)
+    bq, bk, _ = mha.in_proj_bias.detach().chunk(3)
+    Q = (q[0] @ Wq.T + bq).view(1, 2, 8).transpose(0, 1)  # (heads, 1, 8)
+    K = (k[0] @ Wk.T + bk).view(9, 2, 8).transpose(0, 1)  # (heads, 9, 8)
+    want = torch.softmax(Q @ K.transpose(1, 2) / 8 ** 0.5, -1).mean(0)[0]  # (9,): mean over heads
+    got, how = H.family_scores(m, x, H.Target(1))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+    assert got.sum() == pytest.approx(1.0, abs=1e-5) and "pooling attention" in how
+
+
+def test_mambamil_scores_are_the_weights_its_attention_pooling_averages_with():
+    torch.manual_seed(0)
+    m = build_model("mambamil.resnet50", 4, dim=16, d_state=4, attn_dim=8).eval()
+    x = torch.randn(9, 1024)
+    h = _hooked(m.norm, lambda: m(x))[0]  # (9, 16): the tokens the pooling reads
+    got, how = H.family_scores(m, x, H.Target(0))
+    with torch.no_grad():
+        pooled = torch.from_numpy(got) @ h
+        assert torch.allclose(pooled[None], m.forward_features(x), atol=1e-5)  # the weighted mean it classifies
+        want = torch.softmax(m.attention(h).squeeze(-1), 0)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+    assert "attention pooling" in how
+
+
+def _tiny_pixelmamba(**kw):
+    torch.manual_seed(0)
+    return build_model("pixelmamba-6m", 4, scan_window=32, d_state=4, **kw).eval()
+
+
+def test_pixelmamba_region_cls_scores_without_fusion_are_each_regions_share_of_the_logit():
+    """No Region Fusion (alpha 0): 2 x 3 regions keep their own CLS; region j's score is
+    W_c . norm(cls_j) / 6, read from the final norm's output, in the zigzag region order."""
+    m = _tiny_pixelmamba(alpha=0.0)
+    img = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    cls = _hooked(m.norm, lambda: m(img))[0]  # (6, C) final region CLS tokens, zigzag order
+    c = 2
+    per_region = (cls @ m.head.weight[c].detach()) / 6
+    zigzag = {(0, 0): 0, (0, 1): 1, (0, 2): 2, (1, 2): 3, (1, 1): 4, (1, 0): 5}  # (row, col) -> position
+    tiles = H.grid_tiles(64, 96, 32)  # one tile per region, row-major (x, y)
+    want = [float(per_region[zigzag[(y // 32, x // 32)]]) for x, y in tiles]
+    got, how = H.region_cls_scores(m, img, tiles, 32, H.Target(c))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with torch.no_grad():
+        assert got.sum() + float(m.head.bias[c]) == pytest.approx(float(m(img)[0, c]), abs=1e-4)
+    halves = H.region_cls_scores(m, img, H.grid_tiles(64, 96, 16), 16, H.Target(c))[0]  # 4 tiles per region
+    np.testing.assert_allclose(halves[0] * 4, want[0], atol=1e-5)
+    assert "CLS" in how
+
+
+def test_pixelmamba_region_cls_scores_follow_region_fusion():
+    """Default alpha on 1 x 60 regions: 24 layers fuse them into 12 final regions; every initial
+    region carries its final region's contribution / member count, so the scores of the members of
+    one final region are equal, sum to its contribution, and all sum to the logit minus the bias."""
+    m = _tiny_pixelmamba()
+    img = torch.randn(1, 3, 32, 32 * 60, generator=torch.Generator().manual_seed(2))
+    cls = _hooked(m.norm, lambda: m(img))[0]  # (m, C)
+    assert len(cls) == 12
+    contrib = np.sort((cls @ m.head.weight[1].detach()).numpy() / len(cls))
+    got, _ = H.region_cls_scores(m, img, H.grid_tiles(32, 32 * 60, 32), 32, H.Target(1))
+    vals, counts = np.unique(np.round(got, 6), return_counts=True)
+    assert len(vals) == 12 and counts.sum() == 60
+    np.testing.assert_allclose(np.sort(vals * counts), contrib, atol=1e-4)
+    with torch.no_grad():
+        assert got.sum() + float(m.head.bias[1]) == pytest.approx(float(m(img)[0, 1]), abs=1e-4)
+    risk, how = H.region_cls_scores(m, img, H.grid_tiles(32, 32 * 60, 32), 32, H.Target(None))
+    assert np.isfinite(risk).all() and "gradient" in how
+
+
+def test_regions_to_tiles_spreads_a_region_over_its_pixels_inside_the_image():
+    vals = np.array([[8.0, 2.0]])  # two 4-px regions over a 4 x 6 image: the second has 2 x 4 real pixels
+    got = H.regions_to_tiles(vals, 4, 4, 6, np.array([[0, 0], [2, 0], [4, 0]]), 2)
+    np.testing.assert_allclose(got, [2.0, 2.0, 1.0])  # 4 of 16 px of region 0; 4 of 8 px of region 1

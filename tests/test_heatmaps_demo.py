@@ -116,7 +116,7 @@ def test_demo_truth_reproduces_the_written_slide(tmp_path):
 
 
 @pytest.mark.slow  # the shipped demo: generation, ResNet-50 extraction of every slide, 5 ABMIL units (~10 min quiet)
-def test_abmil_occlusion_ranks_the_demo_tumour_above_other_tissue(tmp_path):
+def test_occlusion_auroc_ranks_the_demo_tumour_above_other_tissue(tmp_path):
     """A staging model above chance looks at the tumour: |occlusion| AUROC >= 0.7 on its test cases.
     (The demo's size may change: nothing here depends on its case or tile counts.)"""
     from bench.cli.heatmap import load_unit, truth_auroc
