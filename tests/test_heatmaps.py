@@ -18,6 +18,7 @@ from bench.registry import build_model, list_methods
 from bench.report import heatmaps as H
 from bench.report.heatmap_files import read_geojson_tiles, shown, write_geojson, write_h5
 from bench.results.store import MissingWeightsError, ResultsStore, Unit, load_weights
+from pixelmamba import PixelMamba
 from record_factory import make_record
 from test_model_face import N_OUT, TINY, tiny_input
 
@@ -164,6 +165,9 @@ def test_every_method_gets_occlusion_and_its_own_scores(name):
         occ = H.occlusion_image(m, x, tiles, 16, t, batch=4)
         own, how = H.image_grad_x_input(m, x, tiles, 16, t)
         assert len(occ) == len(own) == len(tiles) == 16
+        if isinstance(m, PixelMamba):  # and its region CLS tokens' share of the slide token
+            regioncls, _ = H.region_cls_scores(m, x, tiles, 16, t)
+            assert len(regioncls) == 16 and np.isfinite(regioncls).all() and np.abs(regioncls).max() > 0
     else:
         occ = H.occlusion_scores(m, x, t, batch=4)
         try:
@@ -172,6 +176,7 @@ def test_every_method_gets_occlusion_and_its_own_scores(name):
             assert "only the occlusion score applies" in str(exc)
             own, how = occ, "occlusion only"
         assert len(occ) == len(own) == len(x)
+        assert "gradient" not in how  # every aggregator has a weight of its own (or occlusion only)
     assert np.isfinite(occ).all() and np.isfinite(own).all() and how
     assert np.abs(occ).max() > 0  # removing a tile changes the output
 
