@@ -91,6 +91,7 @@ def write_cached_cohort(root, n_cases, yaml_extra=""):
             x[:, :8] += i % 4
             f["features"] = x
             f["coords"] = np.stack([np.arange(6) * 256, np.zeros(6)], 1).astype(np.int64)
+            f.attrs["patch_size_level0"] = 256  # as the cache writes it
         rows.append({"case_id": cid, "stage": i % 4, "time": 10.0 + i, "event": i % 2})
     pd.DataFrame(rows).to_csv(data / "clinical.csv", index=False)
     spec = root / "toy.yaml"

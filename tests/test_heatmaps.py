@@ -271,3 +271,26 @@ def test_regions_to_tiles_spreads_a_region_over_its_pixels_inside_the_image():
     vals = np.array([[8.0, 2.0]])  # two 4-px regions over a 4 x 6 image: the second has 2 x 4 real pixels
     got = H.regions_to_tiles(vals, 4, 4, 6, np.array([[0, 0], [2, 0], [4, 0]]), 2)
     np.testing.assert_allclose(got, [2.0, 2.0, 1.0])  # 4 of 16 px of region 0; 4 of 8 px of region 1
+
+
+def test_a_finished_unit_is_reloaded_with_the_options_it_was_trained_with(tmp_path, caplog):
+    """`bench heatmap` rebuilds the unit's network as trained (here `--model hidden=16`, which the
+    default ABMIL's 512 would not load) and scores its test cases from the feature cache."""
+    import os
+
+    from bench.cli.heatmap import _target_of, load_unit, score_case
+    from fake_inputs import run_bench, write_cached_cohort
+
+    spec = write_cached_cohort(tmp_path, 8)
+    res, cache = tmp_path / "res", tmp_path / "cache"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_JOBS": "1"}
+    run_bench("run", "--methods", "abmil.resnet50", "--dataset", spec, "--tasks", "staging", "--folds", "0",
+              "--results", res, "--cache", cache, "--set", "epochs=1", "--model", "hidden=16", "--model", "attn_dim=8", "-q",
+              env=env)
+    ld = load_unit(str(spec), "abmil.resnet50", "staging", 0, res, cache, progress=False)
+    assert ld.model.fc[0].out_features == 16 and ld.test_cases
+    assert "differs" not in caplog.text  # resolved as it was trained: the same config hash
+    slides, target, value = score_case(ld, ld.test_cases[0], _target_of("staging", 4, None), True, 128.0, 4,
+                                       lambda k: None)
+    assert [len(s.scores["occlusion"]) for s in slides] == [6] and "attention" in slides[0].notes["family"]
+    assert 0 < value <= 1 and target.klass is not None

@@ -91,7 +91,7 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
     splits = SplitManager(results / "splits").get(cohort.spec.name, task, cohort.cases(task),
                                                   n_folds=rec.split.n_folds, seed=rec.split.seed, create=False)
     planner = Planner(cohort, {task: splits}, cache, progress, rec.split.seed, None, False, rec.protocol)
-    plan = planner.plan(task, Variant(spec), fold, unit, None, {}, {}, {})
+    plan = planner.plan(task, Variant(spec), fold, unit, None, recorded_overrides(rec))
     if plan.chash != rec.config_hash:
         log.warning("%s: the unit as resolved now differs from the finished one (its config hash %s, now %s); "
                     "its recorded weights are loaded into the network resolved now", unit, rec.config_hash[:8],
@@ -110,6 +110,18 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
         samples = dict(zip(samples, normed))
     test = [c for c in splits.test_cases(fold) if c in samples]
     return Loaded(rec, model, fi, samples, test, T.get_task(task).n_out())
+
+
+def recorded_overrides(rec: Any) -> Any:
+    """The options the unit was trained with, as overrides: its resolved network and training
+    options (``--model``, ``--set``, a variant's or a tuned setting included) and, where it read
+    another input than its method's default, that input's magnification and regions."""
+    from ..engine.recipe import Overrides
+
+    inputs = {k: getattr(rec.input, k) for k in ("magnification", "regions")
+              if getattr(rec.input, k) != getattr(rec.default_input, k)}
+    train = {k: v for k, v in rec.train.items() if k != "seed"}  # the seed is derived, not an option
+    return Overrides(train=train, model=dict(rec.model), inputs=inputs)
 
 
 def _slide_units(ld: Loaded, case: str, tile_um: float) -> list[dict[str, Any]]:
