@@ -40,9 +40,10 @@ def main() -> None:
     from bench.registry import resolve_methods
 
     root = load_cohort(a.dataset).spec.data_root
-    print(f"{'method':24s} {'folds':>5s} {'macro-F1':>9s} {'AUROC':>13s} {'tumour/other tiles':>19s} {'s':>6s}")
+    print(f"{'method':24s} {'folds':>5s} {'macro-F1':>9s} {'AUROC':>13s} {'tumour/other tiles':>19s} {'s':>6s}  "
+          "own score(s) AUROC")
     for spec in resolve_methods(a.methods):
-        f1, au, nt, no, t0 = [], [], 0, 0, time.perf_counter()
+        f1, au, nt, no, t0, own = [], [], 0, 0, time.perf_counter(), {}
         for k in (int(x) for x in a.folds.split(",")):
             try:
                 ld = load_unit(a.dataset, spec.name, a.task, k, a.results, a.cache, progress=False)
@@ -52,12 +53,15 @@ def main() -> None:
             r = truth_auroc(ld, ld.test_cases, lambda s: demo_truth(root, s), absolute=a.absolute)
             f1.append(ld.rec.metrics["macro_f1"])
             au.append(r["auroc"])
+            for name in (n for n in r if n.startswith("auroc_")):
+                own.setdefault(name[6:], []).append(r[name])
             nt, no = nt + r["tumour_tiles"], no + r["other_tissue_tiles"]
         if not au:
             continue
         ok = [x for x in au if not math.isnan(x)]
         print(f"{spec.name:24s} {len(au):5d} {np.mean(f1):9.3f} {np.mean(ok):6.3f}±{np.std(ok):5.3f} "
-              f"{nt:>9d}/{no:<9d} {time.perf_counter() - t0:6.1f}")
+              f"{nt:>9d}/{no:<9d} {time.perf_counter() - t0:6.1f}  "
+              + " ".join(f"{n} {np.nanmean(v):.3f}±{np.nanstd(v):.3f}" for n, v in own.items()))
 
 
 if __name__ == "__main__":

@@ -117,8 +117,10 @@ def test_demo_truth_reproduces_the_written_slide(tmp_path):
 
 @pytest.mark.slow  # the shipped demo: generation, ResNet-50 extraction of every slide, 5 ABMIL units (~10 min quiet)
 def test_occlusion_auroc_ranks_the_demo_tumour_above_other_tissue(tmp_path):
-    """A staging model above chance looks at the tumour: |occlusion| AUROC >= 0.7 on its test cases.
-    (The demo's size may change: nothing here depends on its case or tile counts.)"""
+    """A staging model above chance looks at the tumour: |occlusion| AUROC >= 0.7 on its test cases,
+    and so does its attention. The model trains 20 epochs: the demo's 5 (sized for the 15-minute
+    grid) leave ABMIL at macro-F1 ~0.43, whose occlusion map does not find the tumour (AUROC ~0.5,
+    docs/heatmaps.md). (The demo's size may change: nothing here depends on its case or tile counts.)"""
     from bench.cli.heatmap import load_unit, truth_auroc
     from bench.data.datasets import load_cohort
     from bench.data.demo import demo_truth
@@ -126,17 +128,20 @@ def test_occlusion_auroc_ranks_the_demo_tumour_above_other_tissue(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_DATA": str(tmp_path / "data"), "BENCH_JOBS": "1"}
     res, cache = tmp_path / "res", tmp_path / "cache"
     bench("run", "--methods", "abmil.resnet50", "--dataset", "demo", "--tasks", "staging", "--results", res,
-          "--cache", cache, "-q", env=env)
+          "--cache", cache, "--set", "epochs=20", "-q", env=env)
     os.environ["BENCH_DATA"] = env["BENCH_DATA"]
     try:
         root = load_cohort("demo").spec.data_root
-        f1, au = [], []
+        f1, occ, att = [], [], []
         for k in range(5):
             ld = load_unit("demo", "abmil.resnet50", "staging", k, res, cache, progress=False)
             f1.append(ld.rec.metrics["macro_f1"])
-            au.append(truth_auroc(ld, ld.test_cases, lambda s: demo_truth(root, s), absolute=True)["auroc"])
+            r = truth_auroc(ld, ld.test_cases, lambda s: demo_truth(root, s), absolute=True)
+            occ.append(r["auroc"])
+            att.append(r["auroc_family"])
     finally:
         del os.environ["BENCH_DATA"]
-    print("macro-F1", np.round(f1, 3), "AUROC", np.round(au, 3))
+    print("macro-F1", np.round(f1, 3), "|occlusion| AUROC", np.round(occ, 3), "attention AUROC", np.round(att, 3))
     assert np.mean(f1) > 0.25  # above chance (4 balanced stages)
-    assert np.mean(au) >= 0.7
+    assert np.mean(occ) >= 0.7
+    assert np.mean(att) >= 0.7

@@ -276,16 +276,18 @@ def write_case_all(ld: Loaded, cases: list[str], out: Path, args: argparse.Names
 
 def truth_auroc(ld: Loaded, cases: list[str], truth: Callable[[str], Any], batch: int = 16,
                 tile_um: float = 128.0, absolute: bool = False) -> dict[str, Any]:
-    """Occlusion maps of ``cases`` against known tumour masks (``truth(slide_id)`` -> an object with
-    ``tissue`` and ``tumour`` masks at ``tissue_downsample``): AUROC of tumour tiles (>= 50 % tumour)
-    over non-tumour tissue tiles (<= 10 % tumour, >= 25 % tissue), percentile ranks per slide.
-    ``absolute``: rank by the size of the change, whichever its sign."""
+    """Maps of ``cases`` against known tumour masks (``truth(slide_id)`` -> an object with ``tissue``
+    and ``tumour`` masks at ``tissue_downsample``): AUROC of tumour tiles (>= 50 % tumour) over
+    non-tumour tissue tiles (<= 10 % tumour, >= 25 % tissue), percentile ranks per slide, of the
+    occlusion map (``auroc``) and of every other score (``auroc_<score>``).
+    ``absolute``: rank by the size of the score, whichever its sign."""
     import numpy as np
 
     from ..report.heatmaps import mask_fraction, tumour_auroc
 
     target_of = _target_of(ld.rec.task, ld.n_out, None)
-    scores, labels = [], []
+    scores: dict[str, list[Any]] = {}
+    labels = []
     for c in cases:
         slides, _, _ = score_case(ld, c, target_of, True, tile_um, batch, lambda k: None)
         for sc in slides:
@@ -294,10 +296,11 @@ def truth_auroc(ld: Loaded, cases: list[str], truth: Callable[[str], Any], batch
             tis = mask_fraction(t.tissue, t.tissue_downsample, sc.coords, sc.tile_size)
             keep = (tum >= 0.5) | ((tum <= 0.1) & (tis >= 0.25))
             if keep.sum() >= 2:
-                occ = sc.scores["occlusion"][keep]
-                scores.append(np.abs(occ) if absolute else occ)
+                for name, v in sc.scores.items():
+                    scores.setdefault(name, []).append(np.abs(v[keep]) if absolute else v[keep])
                 labels.append(tum[keep] >= 0.5)
     n_t = int(sum(int(b.sum()) for b in labels))
     n_all = int(sum(len(b) for b in labels))
-    return {"auroc": tumour_auroc(scores, labels) if scores else float("nan"), "tumour_tiles": n_t,
-            "other_tissue_tiles": n_all - n_t, "slides": len(scores)}
+    out = {f"auroc_{k}": tumour_auroc(v, labels) for k, v in scores.items() if k != "occlusion"}
+    return {"auroc": tumour_auroc(scores["occlusion"], labels) if labels else float("nan"), **out,
+            "tumour_tiles": n_t, "other_tissue_tiles": n_all - n_t, "slides": len(labels)}
