@@ -275,12 +275,12 @@ def write_case_all(ld: Loaded, cases: list[str], out: Path, args: argparse.Names
 
 
 def truth_auroc(ld: Loaded, cases: list[str], truth: Callable[[str], Any], batch: int = 16,
-                tile_um: float = 128.0, absolute: bool = False) -> dict[str, Any]:
+                tile_um: float = 128.0) -> dict[str, Any]:
     """Maps of ``cases`` against known tumour masks (``truth(slide_id)`` -> an object with ``tissue``
     and ``tumour`` masks at ``tissue_downsample``): AUROC of tumour tiles (>= 50 % tumour) over
     non-tumour tissue tiles (<= 10 % tumour, >= 25 % tissue), percentile ranks per slide, of the
-    occlusion map (``auroc``) and of every other score (``auroc_<score>``).
-    ``absolute``: rank by the size of the score, whichever its sign."""
+    occlusion map (``auroc``: the tiles that support the prediction), of its size whichever the
+    sign (``auroc_abs``: the tiles that change it) and of every other score (``auroc_<score>``)."""
     import numpy as np
 
     from ..report.heatmaps import mask_fraction, tumour_auroc
@@ -297,10 +297,14 @@ def truth_auroc(ld: Loaded, cases: list[str], truth: Callable[[str], Any], batch
             keep = (tum >= 0.5) | ((tum <= 0.1) & (tis >= 0.25))
             if keep.sum() >= 2:
                 for name, v in sc.scores.items():
-                    scores.setdefault(name, []).append(np.abs(v[keep]) if absolute else v[keep])
+                    scores.setdefault(name, []).append(v[keep])
                 labels.append(tum[keep] >= 0.5)
     n_t = int(sum(int(b.sum()) for b in labels))
     n_all = int(sum(len(b) for b in labels))
-    out = {f"auroc_{k}": tumour_auroc(v, labels) for k, v in scores.items() if k != "occlusion"}
-    return {"auroc": tumour_auroc(scores["occlusion"], labels) if labels else float("nan"), **out,
+    if not labels:
+        return {"auroc": float("nan"), "auroc_abs": float("nan"), "tumour_tiles": 0, "other_tissue_tiles": 0,
+                "slides": 0}
+    occ = scores.pop("occlusion")
+    return {"auroc": tumour_auroc(occ, labels), "auroc_abs": tumour_auroc([np.abs(v) for v in occ], labels),
+            **{f"auroc_{k}": tumour_auroc(v, labels) for k, v in scores.items()},
             "tumour_tiles": n_t, "other_tissue_tiles": n_all - n_t, "slides": len(labels)}
