@@ -246,3 +246,60 @@ def test_tune_accepts_the_hierarchical_space(cohort, monkeypatch):
     n, best = _n_complete(results, method="prov-gigapath-feat")
     assert n == 2 and set(best["params"]) == {"lr", "weight_decay", "model.abmil_dropout"}
     assert 5e-5 <= best["params"]["lr"] <= 1e-3 and 0 <= best["params"]["model.abmil_dropout"] <= 0.5
+
+
+def _import_split_set(spec, results, name="pub"):
+    """A published-style split set for the 24 toy cases (``case_id, fold, split``): fold k tests the
+    cases i % 4 == k, stops early on i % 4 == k + 1, trains on the rest; imported with the CLI."""
+    rows = [(f"CASE-{i:03d}", k, "test" if i % 4 == k else "val" if i % 4 == (k + 1) % 4 else "train")
+            for k in range(4) for i in range(N_CASES)]
+    f = spec.parent / f"{name}.csv"
+    pd.DataFrame(rows, columns=["case_id", "fold", "split"]).to_csv(f, index=False)
+    assert cli(["splits", "--dataset", str(spec), "--task", "staging", "--results", str(results), "--import", str(f),
+                "--format", "csv", "--name", name]) == 0
+    return {role: {c for c, k, r in rows if k == 0 and r == role} for role in ("train", "val", "test")}
+
+
+def test_tune_on_an_imported_split_set_and_run_tuned_on_it(cohort):
+    """`tune --splits NAME`: the outer folds are the imported set's; neither its test cases nor its
+    early-stopping cases of the outer fold are touched; the result is kept per split set and
+    `run --tuned --splits NAME` trains with it, while the seeded folds have no tuning result."""
+    spec, results = cohort
+    roles = _import_split_set(spec, results)
+    assert cli(["tune", "--method", "meanmil.resnet50", "--dataset", str(spec), "--results", str(results),
+                "--task", "staging", "--folds", "0", "--trials", "2", "--set", "epochs=1", "--splits", "pub",
+                "-q"]) == 0
+    touched = set().union(*RecordingInputs.log.values())
+    assert touched and touched <= roles["train"], sorted(touched - roles["train"])  # never test nor val cases
+    fd = results / "tuning/toy/staging/meanmil.resnet50/splits-pub/fold0"
+    best = json.loads((fd / "best.json").read_text())
+    inner = pd.read_csv(fd / "inner_folds.csv")
+    assert set(inner["case_id"]) == roles["train"]
+    assert not (results / "tuning/toy/staging/meanmil.resnet50/fold0").exists()  # the seeded set's place
+
+    m = get_method("meanmil.resnet50")
+    rep = runner.run([m], str(spec), tasks=["staging"], folds=[0], results=results, tuned=True,
+                     splits_name="pub", train_overrides={"epochs": 1}, progress=False)
+    assert [u.variant for u in rep.ran] == ["tuned+splits-pub"], rep.failed
+    cfg = json.loads((results / "runs/toy/staging/meanmil.resnet50/tuned+splits-pub/fold0/config.json").read_text())
+    assert cfg["tuned"]["params"] == best["params"] and cfg["split"]["name"] == "pub"
+    rep = runner.run([m], str(spec), tasks=["staging"], folds=[0], results=results, tuned=True,
+                     train_overrides={"epochs": 1}, progress=False)
+    (msg,) = rep.failed.values()  # the seeded folds were never tuned: pub's parameters are not taken
+    assert "fold0/best.json is missing" in msg and "bench tune --method meanmil.resnet50" in msg
+
+
+def test_run_tuned_refuses_parameters_tuned_on_other_folds(cohort):
+    """A best.json whose split hash is not the run's folds (e.g. copied from another split set) is
+    refused, naming the file: its outer test fold may have been tuned on."""
+    spec, results = cohort
+    m = get_method("meanmil.resnet50")
+    tune(m, str(spec), n_trials=1, tasks=["staging"], folds=[0], results=results, inner=2,
+         train_overrides={"epochs": 1}, progress=False)
+    p = results / "tuning/toy/staging/meanmil.resnet50/fold0/best.json"
+    best = json.loads(p.read_text())
+    p.write_text(json.dumps({**best, "split_hash": "0123456789abcdef"}))
+    rep = runner.run([m], str(spec), tasks=["staging"], folds=[0], results=results, tuned=True,
+                     train_overrides={"epochs": 1}, progress=False)
+    (msg,) = rep.failed.values()
+    assert "was tuned on other folds (split hash 0123456789abcdef" in msg and str(p) in msg

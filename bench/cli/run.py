@@ -31,6 +31,7 @@ EPILOG = """examples:
   python -m bench run --methods 'abmil.*,pixelmamba-6m' --dataset blca --protocol paper   # docs/protocol.md
   python -m bench run --methods all --dataset demo --jobs 1      # one process (default: auto, one per core)
   python -m bench run --methods meanmil.resnet50 --dataset blca --splits mambamil   # an imported split set
+  python -m bench run --methods 'abmil.*' --dataset blca --splits mambamil --launcher submitit --partition gpu
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
 A unit (task, method, fold) is done when its record (metrics.json) exists with the same identity:
 the labels of its cases, its slides' fingerprints, the split set (--seed, --n-folds), every option
@@ -222,9 +223,6 @@ def _torchrun(nproc: int, methods: list, opts: "RunOptions") -> int:
 def _submit(args: argparse.Namespace, methods: list, opts: "RunOptions") -> int:
     from ..engine.launch import submit
 
-    if opts.splits_name:
-        raise ValueError("--splits does not combine with --launcher submitit yet: run with --launcher local (or "
-                         "--jobs N on one machine)")
     rep = submit(methods, opts, cluster_options(args))
     print_launch_report(rep, args)
     print_failed(rep.failed)

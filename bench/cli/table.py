@@ -21,6 +21,7 @@ EPILOG = """examples:
   python -m bench table --latex-layout split   # one table per task instead of one full-width table*
   python -m bench table --km-panel meanmil.resnet50,abmil.resnet50,transmil.resnet50,pixelmamba-6m
   python -m bench table --dataset blca --published pixel-mamba   # + the paper's numbers, differences
+  python -m bench table --dataset blca --splits mambamil          # only the rows of an imported split set
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
 Every cell is tested against chance (permutation test of the row's pooled out-of-fold predictions
@@ -28,7 +29,8 @@ against shuffled labels, same metric); cells with p >= 0.05 are marked ∘ and t
 <table>_chance.csv. Bold/underline rank only rows with every fold; partial rows print grey italic.
 Marks: † random weights of a pretrained part, ‡ stand-in encoder, ¶ end-to-end from random
 initialisation, § protocol other than the paper's, numbers: options that differ from the method's
-defaults (and --init checkpoints); each is explained under the table.
+defaults (and --init checkpoints); each is explained under the table. A row holds one split set:
+rows of another one are rows of their own, named after it ("MeanMIL (splits-mambamil)", "(seed1-k3)").
 """
 
 
@@ -66,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--published", metavar="SOURCE",
                    help="print beside each row the published mean ± std, the difference and the protocol "
                         "differences the records know (shipped source: pixel-mamba; docs/splits.md)")
+    p.add_argument("--splits", metavar="NAME",
+                   help="only the rows made on the imported split set NAME (`bench run --splits NAME`); by "
+                        "default every split set's rows are listed, each named after its set")
     p.add_argument("--no-figures", action="store_true", help="skip the Kaplan–Meier figures")
     p.add_argument("--km-panel", metavar="M1,M2,...",
                    help="also draw these methods' Kaplan–Meier curves side by side with shared axes "
@@ -93,15 +98,18 @@ def main(args: argparse.Namespace) -> int:
                              ablation_rows=args.ablation_rows, stats=args.stats, n_boot=args.n_boot,
                              alpha=args.alpha_level, compute=args.compute, figures=not args.no_figures,
                              layout=args.latex_layout, n_perm=args.n_perm,
-                             km_panel=[m for m in (args.km_panel or "").split(",") if m]):
+                             km_panel=[m for m in (args.km_panel or "").split(",") if m], splits=args.splits):
         print(line)
     if args.published:
         import pandas as pd
 
         from ..report.published import comparison_lines
+        from ..results.store import select_split_set
 
         for d in datasets:
             if store.summary_path(d).is_file():
-                for line in comparison_lines(pd.read_csv(store.summary_path(d)), args.published, d):
+                summary = pd.read_csv(store.summary_path(d))
+                for line in comparison_lines(select_split_set(summary, args.splits) if args.splits else summary,
+                                             args.published, d):
                     print(line)
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.datasets import Cohort
-from ..data.splits import Splits, split_set_name
+from ..data.splits import Splits, split_set_label
 from ..io import name_component
 from ..registry import MethodSpec
 from feature_cache.weights import WeightsProvenance
@@ -46,7 +46,7 @@ def unit_variant(name: str | None, tuned: bool, seed: int, n_folds: int, splits:
     """The stored variant of a unit: the variant's own name, ``tuned``, and the split set when it is
     not the default one (``seed1-k3``, or ``splits-<name>`` for an imported set) — results of
     different split sets never share a row."""
-    sset = f"splits-{splits}" if splits else split_set_name(seed, n_folds) or None
+    sset = split_set_label(seed, n_folds, splits) or None
     parts = [p for p in (name, "tuned" if tuned else None, sset) if p]
     return "+".join(parts) or None
 

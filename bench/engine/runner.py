@@ -173,7 +173,8 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], opts:
             from .tuning import TuningError, load_best
 
             try:
-                tuned_info = load_best(opts.results, planner.cohort.spec.name, task, v.spec.name, k)
+                tuned_info = load_best(opts.results, planner.cohort.spec.name, task, v.spec.name, k,
+                                       splits[task].label, splits[task].hash)
             except TuningError as exc:
                 report.failed[unit] = str(exc)
                 continue

@@ -18,9 +18,10 @@ comparable (splits, inner folds, search space, fixed options, inputs) — so a r
 joins the same study and tops it up to the requested number of finished trials; a changed setting
 starts a new study instead of mixing incomparable trials.
 
-Results: ``results/tuning/<dataset>/<task>/<method>/fold<k>/best.json`` (best parameters, value,
-study), ``trials.csv`` and ``inner_folds.csv`` (the inner split, for audit). ``run --tuned`` reads
-``best.json``.
+Results: ``results/tuning/<dataset>/<task>/<method>[/<split set>]/fold<k>/best.json`` (best
+parameters, value, study), ``trials.csv`` and ``inner_folds.csv`` (the inner split, for audit); the
+split set's folder is ``seed<s>-k<n>`` or ``splits-<name>`` (``--splits``), none for the default set.
+``run --tuned`` reads the ``best.json`` of its own split set and refuses one tuned on other folds.
 """
 
 from __future__ import annotations
@@ -126,8 +127,11 @@ def method_dir(results: Path | str, dataset: str, task: str, method: str) -> Pat
     return Path(results) / "tuning" / name_component(dataset, "dataset") / safe_name(task) / safe_name(method)
 
 
-def fold_dir(results: Path | str, dataset: str, task: str, method: str, fold: int) -> Path:
-    return method_dir(results, dataset, task, method) / f"fold{int(fold)}"
+def fold_dir(results: Path | str, dataset: str, task: str, method: str, fold: int, split_set: str = "") -> Path:
+    """Where outer fold ``fold`` of ``split_set`` (:func:`bench.data.splits.split_set_label`; "" = the
+    default seeded set) keeps its study's results."""
+    d = method_dir(results, dataset, task, method)
+    return (d / safe_name(split_set) if split_set else d) / f"fold{int(fold)}"
 
 
 def default_storage(results: Path | str, dataset: str, task: str, method: str) -> str:
@@ -146,18 +150,26 @@ def _redact(url: str) -> str:
     return url
 
 
-def load_best(results: Path | str, dataset: str, task: str, method: str, fold: int) -> dict[str, Any]:
-    """The best parameters ``bench tune`` recorded for one outer fold."""
+def load_best(results: Path | str, dataset: str, task: str, method: str, fold: int, split_set: str = "",
+              split_hash: str | None = None) -> dict[str, Any]:
+    """The best parameters ``bench tune`` recorded for one outer fold of ``split_set``; with
+    ``split_hash``, refused unless they were tuned on exactly those folds."""
     import json
 
-    p = fold_dir(results, dataset, task, method, fold) / "best.json"
+    p = fold_dir(results, dataset, task, method, fold, split_set) / "best.json"
+    again = (f"python -m bench tune --method {method} --dataset {dataset} --task {task}"
+             + (f" --splits {split_set[len('splits-'):]}" if split_set.startswith("splits-") else ""))
     if not p.is_file():
         raise TuningError(f"no tuning result for {dataset}/{task}/{method} outer fold {fold} ({p} is missing): run "
-                          f"`python -m bench tune --method {method} --dataset {dataset} --task {task}` first")
+                          f"`{again}` first")
     try:
-        return json.loads(p.read_text())
+        best = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise TuningError(f"{p} is unreadable ({exc}); rerun `bench tune` for it") from exc
+    if split_hash is not None and best.get("split_hash") != split_hash:
+        raise TuningError(f"{p} was tuned on other folds (split hash {best.get('split_hash')}, this run's "
+                          f"{split_hash}): its outer test fold may have been tuned on. Rerun `{again}`")
+    return best
 
 
 # ------------------------------------------------------------------------------ the objective
@@ -283,8 +295,11 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
          prune: bool = False, train_overrides: dict[str, Any] | None = None,
          model_overrides: dict[str, Any] | None = None, progress: bool = True,
          timeout: float | None = None, init: Path | str | None = None,
-         input_overrides: dict[str, Any] | None = None, protocol: str | None = None) -> TuneReport:
+         input_overrides: dict[str, Any] | None = None, protocol: str | None = None,
+         splits_name: str | None = None) -> TuneReport:
     """Tune ``spec`` on every (task, outer fold) of ``dataset`` up to ``n_trials`` finished trials each.
+    ``splits_name``: the outer folds are those of this imported split set (``bench splits --import``)
+    instead of the seeded ones; its early-stopping cases are left out of the inner folds.
     ``init``: the checkpoint every trial's network starts from, as ``bench run --init``;
     ``protocol``: the preset, as ``bench run --protocol`` (default: the dataset's, the method's, wsi-bench)."""
     optuna = _optuna()
@@ -302,7 +317,7 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
     manager = SplitManager(Path(results) / "splits")
     report = TuneReport(dataset=dataset, method=spec.name)
     for task in tasks:
-        splits = manager.get(dataset, task, cohort.cases(task), n_folds=n_folds, seed=seed)
+        splits = manager.get(dataset, task, cohort.cases(task), n_folds=n_folds, seed=seed, name=splits_name)
         for k in range(splits.n_folds):
             if folds is None or k in folds:
                 report.folds.append(_tune_fold(optuna, setup, task, k, splits, results, storage, n_trials,
@@ -330,7 +345,7 @@ def _tune_fold(optuna: Any, s: TuneSetup, task: str, k: int, splits: Any, result
            "inputs": inputs.identity, "input_key": inputs_key(spec, dict(s.base.inputs)), "seed": s.seed,
            "init": init_identity(s.init) if s.init is not None else None, "protocol": s.base.protocol.name}
     study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{digest(key)[:8]}"
-    fd = fold_dir(results, dataset, task, spec.name, k)
+    fd = fold_dir(results, dataset, task, spec.name, k, splits.label)
     fd.mkdir(parents=True, exist_ok=True)
     atomic_write_text(fd / "inner_folds.csv", inner_split.to_csv(index=False))
     url = storage or default_storage(results, dataset, task, spec.name)

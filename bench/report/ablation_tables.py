@@ -178,9 +178,11 @@ def row_keys(rows: list[Row]) -> list[Hashable]:
 # --- writing an ablation's tables from a results store ----------------------------------------------
 def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem], notes: list[str], dataset: str,
                           task: str, *, stats: bool = False, n_boot: int = 1000, alpha: float = 0.05,
-                          compute: bool = False, ddof: int = 0) -> tuple[list[Path], str]:
-    """LaTeX + Markdown (and the stats CSV with ``stats``) under ``results/<dataset>/tables/``;
-    returns the paths written and the Markdown."""
+                          compute: bool = False, ddof: int = 0, split_set: str = "") -> tuple[list[Path], str]:
+    """LaTeX + Markdown (and the stats CSV with ``stats``) under ``results/<dataset>/tables/``, named
+    ``<ablation>_<task>[_<split set>]`` (``split_set``: :func:`bench.data.splits.split_set_label`, ""
+    for the default set, so another set's table never overwrites it); returns the paths written and
+    the Markdown."""
     from ..io import atomic_write_text
     from .stats import N_PERM, caption_note, chance_note, comparisons_frame, compare_to_best
 
@@ -196,7 +198,7 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
     notes = notes + identical_rows(store, dataset, task, rows)
     similar: set[int] = set()
     note = ""
-    out = store.root / dataset / "tables" / f"{ablation.name}_{task}.tex"
+    out = store.root / dataset / "tables" / f"{ablation.name}_{task}{'_' + split_set if split_set else ''}.tex"
     paths = [out, out.with_suffix(".md")]
     chance, chance_csv = _chance(store, rows, dataset, task, alpha, out)
     paths.append(chance_csv)

@@ -400,10 +400,12 @@ def classification(summary: pd.DataFrame, dataset: str) -> Table:
 def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "tab:table2", *, expected: Sequence[str] | None = None,
                  ddof: int = 0, ablation_rows: bool = False, stats: bool = False, n_boot: int = 1000,
                  alpha: float = 0.05, compute: bool = False, figures: bool = True, layout: str = "compact",
-                 n_perm: int = 1000, km_panel: Sequence[str] = ()) -> list[str]:
+                 n_perm: int = 1000, km_panel: Sequence[str] = (), splits: str | None = None) -> list[str]:
     """Table 2 (and the classification table of every dataset that has one, and Kaplan–Meier
     figures) from ``store`` (a :class:`~bench.results.store.ResultsStore`); returns what to print.
-    Every cell is tested against chance (``n_perm`` permutations, :mod:`bench.report.chance`)."""
+    Every cell is tested against chance (``n_perm`` permutations, :mod:`bench.report.chance`).
+    ``splits``: only the rows of that imported split set
+    (:func:`bench.results.store.select_split_set`)."""
     from pathlib import Path
 
     from ..io import atomic_write_text
@@ -413,6 +415,10 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
     from .stats import chance_note
 
     summary = _summaries(store, datasets, ddof, ablation_rows)
+    if splits:
+        from ..results.store import select_split_set
+
+        summary = select_split_set(summary, splits)
     wide, cols = build_table(summary, expected=expected)
     out = Path(out)
     similar: dict = {}

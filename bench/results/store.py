@@ -315,7 +315,10 @@ class ResultsStore:
         also writes summary.csv, an output only (:func:`summary_csv`).
         The folds of a row must share one configuration (:func:`bench.results.identity.row_signature`
         of their ``config.json``): a row that mixes configurations is an error naming its folds, what
-        differs and the fix."""
+        differs and the fix. ``split_set``: the rows' split set as results name it (``splits-<name>``,
+        ``seed<s>-k<n>``, "" for the default set)."""
+        from ..data.splits import split_set_label
+
         groups: dict[tuple[str, str, str], list[UnitRecord]] = {}
         for rec in self.records(dataset):
             groups.setdefault((rec.method, rec.variant or "", rec.task), []).append(rec)
@@ -349,6 +352,7 @@ class ResultsStore:
                     "standin": any(w.source == "standin" for r in recs for w in r.weights),
                     "tuned": any(r.tuned for r in recs), "protocol": first.protocol,
                     "split_seed": first.split.seed,
+                    "split_set": split_set_label(first.split.seed, first.split.n_folds, first.split.name),
                     "input": first.input.label(), "default_input": first.default_input.label(),
                     "magnification": first.input.magnification,
                     "provenance": [w.to_dict() for w in first.weights],
@@ -367,6 +371,21 @@ class ResultsStore:
             p.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(p, summary_csv(df))
         return df
+
+
+def select_split_set(summary: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows made on the imported split set ``name`` (``bench table --splits NAME``). A row holds
+    one split set only (its variant names it), so no number of another set is averaged in; a name
+    without rows is an error listing the sets that have some."""
+    from ..data.splits import split_set_label
+
+    label = split_set_label(0, 5, name)
+    sets = summary["split_set"].fillna("").astype(str) if "split_set" in summary else pd.Series("", summary.index)
+    if not (sets == label).any():
+        have = sorted({s or "the default seeded folds" for s in sets})
+        raise ValueError(f"no results on split set {name!r} ({label}) here; rows exist for: {', '.join(have)}. "
+                         f"Fix: `python -m bench run --splits {name} ...` first, or another --splits")
+    return summary[sets == label]
 
 
 def summary_csv(summary: pd.DataFrame) -> str:
