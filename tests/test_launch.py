@@ -238,3 +238,99 @@ def test_device_reaches_the_slurm_job(cohort, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "submitted 1 job(s)" in out and "--device cuda: no CUDA device is visible" in out, out
     assert not (results / "runs" / "toy" / "staging" / "meanmil.resnet50" / "fold0" / "metrics.json").exists()
+
+
+def _import_split_set(spec, results, name="pub"):
+    """A published-style split set (``case_id, fold``: fold k tests the cases i % 5 == k), imported
+    with the CLI; returns each fold's test cases."""
+    import pandas as pd
+
+    f = spec.parent / f"{name}.csv"
+    pd.DataFrame({"case_id": [f"CASE-{i:03d}" for i in range(N_CASES)], "fold": [i % 5 for i in range(N_CASES)]}
+                 ).to_csv(f, index=False)
+    assert cli(["splits", "--dataset", str(spec), "--task", "staging", "--results", str(results), "--import", str(f),
+                "--format", "csv", "--name", name]) == 0
+    return {k: sorted(f"CASE-{i:03d}" for i in range(N_CASES) if i % 5 == k) for k in range(5)}
+
+
+def test_imported_split_set_through_submitit_and_table_splits(fake_cohort, capsys):
+    """`run --splits NAME --launcher submitit`: each job trains its unit on the imported set (the
+    options travel whole), stored as splits-NAME; `table --splits NAME` lists only that set's rows,
+    and an unknown set is an error naming the sets that have rows."""
+    import pandas as pd
+
+    spec, root = fake_cohort
+    results = root / "results-splits"
+    tests = _import_split_set(spec, results)
+    base = ["run", "--methods", "meanmil.resnet50", "--dataset", str(spec), "--results", str(results),
+            "--tasks", "staging", "--folds", "0,1", "--set", "epochs=1", "-q"]
+    assert cli([*base, "--splits", "pub", "--launcher", "submitit", "--cluster", "debug"]) == 0
+    assert "submitted 2 job(s)" in capsys.readouterr().out
+    for k in (0, 1):
+        d = results / "runs" / "toy" / "staging" / "meanmil.resnet50" / "splits-pub" / f"fold{k}"
+        assert json.loads((d / "metrics.json").read_text())["split"]["name"] == "pub"
+        assert sorted(pd.read_csv(d / "predictions.csv")["case_id"]) == tests[k]
+    assert cli([*base, "--splits", "pub", "--launcher", "submitit", "--cluster", "debug"]) == 0
+    assert "nothing to submit: 2 unit(s) already done" in capsys.readouterr().out
+    assert cli(base) == 0  # the seeded folds: a row of their own
+    capsys.readouterr()
+    table = ["table", "--dataset", str(spec), "--results", str(results), "--no-figures", "--n-perm", "20"]
+    assert cli(table) == 0
+    out = capsys.readouterr().out
+    assert "| MeanMIL (splits-pub) " in out and "| MeanMIL \u2020" in out
+    assert cli([*table, "--splits", "pub"]) == 0
+    out = capsys.readouterr().out
+    assert "| MeanMIL (splits-pub) " in out and "| MeanMIL \u2020" not in out, out
+    assert cli([*table, "--splits", "other"]) == 2
+    err = capsys.readouterr().err
+    assert "no results on split set 'other' (splits-other)" in err and "splits-pub" in err, err
+
+
+def test_ablation_on_an_imported_split_set(fake_cohort, capsys):
+    """`ablate --splits NAME`: every value is trained on the imported set, stored as
+    <value>+splits-NAME, and its table has a file and a caption of its own."""
+    spec, root = fake_cohort
+    results = root / "results-ablate-splits"
+    _import_split_set(spec, results)
+    grid = root / "hidden.yaml"
+    grid.write_text("description: ABMIL hidden size (test)\ncaption: Ablation of the hidden size\n"
+                    "method: abmil.resnet50\noverride: hidden\nvalues: [16, 32]\ntask: staging\n"
+                    "table: {columns: [hidden, metric], headers: {hidden: Hidden}}\n")
+    args = ["ablate", str(grid), "--dataset", str(spec), "--results", str(results), "--folds", "0",
+            "--set", "epochs=1", "--splits", "pub", "--launcher", "submitit", "--cluster", "debug", "-q"]
+    assert cli(args) == 0
+    capsys.readouterr()
+    for v in ("hidden_16+splits-pub", "hidden_32+splits-pub"):
+        m = json.loads((results / "runs" / "toy" / "staging" / "abmil.resnet50" / v / "fold0" / "metrics.json"
+                        ).read_text())
+        assert m["split"]["name"] == "pub"
+    assert not (results / "toy" / "tables" / "hidden_staging.md").exists()
+    table = (results / "toy" / "tables" / "hidden_staging_splits-pub.md").read_text()
+    assert "| 16 " in table and "| 32 " in table and "Split set 'pub' (imported" in table, table
+
+
+@pytest.mark.slow  # a SLURM job process imports torch and trains one unit (~30 s quiet)
+def test_imported_split_set_reaches_the_slurm_job(cohort, tmp_path, monkeypatch, capsys):
+    """`run --splits NAME --launcher submitit --cluster slurm`: the job, started by the stand-in
+    scheduler in a process of its own, trains its unit on the imported set (read from the options
+    serialised to it), and tests exactly that set's test cases of the fold."""
+    import os
+
+    import fake_slurm
+    import pandas as pd
+
+    spec, root = cohort
+    bin_dir = fake_slurm.install(tmp_path / "slurm")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    results = tmp_path / "results-slurm-splits"
+    tests = _import_split_set(spec, results)
+    args = ["run", "--methods", "meanmil.resnet50", "--dataset", str(spec), "--results", str(results),
+            "--cache", str(root / "cache"), "--tasks", "staging", "--folds", "1", "--set", "epochs=1",
+            "--splits", "pub", "--launcher", "submitit", "--cluster", "slurm", "--time", "30", "-q"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "submitted 1 job(s)" in out and "1 unit(s) run by the jobs" in out, out
+    d = results / "runs" / "toy" / "staging" / "meanmil.resnet50" / "splits-pub" / "fold1"
+    rec = json.loads((d / "metrics.json").read_text())
+    assert rec["split"]["name"] == "pub" and rec["fold"] == 1
+    assert sorted(pd.read_csv(d / "predictions.csv")["case_id"]) == tests[1]
