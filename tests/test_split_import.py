@@ -1,7 +1,21 @@
-"""Published split sets, each written the way its project writes it (MambaMIL's
-``csv/Cbioportal/<COHORT>_Splits.csv``, SurvPath's ``splits/5foldcv/tcga_<cohort>/splits_<k>.csv``,
-PANTHER's ``TCGA_<COHORT>_overall_survival_k=<k>/{train,val,test}.csv``, a Patho-Bench TSV, a plain
-CSV), read into train / early-stopping / test roles per fold and checked against the cohort."""
+"""Published split sets, each written the way its project writes it, read into train /
+early-stopping / test roles per fold and checked against the cohort. The layouts, as read in the
+projects' repositories:
+
+- MambaMIL (github.com/isyangshu/MambaMIL): ``splits/TCGA_BLCA_survival_kfold/splits_0.csv`` .. (today:
+  header ``,train,val,test``, one entry per slide, ``test`` empty; ``main_survival.py`` reports on
+  ``val``) and ``csv/Cbioportal/BLCA_Splits.csv`` (commit 6a823a8: ``Study,ID,Event,Status,WSI,RNA,
+  Data_Event,Data_WSI,Data_Gene,Fold 0..Fold 4`` with ``train: complete`` / ``val: complete`` /
+  ``train: missing`` cells).
+- SurvPath (github.com/mahmoodlab/SurvPath ``splits/5foldcv/tcga_blca/splits_0.csv``): ``,train,val``.
+- PANTHER (github.com/mahmoodlab/PANTHER ``src/splits/survival/TCGA_BLCA_overall_survival_k=0/``):
+  ``train.csv`` and ``test.csv`` only (no ``val.csv`` in the survival splits), one row per slide,
+  ``case_id, slide_id, ..., os_censorship, os_survival_days, ...``.
+- Patho-Bench (github.com/mahmoodlab/Patho-Bench ``patho_bench/datasets/DataSplit.py``; the task files
+  of huggingface.co/datasets/MahmoodLab/Patho-Bench, e.g. ``cptac_ccrcc/OS/k=all.tsv``): tab-separated,
+  one row per slide, ``case_id, slide_id, OS_event, OS_days, OS, fold_0..fold_4`` with ``train`` /
+  ``test`` cells.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +80,40 @@ def test_a_case_in_two_roles_of_one_fold_is_refused(tmp_path):
         read_split_file(f, "mambamil")
 
 
+def _clam_splits(d, k, columns):
+    """CLAM's save_splits: pd.concat of one Series per split, NaN where a column is shorter."""
+    pd.concat([pd.Series(ids, name=name, dtype=object) for name, ids in columns.items()], axis=1).to_csv(
+        d / f"splits_{k}.csv")
+
+
+def test_mambamil_clam_style_folder_one_entry_per_slide(tmp_path):
+    d = tmp_path / "splits" / "TCGA_TOY_survival_kfold"
+    d.mkdir(parents=True)
+    for k in range(5):  # CASE-001 has two slides: listed twice; test is empty
+        per_slide = [c for c in IN_FILE for _ in range(2 if c == "CASE-001" else 1)]
+        _clam_splits(d, k, {"train": [c for c in per_slide if IN_FILE.index(c) % 5 != k],
+                            "val": [c for c in per_slide if IN_FILE.index(c) % 5 == k], "test": []})
+    (d / "splits_0_bool.csv").write_text(",train,val,test\nCASE-000,True,False,False\n")  # CLAM writes these too
+    want = _expected(lambda i, k: "test" if i % 5 == k else "train")
+    for given in (d, d / "splits_3.csv"):  # the folder, or any one fold's file: every fold is read
+        imp = check_against_cohort(read_split_file(given, "mambamil"), "mm", "staging", _cases())
+        assert _norm(imp.table).equals(want)
+    (d / "splits_2.csv").unlink()
+    with pytest.raises(SplitError, match=r"fold\(s\) 2 of 0..4 are missing"):
+        read_split_file(d, "mambamil")
+
+
+def test_clam_style_test_column_with_cases_is_the_test_set(tmp_path):
+    """CLAM's own layout (train, val, test all filled): val is the early-stopping set."""
+    for k in range(5):
+        _clam_splits(tmp_path, k, {"train": [c for i, c in enumerate(IN_FILE) if i % 5 not in (k, (k + 1) % 5)],
+                                   "val": [c for i, c in enumerate(IN_FILE) if i % 5 == (k + 1) % 5],
+                                   "test": [c for i, c in enumerate(IN_FILE) if i % 5 == k]})
+    imp = check_against_cohort(read_split_file(tmp_path, "survpath"), "c", "staging", _cases())
+    assert _norm(imp.table).equals(
+        _expected(lambda i, k: "test" if i % 5 == k else "val" if i % 5 == (k + 1) % 5 else "train"))
+
+
 def test_survpath_folder_of_clam_style_splits(tmp_path):
     d = tmp_path / "splits" / "5foldcv" / "tcga_toy"
     d.mkdir(parents=True)
@@ -77,35 +125,72 @@ def test_survpath_folder_of_clam_style_splits(tmp_path):
     assert _norm(imp.table).equals(_expected(lambda i, k: "test" if i % 5 == k else "train"))
 
 
-def test_panther_val_stays_the_early_stopping_set(tmp_path):
-    root = tmp_path / "splits" / "survival"
-    for k in range(5):
+def _panther_csv(path, ids):
+    """A PANTHER split file: one row per slide (CASE-001 has two), a few of its 60 columns."""
+    slides = [(c, f"{c}-01Z-00-DX{j}.0A1B2C3D-0000-0000-0000-000000000000") for c in ids
+              for j in ((1, 2) if c == "CASE-001" else (1,))]
+    pd.DataFrame({"case_id": [c for c, _ in slides], "slide_id": [s for _, s in slides],
+                  "submitter_id": [c for c, _ in slides], "project_id": "TCGA-TOY", "mpp": 0.2525,
+                  "ajcc_pathologic_tumor_stage": "Stage III", "os_censorship": 1.0,
+                  "os_survival_days": 495.0}).to_csv(path, index=False)
+
+
+def test_panther_test_csv_is_the_test_set_val_csv_the_early_stopping_set(tmp_path):
+    root = tmp_path / "src" / "splits" / "survival"
+    for k in range(5):  # the survival splits ship train.csv and test.csv only
         d = root / f"TCGA_TOY_overall_survival_k={k}"
         d.mkdir(parents=True)
-        for role, rule in (("train", lambda i: i % 5 not in (k, (k + 1) % 5)), ("val", lambda i: i % 5 == (k + 1) % 5),
-                           ("test", lambda i: i % 5 == k)):
-            ids = [c for i, c in enumerate(IN_FILE) if rule(i)]
-            pd.DataFrame({"case_id": ids, "slide_id": [f"{c}-01Z-00-DX1.X" for c in ids], "os_censorship": 1.0,
-                          "os_survival_days": 100.0}).to_csv(d / f"{role}.csv", index=False)
-    want = _expected(lambda i, k: "test" if i % 5 == k else "val" if i % 5 == (k + 1) % 5 else "train")
+        _panther_csv(d / "train.csv", [c for i, c in enumerate(IN_FILE) if i % 5 != k])
+        _panther_csv(d / "test.csv", [c for i, c in enumerate(IN_FILE) if i % 5 == k])
+    want = _expected(lambda i, k: "test" if i % 5 == k else "train")
     for given in (root, root / "TCGA_TOY_overall_survival_k=0"):  # the parent, or any one fold's folder
         imp = check_against_cohort(read_split_file(given, "panther"), "pa", "staging", _cases())
         assert _norm(imp.table).equals(want)
+    # a val.csv (PANTHER's classification splits have one) is the early-stopping set
+    d0 = root / "TCGA_TOY_overall_survival_k=0"
+    _panther_csv(d0 / "train.csv", [c for i, c in enumerate(IN_FILE) if i % 5 not in (0, 1)])
+    _panther_csv(d0 / "val.csv", [c for i, c in enumerate(IN_FILE) if i % 5 == 1])
+    got = read_split_file(root, "panther")
+    assert set(got.loc[(got["fold"] == 0) & (got["role"] == "val"), "case_id"]) == {"CASE-001", "CASE-006"}
     (root / "TCGA_TOY_overall_survival_k=2" / "test.csv").unlink()
     with pytest.raises(SplitError, match=r"k=2: no test.csv .*--val-as-test"):
         read_split_file(root, "panther")
+    _panther_csv(root / "TCGA_TOY_overall_survival_k=2" / "val.csv", [c for i, c in enumerate(IN_FILE) if i % 5 == 2])
     got = read_split_file(root, "panther", val_as_test=True)
     assert set(got.loc[got["fold"] == 2, "role"]) == {"train", "test"}
 
 
-def test_patho_bench_tsv_and_plain_csv(tmp_path):
-    tsv = tmp_path / "k=all.tsv"
-    df = pd.DataFrame({"case_id": IN_FILE, "slide_id": [f"{c}-DX1" for c in IN_FILE], "stage": 0})
-    for k in range(5):
-        df[f"fold_{k}"] = ["test" if i % 5 == k else "val" if i == 7 and k != 2 else "train" for i in range(N)]
-    df.to_csv(tsv, sep="\t", index=False)
+def write_patho_bench(path, sep="\t", cell=lambda i, k: "test" if i % 5 == k else "train"):
+    """A Patho-Bench task file as DataSplit.save writes it: one row per slide (CASE-002 has three),
+    the labels, then fold_0..fold_4."""
+    rows = []
+    for i, c in enumerate(IN_FILE):
+        for j in range(3 if c == "CASE-002" else 1):
+            rows.append({"case_id": c, "slide_id": f"{c}-{21 + j}", "OS_event": i % 2, "OS_days": 100.0 + i,
+                         "OS": i % 8, **{f"fold_{k}": cell(i, k) for k in range(5)}})
+    pd.DataFrame(rows).to_csv(path, sep=sep, index=False)
+
+
+def test_patho_bench_task_file_and_plain_csv(tmp_path):
+    tsv = tmp_path / "cptac_toy" / "OS" / "k=all.tsv"
+    tsv.parent.mkdir(parents=True)
+    write_patho_bench(tsv)
     imp = check_against_cohort(read_split_file(tsv, "patho-bench"), "pb", "staging", _cases())
-    assert _norm(imp.table).equals(_expected(lambda i, k: "test" if i % 5 == k else "val" if i == 7 else "train"))
+    assert _norm(imp.table).equals(_expected(lambda i, k: "test" if i % 5 == k else "train"))
+    # a split formatted like it as CSV (DataSplit reads a name not ending in .tsv with commas)
+    write_patho_bench(tmp_path / "custom.csv", sep=",")
+    assert _norm(read_split_file(tmp_path / "custom.csv", "patho-bench")).equals(
+        _norm(read_split_file(tsv, "patho-bench")))
+    # a reserved val set; -1 and empty cells (DataSplit's unassigned samples) are no member of the fold
+    write_patho_bench(tsv, cell=lambda i, k: "test" if i % 5 == k else "val" if i == 7 else
+                      "-1" if (i, k) == (3, 1) else "" if (i, k) == (4, 2) else "train")
+    got = _norm(read_split_file(tsv, "patho-bench"))
+    assert set(got.loc[got["role"] == "val", "case_id"]) == {"CASE-007"}
+    assert "CASE-003" not in set(got.loc[got["fold"] == 1, "case_id"])
+    assert "CASE-004" not in set(got.loc[got["fold"] == 2, "case_id"])
+    write_patho_bench(tsv, cell=lambda i, k: "Train" if (i, k) == (5, 3) else "test" if i % 5 == k else "train")
+    with pytest.raises(SplitError, match=r"k=all.tsv: line 9 \(case CASE-005\), column fold_3: 'Train' is not train"):
+        read_split_file(tsv, "patho-bench")
 
     csv = tmp_path / "folds.csv"
     pd.DataFrame({"case_id": IN_FILE, "fold": [i % 5 for i in range(N)]}).to_csv(csv, index=False)

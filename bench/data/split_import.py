@@ -4,17 +4,28 @@ Each reader turns a project's split files into one long table ``fold, case_id, r
 ``train``, ``val`` = early-stopping set, ``test`` = the fold's evaluation set). Which column becomes
 ``test`` is the format's rule, stated here and in docs/splits.md:
 
-- ``mambamil`` (MambaMIL ``csv/Cbioportal/<COHORT>_Splits.csv``): column ``ID``, columns ``Fold 0`` ..
-  ``Fold 4`` holding ``train: complete`` / ``val: complete`` (``...: missing`` = no slide, left out).
-  MambaMIL reports on its ``val`` fold, so ``val`` is the test set; there is no early-stopping set.
-- ``survpath`` (SurvPath/MCAT ``splits/5foldcv/tcga_<cohort>/splits_<k>.csv``): an index column, then
-  ``train`` and ``val`` columns of case ids. SurvPath reports on ``val``: it is the test set.
-- ``panther`` (PANTHER ``splits/survival/TCGA_<COHORT>_overall_survival_k=<k>/``): ``train.csv``,
-  ``test.csv`` and optionally ``val.csv``, each a table with a ``case_id`` column. ``test.csv`` is the
-  test set, ``val.csv`` the early-stopping set; a fold without ``test.csv`` is refused unless
-  ``val_as_test`` says the source reports on ``val.csv``.
-- ``patho-bench`` (Patho-Bench task TSV): ``case_id`` and ``fold_<k>`` columns holding ``train``,
-  ``val`` or ``test``.
+- ``mambamil``, two layouts, both from github.com/isyangshu/MambaMIL:
+  ``splits/TCGA_<COHORT>_survival_kfold/splits_<k>.csv`` (the repository today; CLAM's ``save_splits``
+  layout: an index column, then ``train``, ``val``, ``test`` columns of case ids, one entry per slide,
+  ``test`` empty), and ``csv/Cbioportal/<COHORT>_Splits.csv`` (its first release, commit 6a823a8):
+  column ``ID``, columns ``Fold 0`` .. ``Fold 4`` holding ``train: complete`` / ``val: complete``
+  (``...: missing`` = no slide, left out). ``main_survival.py`` early-stops and reports on ``val``,
+  so ``val`` is the test set; there is no early-stopping set.
+- ``survpath`` (github.com/mahmoodlab/SurvPath ``splits/5foldcv/tcga_<cohort>/splits_<k>.csv``): an
+  index column, then ``train`` and ``val`` columns of case ids. SurvPath reports on ``val``: it is the
+  test set. In this CLAM layout (also MambaMIL's), a ``test`` column with cases in it is the test set
+  and ``val`` then the early-stopping set, as CLAM uses them.
+- ``panther`` (github.com/mahmoodlab/PANTHER ``src/splits/survival/TCGA_<COHORT>_overall_survival_k=<k>/``):
+  ``train.csv``, ``test.csv`` and optionally ``val.csv`` (the survival splits ship none), each a table
+  with a ``case_id`` column, one row per slide. ``test.csv`` is the test set, ``val.csv`` the
+  early-stopping set; a fold without ``test.csv`` is refused unless ``val_as_test`` says the source
+  reports on ``val.csv``.
+- ``patho-bench`` (github.com/mahmoodlab/Patho-Bench ``patho_bench/datasets/DataSplit.py``; the task
+  files of huggingface.co/datasets/MahmoodLab/Patho-Bench, ``<source>/<task>/k=all.tsv``): tab-separated
+  (comma-separated when the name does not end in ``.tsv``, as ``DataSplit`` reads it), one row per
+  slide: ``case_id``, ``slide_id``, label columns, ``fold_0`` .. ``fold_<n>`` holding ``train`` /
+  ``test`` (the published files), or ``val`` where a user reserved one. ``-1`` or an empty cell (a
+  sample ``DataSplit`` left unassigned) is no member of that fold; any other value is refused.
 - ``csv``: ``case_id, fold`` (``fold`` = the case's test fold; the others train on it), or
   ``case_id, fold, split`` with ``split`` in train/val/test.
 
@@ -47,6 +58,8 @@ def _long(rows: list[tuple[int, str, str]]) -> pd.DataFrame:
 
 
 def _read_mambamil(path: Path, val_as_test: bool) -> pd.DataFrame:
+    if path.is_dir() or re.fullmatch(r"splits_\d+\.csv", path.name):
+        return _read_clam_folds(path, "MambaMIL", "splits/TCGA_<COHORT>_survival_kfold/")
     df = pd.read_csv(path, dtype=str)
     folds = sorted((c for c in df.columns if re.fullmatch(r"Fold \d+", c)), key=lambda c: int(c.split()[1]))
     if "ID" not in df.columns or not folds:
@@ -63,20 +76,30 @@ def _read_mambamil(path: Path, val_as_test: bool) -> pd.DataFrame:
 
 
 def _read_survpath(path: Path, val_as_test: bool) -> pd.DataFrame:
-    files = sorted(path.glob("splits_*.csv")) if path.is_dir() else [path]
+    return _read_clam_folds(path, "SurvPath", "splits/5foldcv/tcga_<cohort>/")
+
+
+def _read_clam_folds(path: Path, project: str, layout: str) -> pd.DataFrame:
+    """CLAM's ``save_splits`` files ``splits_<k>.csv`` (their folder, or any one of them: every fold
+    of the folder is read; CLAM's ``splits_<k>_bool.csv`` / ``_descriptor.csv`` are not folds):
+    ``train``, ``val`` and optionally ``test`` columns of case ids. ``val`` is the test set unless
+    ``test`` holds cases; then ``val`` is the early-stopping set, as CLAM uses them."""
+    if not path.is_dir() and not re.fullmatch(r"splits_\d+\.csv", path.name):
+        raise SplitError(f"{path}: {project} split files are named splits_<k>.csv ({project} layout: {layout})")
+    folder = path if path.is_dir() else path.parent
+    files = sorted(f for f in folder.glob("splits_*.csv") if re.fullmatch(r"splits_\d+\.csv", f.name))
+    if not files:
+        raise SplitError(f"{path}: no splits_<k>.csv inside ({project} layout: {layout})")
     rows = []
     for f in files:
         m = re.fullmatch(r"splits_(\d+)\.csv", f.name)
-        if not m:
-            raise SplitError(f"{f}: SurvPath split files are named splits_<k>.csv")
         df = pd.read_csv(f, dtype=str)
         if not {"train", "val"} <= set(df.columns):
-            raise SplitError(f"{f}: needs 'train' and 'val' columns (SurvPath layout); has {', '.join(df.columns)}")
-        for col, role in (("train", "train"), ("val", "test"), ("test", "test")):
+            raise SplitError(f"{f}: needs 'train' and 'val' columns ({project} layout); has {', '.join(df.columns)}")
+        has_test = "test" in df.columns and df["test"].notna().any()
+        for col, role in (("train", "train"), ("val", "val" if has_test else "test"), ("test", "test")):
             if col in df.columns:
                 rows += [(int(m.group(1)), c, role) for c in df[col].dropna()]
-    if not files:
-        raise SplitError(f"{path}: no splits_<k>.csv inside (SurvPath layout: splits/5foldcv/tcga_<cohort>/)")
     return _long(rows)
 
 
@@ -104,12 +127,19 @@ def _read_panther(path: Path, val_as_test: bool) -> pd.DataFrame:
 
 
 def _read_patho_bench(path: Path, val_as_test: bool) -> pd.DataFrame:
-    df = pd.read_csv(path, sep="\t", dtype=str)
-    folds = [c for c in df.columns if re.fullmatch(r"fold_\d+", c)]
+    df = pd.read_csv(path, sep="\t" if path.name.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+    folds = sorted((c for c in df.columns if re.fullmatch(r"fold_\d+", c)), key=lambda c: int(c.split("_")[1]))
     if "case_id" not in df.columns or not folds:
-        raise SplitError(f"{path}: not a Patho-Bench split TSV (needs 'case_id' and 'fold_0'.. columns)")
-    rows = [(int(col.split("_")[1]), c, str(v).strip()) for col in folds
-            for c, v in zip(df["case_id"], df[col]) if str(v).strip() in ROLES]
+        raise SplitError(f"{path}: not a Patho-Bench split file (needs 'case_id' and 'fold_0'.. columns; has "
+                         f"{', '.join(df.columns[:8])})")
+    rows = []
+    for col in folds:
+        for i, (c, v) in enumerate(zip(df["case_id"], df[col].str.strip())):
+            if v in ROLES:
+                rows.append((int(col.split("_")[1]), c, v))
+            elif v not in ("", "-1"):  # -1 / empty: DataSplit left the sample out of this fold
+                raise SplitError(f"{path}: line {i + 2} (case {c}), column {col}: {v!r} is not train, val or test. "
+                                 "Fix the file (Patho-Bench writes train/test, or val for a reserved set)")
     return _long(rows)
 
 
@@ -165,6 +195,10 @@ def read_split_file(path: Path | str, fmt: str, val_as_test: bool = False) -> pd
     table = READERS[fmt](path, val_as_test)
     if table.empty:
         raise SplitError(f"{path}: no cases found in it as format {fmt!r}")
+    missing = sorted(set(range(int(table["fold"].max()) + 1)) - set(table["fold"]))
+    if missing:
+        raise SplitError(f"{path}: fold(s) {', '.join(map(str, missing))} of 0..{int(table['fold'].max())} are "
+                         "missing from the split set; give every fold's file (or the folder holding them)")
     twice = table.groupby(["fold", "case_id"])["role"].nunique()
     twice = twice[twice > 1]
     if len(twice):
