@@ -24,11 +24,19 @@ def _rows(results, dataset, method="abmil.resnet50", vals=(0.5, 0.6, 0.7, 0.4, 0
 
 def test_the_shipped_source_holds_the_papers_tables():
     pub = load_published("pixel-mamba")
-    assert set(pub["table"]) == {"Table 2", "Table 3", "Table 4", "Table 9", "Supplement Table 4"}
+    assert set(pub["table"]) == {"Table 2", "Table 3", "Table 4", "Table 5", "Table 6", "Table 9",
+                                 "Supplement Table 4"}
     t2 = pub[pub["table"] == "Table 2"]
     assert len(t2) == 22 * 6  # 22 rows x (3 cohorts x 2 tasks)
     row = t2[(t2["method"] == "pixelmamba-6m") & (t2["dataset"] == "blca") & (t2["task"] == "survival")].iloc[0]
     assert (row["mean"], row["std"], row["metric"]) == (0.6507, 0.0485, "c_index")
+    # Table 5 (scan window) and Table 6 (magnification) as printed; 224 and 2.5x are Table 2's model
+    t5 = pub[pub["table"] == "Table 5"]
+    assert list(t5["mean"]) == [0.6083, 0.6190, 0.6507, 0.6242] and list(t5["std"]) == [0.0562, 0.0374, 0.0485, 0.0386]
+    assert [n.rsplit(" ", 1)[1] for n in t5["notes"]] == ["32", "128", "224", "320"]
+    t6 = pub[pub["table"] == "Table 6"]
+    assert list(t6["mean"]) == [0.5855, 0.6307, 0.6507] and list(t6["std"]) == [0.0286, 0.0500, 0.0485]
+    assert [n.rsplit(" ", 1)[1] for n in t6["notes"]] == ["0.6x", "1.0x", "2.5x"]
     cam = pub[(pub["table"] == "Supplement Table 4") & (pub["method"] == "abmil.conch") & (pub["metric"] == "auc")]
     assert cam.iloc[0]["mean"] == 0.9853
 
