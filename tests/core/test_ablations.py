@@ -206,7 +206,8 @@ def test_ablation_escapes_backslashes(tmp_path):
 
 @pytest.mark.slow  # ~40 s of CPU: generating the slides, three CLI invocations, five units
 def test_ablation_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
-    """A two-value grid (Vision Mamba depth 1 vs 2, tiny embedding) on a 8-case cohort, one fold:
+    """A two-value grid (Vision Mamba depth 1 vs 2, tiny embedding) on a 8-case cohort, one fold of
+    2 (another split set than the default 5 folds: variants and table are named after it, seed0-k2):
     units land as variants, the table is written, a rerun does nothing, a new value runs alone."""
     from bench.cli import main
 
@@ -243,27 +244,27 @@ table: {columns: [method, backbone, depth, metric]}
     assert main(args) == 0
     runs = res / "runs" / "tiny" / "staging" / "vim-ti"
     done = {p: p.stat().st_mtime_ns for p in runs.glob("*/fold0/metrics.json")}
-    assert sorted(p.parent.parent.name for p in done) == ["depth_1", "depth_3"]  # 2 -> 3 by the dataset's map; "=" is sanitized
-    cfg = json.loads((runs / "depth_3" / "fold0" / "config.json").read_text())
-    assert cfg["variant"] == "depth=3" and cfg["model"]["depth"] == 3 and cfg["model"]["embed_dim"] == 16
-    m = json.loads((runs / "depth_1" / "fold0" / "metrics.json").read_text())
-    assert m["variant"] == "depth=1" and m["peak_rss_mb"] > 0 and m["train_seconds_per_slide"] > 0
+    assert sorted(p.parent.parent.name for p in done) == ["depth_1+seed0-k2", "depth_3+seed0-k2"]  # 2 -> 3 by the dataset's map; "=" is sanitized
+    cfg = json.loads((runs / "depth_3+seed0-k2" / "fold0" / "config.json").read_text())
+    assert cfg["variant"] == "depth=3+seed0-k2" and cfg["model"]["depth"] == 3 and cfg["model"]["embed_dim"] == 16
+    m = json.loads((runs / "depth_1+seed0-k2" / "fold0" / "metrics.json").read_text())
+    assert m["variant"] == "depth=1+seed0-k2" and m["peak_rss_mb"] > 0 and m["train_seconds_per_slide"] > 0
     assert m["input"] == {"kind": "slide", "encoder": None, "magnification": 0.15, "regions": None,
                           "source": "extracted"}
-    md = (res / "tiny" / "tables" / "depth_staging.md").read_text()
+    md = (res / "tiny" / "tables" / "depth_staging_seed0-k2.md").read_text()
     assert "| Vim-Ti | 1 |" in md and "| Vim-Ti | 3 |" in md and "| Vision-Mamba-Stage ¶§" in md
     assert "magnification=0.15" in md and "depth=" not in md  # options in footnotes; the swept one has its column
-    assert "(1/2 folds)" in md and "depth mapped for this dataset's size: 2 -> 3" in md
-    assert (res / "tiny" / "tables" / "depth_staging.tex").is_file()
-    assert len(pd.read_csv(res / "tiny" / "tables" / "depth_staging_stats.csv")) == 1
-    chance = pd.read_csv(res / "tiny" / "tables" / "depth_staging_chance.csv")  # every row against chance
-    assert sorted(chance["row"]) == ["vim-ti/depth_1", "vim-ti/depth_3"] and chance["p_chance"].between(0, 1).all()
+    assert "(1/2 folds)" in md and "Depth mapped for this dataset's size: 2 -> 3" in md
+    assert (res / "tiny" / "tables" / "depth_staging_seed0-k2.tex").is_file()
+    assert len(pd.read_csv(res / "tiny" / "tables" / "depth_staging_seed0-k2_stats.csv")) == 1
+    chance = pd.read_csv(res / "tiny" / "tables" / "depth_staging_seed0-k2_chance.csv")  # every row against chance
+    assert sorted(chance["row"]) == ["vim-ti/depth=1+seed0-k2", "vim-ti/depth=3+seed0-k2"] and chance["p_chance"].between(0, 1).all()
 
     assert main(args) == 0  # rerun: nothing to do, nothing touched
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/fold0/metrics.json")} == done
     assert main(args[:1] + [args[1], "--values", "1,5"] + args[2:]) == 0  # only the new value runs
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/fold0/metrics.json") if p in done} == done
-    assert (runs / "depth_5" / "fold0" / "metrics.json").is_file()
+    assert (runs / "depth_5+seed0-k2" / "fold0" / "metrics.json").is_file()
 
 
 def test_identical_variants_are_called_out(tmp_path):
