@@ -30,8 +30,10 @@ Each reader turns a project's split files into one long table ``fold, case_id, r
   ``case_id, fold, split`` with ``split`` in train/val/test.
 
 The imported set is checked against the cohort before anything is written: a case in two roles of
-one fold is refused (naming the fold and the cases); cases of the file missing from the cohort and
-cases of the cohort missing from the file are counted and listed, never silently.
+one fold is refused (naming the fold and the cases) unless the user asks to keep such a case in its
+evaluation role only (:func:`keep_evaluation_role`; MambaMIL's TCGA files split slides, not patients,
+so a patient can be in ``train`` and ``val`` of one fold); cases of the file missing from the cohort
+and cases of the cohort missing from the file are counted and listed, never silently.
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ class ImportedSplits:
     table: pd.DataFrame  # fold, case_id, role: only cases of the cohort
     not_in_cohort: list[str] = field(default_factory=list)
     not_in_file: list[str] = field(default_factory=list)
+    taken_from_train: dict[int, list[str]] = field(default_factory=dict)  # keep_evaluation_role's moves
 
     def fold_counts(self, cases: pd.DataFrame) -> pd.DataFrame:
         """Per fold: train/val/test sizes and the test set's class or event counts."""
@@ -184,9 +187,10 @@ class ImportedSplits:
         return pd.DataFrame(rows)
 
 
-def read_split_file(path: Path | str, fmt: str, val_as_test: bool = False) -> pd.DataFrame:
+def read_split_file(path: Path | str, fmt: str, val_as_test: bool = False,
+                    two_roles: bool = False) -> pd.DataFrame:
     """The file (or folder) in ``fmt`` as ``fold, case_id, role``; a case in two roles of one fold is
-    refused, naming them."""
+    refused, naming them (``two_roles``: returned as they are, for :func:`keep_evaluation_role`)."""
     path = Path(path)
     if fmt not in READERS:
         raise SplitError(f"unknown split format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -201,21 +205,37 @@ def read_split_file(path: Path | str, fmt: str, val_as_test: bool = False) -> pd
                          "missing from the split set; give every fold's file (or the folder holding them)")
     twice = table.groupby(["fold", "case_id"])["role"].nunique()
     twice = twice[twice > 1]
-    if len(twice):
+    if len(twice) and not two_roles:
         by_fold = {int(k): sorted(g.index.get_level_values("case_id")) for k, g in twice.groupby(level="fold")}
         desc = "; ".join(f"fold {k}: {len(v)} case(s) ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"
                          for k, v in by_fold.items())
         raise SplitError(f"{path}: cases in two roles (train/val/test) of the same fold: {desc}. Such a split "
-                         "leaks training cases into evaluation; fix the file or use another split set")
+                         "leaks training cases into evaluation; fix the file, use another split set, or import "
+                         "with --two-roles evaluate (each such case is then evaluated only, never trained on)")
     return table
 
 
-def check_against_cohort(table: pd.DataFrame, name: str, task: str, cases: pd.DataFrame) -> ImportedSplits:
+def keep_evaluation_role(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """A case in several roles of one fold keeps the one it is evaluated in (``test`` before ``val``)
+    and leaves ``train``: the fold's evaluation set stays the source's, and no case is trained on
+    and evaluated on at once. Returns the table and, per fold, the cases taken from training."""
+    rank = table["role"].map({"test": 0, "val": 1, "train": 2})
+    kept = table.assign(_r=rank).sort_values(["fold", "case_id", "_r"]).drop_duplicates(["fold", "case_id"])
+    several = table.groupby(["fold", "case_id"])["role"].nunique()
+    several = several[several > 1]
+    taken = {int(k): sorted(g.index.get_level_values("case_id")) for k, g in several.groupby(level="fold")}
+    return kept.drop(columns="_r").sort_values(["fold", "case_id"]).reset_index(drop=True), taken
+
+
+def check_against_cohort(table: pd.DataFrame, name: str, task: str, cases: pd.DataFrame,
+                         taken_from_train: dict[int, list[str]] | None = None) -> ImportedSplits:
     """Keep the cohort's cases; count and list the file's cases missing from the cohort and the
-    cohort's cases missing from the file. Every fold must keep a test set and a training set."""
+    cohort's cases missing from the file. Every fold must keep a test set and a training set.
+    ``taken_from_train``: what :func:`keep_evaluation_role` moved (recorded with the set)."""
     have, want = set(table["case_id"]), set(cases["case_id"])
     kept = table[table["case_id"].isin(want)].reset_index(drop=True)
-    imp = ImportedSplits(name, task, kept, sorted(have - want), sorted(want - have))
+    taken = {k: [c for c in v if c in want] for k, v in (taken_from_train or {}).items()}
+    imp = ImportedSplits(name, task, kept, sorted(have - want), sorted(want - have), {k: v for k, v in taken.items() if v})
     for k in sorted(table["fold"].unique()):
         roles = set(kept.loc[kept["fold"] == k, "role"])
         if not {"train", "test"} <= roles:
@@ -244,6 +264,7 @@ def write_split_set(root: Path, dataset: str, imp: ImportedSplits, source: Path,
     meta = {"name": imp.name, "dataset": dataset, "task": imp.task, "format": fmt, "source": str(source),
             "source_sha256": digest.hexdigest(), "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
             "n_folds": int(imp.table["fold"].nunique()), "not_in_cohort": imp.not_in_cohort,
-            "not_in_file": imp.not_in_file}
+            "not_in_file": imp.not_in_file,
+            "taken_from_train": {str(k): v for k, v in sorted(imp.taken_from_train.items())}}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
     return path

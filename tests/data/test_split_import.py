@@ -287,3 +287,32 @@ def test_mambamil_file_for_generated_cases_runs_meanmil_and_the_table_names_it(t
         assert sorted(pred["case_id"]) == [c for i, c in enumerate(cases) if i % 5 == k]
     table = bench("table", "--dataset", spec, "--no-figures")
     assert "MeanMIL (splits-mambamil)" in table, table
+
+
+def test_mambamil_patient_with_slides_in_train_and_val_two_roles_evaluate(tmp_path, capsys):
+    """MambaMIL's TCGA files split slides, not patients (its BLCA folder has 6-14 patients per fold in
+    both train and val): refused by default; with --two-roles evaluate the patient is evaluated only,
+    taken out of training, and that is printed and kept in the set's .json."""
+    spec, _ = write_toy_cohort(tmp_path, N)
+    d = tmp_path / "splits" / "TCGA_TOY_survival_kfold"
+    d.mkdir(parents=True)
+    for k in range(5):
+        train = [c for i, c in enumerate(IN_FILE) if i % 5 != k]
+        val = [c for i, c in enumerate(IN_FILE) if i % 5 == k]
+        if k == 0:  # CASE-003's DX1 slide went to train, its DX2 slide to val
+            val.append("CASE-003")
+        _clam_splits(d, k, {"train": train, "val": val, "test": []})
+    with pytest.raises(SplitError, match=r"fold 0: 1 case\(s\) \(CASE-003\).*--two-roles evaluate"):
+        read_split_file(d, "mambamil")
+    res = tmp_path / "results"
+    argv = ["splits", "--dataset", str(spec), "--task", "staging", "--results", str(res), "--import", str(d),
+            "--format", "mambamil", "--name", "mm"]
+    assert main(argv) == 2
+    assert main([*argv, "--two-roles", "evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert "fold 0: 1 case(s) in training and evaluation of the file, evaluated only (--two-roles evaluate): CASE-003" in out
+    stored = pd.read_csv(res / "splits" / "toy" / "mm" / "staging.csv", dtype={"case_id": str})
+    want = _expected(lambda i, k: "test" if i % 5 == k or (i, k) == (3, 0) else "train")
+    assert _norm(stored).equals(want)
+    meta = json.loads((res / "splits" / "toy" / "mm" / "staging.json").read_text())
+    assert meta["taken_from_train"] == {"0": ["CASE-003"]}
