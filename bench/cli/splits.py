@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("importing a published split set (docs/splits.md)")
     g.add_argument("--import", dest="import_path", type=Path, metavar="FILE",
-                   help="a split file (or folder, for panther/survpath) written by another project")
+                   help="a split file (or folder, for panther/survpath/mambamil) written by another project")
     g.add_argument("--format", choices=("mambamil", "panther", "survpath", "patho-bench", "csv"),
                    help="the layout of --import; docs/splits.md says which column each takes its test set from")
     g.add_argument("--name", help="the split set's name (stored under <results>/splits/<dataset>/<name>/)")
