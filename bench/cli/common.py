@@ -178,6 +178,26 @@ def print_failed(failed: dict) -> None:
             print(f"FAILED {len(units)} units ({', '.join(units)}): {msg}")
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {value!r}")
+    return n
+
+
+def add_repeats(p: argparse.ArgumentParser) -> None:
+    """``--repeats N`` (docs/repeats.md)."""
+    p.add_argument("--repeats", type=_positive, default=1, metavar="N",
+                   help="train each fold with N training seeds on the same split; each (fold, repeat) is a unit "
+                        "of its own (resumable, fanned out by --jobs and --launcher); repeat 0 is the unit of a run "
+                        "without repeats, so --repeats 3 after a plain run adds repeats 1 and 2. A table cell is "
+                        "then the mean over repeats within each fold, then mean ± std over folds; variance.csv "
+                        "splits the spread into split and seed variance (default 1)")
+
+
 def add_tracker(p: argparse.ArgumentParser) -> None:
     """``--tracker`` / ``--tracker-uri`` (docs/tracking.md)."""
     p.add_argument("--tracker", choices=("none", "tensorboard", "mlflow", "wandb"), default=None,

@@ -284,11 +284,12 @@ def unit_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def open_unit_run(settings: TrackerSettings | None, dataset: str, task: str, method: str, fold: int,
-                  variant: str | None, config: Mapping[str, Any]) -> NullRun:
-    """The tracked run of one unit (see :func:`open_run`)."""
+                  variant: str | None, config: Mapping[str, Any], repeat: int = 0) -> NullRun:
+    """The tracked run of one unit (see :func:`open_run`); a repeat r > 0 of ``--repeats`` is named
+    ``.../fold<k>/seed<r>``."""
     if settings is None or settings.kind == "none":
         return NullRun()
-    return open_run(settings, run_name(dataset, task, method, fold, variant), unit_params(config))
+    return open_run(settings, run_name(dataset, task, method, fold, variant, repeat or None), unit_params(config))
 
 
 def tracks(run: NullRun) -> bool:
