@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m bench table --methods all          # every registered method a row; "–" for rows still to run
   python -m bench table --dataset luad --stats  # mark rows not significantly worse than the best
   python -m bench table --compute              # + peak memory and training time per slide
+  python -m bench table --repeats-detail       # rows run with --repeats: split and seed variance per row
   python -m bench table --std-ddof 1           # sample standard deviation instead of population
   python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
   python -m bench table --latex-layout split   # one table per task instead of one full-width table*
@@ -29,6 +30,9 @@ against shuffled labels, same metric); cells with p >= 0.05 are marked ∘ and t
 Marks: † random weights of a pretrained part, ‡ stand-in encoder, ¶ end-to-end from random
 initialisation, § protocol other than the paper's, numbers: options that differ from the method's
 defaults (and --init checkpoints); each is explained under the table.
+Rows run with --repeats: each fold's value is the mean over its training seeds, then mean ± std over
+folds; a row with unequal repeats per fold shows its counts and is not ranked. The split (between-fold)
+and seed (within-fold) variance of every row are in results/<dataset>/variance.csv (docs/repeats.md).
 """
 
 
@@ -51,9 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--stats", action="store_true",
                    help="per column, mark rows not significantly different from the best (paired "
                         "patient-level bootstrap on the shared folds; per-fold paired t-tests in "
-                        "<table>_stats.csv); the caption states the test")
+                        "<table>_stats.csv; each row's split and seed variance in <table>_variance.csv); the "
+                        "caption states the test")
     g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     g.add_argument("--alpha-level", type=float, default=0.05, help="significance level (default %(default)s)")
+    g.add_argument("--repeats-detail", action="store_true",
+                   help="print each row's split (between-fold) and seed (within-fold) variance components, for "
+                        "rows run with --repeats (docs/repeats.md)")
     g.add_argument("--compute", action="store_true",
                    help="add columns: peak memory (GB) and training time per slide (s), from metrics.json")
     p.add_argument("--latex-layout", choices=("compact", "split", "landscape"), default="compact",
@@ -93,7 +101,8 @@ def main(args: argparse.Namespace) -> int:
                              ablation_rows=args.ablation_rows, stats=args.stats, n_boot=args.n_boot,
                              alpha=args.alpha_level, compute=args.compute, figures=not args.no_figures,
                              layout=args.latex_layout, n_perm=args.n_perm,
-                             km_panel=[m for m in (args.km_panel or "").split(",") if m]):
+                             km_panel=[m for m in (args.km_panel or "").split(",") if m],
+                             repeats_detail=args.repeats_detail):
         print(line)
     if args.published:
         import pandas as pd

@@ -19,6 +19,7 @@ from ..ablations import Ablation, GridItem, format_value, lookup_value
 from .render import Cell, Column, Row as TableRow, Table, Tex, mean_std_cell, to_latex as render_latex, \
     to_markdown as render_markdown
 from ..tasks import get_task
+from .repeats import with_repeats
 from .tables import CHANCE_MARK, Marks, ddof_and_folds, spread_phrase, two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
@@ -83,7 +84,7 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
         n = 0
         if h is not None:
             n = int(h["n_folds"]) if pd.isna(h.get("n_defined")) else min(int(h["n_folds"]), int(h["n_defined"]))
-        metric = (mean_std_cell(float(h["mean"]), float(h["std"]), n, int(h.get("expected_folds", 5)))
+        metric = (with_repeats(mean_std_cell(float(h["mean"]), float(h["std"]), n, int(h.get("expected_folds", 5))), h)
                   if h is not None else Cell("–"))
         pub = lookup_value(ablation.published, it.paper_value if it.variant else it.method, None) if ablation.published else None
         rows.append(Row(it, cells, metric, n, h,

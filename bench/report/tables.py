@@ -19,6 +19,7 @@ import pandas as pd
 from ..tasks import get_task
 from .render import (LATEX_PACKAGES, LAYOUTS, Cell, Column, ColumnGroup, Footnotes, Row, Table, Tex, latex_escape,  # noqa: F401
                      mean_std_cell)
+from .repeats import caption_note as repeats_note, detail_lines, variance_frame, with_repeats
 
 # Table 2's sections: MIL rows by patch encoder in the paper's order, then hierarchical, end-to-end
 PAPER_ENCODER_ORDER = ("resnet50", "gigapath", "conch")
@@ -234,7 +235,7 @@ def _cell(hit: pd.Series) -> Cell:
     n = int(hit["n_folds"])
     if pd.notna(hit.get("n_defined")):
         n = min(n, int(hit["n_defined"]))
-    return mean_std_cell(float(hit["mean"]), float(hit["std"]), n, int(hit.get("expected_folds", 5)))
+    return with_repeats(mean_std_cell(float(hit["mean"]), float(hit["std"]), n, int(hit.get("expected_folds", 5))), hit)
 
 
 def _compute_cells(g: pd.DataFrame) -> dict[str, float]:
@@ -340,6 +341,7 @@ def _table2_caption(wide: pd.DataFrame, summary: pd.DataFrame | None, tasks: lis
                   if isinstance(c, tuple))
     caption: list[str | Tex] = [(what[:1].upper() + what[1:] + ": " if what else "")
                                 + spread_phrase(ddof, n_folds, complete_rows=partial) + "."]
+    caption += [n for n in [repeats_note(summary)] if n]
     if not wide.empty and wide["tuned"].any():
         caption.append("Rows marked " + TUNED_NOTE)
     pend = pending_note(wide)
@@ -400,7 +402,7 @@ def classification(summary: pd.DataFrame, dataset: str) -> Table:
 def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "tab:table2", *, expected: Sequence[str] | None = None,
                  ddof: int = 0, ablation_rows: bool = False, stats: bool = False, n_boot: int = 1000,
                  alpha: float = 0.05, compute: bool = False, figures: bool = True, layout: str = "compact",
-                 n_perm: int = 1000, km_panel: Sequence[str] = ()) -> list[str]:
+                 n_perm: int = 1000, km_panel: Sequence[str] = (), repeats_detail: bool = False) -> list[str]:
     """Table 2 (and the classification table of every dataset that has one, and Kaplan–Meier
     figures) from ``store`` (a :class:`~bench.results.store.ResultsStore`); returns what to print.
     Every cell is tested against chance (``n_perm`` permutations, :mod:`bench.report.chance`)."""
@@ -422,6 +424,8 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
     if stats:
         similar, note, csv = _significance(store, wide, cols, n_boot, alpha, out, frame)
         files.append(f"stats: {csv}")
+        atomic_write_text(var := out.with_name(out.stem + "_variance.csv"), variance_frame(summary).to_csv(index=False))
+        files.append(f"split and seed variance: {var}")
     kw = dict(similar=similar, stats_note=note, compute=compute, chance=chance, chance_note=chance_note(n_perm, alpha))
     t = table2(wide, cols, summary, label=label, layout=layout, **kw)
     tasks = list(dict.fromkeys(t for t, _ in cols))
@@ -433,6 +437,7 @@ def write_tables(store: Any, datasets: Sequence[str], out: Any, label: str = "ta
     md = markdown(t)
     atomic_write_text(out.with_suffix(".md"), md)
     printed = [md, f"LaTeX ({layout} layout; needs \\usepackage{{{','.join(LATEX_PACKAGES[layout])}}}): {out}", *files]
+    printed += detail_lines(summary) if repeats_detail else []
     for d in datasets:  # classification (CAMELYON16): the supplement's Table 4 layout, AUC and accuracy
         if ((summary["dataset"] == d) & (summary["task"] == "classification")).any():
             c = classification(summary, d)
@@ -468,12 +473,13 @@ def _significance(store: Any, wide: pd.DataFrame, cols: list[tuple[str, str]], n
                   chance: pd.DataFrame | None = None) -> tuple[dict, str, Any]:
     """Per (task, dataset) column: compare every row with the column's best on shared folds."""
     from ..io import atomic_write_text
+    from .repeats import seed_strata
     from .stats import caption_note, compare_to_best, comparisons_frame
 
     similar: dict = {}
     frames = []
     for task, dataset in cols:
-        preds = {i: store.predictions(dataset, task, row["method"], row["variant"] or None)
+        preds = {i: seed_strata(store.predictions(dataset, task, row["method"], row["variant"] or None))
                  for i, row in wide.iterrows() if row[(task, dataset)] is not None}
         comps = compare_to_best(preds, task, n_boot=n_boot, alpha=alpha)
         similar[(task, dataset)] = {i for i, c in comps.items() if not c.different}
