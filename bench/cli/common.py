@@ -198,12 +198,15 @@ def add_repeats(p: argparse.ArgumentParser) -> None:
                         "splits the spread into split and seed variance (default 1)")
 
 
-def add_tracker(p: argparse.ArgumentParser) -> None:
-    """``--tracker`` / ``--tracker-uri`` (docs/tracking.md)."""
+def add_tracker(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--tracker`` / ``--tracker-uri`` (docs/tracking.md); ``what``: what one tracked run is, when
+    not a unit."""
+    runs = (f"one tracked run for {what}: per-step loss and learning rate and its parameters" if what else
+            "one tracked run per unit: per-step loss and learning rate, per-epoch losses, the final test metric, "
+            "the unit's resolved options as parameters")
     p.add_argument("--tracker", choices=("none", "tensorboard", "mlflow", "wandb"), default=None,
-                   help="one tracked run per unit: per-step loss and learning rate, per-epoch losses, the final "
-                        "test metric, the unit's resolved options as parameters (default: the overlay's "
-                        "settings.yaml `tracker:`, else tensorboard, written to <results>/tracking/)")
+                   help=f"{runs} (default: the overlay's settings.yaml `tracker:`, else tensorboard, written to "
+                        "<results>/tracking/)")
     p.add_argument("--tracker-uri", default=None, metavar="URI",
                    help="mlflow: a tracking server (default: the SQLite file <results>/tracking/mlflow.db)")
 
