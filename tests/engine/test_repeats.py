@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,40 @@ def test_killed_repeats_run_redoes_only_unfinished_units(tmp_path):
     assert {d: (runs / d / "metrics.json").stat().st_mtime_ns for d in done} == stamp
     assert sorted(q.parent.name for q in runs.glob("fold*/metrics.json")) == [
         "fold0", "fold0-repeat1", "fold0-repeat2", "fold0-repeat3"]
+
+
+@pytest.mark.slow  # a worker process imports torch afresh: about a minute on a loaded machine
+def test_two_jobs_fan_repeats_out_as_units(tmp_path, monkeypatch):
+    import bench.engine.unit as unit_step
+    from jobs_worker import SlowBags, record_training
+
+    helpers = ROOT / "tests" / "helpers"
+    spec, _ = write_toy_cohort(tmp_path, 12, slide_bytes=lambda i: b"II*\x00" + bytes([i]) * 100)
+    monkeypatch.setitem(inputs_mod.FEATURE_INPUTS, "features", SlowBags)
+    log = tmp_path / "trained.log"
+    kw = dict(results=str(tmp_path / "results"), tasks=["staging"], folds=[0, 1], repeats=2,
+              train_overrides={"epochs": 1})
+    command = [sys.executable, str(helpers / "jobs_worker.py"),
+               json.dumps({**kw, "methods": [METHOD], "dataset": str(spec), "trained_log": str(log)})]
+    monkeypatch.setattr(unit_step, "fit_and_score", unit_step.fit_and_score)  # restored after the test
+    record_training(log, wait_for_another=True)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(helpers), os.environ.get("PYTHONPATH", "")]))
+    rep = runner.run([get_method(METHOD)], str(spec), progress=False, jobs=2, worker_command=command, **kw)
+    assert not rep.failed and len(rep.ran) + len(rep.by_workers) == 4, rep.line()
+    lines = [ln.split("\t") for ln in log.read_text().splitlines()]
+    assert len(lines) == 4 and len({desc for _, desc in lines}) == 4  # every (fold, repeat) trained once
+    assert len({pid for pid, _ in lines}) == 2  # by both processes
+    recs = ResultsStore(tmp_path / "results").records("toy")
+    assert sorted((r.fold, r.repeat) for r in recs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_a_launcher_job_runs_exactly_its_repeat(toy, tmp_path):
+    from bench.engine.options import RunOptions
+
+    opts = RunOptions.create(str(toy), results=str(tmp_path / "results"), repeats=3)
+    job = RunOptions.from_json(opts.for_job("staging", 1, 2).to_json())
+    assert (job.tasks, job.folds, job.repeat, job.repeats) == (("staging",), (1,), 2, 3)
+    plans = runner.run([get_method(METHOD)], replace(job, dry_run=True)).todo
+    assert [(p.unit.fold, p.unit.repeat) for p in plans] == [(1, 2)]
+    with pytest.raises(ValueError, match="--repeats must be"):
+        RunOptions.create(str(toy), repeats=0)
