@@ -307,12 +307,13 @@ class ResultsStore:
         base = self.root / "runs"
         return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
-    def predictions(self, dataset: str, task: str, method: str, variant: str | None = None) -> pd.DataFrame:
+    def predictions(self, dataset: str, task: str, method: str, variant: str | None = None,
+                    repeat: int | None = None) -> pd.DataFrame:
         """Out-of-fold predictions of every finished fold and repeat (each verified against its record),
-        concatenated, with ``fold`` and ``repeat`` columns."""
+        concatenated in (fold, repeat) order, with ``fold`` and ``repeat`` columns; ``repeat``: that one only."""
         parts = []
-        for rec in self.records(dataset):
-            if rec.task == task and rec.method == method and rec.variant == variant:
+        for rec in sorted(self.records(dataset), key=lambda r: (r.fold, r.repeat)):
+            if rec.task == task and rec.method == method and rec.variant == variant and repeat in (None, rec.repeat):
                 df = pd.read_csv(self.unit_dir(Unit.of(rec)) / "predictions.csv", dtype={"case_id": str})
                 df["fold"] = rec.fold
                 df["repeat"] = rec.repeat

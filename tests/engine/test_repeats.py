@@ -134,6 +134,13 @@ def test_compare_pairs_folds_and_repeats_of_real_units(toy, tmp_path):
     recs = {(r.method, r.fold, r.repeat): r.metrics["macro_f1"] for r in store.records("toy")}
     for (f, r), d in c.strata_diffs.items():
         assert d == pytest.approx(recs[(METHOD, f, r)] - recs[("maxmil.resnet50", f, r)])
+    # one prediction per patient where patients are pooled (test against chance, KM figures): repeat 0
+    from bench.report.chance import row_predictions
+
+    pooled = row_predictions(store, "toy")[("staging", METHOD, "")]
+    assert not pooled.duplicated(["fold", "case_id"]).any() and len(pooled) == len(a) // 2
+    zero = store.predictions("toy", "staging", METHOD, repeat=0)
+    assert (zero["repeat"] == 0).all() and len(zero) == len(a) // 2
 
 
 def test_schema_2_records_read_as_repeat_0(tmp_path):
