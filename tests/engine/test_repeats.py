@@ -210,8 +210,11 @@ def test_two_jobs_fan_repeats_out_as_units(tmp_path, monkeypatch):
 def test_a_launcher_job_runs_exactly_its_repeat(toy, tmp_path):
     from bench.engine.options import RunOptions
 
+    from bench.engine.config import Variant
+    from bench.engine.launch import job_spec
+
     opts = RunOptions.create(str(toy), results=str(tmp_path / "results"), repeats=3)
-    job = RunOptions.from_json(opts.for_job("staging", 1, 2).to_json())
+    job = RunOptions.from_dict(json.loads(job_spec(opts, Variant(get_method(METHOD)), "staging", 1, 2))["options"])
     assert (job.tasks, job.folds, job.repeat, job.repeats) == (("staging",), (1,), 2, 3)
     plans = runner.run([get_method(METHOD)], replace(job, dry_run=True)).todo
     assert [(p.unit.fold, p.unit.repeat) for p in plans] == [(1, 2)]
