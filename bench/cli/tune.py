@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from ..engine.protocol import list_protocols
-from .common import Formatter, add_dataset, check_names, add_paths, parse_int_list, parse_sets, resolve_dataset
+from .common import (Formatter, add_dataset, add_paths, add_tracker, check_names, parse_int_list, parse_sets,
+                     resolve_dataset, tracker_settings)
 
 log = logging.getLogger("bench")
 
@@ -28,6 +29,9 @@ Search spaces: configs/tuning/*.yaml. `--set key=value` fixes an option (it is t
 Best parameters: results/tuning/<dataset>/<task>/<method>[/<split set>]/fold<k>/best.json (the split
 set's folder: seed<s>-k<n>, or splits-<name> with --splits); `run --tuned` reads its own split set's
 and refuses parameters tuned on other folds.
+--tracker (default tensorboard, results/tracking/) records one run per trial,
+<dataset>/<task>/<method>/tune/fold<k>/trial<n>: its parameters, the inner folds' training as one loss
+curve, each inner fold's validation metric and the trial's value (inner_cv_<metric>).
 """
 
 
@@ -59,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=list_protocols(), default=None,
                    help="protocol preset, as `bench run --protocol` (default: the dataset YAML's `protocol:`, else "
                         "the method config's, else wsi-bench); `run --tuned` must use the same one")
+    add_tracker(p, what="each trial (named <dataset>/<task>/<method>/tune/fold<k>/trial<n>)")
     p.set_defaults(func=main)
 
 
@@ -76,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
                   n_folds=args.n_folds, seed=args.seed, inner=args.inner_folds, prune=args.prune,
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
                   progress=not args.quiet, timeout=args.timeout, init=args.init,
-                  input_overrides=parse_sets(args.input), protocol=args.protocol, splits_name=args.splits)
+                  input_overrides=parse_sets(args.input), protocol=args.protocol, splits_name=args.splits,
+                  tracker=tracker_settings(args))
     for f in report.folds:
         added = f.n_after - f.n_before
         val = "–" if f.best_value is None else f"{f.best_value:.4f}"

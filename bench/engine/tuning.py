@@ -31,7 +31,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from .config import unit_seed
 from .executor import fit_and_score
 from .inputs import inputs_key, make_inputs
 from .pretrain import init_identity
+from .tracking import Continued, TrackerSettings, open_run, tracks
 from .recipe import MODEL_PREFIX, Overrides, UnitRecipe, resolve_recipe, split_params  # noqa: F401 (public here too)
 from ..data.splits import SplitManager, make_folds
 
@@ -207,7 +208,8 @@ class Objective:
 
     def __init__(self, spec: MethodSpec, task: str, cases: pd.DataFrame, inner: pd.DataFrame, inputs: Any,
                  space: dict[str, Any], overrides: Overrides, cohort: Cohort, seed: int, outer_fold: int,
-                 prune: bool, init: Path | None = None, protocol: str | None = None) -> None:
+                 prune: bool, init: Path | None = None, protocol: str | None = None,
+                 tracker: TrackerSettings | None = None) -> None:
         self.spec, self.task, self.inputs, self.space = spec, task, inputs, space
         self.cases = cases.set_index("case_id")
         self.inner = inner
@@ -216,6 +218,7 @@ class Objective:
         self.init = init
         self.init_sha = init_identity(init)["sha256"] if init is not None else None
         self.metric = T.get_task(task).metric
+        self.tracker = tracker
 
     def samples(self, case_ids: list[str]) -> list[Any]:
         cols = T.get_task(self.task).label_columns
@@ -226,12 +229,25 @@ class Objective:
         return resolve_recipe(self.spec, self.cohort, self.task, overrides=self.overrides, tuned=params,
                               protocol=self.protocol, init=self.init, init_sha256=self.init_sha)
 
+    def run_name(self, trial: Any) -> str:
+        """A trial's tracked run: ``<dataset>/<task>/<method>/tune/fold<k>/trial<n>``."""
+        return f"{self.cohort.spec.name}/{self.task}/{self.spec.name}/tune/fold{self.outer_fold}/trial{trial.number}"
+
     def __call__(self, trial: Any) -> float:
-        optuna = _optuna()
+        """One trial: its own tracked run (``--tracker``) holds the inner folds' training one after the
+        other (one loss curve), each inner fold's validation metric and the trial's value."""
         params = suggest(trial, self.space)
         r = self.recipe(params)
-        model = r.model_recipe(getattr(self.inputs, "model_kwargs", {}))
         trial.set_user_attr("recipe", r.describe())
+        with open_run(self.tracker, self.run_name(trial),
+                      {"params": params, "outer_fold": self.outer_fold, "recipe": r.describe()}) as run:
+            value = self._inner_cv(trial, r, Continued(run) if tracks(run) else None)
+            run.log_final(**{f"inner_cv_{self.metric}": value})
+        return value
+
+    def _inner_cv(self, trial: Any, r: UnitRecipe, run: Continued | None) -> float:
+        optuna = _optuna()
+        model = r.model_recipe(getattr(self.inputs, "model_kwargs", {}))
         scores = []
         n_inner = int(self.inner["fold"].max()) + 1
         for j in range(n_inner):
@@ -239,9 +255,13 @@ class Objective:
             tr_ids = sorted(self.inner.loc[self.inner["fold"] != j, "case_id"])
             # the seed depends on the fold, not the trial: trials differ by their parameters only
             cfg = r.train_config(unit_seed(self.seed, self.spec.name, self.task, self.outer_fold, "inner", j))
-            out = fit_and_score(model, self.task, self.samples(tr_ids), self.samples(val_ids), cfg, progress=False)
+            out = fit_and_score(model, self.task, self.samples(tr_ids), self.samples(val_ids), cfg, progress=False,
+                                tracker=run)
             v = out.scores.get(self.metric, float("nan"))
             scores.append(float(v) if v is not None else float("nan"))
+            if run is not None:
+                run.log_final(**{f"inner{j}_{self.metric}": scores[-1]})
+                run.next_part()
             trial.set_user_attr(f"inner{j}", scores[-1])
             running = float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
             if self.prune and j < n_inner - 1 and not np.isnan(running):
@@ -269,6 +289,7 @@ class TuneSetup:
     init: Path | None
     seed: int
     prune: bool
+    tracker: TrackerSettings | None = None  # one tracked run per trial
 
 
 def _setup(spec: MethodSpec, cohort: Cohort, task: str, overrides: Overrides, protocol: str | None,
@@ -296,12 +317,14 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
          model_overrides: dict[str, Any] | None = None, progress: bool = True,
          timeout: float | None = None, init: Path | str | None = None,
          input_overrides: dict[str, Any] | None = None, protocol: str | None = None,
-         splits_name: str | None = None) -> TuneReport:
+         splits_name: str | None = None,
+         tracker: TrackerSettings | None = None) -> TuneReport:
     """Tune ``spec`` on every (task, outer fold) of ``dataset`` up to ``n_trials`` finished trials each.
     ``splits_name``: the outer folds are those of this imported split set (``bench splits --import``)
     instead of the seeded ones; its early-stopping cases are left out of the inner folds.
     ``init``: the checkpoint every trial's network starts from, as ``bench run --init``;
-    ``protocol``: the preset, as ``bench run --protocol`` (default: the dataset's, the method's, wsi-bench)."""
+    ``protocol``: the preset, as ``bench run --protocol`` (default: the dataset's, the method's, wsi-bench);
+    ``tracker``: one tracked run per trial (``bench.engine.tracking``; None: untracked)."""
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
@@ -313,7 +336,8 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
             raise TuningError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
     overrides = Overrides(train_overrides or {}, model_overrides or {}, input_overrides or {})
     init = Path(init) if init is not None else None
-    setup = _setup(spec, cohort, tasks[0], overrides, protocol, inner, cache, progress, init, seed, prune)
+    setup = replace(_setup(spec, cohort, tasks[0], overrides, protocol, inner, cache, progress, init, seed, prune),
+                    tracker=tracker)
     manager = SplitManager(Path(results) / "splits")
     report = TuneReport(dataset=dataset, method=spec.name)
     for task in tasks:
@@ -356,7 +380,7 @@ def _tune_fold(optuna: Any, s: TuneSetup, task: str, k: int, splits: Any, result
              n_before, f"running {todo} more" if todo > 0 else "nothing to do")
     if todo > 0:
         objective = Objective(spec, task, train_cases, inner_split, inputs, s.space, s.overrides, s.cohort,
-                              s.seed, k, s.prune, s.init, s.protocol)
+                              s.seed, k, s.prune, s.init, s.protocol, s.tracker)
         study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(s.seed, study_name, study, storage))
         # samplers and pruners are not stored with a study: every worker sets its own
         study.pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if s.prune

@@ -62,7 +62,7 @@ def test_run_rerun_table(tiny, umask022):
     assert len(done) == 2 * N_UNITS, p.stdout
     m = json.loads(next(iter(done)).read_text())
     assert m["weights"][0]["source"] == "random" and m["split"]["hash"] and m["config_hash"]
-    assert m["schema_version"] == 2 and m["predictions_sha256"]
+    assert m["schema_version"] == 3 and m["predictions_sha256"]
     assert m["trainable_params"] == m["params"] > 0  # MIL aggregators have no frozen part
     summary = pd.read_csv(res / "tiny" / "summary.csv")
     prim = summary[summary["primary"]]

@@ -439,7 +439,7 @@ def test_the_mixed_row_message_names_only_real_differences(tmp_path):
 def test_a_variant_named_like_a_setting_is_a_row_of_the_table(cohort, tmp_path):
     """``bench run --variant 'lr=1e-3'`` is a user's variant, not an ablation value: Table 2 shows
     it. Which rows are ablation values is the records' typed variant settings, not a name's '='."""
-    from bench.report.tables import write_tables
+    from bench.report.write import write_tables
 
     spec, results, _ = cohort
     _run(spec, results, tasks=["staging"], variant="lr=1e-3", train_overrides={"epochs": 1, "lr": 1e-3})

@@ -13,7 +13,7 @@ from record_factory import make_record
 from bench.metrics import c_index, macro_f1
 from bench.results.store import ResultsStore, Unit
 from bench.report.stats import chance_test
-from bench.report.tables import write_tables
+from bench.report.write import write_tables
 
 N = 40  # cases, 8 per fold
 RNG = np.random.default_rng(7)
