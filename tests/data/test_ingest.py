@@ -160,13 +160,13 @@ def test_72_dpi_tiff_is_refused(tmp_path):
 def test_dicom_folder_is_one_slide(tmp_path):
     pytest.importorskip("pydicom")
     from dicom_writer import write_dicom_wsi
-    from test_readers import _levels
+    from slide_writers import pyramid_levels
 
     from bench.data.slides import walk
     from feature_cache import open_slide
 
     folder = tmp_path / "slides" / "TCGA-05-4200-01Z-00-DX1"
-    write_dicom_wsi(folder, _levels(np.full((512, 512, 3), 200, np.uint8)), mpp=0.5)
+    write_dicom_wsi(folder, pyramid_levels(np.full((512, 512, 3), 200, np.uint8)), mpp=0.5)
     found = walk(tmp_path / "slides", ["**/*"])
     assert list(found.slides) == ["TCGA-05-4200-01Z-00-DX1"]
     with open_slide(found.slides["TCGA-05-4200-01Z-00-DX1"]) as s:

@@ -42,7 +42,7 @@ def days(months: float) -> int:
 
 
 def write_svs(path: Path, seed: int, mpp: float = 0.5) -> Path:
-    from test_readers import write_aperio_svs
+    from slide_writers import write_aperio_svs
 
     rng = np.random.default_rng(seed)
     img = np.full((512, 512, 3), 240, np.uint8)

@@ -19,7 +19,7 @@ from bench.report import heatmaps as H
 from bench.report.heatmap_files import read_geojson_tiles, shown, write_geojson, write_h5
 from bench.results.store import MissingWeightsError, ResultsStore, Unit, load_weights
 from record_factory import make_record
-from test_model_face import N_OUT, TINY, tiny_input
+from tiny_models import N_OUT, TINY, tiny_input
 
 
 def test_occlusion_of_meanmil_is_the_hand_computed_leave_one_out():
