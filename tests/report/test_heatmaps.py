@@ -294,3 +294,27 @@ def test_a_finished_unit_is_reloaded_with_the_options_it_was_trained_with(tmp_pa
                                        lambda k: None)
     assert [len(s.scores["occlusion"]) for s in slides] == [6] and "attention" in slides[0].notes["family"]
     assert 0 < value <= 1 and target.klass is not None
+
+
+@pytest.mark.slow  # one `bench run` of the six aggregators on a cached cohort (~1-2 min)
+def test_every_feature_aggregator_is_reloaded_and_scored_by_bench_heatmap(tmp_path):
+    """Every `*.resnet50` row of the registry, trained one epoch, goes through `bench heatmap`'s
+    loader and scorer: occlusion and the aggregator's own score (never a gradient fallback)."""
+    import os
+
+    from bench.cli.heatmap import _target_of, load_unit, score_case
+    from fake_inputs import run_bench, write_cached_cohort
+
+    spec = write_cached_cohort(tmp_path, 16)  # enough events for 4 survival bins in a training fold
+    res, cache = tmp_path / "res", tmp_path / "cache"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_JOBS": "1"}
+    names = [s.name for s in list_methods("*.resnet50")]
+    run_bench("run", "--methods", ",".join(names), "--dataset", spec, "--tasks", "survival", "--folds", "0",
+              "--results", res, "--cache", cache, "--set", "epochs=1", "-q", env=env)
+    for name in names:
+        ld = load_unit(str(spec), name, "survival", 0, res, cache, progress=False)
+        slides, target, _ = score_case(ld, ld.test_cases[0], _target_of("survival", ld.n_out, None), True, 128.0,
+                                       4, lambda k: None)
+        sc = slides[0]
+        assert target.klass is None and set(sc.scores) == {"occlusion", "family"}, name
+        assert np.isfinite(sc.scores["family"]).all() and "gradient" not in sc.notes["family"], name
