@@ -7,7 +7,7 @@ Mamba mixer in ``pixelmamba.mixer``.
 """
 
 from .configs import CONFIGS, LayerRow, PixelMambaConfig, TokenExpansionSpec
-from .model import PixelMamba, PlanRow, create_model, list_models
+from .model import PixelMamba, PlanRow, RegionTokens, create_model, list_models
 
 __all__ = [
     "CONFIGS",
@@ -15,6 +15,7 @@ __all__ = [
     "PixelMamba",
     "PixelMambaConfig",
     "PlanRow",
+    "RegionTokens",
     "TokenExpansionSpec",
     "create_model",
     "list_models",
