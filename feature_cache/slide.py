@@ -344,13 +344,11 @@ def open_slide(path: str | Path, backend: str = "auto", mpp: float | None = None
 
     ``backend="auto"`` picks a reader per file: OpenSlide when it recognises the format (SVS,
     generic tiled TIFF, NDPI, MRXS, DICOM, ...), else tiffslide (pure Python; reads TIFF/SVS
-    variants OpenSlide rejects). ``backend=`` or ``$BENCH_SLIDE_BACKEND`` forces one reader.
+    variants OpenSlide rejects). ``backend="openslide"`` or ``"tiffslide"`` forces one reader.
     ``mpp`` overrides the file's resolution metadata (for slides without it).
     Raises :class:`SlideError` naming the file and the fix when no reader can open it.
     """
     path = Path(path)
-    if backend == "auto":
-        backend = os.environ.get("BENCH_SLIDE_BACKEND", "").strip() or "auto"
     if not path.is_file():
         raise SlideError(f"{path}: no such file. Fix: check the dataset's slide directory "
                          f"(paths resolve against $BENCH_DATA) and the slide id.")

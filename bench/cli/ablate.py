@@ -141,7 +141,8 @@ def _values_differ(ablation, grid, opts, force: bool) -> bool:
     from ..ablation_check import check_ablation
     from ..data.datasets import load_cohort
 
-    chk = check_ablation(ablation, grid, load_cohort(opts.dataset), opts.overrides, protocol=opts.protocol)
+    chk = check_ablation(ablation, grid, load_cohort(opts.dataset), opts.overrides, protocol=opts.protocol,
+                         slide_backend=opts.settings.slide_backend)
     print(f"{grid.dataset}: what each value gives the model (from the slides' headers, before training):")
     for line in chk.summary():
         print(line)

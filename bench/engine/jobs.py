@@ -179,10 +179,12 @@ class Workers:
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
 
-    def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0) -> list[int]:
+    def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0,
+             stall_report_s: float = 300.0) -> list[int]:
         """Wait for every worker, calling ``poll()`` every ``every`` seconds meanwhile. Returns the exit
-        codes; a worker that failed is reported with the tail of its log."""
-        stall = float(os.environ.get("BENCH_STALL_REPORT_S", "300"))
+        codes; a worker that failed is reported with the tail of its log. A worker stopped (SIGSTOP)
+        for ``stall_report_s`` seconds is named, and named again every ``stall_report_s`` seconds."""
+        stall = float(stall_report_s)
         seen: dict[int, float] = {}
         said: dict[int, float] = {}
         while self.running():

@@ -20,7 +20,7 @@ configure), hence the few lines of ``ctypes`` here. Elsewhere than glibc this do
 
 Override with the environment variable ``BENCH_MMAP_THRESHOLD`` (bytes; ``0`` keeps glibc's
 dynamic default), e.g. ``BENCH_MMAP_THRESHOLD=0 python -m bench run ...``: the CLI reads it once
-(``bench.engine.options.Settings``) and the unit executor enters :func:`unit_memory_policy` with it.
+(``bench.engine.settings.Settings``) and the unit executor enters :func:`unit_memory_policy` with it.
 
 Below the threshold, freed tensors stay in glibc's heap, resident, and a small long-lived
 allocation among them keeps the heap from shrinking: on Pixel-Mamba-6M at 1024² the resident size

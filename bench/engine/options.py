@@ -9,43 +9,15 @@ so an option given to the submitter (``--device``) is the option the job sees.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from .recipe import Overrides
+from .settings import Settings
 from .tracking import TrackerSettings
 
 ORDERS = ("task", "method", "fold")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Process settings that come from the environment, read once by the CLI (:meth:`from_env`)
-    and handed down; nothing below the CLI reads the environment for them.
-
-    ``mmap_threshold``: glibc's mmap threshold while an end-to-end unit trains (bytes; 0 leaves
-    malloc alone; ``$BENCH_MMAP_THRESHOLD``, default 1 MiB; ``bench.engine.memory``).
-    ``trim_layers``: hand free heap pages back between Pixel-Mamba's streamed layers and stages
-    (``$BENCH_TRIM_LAYERS``, 0 or 1, default 1).
-    """
-
-    mmap_threshold: int = 1 << 20
-    trim_layers: bool = True
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if environ is None else environ
-        raw = env.get("BENCH_MMAP_THRESHOLD", "").strip()
-        try:
-            threshold = int(raw) if raw else cls.mmap_threshold
-        except ValueError:
-            raise ValueError(f"BENCH_MMAP_THRESHOLD must be a number of bytes (or 0 to disable), got {raw!r}") from None
-        trim = env.get("BENCH_TRIM_LAYERS", "1").strip()
-        if trim not in ("0", "1"):
-            raise ValueError(f"BENCH_TRIM_LAYERS must be 0 or 1, got {trim!r}")
-        return cls(mmap_threshold=threshold, trim_layers=trim == "1")
 
 
 @dataclass(frozen=True)

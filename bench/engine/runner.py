@@ -147,7 +147,7 @@ def _prepare(variants: list[Variant], opts: RunOptions) -> tuple[Planner, list[U
         splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=opts.n_folds,
                                                     seed=opts.seed, name=opts.splits_name) for t in tasks}
     planner = Planner(cohort, splits, opts.cache, opts.progress, opts.seed, opts.init_path, opts.from_scratch,
-                      opts.protocol)
+                      opts.protocol, opts.settings)
     report = RunReport(dataset=dataset)
     plans = _plan_all(planner, variants, tasks, opts, report)
     if opts.init is not None and not opts.dry_run:
@@ -224,7 +224,7 @@ def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[V
         _execute(todo, ex, count_done, failed_since=started_at, rounds=rounds, eta=eta)
         if workers.running():
             log.info("waiting for %d worker(s) to finish their units", sum(p.poll() is None for p in workers.procs))
-        workers.wait(poll=line)
+        workers.wait(poll=line, stall_report_s=opts.settings.stall_report_s)
     except BaseException:
         workers.stop()
         log.warning("stopped: %d of %d unit(s) of this run are finished and kept; its workers are ended",
