@@ -2,7 +2,7 @@
 
 An ablation value can be a no-op at small inputs: Region Fusion merges ``k = ceil(alpha * n0 / L)``
 regions per layer, so with the few regions a small slide has every α in the paper's grid gives the
-same schedule (issue 19: twenty demo units, one number). This module works that out from the
+same schedule, and the rows of the table are one number trained several times. This module works that out from the
 slides' headers and the models' own arithmetic, without reading pixels or training:
 
 * the **input size** a magnification gives (``Slide.read_at_mpp``'s rounding, from the level-0 size

@@ -1,5 +1,6 @@
 """A TCGA cohort as researchers download it (tests/tcga_cohort.py) joins completely from every
-clinical source, or says exactly why not: one test per finding of issue 18."""
+clinical source, or says exactly why not: one test per way a real download differs from the
+normalized table (sections numbered below)."""
 
 from __future__ import annotations
 

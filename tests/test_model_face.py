@@ -64,7 +64,7 @@ def tiny_input(spec: MethodSpec, gen: torch.Generator) -> torch.Tensor | Bag:
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Two intra-op threads on a shared 2-core machine oversubscribe OpenMP (tests/ops/conftest.py)."""
+    """Two intra-op threads on busy cores oversubscribe OpenMP (tests/ops/conftest.py)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

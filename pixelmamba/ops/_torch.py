@@ -12,9 +12,8 @@ Layout of the work:
 - the adjoint of the states obeys the same kind of recurrence run backwards in time,
   ∂h_t = C_t·gy_t + exp(Δ_{t+1}A) ⊙ ∂h_{t+1}, so it reuses the same block scan on flipped inputs;
   every other gradient is then elementwise (or a sum) in ∂h_t, h_t and h_{t−1}. Autograd
-  through the scan itself (the previous design) kept a dozen (span, D, N) intermediates per
-  span and ran about three times as many full-size ops; the hand-written backward runs about
-  as many as one forward.
+  through the scan itself would keep a dozen (span, D, N) intermediates per span and run about
+  three times as many full-size ops; the hand-written backward runs about as many as one forward.
 
 Numerics: decays exp(Δ·A) lie in (0, 1] and are only ever multiplied together (the product
 over a segment equals exp of that segment's sum of Δ·A), so nothing is exponentiated from a raw
