@@ -13,7 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-SLIDE_BACKENDS = ("auto", "openslide", "tiffslide")  # feature_cache.slide.open_slide's backend
+from feature_cache.slide import BACKENDS
+
+SLIDE_BACKENDS = ("auto", *BACKENDS)  # feature_cache.slide.open_slide's backend
 
 
 @dataclass(frozen=True)
