@@ -6,9 +6,12 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .common import Formatter, add_dataset, add_paths, resolve_dataset
+
+if TYPE_CHECKING:
+    from ..engine.settings import Settings
 
 log = logging.getLogger("bench")
 
