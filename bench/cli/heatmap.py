@@ -75,6 +75,7 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
     from ..data.splits import SplitManager
     from ..engine.config import Variant
     from ..engine.plan import Planner
+    from ..engine.recipe import Overrides
     from ..engine.settings import Settings
     from ..engine.unit import sample_labels
     from ..engine.train import zscore_samples
@@ -97,7 +98,7 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
     splits = SplitManager(results / "splits").get(cohort.spec.name, task, cohort.cases(task),
                                                   n_folds=rec.split.n_folds, seed=rec.split.seed, create=False)
     planner = Planner(cohort, {task: splits}, cache, progress, rec.split.seed, None, False, rec.protocol, settings)
-    plan = planner.plan(task, Variant(spec), fold, unit, None, {}, {}, {})
+    plan = planner.plan(task, Variant(spec), fold, unit, None, Overrides())
     if plan.chash != rec.config_hash:
         log.warning("%s: the unit as resolved now differs from the finished one (its config hash %s, now %s); "
                     "its recorded weights are loaded into the network resolved now", unit, rec.config_hash[:8],
