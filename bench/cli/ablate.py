@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, add_tracker, check_names, cluster_options,
-                     parse_int_list, parse_sets, print_failed, print_launch_report, resolve_dataset, tracker_settings)
+from .common import (Formatter, add_dataset, add_estimate, add_launch_args, add_paths, add_tracker, check_names,
+                     cluster_options, parse_int_list, parse_sets, print_failed, print_launch_report, resolve_dataset,
+                     tracker_settings)
 
 log = logging.getLogger("bench")
 
@@ -56,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train even when two values give the model the same input size, regions and Region "
                         "Fusion schedule (the check before training says which and how to make them differ; "
                         "docs/ablations.md)")
+    add_estimate(p)
     add_tracker(p)
     add_launch_args(p)
     g = p.add_argument_group("table options")
@@ -91,7 +93,8 @@ def main(args: argparse.Namespace) -> int:
                              cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                              train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
                              input_overrides=parse_sets(args.input), progress=not args.quiet, order=args.order,
-                             settings=Settings.from_env(), tracker=tracker_settings(args))
+                             settings=Settings.from_env(), tracker=tracker_settings(args),
+                             estimate=args.estimate)
     failed: dict = {}
     if not args.table_only and not _values_differ(ablation, grid, opts, args.force):
         return 2

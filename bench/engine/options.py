@@ -76,6 +76,7 @@ class RunOptions:
     keep_weights: bool | None = None  # each finished unit's trained weights to model.pt (None: the store's default)
     settings: Settings = field(default_factory=Settings)
     tracker: TrackerSettings | None = None  # one tracked run per unit (bench.engine.tracking); None: untracked
+    estimate: bool = True  # measure the end-to-end units' cost per pass and print the predicted cost first
 
     def __post_init__(self) -> None:
         for name in ("tasks", "folds"):
@@ -111,7 +112,8 @@ class RunOptions:
         return replace(self, dataset=dataset, tasks=(task,), folds=(fold,), results=str(Path(self.results).resolve()),
                        cache=str(Path(self.cache).resolve()),
                        init=str(Path(self.init).resolve()) if self.init is not None else None,
-                       progress=False, dry_run=False, row_check=False, jobs=1, variant=None)
+                       progress=False, dry_run=False, row_check=False, jobs=1, variant=None,
+                       estimate=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
