@@ -82,7 +82,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(probe: Probe, budget_s: float = 3.0, max_passes: int = 3) -> StepCost:
+def measure(probe: Probe, budget_s: float = 1.0, max_passes: int = 3) -> StepCost:
     """Time ``probe``: one warm-up forward + backward, then timed ones until ``max_passes`` or
     ``budget_s`` seconds (at least one), one optimizer step and one prediction pass."""
     device = torch.device(probe.device)
@@ -199,7 +199,7 @@ def estimate(todo: Sequence[Any], planner: Any, device: str, cache: Path | str, 
     t0 = time.perf_counter()
     store = StepCostCache(Path(cache) / "step_costs")
     sizes: dict[str, tuple[int, int] | None] = {}
-    costs: dict[str, tuple[StepCost, bool]] = {}
+    costs: dict[str, tuple[StepCost, bool] | None] = {}
     slides_of = planner.cohort.slides_of()
     out: list[UnitCost | None] = []
     for p in todo:
@@ -216,13 +216,10 @@ def estimate(todo: Sequence[Any], planner: Any, device: str, cache: Path | str, 
         probe = Probe(p.recipe, (1, 3, *hw), bool(p.spec.raw_rgb), device, torch.get_num_threads())
         key = probe.key()
         if key not in costs:
-            cached = store.get(key)
-            if cached is None:
-                cached = timer(probe)
-                store.put(key, cached, {"method": p.spec.name, "input": probe.about(), "measured": time.time()})
-                costs[key] = (cached, True)
-            else:
-                costs[key] = (cached, False)
+            costs[key] = _cost(probe, key, store, timer)
+        if costs[key] is None:
+            out.append(None)
+            continue
         cost, fresh = costs[key]
         split = planner.splits[p.unit.task]
         views = getattr(fi, "opts", {}).get("n", 1)  # regions predicted per slide (1: the whole slide)
@@ -231,6 +228,22 @@ def estimate(todo: Sequence[Any], planner: Any, device: str, cache: Path | str, 
                                grad_accum=int(p.train["grad_accum"]), n_predict=n_predict)
         out.append(UnitCost(p.variant.name or p.spec.name, seconds, cost, probe, fresh))
     return Estimate(out, time.perf_counter() - t0)
+
+
+def _cost(probe: Probe, key: str, store: StepCostCache, timer: Timer) -> tuple[StepCost, bool] | None:
+    """(cost, measured now) of ``probe``: from the cache, else measured and cached; None when the
+    measurement fails (the unit then fails, or not, by itself when it trains)."""
+    cached = store.get(key)
+    if cached is not None:
+        return cached, False
+    try:
+        cost = timer(probe)
+    except Exception as exc:  # noqa: BLE001 — a failed probe must not stop the run before its units
+        log.warning("cost probe of %s at %s failed (%s: %s); its units train without a prediction",
+                    probe.recipe.spec.name, probe.about(), type(exc).__name__, exc)
+        return None
+    store.put(key, cost, {"method": probe.recipe.spec.name, "input": probe.about(), "measured": time.time()})
+    return cost, True
 
 
 def planned_size(fi: Any, cohort: Any) -> tuple[int, int] | None:

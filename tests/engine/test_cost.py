@@ -125,3 +125,22 @@ inputs:
     actual = record["info"]["unit_seconds"]
     print(f"predicted {predicted:.2f} s, measured {actual:.2f} s")
     assert actual / 2 <= predicted <= actual * 2
+
+
+def test_a_failing_probe_leaves_its_units_unpredicted_and_the_others_predicted(tmp_path, caplog):
+    split = _Split(train={0: ["A", "B"]}, test={0: ["C"]})
+    cohort = SimpleNamespace(slides_of=lambda: {c: [c] for c in "ABC"}, table=pd.DataFrame({"slide_path": []}),
+                             spec=SimpleNamespace(mpp_override=None))
+    planner = SimpleNamespace(cohort=cohort, splits={"staging": split},
+                              inputs={"regions": SimpleNamespace(opts={"size": 32, "n": 2})})
+    todo = [_plan("vim-ti", f"depth={d}", 0, {"depth": d}) for d in (1, 2)]
+
+    def timer(probe):
+        if probe.recipe.options["depth"] == 2:
+            raise RuntimeError("out of memory")
+        return StepCost(1.0, 0.5, 0.0)
+
+    est = estimate(todo, planner, "cpu", tmp_path, timer=timer)
+    # 2 epochs x 2 slides x 1 s + 2 regions of the one test slide x 0.5 s
+    assert est.units[0].seconds == pytest.approx(5.0) and est.units[1] is None
+    assert "cost probe of vim-ti at 32x32 px on cpu" in caplog.text and "out of memory" in caplog.text
