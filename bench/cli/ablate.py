@@ -28,6 +28,8 @@ configs/datasets/demo.yaml `ablations:`); the mapping is printed and stated in t
 Before training, each value's input size, regions and Region Fusion schedule are worked out from the
 slides' headers; values that see the same on every slide are named with the setting to raise, and
 nothing trains (exit 2; --force trains anyway).
+Then each row's network is timed for a few passes at its input size and the predicted cost per value
+and in total is printed before the first unit trains (cached under <cache>/step_costs/; --no-estimate).
 Tables: results/<ds>/tables/<name>_<task>.tex (and .md; with --stats also <name>_<task>_stats.csv).
 """
 
