@@ -1,7 +1,7 @@
 """What the end-to-end units of a run will cost, said before the first one trains.
 
 An end-to-end unit's time is nearly all forward + backward passes over whole slides, and that per-pass
-cost varies by orders of magnitude between settings of one ablation (a scan window, a magnification,
+cost varies by large factors between settings of one ablation (a scan window, a magnification,
 another network), so an ETA from the first finished unit can be off by as much, and comes only after
 that unit. Instead, each distinct (network, input size) configuration of the run is measured before
 training: a warm-up pass (JIT compilation, allocator), then a few timed forward + backward passes, one
@@ -82,9 +82,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(probe: Probe, budget_s: float = 1.0, max_passes: int = 3) -> StepCost:
-    """Time ``probe``: one warm-up forward + backward, then timed ones until ``max_passes`` or
-    ``budget_s`` seconds (at least one), one optimizer step and one prediction pass."""
+def measure(probe: Probe, budget_s: float = 2.0, min_passes: int = 2, max_passes: int = 5) -> StepCost:
+    """Time ``probe``: one warm-up forward + backward, then timed ones (their median: a pass on a
+    shared CPU can take several times another) until ``max_passes`` or ``budget_s`` seconds, at
+    least ``min_passes``; then one optimizer step and one prediction pass."""
     device = torch.device(probe.device)
     torch.manual_seed(0)
     model = probe.recipe.build().to(device)
@@ -104,7 +105,7 @@ def measure(probe: Probe, budget_s: float = 1.0, max_passes: int = 3) -> StepCos
 
     train_pass()  # warm-up: kernel compilation, first allocations
     times: list[float] = []
-    while len(times) < max_passes and (not times or sum(times) < budget_s):
+    while len(times) < min_passes or (len(times) < max_passes and sum(times) < budget_s):
         times.append(train_pass())
     t = time.perf_counter()
     opt.step()
