@@ -9,7 +9,7 @@ optimizer step and one prediction pass, on a synthetic input of the median plann
 the slides' headers, no pixels read) on the planned device with the planned threads. The cost of a
 unit is then its planned passes (``epochs x training slides``), optimizer steps (``epochs x
 ceil(training slides / grad_accum)``) and prediction passes (one per test slide or region) times
-the measured costs: :func:`unit_seconds`.
+the measured costs, plus the network's build: :func:`unit_seconds`.
 
 Measured costs are cached under ``<cache>/step_costs/<key>.json``, keyed by the network's options,
 the input size, the device, the thread count and the torch version, so a rerun does not measure
@@ -47,6 +47,7 @@ class StepCost:
     train_pass: float  # one forward + backward of one slide (train mode)
     predict_pass: float  # one forward without gradient (eval mode)
     update: float  # one optimizer step (AdamW)
+    build: float = 0.0  # building the network (once per unit)
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,11 @@ class Probe:
 
 
 def unit_seconds(cost: StepCost, *, epochs: int, n_train: int, grad_accum: int, n_predict: int) -> float:
-    """Predicted seconds of one unit: ``epochs x n_train`` training passes, ``epochs x
-    ceil(n_train / grad_accum)`` optimizer steps and ``n_predict`` prediction passes (test slides)."""
+    """Predicted seconds of one unit: building the network, ``epochs x n_train`` training passes,
+    ``epochs x ceil(n_train / grad_accum)`` optimizer steps and ``n_predict`` prediction passes
+    (test slides)."""
     updates = epochs * math.ceil(n_train / max(1, grad_accum))
-    return epochs * n_train * cost.train_pass + updates * cost.update + n_predict * cost.predict_pass
+    return cost.build + epochs * n_train * cost.train_pass + updates * cost.update + n_predict * cost.predict_pass
 
 
 def _sync(device: torch.device) -> None:
@@ -82,13 +84,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(probe: Probe, budget_s: float = 2.0, min_passes: int = 2, max_passes: int = 5) -> StepCost:
+def measure(probe: Probe, budget_s: float = 2.0, min_passes: int = 2, max_passes: int = 10) -> StepCost:
     """Time ``probe``: one warm-up forward + backward, then timed ones (their median: a pass on a
     shared CPU can take several times another) until ``max_passes`` or ``budget_s`` seconds, at
     least ``min_passes``; then one optimizer step and one prediction pass."""
     device = torch.device(probe.device)
     torch.manual_seed(0)
+    t = time.perf_counter()
     model = probe.recipe.build().to(device)
+    build = time.perf_counter() - t
     if probe.raw_rgb:
         x = torch.randint(0, 256, probe.shape, dtype=torch.uint8, device=device)
     else:
@@ -118,7 +122,7 @@ def measure(probe: Probe, budget_s: float = 2.0, min_passes: int = 2, max_passes
         model(x)
         _sync(device)
         predict = time.perf_counter() - t
-    return StepCost(statistics.median(times), predict, update)
+    return StepCost(statistics.median(times), predict, update, build)
 
 
 class StepCostCache:
@@ -131,7 +135,7 @@ class StepCostCache:
         path = self.root / f"{key}.json"
         try:
             d = json.loads(path.read_text())
-            return StepCost(float(d["train_pass"]), float(d["predict_pass"]), float(d["update"]))
+            return StepCost(float(d["train_pass"]), float(d["predict_pass"]), float(d["update"]), float(d["build"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None  # not measured yet, or an unreadable file: measure again
 
