@@ -190,7 +190,7 @@ class Estimate:
         rest = len(self.units) - len(known)
         out.append(f"predicted cost: total ~ {clock(total / max(1, processes))} for {len(known)} end-to-end unit(s) "
                    f"on {processes} {known[0].probe.device} process(es)"
-                   + (f", plus {rest} two-stage unit(s) not probed" if rest else "")
+                   + (f", plus {rest} unit(s) without a prediction (two-stage units are not probed)" if rest else "")
                    + f" (probe: {self.probe_seconds:.1f} s; --no-estimate skips it)")
         return out
 

@@ -74,7 +74,7 @@ def test_estimate_multiplies_one_measurement_per_configuration_and_caches_it(tmp
     lines = est.lines(processes=1)
     assert lines[0].startswith("predicted cost: depth=1 ~ 0m21s for 2 unit(s) (1.00 s per training pass at 48x48")
     assert lines[1].startswith("predicted cost: depth=2 ~ 0m57s for 2 unit(s)")
-    assert "total ~ 1m18s for 4 end-to-end unit(s) on 1 cpu process(es), plus 1 two-stage unit(s)" in lines[2]
+    assert "total ~ 1m18s for 4 end-to-end unit(s) on 1 cpu process(es), plus 1 unit(s) without" in lines[2]
     assert "measured" in lines[0] and len(list((tmp_path / "step_costs").glob("*.json"))) == 2
 
     again = estimate(todo[:4], planner, "cpu", tmp_path, timer=lambda p: pytest.fail("measured again"))
