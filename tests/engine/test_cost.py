@@ -149,3 +149,16 @@ def test_a_failing_probe_leaves_its_units_unpredicted_and_the_others_predicted(t
     # 2 epochs x 2 slides x 1 s + 2 regions of the one test slide x 0.5 s
     assert est.units[0].seconds == pytest.approx(5.0) and est.units[1] is None
     assert "cost probe of vim-ti at 32x32 px on cpu" in caplog.text and "out of memory" in caplog.text
+
+
+def test_no_estimate_flag_and_launcher_jobs_skip_the_probe():
+    from bench.cli import build_parser
+    from bench.engine.options import RunOptions
+
+    p = build_parser()
+    assert p.parse_args(["ablate", "scan-window"]).estimate and p.parse_args(["run", "--methods", "vim-ti"]).estimate
+    assert not p.parse_args(["ablate", "scan-window", "--no-estimate"]).estimate
+    assert not p.parse_args(["run", "--methods", "vim-ti", "--no-estimate"]).estimate
+    opts = RunOptions("demo")
+    assert opts.estimate and not opts.for_job("staging", 0).estimate  # one submitted unit: no probe per job
+    assert RunOptions.from_json(opts.to_json()) == opts
