@@ -50,6 +50,7 @@ class RunOptions:
     tracker: TrackerSettings | None = None  # one tracked run per unit (bench.engine.tracking); None: untracked
     repeats: int = 1  # training seeds per fold (--repeats): each (fold, repeat) is a unit of its own
     repeat: int | None = None  # only this repeat index (a launcher's one-unit job); None: 0..repeats-1
+    estimate: bool = True  # measure the end-to-end units' cost per pass and print the predicted cost first
 
     def __post_init__(self) -> None:
         for name in ("tasks", "folds"):
@@ -91,7 +92,8 @@ class RunOptions:
                        results=str(Path(self.results).resolve()),
                        cache=str(Path(self.cache).resolve()),
                        init=str(Path(self.init).resolve()) if self.init is not None else None,
-                       progress=False, dry_run=False, row_check=False, jobs=1, variant=None)
+                       progress=False, dry_run=False, row_check=False, jobs=1, variant=None,
+                       estimate=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
