@@ -253,7 +253,8 @@ def _cost(probe: Probe, key: str, store: StepCostCache, timer: Timer) -> tuple[S
 
 def planned_size(fi: Any, cohort: Any) -> tuple[int, int] | None:
     """The median (H, W) an end-to-end input gives the network: a region's size, or the slides read
-    at the input's magnification (from their headers). None when no slide header can be read."""
+    at the input's magnification (from their headers, opened with the inputs' own slide reader). None
+    when no slide header can be read."""
     if getattr(fi, "opts", None) and "size" in fi.opts:  # random tissue regions
         return int(fi.opts["size"]), int(fi.opts["size"])
     mag = getattr(fi, "magnification", None)
@@ -262,10 +263,11 @@ def planned_size(fi: Any, cohort: Any) -> tuple[int, int] | None:
     from feature_cache import SlideError, open_slide
     from feature_cache.slide import mag_to_mpp
 
+    reader = getattr(getattr(fi, "cache", None), "reader", "auto")  # SlideImageCache: Settings.slide_backend
     hs, ws = [], []
     for path in cohort.table["slide_path"]:
         try:
-            with open_slide(path, mpp=cohort.spec.mpp_override) as s:
+            with open_slide(path, backend=reader, mpp=cohort.spec.mpp_override) as s:
                 h, w = s.size_at_mpp(mag_to_mpp(mag))
         except (SlideError, OSError, ValueError) as exc:
             log.debug("cost probe: %s: %s", path, exc)

@@ -112,6 +112,10 @@ def test_slide_backend_reaches_the_end_to_end_reads(tmp_path: Path, backend: str
     planner = Planner(cohort, {}, tmp_path / "cache", False, 0, None, False, None, settings)
     spec = list_methods("pixelmamba-6m")[0]
     _, inputs = planner.get_inputs(spec, {"magnification": 5.0})
+    from bench.engine.cost import planned_size
+
+    # the cost probe reads the slide headers with the same reader: 400 x 300 px at 20x is 75 x 100 at 5x
+    assert planned_size(inputs, cohort) == ((75, 100) if readable else None)
     inputs.ensure()
     assert inputs.missing == (set() if readable else {"CASE-000", "CASE-001"})
     if readable:
