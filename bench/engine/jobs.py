@@ -74,9 +74,9 @@ def auto_jobs(*, cuda: bool, cores: int | None = None, memory_gb: float | None =
     """``--jobs auto``: (processes, why). One process per available core on the CPU, at most one per
     ``GB_PER_JOB`` GB of memory; one on a GPU (units sharing a device would only queue on it).
 
-    Measured on the 2-core development machine: one process keeps about one core busy (CPU/wall
-    0.99 with 2 torch threads, tiny bags and slides are per-step overhead, not parallel work), and
-    ``--jobs 2`` ran 5 demo units in 115 s against 184 s with identical metrics."""
+    One per core because one process of small units keeps about one core busy whatever its torch
+    threads (tiny bags and slides are per-step overhead, not parallel work), so the cores are filled
+    by processes instead; each unit's metrics do not depend on which process trains it."""
     if cuda:
         return 1, "one process on the GPU"
     cores = cores or available_cores()
@@ -179,10 +179,12 @@ class Workers:
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
 
-    def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0) -> list[int]:
+    def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0,
+             stall_report_s: float = 300.0) -> list[int]:
         """Wait for every worker, calling ``poll()`` every ``every`` seconds meanwhile. Returns the exit
-        codes; a worker that failed is reported with the tail of its log."""
-        stall = float(os.environ.get("BENCH_STALL_REPORT_S", "300"))
+        codes; a worker that failed is reported with the tail of its log. A worker stopped (SIGSTOP)
+        for ``stall_report_s`` seconds is named, and named again every ``stall_report_s`` seconds."""
+        stall = float(stall_report_s)
         seen: dict[int, float] = {}
         said: dict[int, float] = {}
         while self.running():
