@@ -210,3 +210,14 @@ def test_the_fast_survival_null_equals_the_generic_one_within_folds():
                     den += 1
                     num += 1.0 if rr[a] > rr[b] + 1e-8 else 0.5 if abs(rr[a] - rr[b]) <= 1e-8 else 0.0
     assert fast[0] == pytest.approx(num / den)
+
+
+def test_km_risk_groups_split_each_fold_at_its_own_median():
+    """Fold 1's model scores every risk 100 above fold 0's: one median over both folds would put all
+    of fold 1 in the high-risk group. Split per fold, each fold gives half its cases to each group,
+    the ones its own model ranks higher."""
+    from bench.report.plots import risk_groups
+
+    pred = pd.DataFrame({"fold": [0, 0, 0, 0, 1, 1, 1, 1], "risk": [0.1, 0.4, 0.2, 0.3, 100.4, 100.1, 100.3, 100.2]})
+    assert risk_groups(pred).tolist() == [False, True, False, True, True, False, True, False]
+    assert risk_groups(pred.drop(columns="fold")).tolist() == [False] * 4 + [True] * 4
