@@ -232,7 +232,7 @@ def _subset(sc: Any, keep: np.ndarray) -> Any:
     return sc
 
 
-def _target_of(task: str, n_out: int, klass: int | None) -> Callable[[Any], Any]:
+def target_chooser(task: str, n_out: int, klass: int | None) -> Callable[[Any], Any]:
     """Staging: the chosen (or predicted) class's probability; survival: the risk."""
     import torch
 
@@ -272,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
 def write_case_all(ld: Loaded, cases: list[str], out: Path, args: argparse.Namespace, write_case: Any) -> int:
     from tqdm.auto import tqdm
 
-    target_of = _target_of(ld.rec.task, ld.n_out, args.klass)
+    target_of = target_chooser(ld.rec.task, ld.n_out, args.klass)
     total = sum(len(ld.fi.slides_of[c]) for c in cases)
     n = 0
     with tqdm(total=total, desc=f"heatmaps {ld.rec.method} fold {ld.rec.fold}", unit="slide",
@@ -294,7 +294,7 @@ def truth_auroc(ld: Loaded, cases: list[str], truth: Callable[[str], Any], batch
 
     from ..report.heatmaps import mask_fraction, tumour_auroc
 
-    target_of = _target_of(ld.rec.task, ld.n_out, None)
+    target_of = target_chooser(ld.rec.task, ld.n_out, None)
     scores: dict[str, list[Any]] = {}
     labels = []
     for c in cases:

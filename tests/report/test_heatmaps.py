@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import torch
 
-from baselines.bag import Bag
 from bench.registry import build_model, list_methods
 from bench.report import heatmaps as H
 from bench.report.heatmap_files import read_geojson_tiles, shown, write_geojson, write_h5
@@ -278,7 +277,7 @@ def test_a_finished_unit_is_reloaded_with_the_options_it_was_trained_with(tmp_pa
     default ABMIL's 512 would not load) and scores its test cases from the feature cache."""
     import os
 
-    from bench.cli.heatmap import _target_of, load_unit, score_case
+    from bench.cli.heatmap import load_unit, score_case, target_chooser
     from fake_inputs import run_bench, write_cached_cohort
 
     spec = write_cached_cohort(tmp_path, 8)
@@ -290,7 +289,7 @@ def test_a_finished_unit_is_reloaded_with_the_options_it_was_trained_with(tmp_pa
     ld = load_unit(str(spec), "abmil.resnet50", "staging", 0, res, cache, progress=False)
     assert ld.model.fc[0].out_features == 16 and ld.test_cases
     assert "differs" not in caplog.text  # resolved as it was trained: the same config hash
-    slides, target, value = score_case(ld, ld.test_cases[0], _target_of("staging", 4, None), True, 128.0, 4,
+    slides, target, value = score_case(ld, ld.test_cases[0], target_chooser("staging", 4, None), True, 128.0, 4,
                                        lambda k: None)
     assert [len(s.scores["occlusion"]) for s in slides] == [6] and "attention" in slides[0].notes["family"]
     assert 0 < value <= 1 and target.klass is not None
@@ -302,7 +301,7 @@ def test_every_feature_aggregator_is_reloaded_and_scored_by_bench_heatmap(tmp_pa
     loader and scorer: occlusion and the aggregator's own score (never a gradient fallback)."""
     import os
 
-    from bench.cli.heatmap import _target_of, load_unit, score_case
+    from bench.cli.heatmap import load_unit, score_case, target_chooser
     from fake_inputs import run_bench, write_cached_cohort
 
     spec = write_cached_cohort(tmp_path, 16)  # enough events for 4 survival bins in a training fold
@@ -313,7 +312,7 @@ def test_every_feature_aggregator_is_reloaded_and_scored_by_bench_heatmap(tmp_pa
               "--results", res, "--cache", cache, "--set", "epochs=1", "-q", env=env)
     for name in names:
         ld = load_unit(str(spec), name, "survival", 0, res, cache, progress=False)
-        slides, target, _ = score_case(ld, ld.test_cases[0], _target_of("survival", ld.n_out, None), True, 128.0,
+        slides, target, _ = score_case(ld, ld.test_cases[0], target_chooser("survival", ld.n_out, None), True, 128.0,
                                        4, lambda k: None)
         sc = slides[0]
         assert target.klass is None and set(sc.scores) == {"occlusion", "family"}, name
