@@ -94,11 +94,16 @@ def dataset_name(arg: str) -> str:
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """``--set lr=1e-4 --set epochs=5`` → {"lr": 1e-4, "epochs": 5} (values parsed as YAML scalars)."""
+    """``--set lr=1e-4 --set epochs=5`` (or ``--set lr=1e-4,epochs=5``) → {"lr": 1e-4, "epochs": 5}
+    (values parsed as YAML scalars; a comma starts a new pair only where ``key=`` follows it, so a
+    YAML list such as ``feat_layers=[1,2]`` stays one value)."""
+    import re
+
     import yaml
 
     out: dict[str, Any] = {}
-    for item in items or []:
+    pairs = [p for item in items or [] for p in re.split(r",(?=\s*[A-Za-z_][\w.-]*=)", item)]
+    for item in pairs:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)

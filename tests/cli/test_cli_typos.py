@@ -55,3 +55,13 @@ def test_typos_are_answered_before_torch_is_imported(tmp_path):
         assert expected in err[0], (typed, err)
         assert heavy == [], f"{typed}: imported {heavy} before answering {err}"
     assert not (tmp_path / "r").exists()  # nothing written either
+
+
+def test_comma_joined_option_pairs_are_split_and_yaml_lists_kept():
+    """`--model hidden=16,attn_dim=8` is two options (it reached the network as the string
+    "16,attn_dim=8"); a YAML list value keeps its commas."""
+    from bench.cli.common import parse_sets
+
+    assert parse_sets(["hidden=16,attn_dim=8", "feat_layers=[1, 2]", "lr=1e-4"]) == {
+        "hidden": 16, "attn_dim": 8, "feat_layers": [1, 2], "lr": 1e-4}
+    assert parse_sets(["segment_lengths=[8,16,32]"]) == {"segment_lengths": [8, 16, 32]}
