@@ -31,7 +31,7 @@ from .progress import Rounds, failed_since as _failed_since, metric_text as _fmt
 from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, check_folds, check_variant_name, unit_variant
 from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
-                     only_slides_changed)
+                     only_slides_changed, recovered_cases)
 from . import unit as U
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,14 @@ def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *
     if opts.dry_run:
         report.seconds = time.perf_counter() - t0
         return report
-    todo = [p for p in plans if status[p.unit] in ("run", "slides")]
-    if todo:
-        log.info("%d unit(s) to run%s", len(todo),
+    todo = [p for p in plans if status[p.unit] in ("run", "slides", "inputs")]
+    if len(todo) > len(report.recheck):
+        log.info("%d unit(s) to run%s", len(todo) - len(report.recheck),
                  f"; {len(report.done_before)} of {len(plans)} already done (resuming)" if report.done_before else "")
-    else:
+    if report.recheck:
+        log.info("%d finished unit(s) were trained without some cases (no input then); they are redone if those "
+                 "cases have input now", len(report.recheck))
+    if not todo:
         log.info("nothing to do: all %d unit(s) already done", len(report.done_before))
     ex = _Execution(planner, store, report, opts, t0)
     if worker_of is not None or (opts.jobs > 1 and len(todo) > 1):
@@ -247,7 +250,7 @@ def _claim(p: UnitPlan, ex: _Execution, failed_since: float | None) -> tuple[str
     lock, failure, st = None, None, None
     if D.is_main():
         lock = ex.store.try_claim(p.unit)
-        st = "busy" if lock is None else ("done" if done_meanwhile(ex.store, p) else "run")
+        st = "busy" if lock is None else ("done" if done_meanwhile(ex.store, p, ex.report) else "run")
         failure = _failed_since(ex.store, p.unit, failed_since) if st == "run" and failed_since is not None else None
         if failure is not None:  # --jobs: another process of this run tried it and it failed
             st = "failed"
@@ -306,6 +309,10 @@ def _train_one(p: UnitPlan, ex: _Execution, extracted: set[str], eta: Eta) -> Un
             fi.ensure()
         extracted.add(p.inputs_key)
         eta.ensured(p.inputs_key, time.perf_counter() - prepare)
+    if recovered_cases(unit, report, fi) == []:  # trained without cases that still have no input
+        report.recheck.pop(unit)
+        report.done_before.append(unit)
+        return None
     if unit in report.redone and only_slides_changed(store.done_config(unit) or {}, p.config):
         gone = changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
         if gone:
