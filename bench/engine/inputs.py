@@ -147,6 +147,8 @@ class FeatureInputs:
                                     mpp=self.cohort.spec.mpp_override,
                                     num_workers=getattr(self.cohort.spec, "extract_workers", None))
         failed = dict(getattr(report, "failed", {}) or {})
+        if getattr(self.cache, "note", None):  # a release's files matched to the slides by barcode
+            log.warning("%s", self.cache.note)
         for sid, msg in failed.items():
             log.warning("features of slide %s unavailable (its case is left out unless another of its "
                         "slides works): %s", sid, msg)
