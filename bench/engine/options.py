@@ -29,10 +29,16 @@ class Settings:
     malloc alone; ``$BENCH_MMAP_THRESHOLD``, default 1 MiB; ``bench.engine.memory``).
     ``trim_layers``: hand free heap pages back between Pixel-Mamba's streamed layers and stages
     (``$BENCH_TRIM_LAYERS``, 0 or 1, default 1).
+    ``stall_report_s``: ``bench run --jobs N`` names a worker stopped (SIGSTOP, Ctrl-Z, a debugger)
+    this often, in seconds (``$BENCH_STALL_REPORT_S``, default 300). ``stall_takeover_s``: after a
+    worker has been stopped this long, the run ends it and trains its unit on a fresh worker
+    (``$BENCH_STALL_TAKEOVER_S``, default 1800; 0: never, the run waits for it).
     """
 
     mmap_threshold: int = 1 << 20
     trim_layers: bool = True
+    stall_report_s: float = 300.0
+    stall_takeover_s: float = 1800.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -45,7 +51,20 @@ class Settings:
         trim = env.get("BENCH_TRIM_LAYERS", "1").strip()
         if trim not in ("0", "1"):
             raise ValueError(f"BENCH_TRIM_LAYERS must be 0 or 1, got {trim!r}")
-        return cls(mmap_threshold=threshold, trim_layers=trim == "1")
+        return cls(mmap_threshold=threshold, trim_layers=trim == "1",
+                   stall_report_s=_seconds(env, "BENCH_STALL_REPORT_S", cls.stall_report_s, 1e-3),
+                   stall_takeover_s=_seconds(env, "BENCH_STALL_TAKEOVER_S", cls.stall_takeover_s, 0.0))
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, least: float) -> float:
+    raw = env.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = float("nan")
+    if not value >= least or value == float("inf"):
+        raise ValueError(f"{name} must be a number of seconds{' (0: never)' if least == 0 else ' > 0'}, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)

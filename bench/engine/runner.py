@@ -202,7 +202,8 @@ def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[V
     started_at = time.time() - (time.perf_counter() - ex.t0)
     log_dir = Path(opts.results) / "logs" / f"jobs-{time.strftime('%Y%m%d-%H%M%S')}"
     workers = Workers(command, n - 1, threads_per_job(opts.jobs), started_at, log_dir,
-                      write_worker_spec(log_dir, opts, variants, started_at))
+                      write_worker_spec(log_dir, opts, variants, started_at), opts.settings.stall_report_s,
+                      opts.settings.stall_takeover_s)
     started = time.perf_counter()
 
     def count_done() -> int:
@@ -210,7 +211,6 @@ def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[V
 
     last = [-1]
     rounds = Rounds(todo, store)
-    eta = Eta(p.inputs_key for p in todo)
     eta = Eta(p.inputs_key for p in todo)
 
     def line() -> None:
