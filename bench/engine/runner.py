@@ -30,7 +30,7 @@ from .options import RunOptions
 from .progress import Rounds, failed_since as _failed_since, metric_text as _fmt
 from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, check_folds, check_variant_name, unit_variant
-from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
+from .status import (RunReport, changed_slides_unreadable, check_rows, classify, done_meanwhile,  # noqa: F401
                      only_slides_changed, recovered_cases)
 from . import unit as U
 
@@ -150,11 +150,9 @@ def _prepare(variants: list[Variant], opts: RunOptions) -> tuple[Planner, list[U
         splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=opts.n_folds,
                                                     seed=opts.seed, name=opts.splits_name) for t in tasks}
     planner = Planner(cohort, splits, opts.cache, opts.progress, opts.seed, opts.init_path, opts.from_scratch,
-                      opts.protocol)
+                      opts.protocol, init_partial=opts.init_partial)
     report = RunReport(dataset=dataset)
-    plans = _plan_all(planner, variants, tasks, opts, report)
-    if opts.init is not None and not opts.dry_run:
-        check_init(plans, Path(opts.init))
+    plans = _plan_all(planner, variants, tasks, opts, report)  # --init loads into every network: checked there
     return planner, plans, report
 
 

@@ -1,5 +1,5 @@
 """What a planned run may do: the report it fills, the checks made before anything is touched
-(``--init`` loads, no row mixes configurations), and each unit's status (done, stale and why, or
+(no row mixes configurations), and each unit's status (done, stale and why, or
 to run)."""
 
 from __future__ import annotations
@@ -48,21 +48,6 @@ class RunReport:
         if self.failed:
             parts.append(f"{len(self.failed)} failed")
         return ", ".join(parts) + f" ({self.seconds:.1f} s)"
-
-
-def check_init(plans: list[UnitPlan], init: Path) -> None:
-    """The --init checkpoint loads into every end-to-end network of the run (weights only; missing,
-    unexpected and reshaped keys listed) — checked before any finished unit is touched."""
-    seen = set()
-    for p in plans:
-        if p.recipe.init is None or (p.spec.name, p.recipe.n_out) in seen:
-            continue
-        seen.add((p.spec.name, p.recipe.n_out))
-        try:
-            p.recipe.build()
-        except (ValueError, RuntimeError, FileNotFoundError) as exc:
-            raise OptionError(f"--init {init} cannot start {p.spec.name}: {exc}. Nothing was run; finished "
-                              "results are untouched") from exc
 
 
 def classify(plans: list[UnitPlan], store: ResultsStore, report: RunReport, dry_run: bool) -> dict[Unit, str]:

@@ -87,6 +87,7 @@ def _train_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, devic
         peak_rss_mb=out.peak_rss_mb, peak_cuda_mb=out.peak_cuda_mb, finished=time.time(),
         info={**{k: v for k, v in out.info.items() if k != "train_seconds"}, "non_default": p.non_default,
               "device": str(device), "weights_loaded": out.loaded + _encoder_loads(fi),
+              **({"init_loaded": loaded.to_dict()} if (loaded := planner.init_load(p.recipe)) else {}),
               "unit_seconds": unit_seconds,
               "order": _registry_position(spec.name)},
     )
