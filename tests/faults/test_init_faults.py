@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
-
-from conftest import METHOD
 
 E2E = "pixelmamba-6m"
 
@@ -24,7 +23,7 @@ def _one_tensor(path, *, full: bool = False):
     return len(backbone), sum(own[k].numel() for k in backbone), own[backbone[0]].numel()
 
 
-def test_f17_partial_init_is_refused_then_marked(cohort, tmp_path) -> None:
+def test_f17_partial_init_is_refused(cohort, tmp_path) -> None:
     ckpt = tmp_path / "one_tensor.pt"
     n, params, first = _one_tensor(ckpt)
     args = ("--tasks", "staging", "--folds", "0", "--set", "epochs=1", "--init", str(ckpt))
@@ -37,6 +36,13 @@ def test_f17_partial_init_is_refused_then_marked(cohort, tmp_path) -> None:
     assert "--init-partial" in r.err
     assert not (cohort.results / "runs").exists() or not list((cohort.results / "runs").rglob("metrics.json"))
 
+
+@pytest.mark.slow  # ~95 s: one Pixel-Mamba unit trained
+def test_f17_partial_init_accepted_is_recorded_and_marked(cohort, tmp_path) -> None:
+    ckpt = tmp_path / "one_tensor.pt"
+    n, params, first = _one_tensor(ckpt)
+    share = f"{100 * first / params:.3g}%"
+    args = ("--tasks", "staging", "--folds", "0", "--set", "epochs=1", "--init", str(ckpt))
     r = cohort.run(*args, "--init-partial", methods=E2E)
     assert r.code == 0, r.text
     rec = json.loads((cohort.unit_dir("staging", 0, E2E) / "metrics.json").read_text())
