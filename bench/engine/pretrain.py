@@ -64,8 +64,9 @@ class InitReport:
         got, total = self.backbone_tensors
         if got >= total:
             return None
-        return (f"only {got} of {total} backbone tensors ({100 * self.share:.3g}% of its parameters) loaded from "
-                f"{Path(self.path).name}; the rest stay at random initialisation")
+        pct = f"{100 * self.share:.3g}%" if self.share >= 1e-4 else "<0.01%"
+        return (f"only {got} of {total} backbone tensors ({self.backbone_params[0]:,} of {self.backbone_params[1]:,} "
+                f"parameters, {pct}) loaded from {Path(self.path).name}; the rest stay at random initialisation")
 
     def to_dict(self) -> dict[str, Any]:
         """What the unit record keeps of the load."""
