@@ -3,7 +3,7 @@
 Issue 19's bar: ``python -m bench ls``, ``python -m bench --help`` and every
 ``python -m bench <command> --help`` take under half the time of ``python -c "import torch"`` on
 the same machine (they import no torch, scikit-learn or scikit-survival;
-``tests/test_cli_startup.py`` enforces that part).
+``tests/cli/test_cli_startup.py`` enforces that part).
 
     python benchmarks/cli_startup.py                  # 5 rounds, every command's --help too
     python benchmarks/cli_startup.py --repeat 9 --quick   # only torch, ls, --help

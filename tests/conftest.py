@@ -11,7 +11,7 @@ os.environ.setdefault("BENCH_STATE_DIR", tempfile.mkdtemp(prefix="wsi-bench-test
 # tests read the shipped configs: a user's overlay ($BENCH_CONFIG, ./configs) must not change them
 os.environ["BENCH_CONFIG"] = tempfile.mkdtemp(prefix="wsi-bench-test-configs-")
 # `bench run` subprocesses of the tests train on one process (the CLI's default is --jobs auto, one
-# process per core); tests/test_jobs.py runs --jobs 2 and tests the auto choice
+# process per core); tests/engine/test_jobs.py runs --jobs 2 and tests the auto choice
 os.environ.setdefault("BENCH_JOBS", "1")
 
 # the shipped encoder declarations (bench/configs/encoders) enter feature_cache's registry when the

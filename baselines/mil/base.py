@@ -2,7 +2,7 @@
 
 A bag is the patch features of one case: ``(N, D)`` or ``(1, N, D)``. ``forward_features`` pools it
 to ``(1, num_features)``, ``forward_head`` maps that to logits, ``forward`` chains the two. One
-parametrized test (tests/test_model_face.py) covers them with the end-to-end models.
+parametrized test (tests/baselines/test_model_face.py) covers them with the end-to-end models.
 """
 
 from __future__ import annotations

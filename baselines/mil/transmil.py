@@ -12,7 +12,7 @@ Nyström attention (Xiong et al., "Nyströmformer", AAAI 2021) is written here r
 the ``nystrom-attention`` package: the original pins 0.0.9, whose output slice kept the padding
 instead of the tokens, and the package (plus its ``einops`` dependency) would be a run-time
 dependency for ~50 lines. The module keeps the package's parameter names (``to_qkv``, ``to_out``,
-``res_conv``), so a state dict moves between the two, and ``tests/test_mil_aggregators.py`` checks
+``res_conv``), so a state dict moves between the two, and ``tests/baselines/test_mil_aggregators.py`` checks
 it against ``nystrom-attention==0.0.14`` on a fixed input when that package is installed.
 """
 

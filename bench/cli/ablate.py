@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, add_tracker, check_names, cluster_options,
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, add_repeats, add_tracker, check_names,
+                     cluster_options,
                      parse_int_list, parse_sets, print_failed, print_launch_report, resolve_dataset, tracker_settings)
 
 log = logging.getLogger("bench")
@@ -20,6 +21,7 @@ EPILOG = """examples:
   python -m bench ablate token-scale --task staging --stats
   python -m bench ablate end-to-end --compute             # + peak memory and time per slide
   python -m bench ablate alpha --dataset blca --launcher submitit --partition gpu --gpus 1   # SLURM array
+  python -m bench ablate alpha --dataset blca --splits mambamil   # on an imported split set
 An ablation value is a variant of a method (pixelmamba-6m with alpha=0.4 is stored under
 runs/<ds>/<task>/pixelmamba-6m/alpha_0.4/); reruns skip finished units, a changed config redoes them.
 Grids: configs/ablations/<name>.yaml. A dataset may map a grid to sizes it can afford (the demo does:
@@ -43,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", help="comma list of fold indices (default: all)")
     p.add_argument("--n-folds", type=int, default=5, help="folds when splits are first written (default 5)")
     p.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
+    p.add_argument("--splits", metavar="NAME",
+                   help="train and test every value on the imported split set NAME (`bench splits --import`, "
+                        "docs/splits.md); stored as <value>+splits-NAME, its table named after the set")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="training option override (epochs, lr, ...)")
     p.add_argument("--model", action="append", metavar="KEY=VALUE",
                    help="model constructor override for every row (e.g. d_state=4 for a quick try)")
@@ -56,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train even when two values give the model the same input size, regions and Region "
                         "Fusion schedule (the check before training says which and how to make them differ; "
                         "docs/ablations.md)")
+    add_repeats(p)
     add_tracker(p)
     add_launch_args(p)
     g = p.add_argument_group("table options")
@@ -91,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
                              cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                              train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
                              input_overrides=parse_sets(args.input), progress=not args.quiet, order=args.order,
-                             settings=Settings.from_env(), tracker=tracker_settings(args))
+                             splits_name=args.splits, settings=Settings.from_env(), tracker=tracker_settings(args), repeats=args.repeats)
     failed: dict = {}
     if not args.table_only and not _values_differ(ablation, grid, opts, args.force):
         return 2
@@ -105,7 +111,9 @@ def main(args: argparse.Namespace) -> int:
         failed = rep.failed
         if args.no_wait and rep.submitted:
             print_failed(failed)
-            print(f"when the jobs are done: python -m bench ablate {args.name} --dataset {grid.dataset} --table-only")
+            again = f" --splits {args.splits}" if args.splits else ""
+            print(f"when the jobs are done: python -m bench ablate {args.name} --dataset {grid.dataset}{again} "
+                  "--table-only")
             return 1 if failed else 0
     else:
         from ..engine.runner import run
@@ -122,12 +130,16 @@ def main(args: argparse.Namespace) -> int:
 
     from dataclasses import replace
 
+    from ..data.splits import split_set_label
     from ..engine.plan import unit_variant
 
-    items = [replace(i, stored=unit_variant(i.variant, False, args.seed, args.n_folds)) for i in grid.items]
-    paths, md = write_ablation_tables(ResultsStore(args.results), ablation, items, grid.notes, grid.dataset,
+    items = [replace(i, stored=unit_variant(i.variant, False, args.seed, args.n_folds, args.splits))
+             for i in grid.items]
+    notes = grid.notes + ([f"split set {args.splits!r} (imported; docs/splits.md)"] if args.splits else [])
+    paths, md = write_ablation_tables(ResultsStore(args.results), ablation, items, notes, grid.dataset,
                                       grid.task, stats=args.stats, n_boot=args.n_boot, alpha=args.alpha_level,
-                                      compute=args.compute, ddof=args.std_ddof)
+                                      compute=args.compute, ddof=args.std_ddof,
+                                      split_set=split_set_label(args.seed, args.n_folds, args.splits))
     print(md)
     for p in paths:
         print(f"wrote {p}")

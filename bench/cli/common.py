@@ -178,12 +178,35 @@ def print_failed(failed: dict) -> None:
             print(f"FAILED {len(units)} units ({', '.join(units)}): {msg}")
 
 
-def add_tracker(p: argparse.ArgumentParser) -> None:
-    """``--tracker`` / ``--tracker-uri`` (docs/tracking.md)."""
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {value!r}")
+    return n
+
+
+def add_repeats(p: argparse.ArgumentParser) -> None:
+    """``--repeats N`` (docs/repeats.md)."""
+    p.add_argument("--repeats", type=_positive, default=1, metavar="N",
+                   help="train each fold with N training seeds on the same split; each (fold, repeat) is a unit "
+                        "of its own (resumable, fanned out by --jobs and --launcher); repeat 0 is the unit of a run "
+                        "without repeats, so --repeats 3 after a plain run adds repeats 1 and 2. A table cell is "
+                        "then the mean over repeats within each fold, then mean ± std over folds; variance.csv "
+                        "splits the spread into split and seed variance (default 1)")
+
+
+def add_tracker(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--tracker`` / ``--tracker-uri`` (docs/tracking.md); ``what``: what one tracked run is, when
+    not a unit."""
+    runs = (f"one tracked run for {what}: per-step loss and learning rate and its parameters" if what else
+            "one tracked run per unit: per-step loss and learning rate, per-epoch losses, the final test metric, "
+            "the unit's resolved options as parameters")
     p.add_argument("--tracker", choices=("none", "tensorboard", "mlflow", "wandb"), default=None,
-                   help="one tracked run per unit: per-step loss and learning rate, per-epoch losses, the final "
-                        "test metric, the unit's resolved options as parameters (default: the overlay's "
-                        "settings.yaml `tracker:`, else tensorboard, written to <results>/tracking/)")
+                   help=f"{runs} (default: the overlay's settings.yaml `tracker:`, else tensorboard, written to "
+                        "<results>/tracking/)")
     p.add_argument("--tracker-uri", default=None, metavar="URI",
                    help="mlflow: a tracking server (default: the SQLite file <results>/tracking/mlflow.db)")
 

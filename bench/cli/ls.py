@@ -1,5 +1,5 @@
 """``bench ls``: what the harness knows, without importing heavy backends (no torch, scikit-learn
-or scikit-survival: ``tests/test_cli_startup.py``)."""
+or scikit-survival: ``tests/cli/test_cli_startup.py``)."""
 
 from __future__ import annotations
 

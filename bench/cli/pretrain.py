@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from .common import Formatter, parse_sets
+from .common import Formatter, add_tracker, parse_sets, tracker_settings
 
 log = logging.getLogger("bench")
 
@@ -22,6 +22,8 @@ Recipe (bench/engine/pretrain.py): 224², AdamW lr 1e-3, weight decay 0.05, batc
 warm-up epochs, label smoothing 0.1, mixup 0.8, random erasing 0.25; change any with --set key=value
 (epochs, batch_size, micro_batch, lr, min_lr, weight_decay, warmup_epochs, smoothing, mixup, cutmix, reprob,
 input_size, workers, seed, save_every, max_steps).
+--tracker (default tensorboard, <results>/tracking/) records one run, pretrain/<model>: loss and learning
+rate per optimizer step (a resumed run continues the curve), the last loss and val top-1 at the end.
 """
 
 
@@ -36,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="recipe override (see below)")
     p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                    help="pixelmamba.create_model override, e.g. scan_window=224, act_dtype=bfloat16")
+    add_tracker(p, what="the pre-training run (named pretrain/<model>)")
     p.set_defaults(func=main)
 
 
@@ -47,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = PretrainConfig.from_dict({"model": args.model, **parse_sets(args.set),
                                     "model_options": parse_sets(args.model_option)})
     out = args.out or args.results / "pretrain" / args.model
-    summary = pretrain(args.data, out, cfg, progress=not args.quiet)
+    summary = pretrain(args.data, out, cfg, progress=not args.quiet, tracker=tracker_settings(args))
     if D.is_main():
         extra = f", val top-1 {summary['val_top1']:.4f}" if "val_top1" in summary else ""
         print(f"{summary['steps']} step(s), last loss {summary['last_loss']:.4f}{extra} "

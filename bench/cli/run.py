@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..engine.protocol import list_protocols
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, add_tracker, check_names, cluster_options,
+from .common import (Formatter, add_dataset, add_launch_args, add_paths, add_repeats, add_tracker, check_names,
+                     cluster_options,
                      parse_int_list, parse_sets, print_failed, print_launch_report, resolve_dataset, tracker_settings)
 
 if TYPE_CHECKING:
@@ -31,8 +32,10 @@ EPILOG = """examples:
   python -m bench run --methods 'abmil.*,pixelmamba-6m' --dataset blca --protocol paper   # docs/protocol.md
   python -m bench run --methods all --dataset demo --jobs 1      # one process (default: auto, one per core)
   python -m bench run --methods meanmil.resnet50 --dataset blca --splits mambamil   # an imported split set
+  python -m bench run --methods 'abmil.*' --dataset blca --splits mambamil --launcher submitit --partition gpu
+  python -m bench run --methods abmil.resnet50 --dataset demo --repeats 3   # 3 training seeds per fold
 --methods takes `all`, comma lists and globs ('abmil.*', '*.gigapath').
-A unit (task, method, fold) is done when its record (metrics.json) exists with the same identity:
+A unit (task, method, fold[, repeat]) is done when its record (metrics.json) exists with the same identity:
 the labels of its cases, its slides' fingerprints, the split set (--seed, --n-folds), every option
 and the fingerprint of every pretrained part. Rerunning the same command skips done units, redoes
 unfinished ones (also after a crash or kill) and stale ones (saying why); a finished result stays in
@@ -97,6 +100,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "record (what `bench heatmap` loads). Default: kept for the units this run trains; "
                         "--keep-weights also redoes finished units that did not keep them; --no-keep-weights "
                         "keeps none (the cost, per unit, is the model's size: docs/heatmaps.md)")
+    add_repeats(p)
     add_tracker(p)
     g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -148,7 +152,8 @@ def run_options(args: argparse.Namespace) -> "RunOptions":
         input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned, init=args.init,
         init_partial=args.init_partial, from_scratch=args.from_scratch, order=args.order, variant=args.variant, device=args.device,
         protocol=args.protocol, jobs=args.jobs, splits_name=args.splits,
-        keep_weights=args.keep_weights, settings=Settings.from_env(), tracker=tracker_settings(args))
+        keep_weights=args.keep_weights, settings=Settings.from_env(), tracker=tracker_settings(args),
+        repeats=args.repeats)
 
 
 def _declare_releases(dataset: str) -> None:
@@ -225,9 +230,6 @@ def _torchrun(nproc: int, methods: list, opts: "RunOptions") -> int:
 def _submit(args: argparse.Namespace, methods: list, opts: "RunOptions") -> int:
     from ..engine.launch import submit
 
-    if opts.splits_name:
-        raise ValueError("--splits does not combine with --launcher submitit yet: run with --launcher local (or "
-                         "--jobs N on one machine)")
     rep = submit(methods, opts, cluster_options(args))
     print_launch_report(rep, args)
     print_failed(rep.failed)

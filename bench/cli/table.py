@@ -16,11 +16,13 @@ EPILOG = """examples:
   python -m bench table --methods all          # every registered method a row; "–" for rows still to run
   python -m bench table --dataset luad --stats  # mark rows not significantly worse than the best
   python -m bench table --compute              # + peak memory and training time per slide
+  python -m bench table --repeats-detail       # rows run with --repeats: split and seed variance per row
   python -m bench table --std-ddof 1           # sample standard deviation instead of population
   python -m bench table --dataset camelyon16   # + results/tables/classification_camelyon16.tex (AUC, ACC)
   python -m bench table --latex-layout split   # one table per task instead of one full-width table*
   python -m bench table --km-panel meanmil.resnet50,abmil.resnet50,transmil.resnet50,pixelmamba-6m
   python -m bench table --dataset blca --published pixel-mamba   # + the paper's numbers, differences
+  python -m bench table --dataset blca --splits mambamil          # only the rows of an imported split set
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
 Every cell is tested against chance (permutation test of the row's pooled out-of-fold predictions
@@ -28,7 +30,11 @@ against shuffled labels, same metric); cells with p >= 0.05 are marked ∘ and t
 <table>_chance.csv. Bold/underline rank only rows with every fold; partial rows print grey italic.
 Marks: † random weights of a pretrained part, ‡ stand-in encoder, ¶ end-to-end from random
 initialisation, § protocol other than the paper's, numbers: options that differ from the method's
-defaults (and --init checkpoints); each is explained under the table.
+defaults (and --init checkpoints); each is explained under the table. A row holds one split set:
+rows of another one are rows of their own, named after it ("MeanMIL (splits-mambamil)", "(seed1-k3)").
+Rows run with --repeats: each fold's value is the mean over its training seeds, then mean ± std over
+folds; a row with unequal repeats per fold shows its counts and is not ranked. The split (between-fold)
+and seed (within-fold) variance of every row are in results/<dataset>/variance.csv (docs/repeats.md).
 """
 
 
@@ -51,9 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--stats", action="store_true",
                    help="per column, mark rows not significantly different from the best (paired "
                         "patient-level bootstrap on the shared folds; per-fold paired t-tests in "
-                        "<table>_stats.csv); the caption states the test")
+                        "<table>_stats.csv; each row's split and seed variance in <table>_variance.csv); the "
+                        "caption states the test")
     g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     g.add_argument("--alpha-level", type=float, default=0.05, help="significance level (default %(default)s)")
+    g.add_argument("--repeats-detail", action="store_true",
+                   help="print each row's split (between-fold) and seed (within-fold) variance components, for "
+                        "rows run with --repeats (docs/repeats.md)")
     g.add_argument("--compute", action="store_true",
                    help="add columns: peak memory (GB) and training time per slide (s), from metrics.json")
     p.add_argument("--latex-layout", choices=("compact", "split", "landscape"), default="compact",
@@ -66,6 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--published", metavar="SOURCE",
                    help="print beside each row the published mean ± std, the difference and the protocol "
                         "differences the records know (shipped source: pixel-mamba; docs/splits.md)")
+    p.add_argument("--splits", metavar="NAME",
+                   help="only the rows made on the imported split set NAME (`bench run --splits NAME`); by "
+                        "default every split set's rows are listed, each named after its set")
     p.add_argument("--no-figures", action="store_true", help="skip the Kaplan–Meier figures")
     p.add_argument("--km-panel", metavar="M1,M2,...",
                    help="also draw these methods' Kaplan–Meier curves side by side with shared axes "
@@ -76,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..registry import resolve_methods
     from ..results.store import ResultsStore
-    from ..report.tables import write_tables
+    from ..report.write import write_tables
 
     if args.published:
         from ..report.published import load_published
@@ -93,15 +106,19 @@ def main(args: argparse.Namespace) -> int:
                              ablation_rows=args.ablation_rows, stats=args.stats, n_boot=args.n_boot,
                              alpha=args.alpha_level, compute=args.compute, figures=not args.no_figures,
                              layout=args.latex_layout, n_perm=args.n_perm,
-                             km_panel=[m for m in (args.km_panel or "").split(",") if m]):
+                             km_panel=[m for m in (args.km_panel or "").split(",") if m], splits=args.splits,
+                             repeats_detail=args.repeats_detail):
         print(line)
     if args.published:
         import pandas as pd
 
         from ..report.published import comparison_lines
+        from ..results.summary import select_split_set
 
         for d in datasets:
             if store.summary_path(d).is_file():
-                for line in comparison_lines(pd.read_csv(store.summary_path(d)), args.published, d):
+                summary = pd.read_csv(store.summary_path(d))
+                for line in comparison_lines(select_split_set(summary, args.splits) if args.splits else summary,
+                                             args.published, d):
                     print(line)
     return 0

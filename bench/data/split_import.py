@@ -4,23 +4,36 @@ Each reader turns a project's split files into one long table ``fold, case_id, r
 ``train``, ``val`` = early-stopping set, ``test`` = the fold's evaluation set). Which column becomes
 ``test`` is the format's rule, stated here and in docs/splits.md:
 
-- ``mambamil`` (MambaMIL ``csv/Cbioportal/<COHORT>_Splits.csv``): column ``ID``, columns ``Fold 0`` ..
-  ``Fold 4`` holding ``train: complete`` / ``val: complete`` (``...: missing`` = no slide, left out).
-  MambaMIL reports on its ``val`` fold, so ``val`` is the test set; there is no early-stopping set.
-- ``survpath`` (SurvPath/MCAT ``splits/5foldcv/tcga_<cohort>/splits_<k>.csv``): an index column, then
-  ``train`` and ``val`` columns of case ids. SurvPath reports on ``val``: it is the test set.
-- ``panther`` (PANTHER ``splits/survival/TCGA_<COHORT>_overall_survival_k=<k>/``): ``train.csv``,
-  ``test.csv`` and optionally ``val.csv``, each a table with a ``case_id`` column. ``test.csv`` is the
-  test set, ``val.csv`` the early-stopping set; a fold without ``test.csv`` is refused unless
-  ``val_as_test`` says the source reports on ``val.csv``.
-- ``patho-bench`` (Patho-Bench task TSV): ``case_id`` and ``fold_<k>`` columns holding ``train``,
-  ``val`` or ``test``.
+- ``mambamil``, two layouts, both from github.com/isyangshu/MambaMIL:
+  ``splits/TCGA_<COHORT>_survival_kfold/splits_<k>.csv`` (the repository today; CLAM's ``save_splits``
+  layout: an index column, then ``train``, ``val``, ``test`` columns of case ids, one entry per slide,
+  ``test`` empty), and ``csv/Cbioportal/<COHORT>_Splits.csv`` (its first release, commit 6a823a8):
+  column ``ID``, columns ``Fold 0`` .. ``Fold 4`` holding ``train: complete`` / ``val: complete``
+  (``...: missing`` = no slide, left out). ``main_survival.py`` early-stops and reports on ``val``,
+  so ``val`` is the test set; there is no early-stopping set.
+- ``survpath`` (github.com/mahmoodlab/SurvPath ``splits/5foldcv/tcga_<cohort>/splits_<k>.csv``): an
+  index column, then ``train`` and ``val`` columns of case ids. SurvPath reports on ``val``: it is the
+  test set. In this CLAM layout (also MambaMIL's), a ``test`` column with cases in it is the test set
+  and ``val`` then the early-stopping set, as CLAM uses them.
+- ``panther`` (github.com/mahmoodlab/PANTHER ``src/splits/survival/TCGA_<COHORT>_overall_survival_k=<k>/``):
+  ``train.csv``, ``test.csv`` and optionally ``val.csv`` (the survival splits ship none), each a table
+  with a ``case_id`` column, one row per slide. ``test.csv`` is the test set, ``val.csv`` the
+  early-stopping set; a fold without ``test.csv`` is refused unless ``val_as_test`` says the source
+  reports on ``val.csv``.
+- ``patho-bench`` (github.com/mahmoodlab/Patho-Bench ``patho_bench/datasets/DataSplit.py``; the task
+  files of huggingface.co/datasets/MahmoodLab/Patho-Bench, ``<source>/<task>/k=all.tsv``): tab-separated
+  (comma-separated when the name does not end in ``.tsv``, as ``DataSplit`` reads it), one row per
+  slide: ``case_id``, ``slide_id``, label columns, ``fold_0`` .. ``fold_<n>`` holding ``train`` /
+  ``test`` (the published files), or ``val`` where a user reserved one. ``-1`` or an empty cell (a
+  sample ``DataSplit`` left unassigned) is no member of that fold; any other value is refused.
 - ``csv``: ``case_id, fold`` (``fold`` = the case's test fold; the others train on it), or
   ``case_id, fold, split`` with ``split`` in train/val/test.
 
 The imported set is checked against the cohort before anything is written: a case in two roles of
-one fold is refused (naming the fold and the cases); cases of the file missing from the cohort and
-cases of the cohort missing from the file are counted and listed, never silently.
+one fold is refused (naming the fold and the cases) unless the user asks to keep such a case in its
+evaluation role only (:func:`keep_evaluation_role`; MambaMIL's TCGA files split slides, not patients,
+so a patient can be in ``train`` and ``val`` of one fold); cases of the file missing from the cohort
+and cases of the cohort missing from the file are counted and listed, never silently.
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ def _long(rows: list[tuple[int, str, str]]) -> pd.DataFrame:
 
 
 def _read_mambamil(path: Path, val_as_test: bool) -> pd.DataFrame:
+    if path.is_dir() or re.fullmatch(r"splits_\d+\.csv", path.name):
+        return _read_clam_folds(path, "MambaMIL", "splits/TCGA_<COHORT>_survival_kfold/")
     df = pd.read_csv(path, dtype=str)
     folds = sorted((c for c in df.columns if re.fullmatch(r"Fold \d+", c)), key=lambda c: int(c.split()[1]))
     if "ID" not in df.columns or not folds:
@@ -63,20 +78,30 @@ def _read_mambamil(path: Path, val_as_test: bool) -> pd.DataFrame:
 
 
 def _read_survpath(path: Path, val_as_test: bool) -> pd.DataFrame:
-    files = sorted(path.glob("splits_*.csv")) if path.is_dir() else [path]
+    return _read_clam_folds(path, "SurvPath", "splits/5foldcv/tcga_<cohort>/")
+
+
+def _read_clam_folds(path: Path, project: str, layout: str) -> pd.DataFrame:
+    """CLAM's ``save_splits`` files ``splits_<k>.csv`` (their folder, or any one of them: every fold
+    of the folder is read; CLAM's ``splits_<k>_bool.csv`` / ``_descriptor.csv`` are not folds):
+    ``train``, ``val`` and optionally ``test`` columns of case ids. ``val`` is the test set unless
+    ``test`` holds cases; then ``val`` is the early-stopping set, as CLAM uses them."""
+    if not path.is_dir() and not re.fullmatch(r"splits_\d+\.csv", path.name):
+        raise SplitError(f"{path}: {project} split files are named splits_<k>.csv ({project} layout: {layout})")
+    folder = path if path.is_dir() else path.parent
+    files = sorted(f for f in folder.glob("splits_*.csv") if re.fullmatch(r"splits_\d+\.csv", f.name))
+    if not files:
+        raise SplitError(f"{path}: no splits_<k>.csv inside ({project} layout: {layout})")
     rows = []
     for f in files:
         m = re.fullmatch(r"splits_(\d+)\.csv", f.name)
-        if not m:
-            raise SplitError(f"{f}: SurvPath split files are named splits_<k>.csv")
         df = pd.read_csv(f, dtype=str)
         if not {"train", "val"} <= set(df.columns):
-            raise SplitError(f"{f}: needs 'train' and 'val' columns (SurvPath layout); has {', '.join(df.columns)}")
-        for col, role in (("train", "train"), ("val", "test"), ("test", "test")):
+            raise SplitError(f"{f}: needs 'train' and 'val' columns ({project} layout); has {', '.join(df.columns)}")
+        has_test = "test" in df.columns and df["test"].notna().any()
+        for col, role in (("train", "train"), ("val", "val" if has_test else "test"), ("test", "test")):
             if col in df.columns:
                 rows += [(int(m.group(1)), c, role) for c in df[col].dropna()]
-    if not files:
-        raise SplitError(f"{path}: no splits_<k>.csv inside (SurvPath layout: splits/5foldcv/tcga_<cohort>/)")
     return _long(rows)
 
 
@@ -104,12 +129,19 @@ def _read_panther(path: Path, val_as_test: bool) -> pd.DataFrame:
 
 
 def _read_patho_bench(path: Path, val_as_test: bool) -> pd.DataFrame:
-    df = pd.read_csv(path, sep="\t", dtype=str)
-    folds = [c for c in df.columns if re.fullmatch(r"fold_\d+", c)]
+    df = pd.read_csv(path, sep="\t" if path.name.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+    folds = sorted((c for c in df.columns if re.fullmatch(r"fold_\d+", c)), key=lambda c: int(c.split("_")[1]))
     if "case_id" not in df.columns or not folds:
-        raise SplitError(f"{path}: not a Patho-Bench split TSV (needs 'case_id' and 'fold_0'.. columns)")
-    rows = [(int(col.split("_")[1]), c, str(v).strip()) for col in folds
-            for c, v in zip(df["case_id"], df[col]) if str(v).strip() in ROLES]
+        raise SplitError(f"{path}: not a Patho-Bench split file (needs 'case_id' and 'fold_0'.. columns; has "
+                         f"{', '.join(df.columns[:8])})")
+    rows = []
+    for col in folds:
+        for i, (c, v) in enumerate(zip(df["case_id"], df[col].str.strip())):
+            if v in ROLES:
+                rows.append((int(col.split("_")[1]), c, v))
+            elif v not in ("", "-1"):  # -1 / empty: DataSplit left the sample out of this fold
+                raise SplitError(f"{path}: line {i + 2} (case {c}), column {col}: {v!r} is not train, val or test. "
+                                 "Fix the file (Patho-Bench writes train/test, or val for a reserved set)")
     return _long(rows)
 
 
@@ -139,6 +171,7 @@ class ImportedSplits:
     table: pd.DataFrame  # fold, case_id, role: only cases of the cohort
     not_in_cohort: list[str] = field(default_factory=list)
     not_in_file: list[str] = field(default_factory=list)
+    taken_from_train: dict[int, list[str]] = field(default_factory=dict)  # keep_evaluation_role's moves
 
     def fold_counts(self, cases: pd.DataFrame) -> pd.DataFrame:
         """Per fold: train/val/test sizes and the test set's class or event counts."""
@@ -154,9 +187,10 @@ class ImportedSplits:
         return pd.DataFrame(rows)
 
 
-def read_split_file(path: Path | str, fmt: str, val_as_test: bool = False) -> pd.DataFrame:
+def read_split_file(path: Path | str, fmt: str, val_as_test: bool = False,
+                    two_roles: bool = False) -> pd.DataFrame:
     """The file (or folder) in ``fmt`` as ``fold, case_id, role``; a case in two roles of one fold is
-    refused, naming them."""
+    refused, naming them (``two_roles``: returned as they are, for :func:`keep_evaluation_role`)."""
     path = Path(path)
     if fmt not in READERS:
         raise SplitError(f"unknown split format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -165,23 +199,43 @@ def read_split_file(path: Path | str, fmt: str, val_as_test: bool = False) -> pd
     table = READERS[fmt](path, val_as_test)
     if table.empty:
         raise SplitError(f"{path}: no cases found in it as format {fmt!r}")
+    missing = sorted(set(range(int(table["fold"].max()) + 1)) - set(table["fold"]))
+    if missing:
+        raise SplitError(f"{path}: fold(s) {', '.join(map(str, missing))} of 0..{int(table['fold'].max())} are "
+                         "missing from the split set; give every fold's file (or the folder holding them)")
     twice = table.groupby(["fold", "case_id"])["role"].nunique()
     twice = twice[twice > 1]
-    if len(twice):
+    if len(twice) and not two_roles:
         by_fold = {int(k): sorted(g.index.get_level_values("case_id")) for k, g in twice.groupby(level="fold")}
         desc = "; ".join(f"fold {k}: {len(v)} case(s) ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"
                          for k, v in by_fold.items())
         raise SplitError(f"{path}: cases in two roles (train/val/test) of the same fold: {desc}. Such a split "
-                         "leaks training cases into evaluation; fix the file or use another split set")
+                         "leaks training cases into evaluation; fix the file, use another split set, or import "
+                         "with --two-roles evaluate (each such case is then evaluated only, never trained on)")
     return table
 
 
-def check_against_cohort(table: pd.DataFrame, name: str, task: str, cases: pd.DataFrame) -> ImportedSplits:
+def keep_evaluation_role(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """A case in several roles of one fold keeps the one it is evaluated in (``test`` before ``val``)
+    and leaves ``train``: the fold's evaluation set stays the source's, and no case is trained on
+    and evaluated on at once. Returns the table and, per fold, the cases taken from training."""
+    rank = table["role"].map({"test": 0, "val": 1, "train": 2})
+    kept = table.assign(_r=rank).sort_values(["fold", "case_id", "_r"]).drop_duplicates(["fold", "case_id"])
+    several = table.groupby(["fold", "case_id"])["role"].nunique()
+    several = several[several > 1]
+    taken = {int(k): sorted(g.index.get_level_values("case_id")) for k, g in several.groupby(level="fold")}
+    return kept.drop(columns="_r").sort_values(["fold", "case_id"]).reset_index(drop=True), taken
+
+
+def check_against_cohort(table: pd.DataFrame, name: str, task: str, cases: pd.DataFrame,
+                         taken_from_train: dict[int, list[str]] | None = None) -> ImportedSplits:
     """Keep the cohort's cases; count and list the file's cases missing from the cohort and the
-    cohort's cases missing from the file. Every fold must keep a test set and a training set."""
+    cohort's cases missing from the file. Every fold must keep a test set and a training set.
+    ``taken_from_train``: what :func:`keep_evaluation_role` moved (recorded with the set)."""
     have, want = set(table["case_id"]), set(cases["case_id"])
     kept = table[table["case_id"].isin(want)].reset_index(drop=True)
-    imp = ImportedSplits(name, task, kept, sorted(have - want), sorted(want - have))
+    taken = {k: [c for c in v if c in want] for k, v in (taken_from_train or {}).items()}
+    imp = ImportedSplits(name, task, kept, sorted(have - want), sorted(want - have), {k: v for k, v in taken.items() if v})
     for k in sorted(table["fold"].unique()):
         roles = set(kept.loc[kept["fold"] == k, "role"])
         if not {"train", "test"} <= roles:
@@ -210,6 +264,7 @@ def write_split_set(root: Path, dataset: str, imp: ImportedSplits, source: Path,
     meta = {"name": imp.name, "dataset": dataset, "task": imp.task, "format": fmt, "source": str(source),
             "source_sha256": digest.hexdigest(), "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
             "n_folds": int(imp.table["fold"].nunique()), "not_in_cohort": imp.not_in_cohort,
-            "not_in_file": imp.not_in_file}
+            "not_in_file": imp.not_in_file,
+            "taken_from_train": {str(k): v for k, v in sorted(imp.taken_from_train.items())}}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
     return path

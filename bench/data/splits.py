@@ -91,6 +91,11 @@ class Splits:
         return int((self.folds if self.roles is None else self.roles)["fold"].max()) + 1
 
     @property
+    def label(self) -> str:
+        """The set's name in results: ``splits-<name>``, ``seed<s>-k<n>`` or "" (the default set)."""
+        return split_set_label(self.seed, self.n_folds, self.name)
+
+    @property
     def hash(self) -> str:
         if self.roles is None:
             return split_hash(self.folds)
@@ -143,6 +148,12 @@ class Splits:
 def split_set_name(seed: int, n_folds: int) -> str:
     """The name of a split set: "" for the default (seed 0, 5 folds), else ``seed<s>-k<n>``."""
     return "" if (seed, n_folds) == (0, 5) else f"seed{int(seed)}-k{int(n_folds)}"
+
+
+def split_set_label(seed: int, n_folds: int, name: str | None = None) -> str:
+    """How results name a split set (variants, tuning folders, table rows): "" for the default seeded
+    set, ``seed<s>-k<n>`` for another seeded one, ``splits-<name>`` for an imported one."""
+    return f"splits-{name}" if name else split_set_name(seed, n_folds)
 
 
 class SplitManager:

@@ -88,10 +88,11 @@ def run_unit_job(job: str) -> dict[str, Any]:
     return {"status": status, "message": "; ".join(rep.failed.values()), "seconds": rep.seconds}
 
 
-def job_spec(opts: RunOptions, variant: Variant, task: str, fold: int) -> str:
+def job_spec(opts: RunOptions, variant: Variant, task: str, fold: int, repeat: int = 0) -> str:
     """What one job receives: its unit's options (paths made absolute, as a job may start in another
     working directory) and its method or variant (with the variant's own settings), as JSON."""
-    return json.dumps({"options": opts.for_job(task, fold).to_dict(), "method": variant.to_dict()}, sort_keys=True)
+    return json.dumps({"options": opts.for_job(task, fold, repeat).to_dict(), "method": variant.to_dict()},
+                      sort_keys=True)
 
 
 def make_executor(opts: ClusterOptions, folder: Path, n_jobs: int) -> Any:
@@ -143,7 +144,7 @@ def submit(methods: list[MethodSpec | Variant], options: RunOptions | str | Path
     folder.mkdir(parents=True, exist_ok=True)
     report.folder = folder
     # the job runs exactly the planned unit's variant (its own settings travel with it)
-    jobs_args = [job_spec(opts, p.variant, p.unit.task, p.unit.fold) for p in plan.todo]
+    jobs_args = [job_spec(opts, p.variant, p.unit.task, p.unit.fold, p.unit.repeat) for p in plan.todo]
     executor = make_executor(cluster, folder, len(jobs_args))
     jobs = []
     with executor.batch():  # one SLURM job array

@@ -96,6 +96,8 @@ class RunOptions:
     keep_weights: bool | None = None  # each finished unit's trained weights to model.pt (None: the store's default)
     settings: Settings = field(default_factory=Settings)
     tracker: TrackerSettings | None = None  # one tracked run per unit (bench.engine.tracking); None: untracked
+    repeats: int = 1  # training seeds per fold (--repeats): each (fold, repeat) is a unit of its own
+    repeat: int | None = None  # only this repeat index (a launcher's one-unit job); None: 0..repeats-1
 
     def __post_init__(self) -> None:
         for name in ("tasks", "folds"):
@@ -108,6 +110,11 @@ class RunOptions:
             object.__setattr__(self, "init", str(self.init))
         if self.order not in ORDERS:
             raise ValueError(f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"--repeats must be a whole number of training seeds per fold, 1 or more; got "
+                             f"{self.repeats!r}")
+        if self.repeat is not None and not 0 <= self.repeat < self.repeats:
+            raise ValueError(f"repeat {self.repeat} is outside --repeats {self.repeats} (0..{self.repeats - 1})")
 
     @classmethod
     def create(cls, dataset: str | Path, *, train_overrides: Mapping[str, Any] | None = None,
@@ -124,11 +131,12 @@ class RunOptions:
     def init_path(self) -> Path | None:
         return Path(self.init) if self.init is not None else None
 
-    def for_job(self, task: str, fold: int) -> "RunOptions":
+    def for_job(self, task: str, fold: int, repeat: int = 0) -> "RunOptions":
         """The options of one submitted unit: paths absolute (a job may start elsewhere), no progress
         bars, no grid-wide row check, and no ``--variant`` (the job's variant already carries its name)."""
         dataset = str(Path(self.dataset).resolve()) if self.dataset.endswith((".yaml", ".yml")) else self.dataset
-        return replace(self, dataset=dataset, tasks=(task,), folds=(fold,), results=str(Path(self.results).resolve()),
+        return replace(self, dataset=dataset, tasks=(task,), folds=(fold,), repeat=repeat,
+                       results=str(Path(self.results).resolve()),
                        cache=str(Path(self.cache).resolve()),
                        init=str(Path(self.init).resolve()) if self.init is not None else None,
                        progress=False, dry_run=False, row_check=False, jobs=1, variant=None)

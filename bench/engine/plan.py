@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.datasets import Cohort
-from ..data.splits import Splits, split_set_name
+from ..data.splits import Splits, split_set_label
 from ..io import name_component
 from ..registry import MethodSpec
 from feature_cache.weights import WeightsProvenance
@@ -46,7 +46,7 @@ def unit_variant(name: str | None, tuned: bool, seed: int, n_folds: int, splits:
     """The stored variant of a unit: the variant's own name, ``tuned``, and the split set when it is
     not the default one (``seed1-k3``, or ``splits-<name>`` for an imported set) — results of
     different split sets never share a row."""
-    sset = f"splits-{splits}" if splits else split_set_name(seed, n_folds) or None
+    sset = split_set_label(seed, n_folds, splits) or None
     parts = [p for p in (name, "tuned" if tuned else None, sset) if p]
     return "+".join(parts) or None
 
@@ -147,7 +147,7 @@ class Planner:
             check_tuned_protocol(tuned_info, r.protocol.name, unit)
         key, fi = self.get_inputs(spec, dict(r.inputs))
         # same seed for every variant of a method: an ablation compares settings, not initialisations
-        train_cfg = r.train_options(unit_seed(self.seed, spec.name, task, k))
+        train_cfg = r.train_options(training_seed(self.seed, spec.name, task, k, unit.repeat))
         if spec.family == "end-to-end" and self.init is None and not self.from_scratch \
                 and not self.cohort.spec.allow_random_weights:
             raise OptionError(
@@ -173,11 +173,21 @@ class Planner:
             "weights": [w.to_dict() for w in weights], "init": self.init_id,
             "protocol": r.protocol.name, "numerics_version": NUMERICS_VERSION,
         }
+        if unit.repeat:  # repeat 0 keeps the identity (and digest) of a unit run without --repeats
+            config["repeat"] = unit.repeat
         if tuned_info is not None:
             config["tuned"] = {k2: tuned_info.get(k2) for k2 in ("params", "value", "metric", "study_name",
                                                                  "n_trials", "inner_folds")}
         return UnitPlan(unit, spec, v, recipe, train_cfg, input_opts, key, config, digest(config),
                         config.get("tuned"), non_default(r, train_cfg))
+
+
+def training_seed(seed: int, method: str, task: str, fold: int, repeat: int = 0) -> int:
+    """The training seed of a unit (model initialisation, data order, dropout): a hash of the split
+    seed, method, task and fold, and for a repeat r > 0 of ``--repeats`` also of ``repeat<r>``. So
+    repeat 0 trains exactly as a run without repeats, every repeat gets its own seed, and the split
+    (made from the split seed alone) stays the same."""
+    return unit_seed(seed, method, task, fold) if not repeat else unit_seed(seed, method, task, fold, f"repeat{repeat}")
 
 
 def non_default(r: UnitRecipe, train_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from feature_cache.weights import WeightsError, WeightsProvenance, file_sha256, 
 from ..io import atomic_path
 from . import distributed as D
 from .steps import StepLoop, resolve_device
+from .tracking import Continued, open_run, tracks
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +272,22 @@ def _resume(last: Path, cfg: PretrainConfig, loop: StepLoop, classes: list[str],
 
 
 def pretrain(data: Path | str, out: Path | str, cfg: PretrainConfig, *, progress: bool = True,
-             device: str = "auto") -> dict[str, Any]:
+             device: str = "auto", tracker: Any = None) -> dict[str, Any]:
     """Pre-train ``cfg.model`` on the ImageFolder ``data``; checkpoints in ``out``. Resumes from
     ``out/last.pt`` when it exists. Returns a summary (steps, last loss, val top-1 if any).
     ``device``: ``auto`` trains on this rank's GPU under torchrun, else on the first GPU when there
-    is one, else on the CPU (``steps.resolve_device``)."""
+    is one, else on the CPU (``steps.resolve_device``). ``tracker``: a
+    :class:`~bench.engine.tracking.TrackerSettings`; the run is tracked as ``pretrain/<model>``
+    (per-step loss and learning rate, numbered from the resumed step; the summary at the end)."""
+    name = f"pretrain/{cfg.model}"
+    with open_run(tracker if D.is_main() else None, name, {**asdict(cfg), "data": str(data), "out": str(out)}) as run:
+        summary = _pretrain(data, out, cfg, progress, device, run if tracks(run) else None)
+        run.log_final(**{k: float(summary[k]) for k in ("last_loss", "val_top1", "steps") if k in summary})
+    return summary
+
+
+def _pretrain(data: Path | str, out: Path | str, cfg: PretrainConfig, progress: bool, device: str,
+              run: Any) -> dict[str, Any]:
     import pixelmamba
 
     train_dir, val_dir = _folders(Path(data))
@@ -302,6 +314,7 @@ def pretrain(data: Path | str, out: Path | str, cfg: PretrainConfig, *, progress
     step = _resume(last, cfg, loop, d.train_set.classes, train_dir)
     if step:
         log.info("resuming from %s at step %d (epoch %d)", last, step, step // steps_per_epoch + 1)
+    loop.tracker = Continued(run, start=step) if run is not None else None
     t0 = time.perf_counter()
     step, loss_val = _pretrain_steps(loop, d, cfg, step, steps_per_epoch, last, progress)
     summary: dict[str, Any] = {"steps": step, "last_loss": loss_val, "seconds": time.perf_counter() - t0,

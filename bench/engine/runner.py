@@ -165,16 +165,17 @@ def _plan_all(planner: Planner, variants: list[Variant], tasks: list[str], opts:
     check_folds(folds, {t: splits[t].n_folds for t in tasks})
     grid = grid_order(tasks, variants, {t: splits[t].n_folds for t in tasks}, folds, opts.order)
     plans, input_errors = [], set()
-    for task, v, k in grid:
+    for task, v, k, r in with_repeats(grid, opts):
         unit = Unit(planner.cohort.spec.name, task, v.spec.name, k,
                     unit_variant(v.name, opts.tuned, opts.seed, opts.n_folds,
-                                 planner.splits[task].name))
+                                 planner.splits[task].name), r)
         tuned_info = None
         if opts.tuned:
             from .tuning import TuningError, load_best
 
             try:
-                tuned_info = load_best(opts.results, planner.cohort.spec.name, task, v.spec.name, k)
+                tuned_info = load_best(opts.results, planner.cohort.spec.name, task, v.spec.name, k,
+                                       splits[task].label, splits[task].hash)
             except TuningError as exc:
                 report.failed[unit] = str(exc)
                 continue
@@ -368,6 +369,16 @@ def _unit_failed(p: UnitPlan, ex: _Execution, exc: Exception) -> None:
 
 
 ORDERS = ("task", "method", "fold")
+
+
+def with_repeats(grid: list[tuple[str, Any, int]], opts: RunOptions) -> list[tuple[str, Any, int, int]]:
+    """The (task, variant, fold, repeat) units of ``grid`` under ``--repeats``: with the ``fold``
+    order every unit's repeat 0 first, then repeat 1, ... (every row early, then steadier); with
+    the others a unit's repeats follow each other."""
+    reps = [opts.repeat] if opts.repeat is not None else list(range(opts.repeats))
+    if opts.order == "fold":
+        return [(t, v, k, r) for r in reps for t, v, k in grid]
+    return [(t, v, k, r) for t, v, k in grid for r in reps]
 
 
 def grid_order(tasks: list[str], variants: list[Any], n_folds: dict[str, int], folds: list[int] | None,

@@ -147,6 +147,34 @@ class NullRun:
         self.close()
 
 
+class Continued(NullRun):
+    """One tracked run over several trainings in a row (a tuning trial's inner folds, a resumed
+    pre-training): each training's steps and epochs continue the previous one's numbering, so the
+    run holds one curve. ``next_part()`` starts the next training; ``start`` a resumed run's step."""
+
+    def __init__(self, run: NullRun, start: int = 0) -> None:
+        self.run = run
+        self.step0 = self.last_step = start
+        self.epoch0 = self.last_epoch = 0
+
+    def next_part(self) -> None:
+        self.step0, self.epoch0 = self.last_step, self.last_epoch
+
+    def log_step(self, step: int, **scalars: float) -> None:
+        self.last_step = self.step0 + step
+        self.run.log_step(self.last_step, **scalars)
+
+    def log_epoch(self, epoch: int, **scalars: float) -> None:
+        self.last_epoch = self.epoch0 + epoch
+        self.run.log_epoch(self.last_epoch, **scalars)
+
+    def log_final(self, **metrics: float) -> None:
+        self.run.log_final(**metrics)
+
+    def close(self) -> None:
+        self.run.close()
+
+
 def _safe_dir(name: str) -> str:
     """A run name as a relative directory: each ``/``-separated part kept, characters outside
     ``[A-Za-z0-9._=+-]`` replaced, so a variant such as ``lr=1e-3`` stays readable."""
@@ -284,11 +312,12 @@ def unit_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def open_unit_run(settings: TrackerSettings | None, dataset: str, task: str, method: str, fold: int,
-                  variant: str | None, config: Mapping[str, Any]) -> NullRun:
-    """The tracked run of one unit (see :func:`open_run`)."""
+                  variant: str | None, config: Mapping[str, Any], repeat: int = 0) -> NullRun:
+    """The tracked run of one unit (see :func:`open_run`); a repeat r > 0 of ``--repeats`` is named
+    ``.../fold<k>/seed<r>``."""
     if settings is None or settings.kind == "none":
         return NullRun()
-    return open_run(settings, run_name(dataset, task, method, fold, variant), unit_params(config))
+    return open_run(settings, run_name(dataset, task, method, fold, variant, repeat or None), unit_params(config))
 
 
 def tracks(run: NullRun) -> bool:

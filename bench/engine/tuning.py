@@ -18,9 +18,10 @@ comparable (splits, inner folds, search space, fixed options, inputs) — so a r
 joins the same study and tops it up to the requested number of finished trials; a changed setting
 starts a new study instead of mixing incomparable trials.
 
-Results: ``results/tuning/<dataset>/<task>/<method>/fold<k>/best.json`` (best parameters, value,
-study), ``trials.csv`` and ``inner_folds.csv`` (the inner split, for audit). ``run --tuned`` reads
-``best.json``.
+Results: ``results/tuning/<dataset>/<task>/<method>[/<split set>]/fold<k>/best.json`` (best
+parameters, value, study), ``trials.csv`` and ``inner_folds.csv`` (the inner split, for audit); the
+split set's folder is ``seed<s>-k<n>`` or ``splits-<name>`` (``--splits``), none for the default set.
+``run --tuned`` reads the ``best.json`` of its own split set and refuses one tuned on other folds.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from .config import unit_seed
 from .executor import fit_and_score
 from .inputs import inputs_key, make_inputs
 from .pretrain import init_identity
+from .tracking import Continued, TrackerSettings, open_run, tracks
 from .recipe import MODEL_PREFIX, Overrides, UnitRecipe, resolve_recipe, split_params  # noqa: F401 (public here too)
 from ..data.splits import SplitManager, make_folds
 
@@ -126,8 +128,11 @@ def method_dir(results: Path | str, dataset: str, task: str, method: str) -> Pat
     return Path(results) / "tuning" / name_component(dataset, "dataset") / safe_name(task) / safe_name(method)
 
 
-def fold_dir(results: Path | str, dataset: str, task: str, method: str, fold: int) -> Path:
-    return method_dir(results, dataset, task, method) / f"fold{int(fold)}"
+def fold_dir(results: Path | str, dataset: str, task: str, method: str, fold: int, split_set: str = "") -> Path:
+    """Where outer fold ``fold`` of ``split_set`` (:func:`bench.data.splits.split_set_label`; "" = the
+    default seeded set) keeps its study's results."""
+    d = method_dir(results, dataset, task, method)
+    return (d / safe_name(split_set) if split_set else d) / f"fold{int(fold)}"
 
 
 def default_storage(results: Path | str, dataset: str, task: str, method: str) -> str:
@@ -146,18 +151,26 @@ def _redact(url: str) -> str:
     return url
 
 
-def load_best(results: Path | str, dataset: str, task: str, method: str, fold: int) -> dict[str, Any]:
-    """The best parameters ``bench tune`` recorded for one outer fold."""
+def load_best(results: Path | str, dataset: str, task: str, method: str, fold: int, split_set: str = "",
+              split_hash: str | None = None) -> dict[str, Any]:
+    """The best parameters ``bench tune`` recorded for one outer fold of ``split_set``; with
+    ``split_hash``, refused unless they were tuned on exactly those folds."""
     import json
 
-    p = fold_dir(results, dataset, task, method, fold) / "best.json"
+    p = fold_dir(results, dataset, task, method, fold, split_set) / "best.json"
+    again = (f"python -m bench tune --method {method} --dataset {dataset} --task {task}"
+             + (f" --splits {split_set[len('splits-'):]}" if split_set.startswith("splits-") else ""))
     if not p.is_file():
         raise TuningError(f"no tuning result for {dataset}/{task}/{method} outer fold {fold} ({p} is missing): run "
-                          f"`python -m bench tune --method {method} --dataset {dataset} --task {task}` first")
+                          f"`{again}` first")
     try:
-        return json.loads(p.read_text())
+        best = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise TuningError(f"{p} is unreadable ({exc}); rerun `bench tune` for it") from exc
+    if split_hash is not None and best.get("split_hash") != split_hash:
+        raise TuningError(f"{p} was tuned on other folds (split hash {best.get('split_hash')}, this run's "
+                          f"{split_hash}): its outer test fold may have been tuned on. Rerun `{again}`")
+    return best
 
 
 # ------------------------------------------------------------------------------ the objective
@@ -195,7 +208,8 @@ class Objective:
 
     def __init__(self, spec: MethodSpec, task: str, cases: pd.DataFrame, inner: pd.DataFrame, inputs: Any,
                  space: dict[str, Any], overrides: Overrides, cohort: Cohort, seed: int, outer_fold: int,
-                 prune: bool, init: Path | None = None, protocol: str | None = None) -> None:
+                 prune: bool, init: Path | None = None, protocol: str | None = None,
+                 tracker: TrackerSettings | None = None) -> None:
         self.spec, self.task, self.inputs, self.space = spec, task, inputs, space
         self.cases = cases.set_index("case_id")
         self.inner = inner
@@ -204,6 +218,7 @@ class Objective:
         self.init = init
         self.init_sha = init_identity(init)["sha256"] if init is not None else None
         self.metric = T.get_task(task).metric
+        self.tracker = tracker
 
     def samples(self, case_ids: list[str]) -> list[Any]:
         cols = T.get_task(self.task).label_columns
@@ -214,12 +229,25 @@ class Objective:
         return resolve_recipe(self.spec, self.cohort, self.task, overrides=self.overrides, tuned=params,
                               protocol=self.protocol, init=self.init, init_sha256=self.init_sha)
 
+    def run_name(self, trial: Any) -> str:
+        """A trial's tracked run: ``<dataset>/<task>/<method>/tune/fold<k>/trial<n>``."""
+        return f"{self.cohort.spec.name}/{self.task}/{self.spec.name}/tune/fold{self.outer_fold}/trial{trial.number}"
+
     def __call__(self, trial: Any) -> float:
-        optuna = _optuna()
+        """One trial: its own tracked run (``--tracker``) holds the inner folds' training one after the
+        other (one loss curve), each inner fold's validation metric and the trial's value."""
         params = suggest(trial, self.space)
         r = self.recipe(params)
-        model = r.model_recipe(getattr(self.inputs, "model_kwargs", {}))
         trial.set_user_attr("recipe", r.describe())
+        with open_run(self.tracker, self.run_name(trial),
+                      {"params": params, "outer_fold": self.outer_fold, "recipe": r.describe()}) as run:
+            value = self._inner_cv(trial, r, Continued(run) if tracks(run) else None)
+            run.log_final(**{f"inner_cv_{self.metric}": value})
+        return value
+
+    def _inner_cv(self, trial: Any, r: UnitRecipe, run: Continued | None) -> float:
+        optuna = _optuna()
+        model = r.model_recipe(getattr(self.inputs, "model_kwargs", {}))
         scores = []
         n_inner = int(self.inner["fold"].max()) + 1
         for j in range(n_inner):
@@ -227,9 +255,13 @@ class Objective:
             tr_ids = sorted(self.inner.loc[self.inner["fold"] != j, "case_id"])
             # the seed depends on the fold, not the trial: trials differ by their parameters only
             cfg = r.train_config(unit_seed(self.seed, self.spec.name, self.task, self.outer_fold, "inner", j))
-            out = fit_and_score(model, self.task, self.samples(tr_ids), self.samples(val_ids), cfg, progress=False)
+            out = fit_and_score(model, self.task, self.samples(tr_ids), self.samples(val_ids), cfg, progress=False,
+                                tracker=run)
             v = out.scores.get(self.metric, float("nan"))
             scores.append(float(v) if v is not None else float("nan"))
+            if run is not None:
+                run.log_final(**{f"inner{j}_{self.metric}": scores[-1]})
+                run.next_part()
             trial.set_user_attr(f"inner{j}", scores[-1])
             running = float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
             if self.prune and j < n_inner - 1 and not np.isnan(running):
@@ -257,6 +289,7 @@ class TuneSetup:
     init: Path | None
     seed: int
     prune: bool
+    tracker: TrackerSettings | None = None  # one tracked run per trial
 
 
 def _setup(spec: MethodSpec, cohort: Cohort, task: str, overrides: Overrides, protocol: str | None,
@@ -283,10 +316,15 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
          prune: bool = False, train_overrides: dict[str, Any] | None = None,
          model_overrides: dict[str, Any] | None = None, progress: bool = True,
          timeout: float | None = None, init: Path | str | None = None,
-         input_overrides: dict[str, Any] | None = None, protocol: str | None = None) -> TuneReport:
+         input_overrides: dict[str, Any] | None = None, protocol: str | None = None,
+         splits_name: str | None = None,
+         tracker: TrackerSettings | None = None) -> TuneReport:
     """Tune ``spec`` on every (task, outer fold) of ``dataset`` up to ``n_trials`` finished trials each.
+    ``splits_name``: the outer folds are those of this imported split set (``bench splits --import``)
+    instead of the seeded ones; its early-stopping cases are left out of the inner folds.
     ``init``: the checkpoint every trial's network starts from, as ``bench run --init``;
-    ``protocol``: the preset, as ``bench run --protocol`` (default: the dataset's, the method's, wsi-bench)."""
+    ``protocol``: the preset, as ``bench run --protocol`` (default: the dataset's, the method's, wsi-bench);
+    ``tracker``: one tracked run per trial (``bench.engine.tracking``; None: untracked)."""
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
@@ -298,11 +336,12 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
             raise TuningError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
     overrides = Overrides(train_overrides or {}, model_overrides or {}, input_overrides or {})
     init = Path(init) if init is not None else None
-    setup = _setup(spec, cohort, tasks[0], overrides, protocol, inner, cache, progress, init, seed, prune)
+    setup = replace(_setup(spec, cohort, tasks[0], overrides, protocol, inner, cache, progress, init, seed, prune),
+                    tracker=tracker)
     manager = SplitManager(Path(results) / "splits")
     report = TuneReport(dataset=dataset, method=spec.name)
     for task in tasks:
-        splits = manager.get(dataset, task, cohort.cases(task), n_folds=n_folds, seed=seed)
+        splits = manager.get(dataset, task, cohort.cases(task), n_folds=n_folds, seed=seed, name=splits_name)
         for k in range(splits.n_folds):
             if folds is None or k in folds:
                 report.folds.append(_tune_fold(optuna, setup, task, k, splits, results, storage, n_trials,
@@ -330,7 +369,7 @@ def _tune_fold(optuna: Any, s: TuneSetup, task: str, k: int, splits: Any, result
            "inputs": inputs.identity, "input_key": inputs_key(spec, dict(s.base.inputs)), "seed": s.seed,
            "init": init_identity(s.init) if s.init is not None else None, "protocol": s.base.protocol.name}
     study_name = f"{dataset}.{task}.{spec.name}.outer{k}.{digest(key)[:8]}"
-    fd = fold_dir(results, dataset, task, spec.name, k)
+    fd = fold_dir(results, dataset, task, spec.name, k, splits.label)
     fd.mkdir(parents=True, exist_ok=True)
     atomic_write_text(fd / "inner_folds.csv", inner_split.to_csv(index=False))
     url = storage or default_storage(results, dataset, task, spec.name)
@@ -341,7 +380,7 @@ def _tune_fold(optuna: Any, s: TuneSetup, task: str, k: int, splits: Any, result
              n_before, f"running {todo} more" if todo > 0 else "nothing to do")
     if todo > 0:
         objective = Objective(spec, task, train_cases, inner_split, inputs, s.space, s.overrides, s.cohort,
-                              s.seed, k, s.prune, s.init, s.protocol)
+                              s.seed, k, s.prune, s.init, s.protocol, s.tracker)
         study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(s.seed, study_name, study, storage))
         # samplers and pruners are not stored with a study: every worker sets its own
         study.pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if s.prune

@@ -34,7 +34,7 @@ def run_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, device: 
     """Train and score one unit inside its tracked run (``bench.engine.tracking``), which ends with
     the record's primary metric."""
     u = p.unit
-    with open_unit_run(tracker, u.dataset, u.task, u.method, u.fold, u.variant, p.config) as run:
+    with open_unit_run(tracker, u.dataset, u.task, u.method, u.fold, u.variant, p.config, u.repeat) as run:
         pred, train_log, record, weights = _train_unit(p, planner, fi, progress, device, run if tracks(run) else None)
         value = record.metrics.get(record.primary_metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -62,7 +62,7 @@ def _train_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, devic
         raise ValueError(f"{len(without)} of {len(cases)} cases have no input (e.g. {', '.join(without[:3])}), "
                          f"leaving {len(train)} to train on and {len(test)} to test on. Fix: see why they have no "
                          f"input in the warnings above, or run `bench doctor --dataset {unit.dataset}`")
-    name = spec.name + (f"[{unit.variant}]" if unit.variant else "")
+    name = spec.name + (f"[{unit.variant}]" if unit.variant else "") + (f" repeat {unit.repeat}" if unit.repeat else "")
     t_unit = time.perf_counter()
     out = fit_and_score(p.recipe, unit.task, train, test, TrainConfig.from_dict(p.train), progress=progress,
                         desc=f"{name} {unit.task} fold {unit.fold}", device=device, val=val, tracker=run)
@@ -71,6 +71,7 @@ def _train_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, devic
     cfg = p.config
     record = UnitRecord(
         dataset=unit.dataset, task=unit.task, method=unit.method, fold=unit.fold, variant=unit.variant,
+        repeat=unit.repeat,
         variant_settings=p.variant.settings, tuned=p.tuned, family=spec.family, label=spec.label,
         group=_group(spec), backbone=ENCODERS[spec.encoder]["backbone"] if spec.encoder in ENCODERS else spec.backbone,
         encoder=spec.cache_encoder, encoder_label=ENCODERS.get(spec.encoder or "", {}).get("label", ""),

@@ -19,6 +19,7 @@ from ..ablations import Ablation, GridItem, format_value, lookup_value
 from .render import Cell, Column, Row as TableRow, Table, Tex, mean_std_cell, to_latex as render_latex, \
     to_markdown as render_markdown
 from ..tasks import get_task
+from .repeats import seed_strata, with_repeats
 from .tables import CHANCE_MARK, Marks, ddof_and_folds, spread_phrase, two_sig
 
 # the paper's names of the end-to-end models, by backbone, suffixed with the task (Tables 3–6)
@@ -83,7 +84,7 @@ def build_rows(ablation: Ablation, items: list[GridItem], summary: pd.DataFrame,
         n = 0
         if h is not None:
             n = int(h["n_folds"]) if pd.isna(h.get("n_defined")) else min(int(h["n_folds"]), int(h["n_defined"]))
-        metric = (mean_std_cell(float(h["mean"]), float(h["std"]), n, int(h.get("expected_folds", 5)))
+        metric = (with_repeats(mean_std_cell(float(h["mean"]), float(h["std"]), n, int(h.get("expected_folds", 5))), h)
                   if h is not None else Cell("–"))
         pub = lookup_value(ablation.published, it.paper_value if it.variant else it.method, None) if ablation.published else None
         rows.append(Row(it, cells, metric, n, h,
@@ -178,9 +179,11 @@ def row_keys(rows: list[Row]) -> list[Hashable]:
 # --- writing an ablation's tables from a results store ----------------------------------------------
 def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem], notes: list[str], dataset: str,
                           task: str, *, stats: bool = False, n_boot: int = 1000, alpha: float = 0.05,
-                          compute: bool = False, ddof: int = 0) -> tuple[list[Path], str]:
-    """LaTeX + Markdown (and the stats CSV with ``stats``) under ``results/<dataset>/tables/``;
-    returns the paths written and the Markdown."""
+                          compute: bool = False, ddof: int = 0, split_set: str = "") -> tuple[list[Path], str]:
+    """LaTeX + Markdown (and the stats CSV with ``stats``) under ``results/<dataset>/tables/``, named
+    ``<ablation>_<task>[_<split set>]`` (``split_set``: :func:`bench.data.splits.split_set_label`, ""
+    for the default set, so another set's table never overwrites it); returns the paths written and
+    the Markdown."""
     from ..io import atomic_write_text
     from .stats import N_PERM, caption_note, chance_note, comparisons_frame, compare_to_best
 
@@ -196,12 +199,13 @@ def write_ablation_tables(store: Any, ablation: Ablation, items: list[GridItem],
     notes = notes + identical_rows(store, dataset, task, rows)
     similar: set[int] = set()
     note = ""
-    out = store.root / dataset / "tables" / f"{ablation.name}_{task}.tex"
+    out = store.root / dataset / "tables" / f"{ablation.name}_{task}{'_' + split_set if split_set else ''}.tex"
     paths = [out, out.with_suffix(".md")]
     chance, chance_csv = _chance(store, rows, dataset, task, alpha, out)
     paths.append(chance_csv)
     if stats:
-        preds = {r.item.key: store.predictions(dataset, task, r.item.method, r.item.stored_variant) for r in rows}
+        preds = {r.item.key: seed_strata(store.predictions(dataset, task, r.item.method, r.item.stored_variant))
+                 for r in rows}
         comps = compare_to_best(preds, task, n_boot=n_boot, alpha=alpha)
         keys = row_keys(rows)
         similar = {keys.index(k) for k, c in comps.items() if not c.different}
@@ -225,7 +229,7 @@ def _chance(store: Any, rows: list[Row], dataset: str, task: str, alpha: float, 
 
     at, lines = set(), []
     for k, r in enumerate(rows):
-        pred = store.predictions(dataset, task, r.item.method, r.item.stored_variant) if r.n else None
+        pred = store.predictions(dataset, task, r.item.method, r.item.stored_variant, repeat=0) if r.n else None
         if pred is None or pred.empty:
             continue
         c = chance_test(pred, task, alpha=alpha)
@@ -246,7 +250,7 @@ def identical_rows(store: Any, dataset: str, task: str, rows: list[Row]) -> list
     for r in rows:
         if not r.item.variant or not r.n:
             continue
-        pred = store.predictions(dataset, task, r.item.method, r.item.stored_variant)
+        pred = store.predictions(dataset, task, r.item.method, r.item.stored_variant, repeat=0)
         if pred.empty:
             continue
         cols = [c for c in ("risk", "pred", "prob1") if c in pred]

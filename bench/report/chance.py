@@ -2,6 +2,8 @@
 against shuffled labels, scored with the column's own metric (:func:`bench.report.stats.chance_test`).
 A row whose p-value is not below ``alpha`` is marked ∘ in its cell; the numbers go to
 ``<table>_chance.csv``. This runs for every table on every dataset, not only under ``--stats``.
+A row run with ``--repeats`` is tested on its repeat 0 (one prediction per case: the pooled
+predictions of several seeds would count each case several times).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def row_predictions(store: ResultsStore, dataset: str) -> dict[tuple[str, str, s
     one pass over the records (each verified against its record's checksum)."""
     parts: dict[tuple[str, str, str], list[pd.DataFrame]] = {}
     for rec in store.records(dataset):
-        u = Unit(dataset, rec.task, rec.method, rec.fold, rec.variant)
-        df = pd.read_csv(store.unit_dir(u) / "predictions.csv", dtype={"case_id": str}).assign(fold=rec.fold)
+        if rec.repeat:
+            continue
+        df = pd.read_csv(store.unit_dir(Unit.of(rec)) / "predictions.csv", dtype={"case_id": str}).assign(fold=rec.fold)
         parts.setdefault((rec.task, rec.method, rec.variant or ""), []).append(df)
     return {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
 

@@ -67,7 +67,9 @@ class PairedComparison:
                              for (f, r), d in sorted(self.strata_diffs.items())])
 
 
-def _strata(df: pd.DataFrame) -> pd.DataFrame:
+def repeat_strata(df: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with their ``fold`` replaced by a (fold, repeat) stratum key, so the comparisons of
+    :mod:`bench.report.stats` pair the same fold and training-seed index of two rows."""
     repeat = df["repeat"].astype(int) if "repeat" in df.columns else pd.Series(0, index=df.index)
     if (repeat >= REPEAT_STRIDE).any():
         raise ValueError(f"at most {REPEAT_STRIDE} repeats can be compared")
@@ -81,7 +83,7 @@ def compare_rows(task: str, metric: str, a: pd.DataFrame, b: pd.DataFrame, names
     if a.empty or b.empty:
         empty = names[0] if a.empty else names[1]
         raise ValueError(f"row {empty} has no finished units to compare; run it first")
-    c = compare_pair(task, _strata(a), _strata(b), names=names, n_boot=n_boot, alpha=alpha, seed=seed)
+    c = compare_pair(task, repeat_strata(a), repeat_strata(b), names=names, n_boot=n_boot, alpha=alpha, seed=seed)
     keys = [(k // REPEAT_STRIDE, k % REPEAT_STRIDE) for k in c.folds]
     diffs = dict(zip(keys, c.fold_diffs))
     finite = {k: d for k, d in diffs.items() if np.isfinite(d)}

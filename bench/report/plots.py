@@ -148,7 +148,7 @@ def km_figures(store: Any, summary: pd.DataFrame, datasets: Sequence[str], panel
     printed = []
     for d in datasets:
         rows = summary.loc[(summary["dataset"] == d) & (summary["task"] == "survival"), "method"].unique()
-        preds = {m: store.predictions(d, "survival", m) for m in rows}
+        preds = {m: store.predictions(d, "survival", m, repeat=0) for m in rows}  # one risk per patient
         names = {r["method"]: r["label"] + (f" ({r['encoder_label']})" if isinstance(r.get("encoder_label"), str)
                                             and r["encoder_label"] else "")
                  for _, r in summary[(summary["dataset"] == d) & (summary["task"] == "survival")].iterrows()}

@@ -2,7 +2,7 @@
 
 A source is a CSV of published results, one row per (source, table, dataset, task, metric, method,
 encoder, mean, std, split_set, notes): shipped in ``bench/configs/published/<source>.csv`` (the
-Pixel-Mamba paper's Tables 2, 3, 4, 9 and its supplement's CAMELYON16 table), or the user's own in
+Pixel-Mamba paper's Tables 2–6 and 9 and its supplement's CAMELYON16 table), or the user's own in
 ``<overlay>/published/<source>.csv``. Each of our default rows is matched to the source's main
 table by (dataset, task, metric, method) and shown with the difference and every protocol difference
 the records can tell (split set, random weights, protocol preset, folds finished, magnification).

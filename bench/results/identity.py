@@ -25,10 +25,10 @@ def digest(obj: Any) -> str:
 
 def row_signature(config: dict[str, Any]) -> dict[str, Any]:
     """What the folds of one table row must share: a unit's identity (its ``config.json``) less
-    the fold, the per-fold training seed, the values tuned per outer fold (they differ by design)
+    the fold and repeat, the per-unit training seed, the values tuned per outer fold (they differ by design)
     and the bookkeeping written beside it (config hash, code version, environment, start time).
     The check before a run and the one when a summary is read both compare this."""
-    sig = {k: v for k, v in config.items() if k not in BOOKKEEPING and k != "fold"}
+    sig = {k: v for k, v in config.items() if k not in BOOKKEEPING and k not in ("fold", "repeat")}
     tuned = (config.get("tuned") or {}).get("params", {})
     sig["train"] = {k: v for k, v in (config.get("train") or {}).items() if k != "seed" and k not in tuned}
     if "model" in config:
@@ -66,7 +66,7 @@ def explain(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> list[st
         if old.get(key) != new.get(key):
             reasons.append(_diff(key, old.get(key), new.get(key), limit))
     known = {"labels", "slides", "split", "inputs", "model", "train", "weights", "init", "protocol",
-             "numerics_version", "variant", "tuned", "mpp_override", *BOOKKEEPING}
+             "numerics_version", "variant", "tuned", "mpp_override", "repeat", *BOOKKEEPING}
     for key in sorted((set(old) | set(new)) - known):
         if old.get(key) != new.get(key):
             reasons.append(f"{key} changed")

@@ -1,4 +1,4 @@
-"""The unit record: what one finished (task, method[, variant], fold) unit is, as a typed, versioned
+"""The unit record: what one finished (task, method[, variant], fold[, repeat]) unit is, as a typed, versioned
 document. ``metrics.json`` is its serialisation, written last and atomically (its presence means
 "done"). Tables, statistics, Kaplan–Meier figures and ablation tables read records only — never
 the live registry, never a string they parse back.
@@ -15,9 +15,11 @@ from typing import Any
 
 from feature_cache.weights import WeightsProvenance
 
-__all__ = ["SCHEMA_VERSION", "RecordError", "InputSpec", "SplitIdentity", "UnitRecord", "WeightsProvenance"]
+__all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "RecordError", "InputSpec", "SplitIdentity", "UnitRecord", "WeightsProvenance"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Schema 2 had no ``repeat`` (every unit was repeat 0); its records read as repeat 0 and stay valid.
+READABLE_VERSIONS = (2, 3)
 
 
 class RecordError(ValueError):
@@ -101,6 +103,7 @@ class UnitRecord:
     peak_cuda_mb: float | None
     finished: float
     info: dict[str, Any] = field(default_factory=dict)  # training details (bin edges, world size, ...)
+    repeat: int = 0  # the training-seed repeat (``bench run --repeats``); 0 is the unit without repeats
     schema_version: int = SCHEMA_VERSION
 
     # --- derived, for readers -------------------------------------------------------------------
@@ -122,15 +125,18 @@ class UnitRecord:
         if not isinstance(d, dict):
             raise RecordError(f"{where} is not a unit record (a JSON object expected)")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise RecordError(f"{where} was written with record schema {version!r}, this code reads "
-                              f"{SCHEMA_VERSION}: rerun the same `bench run` command to redo the unit")
-        names = {f.name for f in fields(cls)}
+                              f"{', '.join(map(str, READABLE_VERSIONS))}: rerun the same `bench run` command to "
+                              "redo the unit")
+        names = {f.name for f in fields(cls)} - ({"repeat"} if version == 2 else set())
         unknown = sorted(set(d) - names)
-        missing = sorted(f.name for f in fields(cls) if f.name not in d and f.name not in ("info",))
+        missing = sorted(f.name for f in fields(cls) if f.name not in d and f.name not in ("info", "repeat"))
         if unknown or missing:
             raise RecordError(f"{where} is not a valid unit record (unknown keys {unknown}, missing {missing})")
-        kw = dict(d)
+        kw = {**d, "schema_version": SCHEMA_VERSION}
+        if not isinstance(kw.get("repeat", 0), int) or kw.get("repeat", 0) < 0:
+            raise RecordError(f"{where}: repeat must be a non-negative integer, got {kw['repeat']!r}")
         try:
             kw["input"] = InputSpec(**d["input"])
             kw["default_input"] = InputSpec(**d["default_input"])

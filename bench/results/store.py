@@ -1,6 +1,6 @@
 """The results store: one directory per unit of work, its record (``metrics.json``) written last.
 
-    results/runs/<dataset>/<task>/<method>[/<variant>]/fold<k>/
+    results/runs/<dataset>/<task>/<method>[/<variant>]/fold<k>[-repeat<r>]/
         config.json       the unit's identity (bench.engine.plan; bench.results.identity), its hash, code version, environment
         predictions.csv   one row per test case: labels and prediction / risk
         train_log.csv     one row per epoch
@@ -9,6 +9,8 @@
         metrics.json      the unit record (bench.results.records), written last and atomically:
                           its presence is what "done" means
 
+A repeat r > 0 of a unit (``bench run --repeats``: another training seed on the same fold) lives
+beside it in ``fold<k>-repeat<r>/``; repeat 0 is ``fold<k>/``, the unit of a run without repeats.
 A unit being (re)done is written into ``fold<k>.next/``; only when its record is written does it
 replace ``fold<k>/``, whose previous result moves aside to ``fold<k>.superseded-<hash>`` (never
 deleted). So a finished result stays live until its replacement has finished, and a failed or
@@ -38,8 +40,10 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from ..io import atomic_write_json, atomic_write_text, name_component
+from . import repeats as R
 from .identity import digest, explain, row_signature
 from .records import RecordError, UnitRecord
+from .summary import summary_csv, variance_csv
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +80,17 @@ class Unit:
     method: str
     fold: int
     variant: str | None = None
+    repeat: int = 0  # the training-seed repeat; 0 is the unit of a run without --repeats
 
     def __str__(self) -> str:
         v = f"[{self.variant}]" if self.variant else ""
-        return f"{self.dataset}/{self.task}/{self.method}{v}/fold{self.fold}"
+        r = f"/repeat{self.repeat}" if self.repeat else ""
+        return f"{self.dataset}/{self.task}/{self.method}{v}/fold{self.fold}{r}"
+
+    @classmethod
+    def of(cls, rec: UnitRecord) -> "Unit":
+        """The unit a record belongs to."""
+        return cls(rec.dataset, rec.task, rec.method, rec.fold, rec.variant, rec.repeat)
 
 
 class IntegrityError(RecordError):
@@ -100,7 +111,7 @@ class PlaceError(RecordError):
     """A record that is not where its own dataset, task, method, variant and fold put it."""
 
 
-FOLD_DIR = re.compile(r"fold(\d+)")
+FOLD_DIR = re.compile(r"fold(\d+)(?:-repeat([1-9]\d*))?")
 
 
 WEIGHTS_FILE = "model.pt"
@@ -120,7 +131,7 @@ class ResultsStore:
              / name_component(u.method, "method"))
         if u.variant is not None:
             d = d / name_component(u.variant, "variant")
-        return d / f"fold{int(u.fold)}"
+        return d / (f"fold{int(u.fold)}" + (f"-repeat{int(u.repeat)}" if u.repeat else ""))
 
     def staging_dir(self, u: Unit) -> Path:
         d = self.unit_dir(u)
@@ -153,7 +164,7 @@ class ResultsStore:
         except (OSError, RecordError) as exc:
             log.warning("%s: %s; the unit will be redone", u, exc)
             return None
-        theirs = Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant)
+        theirs = Unit.of(rec)
         if theirs != u:
             raise PlaceError(f"{u} and the finished unit {theirs} share the directory {p.parent}; running it would "
                              f"replace that result. Fix: give this run another name (e.g. another --variant), or "
@@ -258,7 +269,7 @@ class ResultsStore:
             if ".superseded-" in str(p) or p.parent.name.endswith(".next"):
                 continue
             if not FOLD_DIR.fullmatch(p.parent.name):
-                log.warning("%s is not read: only fold<k> directories hold results (a backup copy? move it out "
+                log.warning("%s is not read: only fold<k>[-repeat<r>] directories hold results (a backup copy? move it out "
                             "of %s)", p.parent, base)
                 continue
             try:
@@ -268,7 +279,7 @@ class ResultsStore:
             self.check_place(p, rec)
             if verify:
                 try:
-                    self.check_predictions(Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant), rec)
+                    self.check_predictions(Unit.of(rec), rec)
                 except IntegrityError as exc:
                     raise IntegrityError(f"{exc}. Redo it: {redo_command(rec)}") from exc
             yield rec
@@ -276,7 +287,7 @@ class ResultsStore:
     def check_place(self, p: Path, rec: UnitRecord) -> None:
         """A record counts only where its own dataset, task, method, variant and fold put it, and for a
         fold of its split set: a record copied from another dataset or method is refused."""
-        u = Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant)
+        u = Unit.of(rec)
         want = self.unit_dir(u)
         if want.absolute() != p.parent.absolute() or not 0 <= rec.fold < rec.split.n_folds:
             raise PlaceError(f"{p} is the record of {u} (dataset {rec.dataset!r}, variant {rec.variant!r}, fold "
@@ -286,7 +297,7 @@ class ResultsStore:
     def row_config(self, rec: UnitRecord) -> dict[str, Any]:
         """The identity (config.json) a finished unit was run with; an error naming the file when it
         is gone, since its row could not be checked for one configuration."""
-        u = Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant)
+        u = Unit.of(rec)
         config = self.done_config(u)
         if config is None:
             raise RecordError(f"{self.unit_dir(u) / 'config.json'} is missing or unreadable, so the row's folds "
@@ -297,14 +308,16 @@ class ResultsStore:
         base = self.root / "runs"
         return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
-    def predictions(self, dataset: str, task: str, method: str, variant: str | None = None) -> pd.DataFrame:
-        """Out-of-fold predictions of every finished fold (each verified against its record), concatenated."""
+    def predictions(self, dataset: str, task: str, method: str, variant: str | None = None,
+                    repeat: int | None = None) -> pd.DataFrame:
+        """Out-of-fold predictions of every finished fold and repeat (each verified against its record),
+        concatenated in (fold, repeat) order, with ``fold`` and ``repeat`` columns; ``repeat``: that one only."""
         parts = []
-        for rec in self.records(dataset):
-            if rec.task == task and rec.method == method and rec.variant == variant:
-                u = Unit(dataset, task, method, rec.fold, variant)
-                df = pd.read_csv(self.unit_dir(u) / "predictions.csv", dtype={"case_id": str})
+        for rec in sorted(self.records(dataset), key=lambda r: (r.fold, r.repeat)):
+            if rec.task == task and rec.method == method and rec.variant == variant and repeat in (None, rec.repeat):
+                df = pd.read_csv(self.unit_dir(Unit.of(rec)) / "predictions.csv", dtype={"case_id": str})
                 df["fold"] = rec.fold
+                df["repeat"] = rec.repeat
                 parts.append(df)
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
@@ -315,20 +328,23 @@ class ResultsStore:
         also writes summary.csv, an output only (:func:`summary_csv`).
         The folds of a row must share one configuration (:func:`bench.results.identity.row_signature`
         of their ``config.json``): a row that mixes configurations is an error naming its folds, what
-        differs and the fix."""
+        differs and the fix. ``split_set``: the rows' split set as results name it (``splits-<name>``,
+        ``seed<s>-k<n>``, "" for the default set)."""
+        from ..data.splits import split_set_label
+
         groups: dict[tuple[str, str, str], list[UnitRecord]] = {}
         for rec in self.records(dataset):
             groups.setdefault((rec.method, rec.variant or "", rec.task), []).append(rec)
         out = []
         for (method, variant, task), recs in sorted(groups.items()):
-            recs = sorted(recs, key=lambda r: r.fold)
+            recs = sorted(recs, key=lambda r: (r.fold, r.repeat))
             check_one_configuration(recs, [self.row_config(r) for r in recs])
             first = recs[0]
             for metric in first.metrics:
                 if metric == "undefined":
                     continue
-                vals = [r.metrics.get(metric, float("nan")) for r in recs]
-                vals = [float("nan") if v is None else float(v) for v in vals]
+                per_fold = R.by_fold(recs, metric)  # the mean over a fold's repeats is the fold's value
+                vals = R.fold_means(per_fold)
                 defined = [v for v in vals if not np.isnan(v)]
                 out.append({
                     "dataset": dataset, "method": method, "variant": variant, "family": first.family,
@@ -340,7 +356,7 @@ class ResultsStore:
                     "mean": float(np.mean(defined)) if defined else float("nan"),
                     # population std (ddof=0) by default, as CLAM-style scripts print; captions say so
                     "std": float(np.std(defined, ddof=ddof)) if len(defined) > ddof else float("nan"),
-                    "ddof": ddof, "n_folds": len(recs), "n_defined": len(defined),
+                    "ddof": ddof, "n_folds": len(vals), "n_defined": len(defined),
                     "expected_folds": first.split.n_folds,
                     "folds": vals,
                     "random_weights": any(r.random_weights for r in recs),
@@ -349,6 +365,7 @@ class ResultsStore:
                     "standin": any(w.source == "standin" for r in recs for w in r.weights),
                     "tuned": any(r.tuned for r in recs), "protocol": first.protocol,
                     "split_seed": first.split.seed,
+                    "split_set": split_set_label(first.split.seed, first.split.n_folds, first.split.name),
                     "input": first.input.label(), "default_input": first.default_input.label(),
                     "magnification": first.input.magnification,
                     "provenance": [w.to_dict() for w in first.weights],
@@ -356,27 +373,19 @@ class ResultsStore:
                     "ablation": any(bool(v) for v in first.variant_settings.values()),
                     "order": first.info.get("order"),
                     "train_seconds": float(np.mean([r.train_seconds for r in recs])),
+                    "repeats": [len(v) for v in per_fold.values()], **R.variance_components(per_fold),
                     **_compute(recs),
                 })
         df = pd.DataFrame(out)
         if not df.empty:
-            p = self.summary_path(dataset)
-            if p.is_dir():
-                raise RecordError(f"{p} is a directory, so the summary cannot be written there. Fix: move it away "
-                                  f"(e.g. `mv {p} {p}.old`) and rerun")
-            p.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(p, summary_csv(df))
+            for p, text in ((self.summary_path(dataset), summary_csv(df)),
+                            (self.summary_path(dataset).with_name("variance.csv"), variance_csv(df))):
+                if p.is_dir():
+                    raise RecordError(f"{p} is a directory, so the summary cannot be written there. Fix: move it "
+                                      f"away (e.g. `mv {p} {p}.old`) and rerun")
+                p.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(p, text)
         return df
-
-
-def summary_csv(summary: pd.DataFrame) -> str:
-    """summary.csv, for people and spreadsheets (never read back): the per-fold values ``;``-joined
-    with 4 decimals, provenance and options as JSON."""
-    return summary.assign(
-        folds=[";".join("nan" if np.isnan(v) else f"{v:.4f}" for v in vals) for vals in summary["folds"]],
-        provenance=[json.dumps(p, sort_keys=True) for p in summary["provenance"]],
-        non_default=[json.dumps(o, sort_keys=True, default=str) for o in summary["non_default"]],
-    ).to_csv(index=False)
 
 
 def _fixed_options(rec: UnitRecord) -> dict[str, Any]:
@@ -388,6 +397,8 @@ def _fixed_options(rec: UnitRecord) -> dict[str, Any]:
 def redo_command(rec: UnitRecord) -> str:
     """The command that redoes one unit (its damaged files are then replaced)."""
     cmd = f"python -m bench run --methods {rec.method} --dataset {rec.dataset} --tasks {rec.task} --folds {rec.fold}"
+    if rec.repeat:
+        cmd += f" --repeats {rec.repeat + 1}"
     if rec.variant and not rec.tuned:
         cmd += f"  (variant {rec.variant}: rerun the command that made it)"
     return cmd
@@ -419,7 +430,7 @@ def load_weights(store: ResultsStore, rec: UnitRecord) -> dict[str, Any]:
     """The unit's kept state_dict, its sha256 checked against the record."""
     import torch
 
-    u = Unit(rec.dataset, rec.task, rec.method, rec.fold, rec.variant)
+    u = Unit.of(rec)
     entry = rec.info.get("weights_file")
     path = store.unit_dir(u) / WEIGHTS_FILE
     if not entry or not path.is_file():

@@ -46,7 +46,7 @@ def test_f19_pickle_payload_checkpoint_is_refused(cohort, tmp_path, monkeypatch)
 
 
 def _sources(root: Path) -> list[Path]:
-    """The project's own source files, tests aside: never a .venv's or data's (tests/sources.py)."""
+    """The project's own source files, tests aside: never a .venv's or data's (tests/helpers/sources.py)."""
     return project_files(root, dirs=tuple(d for d in PROJECT_DIRS if d != "tests"))
 
 
