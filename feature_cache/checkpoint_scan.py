@@ -30,9 +30,11 @@ def _allowed(module: str, name: str) -> bool:
     return any((module == m or module.startswith(m + ".")) and n in ("*", name) for m, n in _ALLOWED)
 
 
-def _imports(data: bytes) -> tuple[list[str], set[str]]:
+def _imports(data: bytes, pickles: int = 1) -> tuple[list[str], set[str]]:
     """(``module.name`` of every GLOBAL / STACK_GLOBAL, the storage keys of the persistent ids) of
-    the first pickle in ``data``, read opcode by opcode. torch's zip format names each storage
+    the first ``pickles`` pickles in ``data`` (torch's legacy format writes five one after the
+    other -- magic number, protocol, system info, the object, its storage keys -- then raw bytes),
+    read opcode by opcode. torch's zip format names each storage
     with a persistent id ``('storage', <class>, '<key>', '<location>', numel)``: a tuple built
     after a MARK and handed to BINPERSID; its key may be a memo reference (a shared storage)."""
     found: list[str] = []
@@ -42,7 +44,9 @@ def _imports(data: bytes) -> tuple[list[str], set[str]]:
     last: object = None  # the value the previous opcode pushed (for BINPUT / MEMOIZE)
     group: list[object] = []  # values pushed since the last MARK
     tuple_items: list[object] = []
-    for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+    stream = io.BytesIO(data)
+    ops = (op for _ in range(pickles) if stream.tell() < len(data) for op in pickletools.genops(stream))
+    for op, arg, _ in ops:
         name, value = op.name, None
         if name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
             memo[len(memo) if name == "MEMOIZE" else int(arg)] = last
@@ -100,7 +104,7 @@ def scan_checkpoint(path: str | Path) -> str | None:
                 "Fix: download it again")
     if head[:1] == b"\x80":  # a pickle protocol header: torch's legacy (non-zip) format
         try:
-            names, _ = _imports(path.read_bytes())
+            names, _ = _imports(path.read_bytes(), pickles=5)
         except Exception as err:  # noqa: BLE001 -- any broken pickle is one message
             return f"a pickle that ends early or is damaged ({type(err).__name__}: {err}). Fix: download it again"
         return _refused(names)

@@ -93,3 +93,28 @@ def test_wrong_shape_is_found_by_check(tmp_path: Path, resnet50_files) -> None:
     assert "layer1.0.conv1.weight" in text and "[64, 64, 3, 3]" in text.replace("(", "[").replace(")", "]"), text
     rc, _, out, _ = _bench_weights(tmp_path, "--check", BENCH_WEIGHTS_RESNET50=str(resnet50_files["good"]))
     assert rc == 0 and "1 of 1 published parts found and loaded" in "\n".join(out), out
+
+
+def test_scan_reads_legacy_pickles_and_storages(tmp_path: Path) -> None:
+    """torch's legacy (non-zip) format writes five pickles one after the other: a payload in the
+    fourth is found; a zip archive missing a storage its data.pkl names is incomplete."""
+    import zipfile
+
+    import torch
+
+    from feature_cache.checkpoint_scan import scan_checkpoint
+
+    sd = {"a": torch.zeros(3), "b": torch.ones(2)}
+    legacy = tmp_path / "legacy.pth"
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)
+    assert scan_checkpoint(legacy) is None
+    torch.save({**sd, "x": _Payload()}, legacy, _use_new_zipfile_serialization=False)
+    assert scan_checkpoint(legacy).startswith("a pickle payload: it would import posix.system")
+    whole, cut = tmp_path / "whole.pth", tmp_path / "cut.pth"
+    torch.save(sd, whole)
+    with zipfile.ZipFile(whole) as src, zipfile.ZipFile(cut, "w") as dst:
+        for n in src.namelist():
+            if not n.endswith("data/1"):
+                dst.writestr(n, src.read(n))
+    assert scan_checkpoint(whole) is None
+    assert scan_checkpoint(cut).startswith("1 tensor storage(s) named in data.pkl are missing from the archive")
