@@ -176,15 +176,19 @@ class Workers:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, WORKER_ENV: repr(self.started_at), "OMP_NUM_THREADS": str(self.threads)}
-        if self.spec is not None:
-            env[SPEC_ENV] = str(self.spec)
+        env = self._env()
         for i in range(self.n):
             path = self.log_dir / f"worker{i + 1}.log"
             self.procs.append(self._spawn(path, env))
             self.logs.append(path)
         log.info("--jobs %d: %d worker process(es) started (pid %s; %d torch thread(s) each; logs in %s)",
                  self.n + 1, self.n, ", ".join(str(p.pid) for p in self.procs), self.threads, self.log_dir)
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, WORKER_ENV: repr(self.started_at), "OMP_NUM_THREADS": str(self.threads)}
+        if self.spec is not None:
+            env[SPEC_ENV] = str(self.spec)
+        return env
 
     def _spawn(self, path: Path, env: dict[str, str]) -> subprocess.Popen:
         with open(path, "a") as out:  # the child keeps its own descriptor
@@ -200,10 +204,7 @@ class Workers:
         except ProcessLookupError:
             pass
         old.wait()
-        env = {**os.environ, WORKER_ENV: repr(self.started_at), "OMP_NUM_THREADS": str(self.threads)}
-        if self.spec is not None:
-            env[SPEC_ENV] = str(self.spec)
-        self.procs[i] = self._spawn(self.logs[i], env)
+        self.procs[i] = self._spawn(self.logs[i], self._env())
         log.warning("worker pid %d was stopped for %.0f s holding %s: ended it (its process group) and started "
                     "worker pid %d to train %s (the stalled worker is taken over after %g s: "
                     "$BENCH_STALL_TAKEOVER_S)", old.pid, held, ", ".join(units) or "no unit", self.procs[i].pid,
