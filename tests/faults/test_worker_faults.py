@@ -107,3 +107,15 @@ def test_stopped_worker_is_taken_over(cohort) -> None:
     cohort.assert_complete()
     # the unit the stopped worker held was trained by the fresh worker, not left to the next run
     assert "nothing to do" in cohort.run("--set", "epochs=30").text
+
+
+def test_stall_settings() -> None:
+    from bench.engine.options import Settings
+
+    s = Settings.from_env({"BENCH_STALL_REPORT_S": "2", "BENCH_STALL_TAKEOVER_S": "0"})
+    assert (s.stall_report_s, s.stall_takeover_s) == (2.0, 0.0)
+    assert (Settings.from_env({}).stall_report_s, Settings.from_env({}).stall_takeover_s) == (300.0, 1800.0)
+    with pytest.raises(ValueError, match=r"BENCH_STALL_TAKEOVER_S must be a number of seconds \(0: never\), got 'x'"):
+        Settings.from_env({"BENCH_STALL_TAKEOVER_S": "x"})
+    with pytest.raises(ValueError, match="BENCH_STALL_REPORT_S must be a number of seconds > 0, got '0'"):
+        Settings.from_env({"BENCH_STALL_REPORT_S": "0"})
