@@ -87,10 +87,11 @@ def test_stopped_worker_is_taken_over(cohort) -> None:
     env = {**cohort.env(), "BENCH_STALL_REPORT_S": "1", "BENCH_STALL_TAKEOVER_S": "4"}
     from bench.engine.jobs import units_held_by
 
-    proc, worker, lines = _start(cohort, "--set", "epochs=30", env=env)
+    proc, worker, lines = _start(cohort, "--set", "epochs=100", env=env)  # units long enough for the worker to claim one
     deadline = time.time() + 120
-    while not (held := units_held_by(worker, cohort.results)) and time.time() < deadline:
+    while not (held := units_held_by(worker, cohort.results)) and time.time() < deadline and _alive(worker):
         time.sleep(0.05)
+    assert held, "the worker claimed no unit"
     os.kill(worker, signal.SIGSTOP)
     try:
         out, _ = proc.communicate(timeout=240)
@@ -106,7 +107,7 @@ def test_stopped_worker_is_taken_over(cohort) -> None:
     assert re.search(r"10 unit\(s\) run \(\d+ by workers\), 0 already done \(", text), text
     cohort.assert_complete()
     # the unit the stopped worker held was trained by the fresh worker, not left to the next run
-    assert "nothing to do" in cohort.run("--set", "epochs=30").text
+    assert "nothing to do" in cohort.run("--set", "epochs=100").text
 
 
 def test_stall_settings() -> None:
