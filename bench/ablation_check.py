@@ -2,7 +2,7 @@
 
 An ablation value can be a no-op at small inputs: Region Fusion merges ``k = ceil(alpha * n0 / L)``
 regions per layer, so with the few regions a small slide has every α in the paper's grid gives the
-same schedule (issue 19: twenty demo units, one number). This module works that out from the
+same schedule, and the rows of the table are one number trained several times. This module works that out from the
 slides' headers and the models' own arithmetic, without reading pixels or training:
 
 * the **input size** a magnification gives (``Slide.read_at_mpp``'s rounding, from the level-0 size
@@ -125,12 +125,12 @@ def schedule(n0: int, alpha: float, depth: int, k_from: str = "initial") -> tupl
     return tuple(out)
 
 
-def _slides(cohort: Any) -> list[tuple[str, tuple[int, int], float]]:
+def _slides(cohort: Any, reader: str) -> list[tuple[str, tuple[int, int], float]]:
     from feature_cache import open_slide
 
     out = []
     for sid, path in zip(cohort.table["slide_id"], cohort.table["slide_path"]):
-        with open_slide(path, mpp=cohort.spec.mpp_override) as s:
+        with open_slide(path, backend=reader, mpp=cohort.spec.mpp_override) as s:
             out.append((sid, tuple(s.dimensions), float(s.require_mpp())))
     return out
 
@@ -160,12 +160,13 @@ def _view(recipe: Any, dims: tuple[int, int], mpp: float, networks: dict) -> dic
     return view
 
 
-def check_ablation(ablation: Any, grid: Any, cohort: Any, overrides: Any = None, protocol: str | None = None
-                   ) -> AblationCheck:
+def check_ablation(ablation: Any, grid: Any, cohort: Any, overrides: Any = None, protocol: str | None = None,
+                   slide_backend: str = "auto") -> AblationCheck:
     """Compare what the rows of ``grid`` (``ablations.ablation_grid``) see on every slide of ``cohort``.
     Each row's network is resolved as ``bench run`` resolves it (``bench.engine.recipe``: the dataset,
     the row's settings, ``overrides`` — the run's ``Overrides``, or a dict of model options, input
-    options among them — and the ``protocol`` preset) and asked for its own plan."""
+    options among them — and the ``protocol`` preset) and asked for its own plan. ``slide_backend``:
+    the slide reader of the headers (``feature_cache.open_slide``'s ``backend``)."""
     from .engine.config import INPUT_OPTIONS, Variant, grid_variants
     from .engine.recipe import Overrides, resolve_recipe
 
@@ -174,7 +175,7 @@ def check_ablation(ablation: Any, grid: Any, cohort: Any, overrides: Any = None,
         overrides = Overrides(model={k: v for k, v in over.items() if k not in INPUT_OPTIONS},
                               inputs={k: v for k, v in over.items() if k in INPUT_OPTIONS})
     # slide headers only matter to what slide-reading rows see; feature rows see their method and options
-    slides = _slides(cohort) if any(getattr(getattr(v, "spec", v), "input", "") == "slide" for v in grid_variants(grid.items)) \
+    slides = _slides(cohort, slide_backend) if any(getattr(getattr(v, "spec", v), "input", "") == "slide" for v in grid_variants(grid.items)) \
         else [(sid, (0, 0), 0.0) for sid in cohort.table["slide_id"]]
     rows, views, networks, values = [], {}, {}, {}
     for item, var in zip(grid.items, grid_variants(grid.items)):

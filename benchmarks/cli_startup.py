@@ -1,6 +1,6 @@
 """Start-up time of the listing commands against a bare ``import torch``, side by side.
 
-Issue 19's bar: ``python -m bench ls``, ``python -m bench --help`` and every
+The target: ``python -m bench ls``, ``python -m bench --help`` and every
 ``python -m bench <command> --help`` take under half the time of ``python -c "import torch"`` on
 the same machine (they import no torch, scikit-learn or scikit-survival;
 ``tests/cli/test_cli_startup.py`` enforces that part).

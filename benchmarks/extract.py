@@ -1,7 +1,7 @@
 """Feature-extraction throughput on the demo cohort: wall time of ``FeatureCache.extract`` divided
 by the encoder's pure compute time on the same patches, pre-loaded in memory.
 
-A ratio near 1 means slide I/O is hidden behind compute (issue 3's goal: <= 1.15). On a shared
+A ratio near 1 means slide I/O is hidden behind compute (the target: <= 1.15). On a shared
 machine the load can change between the two phases, so the script also reports, from inside the
 extraction run itself, the share of wall time spent in the encoder (insensitive to load drift).
 

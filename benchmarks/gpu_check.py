@@ -1,4 +1,4 @@
-"""One-GPU check of everything this repository claims about CUDA (issue 21), in one run.
+"""One-GPU check of everything this repository claims about CUDA, in one run.
 
 Sections (each guarded: a failure is reported in the table and the JSON, the others still run;
 each gets a share of a global time budget, and a step that would overrun its share is skipped

@@ -1,4 +1,4 @@
-"""Pixel-Mamba's numbers, side by side (issue 5): memory per pixel, linearity, cost vs Vim-Ti.
+"""Pixel-Mamba's numbers, side by side: memory per pixel, linearity, cost vs Vim-Ti.
 
 1. Peak memory of one forward+backward of Pixel-Mamba-6M per input pixel at 512², 1024², 2048²
    (goal <= 80 B/px). Each size runs in a fresh subprocess. The resident size after building the

@@ -32,8 +32,8 @@ from pathlib import Path
 # run from a checkout without installing; the repository root also comes before this directory,
 # whose pixelmamba.py (the Pixel-Mamba benchmark) would otherwise shadow the pixelmamba package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# as `import bench` sets it, before torch loads OpenMP (children inherit it): with spinning OpenMP
-# threads, the mixer's 2-thread rows ran 45x slower than with 1 thread on a busy 2-core machine
+# as `python -m bench` sets it, before torch loads OpenMP (children inherit it): spinning OpenMP
+# threads on busy cores make the mixer's 2-thread rows many times slower than 1 thread
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 N_STATE = 16

@@ -19,8 +19,8 @@ Why each piece:
   and checked on every load.
 * A per-slide ``filelock`` lets several processes share one cache: a worker that finds a slide
   locked moves on and comes back to it at the end, then skips it if the other worker finished it.
-* A worker waiting on a slide lock says who holds it, every ``$BENCH_LOCK_REPORT_S`` s
-  (``feature_cache.locks``); a dead holder's lock is broken.
+* A worker waiting on a slide lock says who holds it, every ``lock_report_s`` seconds of
+  :meth:`FeatureCache.extract` (``feature_cache.locks``); a dead holder's lock is broken.
 * Each file records the slide's fingerprint (:func:`feature_cache.slide.slide_fingerprint`: size,
   first and last 64 KiB of each file); a cached file made from a different file under the same id
   (a regenerated demo, a re-scanned slide) is extracted again instead of being trusted.
@@ -233,8 +233,8 @@ class FeatureCache:
                 patch_size: int | None = None, magnification: float | None = None,
                 min_tissue: float = 0.5, batch_size: int = 32, progress: bool = True,
                 skip_errors: bool = False, mpp: float | None = None, reader: str = "auto",
-                visualize: str | os.PathLike | None = None,
-                num_workers: int | None = None, threads: int | None = None) -> ExtractReport:
+                visualize: str | os.PathLike | None = None, num_workers: int | None = None,
+                threads: int | None = None, lock_report_s: float = 60.0) -> ExtractReport:
         """Extract features for every slide not yet cached; resumable and multi-process safe.
 
         A failing slide raises :class:`SlideError` unless ``skip_errors``, in which case it is
@@ -245,10 +245,11 @@ class FeatureCache:
         forces a slide reader (``openslide``/``tiffslide``); ``visualize`` is a directory that
         receives ``<slide_id>.png`` overviews of the tissue mask and the patch grid;
         ``num_workers`` DataLoader worker processes decode and transform tiles while the encoder
-        runs (default :func:`~feature_cache.loader.default_workers`: cores - 1, 1 to 4,
-        ``$BENCH_EXTRACT_WORKERS``); ``num_workers=0`` decodes in ``threads`` threads of this
-        process instead (default ``min(4, cpu_count)``). Either way the lock, resume and
-        ``skip_errors`` rules are the same: workers only read, this process writes.
+        runs (default :func:`~feature_cache.loader.default_workers`: cores - 1, 1 to 4);
+        ``num_workers=0`` decodes in ``threads`` threads of this process instead (default
+        ``min(4, cpu_count)``). Either way the lock, resume and ``skip_errors`` rules are the same:
+        workers only read, this process writes. ``lock_report_s``: while a slide's lock is held by
+        another process, how often to say who holds it (and to check whether it still runs).
         """
         from tqdm.auto import tqdm
 
@@ -283,6 +284,7 @@ class FeatureCache:
 
         self._open = {"mpp": mpp, "backend": reader}
         self._visualize = Path(visualize) if visualize is not None else None
+        self._lock_report_s = float(lock_report_s)
         self._workers = default_workers() if num_workers is None else max(0, int(num_workers))
         self._threads = default_threads() if threads is None else max(1, int(threads))
         bar = tqdm(total=len(items), unit="slide", disable=None if progress else True,
@@ -319,7 +321,7 @@ class FeatureCache:
             self._overview(sid, path, ps, mag, min_tissue, report)
             return True
         lock = FileLock(str(out) + ".lock")
-        if not acquire_talking(lock, f"slide {sid}", blocking):
+        if not acquire_talking(lock, f"slide {sid}", blocking, getattr(self, "_lock_report_s", 60.0)):
             return False
         try:
             if self._skip_if_done(sid, out, report, path):  # another worker finished it
@@ -353,7 +355,7 @@ class FeatureCache:
 
         try:
             write_overview(path, vis / f"{sid}.png", ps, mag, min_tissue,
-                           mpp=getattr(self, "_open", {}).get("mpp"))
+                           **getattr(self, "_open", {}))
         except SlideError as err:
             log.warning("%s: no overview (%s)", sid, err)
 

@@ -165,12 +165,14 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
                     slides: Mapping[str, str | os.PathLike] | None = None,
                     patch_size: int | None = None, magnification: float | None = None,
                     min_tissue: float = 0.5, skip_errors: bool = True,
-                    mpp: float | None = None) -> ImportReport:
+                    mpp: float | None = None, reader: str = "auto") -> ImportReport:
     """Copy valid CLAM/TRIDENT feature files into ``cache`` under ``encoder``'s key.
 
     ``slides`` ({id: slide path}) restricts the import to a cohort and enables the checks that
     need the slide (coordinates inside it, patch size in level-0 px) and the slide identity that
-    re-extracts when a slide file changes. Files already cached are left alone.
+    re-extracts when a slide file changes (``mpp`` and ``reader`` open those slides, as
+    :func:`~feature_cache.slide.open_slide`'s ``mpp`` and ``backend``). Files already cached are
+    left alone.
     """
     from feature_cache.cache import (CACHE_FORMAT_VERSION, slide_stem, cache_code_version,
                                      slide_identity_attrs, write_h5)
@@ -206,7 +208,7 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
             extra: dict[str, Any] = {}
             if slides is not None:
                 spath = Path(slides[sid])
-                with open_slide(spath, mpp=mpp) as s:
+                with open_slide(spath, backend=reader, mpp=mpp) as s:
                     slide_size = s.dimensions
                     side0 = patch_size_level0(s, ps, mag)
                     extra = {"slide_path": str(spath.resolve()), **slide_identity_attrs(spath),

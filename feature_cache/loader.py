@@ -41,10 +41,7 @@ log = logging.getLogger(__name__)
 
 def default_workers() -> int:
     """DataLoader worker processes when none are given: one per core beyond the one the encoder
-    uses, at least 1, at most 4 ($BENCH_EXTRACT_WORKERS overrides)."""
-    env = os.environ.get("BENCH_EXTRACT_WORKERS", "").strip()
-    if env:
-        return max(0, int(env))
+    uses, at least 1, at most 4."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 

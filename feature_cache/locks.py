@@ -43,10 +43,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def acquire_talking(lock: FileLock, what: str, blocking: bool) -> bool:
+def acquire_talking(lock: FileLock, what: str, blocking: bool, report_every: float = 60.0) -> bool:
     """Take ``lock`` and write who holds it beside it. Not ``blocking``: False if held. Blocking:
-    wait, logging the holder (pid, host, since) every ``$BENCH_LOCK_REPORT_S`` seconds, and break
-    the lock when its holder is on this host and no longer running."""
+    wait, logging the holder (pid, host, since) every ``report_every`` seconds, and break the lock
+    when its holder is on this host and no longer running (checked as often)."""
     import socket
 
     host = socket.gethostname()
@@ -56,7 +56,9 @@ def acquire_talking(lock: FileLock, what: str, blocking: bool) -> bool:
         except Timeout:
             return False
     else:
-        every = float(os.environ.get("BENCH_LOCK_REPORT_S", "60"))
+        every = float(report_every)
+        if not every > 0:
+            raise ValueError(f"the lock report interval must be > 0 seconds, got {report_every!r}")
         t0 = time.time()
         while True:
             try:

@@ -116,11 +116,13 @@ def read_region_at(slide: Slide, xy: tuple[int, int], size: int, magnification: 
 
 
 class RegionCache:
-    """Seeded tissue regions per slide: coordinates and (optionally) pixels, cached on disk."""
+    """Seeded tissue regions per slide: coordinates and (optionally) pixels, cached on disk.
+    ``reader``: the slide reader (:func:`~feature_cache.slide.open_slide`'s ``backend``)."""
 
     def __init__(self, root: Path | str, n: int, size: int, magnification: float, *, seed: int = 0,
-                 min_tissue: float = 0.5, cache_pixels: bool = True) -> None:
+                 min_tissue: float = 0.5, cache_pixels: bool = True, reader: str = "auto") -> None:
         self.root = Path(root) / "regions"
+        self.reader = reader
         self.n, self.size, self.magnification = int(n), int(size), float(magnification)
         self.seed, self.min_tissue, self.cache_pixels = int(seed), float(min_tissue), bool(cache_pixels)
 
@@ -138,7 +140,7 @@ class RegionCache:
             p.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(p) + ".lock"):
                 if not p.is_file():
-                    with open_slide(slide_path, mpp=mpp_override) as s:
+                    with open_slide(slide_path, backend=self.reader, mpp=mpp_override) as s:
                         xy = sample_regions(s, slide_id, self.n, self.size, self.magnification, seed=self.seed,
                                             min_tissue=self.min_tissue)
                         meta = {"slide_id": slide_id, "coords": xy.tolist(), "n": self.n, "size": self.size,
@@ -152,11 +154,11 @@ class RegionCache:
         """``(n, size, size, 3)`` uint8 (memory-mapped when cached)."""
         xy = self.coords(slide_id, slide_path, mpp_override)
         if not self.cache_pixels:
-            with open_slide(slide_path, mpp=mpp_override) as s:
+            with open_slide(slide_path, backend=self.reader, mpp=mpp_override) as s:
                 return np.stack([read_region_at(s, tuple(c), self.size, self.magnification) for c in xy])
 
         def read() -> np.ndarray:
-            with open_slide(slide_path, mpp=mpp_override) as s:
+            with open_slide(slide_path, backend=self.reader, mpp=mpp_override) as s:
                 return np.stack([read_region_at(s, tuple(c), self.size, self.magnification) for c in xy])
 
         return cached_array(self._file(slide_id, slide_path, ".npy"), read)

@@ -261,16 +261,20 @@ class Slide:
         w, h = self.level_dimensions[level]
         return np.asarray(self.read_region((0, 0), level, (w, h)))
 
+    def size_at_mpp(self, target_mpp: float) -> tuple[int, int]:
+        """(H, W) of :meth:`read_at_mpp`'s image, from the header alone (no pixels read)."""
+        ds = float(target_mpp) / self.require_mpp()
+        w0, h0 = self.dimensions
+        return max(1, round(h0 / ds)), max(1, round(w0 / ds))
+
     def read_at_mpp(self, target_mpp: float) -> np.ndarray:
         """The whole slide resampled to ``target_mpp`` um/px, aspect ratio kept: reads the pyramid
         level nearest above that resolution and resizes (area filter), so nothing is upsampled
         unless the slide itself is coarser than the target."""
-        mpp0 = self.require_mpp()
-        ds = float(target_mpp) / mpp0
+        ds = float(target_mpp) / self.require_mpp()
         level = self.best_level_for_downsample(ds)
         arr = self.read_level(level)
-        w0, h0 = self.dimensions
-        out_w, out_h = max(1, round(w0 / ds)), max(1, round(h0 / ds))
+        out_h, out_w = self.size_at_mpp(target_mpp)
         if (out_w, out_h) == (arr.shape[1], arr.shape[0]):
             return arr
         return np.asarray(Image.fromarray(arr).resize((out_w, out_h), Image.BOX
@@ -344,13 +348,11 @@ def open_slide(path: str | Path, backend: str = "auto", mpp: float | None = None
 
     ``backend="auto"`` picks a reader per file: OpenSlide when it recognises the format (SVS,
     generic tiled TIFF, NDPI, MRXS, DICOM, ...), else tiffslide (pure Python; reads TIFF/SVS
-    variants OpenSlide rejects). ``backend=`` or ``$BENCH_SLIDE_BACKEND`` forces one reader.
+    variants OpenSlide rejects). ``backend="openslide"`` or ``"tiffslide"`` forces one reader.
     ``mpp`` overrides the file's resolution metadata (for slides without it).
     Raises :class:`SlideError` naming the file and the fix when no reader can open it.
     """
     path = Path(path)
-    if backend == "auto":
-        backend = os.environ.get("BENCH_SLIDE_BACKEND", "").strip() or "auto"
     if not path.is_file():
         raise SlideError(f"{path}: no such file. Fix: check the dataset's slide directory "
                          f"(paths resolve against $BENCH_DATA) and the slide id.")

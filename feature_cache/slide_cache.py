@@ -28,8 +28,12 @@ FORMAT_VERSION = 2  # 2: red/purple ink left out of the stored tissue mask
 
 
 class SlideImageCache:
-    def __init__(self, root: Path | str) -> None:
+    """Whole slides at one magnification as ``.npy`` files. ``reader``: the slide reader
+    (:func:`~feature_cache.slide.open_slide`'s ``backend``)."""
+
+    def __init__(self, root: Path | str, reader: str = "auto") -> None:
         self.root = Path(root) / "slides"
+        self.reader = reader
 
     def dir_for(self, magnification: float) -> Path:
         return self.root / f"mag{magnification:g}-v{FORMAT_VERSION}"
@@ -42,7 +46,7 @@ class SlideImageCache:
             mpp_override: float | None = None) -> np.ndarray:
         """(H, W, 3) uint8 of the slide at ``magnification`` (20× ≡ 0.5 µm/px), memory-mapped."""
         def read() -> np.ndarray:
-            with open_slide(slide_path, mpp=mpp_override) as s:
+            with open_slide(slide_path, backend=self.reader, mpp=mpp_override) as s:
                 return np.ascontiguousarray(s.read_at_mpp(mag_to_mpp(magnification)), dtype=np.uint8)
 
         return cached_array(self.path(slide_id, magnification, slide_path), read)

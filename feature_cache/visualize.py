@@ -50,10 +50,11 @@ def render_overview(thumb: np.ndarray, mask: np.ndarray, coords: np.ndarray, sid
 
 def write_overview(slide: Slide | str | os.PathLike, out_png: str | os.PathLike,
                    patch_size: int = 256, magnification: float = 20.0, min_tissue: float = 0.5,
-                   mpp: float | None = None) -> Path:
-    """Segment, grid and write the overview PNG of one slide (atomically); returns its path."""
+                   mpp: float | None = None, backend: str = "auto") -> Path:
+    """Segment, grid and write the overview PNG of one slide (atomically); returns its path.
+    ``mpp`` and ``backend`` open a slide given by path (:func:`~feature_cache.slide.open_slide`)."""
     own = not isinstance(slide, Slide)
-    s = open_slide(slide, mpp=mpp) if own else slide
+    s = open_slide(slide, backend=backend, mpp=mpp) if own else slide
     try:
         mask, ds = segment_tissue(s)
         coords = patch_grid(s, mask, ds, patch_size, magnification, min_tissue)

@@ -44,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def passive_openmp() -> None:
     """OpenMP threads that wait for work by spinning (libgomp's default) are ruinous when the cores
-    are shared — a cluster node running other jobs, a laptop, CI. Measured on a 2-core VM at load
-    ~20: one Vim-Ti training step on a 64x80 image took 83 s wall / 13 s CPU with 2 spinning threads,
-    4.7 s with 1 thread, and 1.4 s / 0.5 s CPU with 2 passive threads. The command line sets it for
-    its process and every process it starts (workers, jobs, DDP ranks inherit it); it must happen
-    before torch loads libgomp, and a value the user set wins. Importing ``bench`` sets nothing."""
+    are shared — a cluster node running other jobs, a laptop, CI: threads spin on cores another
+    thread needs, and a small training step takes tens of times longer than with passive threads
+    (README: process settings). The command line sets it for its process and every process it
+    starts (workers, jobs, DDP ranks inherit it); it must happen before torch loads libgomp, and a
+    value the user set wins. Importing ``bench`` sets nothing."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

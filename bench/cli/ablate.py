@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, add_repeats, add_tracker, check_names,
-                     cluster_options,
-                     parse_int_list, parse_sets, print_failed, print_launch_report, resolve_dataset, tracker_settings)
+from .common import (Formatter, add_dataset, add_estimate, add_launch_args, add_paths, add_repeats, add_tracker,
+                     check_names, cluster_options, parse_int_list, parse_sets, print_failed, print_launch_report,
+                     resolve_dataset, tracker_settings)
 
 log = logging.getLogger("bench")
 
@@ -29,6 +29,8 @@ configs/datasets/demo.yaml `ablations:`); the mapping is printed and stated in t
 Before training, each value's input size, regions and Region Fusion schedule are worked out from the
 slides' headers; values that see the same on every slide are named with the setting to raise, and
 nothing trains (exit 2; --force trains anyway).
+Then each row's network is timed for a few passes at its input size and the predicted cost per value
+and in total is printed before the first unit trains (cached under <cache>/step_costs/; --no-estimate).
 Tables: results/<ds>/tables/<name>_<task>.tex (and .md; with --stats also <name>_<task>_stats.csv).
 """
 
@@ -62,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "Fusion schedule (the check before training says which and how to make them differ; "
                         "docs/ablations.md)")
     add_repeats(p)
+    add_estimate(p)
     add_tracker(p)
     add_launch_args(p)
     g = p.add_argument_group("table options")
@@ -97,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
                              cache=args.cache, n_folds=args.n_folds, seed=args.seed,
                              train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
                              input_overrides=parse_sets(args.input), progress=not args.quiet, order=args.order,
-                             splits_name=args.splits, settings=Settings.from_env(), tracker=tracker_settings(args), repeats=args.repeats)
+                             splits_name=args.splits, settings=Settings.from_env(), tracker=tracker_settings(args),
+                             repeats=args.repeats, estimate=args.estimate)
     failed: dict = {}
     if not args.table_only and not _values_differ(ablation, grid, opts, args.force):
         return 2
@@ -153,7 +157,8 @@ def _values_differ(ablation, grid, opts, force: bool) -> bool:
     from ..ablation_check import check_ablation
     from ..data.datasets import load_cohort
 
-    chk = check_ablation(ablation, grid, load_cohort(opts.dataset), opts.overrides, protocol=opts.protocol)
+    chk = check_ablation(ablation, grid, load_cohort(opts.dataset), opts.overrides, protocol=opts.protocol,
+                         slide_backend=opts.settings.slide_backend)
     print(f"{grid.dataset}: what each value gives the model (from the slides' headers, before training):")
     for line in chk.summary():
         print(line)

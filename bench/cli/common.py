@@ -24,6 +24,13 @@ def add_paths(p: argparse.ArgumentParser) -> None:
                    help="feature/slide cache root (env BENCH_CACHE; default %(default)s)")
 
 
+def add_estimate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-estimate", dest="estimate", action="store_false",
+                   help="skip the cost probe before training (a few timed forward + backward passes of each "
+                        "end-to-end configuration, cached under <cache>/step_costs/, that print the predicted "
+                        "cost per setting and seed the ETA)")
+
+
 def add_dataset(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--dataset", required=required,
                    help="dataset name (configs/datasets/<name>.yaml in $BENCH_CONFIG or ./configs, else shipped) "

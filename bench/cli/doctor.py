@@ -84,8 +84,10 @@ def main(args: argparse.Namespace) -> int:
     for var in ("BENCH_DATA", "BENCH_RESULTS", "BENCH_CACHE", "BENCH_CONFIG", "HF_HOME", "HF_HUB_OFFLINE"):
         print(f"{var:11s} {os.environ.get(var, '<unset>')}")
     if args.dataset:
-        ok &= check_dataset(args.dataset, tissue=args.tissue, n_folds=args.n_folds,
-                            results=args.results, cache=args.cache)
+        from ..engine.settings import Settings
+
+        ok &= check_dataset(args.dataset, tissue=args.tissue, n_folds=args.n_folds, results=args.results,
+                            cache=args.cache, slide_backend=Settings.from_env().slide_backend)
         if args.methods:
             ok &= check_recipes(args.dataset, args.methods, args.protocol)
     print("ready" if ok else "something required is missing (see above)")
@@ -120,13 +122,14 @@ def check_recipes(dataset: str, methods: str, protocol: str | None = None) -> bo
 
 
 def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: str | None = None,
-                  cache: str | None = None) -> bool:
+                  cache: str | None = None, slide_backend: str = "auto") -> bool:
     """What ``run`` will do with this dataset, computed the way ``run`` computes it
     (``load_cohort``, ``Cohort.fold_problems``, the split manager), plus every slide opened:
     slides that cannot be opened (header, lowest level and the last level-0 tile are read --
     truncated files lose their end first), slides without a plausible mpp, files that are not
     slides, and every case dropped from each task with the reason. False when ``run`` would fail
-    or a slide cannot be opened. ``tissue`` also segments each slide's thumbnail."""
+    or a slide cannot be opened. ``tissue`` also segments each slide's thumbnail. ``slide_backend``:
+    the slide reader (``feature_cache.open_slide``'s ``backend``), as ``run`` would use."""
     from ..data.datasets import DatasetError, load_cohort
     from ..data.features import pre_extracted
 
@@ -149,7 +152,7 @@ def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: st
         print(f"  not a slide, ignored: {path}: {why}")
     releases = {e: pre_extracted(spec, e) for e in spec.features}
     if cohort.source == "slides":
-        bad, no_mpp, empty = _check_slides(cohort, tissue)
+        bad, no_mpp, empty = _check_slides(cohort, tissue, slide_backend)
     else:
         bad, no_mpp, empty = {}, {}, []
     n = len(cohort.table)
@@ -245,8 +248,9 @@ def _split_problems(cohort, results: str) -> list[str]:
     return out
 
 
-def _check_slides(cohort, tissue: bool) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    """Open every slide and read a little of it: cheap next to feature extraction."""
+def _check_slides(cohort, tissue: bool, reader: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Open every slide (with the slide reader ``reader``, as a run would) and read a little of it:
+    cheap next to feature extraction."""
     from tqdm.auto import tqdm
 
     from feature_cache import SlideError, open_slide
@@ -257,7 +261,7 @@ def _check_slides(cohort, tissue: bool) -> tuple[dict[str, str], dict[str, str],
     rows = list(zip(cohort.table["slide_id"], cohort.table["slide_path"]))
     for sid, path in tqdm(rows, desc="checking slides", unit="slide", leave=False, disable=None):
         try:
-            with open_slide(path, mpp=cohort.spec.mpp_override) as s:
+            with open_slide(path, backend=reader, mpp=cohort.spec.mpp_override) as s:
                 s.get_thumbnail((64, 64))
                 w, h = s.dimensions
                 s.read_region((w - 1, h - 1), 0, (1, 1))  # the last level-0 tile: the end of the file

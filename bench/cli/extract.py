@@ -34,8 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--mpp", type=float, default=None,
                    help="level-0 um/px for every slide (overrides missing or wrong metadata)")
-    p.add_argument("--reader", choices=("auto", "openslide", "tiffslide"), default="auto",
-                   help="slide reader (auto: OpenSlide if it knows the format, else tiffslide)")
+    p.add_argument("--reader", choices=("auto", "openslide", "tiffslide"), default=None,
+                   help="slide reader (default: $BENCH_SLIDE_BACKEND, else auto: OpenSlide if it knows the "
+                        "format, else tiffslide)")
     p.add_argument("--visualize", nargs="?", const="", default=None, metavar="DIR",
                    help="write <slide>.png thumbnails of the tissue mask and patch grid "
                         "(default DIR: <cache dir>/overview)")
@@ -45,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", "--num-workers", dest="workers", type=int, default=None,
                    metavar="N",
                    help="DataLoader worker processes that decode tiles while the encoder runs "
-                        "(default: the dataset's extract_workers, else cores - 1, 1 to 4); 0 decodes "
-                        "in threads of the main process instead")
+                        "(default: the dataset's extract_workers, else $BENCH_EXTRACT_WORKERS, else cores - 1, "
+                        "1 to 4); 0 decodes in threads of the main process instead")
     p.add_argument("--device", default="auto", help="where the encoder runs: auto (CUDA when present), cpu, cuda")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="decoding threads when --workers 0 (default: up to 4)")
@@ -59,18 +60,24 @@ def main(args: argparse.Namespace) -> int:
 
     from ..data.datasets import load_cohort
     from ..encoders import ensure_registered
+    from ..engine.settings import Settings
 
+    settings = Settings.from_env()
+    reader = args.reader or settings.slide_backend
     ensure_registered()  # the declarations, the overlay's included (configs/encoders)
     dataset = resolve_dataset(args.dataset)
     cohort = load_cohort(dataset)
     paths = dict(zip(cohort.table["slide_id"], cohort.table["slide_path"]))
     mpp = args.mpp if args.mpp is not None else cohort.spec.mpp_override  # as `bench run` reads the slides
     cache = FeatureCache(args.cache, mpp=mpp)
+    # --workers, else the dataset's extract_workers, else $BENCH_EXTRACT_WORKERS, else cores - 1
+    workers = next((w for w in (args.workers, cohort.spec.extract_workers, settings.extract_workers)
+                    if w is not None), None)
     status = 0
     for name in [e.strip() for e in args.encoders.split(",") if e.strip()]:
         if args.import_dir is not None:
             enc = get_encoder(name, allow_random=False)  # imported features need the real weights' key
-            rep = import_features(cache, args.import_dir, enc, slides=paths, mpp=mpp)
+            rep = import_features(cache, args.import_dir, enc, slides=paths, mpp=mpp, reader=reader)
             print(f"{name}: {rep.summary()}")
             for sid, err in rep.failed.items():
                 print(f"  {sid}: {err}")
@@ -83,10 +90,8 @@ def main(args: argparse.Namespace) -> int:
         if args.visualize is not None:
             vis = Path(args.visualize) if args.visualize else cache.dir_for(enc) / "overview"
         rep = cache.extract(paths, enc, progress=not args.quiet, skip_errors=args.skip_errors,
-                            batch_size=args.batch_size, mpp=mpp, reader=args.reader,
-                            visualize=vis, threads=args.threads,
-                            num_workers=args.workers if args.workers is not None
-                            else cohort.spec.extract_workers)
+                            batch_size=args.batch_size, mpp=mpp, reader=reader, visualize=vis,
+                            threads=args.threads, num_workers=workers, lock_report_s=settings.lock_report_s)
         print(f"{name} ({enc.weights_label} weights): {rep.summary()}")
         for sid, err in rep.failed.items():
             print(f"  {sid}: {err}")

@@ -6,9 +6,12 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .common import Formatter, add_dataset, add_paths, resolve_dataset
+
+if TYPE_CHECKING:
+    from ..engine.settings import Settings
 
 log = logging.getLogger("bench")
 
@@ -60,21 +63,26 @@ class Loaded:
     samples: dict[str, Any]  # case id -> Sample (inputs normalised as in training)
     test_cases: list[str]
     n_out: int
+    slide_backend: str = "auto"  # the slide reader (Settings.slide_backend)
 
 
 def load_unit(dataset: str, method: str, task: str | None, fold: int, results: Path, cache: Path,
-              progress: bool = True) -> Loaded:
-    """Resolve the unit as `bench run` did, check its identity, load its kept weights."""
+              progress: bool = True, settings: "Settings | None" = None) -> Loaded:
+    """Resolve the unit as `bench run` did, check its identity, load its kept weights. ``settings``:
+    the process settings the CLI read (default: every setting's default)."""
     from .. import tasks as T
     from ..data.datasets import load_cohort
     from ..data.splits import SplitManager
     from ..engine.config import Variant
     from ..engine.plan import Planner
+    from ..engine.recipe import Overrides
+    from ..engine.settings import Settings
     from ..engine.unit import sample_labels
     from ..engine.train import zscore_samples
     from ..registry import resolve_methods
     from ..results.store import ResultsStore, Unit, load_weights
 
+    settings = settings or Settings()
     cohort = load_cohort(dataset)
     task = task or cohort.spec.tasks[0]
     if task not in cohort.spec.tasks:
@@ -89,8 +97,8 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
     state = load_weights(store, rec)
     splits = SplitManager(results / "splits").get(cohort.spec.name, task, cohort.cases(task),
                                                   n_folds=rec.split.n_folds, seed=rec.split.seed, create=False)
-    planner = Planner(cohort, {task: splits}, cache, progress, rec.split.seed, None, False, rec.protocol)
-    plan = planner.plan(task, Variant(spec), fold, unit, None, {}, {}, {})
+    planner = Planner(cohort, {task: splits}, cache, progress, rec.split.seed, None, False, rec.protocol, settings)
+    plan = planner.plan(task, Variant(spec), fold, unit, None, Overrides())
     if plan.chash != rec.config_hash:
         log.warning("%s: the unit as resolved now differs from the finished one (its config hash %s, now %s); "
                     "its recorded weights are loaded into the network resolved now", unit, rec.config_hash[:8],
@@ -108,7 +116,7 @@ def load_unit(dataset: str, method: str, task: str | None, fold: int, results: P
         _, normed = zscore_samples(train, list(samples.values()))
         samples = dict(zip(samples, normed))
     test = [c for c in splits.test_cases(fold) if c in samples]
-    return Loaded(rec, model, fi, samples, test, T.get_task(task).n_out())
+    return Loaded(rec, model, fi, samples, test, T.get_task(task).n_out(), settings.slide_backend)
 
 
 def _slide_units(ld: Loaded, case: str, tile_um: float) -> list[dict[str, Any]]:
@@ -125,7 +133,7 @@ def _slide_units(ld: Loaded, case: str, tile_um: float) -> list[dict[str, Any]]:
     for sid in slides:
         if ld.rec.family == "end-to-end":
             arr = fi.cache.get(sid, paths[sid], fi.magnification, fi.cohort.spec.mpp_override)
-            with open_slide(paths[sid], mpp=fi.cohort.spec.mpp_override) as sl:
+            with open_slide(paths[sid], backend=ld.slide_backend, mpp=fi.cohort.spec.mpp_override) as sl:
                 down = (10.0 / fi.magnification) / sl.mpp  # level-0 px per input px
             tile = max(1, int(round(tile_um / (10.0 / fi.magnification))))
             from ..report.heatmaps import grid_tiles
@@ -224,10 +232,12 @@ def _target_of(task: str, n_out: int, klass: int | None) -> Callable[[Any], Any]
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..engine.settings import Settings
     from .heatmap_write import write_case
 
     dataset = resolve_dataset(args.dataset)
-    ld = load_unit(dataset, args.method, args.task, args.fold, args.results, args.cache, progress=not args.quiet)
+    ld = load_unit(dataset, args.method, args.task, args.fold, args.results, args.cache, progress=not args.quiet,
+                   settings=Settings.from_env())
     cases = ld.test_cases if not args.cases else args.cases.split(",")
     unknown = [c for c in cases if c not in ld.samples]
     if unknown:

@@ -42,7 +42,7 @@ def write_case(ld: Any, case: str, out: Path, args: argparse.Namespace, target_o
     paths = dict(zip(ld.fi.cohort.table["slide_id"], ld.fi.cohort.table["slide_path"]))
     pred = f"{target.label} = {value:.3g}"
     for sc in slides:
-        thumb, down = _thumbnail(paths[sc.slide_id], ld.fi.cohort.spec.mpp_override)
+        thumb, down = _thumbnail(paths[sc.slide_id], ld.fi.cohort.spec.mpp_override, ld.slide_backend)
         for name, v in sc.scores.items():
             shown, what = F.shown(v, args.raw)
             title = (f"{case} / {sc.slide_id}\n{ld.rec.method} fold {ld.rec.fold} ({ld.rec.task}), {pred}\n"
@@ -51,7 +51,7 @@ def write_case(ld: Any, case: str, out: Path, args: argparse.Namespace, target_o
         main = "occlusion" if "occlusion" in sc.scores else next(iter(sc.scores))
         _gallery(out / f"{sc.slide_id}.gallery.png", paths[sc.slide_id], sc, main, args.top_k,
                  f"{case} / {sc.slide_id}: {ld.rec.method} fold {ld.rec.fold}, {main} ({pred})",
-                 ld.fi.cohort.spec.mpp_override)
+                 ld.fi.cohort.spec.mpp_override, ld.slide_backend)
         F.write_geojson(out / f"{sc.slide_id}.geojson", sc)
         F.write_h5(out / f"{sc.slide_id}.h5", sc, {"key": _key(ld, args), "case_id": case, "method": ld.rec.method,
                                                    "fold": ld.rec.fold, "task": ld.rec.task, "target": target.label,
@@ -59,16 +59,17 @@ def write_case(ld: Any, case: str, out: Path, args: argparse.Namespace, target_o
     return len(slides)
 
 
-def _thumbnail(path: str, mpp: float | None, size: int = 1024) -> tuple[Any, float]:
+def _thumbnail(path: str, mpp: float | None, backend: str, size: int = 1024) -> tuple[Any, float]:
     import numpy as np
     from feature_cache import open_slide
 
-    with open_slide(path, mpp=mpp) as sl:
+    with open_slide(path, backend=backend, mpp=mpp) as sl:
         im = np.asarray(sl.get_thumbnail((size, size)))
         return im, sl.dimensions[0] / im.shape[1]
 
 
-def _gallery(path: Path, slide_path: str, sc: Any, name: str, k: int, title: str, mpp: float | None) -> None:
+def _gallery(path: Path, slide_path: str, sc: Any, name: str, k: int, title: str, mpp: float | None,
+             backend: str) -> None:
     import numpy as np
     from feature_cache import open_slide
 
@@ -78,7 +79,7 @@ def _gallery(path: Path, slide_path: str, sc: Any, name: str, k: int, title: str
     order = np.argsort(-v, kind="stable")
     k = min(k, len(v) // 2) or min(k, len(v))
     pick = list(order[:k]) + list(order[::-1][:k])
-    with open_slide(slide_path, mpp=mpp) as sl:
+    with open_slide(slide_path, backend=backend, mpp=mpp) as sl:
         side = min(sc.tile_size, 512)
         tiles = [np.asarray(sl.read_region(tuple(int(c) for c in sc.coords[i]), 0, (sc.tile_size, sc.tile_size))
                             .resize((side, side))) for i in pick]

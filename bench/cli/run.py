@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..engine.protocol import list_protocols
-from .common import (Formatter, add_dataset, add_launch_args, add_paths, add_repeats, add_tracker, check_names,
-                     cluster_options,
-                     parse_int_list, parse_sets, print_failed, print_launch_report, resolve_dataset, tracker_settings)
+from .common import (Formatter, add_dataset, add_estimate, add_launch_args, add_paths, add_repeats, add_tracker,
+                     check_names, cluster_options, parse_int_list, parse_sets, print_failed, print_launch_report,
+                     resolve_dataset, tracker_settings)
 
 if TYPE_CHECKING:
     from ..engine.options import RunOptions
@@ -101,6 +101,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "--keep-weights also redoes finished units that did not keep them; --no-keep-weights "
                         "keeps none (the cost, per unit, is the model's size: docs/heatmaps.md)")
     add_repeats(p)
+    add_estimate(p)
     add_tracker(p)
     g = add_launch_args(p)
     g.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -153,7 +154,7 @@ def run_options(args: argparse.Namespace) -> "RunOptions":
         init_partial=args.init_partial, from_scratch=args.from_scratch, order=args.order, variant=args.variant, device=args.device,
         protocol=args.protocol, jobs=args.jobs, splits_name=args.splits,
         keep_weights=args.keep_weights, settings=Settings.from_env(), tracker=tracker_settings(args),
-        repeats=args.repeats)
+        repeats=args.repeats, estimate=args.estimate)
 
 
 def _declare_releases(dataset: str) -> None:

@@ -70,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     check_names(args.method, args.dataset, tasks=args.tasks.split(",") if args.tasks else None)
     from ..registry import get_method
+    from ..engine.settings import Settings
     from ..engine.tuning import tune
 
     if args.trials < 1:
@@ -82,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
                   train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
                   progress=not args.quiet, timeout=args.timeout, init=args.init,
                   input_overrides=parse_sets(args.input), protocol=args.protocol, splits_name=args.splits,
-                  tracker=tracker_settings(args))
+                  tracker=tracker_settings(args), settings=Settings.from_env())
     for f in report.folds:
         added = f.n_after - f.n_before
         val = "–" if f.best_value is None else f"{f.best_value:.4f}"

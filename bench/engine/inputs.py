@@ -21,6 +21,7 @@ from feature_cache.weights import WeightsProvenance
 
 from ..results.records import InputSpec
 from ..results.identity import digest
+from .settings import Settings
 from .train import Bag, Sample
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class FeatureInputs:
     model_kwargs: dict[str, Any] = {}  # builder arguments the inputs decide (second-stage weights)
 
     def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
-                 progress: bool, standin: bool = False) -> None:
+                 progress: bool, standin: bool = False, settings: Settings = Settings()) -> None:
         from feature_cache import get_encoder
 
         from ..encoders import ensure_registered
@@ -97,7 +98,7 @@ class FeatureInputs:
         if release:
             _report_strays(release, cohort, encoder_name)
         self.cache = release or self._make_cache(cache_root)
-        self.progress = progress
+        self.progress, self.settings = progress, settings
         self.slides_of = cohort.slides_of()
         self.bags = BagCache(self._load_case)
         self.missing: set[str] = set()
@@ -143,9 +144,11 @@ class FeatureInputs:
     def ensure(self, cases: Iterable[str] | None = None) -> None:
         """Features of every slide (of ``cases`` only, when given) are cached."""
         paths = _slide_paths(self.cohort, cases)
+        workers = getattr(self.cohort.spec, "extract_workers", None)  # the dataset's, else $BENCH_EXTRACT_WORKERS
         report = self.cache.extract(paths, self.encoder, progress=self.progress, skip_errors=True,
-                                    mpp=self.cohort.spec.mpp_override,
-                                    num_workers=getattr(self.cohort.spec, "extract_workers", None))
+                                    mpp=self.cohort.spec.mpp_override, reader=self.settings.slide_backend,
+                                    num_workers=workers if workers is not None else self.settings.extract_workers,
+                                    lock_report_s=self.settings.lock_report_s)
         failed = dict(getattr(report, "failed", {}) or {})
         if getattr(self.cache, "note", None):  # a release's files matched to the slides by barcode
             log.warning("%s", self.cache.note)
@@ -216,8 +219,8 @@ class TileInputs(FeatureInputs):
     positions never collide."""
 
     def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
-                 progress: bool, standin: bool = False) -> None:
-        super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin=standin)
+                 progress: bool, standin: bool = False, settings: Settings = Settings()) -> None:
+        super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin=standin, settings=settings)
         from baselines.prov_gigapath import SLIDE_WEIGHTS_ENV, find_slide_encoder_weights
 
         self._stage2, kw = _second_stage_weights("slide_encoder", find_slide_encoder_weights, SLIDE_WEIGHTS_ENV,
@@ -254,8 +257,8 @@ class RegionFeatureInputs(FeatureInputs):
     (``feature_cache.region_features``); the slide-level model attends across all of them."""
 
     def __init__(self, cohort: Cohort, encoder_name: str, cache_root: Path, allow_random: bool,
-                 progress: bool, standin: bool = False) -> None:
-        super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin=standin)
+                 progress: bool, standin: bool = False, settings: Settings = Settings()) -> None:
+        super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin=standin, settings=settings)
         from baselines.hipt import VIT4K_WEIGHTS_ENV, find_vit4k_weights
 
         self._stage2, kw = _second_stage_weights("vit4k", find_vit4k_weights, VIT4K_WEIGHTS_ENV, allow_random)
@@ -297,13 +300,13 @@ class SlideInputs:
     logits of all of them."""
 
     def __init__(self, cohort: Cohort, magnification: float, cache_root: Path, progress: bool,
-                 raw_rgb: bool = False) -> None:
+                 raw_rgb: bool = False, settings: Settings = Settings()) -> None:
         from feature_cache.slide_cache import SlideImageCache
 
         self.raw_rgb = raw_rgb  # hand the model uint8 RGB (it normalises itself: MethodSpec.raw_rgb)
         self.cohort = cohort
         self.magnification = float(magnification)
-        self.cache = SlideImageCache(cache_root)
+        self.cache = SlideImageCache(cache_root, reader=settings.slide_backend)
         self.progress = progress
         self.slides_of = cohort.slides_of()
         self.paths = dict(zip(cohort.table["slide_id"], cohort.table["slide_path"]))
@@ -358,7 +361,7 @@ class RegionInputs(SlideInputs):
     ``feature_cache.regions.RegionCache``."""
 
     def __init__(self, cohort: Cohort, regions: dict[str, Any], cache_root: Path, progress: bool,
-                 raw_rgb: bool = False) -> None:
+                 raw_rgb: bool = False, settings: Settings = Settings()) -> None:
         from feature_cache.regions import RegionCache
 
         self.raw_rgb = raw_rgb
@@ -375,7 +378,7 @@ class RegionInputs(SlideInputs):
         self.missing: set[str] = set()
         self.regions = RegionCache(cache_root, self.opts["n"], self.opts["size"], self.opts["magnification"],
                                    seed=self.opts["seed"], min_tissue=self.opts["min_tissue"],
-                                   cache_pixels=self.opts["cache_pixels"])
+                                   cache_pixels=self.opts["cache_pixels"], reader=settings.slide_backend)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -444,15 +447,17 @@ def inputs_key(spec: MethodSpec, input_opts: dict[str, Any]) -> str:
 
 
 def make_inputs(spec: MethodSpec, cohort: Cohort, cache: Path | str, input_opts: dict[str, Any],
-                progress: bool) -> Inputs:
+                progress: bool, settings: Settings = Settings()) -> Inputs:
     """The inputs a method consumes (``input_opts``: ``bench.engine.config.input_options``): cached
     patch features of its encoder (a bag, tiles with positions, or HIPT's regions), whole slides
-    at a magnification, or random tissue regions."""
+    at a magnification, or random tissue regions. ``settings``: the process settings the CLI read
+    (the slide reader, extraction workers, the lock report interval)."""
     if spec.input in FEATURE_INPUTS:
         return FEATURE_INPUTS[spec.input](cohort, spec.cache_encoder, Path(cache),
                                            cohort.spec.allow_random_weights, progress,
-                                           standin=cohort.spec.random_encoder_standin)
+                                           standin=cohort.spec.random_encoder_standin, settings=settings)
     if input_opts.get("regions"):
-        return RegionInputs(cohort, dict(input_opts["regions"]), Path(cache), progress, raw_rgb=spec.raw_rgb)
+        return RegionInputs(cohort, dict(input_opts["regions"]), Path(cache), progress, raw_rgb=spec.raw_rgb,
+                            settings=settings)
     mag = float(input_opts.get("magnification", spec.magnification or 2.5))
-    return SlideInputs(cohort, mag, Path(cache), progress, raw_rgb=spec.raw_rgb)
+    return SlideInputs(cohort, mag, Path(cache), progress, raw_rgb=spec.raw_rgb, settings=settings)

@@ -74,9 +74,9 @@ def auto_jobs(*, cuda: bool, cores: int | None = None, memory_gb: float | None =
     """``--jobs auto``: (processes, why). One process per available core on the CPU, at most one per
     ``GB_PER_JOB`` GB of memory; one on a GPU (units sharing a device would only queue on it).
 
-    Measured on the 2-core development machine: one process keeps about one core busy (CPU/wall
-    0.99 with 2 torch threads, tiny bags and slides are per-step overhead, not parallel work), and
-    ``--jobs 2`` ran 5 demo units in 115 s against 184 s with identical metrics."""
+    One per core because one process of small units keeps about one core busy whatever its torch
+    threads (tiny bags and slides are per-step overhead, not parallel work), so the cores are filled
+    by processes instead; each unit's metrics do not depend on which process trains it."""
     if cuda:
         return 1, "one process on the GPU"
     cores = cores or available_cores()
@@ -166,9 +166,8 @@ class Workers:
     """The N - 1 worker processes of a ``--jobs N`` run."""
 
     def __init__(self, command: Sequence[str], n: int, threads: int, started_at: float, log_dir: Path,
-                 spec: Path | None = None, stall_report_s: float = 300.0, takeover_s: float = 0.0) -> None:
+                 spec: Path | None = None) -> None:
         self.command, self.n, self.threads, self.log_dir = list(command), n, threads, log_dir
-        self.stall_report_s, self.takeover_s = stall_report_s, takeover_s  # Settings (bench.engine.options)
         self.spec = spec  # the run the workers do, serialised (bench.engine.worker)
         self.started_at = started_at
         self.procs: list[subprocess.Popen] = []
@@ -195,7 +194,7 @@ class Workers:
             return subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, preexec_fn=worker_preexec(os.getpid()))
 
-    def take_over(self, i: int, held: float, units: list[str]) -> None:
+    def take_over(self, i: int, held: float, units: list[str], after: float) -> None:
         """End stalled worker ``i`` with its process group (its unit lock dies with it) and start a
         fresh worker in its place, which trains the units nobody holds: the released one too."""
         old = self.procs[i]
@@ -208,17 +207,18 @@ class Workers:
         log.warning("worker pid %d was stopped for %.0f s holding %s: ended it (its process group) and started "
                     "worker pid %d to train %s (the stalled worker is taken over after %g s: "
                     "$BENCH_STALL_TAKEOVER_S)", old.pid, held, ", ".join(units) or "no unit", self.procs[i].pid,
-                    "that unit" if units else "the units left", self.takeover_s)
+                    "that unit" if units else "the units left", after)
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
 
-    def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0) -> list[int]:
-        """Wait for every worker, calling ``poll()`` every ``every`` seconds meanwhile. A stopped
-        worker is named every ``stall_report_s`` seconds and taken over after ``takeover_s``
-        (:meth:`take_over`; 0: never). Returns the exit codes; a worker that failed is reported with
-        the tail of its log."""
-        stall, takeover = self.stall_report_s, self.takeover_s
+    def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0,
+             stall_report_s: float = 300.0, takeover_s: float = 0.0) -> list[int]:
+        """Wait for every worker, calling ``poll()`` every ``every`` seconds meanwhile. A worker stopped
+        (SIGSTOP) for ``stall_report_s`` seconds is named, and named again every ``stall_report_s``
+        seconds; after ``takeover_s`` seconds it is taken over (:meth:`take_over`; 0: never). Returns
+        the exit codes; a worker that failed is reported with the tail of its log."""
+        stall, takeover = float(stall_report_s), float(takeover_s)
         seen: dict[int, float] = {}
         said: dict[int, float] = {}
         while self.running():
@@ -231,7 +231,7 @@ class Workers:
                     continue
                 units = units_held_by(p.pid, self.log_dir.parents[1])
                 if takeover and held >= takeover:
-                    self.take_over(i, held, units)
+                    self.take_over(i, held, units, takeover)
                 elif held >= stall and held - said.get(p.pid, -stall) >= stall:
                     said[p.pid] = held
                     log.warning("worker pid %d has been stopped for %.0f s (SIGSTOP, Ctrl-Z or a debugger), holding "

@@ -12,15 +12,15 @@ grows with the number of layers instead of staying at one layer's working set: V
 mappings). For a model whose point is to fit a slide in memory that is the right trade, so the
 harness pins the threshold while it trains end-to-end models on the CPU (``bounded_heap``), and only
 then: the MIL aggregators' many small steps pay the page faults of fresh mappings for nothing
-(TransMIL on a demo bag, measured on the shared 2-core machine: ~3,000 minor faults and ~11 ms of
-system time per step pinned, none restored; ``benchmarks/first_run.py``).
+(TransMIL on a demo bag: thousands of minor faults and milliseconds of system time per step pinned,
+none restored; ``benchmarks/first_run.py`` measures them).
 
 No library does this for PyTorch's CPU tensors (PyTorch has no CPU caching allocator to
 configure), hence the few lines of ``ctypes`` here. Elsewhere than glibc this does nothing.
 
 Override with the environment variable ``BENCH_MMAP_THRESHOLD`` (bytes; ``0`` keeps glibc's
 dynamic default), e.g. ``BENCH_MMAP_THRESHOLD=0 python -m bench run ...``: the CLI reads it once
-(``bench.engine.options.Settings``) and the unit executor enters :func:`unit_memory_policy` with it.
+(``bench.engine.settings.Settings``) and the unit executor enters :func:`unit_memory_policy` with it.
 
 Below the threshold, freed tensors stay in glibc's heap, resident, and a small long-lived
 allocation among them keeps the heap from shrinking: on Pixel-Mamba-6M at 1024² the resident size
@@ -76,8 +76,9 @@ def bound_heap_growth(threshold: int = DEFAULT_MMAP_THRESHOLD) -> int | None:
     if libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) != 1:
         log.debug("mallopt(M_MMAP_THRESHOLD, %d) refused", threshold)
         return None
-    # the trim threshold glibc starts with, as a pin at process start keeps it (work before the pin,
-    # e.g. feature extraction, may have raised it dynamically; an earlier release did)
+    # the trim threshold glibc starts with, as a pin at process start keeps it: work before the pin
+    # (feature extraction, say) may have raised it dynamically, and a raised trim threshold keeps
+    # freed pages resident
     libc.mallopt(_M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
     _applied = threshold
     log.debug("malloc mmap threshold pinned at %d bytes", threshold)

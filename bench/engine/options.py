@@ -9,62 +9,15 @@ so an option given to the submitter (``--device``) is the option the job sees.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from .recipe import Overrides
+from .settings import Settings
 from .tracking import TrackerSettings
 
 ORDERS = ("task", "method", "fold")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Process settings that come from the environment, read once by the CLI (:meth:`from_env`)
-    and handed down; nothing below the CLI reads the environment for them.
-
-    ``mmap_threshold``: glibc's mmap threshold while an end-to-end unit trains (bytes; 0 leaves
-    malloc alone; ``$BENCH_MMAP_THRESHOLD``, default 1 MiB; ``bench.engine.memory``).
-    ``trim_layers``: hand free heap pages back between Pixel-Mamba's streamed layers and stages
-    (``$BENCH_TRIM_LAYERS``, 0 or 1, default 1).
-    ``stall_report_s``: ``bench run --jobs N`` names a worker stopped (SIGSTOP, Ctrl-Z, a debugger)
-    this often, in seconds (``$BENCH_STALL_REPORT_S``, default 300). ``stall_takeover_s``: after a
-    worker has been stopped this long, the run ends it and trains its unit on a fresh worker
-    (``$BENCH_STALL_TAKEOVER_S``, default 1800; 0: never, the run waits for it).
-    """
-
-    mmap_threshold: int = 1 << 20
-    trim_layers: bool = True
-    stall_report_s: float = 300.0
-    stall_takeover_s: float = 1800.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if environ is None else environ
-        raw = env.get("BENCH_MMAP_THRESHOLD", "").strip()
-        try:
-            threshold = int(raw) if raw else cls.mmap_threshold
-        except ValueError:
-            raise ValueError(f"BENCH_MMAP_THRESHOLD must be a number of bytes (or 0 to disable), got {raw!r}") from None
-        trim = env.get("BENCH_TRIM_LAYERS", "1").strip()
-        if trim not in ("0", "1"):
-            raise ValueError(f"BENCH_TRIM_LAYERS must be 0 or 1, got {trim!r}")
-        return cls(mmap_threshold=threshold, trim_layers=trim == "1",
-                   stall_report_s=_seconds(env, "BENCH_STALL_REPORT_S", cls.stall_report_s, 1e-3),
-                   stall_takeover_s=_seconds(env, "BENCH_STALL_TAKEOVER_S", cls.stall_takeover_s, 0.0))
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float, least: float) -> float:
-    raw = env.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = float("nan")
-    if not value >= least or value == float("inf"):
-        raise ValueError(f"{name} must be a number of seconds{' (0: never)' if least == 0 else ' > 0'}, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -98,6 +51,7 @@ class RunOptions:
     tracker: TrackerSettings | None = None  # one tracked run per unit (bench.engine.tracking); None: untracked
     repeats: int = 1  # training seeds per fold (--repeats): each (fold, repeat) is a unit of its own
     repeat: int | None = None  # only this repeat index (a launcher's one-unit job); None: 0..repeats-1
+    estimate: bool = True  # measure the end-to-end units' cost per pass and print the predicted cost first
 
     def __post_init__(self) -> None:
         for name in ("tasks", "folds"):
@@ -139,7 +93,8 @@ class RunOptions:
                        results=str(Path(self.results).resolve()),
                        cache=str(Path(self.cache).resolve()),
                        init=str(Path(self.init).resolve()) if self.init is not None else None,
-                       progress=False, dry_run=False, row_check=False, jobs=1, variant=None)
+                       progress=False, dry_run=False, row_check=False, jobs=1, variant=None,
+                       estimate=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

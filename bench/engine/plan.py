@@ -22,6 +22,7 @@ from .inputs import Inputs, inputs_key, make_inputs
 from .pretrain import InitReport, init_identity
 from .protocol import DEFAULT as DEFAULT_PROTOCOL
 from .recipe import Overrides, UnitRecipe, resolve_recipe
+from .settings import Settings
 from .train import TrainConfig
 
 
@@ -83,8 +84,10 @@ class Planner:
     thing), identities."""
 
     def __init__(self, cohort: Cohort, splits: dict[str, Splits], cache: Path | str, progress: bool, seed: int,
-                 init: Path | None, from_scratch: bool, protocol: str | None, *, init_partial: bool = False) -> None:
+                 init: Path | None, from_scratch: bool, protocol: str | None, settings: Settings = Settings(), *,
+                 init_partial: bool = False) -> None:
         self.cohort, self.splits, self.cache, self.progress, self.seed = cohort, splits, cache, progress, seed
+        self.settings = settings  # the process settings the inputs need (slide reader, extraction)
         self.init, self.from_scratch, self.protocol, self.init_partial = init, from_scratch, protocol, init_partial
         self.init_id = init_identity(init) if init is not None else None
         self._init_reports: dict[tuple[Any, ...], InitReport] = {}
@@ -105,7 +108,7 @@ class Planner:
     def get_inputs(self, spec: MethodSpec, opts: dict[str, Any]) -> tuple[str, Inputs]:
         key = inputs_key(spec, opts)
         if key not in self.inputs:
-            self.inputs[key] = make_inputs(spec, self.cohort, self.cache, opts, self.progress)
+            self.inputs[key] = make_inputs(spec, self.cohort, self.cache, opts, self.progress, self.settings)
         return key, self.inputs[key]
 
     def init_load(self, recipe: ModelRecipe) -> InitReport | None:

@@ -23,6 +23,7 @@ from ..results.records import UnitRecord
 from ..results.store import MixedRowError, ResultsStore, Unit
 from . import distributed as D
 from .config import INPUT_OPTIONS, OptionError, Variant, method_train_config, model_options, unit_seed
+from .executor import resolve_device
 from .eta import Eta, clock as _clock
 from .jobs import Workers, default_worker_command, finished_now, threads_per_job, validate_jobs, write_worker_spec
 from .memory import unit_memory_policy
@@ -99,11 +100,12 @@ def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *
                  "cases have input now", len(report.recheck))
     if not todo:
         log.info("nothing to do: all %d unit(s) already done", len(report.done_before))
-    ex = _Execution(planner, store, report, opts, t0)
     if worker_of is not None or (opts.jobs > 1 and len(todo) > 1):
         import torch
 
         torch.set_num_threads(threads_per_job(opts.jobs))  # jobs × threads ≤ cores
+    predicted = _predict(todo, planner, opts) if worker_of is None else None
+    ex = _Execution(planner, store, report, opts, t0, predicted)
     if worker_of is not None:
         _execute(todo, ex, failed_since=worker_of)
         report.seconds = time.perf_counter() - t0
@@ -131,6 +133,22 @@ class _Execution:
     report: RunReport
     opts: RunOptions
     t0: float
+    predicted: list[float] | None = None  # every unit's predicted seconds, in the order of the to-do list
+
+
+def _predict(todo: list[UnitPlan], planner: Planner, opts: RunOptions) -> list[float] | None:
+    """Before the first unit trains: measure each distinct end-to-end configuration's cost per pass
+    (``bench.engine.cost``), print the predicted cost per setting and in total, and return every
+    unit's predicted seconds for the ETA (None when some unit was not predicted)."""
+    if not opts.estimate or not D.is_main() or not any(p.spec.family == "end-to-end" for p in todo):
+        return None
+    from .cost import estimate
+
+    with unit_memory_policy(True, opts.settings):  # as the units will train
+        est = estimate(todo, planner, str(resolve_device(opts.device)), opts.cache)
+    for line in est.lines(min(opts.jobs, len(todo))):
+        log.info("%s", line)
+    return est.per_unit()
 
 
 def _prepare(variants: list[Variant], opts: RunOptions) -> tuple[Planner, list[UnitPlan], RunReport]:
@@ -150,7 +168,7 @@ def _prepare(variants: list[Variant], opts: RunOptions) -> tuple[Planner, list[U
         splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=opts.n_folds,
                                                     seed=opts.seed, name=opts.splits_name) for t in tasks}
     planner = Planner(cohort, splits, opts.cache, opts.progress, opts.seed, opts.init_path, opts.from_scratch,
-                      opts.protocol, init_partial=opts.init_partial)
+                      opts.protocol, opts.settings, init_partial=opts.init_partial)
     report = RunReport(dataset=dataset)
     plans = _plan_all(planner, variants, tasks, opts, report)  # --init loads into every network: checked there
     return planner, plans, report
@@ -201,8 +219,7 @@ def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[V
     started_at = time.time() - (time.perf_counter() - ex.t0)
     log_dir = Path(opts.results) / "logs" / f"jobs-{time.strftime('%Y%m%d-%H%M%S')}"
     workers = Workers(command, n - 1, threads_per_job(opts.jobs), started_at, log_dir,
-                      write_worker_spec(log_dir, opts, variants, started_at), opts.settings.stall_report_s,
-                      opts.settings.stall_takeover_s)
+                      write_worker_spec(log_dir, opts, variants, started_at))
     started = time.perf_counter()
 
     def count_done() -> int:
@@ -210,7 +227,7 @@ def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[V
 
     last = [-1]
     rounds = Rounds(todo, store)
-    eta = Eta(p.inputs_key for p in todo)
+    eta = Eta((p.inputs_key for p in todo), ex.predicted, n)
 
     def line() -> None:
         done = count_done()
@@ -226,7 +243,8 @@ def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[V
         _execute(todo, ex, count_done, failed_since=started_at, rounds=rounds, eta=eta)
         if workers.running():
             log.info("waiting for %d worker(s) to finish their units", sum(p.poll() is None for p in workers.procs))
-        workers.wait(poll=line)
+        workers.wait(poll=line, stall_report_s=opts.settings.stall_report_s,
+                     takeover_s=opts.settings.stall_takeover_s)
     except BaseException:
         workers.stop()
         log.warning("stopped: %d of %d unit(s) of this run are finished and kept; its workers are ended",
@@ -273,7 +291,7 @@ def _execute(todo: list[UnitPlan], ex: _Execution, count_done: Callable[[], int]
     finished so far by any process (--jobs), for the progress line. ``failed_since``: a unit that
     failed at or after this time (another process of this ``--jobs`` run tried it) is not tried again.
     ``rounds``: says when every unit of a leading fold is done (default: over ``todo``); ``eta``: the ETA."""
-    eta = eta if eta is not None else Eta(p.inputs_key for p in todo)
+    eta = eta if eta is not None else Eta((p.inputs_key for p in todo), ex.predicted)
     extracted: set[str] = set()
     rounds = rounds if rounds is not None else Rounds(todo, ex.store)
     started = time.perf_counter()

@@ -52,6 +52,7 @@ from .inputs import inputs_key, make_inputs
 from .pretrain import init_identity
 from .tracking import Continued, TrackerSettings, open_run, tracks
 from .recipe import MODEL_PREFIX, Overrides, UnitRecipe, resolve_recipe, split_params  # noqa: F401 (public here too)
+from .settings import Settings
 from ..data.splits import SplitManager, make_folds
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class TuneSetup:
 
 def _setup(spec: MethodSpec, cohort: Cohort, task: str, overrides: Overrides, protocol: str | None,
            inner: int | None, cache: Path | str, progress: bool, init: Path | None, seed: int,
-           prune: bool) -> TuneSetup:
+           prune: bool, settings: Settings) -> TuneSetup:
     sp = load_space(spec)
     space = {k: v for k, v in sp["space"].items()
              if k not in overrides.train and not (k.startswith(MODEL_PREFIX) and k[len(MODEL_PREFIX):] in overrides.model)}
@@ -306,7 +307,7 @@ def _setup(spec: MethodSpec, cohort: Cohort, task: str, overrides: Overrides, pr
     if n_inner < 2:
         raise TuningError(f"inner folds must be >= 2, got {n_inner}")
     base = resolve_recipe(spec, cohort, task, overrides=overrides, protocol=protocol, init=init)
-    inputs = make_inputs(spec, cohort, cache, dict(base.inputs), progress)
+    inputs = make_inputs(spec, cohort, cache, dict(base.inputs), progress, settings)
     return TuneSetup(spec, cohort, space, n_inner, overrides, protocol, base, inputs, init, seed, prune)
 
 
@@ -318,13 +319,14 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
          timeout: float | None = None, init: Path | str | None = None,
          input_overrides: dict[str, Any] | None = None, protocol: str | None = None,
          splits_name: str | None = None,
-         tracker: TrackerSettings | None = None) -> TuneReport:
+         tracker: TrackerSettings | None = None, settings: Settings = Settings()) -> TuneReport:
     """Tune ``spec`` on every (task, outer fold) of ``dataset`` up to ``n_trials`` finished trials each.
     ``splits_name``: the outer folds are those of this imported split set (``bench splits --import``)
     instead of the seeded ones; its early-stopping cases are left out of the inner folds.
     ``init``: the checkpoint every trial's network starts from, as ``bench run --init``;
     ``protocol``: the preset, as ``bench run --protocol`` (default: the dataset's, the method's, wsi-bench);
-    ``tracker``: one tracked run per trial (``bench.engine.tracking``; None: untracked)."""
+    ``tracker``: one tracked run per trial (``bench.engine.tracking``; None: untracked);
+    ``settings``: the process settings the CLI read (the slide reader and extraction of the inputs)."""
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
@@ -336,7 +338,8 @@ def tune(spec: MethodSpec, dataset: str, *, n_trials: int, tasks: list[str] | No
             raise TuningError(f"dataset {dataset!r} does not support task {t!r} (it has {cohort.spec.tasks})")
     overrides = Overrides(train_overrides or {}, model_overrides or {}, input_overrides or {})
     init = Path(init) if init is not None else None
-    setup = replace(_setup(spec, cohort, tasks[0], overrides, protocol, inner, cache, progress, init, seed, prune),
+    setup = replace(_setup(spec, cohort, tasks[0], overrides, protocol, inner, cache, progress, init, seed, prune,
+                           settings),
                     tracker=tracker)
     manager = SplitManager(Path(results) / "splits")
     report = TuneReport(dataset=dataset, method=spec.name)

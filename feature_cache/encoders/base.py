@@ -84,9 +84,9 @@ class EncoderSpec:
 
 STANDIN_VIT = dict(embed_dim=192, depth=2, num_heads=3)
 # Stand-ins (opt-in per dataset, random weights only): same patch size, input transform and output
-# dim as the real network, 2 narrow blocks. Measured on this 2-core CPU (load ~3): CONCH ViT-B/16 at
-# 448 px 0.17 patch/s and GigaPath ViT-g 38 s/patch with random weights, i.e. hours for the demo's
-# 1,176 patches -- for numbers that carry no pretrained meaning either way.
+# dim as the real network, 2 narrow blocks. On a CPU the full CONCH ViT-B/16 at 448 px and GigaPath
+# ViT-g take seconds to tens of seconds per patch, i.e. hours for the demo's 1,176 patches -- for
+# numbers that carry no pretrained meaning either way.
 
 REGISTRY: dict[str, EncoderSpec] = {}
 
@@ -242,7 +242,7 @@ class Encoder:
         built = getattr(model, "weights_provenance", None)
         if built:  # the load's own record (keys matched, dropped): in place, callers may hold the list
             self.weights_provenance[:] = built
-        # channels-last: measured 2x faster for ResNet-50 on this 2-core CPU; a no-op for ViTs
+        # channels-last: the layout CPU convolutions run fastest in (ResNet-50 about twice as fast); a no-op for ViTs
         self._model = model.to(memory_format=torch.channels_last)
 
     @property

@@ -12,7 +12,7 @@ Fusion: the D skip and the SiLU(z) gate are applied inside the kernels (forward 
 so a call allocates only its output, the Δ it needs, the checkpoints and, in backward, one
 gradient per (B, D, L) input. Done in PyTorch instead, they cost about a dozen further (B, D, L)
 temporaries per call, each freshly page-faulted at long lengths (the allocator hands tensors
-over 32 MB straight back to the OS), which took more time than the scan itself at 65K tokens.
+over 32 MB straight back to the OS), which would cost more time than the scan itself at 65K tokens.
 Δ = softplus(delta + delta_bias) is computed once with PyTorch's vectorised ops and kept for
 backward, where sigmoid(delta + delta_bias) = −expm1(−Δ) gives the softplus derivative.
 

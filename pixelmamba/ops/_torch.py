@@ -12,9 +12,8 @@ Layout of the work:
 - the adjoint of the states obeys the same kind of recurrence run backwards in time,
   ∂h_t = C_t·gy_t + exp(Δ_{t+1}A) ⊙ ∂h_{t+1}, so it reuses the same block scan on flipped inputs;
   every other gradient is then elementwise (or a sum) in ∂h_t, h_t and h_{t−1}. Autograd
-  through the scan itself (the previous design) kept a dozen (span, D, N) intermediates per
-  span and ran about three times as many full-size ops; the hand-written backward runs about
-  as many as one forward.
+  through the scan itself would keep a dozen (span, D, N) intermediates per span and run about
+  three times as many full-size ops; the hand-written backward runs about as many as one forward.
 
 Numerics: decays exp(Δ·A) lie in (0, 1] and are only ever multiplied together (the product
 over a segment equals exp of that segment's sum of Δ·A), so nothing is exponentiated from a raw
@@ -38,10 +37,28 @@ BLOCK = 64
 SEQUENTIAL_MIN_STEP = 256
 
 
-def _linear_scan(a: Tensor, x: Tensor, h0: Tensor, block: int) -> Tensor:
-    """All states of h_t = a_t ⊙ h_{t−1} + x_t, time-major: a, x (T, ...); h0 (...)."""
+STRATEGIES = ("loop", "blocked")
+
+
+def linear_scan_strategy(h0: Tensor) -> str:
+    """How :func:`linear_scan` runs for a state like ``h0`` by default: ``"loop"`` on the CPU when a
+    step has at least ``SEQUENTIAL_MIN_STEP`` state elements, else ``"blocked"``."""
+    return "loop" if h0.device.type == "cpu" and h0.numel() >= SEQUENTIAL_MIN_STEP else "blocked"
+
+
+def linear_scan(a: Tensor, x: Tensor, h0: Tensor, block: int = BLOCK, strategy: str = "auto") -> Tensor:
+    """All states of h_t = a_t ⊙ h_{t−1} + x_t, time-major: a, x (T, ...); h0 (...).
+
+    ``strategy``: ``"loop"`` (one fused multiply-add per step), ``"blocked"`` (an associative scan
+    inside blocks of ``block`` steps, then the block starts chained), or ``"auto"``
+    (:func:`linear_scan_strategy`). Both give the same states up to rounding; the torch backend's
+    forward and backward run on this."""
+    if strategy == "auto":
+        strategy = linear_scan_strategy(h0)
+    elif strategy not in STRATEGIES:
+        raise ValueError(f"unknown linear scan strategy {strategy!r}; choose one of {STRATEGIES} or 'auto'")
     T = a.shape[0]
-    if T <= 2 or (h0.device.type == "cpu" and h0.numel() >= SEQUENTIAL_MIN_STEP):
+    if T <= 2 or strategy == "loop":
         hs = torch.empty_like(x)
         h = h0
         for t in range(T):
@@ -90,7 +107,7 @@ class _TorchScan(torch.autograd.Function):
             e = min(s + span, L)
             starts.append(h)
             dA, x = _span_inputs(u[..., s:e], dt[..., s:e], A, Bm[..., s:e])
-            hs = _linear_scan(dA, x, h, block)  # (T, B, G, H, N)
+            hs = linear_scan(dA, x, h, block)  # (T, B, G, H, N)
             ys.append(torch.einsum("tbghn,bgnt->bght", hs, Cm[..., s:e]))
             h = hs[-1].clone()  # a view would keep all of hs alive
         ctx.save_for_backward(u, dt, A, Bm, Cm, *starts)
@@ -113,12 +130,12 @@ class _TorchScan(torch.autograd.Function):
             e = min(s + span, L)
             ut, dtt, Bt, Ct = u[..., s:e], dt[..., s:e], Bm[..., s:e], Cm[..., s:e]
             dA, x = _span_inputs(ut, dtt, A, Bt)
-            hs = _linear_scan(dA, x, starts[i], block)  # (T, B, G, H, N)
+            hs = linear_scan(dA, x, starts[i], block)  # (T, B, G, H, N)
             gyt = gy[..., s:e]
             # adjoint recurrence, reversed in time: ∂h_t = C_t·gy_t + dA_{t+1} ⊙ ∂h_{t+1}
             g_in = gyt.permute(3, 0, 1, 2)[..., None] * Ct.permute(3, 0, 1, 2)[:, :, :, None]
             dA_next = torch.cat([dA[1:], dA.new_ones(1, *dA.shape[1:])])
-            gh = _linear_scan(dA_next.flip(0), g_in.flip(0), g_next, block).flip(0)
+            gh = linear_scan(dA_next.flip(0), g_in.flip(0), g_next, block).flip(0)
             hprev = torch.cat([starts[i][None], hs[:-1]])
             gC[..., s:e] = torch.einsum("tbghn,bght->bgnt", hs, gyt)
             ghB = torch.einsum("tbghn,bgnt->bght", gh, Bt)  # ∂ of Δ·u through the input term

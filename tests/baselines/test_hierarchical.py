@@ -22,7 +22,7 @@ from bench.registry import build_model, count_parameters, get_method  # noqa: E4
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Two intra-op threads on the shared 2-core machine oversubscribe OpenMP (tests/pixelmamba/ops/conftest.py)."""
+    """Two intra-op threads on busy cores oversubscribe OpenMP (tests/pixelmamba/ops/conftest.py)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -23,7 +23,7 @@ from tiny_models import N_OUT, TINY, tiny_input
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Two intra-op threads on a shared 2-core machine oversubscribe OpenMP (tests/pixelmamba/ops/conftest.py)."""
+    """Two intra-op threads on busy cores oversubscribe OpenMP (tests/pixelmamba/ops/conftest.py)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

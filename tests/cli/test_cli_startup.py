@@ -1,5 +1,5 @@
 """`bench ls`, `bench --help` and every `bench <command> --help` import no torch, scikit-learn or
-scikit-survival (issue 19: they paid ~6 s for them). Timing against `import torch` is measured by
+scikit-survival (each costs seconds to import, and listing needs none). Timing against `import torch` is measured by
 `benchmarks/cli_startup.py`; this test checks the cause, which does not depend on the machine's load.
 """
 

@@ -1,5 +1,5 @@
 """A mistyped method, dataset, encoder, task or ablation name is reported with its did-you-mean
-before the command imports torch (it used to take 7-13 s, the price of importing torch first).
+before the command imports torch (importing torch first would make a typo cost seconds).
 Like tests/cli/test_cli_startup.py, this checks the cause (what is imported), not the machine's clock."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""A TCGA cohort as researchers download it (tests/helpers/tcga_cohort.py) joins completely from every
-clinical source, or says exactly why not: one test per finding of issue 18."""
+"""A TCGA cohort as researchers download it (tests/helpers/tcga_cohort.py) joins completely from
+every clinical source, or says exactly why not: one test per way a real download differs from the
+normalized table (sections numbered below)."""
 
 from __future__ import annotations
 
@@ -273,7 +274,6 @@ def test_lock_says_who_holds_it_and_breaks_dead_holders(tmp_path, caplog, monkey
 
     from feature_cache.cache import acquire_talking, release_talking
 
-    monkeypatch.setenv("BENCH_LOCK_REPORT_S", "0.3")
     path = str(tmp_path / "S.h5.lock")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     holder = subprocess.Popen([sys.executable, "-c", HOLD, path], stdout=subprocess.PIPE, text=True, env=env)
@@ -289,7 +289,7 @@ def test_lock_says_who_holds_it_and_breaks_dead_holders(tmp_path, caplog, monkey
 
             got = []
             def wait_then_release() -> None:  # filelock locks are per thread: release where acquired
-                got.append(acquire_talking(lock, "slide S", blocking=True))
+                got.append(acquire_talking(lock, "slide S", blocking=True, report_every=0.3))
                 release_talking(lock)
 
             t = threading.Thread(target=wait_then_release)
@@ -311,7 +311,7 @@ def test_lock_says_who_holds_it_and_breaks_dead_holders(tmp_path, caplog, monkey
     keeper.acquire(timeout=10)
     Path(path + ".info").write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": info["host"], "since": "x"}))
     with caplog.at_level(logging.WARNING):
-        assert acquire_talking(FileLock(path), "slide S", blocking=True)
+        assert acquire_talking(FileLock(path), "slide S", blocking=True, report_every=0.3)
     assert "breaking the lock" in caplog.text and "no longer running" in caplog.text
     keeper.release()
 

@@ -104,7 +104,7 @@ def test_slurm_executor_against_a_stand_in_slurm(cohort, tmp_path, monkeypatch, 
 class FakeInputs(FakeFeatureInputs):
     """In-process stand-in for FeatureInputs (the debug executor runs jobs in this process)."""
 
-    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False):
+    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False, settings=None):
         super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin)
         self.stage = dict(zip(cohort.table["case_id"], cohort.table["stage"]))
 

@@ -277,7 +277,7 @@ class _SecondStageInputs(StageInputs):
 
 
 class _FakeSlides(StageInputs):
-    def __init__(self, cohort, magnification, cache_root, progress, raw_rgb=False):
+    def __init__(self, cohort, magnification, cache_root, progress, raw_rgb=False, settings=None):
         super().__init__(cohort, "slide", cache_root, False, progress)
 
 

@@ -26,7 +26,7 @@ class RecordingInputs(FakeFeatureInputs):
 
     log: dict[str, set] = {"ensured": set(), "probed": set(), "loaded": set()}
 
-    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False):
+    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False, settings=None):
         super().__init__(cohort, encoder_name, cache_root, allow_random, progress, standin)
         self.stage = dict(zip(cohort.table["case_id"], cohort.table["stage"]))
 

@@ -77,7 +77,7 @@ def test_f19_every_checkpoint_load_is_weights_only():
 
 @pytest.mark.parametrize("with_git", [True, False])
 def test_f19_scan_reads_only_the_projects_files(tmp_path, with_git):
-    """A virtual environment (or any file) inside the checkout changes nothing (issue 19): a .venv
+    """A virtual environment (or any file) inside the checkout changes nothing: a .venv
     holding a non-UTF-8 .py and an unsafe torch.load, beside the project's own packages."""
     import shutil
     import subprocess

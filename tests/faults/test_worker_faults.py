@@ -111,7 +111,7 @@ def test_stopped_worker_is_taken_over(cohort) -> None:
 
 
 def test_stall_settings() -> None:
-    from bench.engine.options import Settings
+    from bench.engine.settings import Settings
 
     s = Settings.from_env({"BENCH_STALL_REPORT_S": "2", "BENCH_STALL_TAKEOVER_S": "0"})
     assert (s.stall_report_s, s.stall_takeover_s) == (2.0, 0.0)

@@ -73,15 +73,17 @@ allow_random_weights: true
     assert not cache.has(h5s[0].stem, real)
 
 
-@pytest.mark.parametrize("argv,yaml_workers,want", [
-    ([], None, None),  # neither: the library default (cores - 1, 1 to 4)
-    ([], 0, 0),  # the dataset YAML's extract_workers
-    (["--workers", "3"], 0, 3),  # the command line wins
-    (["--workers", "0", "--threads", "2"], None, 0),
+@pytest.mark.parametrize("argv,yaml_workers,env,want", [
+    ([], None, {}, None),  # none: the library default (cores - 1, 1 to 4)
+    ([], None, {"BENCH_EXTRACT_WORKERS": "2"}, 2),  # the environment
+    ([], 0, {"BENCH_EXTRACT_WORKERS": "2"}, 0),  # the dataset YAML's extract_workers beats it
+    (["--workers", "3"], 0, {"BENCH_EXTRACT_WORKERS": "2"}, 3),  # the command line wins
+    (["--workers", "0", "--threads", "2"], None, {}, 0),
 ])
 def test_extract_workers_reach_the_cache(monkeypatch: pytest.MonkeyPatch, argv: list[str],
-                                         yaml_workers: int | None, want: int | None) -> None:
-    """`bench extract --workers/--threads` and `extract_workers:` reach FeatureCache.extract."""
+                                         yaml_workers: int | None, env: dict, want: int | None) -> None:
+    """`bench extract --workers/--threads`, `extract_workers:` and $BENCH_EXTRACT_WORKERS reach
+    FeatureCache.extract."""
     import types
 
     import feature_cache
@@ -104,7 +106,59 @@ def test_extract_workers_reach_the_cache(monkeypatch: pytest.MonkeyPatch, argv: 
     monkeypatch.setattr(feature_cache, "FeatureCache", Cache, raising=False)
     monkeypatch.setattr(feature_cache, "get_encoder", lambda *a, **k: types.SimpleNamespace(
         weights_label="random"), raising=False)
+    monkeypatch.delenv("BENCH_EXTRACT_WORKERS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     args = build_parser().parse_args(["extract", "--dataset", "x", *argv])
     assert args.func(args) == 0
     assert seen["num_workers"] == want
     assert seen["threads"] == (2 if "--threads" in argv else None)
+
+
+@pytest.mark.parametrize("argv,env,reader,lock_s", [
+    ([], {}, "auto", 60.0),
+    ([], {"BENCH_SLIDE_BACKEND": "tiffslide", "BENCH_LOCK_REPORT_S": "2.5"}, "tiffslide", 2.5),
+    (["--reader", "openslide"], {"BENCH_SLIDE_BACKEND": "tiffslide"}, "openslide", 60.0),  # the command line wins
+    (["--reader", "auto"], {"BENCH_SLIDE_BACKEND": "tiffslide"}, "auto", 60.0),
+])
+def test_extract_reader_and_lock_report_reach_the_cache(monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict,
+                                                        reader: str, lock_s: float) -> None:
+    """$BENCH_SLIDE_BACKEND (or --reader) and $BENCH_LOCK_REPORT_S reach FeatureCache.extract and
+    import_features as parameters."""
+    import types
+
+    import feature_cache
+    from bench.data import datasets
+    from bench.cli import build_parser
+
+    seen: dict = {}
+
+    class Cache:
+        def __init__(self, root, mpp=None):
+            pass
+
+        def extract(self, paths, enc, **kw):
+            seen.update(kw)
+            return types.SimpleNamespace(summary=lambda: "ok", failed={})
+
+    def import_features(cache, src, enc, **kw):
+        seen["import_reader"] = kw["reader"]
+        return types.SimpleNamespace(summary=lambda: "ok", failed={})
+
+    spec = datasets.DatasetSpec(name="x", allow_random_weights=True)
+    cohort = types.SimpleNamespace(spec=spec, table={"slide_id": ["S"], "slide_path": ["/s.tiff"]})
+    monkeypatch.setattr(datasets, "load_cohort", lambda name: cohort)
+    monkeypatch.setattr(feature_cache, "FeatureCache", Cache, raising=False)
+    monkeypatch.setattr(feature_cache, "import_features", import_features, raising=False)
+    monkeypatch.setattr(feature_cache, "get_encoder", lambda *a, **k: types.SimpleNamespace(
+        weights_label="random"), raising=False)
+    for k in ("BENCH_SLIDE_BACKEND", "BENCH_LOCK_REPORT_S"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    args = build_parser().parse_args(["extract", "--dataset", "x", *argv])
+    assert args.func(args) == 0
+    assert (seen["reader"], seen["lock_report_s"]) == (reader, lock_s)
+    args = build_parser().parse_args(["extract", "--dataset", "x", "--import", "/nowhere", *argv])
+    assert args.func(args) == 0
+    assert seen["import_reader"] == reader

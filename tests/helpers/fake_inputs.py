@@ -7,7 +7,7 @@ from bench.results.records import InputSpec, WeightsProvenance
 class FakeFeatureInputs:
     encoder_name = "fake"
 
-    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False):
+    def __init__(self, cohort, encoder_name, cache_root, allow_random, progress, standin=False, settings=None):
         self.cohort = cohort
         self.encoder_name = encoder_name
 

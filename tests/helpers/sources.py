@@ -1,6 +1,6 @@
 """The project's own files, for tests that inspect source: never whatever else lies in the checkout
-(a virtual environment in ``.venv``, data, build output — issue 19: a venv's non-UTF-8 file broke
-a test that walked the whole tree).
+(a virtual environment in ``.venv``, data, build output: a venv's non-UTF-8 file would break a test
+that walked the whole tree).
 
 With git: the files git tracks or would track (``git ls-files --cached --others --exclude-standard``)
 under the project's directories. Without git (an unpacked sdist): a walk of those directories.

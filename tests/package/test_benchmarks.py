@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow  # runs benchmarks/scan.py (~26 s); `pytest -m slow` before a benchmark session
+@pytest.mark.slow  # runs benchmarks/scan.py (~26 s); `pytest -m slow` before running the benchmarks
 def test_scan_benchmark_rows_hold_numbers(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "scan.py"), "--lengths", "64", "--dims", "8",
@@ -35,7 +35,7 @@ def test_scan_benchmark_rows_hold_numbers(tmp_path):
     assert all(int(v.replace(",", "")) > 0 for row in mixer_rows for v in row)
 
 
-@pytest.mark.slow  # runs benchmarks/gpu_check.py --tiny on CPU (~60-90 s); `pytest -m slow` before a GPU session
+@pytest.mark.slow  # runs benchmarks/gpu_check.py --tiny on CPU (~60-90 s); `pytest -m slow` before taking it to a GPU
 def test_gpu_check_tiny_writes_every_section(tmp_path):
     """``benchmarks/gpu_check.py --tiny``: the GPU check's code paths on the CPU at tiny sizes
     (the triton backend under its interpreter), so the script cannot rot between GPU runs."""

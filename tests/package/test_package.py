@@ -130,7 +130,7 @@ def _venv_over_running_packages(venv: Path) -> Path:
 
 
 def test_installed_wheel_runs_the_first_commands(wheel, tmp_path):
-    """(~15 s at load 3 on the 2-core machine, mostly the demo's generation.) The wheel in a fresh venv
+    """(Slow: mostly the demo's generation.) The wheel in a fresh venv
     (torch & co from the packages these tests run with, wsi-bench itself only from the wheel), run from a
     directory where the checkout is not importable: `bench ls datasets` lists the demo and
     `bench splits --dataset demo` generates it and writes folds."""
@@ -160,8 +160,8 @@ def test_installed_wheel_runs_the_first_commands(wheel, tmp_path):
 
 
 def test_every_registered_builder_resolves():
-    """Each method's lazy "module:attr" builder names a module and attribute that exist (the move to
-    bench/engine/ left Pixel-Mamba's pointing at a bench.models that no longer was)."""
+    """Each method's lazy "module:attr" builder names a module and attribute that exist (a module
+    moved or renamed would otherwise surface only when that method is first built)."""
     import importlib.util
 
     from bench.registry import list_methods

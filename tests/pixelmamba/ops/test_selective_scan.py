@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixelmamba.ops import resolve_backend, selective_scan
+from pixelmamba.ops import linear_scan, linear_scan_strategy, resolve_backend, selective_scan
 from pixelmamba.ops._numba import fast_exp, fast_expm1
 from pixelmamba.ops.selective_scan import mamba_ssm_available
 
@@ -116,15 +116,40 @@ def test_long_sequence_crosses_spans(backend, dtype):
     compare(backend, {}, 1100, dtype)
 
 
-@pytest.mark.parametrize("config", ["all", "groups2"])
-@pytest.mark.parametrize("strategy", ["loop", "blocked"])
-def test_torch_scan_strategies(strategy, config, monkeypatch):
-    """The torch backend's two in-span scans (token loop, blocked associative scan) both match
-    ref, across span and block boundaries (600 tokens: spans of 256, blocks of 64)."""
-    from pixelmamba.ops import _torch
+@pytest.mark.parametrize("strategy", ["loop", "blocked", "auto"])
+@pytest.mark.parametrize("T", [1, 2, 3, 64, 65, 200])
+def test_linear_scan_strategies(strategy, T):
+    """Both in-span scans of the torch backend (token loop, blocked associative scan) give the
+    states of h_t = a_t * h_{t-1} + x_t, checked against the recurrence written out step by step,
+    across block boundaries (blocks of 64)."""
+    g = torch.Generator().manual_seed(T)
+    # decays in (0.95, 1], as exp(delta * A): a block's start state still counts 64 steps later
+    a = 1 - 0.05 * torch.rand(T, 2, 3, dtype=torch.float64, generator=g)
+    x = torch.randn(T, 2, 3, dtype=torch.float64, generator=g)
+    h0 = torch.randn(2, 3, dtype=torch.float64, generator=g)
+    want, h = [], h0
+    for t in range(T):
+        h = a[t] * h + x[t]
+        want.append(h)
+    check("states", linear_scan(a, x, h0, strategy=strategy), torch.stack(want), torch.float64)
+    with pytest.raises(ValueError, match="unknown linear scan strategy"):
+        linear_scan(a, x, h0, strategy="tree")
 
-    monkeypatch.setattr(_torch, "SEQUENTIAL_MIN_STEP", 0 if strategy == "loop" else 10**9)
-    compare("torch", CONFIGS[config], 600, torch.float64)
+
+@pytest.mark.parametrize("config", ["all", "groups2"])
+@pytest.mark.parametrize("strategy,dim,dstate", [("loop", 20, 16), ("blocked", 4, 8)])
+def test_torch_scan_strategies(strategy, dim, dstate, config):
+    """The torch backend matches ref, forward and every gradient, on either in-span scan (the
+    state size picks it: ``linear_scan_strategy``), across span and block boundaries (600 tokens:
+    spans of 256, blocks of 64)."""
+    assert linear_scan_strategy(torch.zeros(2, dim, dstate)) == strategy  # (B, D, N) of one step
+    x = make_inputs(CONFIGS[config], 600, torch.float64, dim=dim, dstate=dstate)
+    y, last, grads = run(clone(x), True, "torch")
+    y_ref, last_ref, grads_ref = run(clone(x), True, "ref")
+    check("out", y, y_ref, torch.float64)
+    check("last_state", last, last_ref, torch.float64)
+    for k in grads_ref:
+        check(f"d{k}", grads[k], grads_ref[k], torch.float64)
 
 
 @pytest.mark.parametrize("backend", ["ref", *CPU_BACKENDS])

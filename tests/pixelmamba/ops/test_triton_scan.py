@@ -5,7 +5,7 @@ TRITON_INTERPRET=1 is set before `import triton`: its own `tl.sum` & co. are dec
 and are then either compiled or interpreted for the whole process. So the interpreted run is a
 child process: `test_interpreted_on_cpu` runs this file again under `TRITON_INTERPRET=1`, where
 the `cpu` cases run (the child checks that the kernels really are interpreted) and nothing else
-in the session sees the variable. With CUDA the same cases run in this process on the GPU with
+in this pytest process sees the variable. With CUDA the same cases run in this process on the GPU with
 the compiled kernels. Chunks are 8 tokens here (the GPU default is 64) so that lengths 1, 5
 (< a chunk), 8 (one chunk) and 29 (three chunks and a remainder) cross every boundary case while
 the interpreter stays fast; helpers and the tolerance table are test_selective_scan's.
