@@ -374,6 +374,9 @@ class Survival(Task):
         ti, tj = t[:, :, None], t[:, None, :]
         # sksurv: i (an event) is comparable with j if j lives longer, or is censored at the same time
         comp = e[:, :, None] & ((tj > ti) | ((tj == ti) & ~e[:, None, :]))  # (B, m, m)
+        if "stratum" in cols:  # only pairs within one stratum (one fold's model: one risk scale)
+            st = cols["stratum"][idx]
+            comp &= st[:, :, None] == st[:, None, :]
         d = r[:, :, None] - r[:, None, :]
         ties = np.abs(d) <= 1e-8
         num = (comp & (d > 0) & ~ties).sum((1, 2)) + 0.5 * (comp & ties).sum((1, 2))
@@ -387,6 +390,8 @@ class Survival(Task):
         perms = np.argsort(perms, axis=1)
         t, e, r = cols["time"], cols["event"], cols["risk"]
         comp = e[:, None] & ((t[None, :] > t[:, None]) | ((t[None, :] == t[:, None]) & ~e[None, :]))
+        if "stratum" in cols:  # as batched_metric; perms must then move cases within their stratum
+            comp &= cols["stratum"][:, None] == cols["stratum"][None, :]
         i, j = np.nonzero(comp)
         if len(i) == 0:
             return np.full(len(perms), np.nan)

@@ -161,9 +161,9 @@ def section_scan(torch, args, clock: Clock, share: float, report: dict) -> list[
     if device == "cuda" and mamba_ssm_available():
         backends.append("cuda")
     if args.tiny:
-        from pixelmamba.ops import _triton
+        from pixelmamba.ops import triton_scan
 
-        _triton.CHUNK = 8  # the interpreter is slow: tiny chunks, tiny sizes
+        triton_scan.CHUNK = 8  # the interpreter is slow: tiny chunks, tiny sizes
         lengths, dims, N, prefix = [40], [4], 4, 24
     else:
         lengths, dims, N, prefix = [16384, 262144, 4194304], [192, 384], 16, 2048

@@ -191,12 +191,12 @@ class FeatureCache:
             return None
 
     @classmethod
-    def _is_done(cls, path: Path) -> bool:
+    def is_done(cls, path: Path) -> bool:
         return cls._done_count(path) is not None
 
     def has(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
             magnification: float | None = None, min_tissue: float = 0.5) -> bool:
-        return self._is_done(self.path_for(slide_id, encoder, patch_size, magnification, min_tissue))
+        return self.is_done(self.path_for(slide_id, encoder, patch_size, magnification, min_tissue))
 
     def load(self, slide_id: str, encoder: Encoder, patch_size: int | None = None,
              magnification: float | None = None, min_tissue: float = 0.5

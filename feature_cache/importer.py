@@ -199,7 +199,7 @@ def import_features(cache: Any, src: str | os.PathLike, encoder: Any, *,
         todo = sorted(found)
     for sid in todo:
         out = out_dir / f"{slide_stem(sid)}.h5"
-        if cache._is_done(out):
+        if cache.is_done(out):
             report.skipped.append(sid)
             continue
         try:

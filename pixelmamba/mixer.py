@@ -138,15 +138,15 @@ class BiMambaMixer(nn.Module):
         )
         return res if want_state else (res, None)
 
-    def _forward_state(self, x: Tensor, pad_left: int, h0: Tensor | None) -> Tensor:
+    def forward_piece_state(self, x: Tensor, pad_left: int, h0: Tensor | None) -> Tensor:
         """Forward-branch state after a piece; x holds the piece preceded by its conv halo."""
         xi, z = self._xz(x, pad_left, 0)
         k = self.d_conv - 1
         return self.scan_branch(xi, z[..., k - pad_left:], h0, False, True)[1]
 
-    def _forward_share(self, x: Tensor, pad_left: int, h0: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The forward branch's share of ``_piece``'s output, ``out_proj(scale * y_f)``, and its
-        state after the piece; x holds the piece preceded by its conv halo. ``_piece``'s output is
+    def forward_piece_share(self, x: Tensor, pad_left: int, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The forward branch's share of ``piece``'s output, ``out_proj(scale * y_f)``, and its
+        state after the piece; x holds the piece preceded by its conv halo. ``piece``'s output is
         ``out_proj(scale * (y_f + y_b))``, affine in ``y_f``, so its gradient with respect to the
         entering state ``h0`` is this share's (the backward branch does not depend on ``h0``)."""
         xi, z = self._xz(x, pad_left, 0)
@@ -154,7 +154,7 @@ class BiMambaMixer(nn.Module):
         y_f, h = self.scan_branch(xi, z[..., k - pad_left:], h0, False, True)
         return self.out_proj((y_f * self.scale).transpose(1, 2)), h
 
-    def _piece(
+    def piece(
         self, x: Tensor, pad_left: int, pad_right: int, h_f: Tensor | None, h_b: Tensor | None,
         forward_state: bool = False,
     ) -> tuple[Tensor, ...]:
@@ -206,11 +206,11 @@ class BiMambaMixer(nn.Module):
         h_f: list[Tensor | None] = [None]
         for s, e in bounds[:-1]:
             lo = max(0, s - k)
-            h_f.append(run(self._forward_state, x[:, lo:e], k - (s - lo), h_f[-1]))
+            h_f.append(run(self.forward_piece_state, x[:, lo:e], k - (s - lo), h_f[-1]))
         outs: list[Tensor] = [None] * len(bounds)  # type: ignore[list-item]
         h_b = None
         for i in range(len(bounds) - 1, -1, -1):
             s, e = bounds[i]
             lo, hi = max(0, s - k), min(L, e + k)
-            outs[i], h_b = run(self._piece, x[:, lo:hi], k - (s - lo), k - (hi - e), h_f[i], h_b)
+            outs[i], h_b = run(self.piece, x[:, lo:hi], k - (s - lo), k - (hi - e), h_f[i], h_b)
         return torch.cat(outs, dim=1)

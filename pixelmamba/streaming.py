@@ -155,14 +155,14 @@ def _run_forward(block, flat, cls, valid_flat, idx: SeqIndex, chunk, keep_states
     for i, (s, e) in enumerate(bounds[:-1]):
         lo = max(0, s - k)
         x = _gather(flat, cls, idx.locate(lo, e, dev))
-        h_f.append(states[i].copy_(mixer._forward_state(norm(x), k - (s - lo), h_f[-1])))
+        h_f.append(states[i].copy_(mixer.forward_piece_state(norm(x), k - (s - lo), h_f[-1])))
     h_b: list[Tensor | None] = [None] * (len(bounds) + 1)
     stage_start()
     for i in range(len(bounds) - 1, -1, -1):
         s, e = bounds[i]
         lo, hi = max(0, s - k), min(L, e + k)
         x = _gather(flat, cls, idx.locate(lo, hi, dev))
-        y, hb = mixer._piece(norm(x), k - (s - lo), k - (hi - e), h_f[i], h_b[i + 1])
+        y, hb = mixer.piece(norm(x), k - (s - lo), k - (hi - e), h_f[i], h_b[i + 1])
         h_b[i] = states[len(bounds) + i].copy_(hb) if keep_states else hb
         y = x[:, s - lo: e - lo] + y  # residual (Eq. 1)
         tok, region, is_cls = idx.locate(s, e, dev)
@@ -231,7 +231,7 @@ class _StreamedBlock(torch.autograd.Function):
                 with torch.no_grad():
                     xn = norm(_gather(flat, cls, idx.locate(lo, e, dev)))
                 hf = leaf(h_f[i])
-                share, state = mixer._forward_share(xn, k - (s - lo), hf)
+                share, state = mixer.forward_piece_share(xn, k - (s - lo), hf)
                 outs, gouts = [share], [g_y_of(s, e)]
                 if g_hf[i + 1] is not None:
                     outs.append(state)
@@ -291,7 +291,7 @@ class _StreamedBlock(torch.autograd.Function):
                 x = _gather(flat, cls, idx.locate(lo, hi, dev)).detach().requires_grad_(want_x)
                 hb = leaf(h_b[i + 1])
                 hf = None if h_f[i] is None else h_f[i].detach()
-                y, hb_out, *hf_out = mixer._piece(norm(x), k - (s - lo), k - (hi - e), hf, hb,
+                y, hb_out, *hf_out = mixer.piece(norm(x), k - (s - lo), k - (hi - e), hf, hb,
                                                   forward_state=i < last)
                 y = x[:, s - lo: e - lo] + y
                 outs, gouts = [y], [g_y_of(s, e)]

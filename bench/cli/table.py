@@ -25,8 +25,8 @@ EPILOG = """examples:
   python -m bench table --dataset blca --splits mambamil          # only the rows of an imported split set
 Writes LaTeX (booktabs) to results/tables/, prints Markdown here, and draws one Kaplan–Meier figure
 per survival method (median split of out-of-fold risk, log-rank p) under results/figures/.
-Every cell is tested against chance (permutation test of the row's pooled out-of-fold predictions
-against shuffled labels, same metric); cells with p >= 0.05 are marked ∘ and the p-values go to
+Every cell is tested against chance (permutation test of the row's out-of-fold predictions against
+labels shuffled within each fold, same metric; survival concordance over pairs within one fold); cells with p >= 0.05 are marked ∘ and the p-values go to
 <table>_chance.csv. Bold/underline rank only rows with every fold; partial rows print grey italic.
 Marks: † random weights of a pretrained part, ‡ stand-in encoder, ¶ end-to-end from random
 initialisation, § protocol other than the paper's, numbers: options that differ from the method's

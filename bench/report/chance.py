@@ -1,5 +1,5 @@
-"""Every table row against chance: a permutation test of the row's pooled out-of-fold predictions
-against shuffled labels, scored with the column's own metric (:func:`bench.report.stats.chance_test`).
+"""Every table row against chance: a permutation test of the row's out-of-fold predictions against
+labels shuffled within each fold, scored with the column's own metric (:func:`bench.report.stats.chance_test`).
 A row whose p-value is not below ``alpha`` is marked ∘ in its cell; the numbers go to
 ``<table>_chance.csv``. This runs for every table on every dataset, not only under ``--stats``.
 A row run with ``--repeats`` is tested on its repeat 0 (one prediction per case: the pooled

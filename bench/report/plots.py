@@ -1,7 +1,8 @@
 """Kaplan–Meier figures of out-of-fold risk, drawn as clinical journals expect them.
 
-Risk groups: every test fold's predicted risks pooled, split at their median (high: risk above the
-median). Per group, lifelines' ``KaplanMeierFitter`` gives the curve, its 95% confidence band
+Risk groups: each test fold's predicted risks split at that fold's median (high: risk above it),
+then the folds' groups pooled. Each fold's model scores risks on its own scale, so one median over
+all folds would sort cases by which model scored them as much as by their risk. Per group, lifelines' ``KaplanMeierFitter`` gives the curve, its 95% confidence band
 (exponential Greenwood) and the median survival with its confidence interval; ``logrank_test``
 the p-value; ``add_at_risk_counts`` the number-at-risk table under the axis. The legend sits
 above the axes, so no curve crosses it, and a footer states how the groups were formed. A split
@@ -52,6 +53,18 @@ def _median_text(kmf: Any) -> str:
     return f"median {num(kmf.median_survival_time_)} mo (95% CI {num(ci[0])}–{num(ci[1])})"
 
 
+def risk_groups(pred: pd.DataFrame) -> np.ndarray:
+    """True for the high-risk cases of ``pred``: risk above the median of its own fold's risks
+    (all cases one fold when there is no ``fold`` column)."""
+    risk = pred["risk"].to_numpy(float)
+    folds = pred["fold"].to_numpy() if "fold" in pred else np.zeros(len(risk))
+    high = np.zeros(len(risk), bool)
+    for f in np.unique(folds):
+        s = folds == f
+        high[s] = risk[s] > np.median(risk[s])
+    return high
+
+
 def _draw(ax: Any, pred: pd.DataFrame, title: str, risk_labels: bool = True) -> float:
     """One panel: both risk groups with bands, censoring ticks, the at-risk table, the legend above."""
     from lifelines import KaplanMeierFitter
@@ -59,8 +72,7 @@ def _draw(ax: Any, pred: pd.DataFrame, title: str, risk_labels: bool = True) -> 
 
     time = pred["time"].to_numpy(float)
     event = pred["event"].to_numpy().astype(bool)
-    risk = pred["risk"].to_numpy(float)
-    high = risk > np.median(risk)
+    high = risk_groups(pred)
     p = logrank_p(time, event, high)
     fitters = []
     for mask, (name, color) in zip((~high, high), GROUPS):
@@ -87,8 +99,8 @@ def _draw(ax: Any, pred: pd.DataFrame, title: str, risk_labels: bool = True) -> 
     return p
 
 
-FOOTER = ("Risk groups: each method's out-of-fold risks (every test fold) pooled and split at their median "
-          "(high: above it). Bands: 95% CI; ticks: censored; mo: months.")
+FOOTER = ("Risk groups: each test fold's risks split at that fold's median (high: above it), the folds' "
+          "groups pooled. Bands: 95% CI; ticks: censored; mo: months.")
 
 
 def _footer(ax: Any, width: int) -> None:

@@ -212,7 +212,7 @@ N_PERM = 1000
 
 @dataclass(frozen=True)
 class Chance:
-    """A row's pooled out-of-fold metric against the same metric with its labels shuffled.
+    """A row's out-of-fold metric against the same metric with its labels shuffled within folds.
     ``p``: one-sided permutation p-value, ``(1 + #{shuffled >= observed}) / (1 + n_perm)`` (for a
     metric where lower is better, ``<=``); NaN when the metric is undefined on the observed labels."""
 
@@ -231,22 +231,26 @@ class Chance:
 
 def chance_test(pred: pd.DataFrame, task: str, *, n_perm: int = N_PERM, alpha: float = ALPHA, seed: int = 0,
                 chunk_cells: int = 1 << 24) -> Chance:
-    """Permutation test of one row's pooled out-of-fold predictions (every fold's test cases as one
-    set) against shuffled labels, scored with the task's primary metric. The labels of all cases
-    are permuted together (survival: time and event stay paired); the predictions stay in place.
-    Vectorised: all permutations in one (chunked) numpy pass (``Task.permuted_metric``)."""
+    """Permutation test of one row's out-of-fold predictions (every fold's test cases as one set)
+    against shuffled labels, scored with the task's primary metric. The labels are permuted within
+    each fold (survival: time and event stay paired); the predictions stay in place. A survival
+    row's concordance counts only pairs of cases of one fold: each fold's model scores risks on its
+    own scale, and a pair across folds compares two models, not two patients (pooling them hides a
+    row whose every fold ranks well). Vectorised: all permutations in one (chunked) numpy pass
+    (``Task.permuted_metric``)."""
     if n_perm < 1:
         raise ValueError(f"the test against chance needs at least 1 permutation, got --n-perm {n_perm} (default {N_PERM})")
     t = get_task(task)
     d = pred.drop_duplicates(["fold", "case_id"]) if {"fold", "case_id"} <= set(pred.columns) else pred
-    cols = t.columns(d.reset_index(drop=True))
+    d = d.reset_index(drop=True)
+    cols = t.columns(d)
     m = len(d)
+    folds = pd.factorize(d["fold"])[0] if "fold" in d else np.zeros(m, int)
+    cols["stratum"] = folds
     observed = float(t.batched_metric(cols, np.arange(m)[None, :])[0]) if m else float("nan")
     if not np.isfinite(observed):
         return Chance(observed, float("nan"), float("nan"), n_perm, m, alpha)
-    rng = np.random.default_rng(seed)
-    perm = rng.permuted(np.broadcast_to(np.arange(m), (n_perm, m)), axis=1)  # (P, m)
-    null_v = t.permuted_metric(cols, perm, chunk_cells)
+    null_v = t.permuted_metric(cols, within_strata(folds, n_perm, np.random.default_rng(seed)), chunk_cells)
     null_v = null_v[np.isfinite(null_v)]
     if len(null_v) == 0:
         return Chance(observed, float("nan"), float("nan"), n_perm, m, alpha)
@@ -256,7 +260,19 @@ def chance_test(pred: pd.DataFrame, task: str, *, n_perm: int = N_PERM, alpha: f
     return Chance(observed, float(p), float(null_v.mean()), len(null_v), m, alpha)
 
 
+def within_strata(strata: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_perm`` permutations of ``range(len(strata))`` (rows of the result) that move each index
+    only to an index of its own stratum."""
+    m = len(strata)
+    perm = np.broadcast_to(np.arange(m), (n_perm, m)).copy()
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        perm[:, idx] = idx[rng.permuted(np.broadcast_to(np.arange(len(idx)), (n_perm, len(idx))), axis=1)]
+    return perm
+
+
 def chance_note(n_perm: int = N_PERM, alpha: float = ALPHA) -> str:
     """The footnote of the chance mark (plain text)."""
-    return (f"Not distinguishable from chance: a permutation test of the row's pooled out-of-fold "
-            f"predictions against shuffled labels ({n_perm} permutations, same metric) gives p ≥ {alpha:g}")
+    return (f"Not distinguishable from chance: a permutation test of the row's out-of-fold "
+            f"predictions against labels shuffled within each fold ({n_perm} permutations, same metric; "
+            f"survival pairs within one fold) gives p ≥ {alpha:g}")

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._ref import scan_ref
-from ._torch import scan_torch
+from .reference import scan_ref
+from .torch_scan import scan_torch
 
 BACKENDS = ("auto", "ref", "numba", "torch", "triton", "cuda")
 # mamba-ssm's kernel has open reports of wrong results past ~61K tokens (state-spaces/mamba
@@ -31,7 +31,7 @@ CUDA_MAX_LEN = 32768
 @functools.cache
 def numba_available() -> bool:
     try:
-        importlib.import_module("pixelmamba.ops._numba")
+        importlib.import_module("pixelmamba.ops.numba_scan")
     except ImportError:
         return False
     return True
@@ -40,7 +40,7 @@ def numba_available() -> bool:
 @functools.cache
 def triton_available() -> bool:
     try:
-        importlib.import_module("pixelmamba.ops._triton")
+        importlib.import_module("pixelmamba.ops.triton_scan")
     except ImportError:
         return False
     return True
@@ -153,7 +153,7 @@ def selective_scan(
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve_backend(backend, u, initial_state, return_last_state)
     if name == "cuda":
-        from ._cuda import selective_scan_cuda
+        from .cuda_scan import selective_scan_cuda
 
         return selective_scan_cuda(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
@@ -173,7 +173,7 @@ def selective_scan(
     if name == "numba":
         if u.device.type != "cpu":
             raise ValueError("the numba backend runs on CPU tensors only; use backend='torch'")
-        from ._numba import scan_numba
+        from .numba_scan import scan_numba
 
         # D skip, gate, bias and softplus are fused into the kernels (and their backward)
         out, last = scan_numba(
@@ -196,7 +196,7 @@ def selective_scan(
     elif name == "torch":
         y, last = scan_torch(uc, dt, Ac, Bg, Cg, h0)
     elif name == "triton":
-        from ._triton import scan_triton
+        from .triton_scan import scan_triton
 
         y, last = scan_triton(uc, dt, Ac, Bg, Cg, h0)
     else:  # pragma: no cover - resolve_backend only returns known names

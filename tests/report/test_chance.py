@@ -88,8 +88,9 @@ def test_the_table_marks_the_constant_row_and_states_the_test(written):
     md = out.with_suffix(".md").read_text()
     rows = {ln.split(" | ")[0].lstrip("| ").split(" ")[0]: ln for ln in md.splitlines() if ln.startswith("| ")}
     assert rows["Constant"].count("∘") == 2 and "∘" not in rows["Perfect"]
-    assert "∘ Not distinguishable from chance: a permutation test of the row's pooled out-of-fold predictions " \
-           "against shuffled labels (1000 permutations, same metric) gives p ≥ 0.05." in md
+    assert "∘ Not distinguishable from chance: a permutation test of the row's out-of-fold predictions against " \
+           "labels shuffled within each fold (1000 permutations, same metric; survival pairs within one fold) " \
+           "gives p ≥ 0.05." in md
     assert r"^{\circ}" in out.read_text()
     chance = pd.read_csv(out.with_name("table2_hand_chance.csv"))
     assert set(chance.columns) >= {"row", "task", "dataset", "pooled_metric", "p_chance", "at_chance"}
@@ -162,3 +163,61 @@ def test_fold_counts_in_figure_titles_are_grammatical():
     from bench.report.plots import folds_text
 
     assert (folds_text(1), folds_text(5)) == ("1 fold", "5 folds")
+
+
+def test_a_survival_row_whose_every_fold_ranks_well_on_its_own_scale_is_not_at_chance():
+    """Five folds' models each rank their test cases perfectly, but on scales that run against the
+    folds' survival (fold k's risks shifted by +100·k while its cases live longest): Harrell's C of
+    the pooled risks is near chance, yet every fold's model is right about every pair it compares.
+    The test counts pairs within a fold and shuffles labels within folds: p = 1/1001."""
+    f = frame("survival", "perfect")
+    f = f.assign(time=f["time"] + 1000 * f["fold"], risk=-f["time"] + 100 * f["fold"])
+    pooled = c_index(f["time"], f["event"], f["risk"].to_numpy())
+    assert pooled < 0.6  # the construction: pooling across folds hides the ranking
+    c = chance_test(f, "survival")
+    assert c.observed == pytest.approx(1.0) and c.p == pytest.approx(1 / 1001) and not c.at_chance
+
+
+def test_labels_are_shuffled_only_within_their_fold():
+    from bench.report.stats import within_strata
+
+    strata = np.array([0, 1, 0, 2, 1, 0, 2])
+    perms = within_strata(strata, 200, np.random.default_rng(0))
+    assert (strata[perms] == strata).all()  # every case takes a label of its own fold
+    assert all(sorted(p) == list(range(7)) for p in perms)  # permutations
+    assert len({tuple(p) for p in perms}) > 20  # and not the identity only
+
+
+def test_the_fast_survival_null_equals_the_generic_one_within_folds():
+    from bench.report.stats import within_strata
+    from bench.tasks import Task, get_task
+
+    t = get_task("survival")
+    f = frame("survival", "perfect").assign(risk=RNG.normal(size=N).round(1))
+    cols = {**t.columns(f), "stratum": f["fold"].to_numpy()}
+    perms = within_strata(cols["stratum"], 50, np.random.default_rng(3))
+    fast, generic = t.permuted_metric(cols, perms, chunk_cells=5000), Task.permuted_metric(t, cols, perms)
+    assert np.allclose(fast, generic)
+    # by hand: per fold, the pairs of that fold with the risks moved by the inverse permutation
+    moved = f["risk"].to_numpy()[np.argsort(perms[0])]
+    num = den = 0.0
+    for k in range(5):
+        s = (f["fold"] == k).to_numpy()
+        tt, ee, rr = f["time"].to_numpy()[s], f["event"].to_numpy()[s], moved[s]
+        for a in range(len(tt)):
+            for b in range(len(tt)):
+                if ee[a] and (tt[b] > tt[a] or (tt[b] == tt[a] and not ee[b])):
+                    den += 1
+                    num += 1.0 if rr[a] > rr[b] + 1e-8 else 0.5 if abs(rr[a] - rr[b]) <= 1e-8 else 0.0
+    assert fast[0] == pytest.approx(num / den)
+
+
+def test_km_risk_groups_split_each_fold_at_its_own_median():
+    """Fold 1's model scores every risk 100 above fold 0's: one median over both folds would put all
+    of fold 1 in the high-risk group. Split per fold, each fold gives half its cases to each group,
+    the ones its own model ranks higher."""
+    from bench.report.plots import risk_groups
+
+    pred = pd.DataFrame({"fold": [0, 0, 0, 0, 1, 1, 1, 1], "risk": [0.1, 0.4, 0.2, 0.3, 100.4, 100.1, 100.3, 100.2]})
+    assert risk_groups(pred).tolist() == [False, True, False, True, True, False, True, False]
+    assert risk_groups(pred.drop(columns="fold")).tolist() == [False] * 4 + [True] * 4

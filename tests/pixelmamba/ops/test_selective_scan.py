@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pixelmamba.ops import linear_scan, linear_scan_strategy, resolve_backend, selective_scan
-from pixelmamba.ops._numba import fast_exp, fast_expm1
+from pixelmamba.ops.numba_scan import fast_exp, fast_expm1
 from pixelmamba.ops.selective_scan import mamba_ssm_available
 
 # (rtol, atol), applied as max|got − want| <= atol + rtol · max|want| per tensor
@@ -272,7 +272,7 @@ def test_numba_state_size_16_kernel(dtype, monkeypatch):
     """d_state 16 (Mamba's default, Vim's and Pixel-Mamba's) runs a backward kernel compiled for
     it (``bwd_kernel_n16``); it must match the reference as the generic one does (the other
     tests use d_state 8), with partial channel blocks (20 channels in groups of 10)."""
-    import pixelmamba.ops._numba as nb
+    import pixelmamba.ops.numba_scan as nb
 
     used = []
     real = nb.run_parallel

@@ -30,7 +30,7 @@ from pixelmamba.ops import resolve_backend, selective_scan
 
 pytest.importorskip("triton", reason="the triton backend needs the triton package")
 
-MODULE = "pixelmamba.ops._triton"
+MODULE = "pixelmamba.ops.triton_scan"
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CHUNK = 8
 LENGTHS = [1, 5, 8, 29]

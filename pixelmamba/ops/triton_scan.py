@@ -239,7 +239,7 @@ def scan_triton(
     if not (u.is_cuda or INTERPRETED):
         raise ValueError(
             "backend='triton' needs CUDA tensors (on CPU it runs only under TRITON_INTERPRET=1, "
-            "set before pixelmamba.ops._triton is imported); use backend='numba' or 'torch'"
+            "set before pixelmamba.ops.triton_scan is imported); use backend='numba' or 'torch'"
         )
     chunk = CHUNK if chunk is None else chunk
     if chunk < 1 or chunk & (chunk - 1):
