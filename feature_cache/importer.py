@@ -316,18 +316,58 @@ class PreExtracted:
         self.root = Path(root)
         self.encoder = encoder
         self.files = dict(files) if files is not None else release_files(self.root)
+        self.aliases: dict[str, str] = {}  # slide id -> the file id it was matched to by barcode
+        self.ambiguous: dict[str, list[str]] = {}  # slide id -> files sharing its barcode, not matched
+        self.note: str | None = None  # what the last `extract` matched by barcode (:meth:`match`)
+
+    def match(self, slide_ids: list[str]) -> str | None:
+        """Match the slides that have no file of their exact name to the one file named by the same
+        slide barcode (the id before the GDC UUID: ``TCGA-05-4244-01Z-00-DX1.h5`` for the slide
+        ``TCGA-05-4244-01Z-00-DX1.<UUID>.svs``, or the other way round), when exactly one file and one
+        slide share that barcode. Returns the line that says so (None when every name matched)."""
+        def barcode(sid: str) -> str:
+            return sid.split(".", 1)[0]
+
+        self.aliases, self.ambiguous = {}, {}
+        files_of: dict[str, list[str]] = {}
+        for fid in self.files:
+            files_of.setdefault(barcode(fid), []).append(fid)
+        slides_of: dict[str, list[str]] = {}
+        for sid in slide_ids:
+            slides_of.setdefault(barcode(sid), []).append(sid)
+        for sid in slide_ids:
+            fids = [f for f in files_of.get(barcode(sid), []) if f not in slide_ids]
+            if sid in self.files or not fids:
+                continue
+            if len(fids) == 1 and len(slides_of[barcode(sid)]) == 1:
+                self.aliases[sid] = fids[0]
+            else:
+                self.ambiguous[sid] = fids
+        if not self.aliases:
+            return None
+        sid, fid = next(iter(self.aliases.items()))
+        return (f"{self.root}: {len(self.aliases)} slide(s) have no feature file of their exact name; each is "
+                f"matched to the one file named by the same slide barcode (e.g. {self.files[fid].name} for "
+                f"slide {sid}). Fix, to match by name instead: rename the files to the slide file names "
+                f"(e.g. {sid}.h5)")
 
     def dir_for(self, encoder: Any = None, *args: Any, **kwargs: Any) -> Path:
         return self.root / f"pre-extracted-{self.encoder.release}-{self.encoder.fingerprint}"
 
     def path_for(self, slide_id: str, encoder: Any = None, *args: Any, **kwargs: Any) -> Path:
+        if slide_id in self.ambiguous:
+            names = ", ".join(self.files[f].name for f in self.ambiguous[slide_id])
+            raise CacheMiss_(f"no pre-extracted feature file named for slide {slide_id!r} under {self.root}, and "
+                             f"the file(s) of its barcode ({names}) cannot be told apart (several slides or "
+                             f"files share it). Fix: rename the right file to {slide_id}.h5")
+        slide_id = self.aliases.get(slide_id, slide_id)
         if slide_id not in self.files:
             raise CacheMiss_(f"no pre-extracted feature file for slide {slide_id!r} under {self.root}. "
                              f"Fix: download that slide's .h5 from the release, or leave the slide out.")
         return self.files[slide_id]
 
     def has(self, slide_id: str, encoder: Any = None, *args: Any, **kwargs: Any) -> bool:
-        return slide_id in self.files
+        return self.aliases.get(slide_id, slide_id) in self.files
 
     def check(self, slide_id: str) -> None:
         """ImportError_ naming the file when it is not what the dataset declares."""
@@ -374,10 +414,12 @@ class PreExtracted:
 
     def extract(self, slides: Mapping[str, Any], encoder: Any = None, **kwargs: Any) -> Any:
         """Check the files of ``slides`` (ids; the paths are not opened): missing or invalid ones
-        are in ``report.failed`` with the reason, like slides that fail extraction."""
+        are in ``report.failed`` with the reason, like slides that fail extraction. Files named by
+        the slide barcode alone are matched first (:meth:`match`; ``self.note`` says so)."""
         from feature_cache.cache import ExtractReport
 
         report = ExtractReport(cache_dir=self.dir_for())
+        self.note = self.match(list(slides))
         for sid in slides:
             try:
                 self.check(sid)

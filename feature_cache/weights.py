@@ -108,7 +108,7 @@ class WeightsProvenance:
     its model (table footnotes and random-weights marks read it).
 
     ``source``: how the file was found (``explicit``, ``env``, ``hub``), or ``pretrained``, ``init``
-    (``--init``), ``random``, ``scratch`` (``--from-scratch``), ``standin`` (a random stand-in
+    (``--init``), ``init-partial`` (``--init --init-partial``: part of the backbone loaded), ``random``, ``scratch`` (``--from-scratch``), ``standin`` (a random stand-in
     architecture), ``release`` (features read from a public release: no weights ran). ``path``/``sha256``/``mapping`` are None for random weights; ``n_keys`` counts the
     tensors taken from the file and ``dropped`` the release keys deliberately left out (both None
     when the file has not been matched, e.g. an encoder named from a remembered fingerprint)."""

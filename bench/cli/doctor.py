@@ -170,6 +170,8 @@ def check_dataset(name: str, tissue: bool = False, n_folds: int = 5, results: st
         report = rel.extract(list(cohort.table["slide_id"]))
         feature_bad[enc] = set(report.failed)
         print(f"  features {enc} (pre-extracted, {rel.root}): {n - len(report.failed)} of {n} slides have a valid file")
+        if rel.note:
+            print(f"    {rel.note}")
         for sid, msg in list(report.failed.items())[:10]:
             print(f"    {sid}: {msg}")
     unusable = set(bad) | set(empty) | (set(no_mpp) if spec.mpp_override is None else set())

@@ -82,6 +82,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start every unit's model from these weights (e.g. `bench pretrain`'s last.pt; "
                         "loaded with weights_only=True, heads of another shape dropped, a report of "
                         "what loaded is logged)")
+    p.add_argument("--init-partial", action="store_true",
+                   help="accept an --init checkpoint that fills only part of a network's backbone (by default "
+                        "every backbone tensor must load); the share loaded is recorded and the row marked")
     p.add_argument("--protocol", choices=list_protocols(), default=None,
                    help="protocol preset: wsi-bench = this project's corrections (default), paper = the paper's "
                         "reading and its baselines' default settings; every choice is in docs/protocol.md "
@@ -148,7 +151,7 @@ def run_options(args: argparse.Namespace) -> "RunOptions":
         folds=parse_int_list(args.folds), results=args.results, cache=args.cache, n_folds=args.n_folds,
         seed=args.seed, train_overrides=parse_sets(args.set), model_overrides=parse_sets(args.model),
         input_overrides=parse_sets(args.input), progress=not args.quiet, tuned=args.tuned, init=args.init,
-        from_scratch=args.from_scratch, order=args.order, variant=args.variant, device=args.device,
+        init_partial=args.init_partial, from_scratch=args.from_scratch, order=args.order, variant=args.variant, device=args.device,
         protocol=args.protocol, jobs=args.jobs, splits_name=args.splits,
         keep_weights=args.keep_weights, settings=Settings.from_env(), tracker=tracker_settings(args),
         repeats=args.repeats, estimate=args.estimate)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from .common import Formatter
 EPILOG = """examples:
   python -m bench weights --methods all
   python -m bench weights --methods 'abmil.*,hipt,prov-gigapath-*' --json
+  python -m bench weights --methods abmil.resnet50 --check   # also load each file into its model
 See docs/weights.md for every component's source, file, environment variable and key mapping.
 """
 
@@ -25,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG, formatter_class=Formatter)
     p.add_argument("--methods", default="all", help="all, a comma list, or globs (default %(default)s)")
     p.add_argument("--json", action="store_true", help="one JSON object per method instead of text")
+    p.add_argument("--check", action="store_true",
+                   help="also load every file found into its model (imports torch; builds each model once), "
+                        "which finds tensors of the wrong shape; without it, files are checked without loading")
     p.set_defaults(func=main)
 
 
@@ -34,7 +39,7 @@ class Part:
 
     part: str
     component: str
-    status: str  # "found" | "missing" | "invalid" | "none published"
+    status: str  # "found" | "unloadable" | "missing" | "invalid" | "none published"
     path: str | None = None
     how: str = ""
     sha256: str | None = None
@@ -78,7 +83,12 @@ def _resolve(label: str, source: Any) -> Part:
     except WeightsError as err:
         return Part(label, source.component, "invalid", note=str(err), layouts=layouts)
     if path is not None:
+        from feature_cache.checkpoint_scan import scan_checkpoint
+
         known = source.sha256.get(path.name)
+        if (why := scan_checkpoint(path)) is not None:
+            return Part(label, source.component, "unloadable", path=str(path), how=how, layouts=layouts,
+                        official=source.official, note=why)
         return Part(label, source.component, "found", path=str(path), how=how, sha256=file_sha256(path),
                     layouts=layouts, official=source.official, published_sha256=known, note=source.note)
     places = [f"${source.env}=/path/to/{source.files[0]}"]
@@ -101,12 +111,15 @@ def main(args: argparse.Namespace) -> int:
             key = f"{label}|{getattr(source, 'component', '')}"
             if key not in seen:
                 seen[key] = _resolve(label, source)
+                if args.check and seen[key].status == "found":
+                    _load_check(spec, seen[key])
             rows.append(seen[key])
         out.append((spec.name, rows))
+    code = 1 if any(r.status == "unloadable" for r in seen.values()) else 0
     if args.json:
         for name, rows in out:
             print(json.dumps({"method": name, "parts": [vars(r) for r in rows]}))
-        return 0
+        return code
     for name, rows in out:
         print(name)
         if not rows:
@@ -123,12 +136,42 @@ def main(args: argparse.Namespace) -> int:
             elif r.status == "missing":
                 print(f"  {r.part}: {r.component}: MISSING {r.fetch}\n      from: {r.official}\n"
                       f"      put it at: {r.put}" + (f"\n      note: {r.note}" if r.note else ""))
+            elif r.status == "unloadable":
+                print(f"  {r.part}: {r.component}: CANNOT LOAD {r.path} ({r.how}): {r.note}")
             elif r.status == "invalid":
                 print(f"  {r.part}: {r.component}: INVALID: {r.note}")
             else:
                 print(f"  {r.part}: {r.note}")
     published = [r for r in seen.values() if r.status != "none published"]
     found = sum(r.status == "found" for r in published)
-    print(f"{found} of {len(published)} published parts found; missing ones fall back to random weights "
-          "only on datasets that allow it (marked in every table)")
-    return 0
+    print(f"{found} of {len(published)} published parts found{' and loaded' if args.check else ''}; missing ones "
+          "fall back to random weights only on datasets that allow it (marked in every table)")
+    bad = [r for r in published if r.status == "unloadable"]
+    if bad:
+        print(f"error: {len(bad)} file(s) found cannot load: " + "; ".join(f"{r.path}: {r.note}" for r in bad),
+              file=sys.stderr)
+    return code
+
+
+def _load_check(spec: Any, part: Part) -> None:
+    """``--check``: load ``part``'s file into its model as a run would; a failure makes it unloadable."""
+    import importlib
+    import inspect
+
+    from ..registry import build_model
+
+    try:
+        if part.part.startswith("patch encoder"):
+            from feature_cache import get_encoder
+
+            get_encoder(spec.cache_encoder, weights=part.path, device="cpu")
+        elif part.part.startswith("initialisation"):
+            from ..engine.pretrain import load_init
+
+            load_init(build_model(spec.name, 4), part.path)
+        else:  # a hierarchical row's second stage: its builder takes the file as a keyword
+            module, attr = spec.builder.split(":")
+            params = inspect.signature(getattr(importlib.import_module(module), attr)).parameters
+            build_model(spec.name, 4, **{"weights_4k" if "weights_4k" in params else "weights": part.path})
+    except Exception as err:  # noqa: BLE001 -- any failure to load is the report's answer
+        part.status, part.note = "unloadable", f"loading it into {spec.name} failed: {type(err).__name__}: {err}"

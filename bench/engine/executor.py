@@ -17,7 +17,7 @@ import torch
 from ..registry import MethodSpec, build_model, count_parameters, count_trainable_parameters
 from feature_cache.weights import WeightsProvenance
 from .. import tasks as T
-from .pretrain import load_init
+from .pretrain import InitReport, load_init
 from .steps import resolve_device  # noqa: F401 (where the CLI and the runner find it)
 from .train import Sample, TrainConfig, train_and_predict
 
@@ -36,10 +36,16 @@ class ModelRecipe:
     init_sha256: str | None = None
 
     def build(self) -> torch.nn.Module:
+        return self.build_with_init()[0]
+
+    def build_with_init(self) -> tuple[torch.nn.Module, InitReport | None]:
+        """The network, and what ``--init`` loaded into it (None without ``--init``)."""
         model = build_model(self.spec.name, self.n_out, **self.options, **self.input_kwargs)
+        report = None
         if self.init is not None:
-            log.info("%s: %s", self.spec.name, load_init(model, self.init).summary())
-        return model
+            report = load_init(model, self.init)
+            log.info("%s: %s", self.spec.name, report.summary())
+        return model, report
 
     def provenance(self) -> list[WeightsProvenance]:
         """Where the end-to-end network's own weights come from (two-stage rows: their inputs say)."""

@@ -150,6 +150,8 @@ class FeatureInputs:
                                     num_workers=workers if workers is not None else self.settings.extract_workers,
                                     lock_report_s=self.settings.lock_report_s)
         failed = dict(getattr(report, "failed", {}) or {})
+        if getattr(self.cache, "note", None):  # a release's files matched to the slides by barcode
+            log.warning("%s", self.cache.note)
         for sid, msg in failed.items():
             log.warning("features of slide %s unavailable (its case is left out unless another of its "
                         "slides works): %s", sid, msg)

@@ -126,6 +126,17 @@ def die_with_parent(parent: int) -> Callable[[], None]:
     return set_pdeathsig
 
 
+def worker_preexec(parent: int) -> Callable[[], None]:
+    """A worker's ``preexec_fn``: its own process group (so a stalled worker can be ended with
+    everything it started, and nothing else), and death with its parent (:func:`die_with_parent`)."""
+    pdeathsig = die_with_parent(parent)
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        pdeathsig()
+    return setup
+
+
 def stopped_since(pid: int, seen: dict[int, float]) -> float | None:
     """Seconds since ``pid`` was first seen stopped (SIGSTOP, Ctrl-Z, a debugger), None when it runs."""
     try:
@@ -164,42 +175,70 @@ class Workers:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, WORKER_ENV: repr(self.started_at), "OMP_NUM_THREADS": str(self.threads)}
-        if self.spec is not None:
-            env[SPEC_ENV] = str(self.spec)
+        env = self._env()
         for i in range(self.n):
             path = self.log_dir / f"worker{i + 1}.log"
-            with open(path, "w") as out:  # the child keeps its own descriptor
-                self.procs.append(subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(os.getpid())))
+            self.procs.append(self._spawn(path, env))
             self.logs.append(path)
         log.info("--jobs %d: %d worker process(es) started (pid %s; %d torch thread(s) each; logs in %s)",
                  self.n + 1, self.n, ", ".join(str(p.pid) for p in self.procs), self.threads, self.log_dir)
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, WORKER_ENV: repr(self.started_at), "OMP_NUM_THREADS": str(self.threads)}
+        if self.spec is not None:
+            env[SPEC_ENV] = str(self.spec)
+        return env
+
+    def _spawn(self, path: Path, env: dict[str, str]) -> subprocess.Popen:
+        with open(path, "a") as out:  # the child keeps its own descriptor
+            return subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, preexec_fn=worker_preexec(os.getpid()))
+
+    def take_over(self, i: int, held: float, units: list[str], after: float) -> None:
+        """End stalled worker ``i`` with its process group (its unit lock dies with it) and start a
+        fresh worker in its place, which trains the units nobody holds: the released one too."""
+        old = self.procs[i]
+        try:
+            os.killpg(old.pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+        except ProcessLookupError:
+            pass
+        old.wait()
+        self.procs[i] = self._spawn(self.logs[i], self._env())
+        log.warning("worker pid %d was stopped for %.0f s holding %s: ended it (its process group) and started "
+                    "worker pid %d to train %s (the stalled worker is taken over after %g s: "
+                    "$BENCH_STALL_TAKEOVER_S)", old.pid, held, ", ".join(units) or "no unit", self.procs[i].pid,
+                    "that unit" if units else "the units left", after)
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
 
     def wait(self, poll: Callable[[], None] | None = None, every: float = 5.0,
-             stall_report_s: float = 300.0) -> list[int]:
-        """Wait for every worker, calling ``poll()`` every ``every`` seconds meanwhile. Returns the exit
-        codes; a worker that failed is reported with the tail of its log. A worker stopped (SIGSTOP)
-        for ``stall_report_s`` seconds is named, and named again every ``stall_report_s`` seconds."""
-        stall = float(stall_report_s)
+             stall_report_s: float = 300.0, takeover_s: float = 0.0) -> list[int]:
+        """Wait for every worker, calling ``poll()`` every ``every`` seconds meanwhile. A worker stopped
+        (SIGSTOP) for ``stall_report_s`` seconds is named, and named again every ``stall_report_s``
+        seconds; after ``takeover_s`` seconds it is taken over (:meth:`take_over`; 0: never). Returns
+        the exit codes; a worker that failed is reported with the tail of its log."""
+        stall, takeover = float(stall_report_s), float(takeover_s)
         seen: dict[int, float] = {}
         said: dict[int, float] = {}
         while self.running():
-            time.sleep(every)
+            time.sleep(min(every, stall, takeover or every))
             if poll is not None:
                 poll()
-            for p in self.procs:
+            for i, p in enumerate(self.procs):
                 held = stopped_since(p.pid, seen) if p.poll() is None else None
-                if held is not None and held >= stall and held - said.get(p.pid, -stall) >= stall:
+                if held is None:
+                    continue
+                units = units_held_by(p.pid, self.log_dir.parents[1])
+                if takeover and held >= takeover:
+                    self.take_over(i, held, units, takeover)
+                elif held >= stall and held - said.get(p.pid, -stall) >= stall:
                     said[p.pid] = held
-                    units = units_held_by(p.pid, self.log_dir.parents[1])
                     log.warning("worker pid %d has been stopped for %.0f s (SIGSTOP, Ctrl-Z or a debugger), holding "
-                                "%s; this run waits for it. Fix: resume it (`kill -CONT %d`) or end it (`kill %d`): "
-                                "its unit is then left to the next run", p.pid, held,
-                                ", ".join(units) or "no unit", p.pid, p.pid)
+                                "%s; this run waits for it%s. Fix: resume it (`kill -CONT %d`) or end it (`kill %d`): "
+                                "its unit is then left to the next run", p.pid, held, ", ".join(units) or "no unit",
+                                f" and takes its unit over after {takeover:g} s ($BENCH_STALL_TAKEOVER_S)"
+                                if takeover else "", p.pid, p.pid)
         codes = [p.wait() for p in self.procs]
         for code, path in zip(codes, self.logs):
             if code != 0:

@@ -38,6 +38,7 @@ class RunOptions:
     dry_run: bool = False
     init: str | None = None
     from_scratch: bool = False
+    init_partial: bool = False  # accept an --init checkpoint that fills only part of the backbone (rows marked)
     order: str = "fold"
     variant: str | None = None
     protocol: str | None = None

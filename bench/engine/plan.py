@@ -19,7 +19,7 @@ from .executor import ModelRecipe
 from ..results.identity import digest
 from .identity import NUMERICS_VERSION, labels_of, slide_identities
 from .inputs import Inputs, inputs_key, make_inputs
-from .pretrain import init_identity
+from .pretrain import InitReport, init_identity
 from .protocol import DEFAULT as DEFAULT_PROTOCOL
 from .recipe import Overrides, UnitRecipe, resolve_recipe
 from .settings import Settings
@@ -84,11 +84,13 @@ class Planner:
     thing), identities."""
 
     def __init__(self, cohort: Cohort, splits: dict[str, Splits], cache: Path | str, progress: bool, seed: int,
-                 init: Path | None, from_scratch: bool, protocol: str | None, settings: Settings = Settings()) -> None:
+                 init: Path | None, from_scratch: bool, protocol: str | None, settings: Settings = Settings(), *,
+                 init_partial: bool = False) -> None:
         self.cohort, self.splits, self.cache, self.progress, self.seed = cohort, splits, cache, progress, seed
         self.settings = settings  # the process settings the inputs need (slide reader, extraction)
-        self.init, self.from_scratch, self.protocol = init, from_scratch, protocol
+        self.init, self.from_scratch, self.protocol, self.init_partial = init, from_scratch, protocol, init_partial
         self.init_id = init_identity(init) if init is not None else None
+        self._init_reports: dict[tuple[Any, ...], InitReport] = {}
         self.inputs: dict[str, Inputs] = {}
         self._labels: dict[str, dict[str, list[float]]] = {}
         self._slides: dict[str, dict[str, str]] = {}
@@ -109,6 +111,35 @@ class Planner:
             self.inputs[key] = make_inputs(spec, self.cohort, self.cache, opts, self.progress, self.settings)
         return key, self.inputs[key]
 
+    def init_load(self, recipe: ModelRecipe) -> InitReport | None:
+        """What ``--init`` loads into ``recipe``'s network (built once per architecture, before any
+        unit is touched); a checkpoint that cannot start it is refused here."""
+        if recipe.init is None:
+            return None
+        key = (recipe.spec.name, recipe.n_out, digest(recipe.options), digest(recipe.input_kwargs))
+        if key not in self._init_reports:
+            try:
+                self._init_reports[key] = recipe.build_with_init()[1]
+            except (ValueError, RuntimeError, FileNotFoundError) as exc:
+                raise OptionError(f"--init {self.init} cannot start {recipe.spec.name}: {exc}. Nothing was run; "
+                                  "finished results are untouched") from exc
+        return self._init_reports[key]
+
+    def _partial_init(self, recipe: ModelRecipe) -> WeightsProvenance | None:
+        """An end-to-end network that ``--init`` fills only in part: refused without ``--init-partial``,
+        else its provenance saying the share (the row is marked)."""
+        report = self.init_load(recipe)
+        partial = report.partial() if report is not None and recipe.spec.family == "end-to-end" else None
+        if partial is None:
+            return None
+        if not self.init_partial:
+            raise OptionError(f"--init {self.init} fills only part of {recipe.spec.name}: {partial}. Nothing was run. "
+                              "Fix: start from a checkpoint of this architecture (e.g. one `bench pretrain --model "
+                              f"{recipe.spec.name}` writes), or accept it with --init-partial (the share is recorded and "
+                              "the row marked)")
+        return WeightsProvenance("model", "init-partial", f"--init {self.init.name} (sha256 {recipe.init_sha256}): "
+                                 f"{partial} (--init-partial)", str(self.init), recipe.init_sha256)
+
     def plan(self, task: str, v: Variant, k: int, unit: Unit, tuned_info: dict[str, Any] | None,
              overrides: Overrides) -> UnitPlan:
         spec, dataset = v.spec, self.cohort.spec.name
@@ -128,6 +159,8 @@ class Planner:
                 "say so explicitly with --from-scratch (its table row is then marked)")
         recipe = r.model_recipe(getattr(fi, "model_kwargs", {}))
         weights = fi.provenance() + recipe.provenance()
+        if (partial := self._partial_init(recipe)) is not None:
+            weights = fi.provenance() + [partial]
         if self.from_scratch and spec.family == "end-to-end" and self.init is None:
             weights = [WeightsProvenance("model", "scratch", "random initialisation (--from-scratch)")]
         sp = self.splits[task]

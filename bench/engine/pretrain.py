@@ -50,6 +50,29 @@ class InitReport:
     missing: list[str] = field(default_factory=list)  # in the model, absent from the checkpoint
     unexpected: list[str] = field(default_factory=list)  # in the checkpoint, absent from the model
     provenance: WeightsProvenance | None = None  # also appended to model.weights_provenance
+    # the backbone (every tensor but the task head ``head.*``, and those a release's key map leaves
+    # at initialisation on purpose): (loaded, all) tensors and (loaded, all) parameters
+    backbone_tensors: tuple[int, int] = (0, 0)
+    backbone_params: tuple[int, int] = (0, 0)
+
+    @property
+    def share(self) -> float:
+        """The share of the backbone's parameters loaded from the checkpoint."""
+        return self.backbone_params[0] / self.backbone_params[1] if self.backbone_params[1] else 1.0
+
+    def partial(self) -> str | None:
+        """What is missing when not every backbone tensor was loaded (None: all were)."""
+        got, total = self.backbone_tensors
+        if got >= total:
+            return None
+        pct = f"{100 * self.share:.3g}%" if self.share >= 1e-4 else "<0.01%"
+        return (f"only {got} of {total} backbone tensors ({self.backbone_params[0]:,} of {self.backbone_params[1]:,} "
+                f"parameters, {pct}) loaded from {Path(self.path).name}; the rest stay at random initialisation")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the unit record keeps of the load."""
+        return {"path": self.path, "backbone_tensors": list(self.backbone_tensors),
+                "backbone_params": list(self.backbone_params), "share": round(self.share, 6)}
 
     def summary(self) -> str:
         parts = [f"init from {self.path}: {len(self.loaded)} tensors loaded"]
@@ -97,7 +120,9 @@ def load_init(model: torch.nn.Module, path: Path | str) -> InitReport:
         raise ValueError(f"cannot read checkpoint {path}: {exc} (only weights are loaded, weights_only=True)") from exc
     if (release := load_release_init(model, path, obj)) is not None:  # Vim-Ti / LongViT-S: their key map
         prov, m = release
-        return InitReport(str(path), loaded=sorted(m.state), missing=m.init_only, unexpected=m.dropped, provenance=prov)
+        report = InitReport(str(path), loaded=sorted(m.state), missing=m.init_only, unexpected=m.dropped,
+                            provenance=prov)
+        return _with_share(report, model, exempt=set(m.init_only))
     state = _state_dict(obj, path)
     own = model.state_dict()
     report = InitReport(str(path))
@@ -121,6 +146,16 @@ def load_init(model: torch.nn.Module, path: Path | str) -> InitReport:
                                           dropped=tuple(report.unexpected + list(report.shape_mismatch)),
                                           n_keys=len(usable))
     record(model, report.provenance)
+    return _with_share(report, model)
+
+
+def _with_share(report: InitReport, model: torch.nn.Module, exempt: set[str] = frozenset()) -> InitReport:
+    own = model.state_dict()
+    backbone = [k for k in own if not k.startswith("head.") and k not in exempt]
+    loaded = set(report.loaded)
+    got = [k for k in backbone if k in loaded]
+    report.backbone_tensors = (len(got), len(backbone))
+    report.backbone_params = (sum(own[k].numel() for k in got), sum(own[k].numel() for k in backbone))
     return report
 
 

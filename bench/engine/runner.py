@@ -31,8 +31,8 @@ from .options import RunOptions
 from .progress import Rounds, failed_since as _failed_since, metric_text as _fmt
 from .protocol import load_protocol, resolve_protocol
 from .plan import Planner, UnitPlan, check_folds, check_variant_name, unit_variant
-from .status import (RunReport, changed_slides_unreadable, check_init, check_rows, classify, done_meanwhile,  # noqa: F401
-                     only_slides_changed)
+from .status import (RunReport, changed_slides_unreadable, check_rows, classify, done_meanwhile,  # noqa: F401
+                     only_slides_changed, recovered_cases)
 from . import unit as U
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,14 @@ def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *
     if opts.dry_run:
         report.seconds = time.perf_counter() - t0
         return report
-    todo = [p for p in plans if status[p.unit] in ("run", "slides")]
-    if todo:
-        log.info("%d unit(s) to run%s", len(todo),
+    todo = [p for p in plans if status[p.unit] in ("run", "slides", "inputs")]
+    if len(todo) > len(report.recheck):
+        log.info("%d unit(s) to run%s", len(todo) - len(report.recheck),
                  f"; {len(report.done_before)} of {len(plans)} already done (resuming)" if report.done_before else "")
-    else:
+    if report.recheck:
+        log.info("%d finished unit(s) were trained without some cases (no input then); they are redone if those "
+                 "cases have input now", len(report.recheck))
+    if not todo:
         log.info("nothing to do: all %d unit(s) already done", len(report.done_before))
     if worker_of is not None or (opts.jobs > 1 and len(todo) > 1):
         import torch
@@ -165,11 +168,9 @@ def _prepare(variants: list[Variant], opts: RunOptions) -> tuple[Planner, list[U
         splits: dict[str, Splits] = {t: manager.get(dataset, t, cohort.cases(t), n_folds=opts.n_folds,
                                                     seed=opts.seed, name=opts.splits_name) for t in tasks}
     planner = Planner(cohort, splits, opts.cache, opts.progress, opts.seed, opts.init_path, opts.from_scratch,
-                      opts.protocol, opts.settings)
+                      opts.protocol, opts.settings, init_partial=opts.init_partial)
     report = RunReport(dataset=dataset)
-    plans = _plan_all(planner, variants, tasks, opts, report)
-    if opts.init is not None and not opts.dry_run:
-        check_init(plans, Path(opts.init))
+    plans = _plan_all(planner, variants, tasks, opts, report)  # --init loads into every network: checked there
     return planner, plans, report
 
 
@@ -242,7 +243,8 @@ def _execute_with_workers(todo: list[UnitPlan], ex: _Execution, variants: list[V
         _execute(todo, ex, count_done, failed_since=started_at, rounds=rounds, eta=eta)
         if workers.running():
             log.info("waiting for %d worker(s) to finish their units", sum(p.poll() is None for p in workers.procs))
-        workers.wait(poll=line, stall_report_s=opts.settings.stall_report_s)
+        workers.wait(poll=line, stall_report_s=opts.settings.stall_report_s,
+                     takeover_s=opts.settings.stall_takeover_s)
     except BaseException:
         workers.stop()
         log.warning("stopped: %d of %d unit(s) of this run are finished and kept; its workers are ended",
@@ -265,7 +267,7 @@ def _claim(p: UnitPlan, ex: _Execution, failed_since: float | None) -> tuple[str
     lock, failure, st = None, None, None
     if D.is_main():
         lock = ex.store.try_claim(p.unit)
-        st = "busy" if lock is None else ("done" if done_meanwhile(ex.store, p) else "run")
+        st = "busy" if lock is None else ("done" if done_meanwhile(ex.store, p, ex.report) else "run")
         failure = _failed_since(ex.store, p.unit, failed_since) if st == "run" and failed_since is not None else None
         if failure is not None:  # --jobs: another process of this run tried it and it failed
             st = "failed"
@@ -324,6 +326,10 @@ def _train_one(p: UnitPlan, ex: _Execution, extracted: set[str], eta: Eta) -> Un
             fi.ensure()
         extracted.add(p.inputs_key)
         eta.ensured(p.inputs_key, time.perf_counter() - prepare)
+    if recovered_cases(unit, report, fi) == []:  # trained without cases that still have no input
+        report.recheck.pop(unit)
+        report.done_before.append(unit)
+        return None
     if unit in report.redone and only_slides_changed(store.done_config(unit) or {}, p.config):
         gone = changed_slides_unreadable(p, store.done_config(unit) or {}, fi, planner.cohort.table)
         if gone:

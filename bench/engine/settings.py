@@ -33,6 +33,9 @@ class Settings:
     it (``$BENCH_LOCK_REPORT_S``, default 60).
     ``stall_report_s``: how often ``bench run --jobs N`` names a stopped worker
     (``$BENCH_STALL_REPORT_S``, default 300).
+    ``stall_takeover_s``: after a worker has been stopped this long, the run ends it (its process
+    group) and trains its unit on a fresh worker (``$BENCH_STALL_TAKEOVER_S``, default 1800; 0:
+    never, the run waits for it).
     """
 
     mmap_threshold: int = 1 << 20
@@ -41,6 +44,7 @@ class Settings:
     extract_workers: int | None = None
     lock_report_s: float = 60.0
     stall_report_s: float = 300.0
+    stall_takeover_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.slide_backend not in SLIDE_BACKENDS:
@@ -64,7 +68,9 @@ class Settings:
                    lock_report_s=_number(env, "BENCH_LOCK_REPORT_S", float, cls.lock_report_s, None,
                                          "a number of seconds > 0"),
                    stall_report_s=_number(env, "BENCH_STALL_REPORT_S", float, cls.stall_report_s, None,
-                                          "a number of seconds > 0"))
+                                          "a number of seconds > 0"),
+                   stall_takeover_s=_number(env, "BENCH_STALL_TAKEOVER_S", float, cls.stall_takeover_s, 0,
+                                            "a number of seconds (0: never)"))
 
 
 def _number(env: Mapping[str, str], name: str, kind: type, default: float | None, least: float | None,

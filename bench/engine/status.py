@@ -1,5 +1,5 @@
 """What a planned run may do: the report it fills, the checks made before anything is touched
-(``--init`` loads, no row mixes configurations), and each unit's status (done, stale and why, or
+(no row mixes configurations), and each unit's status (done, stale and why, or
 to run)."""
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ class RunReport:
     by_workers: list[Unit] = field(default_factory=list)  # --jobs N: trained by this run's workers
     todo: list["UnitPlan"] = field(default_factory=list)  # dry run: units that would run
     redone: dict[Unit, list[str]] = field(default_factory=dict)  # finished units redone, and why
+    # finished units trained without some cases (no input then): those cases, and the record's finish
+    # time; such a unit is redone once its inputs are prepared if any of those cases has input now
+    recheck: dict[Unit, tuple[list[str], float]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -47,21 +50,6 @@ class RunReport:
         return ", ".join(parts) + f" ({self.seconds:.1f} s)"
 
 
-def check_init(plans: list[UnitPlan], init: Path) -> None:
-    """The --init checkpoint loads into every end-to-end network of the run (weights only; missing,
-    unexpected and reshaped keys listed) — checked before any finished unit is touched."""
-    seen = set()
-    for p in plans:
-        if p.recipe.init is None or (p.spec.name, p.recipe.n_out) in seen:
-            continue
-        seen.add((p.spec.name, p.recipe.n_out))
-        try:
-            p.recipe.build()
-        except (ValueError, RuntimeError, FileNotFoundError) as exc:
-            raise OptionError(f"--init {init} cannot start {p.spec.name}: {exc}. Nothing was run; finished "
-                              "results are untouched") from exc
-
-
 def classify(plans: list[UnitPlan], store: ResultsStore, report: RunReport, dry_run: bool) -> dict[Unit, str]:
     """done / run / slides for every planned unit (rank 0 decides, every rank follows: under torchrun
     the ranks train each unit together, so they must agree on the unit list). ``slides``: only slide
@@ -73,7 +61,10 @@ def classify(plans: list[UnitPlan], store: ResultsStore, report: RunReport, dry_
         st = None
         if D.is_main():
             rec = store.done_record(p.unit)
-            if is_done(store, rec, p):
+            if is_done(store, rec, p) and rec.cases_without_input:
+                st = "inputs"
+                report.recheck[p.unit] = (list(rec.cases_without_input), rec.finished)
+            elif is_done(store, rec, p):
                 st = "done"
             elif rec is not None and rec.config_hash == p.chash:
                 st = "run"
@@ -152,5 +143,21 @@ def is_done(store: ResultsStore, rec: UnitRecord | None, p: UnitPlan) -> bool:
         store.redo_without_weights and "weights_file" not in rec.info)
 
 
-def done_meanwhile(store: ResultsStore, p: UnitPlan) -> bool:
-    return is_done(store, store.done_record(p.unit), p)  # finished by another worker meanwhile
+def done_meanwhile(store: ResultsStore, p: UnitPlan, report: RunReport | None = None) -> bool:
+    """Finished by another worker meanwhile (a unit to recheck counts once its record was replaced)."""
+    rec = store.done_record(p.unit)
+    seen = report.recheck.get(p.unit) if report is not None else None
+    return is_done(store, rec, p) and (seen is None or rec.finished != seen[1])
+
+
+def recovered_cases(unit: Unit, report: RunReport, fi: Inputs) -> list[str] | None:
+    """For a finished unit trained without some cases: those that have input now (its inputs
+    prepared), or None when it is not such a unit. A unit with none of them is kept as done."""
+    if unit not in report.recheck:
+        return None
+    now = [c for c in report.recheck[unit][0] if fi.has(c)]
+    if now:
+        report.redone[unit] = [f"it was trained without {len(now)} case(s) that have input now ({', '.join(now)})"]
+        log.info("%s: %s; it will be redone, the previous result is kept until the new one has finished",
+                 unit, report.redone[unit][0])
+    return now

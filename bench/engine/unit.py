@@ -58,6 +58,10 @@ def _train_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, devic
             if c not in without]
     val = [fi.sample(c, sample_labels(cases.loc[c], unit.task)) for c in splits.val_cases(unit.fold)
            if c not in without]
+    if not train or not test:
+        raise ValueError(f"{len(without)} of {len(cases)} cases have no input (e.g. {', '.join(without[:3])}), "
+                         f"leaving {len(train)} to train on and {len(test)} to test on. Fix: see why they have no "
+                         f"input in the warnings above, or run `bench doctor --dataset {unit.dataset}`")
     name = spec.name + (f"[{unit.variant}]" if unit.variant else "") + (f" repeat {unit.repeat}" if unit.repeat else "")
     t_unit = time.perf_counter()
     out = fit_and_score(p.recipe, unit.task, train, test, TrainConfig.from_dict(p.train), progress=progress,
@@ -84,6 +88,7 @@ def _train_unit(p: UnitPlan, planner: Planner, fi: Inputs, progress: bool, devic
         peak_rss_mb=out.peak_rss_mb, peak_cuda_mb=out.peak_cuda_mb, finished=time.time(),
         info={**{k: v for k, v in out.info.items() if k != "train_seconds"}, "non_default": p.non_default,
               "device": str(device), "weights_loaded": out.loaded + _encoder_loads(fi),
+              **({"init_loaded": loaded.to_dict()} if (loaded := planner.init_load(p.recipe)) else {}),
               "unit_seconds": unit_seconds,
               "order": _registry_position(spec.name)},
     )

@@ -117,7 +117,7 @@ class Marks:
                 self.protocols.append(protocol)
             marks.append(PROTOCOL_MARK * (self.protocols.index(protocol) + 1))
         self.tuned = self.tuned or bool(row.get("tuned"))
-        note = [w["label"] for w in prov if w["source"] == "init"]
+        note = [w["label"] for w in prov if w["source"] in ("init", "init-partial")]
         note += [f"features from a release: {w['label']}" for w in prov if w["source"] == "release"]
         opts = {k: v for k, v in (row.get("non_default") or {}).items() if k not in self.skip}
         if opts:

@@ -30,6 +30,17 @@ def _hub_file(cache: Path, repo: str, filename: str, content: bytes) -> str:
     return digest
 
 
+def _checkpoint(tag: str) -> bytes:
+    """A small file in the format torch.save writes (the report checks files without loading them)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({tag: torch.zeros(2)}, buf)
+    return buf.getvalue()
+
+
 def _run(tmp_path: Path, methods: str, **env: str) -> tuple[int, list[dict], str]:
     code = ("import sys, json\nfrom bench.cli import main\n"
             f"rc = main(['weights', '--methods', {methods!r}, '--json'])\n"
@@ -49,10 +60,10 @@ def _run(tmp_path: Path, methods: str, **env: str) -> tuple[int, list[dict], str
 
 def test_fake_hub_cache_is_found_and_missing_files_are_named(tmp_path: Path) -> None:
     cache = tmp_path / "hf" / "hub"  # HF_HOME/hub: where huggingface_hub looks by default
-    tile = _hub_file(cache, "prov-gigapath/prov-gigapath", "pytorch_model.bin", b"tile encoder")
-    slide = _hub_file(cache, "prov-gigapath/prov-gigapath", "slide_encoder.pth", b"slide encoder")
+    tile = _hub_file(cache, "prov-gigapath/prov-gigapath", "pytorch_model.bin", _checkpoint("tile encoder"))
+    slide = _hub_file(cache, "prov-gigapath/prov-gigapath", "slide_encoder.pth", _checkpoint("slide encoder"))
     vit4k = tmp_path / "vit4k_xs_dino.pth"
-    vit4k.write_bytes(b"dino checkpoint")
+    vit4k.write_bytes(_checkpoint("dino checkpoint"))
     rc, rows, _ = _run(tmp_path, "prov-gigapath-cls,hipt,abmil.conch,pixelmamba-6m",
                        BENCH_WEIGHTS_HIPT_VIT4K=str(vit4k))
     assert rc == 0  # a report: missing files are not a failure
@@ -64,7 +75,7 @@ def test_fake_hub_cache_is_found_and_missing_files_are_named(tmp_path: Path) -> 
     assert sec["status"] == "found" and sec["sha256"] == slide and sec["layouts"] == ["gigapath slide_encoder"]
     v4 = parts[("hipt", "second stage")]
     assert v4["status"] == "found" and v4["how"] == "$BENCH_WEIGHTS_HIPT_VIT4K"
-    assert v4["sha256"] == hashlib.sha256(b"dino checkpoint").hexdigest()
+    assert v4["sha256"] == hashlib.sha256(vit4k.read_bytes()).hexdigest()
     v256 = parts[("hipt", "patch encoder hipt-vit256")]
     assert v256["status"] == "missing" and v256["fetch"] == "vit256_small_dino.pth"
     assert "$BENCH_WEIGHTS_HIPT_VIT256=" in v256["put"] and "mahmoodlab/HIPT" in v256["official"]

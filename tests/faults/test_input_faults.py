@@ -20,11 +20,11 @@ def data(tmp_path_factory) -> Path:
     return T.build(tmp_path_factory.mktemp("tcga"))
 
 
-def _release(root: Path, dim: int = 1024) -> Path:
+def _release(root: Path, dim: int = 1024, name=T.slide_name) -> Path:
     rng = np.random.default_rng(0)
     folder = root / "TCGA-LUAD"
     for i in range(12):
-        p = folder / f"{T.slide_name(i)}.h5"
+        p = folder / f"{name(i)}.h5"
         p.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(p, "w") as f:  # the TRIDENT layout: features (N, D), level-0 coords (N, 2)
             f["features"] = rng.normal(size=(6, dim)).astype(np.float32) + T.LABELS[i][0]
@@ -119,3 +119,54 @@ def test_weights_with_nan_are_refused_naming_the_tensor(tmp_path: Path) -> None:
     torch.save(sd, path)
     with pytest.raises(WeightsError, match=r"resnet50-nan.pth: 1 tensor\(s\) of .* hold NaN/inf \(.*layer2.1.conv2"):
         get_encoder("resnet50", weights=path)
+
+
+def _barcode(i: int) -> str:
+    return T.slide_name(i).split(".")[0]  # TCGA-05-42NN-01Z-00-DX1, without the GDC UUID
+
+
+def test_release_named_without_the_uuid_is_matched_by_barcode(tmp_path: Path, data: Path) -> None:
+    """Slides named the GDC way (<barcode>.<UUID>.svs), the release by barcode alone. Before, doctor
+    listed every slide as having no file, and every unit then failed."""
+    from bench.engine.inputs import make_inputs
+    from bench.registry import list_methods
+
+    def yaml(rel: Path) -> Path:
+        return T.write_yaml(tmp_path / "feat.yaml", data, "gdc", features="{resnet50: " + json.dumps(
+            {"path": str(rel), "encoder": "resnet50", "patch_size": 256, "magnification": 20}) + "}")
+
+    rel = _release(tmp_path / "trident", name=_barcode)
+    y = yaml(rel)
+    ok, out = _doctor(y, tmp_path)
+    assert ok and "12 of 12 slides have a valid file" in out, out
+    assert (f"{rel}: 12 slide(s) have no feature file of their exact name; each is matched to the one file "
+            f"named by the same slide barcode (e.g. {_barcode(0)}.h5 for slide {T.slide_name(0)})") in out, out
+    fi = make_inputs(list_methods("meanmil.resnet50")[0], load_cohort(str(y)), tmp_path / "cache", {}, progress=False)
+    fi.ensure()
+    assert not fi.missing and all(fi.has(T.case_id(i)) for i in range(12))
+    with h5py.File(rel / f"{_barcode(3)}.h5", "r") as f:  # the right file, not another case's
+        assert np.array_equal(fi.bags.get(T.case_id(3)).numpy() if hasattr(fi.bags.get(T.case_id(3)), "numpy")
+                              else fi.bags.get(T.case_id(3)), f["features"][...])
+    # two files for one barcode cannot be told apart: named, with the fix
+    rel = _release(tmp_path / "trident2", name=_barcode)
+    (rel / f"{_barcode(3)}.A.h5").write_bytes((rel / f"{_barcode(3)}.h5").read_bytes())
+    ok, out = _doctor(yaml(rel), tmp_path)
+    assert not ok and (f"no pre-extracted feature file named for slide '{T.slide_name(3)}'" in out
+                       and f"Fix: rename the right file to {T.slide_name(3)}.h5" in out), out
+
+
+def test_unit_without_cases_fails_in_one_line(tmp_path: Path, data: Path, capsys) -> None:
+    """Release files named for other slides: every case is left out, named; the units fail with one
+    line each instead of `KeyError: 'stage'` from an empty training set."""
+    from bench.cli import main
+
+    rel = _release(tmp_path / "trident", name=lambda i: f"TCGA-99-99{i:02d}-01Z-00-DX1")
+    y = _yaml(tmp_path, data, rel).read_text().replace("slides: no-slides-here", "slides: slides")
+    (tmp_path / "feat.yaml").write_text(y)
+    code = main(["run", "--dataset", str(tmp_path / "feat.yaml"), "--methods", "meanmil.resnet50", "--tasks",
+                 "staging", "--folds", "0", "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "c"),
+                 "-q"])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert code == 1 and "KeyError" not in text, text
+    assert "FAILED feat/staging/meanmil.resnet50/fold0: ValueError: 12 of 12 cases have no input" in text, text

@@ -78,3 +78,45 @@ def test_stopped_worker_is_named(cohort) -> None:
         os.kill(worker, signal.SIGCONT)
     proc.communicate(timeout=120)
     assert proc.returncode == 0
+
+
+@pytest.mark.slow  # ~60 s
+def test_stopped_worker_is_taken_over(cohort) -> None:
+    """After $BENCH_STALL_TAKEOVER_S the parent ends the stopped worker's process group (its unit
+    lock dies with it) and a fresh worker trains the unit: the run completes by itself."""
+    env = {**cohort.env(), "BENCH_STALL_REPORT_S": "1", "BENCH_STALL_TAKEOVER_S": "4"}
+    from bench.engine.jobs import units_held_by
+
+    proc, worker, lines = _start(cohort, "--set", "epochs=100", env=env)  # units long enough for the worker to claim one
+    deadline = time.time() + 120
+    while not (held := units_held_by(worker, cohort.results)) and time.time() < deadline and _alive(worker):
+        time.sleep(0.05)
+    assert held, "the worker claimed no unit"
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGCONT)
+    text = "".join(lines) + out
+    assert proc.returncode == 0, text
+    assert not _alive(worker), text
+    m = re.search(rf"worker pid {worker} was stopped for \d+ s holding (\S+): ended it \(its process group\) and "
+                  r"started worker pid (\d+) to train that unit", text)
+    assert m and m.group(1) == held[0], text
+    assert re.search(r"10 unit\(s\) run \(\d+ by workers\), 0 already done \(", text), text
+    cohort.assert_complete()
+    # the unit the stopped worker held was trained by the fresh worker, not left to the next run
+    assert "nothing to do" in cohort.run("--set", "epochs=100").text
+
+
+def test_stall_settings() -> None:
+    from bench.engine.settings import Settings
+
+    s = Settings.from_env({"BENCH_STALL_REPORT_S": "2", "BENCH_STALL_TAKEOVER_S": "0"})
+    assert (s.stall_report_s, s.stall_takeover_s) == (2.0, 0.0)
+    assert (Settings.from_env({}).stall_report_s, Settings.from_env({}).stall_takeover_s) == (300.0, 1800.0)
+    with pytest.raises(ValueError, match=r"BENCH_STALL_TAKEOVER_S must be a number of seconds \(0: never\), got 'x'"):
+        Settings.from_env({"BENCH_STALL_TAKEOVER_S": "x"})
+    with pytest.raises(ValueError, match="BENCH_STALL_REPORT_S must be a number of seconds > 0, got '0'"):
+        Settings.from_env({"BENCH_STALL_REPORT_S": "0"})
