@@ -41,6 +41,18 @@ __all__ = ["run", "grid_order", "RunReport", "UnitPlan", "Variant", "INPUT_OPTIO
            "method_train_config", "model_options"]
 
 
+def _announce(todo: list, n_plans: int, report: RunReport) -> None:
+    """The log lines that say what this run is about to do."""
+    if len(todo) > len(report.recheck):
+        log.info("%d unit(s) to run%s", len(todo) - len(report.recheck),
+                 f"; {len(report.done_before)} of {n_plans} already done (resuming)" if report.done_before else "")
+    if report.recheck:
+        log.info("%d finished unit(s) were trained without some cases (no input then); they are redone if those "
+                 "cases have input now", len(report.recheck))
+    if not todo:
+        log.info("nothing to do: all %d unit(s) already done", len(report.done_before))
+
+
 def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *,
         worker_command: Sequence[str] | None = None, worker_of: float | None = None, **kw: Any) -> RunReport:
     """Run every (task, method[, variant], fold) unit of ``options.dataset`` (a name or a YAML path)
@@ -92,14 +104,7 @@ def run(methods: list[MethodSpec | Variant], options: RunOptions | str | Path, *
         report.seconds = time.perf_counter() - t0
         return report
     todo = [p for p in plans if status[p.unit] in ("run", "slides", "inputs")]
-    if len(todo) > len(report.recheck):
-        log.info("%d unit(s) to run%s", len(todo) - len(report.recheck),
-                 f"; {len(report.done_before)} of {len(plans)} already done (resuming)" if report.done_before else "")
-    if report.recheck:
-        log.info("%d finished unit(s) were trained without some cases (no input then); they are redone if those "
-                 "cases have input now", len(report.recheck))
-    if not todo:
-        log.info("nothing to do: all %d unit(s) already done", len(report.done_before))
+    _announce(todo, len(plans), report)
     if worker_of is not None or (opts.jobs > 1 and len(todo) > 1):
         import torch
 
