@@ -60,7 +60,7 @@ def test_tables_read_only_what_belongs(cohort) -> None:
     # a backup copy beside a finished fold is not a sixth fold
     shutil.copytree(unit, unit.with_name("fold0.bak"))
     t = cohort.run(command="table")
-    assert t.code == 0 and "fold0.bak is not read: only fold<k> directories hold results" in t.err, t.text
+    assert t.code == 0 and "fold0.bak is not read: only fold<k>[-repeat<r>] directories hold results" in t.err, t.text
     summary = store.summarize("faults")
     assert set(summary["n_folds"]) == {2}
     shutil.rmtree(unit.with_name("fold0.bak"))
