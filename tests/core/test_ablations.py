@@ -210,26 +210,11 @@ def test_ablation_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     2 (another split set than the default 5 folds: variants and table are named after it, seed0-k2):
     units land as variants, the table is written, a rerun does nothing, a new value runs alone."""
     from bench.cli import main
+    from fake_inputs import write_tiny_demo_spec
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(f"""description: tiny
-generator: demo
-generator_args: {{n_cases: 8, seed: 1}}
-root: {tmp_path / 'data'}
-slides: slides
-slide_glob: "*.tiff"
-clinical: clinical.csv
-clinical_format: normalized
-tasks: [staging, survival]
-allow_random_weights: true
-train:
-  end-to-end: {{epochs: 1, grad_accum: 2}}
-inputs:
-  end-to-end: {{magnification: 0.15}}
-ablations:
-  depth: {{values: {{2: 3}}}}
-""")
+    spec = write_tiny_demo_spec(tmp_path, epochs=1, magnification=0.15,
+                                extra="ablations:\n  depth: {values: {2: 3}}\n")
     abl = tmp_path / "depth.yaml"
     abl.write_text("""caption: Depth of Vision Mamba
 method: vim-ti

@@ -95,24 +95,10 @@ def test_eta_from_predictions_before_and_after_units():
 @pytest.mark.slow  # ~1 min of CPU: generating 8 slides and training two tiny end-to-end units
 def test_prediction_within_a_factor_two_of_the_units_measured_time(tmp_path, monkeypatch, request):
     from bench.cli import main
+    from fake_inputs import write_tiny_demo_spec
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(f"""description: tiny
-generator: demo
-generator_args: {{n_cases: 8, seed: 1}}
-root: {tmp_path / 'data'}
-slides: slides
-slide_glob: "*.tiff"
-clinical: clinical.csv
-clinical_format: normalized
-tasks: [staging, survival]
-allow_random_weights: true
-train:
-  end-to-end: {{epochs: 3, grad_accum: 2}}
-inputs:
-  end-to-end: {{magnification: 0.3}}
-""")
+    spec = write_tiny_demo_spec(tmp_path, epochs=3, magnification=0.3)
     res, cache = tmp_path / "results", tmp_path / "cache"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: on a shared CPU two threads wait on each other at every barrier

@@ -112,3 +112,28 @@ def run_bench(*args, env=None, timeout=600, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"bench {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def write_tiny_demo_spec(root, *, epochs, magnification, extra=""):
+    """A dataset YAML ``root/tiny.yaml`` of the demo generator at 8 cases (data under ``root/data``),
+    both tasks, end-to-end units trained ``epochs`` with 2 slides per step at ``magnification``;
+    ``extra``: more YAML appended."""
+    from pathlib import Path
+
+    spec = Path(root) / "tiny.yaml"
+    spec.write_text(f"""description: tiny
+generator: demo
+generator_args: {{n_cases: 8, seed: 1}}
+root: {Path(root) / 'data'}
+slides: slides
+slide_glob: "*.tiff"
+clinical: clinical.csv
+clinical_format: normalized
+tasks: [staging, survival]
+allow_random_weights: true
+train:
+  end-to-end: {{epochs: {epochs}, grad_accum: 2}}
+inputs:
+  end-to-end: {{magnification: {magnification}}}
+""" + extra)
+    return spec
