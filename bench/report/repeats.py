@@ -74,16 +74,12 @@ def seed_strata(pred: pd.DataFrame) -> pd.DataFrame:
 def variance_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """Per row (primary metric): the mean, the repeats per fold and the split and seed variance
     components with their standard deviations (definitions: :mod:`bench.results.repeats`)."""
+    from ..results.summary import variance_table
+
     prim = summary[summary["primary"].astype(bool)]
-    rows = []
-    for _, r in prim.iterrows():
-        split, seed = float(r.get("split_var", math.nan)), float(r.get("seed_var", math.nan))
-        rows.append({"row": _name(r), "dataset": r["dataset"], "task": r["task"], "metric": r["metric"],
-                     "mean": float(r["mean"]), "n_folds": int(r["n_folds"]),
-                     "repeats": ";".join(map(str, _counts(r))), "balanced": bool(r.get("balanced", True)),
-                     "split_var": split, "seed_var": seed, "split_sd": math.sqrt(split) if split >= 0 else math.nan,
-                     "seed_sd": math.sqrt(seed) if seed >= 0 else math.nan})
-    return pd.DataFrame(rows)
+    v = variance_table(prim)
+    v.insert(0, "row", [_name(r) for _, r in prim.iterrows()])
+    return v.drop(columns=["method", "variant"])
 
 
 def detail_lines(summary: pd.DataFrame) -> list[str]:

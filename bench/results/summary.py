@@ -38,10 +38,15 @@ def summary_csv(summary: pd.DataFrame) -> str:
     ).to_csv(index=False)
 
 
-def variance_csv(summary: pd.DataFrame) -> str:
-    """variance.csv beside summary.csv: per row and metric, the split (between-fold) and seed
-    (within-fold) variance components of :mod:`bench.results.repeats`, and their square roots."""
+def variance_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per row and metric of ``summary``, the split (between-fold) and seed (within-fold) variance
+    components of :mod:`bench.results.repeats` and their square roots, repeats per fold ``;``-joined."""
     v = summary.assign(split_sd=np.sqrt(summary["split_var"].astype(float)),
                        seed_sd=np.sqrt(summary["seed_var"].astype(float)),
                        repeats=[";".join(map(str, c)) for c in summary["repeats"]])
-    return v[list(R.VARIANCE_COLUMNS)].to_csv(index=False)
+    return v[list(R.VARIANCE_COLUMNS)].reset_index(drop=True)
+
+
+def variance_csv(summary: pd.DataFrame) -> str:
+    """variance.csv beside summary.csv: :func:`variance_table` of every row and metric."""
+    return variance_table(summary).to_csv(index=False)
