@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fake_inputs import run_bench as bench
+from fake_inputs import run_bench as bench, write_demo_spec
 
 REPO = Path(__file__).resolve().parents[2]
 N_UNITS = 2 * 5  # tasks × folds per method
@@ -24,18 +24,7 @@ N_UNITS = 2 * 5  # tasks × folds per method
 def tiny(tmp_path_factory):
     """A 20-case demo cohort with its ResNet-50 (random weights) features extracted once."""
     root = tmp_path_factory.mktemp("tiny")
-    spec = root / "tiny.yaml"
-    spec.write_text(f"""description: tiny demo for tests
-generator: demo
-generator_args: {{n_cases: 20, seed: 1}}
-root: {root / 'data'}
-slides: slides
-slide_glob: "*.tiff"
-clinical: clinical.csv
-clinical_format: normalized
-tasks: [staging, survival]
-allow_random_weights: true
-""")
+    spec = write_demo_spec(root, n_cases=20)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE": str(root / "cache")}
     bench("extract", "--dataset", spec, "--encoders", "resnet50", "-q", env=env)
     return spec, env, root

@@ -114,16 +114,15 @@ def run_bench(*args, env=None, timeout=600, check=True):
     return p
 
 
-def write_tiny_demo_spec(root, *, epochs, magnification, extra=""):
-    """A dataset YAML ``root/tiny.yaml`` of the demo generator at 8 cases (data under ``root/data``),
-    both tasks, end-to-end units trained ``epochs`` with 2 slides per step at ``magnification``;
-    ``extra``: more YAML appended."""
+def write_demo_spec(root, *, n_cases, name="tiny", extra=""):
+    """A dataset YAML ``root/<name>.yaml`` of the demo generator at ``n_cases`` cases (seed 1, data
+    under ``root/data``), both tasks, random weights allowed; ``extra``: more YAML appended."""
     from pathlib import Path
 
-    spec = Path(root) / "tiny.yaml"
-    spec.write_text(f"""description: tiny
+    spec = Path(root) / f"{name}.yaml"
+    spec.write_text(f"""description: {name} demo for tests
 generator: demo
-generator_args: {{n_cases: 8, seed: 1}}
+generator_args: {{n_cases: {n_cases}, seed: 1}}
 root: {Path(root) / 'data'}
 slides: slides
 slide_glob: "*.tiff"
@@ -131,9 +130,15 @@ clinical: clinical.csv
 clinical_format: normalized
 tasks: [staging, survival]
 allow_random_weights: true
-train:
+""" + extra)
+    return spec
+
+
+def write_tiny_demo_spec(root, *, epochs, magnification, extra=""):
+    """:func:`write_demo_spec` at 8 cases with end-to-end units trained ``epochs`` with 2 slides per
+    step at ``magnification``."""
+    return write_demo_spec(root, n_cases=8, extra=f"""train:
   end-to-end: {{epochs: {epochs}, grad_accum: 2}}
 inputs:
   end-to-end: {{magnification: {magnification}}}
 """ + extra)
-    return spec

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from fake_inputs import run_bench
+from fake_inputs import run_bench, write_demo_spec
 
 
 
@@ -21,24 +21,13 @@ def bench(*args, **kw):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("hm")
-    spec = root / "hm.yaml"
-    spec.write_text(f"""description: demo for heatmap tests
-generator: demo
-generator_args: {{n_cases: 16, seed: 1}}
-root: {root / 'data'}
-slides: slides
-slide_glob: "*.tiff"
-clinical: clinical.csv
-clinical_format: normalized
-tasks: [staging, survival]
-allow_random_weights: true
-train:
-  two-stage: {{feature_norm: zscore}}
-  end-to-end: {{epochs: 1}}
+    spec = write_demo_spec(root, n_cases=16, name="hm", extra="""train:
+  two-stage: {feature_norm: zscore}
+  end-to-end: {epochs: 1}
 inputs:
-  end-to-end: {{magnification: 0.625}}
+  end-to-end: {magnification: 0.625}
 model:
-  pixelmamba-*: {{scan_window: 64}}
+  pixelmamba-*: {scan_window: 64}
 """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_CACHE": str(root / "cache"), "BENCH_RESULTS": str(root / "res"),
            "BENCH_JOBS": "1"}
